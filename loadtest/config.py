@@ -1,0 +1,470 @@
+"""The run configuration: YAML in, validated frozen dataclasses out.
+
+Every mistake in the user's input is raised once, here, as a `ConfigError`
+whose message is one sentence naming the field
+(``targets[1].concurrency: must be a positive integer, got 'many'``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_OUT = "reports"
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_ENGINE = "fast"
+DEFAULT_METHOD = "GET"
+DEFAULT_TCP_EXPECT = "echo"
+DEFAULT_TCP_SIZE = 64
+ENGINES = ("fast", "requests")
+TCP_EXPECTS = ("echo", "upper", "any")
+SERVER_KINDS = ("http", "echo")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+MAX_DURATION_S = 7 * 24 * 3600.0
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# "{site}" in a URL or tcp address stands for the host:port of the server named "site".
+_SERVER_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
+_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+
+
+class ConfigError(ValueError):
+    """A mistake in the user's input: one sentence naming the field."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """An embedded server the run starts before the load and stops after."""
+
+    name: str
+    kind: str  # "http" | "echo"
+    host: str
+    port: int  # 0: a free port, chosen when the server starts
+    workers: int
+    upper: bool = False
+    max_connections: int = 0  # 0: the server's own default
+    idle_timeout: float = 0.0  # 0: the server's own default
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """An HTTP target driven by virtual users (closed model)."""
+
+    name: str
+    urls: tuple[str, ...]
+    method: str = DEFAULT_METHOD
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    timeout: float = DEFAULT_TIMEOUT_S
+    expect_status: tuple[int, ...] = ()  # empty: 2xx and 3xx succeed
+    engine: str = DEFAULT_ENGINE
+    concurrency: int = 1
+    verify_tls: bool = True
+
+    kind = "http"
+
+    @property
+    def row_type(self) -> str:
+        return self.method
+
+
+@dataclass(frozen=True)
+class TcpTarget:
+    """A TCP target: persistent connections sending a message and checking the reply."""
+
+    name: str
+    address: str  # "host:port", possibly with a "{server}" reference
+    connections: int
+    message: bytes
+    expect: str = DEFAULT_TCP_EXPECT
+    rate: float = 0.0  # messages/s in all; 0: back to back
+    connect_rate: float = 0.0  # new connections/s in all; 0: as fast as possible
+    source_ips: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    kind = "tcp"
+
+    @property
+    def row_type(self) -> str:
+        return "TCP"
+
+
+Target = HttpTarget | TcpTarget
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run, as validated."""
+
+    name: str
+    targets: tuple[Target, ...]
+    duration: float | None = None  # seconds
+    requests: int | None = None  # stop after this many requests in all
+    workers: int | None = None  # None: one per CPU core
+    out: str = DEFAULT_OUT
+    servers: tuple[ServerSpec, ...] = ()
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from ``10s``, ``2m``, ``1h``, ``250ms`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: must be a duration such as 10s, 2m or 1h, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ConfigError(f"{where}: must be a duration such as 10s, 2m or 1h, got {value!r}")
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise ConfigError(f"{where}: must be more than 0 and at most 7 days, got {value!r}")
+    return seconds
+
+
+def parse_address(value: Any, where: str, allow_refs: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[v6]:PORT``) as a (host, port) pair."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{where}: must be HOST:PORT, got {value!r}")
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        raise ConfigError(f"{where}: must be HOST:PORT with a host, got {value!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{where}: port must be a number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: port must be between 0 and 65535, got {port}")
+    return host, port
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and validate a YAML config file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not a UTF-8 text file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid syntax"
+        raise ConfigError(f"{path}: is not valid YAML{where} ({problem})") from None
+    except Exception:  # noqa: BLE001 - yaml raises odd types on odd bytes
+        raise ConfigError(f"{path}: is not valid YAML") from None
+    default_name = os.path.splitext(os.path.basename(str(path)))[0] or "run"
+    return parse_config(data, default_name=default_name)
+
+
+def parse_config(data: Any, default_name: str = "run") -> RunConfig:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: must be a mapping of fields, got {_type_name(data)}")
+    _check_keys(data, "config", {"name", "duration", "requests", "workers", "out", "servers", "targets"})
+    name = _name(data.get("name", default_name), "name")
+    duration = parse_duration(data["duration"], "duration") if data.get("duration") is not None else None
+    requests = _positive_int(data["requests"], "requests") if data.get("requests") is not None else None
+    if duration is None and requests is None:
+        raise ConfigError("config: needs duration (such as 30s) or requests (a total count) to know when to stop")
+    workers = _workers(data.get("workers", "auto"), "workers")
+    out = data.get("out", DEFAULT_OUT)
+    if not isinstance(out, str) or not out:
+        raise ConfigError(f"out: must be a folder path, got {out!r}")
+
+    servers_raw = data.get("servers") or []
+    if not isinstance(servers_raw, list):
+        raise ConfigError(f"servers: must be a list, got {_type_name(servers_raw)}")
+    servers = tuple(_server(s, f"servers[{i}]") for i, s in enumerate(servers_raw))
+    _unique([s.name for s in servers], "servers", "name")
+
+    targets_raw = data.get("targets")
+    if targets_raw is None:
+        raise ConfigError("targets: is missing; a run needs at least one target")
+    if not isinstance(targets_raw, list):
+        raise ConfigError(f"targets: must be a list, got {_type_name(targets_raw)}")
+    if not targets_raw:
+        raise ConfigError("targets: is empty; a run needs at least one target")
+    server_names = {s.name for s in servers}
+    targets = tuple(_target(t, f"targets[{i}]", server_names) for i, t in enumerate(targets_raw))
+    _unique([t.name for t in targets], "targets", "name")
+    return RunConfig(
+        name=name,
+        targets=targets,
+        duration=duration,
+        requests=requests,
+        workers=workers,
+        out=out,
+        servers=servers,
+        source=data,
+    )
+
+
+def _server(data: Any, where: str) -> ServerSpec:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {_type_name(data)}")
+    _check_keys(data, where, {"name", "kind", "listen", "workers", "upper", "max_connections", "idle_timeout"})
+    kind = data.get("kind")
+    if kind not in SERVER_KINDS:
+        raise ConfigError(f"{where}.kind: must be one of {', '.join(SERVER_KINDS)}, got {kind!r}")
+    host, port = parse_address(data.get("listen", "127.0.0.1:0"), f"{where}.listen")
+    _check_ip(host, f"{where}.listen")
+    workers = _positive_int(data.get("workers", 1), f"{where}.workers")
+    upper = data.get("upper", False)
+    if not isinstance(upper, bool):
+        raise ConfigError(f"{where}.upper: must be true or false, got {upper!r}")
+    if kind != "echo" and upper:
+        raise ConfigError(f"{where}.upper: only an echo server can upper-case")
+    max_connections = _positive_int(data["max_connections"], f"{where}.max_connections") if "max_connections" in data else 0
+    idle_timeout = parse_duration(data["idle_timeout"], f"{where}.idle_timeout") if "idle_timeout" in data else 0.0
+    return ServerSpec(
+        name=_name(data.get("name", kind), f"{where}.name"),
+        kind=kind,
+        host=host,
+        port=port,
+        workers=workers,
+        upper=upper,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+    )
+
+
+_HTTP_KEYS = {"name", "url", "urls", "method", "headers", "body", "timeout", "expect_status", "engine",
+              "concurrency", "verify_tls"}
+_TCP_KEYS = {"name", "tcp", "connections", "message", "size", "expect", "rate", "connect_rate", "source_ips",
+             "timeout"}
+
+
+def _target(data: Any, where: str, servers: set[str]) -> Target:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {_type_name(data)}")
+    if "tcp" in data:
+        return _tcp_target(data, where, servers)
+    if "url" not in data and "urls" not in data:
+        raise ConfigError(f"{where}: needs url (or urls) for an HTTP target, or tcp for a TCP target")
+    return _http_target(data, where, servers)
+
+
+def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTarget:
+    _check_keys(data, where, _HTTP_KEYS)
+    if "url" in data and "urls" in data:
+        raise ConfigError(f"{where}: give url or urls, not both")
+    if "url" in data:
+        urls = [(data["url"], f"{where}.url")]
+    else:
+        raw = data["urls"]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{where}.urls: must be a non-empty list of URLs, got {raw!r}")
+        urls = [(u, f"{where}.urls[{i}]") for i, u in enumerate(raw)]
+    checked = tuple(_url(u, w, servers) for u, w in urls)
+    method = data.get("method", DEFAULT_METHOD)
+    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+        raise ConfigError(f"{where}.method: must be one of {', '.join(HTTP_METHODS)}, got {method!r}")
+    headers_raw = data.get("headers") or {}
+    if not isinstance(headers_raw, dict):
+        raise ConfigError(f"{where}.headers: must be a mapping of header names to values, got {_type_name(headers_raw)}")
+    headers: list[tuple[str, str]] = []
+    for k, v in headers_raw.items():
+        if not isinstance(k, str) or not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", k):
+            raise ConfigError(f"{where}.headers: {k!r} is not a valid header name")
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool) or any(c in str(v) for c in "\r\n"):
+            raise ConfigError(f"{where}.headers.{k}: must be a single-line text value, got {v!r}")
+        headers.append((k, str(v)))
+    body = data.get("body", "")
+    if not isinstance(body, str):
+        raise ConfigError(f"{where}.body: must be text, got {_type_name(body)}")
+    engine = data.get("engine", DEFAULT_ENGINE)
+    if engine not in ENGINES:
+        raise ConfigError(f"{where}.engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    verify_tls = data.get("verify_tls", True)
+    if not isinstance(verify_tls, bool):
+        raise ConfigError(f"{where}.verify_tls: must be true or false, got {verify_tls!r}")
+    return HttpTarget(
+        name=_name(data.get("name", checked[0]), f"{where}.name"),
+        urls=checked,
+        method=method.upper(),
+        headers=tuple(headers),
+        body=body.encode("utf-8"),
+        timeout=parse_duration(data.get("timeout", DEFAULT_TIMEOUT_S), f"{where}.timeout"),
+        expect_status=_statuses(data.get("expect_status"), f"{where}.expect_status"),
+        engine=engine,
+        concurrency=_positive_int(data.get("concurrency", 1), f"{where}.concurrency"),
+        verify_tls=verify_tls,
+    )
+
+
+def _tcp_target(data: dict[str, Any], where: str, servers: set[str]) -> TcpTarget:
+    _check_keys(data, where, _TCP_KEYS)
+    address = data["tcp"]
+    if not isinstance(address, str):
+        raise ConfigError(f"{where}.tcp: must be HOST:PORT, got {address!r}")
+    _check_refs(address, f"{where}.tcp", servers)
+    if not _SERVER_REF.fullmatch(address):
+        host, port = parse_address(address, f"{where}.tcp")
+        if port == 0:
+            raise ConfigError(f"{where}.tcp: port must be between 1 and 65535, got 0")
+        _check_ip(host, f"{where}.tcp")
+    if "message" in data and "size" in data:
+        raise ConfigError(f"{where}: give message or size, not both")
+    if "message" in data:
+        message = data["message"]
+        if not isinstance(message, str) or not message:
+            raise ConfigError(f"{where}.message: must be non-empty text, got {message!r}")
+        payload = message.encode("utf-8")
+    else:
+        size = _positive_int(data.get("size", DEFAULT_TCP_SIZE), f"{where}.size")
+        if size > 16 * 1024 * 1024:
+            raise ConfigError(f"{where}.size: must be at most 16 MiB, got {size}")
+        payload = bytes(b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36] for i in range(size))
+    expect = data.get("expect", DEFAULT_TCP_EXPECT)
+    if expect not in TCP_EXPECTS:
+        raise ConfigError(f"{where}.expect: must be one of {', '.join(TCP_EXPECTS)}, got {expect!r}")
+    return TcpTarget(
+        name=_name(data.get("name", address), f"{where}.name"),
+        address=address,
+        connections=_positive_int(data.get("connections", 1), f"{where}.connections"),
+        message=payload,
+        expect=expect,
+        rate=_positive_number(data["rate"], f"{where}.rate") if "rate" in data else 0.0,
+        connect_rate=_positive_number(data["connect_rate"], f"{where}.connect_rate") if "connect_rate" in data else 0.0,
+        source_ips=_source_ips(data.get("source_ips"), f"{where}.source_ips"),
+        timeout=parse_duration(data.get("timeout", DEFAULT_TIMEOUT_S), f"{where}.timeout"),
+    )
+
+
+def _url(value: Any, where: str, servers: set[str]) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a URL such as http://127.0.0.1:8080/, got {value!r}")
+    _check_refs(value, where, servers)
+    probe = _SERVER_REF.sub("127.0.0.1:1", value)
+    try:
+        parts = urlsplit(probe)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: is not a valid URL, got {value!r}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{where}: must start with http:// or https://, got {value!r}")
+    if not parts.hostname:
+        raise ConfigError(f"{where}: has no host, got {value!r}")
+    if port == 0:
+        raise ConfigError(f"{where}: port must be between 1 and 65535, got {value!r}")
+    if any(c.isspace() for c in value):
+        raise ConfigError(f"{where}: must not contain spaces, got {value!r}")
+    return value
+
+
+def _check_refs(text: str, where: str, servers: set[str]) -> None:
+    for ref in _SERVER_REF.findall(text):
+        if ref not in servers:
+            known = ", ".join(sorted(servers)) or "none are configured"
+            raise ConfigError(f"{where}: refers to server {{{ref}}}, but no server has that name ({known})")
+
+
+def _check_ip(host: str, where: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{where}: host must be an IP address or localhost, got {host!r}") from None
+
+
+def _source_ips(value: Any, where: str) -> tuple[str, ...]:
+    """``127.0.0.1-127.0.0.4``, one address, or a list of addresses."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: must be addresses such as 127.0.0.1-127.0.0.4, got {item!r}")
+        first, _, last = item.partition("-")
+        try:
+            lo = ipaddress.IPv4Address(first.strip())
+            hi = ipaddress.IPv4Address(last.strip()) if last else lo
+        except ValueError:
+            raise ConfigError(f"{where}: must be addresses such as 127.0.0.1-127.0.0.4, got {item!r}") from None
+        if hi < lo or int(hi) - int(lo) > 255:
+            raise ConfigError(f"{where}: range {item!r} must run upwards and span at most 256 addresses")
+        out.extend(str(ipaddress.IPv4Address(i)) for i in range(int(lo), int(hi) + 1))
+    return tuple(dict.fromkeys(out))
+
+
+def _statuses(value: Any, where: str) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
+            raise ConfigError(f"{where}: must be HTTP status codes between 100 and 599, got {item!r}")
+        out.append(item)
+    if not out:
+        raise ConfigError(f"{where}: must list at least one status code")
+    return tuple(out)
+
+
+def _workers(value: Any, where: str) -> int | None:
+    if value == "auto" or value is None:
+        return None
+    return _positive_int(value, where, noun="a positive integer or auto")
+
+
+def _positive_int(value: Any, where: str, noun: str = "a positive integer") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}: must be {noun}, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise ConfigError(f"{where}: must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: must be non-empty text, got {value!r}")
+    if len(value) > 200 or any(c in value for c in "\r\n\t"):
+        raise ConfigError(f"{where}: must be one line of at most 200 characters, got {value!r}")
+    return value
+
+
+def _check_keys(data: dict[str, Any], where: str, allowed: set[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown field {key!r} (known: {', '.join(sorted(allowed))})")
+
+
+def _unique(names: list[str], where: str, key: str) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ConfigError(f"{where}[{i}].{key}: {n!r} is used twice; each must be unique")
+        seen.add(n)
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", dict: "a mapping", str: "text", int: "a number", float: "a number",
+            bool: "true/false", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def resolve(text: str, addresses: Mapping[str, str]) -> str:
+    """Replace ``{server}`` references by that server's ``host:port``."""
+    return _SERVER_REF.sub(lambda m: addresses[m.group(1)], text)

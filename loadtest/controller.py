@@ -1,0 +1,301 @@
+"""The controller: starts servers and workers, merges their snapshots, ends the run.
+
+Runs in the parent process, which is never monkey-patched and uses plain
+threads. Workers are started with the ``spawn`` context: the parent may have
+threads, and a fork would copy them half-way. Each worker has its own pipe
+rather than a share of one queue: a queue is one pipe written under a shared
+lock, and a worker killed while holding that lock would wedge every other
+worker. Waiting on every pipe and every process sentinel at once also tells
+the parent the moment a worker dies.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig, TcpTarget
+from .limits import check_limits
+from .reports import HistoryWriter, write_reports
+from .stats import Interval, RunStats
+from .worker import WorkerExit, WorkerPlan, main as worker_main, share
+
+READY_TIMEOUT_S = 60.0
+WAIT_S = 0.25
+SILENT_WORKER_S = 10.0  # a worker that sends nothing for this long is lost (hung or stopped)
+STOP_TIMEOUT_S = 15.0  # after a stop request, how long workers get before they are terminated
+JOIN_TIMEOUT_S = 5.0
+
+
+class RunError(Exception):
+    """The run itself failed: a server could not start, no worker could run."""
+
+
+@dataclass
+class WorkerState:
+    index: int
+    process: Any
+    conn: Connection
+    pid: int = 0
+    ready: bool = False
+    done: bool = False
+    lost: bool = False
+    exit: WorkerExit | None = None
+    last_heard: float = 0.0
+    error: str = ""
+    exitcode: int | None = None
+
+
+@dataclass
+class RunResult:
+    """What a run produced: where the reports are, the merged stats, how it ended."""
+
+    run_dir: Path
+    stats: RunStats
+    workers: list[WorkerState]
+    servers: list[dict[str, Any]]
+    started: float  # wall clock
+    interrupted: bool
+    exit_status: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> list[int]:
+        return [w.index for w in self.workers if w.lost]
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM, handled like Ctrl-C."""
+
+
+def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: datetime) -> Path:
+    """`--out DIR` exactly, or `<out>/<name>-<YYYYmmdd-HHMMSS>/`."""
+    if out_dir is not None:
+        return Path(out_dir)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.name).strip("-.") or "run"
+    return Path(config.out) / f"{safe}-{now:%Y%m%d-%H%M%S}"
+
+
+def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
+        on_interval: Callable[[Interval, RunStats], None] | None = None,
+        on_event: Callable[[str], None] | None = None) -> RunResult:
+    """Run a load test as configured and write its reports. Raises RunError if it cannot start."""
+    count = workers or config.workers or os.cpu_count() or 1
+    check_limits(config, count)
+    event = on_event or (lambda text: None)
+    now = datetime.now()
+    run_dir = run_dir_for(config, out_dir, now)
+
+    groups: list[Any] = []
+    states: list[WorkerState] = []
+    previous_term = _install_sigterm()
+    try:
+        if config.servers:
+            from .servers import ServerError, ServerGroup
+        try:
+            for spec in config.servers:
+                groups.append(ServerGroup.start(spec))
+                event(f"server {spec.name} ({spec.kind}) listening on {groups[-1].address}")
+        except ServerError as e:
+            raise RunError(str(e)) from None
+        addresses = {g.spec.name: g.address for g in groups}
+
+        ctx = multiprocessing.get_context("spawn")
+        start, stop = ctx.Event(), ctx.Event()
+        for k in range(count):
+            plan = WorkerPlan(
+                index=k,
+                workers=count,
+                config=config,
+                addresses=addresses,
+                shares=tuple(share(_users(t), count, k) for t in config.targets),
+                requests=share(config.requests, count, k) if config.requests is not None else None,
+                duration=config.duration,
+            )
+            reader, writer = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=worker_main, args=(plan, writer, start, stop),
+                                  name=f"loadtest-worker-{k}", daemon=True)
+            process.start()
+            writer.close()
+            states.append(WorkerState(k, process, reader))
+
+        stats = RunStats([(t.name, t.row_type) for t in config.targets], count)
+        _await_ready(states)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        history = HistoryWriter(run_dir / "history.csv", config)
+        started = time.time()
+        start.set()
+        event(f"{count} worker{'s' if count > 1 else ''} started")
+        interrupted = _collect(states, stats, stop, history, started, on_interval, event)
+        history.close()
+    except BaseException:
+        _terminate(states)
+        for g in groups:
+            g.stop()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+
+    _terminate(states)
+    servers = []
+    for g in groups:
+        served = g.stop()
+        servers.append({"name": g.spec.name, "kind": g.spec.kind, "address": g.address,
+                        "workers": g.spec.workers, "pids": list(g.pids), "served": served})
+    problems = [f"worker {w.index} was lost: {w.error}" for w in states if w.lost]
+    status = 3 if problems else (130 if interrupted else 0)
+    result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems)
+    write_reports(result, config)
+    return result
+
+
+def _users(target: Any) -> int:
+    return target.connections if isinstance(target, TcpTarget) else target.concurrency
+
+
+def _install_sigterm() -> Any:
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Stop()
+
+    try:
+        return signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: a library caller keeps its own handling
+        return signal.getsignal(signal.SIGTERM)
+
+
+def _await_ready(states: list[WorkerState]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not all(w.ready for w in states):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RunError(f"workers did not start within {READY_TIMEOUT_S:g} s")
+        waiting = {w.conn: w for w in states if not w.ready}
+        for conn in wait(list(waiting) + [w.process.sentinel for w in waiting.values()], timeout=left):
+            w = waiting.get(conn) if isinstance(conn, Connection) else None
+            if w is None:  # a sentinel: that process ended before it was ready
+                dead = next(s for s in waiting.values() if s.process.sentinel == conn)
+                if dead.conn.poll():
+                    _receive(dead)
+                if not dead.ready:
+                    raise RunError(dead.error or f"worker {dead.index} exited before it started "
+                                   f"(exit code {dead.process.exitcode})")
+                continue
+            _receive(w)
+            if w.error:
+                raise RunError(w.error)
+
+
+def _receive(w: WorkerState, stats: RunStats | None = None) -> bool:
+    """Read one message from a worker; False if its pipe is closed."""
+    try:
+        message = w.conn.recv()
+    except (EOFError, OSError):
+        return False
+    w.last_heard = time.monotonic()
+    kind = message[0]
+    if kind == "snapshot" and stats is not None:
+        stats.add(message[1])
+    elif kind == "ready":
+        w.ready, w.pid = True, message[2]
+    elif kind == "done":
+        w.exit, w.done = message[1], True
+    elif kind == "error":
+        w.error = message[2]
+    return True
+
+
+def _collect(states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
+             started: float, on_interval: Callable[[Interval, RunStats], None] | None,
+             event: Callable[[str], None]) -> bool:
+    """Read snapshots until every worker is done or lost; True if the run was interrupted."""
+    interrupted = False
+    stop_deadline = float("inf")
+    for w in states:
+        w.last_heard = time.monotonic()
+
+    def flush(final: bool = False) -> None:
+        lost = [w.index for w in states if w.lost]
+        for interval in stats.ready_intervals(lost, flush=final):
+            history.write(interval, started)
+            if on_interval is not None:
+                on_interval(interval, stats)
+
+    while True:
+        active = [w for w in states if not w.done and not w.lost]
+        if not active:
+            break
+        try:
+            by_handle: dict[Any, WorkerState] = {}
+            for w in active:
+                by_handle[w.conn] = w
+                by_handle[w.process.sentinel] = w
+            for handle in wait(list(by_handle), timeout=WAIT_S):
+                w = by_handle[handle]
+                if w.done or w.lost:
+                    continue
+                if handle is w.conn:
+                    if not _receive(w, stats):
+                        _mark_lost(w, stats, event)
+                else:  # the process ended: read what it sent before it did
+                    while not w.done and w.conn.poll() and _receive(w, stats):
+                        pass
+                    if not w.done:
+                        _mark_lost(w, stats, event)
+            now = time.monotonic()
+            for w in active:
+                if not w.done and not w.lost and now - w.last_heard > SILENT_WORKER_S:
+                    w.process.kill()
+                    w.error = f"sent nothing for {SILENT_WORKER_S:g} s (hung or stopped); killed"
+                    _mark_lost(w, stats, event)
+            if now > stop_deadline:
+                for w in active:
+                    if not w.done and not w.lost:
+                        w.process.kill()
+                        w.error = "did not stop in time after the run was stopped; killed"
+                        _mark_lost(w, stats, event)
+            flush()
+        except (KeyboardInterrupt, _Stop):
+            if interrupted:  # a second Ctrl-C: stop at once
+                for w in states:
+                    if not w.done and not w.lost:
+                        w.process.kill()
+                        w.error = "killed by a second interrupt"
+                        _mark_lost(w, stats, event)
+                break
+            interrupted = True
+            stop.set()
+            stop_deadline = time.monotonic() + STOP_TIMEOUT_S
+            event("stopping: in-flight requests are cancelled, reports will be written "
+                  "(interrupt again to stop at once)")
+    flush(final=True)
+    return interrupted
+
+
+def _mark_lost(w: WorkerState, stats: RunStats, event: Callable[[str], None]) -> None:
+    w.lost = True
+    w.process.join(0.5)
+    w.exitcode = w.process.exitcode
+    if not w.error:
+        code = w.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        w.error = f"ended without finishing ({how}); counts up to its last snapshot are kept"
+    event(f"worker {w.index} (pid {w.pid}) lost: {w.error}")
+
+
+def _terminate(states: list[WorkerState]) -> None:
+    for w in states:
+        w.process.join(JOIN_TIMEOUT_S if w.done else 0)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(JOIN_TIMEOUT_S)
+        if w.exitcode is None:
+            w.exitcode = w.process.exitcode
+        w.conn.close()

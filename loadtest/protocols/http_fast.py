@@ -1,0 +1,261 @@
+"""The fast HTTP/1.1 engine: keep-alive sockets, responses parsed by httptools.
+
+One `HttpSession` per virtual user holds one keep-alive connection per origin.
+Each request is one prebuilt byte string written with one `sendall`; the
+response is fed to an llhttp parser whose only Python callbacks are body and
+message-complete, so a request costs a handful of microseconds of Python.
+Bodies are counted, never kept.
+
+Failure kinds: refused, connect_timeout, read_timeout, reset, closed, status,
+protocol, tls, error, cancelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from itertools import cycle
+from time import perf_counter_ns
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import httptools
+from gevent import GreenletExit
+
+from ..config import HttpTarget
+from ..stats import TargetRecorder
+
+RECV_SIZE = 256 * 1024
+USER_AGENT = "loadtest/0.1"
+_STALE = ("closed", "reset")
+_LENGTH_OR_CHUNKED = re.compile(rb"\r\n(content-length|transfer-encoding)\s*:", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One URL, resolved once and with its request bytes built once."""
+
+    origin: tuple[str, str, int]  # scheme, host, port
+    family: int
+    sockaddr: tuple  # type: ignore[type-arg]
+    request: bytes
+    head: bool
+
+
+def build_endpoints(target: HttpTarget, urls: list[str]) -> list[Endpoint]:
+    """Resolve each URL and build its request; raises OSError if a host does not resolve."""
+    out = []
+    for url in urls:
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        host = parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        host_header = parts.netloc.rpartition("@")[2]
+        lines = [f"{target.method} {path} HTTP/1.1", f"Host: {host_header}"]
+        names = {k.lower() for k, _ in target.headers}
+        if "user-agent" not in names:
+            lines.append(f"User-Agent: {USER_AGENT}")
+        lines.extend(f"{k}: {v}" for k, v in target.headers)
+        if target.body or target.method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(target.body)}")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + target.body
+        out.append(Endpoint((scheme, host, port), family, sockaddr, request, target.method == "HEAD"))
+    return out
+
+
+class _Response:
+    """The parser's callback object: counts body bytes, notes completion."""
+
+    __slots__ = ("body", "complete", "headers_done", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.body = 0
+        self.complete = False
+        self.headers_done = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        # llhttp forgets this once the message is complete, so ask while the headers are fresh
+        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body += len(chunk)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Connection:
+    __slots__ = ("sock", "parser", "response", "reused")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reused = False
+        self.response = _Response()
+        self.parser = self.response.parser = httptools.HttpResponseParser(self.response)
+
+
+class HttpSession:
+    """One virtual user's keep-alive connections to an HTTP target."""
+
+    def __init__(self, target: HttpTarget, endpoints: list[Endpoint], recorder: TargetRecorder,
+                 urls: Iterator[Endpoint] | None = None, tls: ssl.SSLContext | None = None) -> None:
+        self.target = target
+        self.recorder = recorder
+        self.timeout = target.timeout
+        self.expect = frozenset(target.expect_status)
+        self._single = endpoints[0] if len(endpoints) == 1 else None
+        self._urls = urls if urls is not None else cycle(endpoints)
+        self._conns: dict[tuple[str, str, int], _Connection] = {}
+        self._tls = tls
+
+    def exchange(self, scheduled_ns: int = 0) -> None:
+        ep = self._single or next(self._urls)
+        conn = self._conns.get(ep.origin)
+        if conn is None:
+            conn = self._connect(ep)
+            if conn is None:
+                return
+        rec = self.recorder
+        started = scheduled_ns or perf_counter_ns()
+        sent = len(ep.request)
+        try:
+            kind, message, received = self._roundtrip(conn, ep)
+            if kind in _STALE and received == 0 and conn.reused:
+                # The server closed an idle keep-alive connection: reconnect once, as browsers do.
+                self._drop(ep.origin)
+                conn = self._connect(ep)
+                if conn is None:
+                    return
+                kind, message, received = self._roundtrip(conn, ep)
+                sent += len(ep.request)
+            conn.reused = True
+        except GreenletExit:
+            self._drop(ep.origin)
+            rec.failure("cancelled", "the run stopped while this request was in flight", None)
+            raise
+        latency = perf_counter_ns() - started
+        if kind is None:
+            status = conn.parser.get_status_code()
+            body = conn.response.body
+            response = conn.response
+            if not response.keep_alive:
+                self._drop(ep.origin)
+            else:
+                response.complete = False
+                response.headers_done = False
+                response.body = 0
+                if ep.head:  # llhttp would wait for a body that HEAD never gets
+                    conn.parser = response.parser = httptools.HttpResponseParser(response)
+            if (status in self.expect) if self.expect else (200 <= status < 400):
+                rec.success(latency, received, sent, body)
+            else:
+                rec.failure("status", f"HTTP {status}", latency, received, sent)
+        else:
+            self._drop(ep.origin)
+            rec.failure(kind, message, latency, received, sent)
+
+    def _roundtrip(self, conn: _Connection, ep: Endpoint) -> tuple[str | None, str, int]:
+        """Write the request, read one whole response: (failure kind or None, message, bytes read)."""
+        sock = conn.sock
+        response = conn.response
+        parser = conn.parser
+        received = 0
+        head = b""
+        try:
+            sock.sendall(ep.request)
+            while True:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    if response.headers_done and not _LENGTH_OR_CHUNKED.search(head):
+                        return None, "", received  # a body delimited by the server closing
+                    return "closed", "the server closed the connection before the response ended", received
+                received += len(data)
+                if not response.headers_done:
+                    head += data
+                parser.feed_data(data)
+                if response.complete or (ep.head and response.headers_done):
+                    return None, "", received
+        except socket.timeout:
+            return "read_timeout", f"no complete response within {self.timeout:g} s", received
+        except httptools.HttpParserError as e:
+            return "protocol", f"malformed response: {e}", received
+        except ssl.SSLError as e:
+            return "tls", f"TLS error: {e.reason or e}", received
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
+            return "reset", f"connection reset: {e.strerror or e}", received
+        except OSError as e:
+            return "error", f"socket error: {e.strerror or e}", received
+
+    def _connect(self, ep: Endpoint) -> _Connection | None:
+        rec = self.recorder
+        started = perf_counter_ns()
+        sock = socket.socket(ep.family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.timeout)
+            sock.connect(ep.sockaddr)
+            if ep.origin[0] == "https":
+                sock = self._tls_context().wrap_socket(sock, server_hostname=ep.origin[1])
+        except GreenletExit:
+            sock.close()
+            raise
+        except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
+            sock.close()
+            kind, message = connect_failure(e, self.timeout)
+            rec.failure(kind, message, None)  # the request failed; HTTP has no CONNECT row
+            return None
+        rec.connected(perf_counter_ns() - started)
+        conn = self._conns[ep.origin] = _Connection(sock)
+        return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = tls_context(self.target)
+        return self._tls
+
+    def _drop(self, origin: tuple[str, str, int]) -> None:
+        conn = self._conns.pop(origin, None)
+        if conn is not None:
+            conn.response.parser = None  # parser and callbacks refer to each other
+            conn.sock.close()
+            self.recorder.disconnected()
+
+    def close(self) -> None:
+        for origin in list(self._conns):
+            self._drop(origin)
+
+
+def tls_context(target: HttpTarget) -> ssl.SSLContext:
+    """The client TLS context for a target; `verify_tls: false` accepts any certificate."""
+    ctx = ssl.create_default_context()
+    if not target.verify_tls:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def connect_failure(e: BaseException, timeout: float) -> tuple[str, str]:
+    """The failure kind and message of a connect that did not succeed."""
+    if isinstance(e, socket.timeout):
+        return "connect_timeout", f"no connection within {timeout:g} s"
+    if isinstance(e, ConnectionRefusedError):
+        return "refused", "connection refused"
+    if isinstance(e, ssl.SSLError):
+        return "tls", f"TLS handshake failed: {e.reason or e}"
+    if isinstance(e, (ConnectionResetError, BrokenPipeError)):
+        return "reset", f"connection reset during connect: {e.strerror or e}"
+    if isinstance(e, OSError) and e.errno in (errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENFILE):
+        return "resources", f"cannot open a connection: {e.strerror}"
+    if isinstance(e, OSError):
+        return "error", f"cannot connect: {e.strerror or e}"
+    return "error", f"cannot connect: {type(e).__name__}: {e}"

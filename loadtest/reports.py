@@ -1,0 +1,243 @@
+"""Report files: stats.csv, history.csv, failures.csv, summary.json.
+
+Column names follow Locust's where Locust has the same figure, so existing
+tooling reads them. Times are milliseconds with microsecond precision.
+history.csv is appended and flushed each second; the other files are written
+once at the end, atomically (a temporary file, then a rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .config import RunConfig, TcpTarget
+from .stats import AGGREGATED, PERCENTILES, Interval, TargetTotals, aggregate, mean_ns, min_ns, percentiles_ns
+
+if TYPE_CHECKING:
+    from .controller import RunResult
+
+PERCENTILE_COLUMNS = ["50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%"]
+STATS_HEADER = [
+    "Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
+    "Min Response Time", "Max Response Time", "Average Content Size", "Requests/s", "Failures/s",
+    *PERCENTILE_COLUMNS,
+]
+HISTORY_HEADER = [
+    "Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s", *PERCENTILE_COLUMNS,
+    "Total Request Count", "Total Failure Count", "Total Median Response Time", "Total Average Response Time",
+    "Total Min Response Time", "Total Max Response Time", "Total Average Content Size",
+    "Elapsed", "Interval Requests", "Interval Failures", "Open Connections",
+]
+FAILURES_HEADER = ["Target", "Kind", "Message", "Occurrences", "First Seen", "Last Seen"]
+CONNECT_TYPE = "CONNECT"
+
+
+def ms(ns: float) -> str:
+    """Nanoseconds as milliseconds with microsecond precision."""
+    return f"{ns / 1e6:.3f}"
+
+
+def stats_row(t: TargetTotals, elapsed: float, row_type: str | None = None) -> list[str]:
+    """One stats.csv row for a target's (or the aggregate's) request latencies."""
+    hist = t.latency
+    pcts = percentiles_ns(hist)
+    failures = t.failure_count
+    seconds = elapsed if elapsed > 0 else 1.0
+    return [
+        t.type if row_type is None else row_type, t.name, str(t.requests), str(failures),
+        ms(pcts[0]), ms(mean_ns(hist)), ms(min_ns(hist)), ms(hist.get_max_value() if hist.get_total_count() else 0),
+        f"{t.content_bytes / t.requests:.1f}" if t.requests else "0.0",
+        f"{t.requests / seconds:.3f}", f"{failures / seconds:.3f}",
+        *(ms(v) for v in pcts),
+    ]
+
+
+def connect_row(t: TargetTotals, elapsed: float) -> list[str]:
+    """A CONNECT row: connection set-up as requests, its latency as response time."""
+    as_requests = TargetTotals(name=t.name, type=CONNECT_TYPE, latency=t.connect_latency)
+    as_requests.requests = t.connects + sum(t.connect_failures.values())
+    as_requests.failures = t.connect_failures
+    return stats_row(as_requests, elapsed)
+
+
+def stats_rows(config: RunConfig, totals: list[TargetTotals], elapsed: float) -> list[list[str]]:
+    rows = [stats_row(t, elapsed) for t in totals]
+    rows += [connect_row(t, elapsed) for t, target in zip(totals, config.targets) if isinstance(target, TcpTarget)]
+    rows.append(stats_row(aggregate(totals), elapsed, row_type=""))
+    return rows
+
+
+class HistoryWriter:
+    """history.csv, one row per second per target and Aggregated, flushed as it goes.
+
+    Its "Total" columns are the sums of the rows written so far, so the last
+    second's totals equal stats.csv's.
+    """
+
+    def __init__(self, path: Path, config: RunConfig) -> None:
+        self.path = path
+        self.config = config
+        self.users = sum(t.connections if isinstance(t, TcpTarget) else t.concurrency for t in config.targets)
+        self.totals = [TargetTotals(name=t.name, type=t.row_type) for t in config.targets]
+        self._file = open(path, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(HISTORY_HEADER)
+        self._file.flush()
+
+    def write(self, interval: Interval, started: float) -> None:
+        length = max(interval.end - interval.start, 1e-9)
+        stamp = str(int(started + interval.end))
+        for total, part in zip(self.totals, interval.targets):
+            total.merge(part)
+            total.open_connections = part.open_connections
+        rows = list(zip(self.totals, interval.targets))
+        rows.append((aggregate(self.totals), aggregate(interval.targets)))
+        for total, part in rows:
+            self._csv.writerow(self._row(stamp, interval, length, total, part))
+        self._file.flush()
+
+    def _row(self, stamp: str, interval: Interval, length: float, total: TargetTotals,
+             part: TargetTotals) -> list[str]:
+        agg = total.name == AGGREGATED
+        t_pcts = percentiles_ns(total.latency, (50.0,))
+        return [
+            stamp, str(self.users), "" if agg else total.type, total.name,
+            f"{part.requests / length:.3f}", f"{part.failure_count / length:.3f}",
+            *(ms(v) for v in percentiles_ns(part.latency)),
+            str(total.requests), str(total.failure_count), ms(t_pcts[0]), ms(mean_ns(total.latency)),
+            ms(min_ns(total.latency)), ms(total.latency.get_max_value() if total.latency.get_total_count() else 0),
+            f"{total.content_bytes / total.requests:.1f}" if total.requests else "0.0",
+            f"{interval.end:.3f}", str(part.requests), str(part.failure_count), str(part.open_connections),
+        ]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a temporary file, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def csv_text(header: list[str], rows: Iterable[list[str]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def latency_summary(hist: Any) -> dict[str, float]:
+    """Percentiles and moments of a latency histogram, in milliseconds."""
+    if not hist.get_total_count():
+        return {}
+    out = {f"p{p:g}": round(v / 1e6, 6) for p, v in zip(PERCENTILES, percentiles_ns(hist))}
+    out.update(mean=round(mean_ns(hist) / 1e6, 6), min=round(min_ns(hist) / 1e6, 6),
+               max=round(hist.get_max_value() / 1e6, 6))
+    return out
+
+
+def target_summary(t: TargetTotals, elapsed: float, connections: bool) -> dict[str, Any]:
+    seconds = elapsed if elapsed > 0 else 1.0
+    out: dict[str, Any] = {
+        "name": t.name,
+        "type": t.type,
+        "requests": t.requests,
+        "failures": t.failure_count,
+        "failures_by_kind": dict(sorted(t.failures.items())),
+        "requests_per_s": round(t.requests / seconds, 3),
+        "error_rate": round(t.failure_count / t.requests, 6) if t.requests else 0.0,
+        "bytes_in": t.bytes_in,
+        "bytes_out": t.bytes_out,
+        "content_bytes": t.content_bytes,
+        "latency_ms": latency_summary(t.latency),
+    }
+    if connections:
+        out["connections"] = {
+            "opened": t.connects,
+            "failed": sum(t.connect_failures.values()),
+            "failed_by_kind": dict(sorted(t.connect_failures.items())),
+            "open_at_end": t.open_connections,
+            "connect_latency_ms": latency_summary(t.connect_latency),
+        }
+    return out
+
+
+def machine() -> dict[str, Any]:
+    versions = {}
+    for package in ("gevent", "greenlet", "httptools", "hdrhistogram", "psutil", "requests", "PyYAML"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "hostname": platform.node(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "packages": versions,
+    }
+
+
+def write_reports(result: RunResult, config: RunConfig) -> None:
+    """stats.csv, failures.csv and summary.json of a finished run."""
+    stats = result.stats
+    run_dir = result.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    elapsed = stats.elapsed
+    write_atomic(run_dir / "stats.csv", csv_text(STATS_HEADER, stats_rows(config, stats.totals, elapsed)))
+    failures = [[r.target, r.kind, r.message, str(r.occurrences), f"{r.first_seen:.3f}", f"{r.last_seen:.3f}"]
+                for r in stats.failures()]
+    write_atomic(run_dir / "failures.csv", csv_text(FAILURES_HEADER, failures))
+
+    workers = []
+    for w in result.workers:
+        e = w.exit
+        workers.append({
+            "index": w.index, "pid": w.pid,
+            "requests": stats.worker_requests[w.index], "failures": stats.worker_failures[w.index],
+            "bytes": stats.worker_bytes[w.index],
+            "cpu_user_s": round(e.cpu_user, 3) if e else None, "cpu_system_s": round(e.cpu_system, 3) if e else None,
+            "max_rss_kib": e.max_rss_kib if e else None, "cancelled": e.cancelled if e else None,
+            "ended": "lost" if w.lost else ("ok" if w.done else "unknown"),
+            "exit_code": w.exitcode, "problem": w.error or None,
+        })
+    targets = [target_summary(t, elapsed, isinstance(c, TcpTarget)) for t, c in zip(stats.totals, config.targets)]
+    for summary, peak in zip(targets, stats.peak_open):
+        if "connections" in summary:
+            summary["connections"]["peak_open"] = peak
+    summary = {
+        "name": config.name,
+        "started": datetime.fromtimestamp(result.started).isoformat(timespec="seconds"),
+        "duration_s": round(elapsed, 3),
+        "exit_status": result.exit_status,
+        "interrupted": result.interrupted,
+        "problems": result.problems,
+        "config": _jsonable(dict(config.source)),
+        "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests},
+        "machine": machine(),
+        "servers": result.servers,
+        "workers": workers,
+        "targets": targets,
+        "aggregated": target_summary(stats.aggregated(), elapsed, connections=False),
+    }
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,61 @@
+"""A worker process's entry point and the plan it is given.
+
+The controller starts each worker with the multiprocessing ``spawn`` context
+and `main` as its target. Its first statement patches the standard library
+for gevent; only then is the load code (which imports sockets) imported.
+Nothing at the top of this module imports gevent or opens a socket, so the
+parent, which imports this module to name the target, is never patched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .config import RunConfig
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker's share of a run."""
+
+    index: int
+    workers: int
+    config: RunConfig
+    addresses: Mapping[str, str]  # server name -> "host:port" as started
+    shares: tuple[int, ...]  # per target: virtual users (http) or connections (tcp) of this worker
+    requests: int | None  # this worker's share of the total request count, if the run has one
+    duration: float | None  # seconds
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How a worker ended, as it reports itself."""
+
+    index: int
+    pid: int
+    cpu_user: float
+    cpu_system: float
+    max_rss_kib: int
+    cancelled: int
+    error: str = ""
+
+
+def main(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
+    """Worker process entry: patch, then run this worker's share of the load."""
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the controller, which stops us in order
+
+    from .workload import run_worker
+
+    run_worker(plan, conn, start, stop)
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """Part `index` of `total` split as evenly as whole numbers allow."""
+    return total // parts + (1 if index < total % parts else 0)

@@ -19,12 +19,13 @@ import gevent
 from gevent.pool import Pool
 
 from .config import HttpTarget, TcpTarget, resolve
-from .protocols import Session
+from .protocols import Deadlines, Session
 from .stats import Snapshot, TargetRecorder
 from .worker import WorkerExit, WorkerPlan
 
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
+DEADLINE_SCAN_S = 0.1  # request timeouts are exact to this
 GRACEFUL_STOP_S = 2.0  # in-flight requests may finish this long after the deadline
 CANCEL_WAIT_S = 5.0
 START_WAIT_S = 120.0
@@ -55,13 +56,14 @@ def raise_nofile_limit() -> int:
     return hard
 
 
-def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan,
-                    recorder: TargetRecorder) -> Callable[[], Session]:
+def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan, recorder: TargetRecorder,
+                    deadlines: Deadlines) -> Callable[[], Session]:
     """A function that makes one virtual user's session; resolves addresses once."""
     if isinstance(target, TcpTarget):
         from .protocols.tcp import tcp_session_factory
 
-        return tcp_session_factory(target, resolve(target.address, plan.addresses), recorder, plan.workers)
+        return tcp_session_factory(target, resolve(target.address, plan.addresses), recorder, plan.workers,
+                                   deadlines)
     urls = [resolve(u, plan.addresses) for u in target.urls]
     if target.engine == "requests":
         from .protocols.http_requests import RequestsSession
@@ -73,7 +75,7 @@ def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan,
     endpoints = build_endpoints(target, urls)
     shared_endpoints = cycle(endpoints)  # every user visits the next URL, as a crawler does
     tls = tls_context(target) if any(ep.origin[0] == "https" for ep in endpoints) else None
-    return lambda: HttpSession(target, endpoints, recorder, shared_endpoints, tls)
+    return lambda: HttpSession(target, endpoints, recorder, shared_endpoints, tls, deadlines)
 
 
 def virtual_user(make_session: Callable[[], Session], budget: Budget) -> None:
@@ -86,14 +88,22 @@ def virtual_user(make_session: Callable[[], Session], budget: Budget) -> None:
         session.close()
 
 
+def scan_deadlines(deadlines: Deadlines) -> None:
+    """Expire requests past their timeout, a few times a second, until killed."""
+    while True:
+        gevent.sleep(DEADLINE_SCAN_S)
+        deadlines.expire_late(time.perf_counter_ns())
+
+
 def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     """Run this worker's share of the load and report to the controller over `conn`."""
     raise_nofile_limit()
     parent = os.getppid()
     targets = plan.config.targets
     recorders = [TargetRecorder(i) for i in range(len(targets))]
+    deadlines = Deadlines()
     try:
-        factories = [session_factory(t, plan, recorders[i]) for i, t in enumerate(targets)]
+        factories = [session_factory(t, plan, recorders[i], deadlines) for i, t in enumerate(targets)]
     except OSError as e:
         conn.send(("error", plan.index, f"worker {plan.index} cannot resolve a target: {e}"))
         return
@@ -110,6 +120,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     for i, make in enumerate(factories):
         for _ in range(plan.shares[i]):
             pool.spawn(virtual_user, make, budget)
+    scan = gevent.spawn(scan_deadlines, deadlines)
 
     deadline = t0 + plan.duration if plan.duration else float("inf")
     seq = 0
@@ -141,6 +152,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     before = sum(r.failures["cancelled"] for r in recorders)
     pool.kill(block=True, timeout=CANCEL_WAIT_S)  # what is still in flight records itself as cancelled
     cancelled = sum(r.failures["cancelled"] for r in recorders) - before
+    scan.kill()
     end = time.monotonic() - t0
     conn.send(("snapshot", Snapshot(plan.index, seq, interval_start, end,
                                     tuple(r.snapshot() for r in recorders), final=True)))

@@ -28,3 +28,35 @@ class Session(Protocol):
 
     def close(self) -> None:
         """Close every connection this session holds."""
+
+
+class Expirable(Protocol):
+    deadline_ns: int  # perf_counter_ns time the request in flight must end by; 0 when idle
+
+    def expire(self) -> None:
+        """Abort the request in flight: it ends as a timeout failure."""
+
+
+class Deadlines:
+    """Request timeouts for many sessions, enforced by one periodic scan.
+
+    A gevent socket timeout arms and cancels a timer on every blocking read,
+    which costs about a third of a fast request's CPU. Instead each session
+    notes when its request must end, and one greenlet of the worker calls
+    `expire_late` a few times a second: timeouts are exact to that period.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: set[Expirable] = set()
+
+    def add(self, session: Expirable) -> None:
+        self.sessions.add(session)
+
+    def discard(self, session: Expirable) -> None:
+        self.sessions.discard(session)
+
+    def expire_late(self, now_ns: int) -> int:
+        late = [s for s in self.sessions if 0 < s.deadline_ns <= now_ns]
+        for s in late:
+            s.expire()
+        return len(late)

@@ -27,6 +27,7 @@ from gevent import GreenletExit
 
 from ..config import HttpTarget
 from ..stats import TargetRecorder
+from . import Deadlines
 
 RECV_SIZE = 256 * 1024
 USER_AGENT = "loadtest/0.1"
@@ -108,15 +109,30 @@ class HttpSession:
     """One virtual user's keep-alive connections to an HTTP target."""
 
     def __init__(self, target: HttpTarget, endpoints: list[Endpoint], recorder: TargetRecorder,
-                 urls: Iterator[Endpoint] | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 urls: Iterator[Endpoint] | None = None, tls: ssl.SSLContext | None = None,
+                 deadlines: Deadlines | None = None) -> None:
         self.target = target
         self.recorder = recorder
         self.timeout = target.timeout
+        self.timeout_ns = int(target.timeout * 1e9)
         self.expect = frozenset(target.expect_status)
+        self.deadline_ns = 0
+        self.expired = False
         self._single = endpoints[0] if len(endpoints) == 1 else None
         self._urls = urls if urls is not None else cycle(endpoints)
         self._conns: dict[tuple[str, str, int], _Connection] = {}
         self._tls = tls
+        # Without a Deadlines scan, each socket read carries the timeout itself (slower).
+        self._deadlines = deadlines
+        self._read_timeout = None if deadlines is not None else target.timeout
+        if deadlines is not None:
+            deadlines.add(self)
+
+    def expire(self) -> None:
+        """Called by the Deadlines scan: abort the request in flight as a read timeout."""
+        self.expired = True
+        for conn in self._conns.values():
+            conn.sock.close()  # the greenlet blocked on it gets EBADF
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         ep = self._single or next(self._urls)
@@ -127,6 +143,7 @@ class HttpSession:
                 return
         rec = self.recorder
         started = scheduled_ns or perf_counter_ns()
+        self.deadline_ns = started + self.timeout_ns
         sent = len(ep.request)
         try:
             kind, message, received = self._roundtrip(conn, ep)
@@ -135,14 +152,17 @@ class HttpSession:
                 self._drop(ep.origin)
                 conn = self._connect(ep)
                 if conn is None:
+                    self.deadline_ns = 0
                     return
                 kind, message, received = self._roundtrip(conn, ep)
                 sent += len(ep.request)
             conn.reused = True
         except GreenletExit:
+            self.deadline_ns = 0
             self._drop(ep.origin)
             rec.failure("cancelled", "the run stopped while this request was in flight", None)
             raise
+        self.deadline_ns = 0
         latency = perf_counter_ns() - started
         if kind is None:
             status = conn.parser.get_status_code()
@@ -194,6 +214,9 @@ class HttpSession:
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
             return "reset", f"connection reset: {e.strerror or e}", received
         except OSError as e:
+            if self.expired:
+                self.expired = False
+                return "read_timeout", f"no complete response within {self.timeout:g} s", received
             return "error", f"socket error: {e.strerror or e}", received
 
     def _connect(self, ep: Endpoint) -> _Connection | None:
@@ -206,6 +229,7 @@ class HttpSession:
             sock.connect(ep.sockaddr)
             if ep.origin[0] == "https":
                 sock = self._tls_context().wrap_socket(sock, server_hostname=ep.origin[1])
+            sock.settimeout(self._read_timeout)
         except GreenletExit:
             sock.close()
             raise
@@ -233,6 +257,8 @@ class HttpSession:
     def close(self) -> None:
         for origin in list(self._conns):
             self._drop(origin)
+        if self._deadlines is not None:
+            self._deadlines.discard(self)
 
 
 def tls_context(target: HttpTarget) -> ssl.SSLContext:

@@ -1,0 +1,98 @@
+"""The life of one server process: listen on the shared port, serve, stop cleanly on SIGTERM or SIGINT.
+
+Imported only inside a server process, after `monkey.patch_all()` (see
+`group._server_process_main`). The parent learns how start-up went from one
+message on `report`: ("ready", pid) or ("error", sentence).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import socket
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from loadtest.config import ServerSpec
+
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+PARENT_CHECK_INTERVAL_S = 1.0
+
+
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard limit: each connection is a file."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # keep the soft limit: the server still runs, with fewer connections
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that shares the port with the group's other processes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one call, not one per connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def describe_os_error(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    if error.errno == errno.EADDRINUSE:
+        reason = "address already in use"
+    return reason[:1].lower() + reason[1:]
+
+
+def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any:
+    if spec.kind == "http":
+        from loadtest.servers.http import HttpServer
+
+        return HttpServer(listener, counts, spec.max_connections, spec.idle_timeout)
+    from loadtest.servers.echo import EchoServer
+
+    return EchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout)
+
+
+def run(spec: ServerSpec, port: int, counts: Any, report: Any, parent_pid: int) -> None:
+    """Serve `spec` on `port` until SIGTERM or SIGINT, or until the parent process is gone."""
+    raise_open_file_limit()
+    address = f"[{spec.host}]:{port}" if ":" in spec.host else f"{spec.host}:{port}"
+    try:
+        listener = listen(spec.host, port)
+    except OSError as error:
+        report.send(("error", f"cannot listen on {address}: {describe_os_error(error)}"))
+        return
+    server = _build_server(spec, listener, counts)
+    stopping = Event()
+    gevent.signal_handler(signal.SIGTERM, stopping.set)
+    gevent.signal_handler(signal.SIGINT, stopping.set)
+
+    def watch_parent() -> None:
+        # A parent killed with SIGKILL cannot stop us: notice, and stop ourselves.
+        while os.getppid() == parent_pid:
+            gevent.sleep(PARENT_CHECK_INTERVAL_S)
+        stopping.set()
+
+    watcher = gevent.spawn(watch_parent)
+    server.start()
+    report.send(("ready", os.getpid()))
+    stopping.wait()
+    watcher.kill(block=False)
+    server.stop()
+    report.close()

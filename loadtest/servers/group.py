@@ -1,0 +1,290 @@
+"""A group of server processes for one `ServerSpec`, sharing one port with SO_REUSEPORT.
+
+The caller (the controller) uses threads and is never monkey-patched, so the
+processes start with the `spawn` context; each one patches gevent as the first
+statement of its entry, then imports the server code. Counts live in shared
+memory, one slot per process, written by the process as it serves: `served()`
+reads them at any time, `stop()` after the processes have ended.
+
+    group = ServerGroup.start(spec)      # returns once every process listens
+    ...                                  # load group.address
+    counts = group.stop()                # {"requests": n} or {"messages", "bytes", "connections"}
+"""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from loadtest.config import ServerSpec
+
+DEFAULT_START_TIMEOUT_S = 15.0
+DEFAULT_STOP_TIMEOUT_S = 5.0
+KILL_TIMEOUT_S = 2.0
+FOREGROUND_POLL_S = 0.5
+COUNT_SLOTS = 3  # per process; http: requests. echo: messages, bytes, connections
+COUNT_NAMES = {"http": ("requests",), "echo": ("messages", "bytes", "connections")}
+
+
+class ServerError(Exception):
+    """An embedded server could not start, or died: one sentence naming the server."""
+
+
+def _server_process_main(spec: ServerSpec, index: int, port: int, counts: Any, report: Any,
+                         parent_pid: int) -> None:
+    """Entry of a server process: patch first, then import and run the server."""
+    from gevent import monkey; monkey.patch_all()  # noqa: E702 -- must come before anything else runs
+
+    import signal as process_signal
+
+    process_signal.signal(process_signal.SIGINT, process_signal.SIG_IGN)  # until the server's own handler
+    from loadtest.servers import child
+
+    view = memoryview(counts).cast("B").cast("q")[index * COUNT_SLOTS:(index + 1) * COUNT_SLOTS]
+    try:
+        child.run(spec, port, view, report, parent_pid)
+    except Exception as error:  # reported as one sentence; the parent raises ServerError
+        report.send(("error", f"failed: {type(error).__name__}: {error}"))
+
+
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Keep a spawned process from re-running the caller's main script before its entry.
+
+    `spawn` re-imports a main *script* (not a ``-m`` module) in the child before the
+    entry function runs, so its imports (requests, ssl, ...) would come before
+    `monkey.patch_all()`. Without ``__main__.__file__`` for the moment of `start()`,
+    the child skips that step; the entry needs nothing from the main module.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main.__spec__, "name", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) a SO_REUSEPORT socket on host:port, to hold the port while the group starts.
+
+    For port 0 this is how the group learns a free port. For a given port, a plain
+    bind first checks that no one else holds it: SO_REUSEPORT alone would share
+    the port with another of our own servers without a word.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host, port))
+    except BaseException:
+        holder.close()
+        raise
+    return holder
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "address already in use"
+    reason = error.strerror or str(error)
+    return reason[:1].lower() + reason[1:]
+
+
+class ServerGroup:
+    """The running processes of one embedded server, all listening on `host:port`."""
+
+    def __init__(self, spec: ServerSpec, port: int, processes: list[Any], counts: Any, where: str) -> None:
+        self.spec = spec
+        self.host = spec.host
+        self.port = port
+        self.pids: list[int] = [p.pid for p in processes]
+        self._processes = processes
+        self._counts = counts
+        self._where = where
+        self._final: dict[str, int] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (``[v6]:port``) that clients connect to."""
+        return _format_address(self.host, self.port)
+
+    @classmethod
+    def start(cls, spec: ServerSpec, timeout: float = DEFAULT_START_TIMEOUT_S, where: str = "") -> ServerGroup:
+        """Start `spec.workers` processes; return once every one listens.
+
+        `where` names the server in errors (e.g. "servers[0]"); by default its name.
+        Raises ServerError, with every process already stopped, if any cannot listen.
+        """
+        label = f"{where or 'server ' + repr(spec.name)} ({spec.kind})"
+        try:
+            holder = _reserve_port(spec.host, spec.port)
+        except OSError as error:
+            address = _format_address(spec.host, spec.port)
+            raise ServerError(f"{label}: cannot listen on {address}: {_os_reason(error)}") from None
+        except (OverflowError, ValueError, TypeError) as error:
+            raise ServerError(f"{label}: cannot listen on {spec.host!r}:{spec.port}: {error}") from None
+        context = mp.get_context("spawn")
+        processes: list[Any] = []
+        reports: dict[Any, Any] = {}
+        try:
+            port = holder.getsockname()[1]
+            counts = context.RawArray("q", spec.workers * COUNT_SLOTS)
+            for index in range(spec.workers):
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_server_process_main,
+                    args=(spec, index, port, counts, sender, os.getpid()),
+                    name=f"loadtest-server-{spec.name}-{index}",
+                    daemon=True,
+                )
+                with _main_script_hidden():
+                    process.start()
+                sender.close()
+                processes.append(process)
+                reports[receiver] = process
+            group = cls(spec, port, processes, counts, label)
+            group._await_ready(reports, timeout)
+            return group
+        except BaseException:
+            _end_processes(processes, KILL_TIMEOUT_S)
+            raise
+        finally:
+            holder.close()
+            for receiver in reports:
+                receiver.close()
+
+    def _await_ready(self, reports: dict[Any, Any], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = dict(reports)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerError(f"{self._where}: {len(waiting)} of {len(reports)} processes "
+                                  f"did not listen within {timeout:g} s")
+            sentinels = {process.sentinel: receiver for receiver, process in waiting.items()}
+            for ready in multiprocessing.connection.wait([*waiting, *sentinels], remaining):
+                receiver = sentinels.get(ready, ready)  # type: ignore[call-overload]
+                if receiver not in waiting:
+                    continue
+                process = waiting[receiver]
+                try:
+                    message = receiver.recv() if receiver.poll() else None
+                except (EOFError, OSError):
+                    message = None
+                if message is None:
+                    process.join(KILL_TIMEOUT_S)
+                    raise ServerError(f"{self._where}: process {process.pid} exited with status "
+                                      f"{process.exitcode} before it listened")
+                if message[0] == "error":
+                    raise ServerError(f"{self._where}: {message[1]}")
+                del waiting[receiver]
+
+    def served(self) -> dict[str, int]:
+        """The counts served so far, summed over the processes."""
+        if self._final is not None:
+            return dict(self._final)
+        return self._read_counts()
+
+    def _read_counts(self) -> dict[str, int]:
+        values = list(self._counts)
+        names = COUNT_NAMES[self.spec.kind]
+        return {name: sum(values[slot::COUNT_SLOTS]) for slot, name in enumerate(names)}
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> dict[str, int]:
+        """Stop every process (SIGTERM, then SIGKILL after `timeout`); return the counts served."""
+        if self._final is None:
+            _end_processes(self._processes, timeout)
+            self._final = self._read_counts()
+        return dict(self._final)
+
+    def exited(self) -> list[int]:
+        """The pids of the processes that have ended."""
+        return [p.pid for p in self._processes if not p.is_alive()]
+
+    def __enter__(self) -> ServerGroup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _end_processes(processes: list[Any], timeout: float) -> None:
+    for process in processes:
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(KILL_TIMEOUT_S)
+
+
+def _describe(group: ServerGroup) -> str:
+    scheme = "http://" if group.spec.kind == "http" else ""
+    return f"{group.spec.kind} on {scheme}{group.address}"
+
+
+def _describe_counts(kind: str, counts: dict[str, int]) -> str:
+    if kind == "http":
+        return f"{counts['requests']} requests served"
+    return f"{counts['connections']} connections, {counts['messages']} messages, {counts['bytes']} bytes echoed"
+
+
+def serve_foreground(spec: ServerSpec, out: TextIO = sys.stdout) -> int:
+    """Run `spec` until SIGINT or SIGTERM (for ``loadtest serve``); return the exit status.
+
+    Raises ServerError when the server cannot start. Returns 1 if a process died while serving.
+    """
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop_requested.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        group = ServerGroup.start(spec)
+        try:
+            processes = "process" if spec.workers == 1 else "processes"
+            upper = ", upper-casing" if spec.upper else ""
+            print(f"serving {_describe(group)} ({spec.workers} {processes}{upper})", file=out, flush=True)
+            status = 0
+            while not stop_requested.wait(FOREGROUND_POLL_S):
+                if group.exited():
+                    print(f"error: {group._where}: process {group.exited()[0]} exited while serving",
+                          file=out, flush=True)
+                    status = 1
+                    break
+        finally:
+            counts = group.stop()
+        print(f"stopped {_describe(group)}: {_describe_counts(spec.kind, counts)}", file=out, flush=True)
+        return status
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

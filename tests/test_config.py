@@ -1,0 +1,153 @@
+"""Config validation: good configs load; each mistake is one sentence naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loadtest.config import ConfigError, HttpTarget, TcpTarget, load_config, parse_config, parse_duration, resolve
+
+GOOD = {
+    "name": "shop",
+    "duration": "2m",
+    "workers": 3,
+    "servers": [{"name": "site", "kind": "http", "listen": "127.0.0.1:0", "workers": 2}],
+    "targets": [
+        {"name": "home", "url": "http://{site}/", "concurrency": 10},
+        {"name": "crawl", "urls": ["http://{site}/site/1", "http://{site}/site/2"], "method": "post",
+         "headers": {"X-Trace": "1"}, "body": "hi", "timeout": "500ms", "expect_status": [200, 201],
+         "engine": "requests", "concurrency": 4},
+        {"name": "echo", "tcp": "127.0.0.1:9000", "connections": 100, "size": 16, "expect": "upper",
+         "source_ips": "127.0.0.1-127.0.0.3"},
+    ],
+}
+
+
+def test_a_full_config_loads_into_frozen_typed_fields() -> None:
+    config = parse_config(GOOD)
+    assert config.name == "shop" and config.duration == 120.0 and config.workers == 3
+    home, crawl, echo = config.targets
+    assert isinstance(home, HttpTarget) and home.method == "GET" and home.engine == "fast"
+    assert crawl.method == "POST" and crawl.headers == (("X-Trace", "1"),) and crawl.body == b"hi"
+    assert crawl.timeout == 0.5 and crawl.expect_status == (200, 201) and crawl.engine == "requests"
+    assert isinstance(echo, TcpTarget) and echo.message == b"abcdefghijklmnop" and echo.expect == "upper"
+    assert echo.source_ips == ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    assert config.servers[0].port == 0 and config.servers[0].workers == 2
+    assert resolve(home.urls[0], {"site": "127.0.0.1:5555"}) == "http://127.0.0.1:5555/"
+    with pytest.raises(AttributeError):
+        config.name = "other"  # type: ignore[misc]
+
+
+def test_workers_auto_and_requests_only() -> None:
+    config = parse_config({"requests": 100, "workers": "auto", "targets": [{"url": "http://127.0.0.1:1/"}]})
+    assert config.workers is None and config.requests == 100 and config.duration is None
+    assert config.targets[0].name == "http://127.0.0.1:1/"
+
+
+@pytest.mark.parametrize("text, seconds", [("10s", 10), ("2m", 120), ("1h", 3600), ("250ms", 0.25), (3, 3),
+                                           ("1.5s", 1.5), (" 7 s ", 7)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text, "duration") == seconds
+
+
+def target(**fields: object) -> dict[str, object]:
+    return {"duration": "1s", "targets": [{"url": "http://127.0.0.1:8080/", **fields}]}
+
+
+BAD = [
+    (None, "config: must be a mapping"),
+    ([1, 2], "config: must be a mapping"),
+    ("text", "config: must be a mapping"),
+    ({"targets": [{"url": "http://127.0.0.1:1/"}]}, "config: needs duration"),
+    ({"duration": "1s"}, "targets: is missing"),
+    ({"duration": "1s", "targets": []}, "targets: is empty"),
+    ({"duration": "1s", "targets": {"url": "x"}}, "targets: must be a list"),
+    ({"duration": "fast", "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be a duration"),
+    ({"duration": "-5s", "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be a duration"),
+    ({"duration": 0, "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be more than 0"),
+    ({"duration": True, "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be a duration"),
+    ({"requests": 0, "targets": [{"url": "http://127.0.0.1:1/"}]}, "requests: must be a positive integer"),
+    ({"requests": "ten", "targets": [{"url": "http://127.0.0.1:1/"}]}, "requests: must be a positive integer"),
+    ({"duration": "1s", "workers": 0, "targets": [{"url": "http://127.0.0.1:1/"}]}, "workers: must be a positive"),
+    ({"duration": "1s", "workers": "many", "targets": [{"url": "http://127.0.0.1:1/"}]}, "workers: must be"),
+    ({"duration": "1s", "colour": "red", "targets": [{"url": "http://127.0.0.1:1/"}]}, "config: unknown field 'colour'"),
+    ({"duration": "1s", "out": 5, "targets": [{"url": "http://127.0.0.1:1/"}]}, "out: must be a folder path"),
+    (target(concurrency="many"), "targets[0].concurrency: must be a positive integer, got 'many'"),
+    (target(concurrency=-3), "targets[0].concurrency: must be a positive integer, got -3"),
+    (target(concurrency=2.5), "targets[0].concurrency: must be a positive integer"),
+    (target(url="ftp://127.0.0.1/"), "targets[0].url: must start with http:// or https://"),
+    (target(url="not a url"), "targets[0].url: must start with http://"),
+    (target(url="http://"), "targets[0].url: has no host"),
+    (target(url="http://127.0.0.1:99999/"), "targets[0].url: is not a valid URL"),
+    (target(url="http://{nosuch}/"), "targets[0].url: refers to server {nosuch}"),
+    (target(method="FETCH"), "targets[0].method: must be one of"),
+    (target(timeout="soon"), "targets[0].timeout: must be a duration"),
+    (target(engine="turbo"), "targets[0].engine: must be one of fast, requests"),
+    (target(expect_status=700), "targets[0].expect_status: must be HTTP status codes"),
+    (target(headers=["X: y"]), "targets[0].headers: must be a mapping"),
+    (target(headers={"X": "a\r\nb"}), "targets[0].headers.X: must be a single-line"),
+    (target(body=5), "targets[0].body: must be text"),
+    (target(speed=3), "targets[0]: unknown field 'speed'"),
+    ({"duration": "1s", "targets": [{"name": "x"}]}, "targets[0]: needs url"),
+    ({"duration": "1s", "targets": ["http://127.0.0.1/"]}, "targets[0]: must be a mapping"),
+    ({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", "name": "a"},
+                                    {"url": "http://127.0.0.1:1/", "name": "a"}]}, "targets[1].name: 'a' is used twice"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:70000"}]}, "targets[0].tcp: port must be between 0 and 65535"),
+    ({"duration": "1s", "targets": [{"tcp": "nohostport"}]}, "targets[0].tcp: must be HOST:PORT"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "expect": "reverse"}]}, "targets[0].expect: must be one of"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "size": 0}]}, "targets[0].size: must be a positive integer"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "rate": "fast"}]}, "targets[0].rate: must be a positive number"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "source_ips": "127.0.0.9-127.0.0.1"}]},
+     "targets[0].source_ips: range"),
+    ({"duration": "1s", "servers": [{"kind": "ftp"}], "targets": [{"url": "http://127.0.0.1:1/"}]},
+     "servers[0].kind: must be one of http, echo"),
+    ({"duration": "1s", "servers": [{"kind": "http", "listen": "127.0.0.1:65536"}],
+      "targets": [{"url": "http://127.0.0.1:1/"}]}, "servers[0].listen: port must be between 0 and 65535"),
+    ({"duration": "1s", "servers": [{"kind": "http", "workers": 0}], "targets": [{"url": "http://127.0.0.1:1/"}]},
+     "servers[0].workers: must be a positive integer"),
+    ({"duration": "1s", "servers": [{"kind": "http", "upper": True}], "targets": [{"url": "http://127.0.0.1:1/"}]},
+     "servers[0].upper: only an echo server"),
+]
+
+
+@pytest.mark.parametrize("data, message", BAD, ids=[m for _, m in BAD])
+def test_bad_configs_name_the_field(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_files_that_are_not_configs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_config(binary)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("targets: [\n  - url: x\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(broken)
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("duration: !!python/object/apply:os.system ['echo hacked']\ntargets: []\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(unsafe)
+
+
+def test_the_shipped_configs_load() -> None:
+    root = Path(__file__).resolve().parent.parent / "configs"
+    configs = sorted(root.glob("*.yaml"))
+    assert configs, "configs/ has no YAML files"
+    for path in configs:
+        config = load_config(path)
+        assert config.targets
+        for t in config.targets:  # every load the project ships goes to loopback
+            address = t.address if isinstance(t, TcpTarget) else t.urls[0].split("/")[2]
+            assert address.startswith(("127.", "{", "[::1]", "localhost")), (path, address)
+        yaml.safe_load(path.read_text())

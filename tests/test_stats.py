@@ -1,0 +1,143 @@
+"""The stats core: fast recording, exact merging, seconds in order."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from loadtest.stats import (
+    HIGHEST_NS,
+    PERCENTILES,
+    LatencyHistogram,
+    RunStats,
+    Snapshot,
+    TargetRecorder,
+    decode_histogram,
+    new_histogram,
+    percentiles_ns,
+)
+
+
+def exact_percentile(sorted_values: list[int], p: float) -> int:
+    """The value at percentile p as HdrHistogram defines it (the smallest value covering p%)."""
+    rank = max(1, int(p / 100.0 * len(sorted_values) + 0.5))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def test_fast_record_matches_hdrhistogram_record_value() -> None:
+    rng = random.Random(7)
+    values = [rng.randint(1, 10**12) for _ in range(5000)] + [1, 2, 1023, 1024, 2047, 2048, 4095, HIGHEST_NS]
+    fast = LatencyHistogram()
+    reference = new_histogram()
+    for v in values:
+        fast.record(v)
+        reference.record_value(v)
+    h = fast.histogram()
+    assert list(h.counts) == list(reference.counts)
+    assert h.get_total_count() == reference.get_total_count() == len(values)
+    assert h.get_min_value() == reference.get_min_value()
+    assert h.get_max_value() == reference.get_max_value()
+
+
+def test_values_out_of_range_are_clamped_not_lost() -> None:
+    fast = LatencyHistogram()
+    fast.record(0)
+    fast.record(-5)
+    fast.record(HIGHEST_NS * 10)
+    h = fast.histogram()
+    assert h.get_total_count() == 3
+    assert h.get_max_value() >= HIGHEST_NS * 0.999
+
+
+def test_merged_worker_percentiles_match_raw_samples_within_precision() -> None:
+    """Four workers with different latency shapes: merge, then compare with all raw samples."""
+    rng = random.Random(42)
+    workers = 4
+    samples: list[int] = []
+    stats = RunStats([("t", "GET")], workers)
+    for w in range(workers):
+        for seq in range(3):
+            rec = TargetRecorder(0)
+            scale = (w + 1) * 200_000  # each worker has its own distribution
+            for _ in range(3000):
+                v = int(rng.lognormvariate(0, 1) * scale) + 1
+                if rng.random() < 0.01:
+                    v *= 50  # a tail
+                samples.append(v)
+                rec.success(v, 100, 50, 80)
+            stats.add(Snapshot(w, seq, float(seq), float(seq + 1), (rec.snapshot(),), final=seq == 2))
+    samples.sort()
+    merged = stats.totals[0].latency
+    assert merged.get_total_count() == len(samples)
+    assert stats.totals[0].requests == len(samples)
+    for p, got in zip(PERCENTILES, percentiles_ns(merged)):
+        want = samples[-1] if p == 100.0 else exact_percentile(samples, p)
+        # HdrHistogram with 3 significant digits: within 0.1% of the true value
+        assert abs(got - want) <= want * 0.001 + 1, (p, got, want)
+    assert merged.get_min_value() == pytest.approx(samples[0], rel=0.001)
+    assert merged.get_max_value() == pytest.approx(samples[-1], rel=0.001)
+
+
+def test_averaging_worker_percentiles_would_be_wrong() -> None:
+    """Why we merge histograms: the mean of per-worker p99s is far from the true p99."""
+    fast, slow = TargetRecorder(0), TargetRecorder(0)
+    for _ in range(990):
+        fast.success(1_000_000, 0, 0, 0)
+    for _ in range(10):
+        fast.success(100_000_000, 0, 0, 0)
+    for _ in range(10):
+        slow.success(100_000_000, 0, 0, 0)
+    a = decode_histogram(fast.snapshot().latency)
+    b = decode_histogram(slow.snapshot().latency)
+    averaged = (a.get_value_at_percentile(99) + b.get_value_at_percentile(99)) / 2
+    a.add(b)
+    merged = a.get_value_at_percentile(99)
+    assert merged == pytest.approx(100_000_000, rel=0.001)
+    assert averaged < merged * 0.6
+
+
+def test_recorder_counts_every_outcome_once_and_resets() -> None:
+    rec = TargetRecorder(3)
+    rec.success(1000, 200, 100, 150)
+    rec.failure("status", "HTTP 500", 2000, 50, 100)
+    rec.failure("refused", "connection refused")
+    rec.failure("refused", "connection refused again")
+    snap = rec.snapshot()
+    assert snap.target == 3
+    assert snap.requests == 4
+    assert dict(snap.failures) == {"status": 1, "refused": 2}
+    assert dict(snap.failure_samples)["refused"] == "connection refused"
+    assert (snap.bytes_in, snap.bytes_out, snap.content_bytes) == (250, 200, 150)
+    assert decode_histogram(snap.latency).get_total_count() == 2  # refused has no latency
+    empty = rec.snapshot()
+    assert empty.requests == 0 and empty.latency == b""
+
+
+def test_seconds_are_released_only_when_every_live_worker_has_sent_them() -> None:
+    stats = RunStats([("a", "GET"), ("b", "TCP")], workers=2)
+
+    def snap(worker: int, seq: int, n: int, final: bool = False) -> Snapshot:
+        rec_a, rec_b = TargetRecorder(0), TargetRecorder(1)
+        for _ in range(n):
+            rec_a.success(1000, 1, 1, 1)
+        rec_b.failure("mismatch", "wrong reply", 500)
+        return Snapshot(worker, seq, float(seq), seq + 1.0, (rec_a.snapshot(), rec_b.snapshot()), final)
+
+    stats.add(snap(0, 0, 5))
+    stats.add(snap(0, 1, 7))
+    assert stats.ready_intervals() == []  # worker 1 has sent nothing yet
+    stats.add(snap(1, 0, 11))
+    ready = stats.ready_intervals()
+    assert [i.seq for i in ready] == [0]
+    assert ready[0].targets[0].requests == 16
+    assert ready[0].targets[1].failures["mismatch"] == 2
+    # worker 1 is lost: it no longer holds second 1 back
+    assert [i.seq for i in stats.ready_intervals(lost=[1])] == [1]
+    stats.add(snap(0, 2, 1, final=True))
+    assert [i.seq for i in stats.ready_intervals(lost=[1])] == [2]
+    assert stats.totals[0].requests == 5 + 7 + 11 + 1
+    assert stats.worker_requests == [5 + 1 + 7 + 1 + 1 + 1, 11 + 1]
+    (record,) = stats.failures()
+    assert (record.target, record.kind, record.occurrences) == ("b", "mismatch", 4)
+    assert (record.first_seen, record.last_seen) == (1.0, 3.0)

@@ -13,7 +13,13 @@ that is gevent's, because the worker patches before importing them.
 
 from __future__ import annotations
 
-from typing import Protocol
+from time import perf_counter_ns
+from typing import Any, Protocol
+
+from gevent import Timeout, getcurrent
+from gevent.hub import get_hub
+
+from .channel import RequestTimeout
 
 
 class Session(Protocol):
@@ -30,33 +36,72 @@ class Session(Protocol):
         """Close every connection this session holds."""
 
 
-class Expirable(Protocol):
-    deadline_ns: int  # perf_counter_ns time the request in flight must end by; 0 when idle
-
-    def expire(self) -> None:
-        """Abort the request in flight: it ends as a timeout failure."""
-
-
 class Deadlines:
     """Request timeouts for many sessions, enforced by one periodic scan.
 
-    A gevent socket timeout arms and cancels a timer on every blocking read,
-    which costs about a third of a fast request's CPU. Instead each session
-    notes when its request must end, and one greenlet of the worker calls
-    `expire_late` a few times a second: timeouts are exact to that period.
+    A gevent timeout arms and cancels a timer on every blocking read, which
+    costs about a third of a fast request's CPU. Instead each session's
+    `RequestTimer` notes when its request must end, and one greenlet of the
+    worker calls `expire_late` a few times a second: timeouts are exact to
+    that period.
     """
 
     def __init__(self) -> None:
-        self.sessions: set[Expirable] = set()
-
-    def add(self, session: Expirable) -> None:
-        self.sessions.add(session)
-
-    def discard(self, session: Expirable) -> None:
-        self.sessions.discard(session)
+        self.timers: set[RequestTimer] = set()
 
     def expire_late(self, now_ns: int) -> int:
-        late = [s for s in self.sessions if 0 < s.deadline_ns <= now_ns]
-        for s in late:
-            s.expire()
+        late = [t for t in self.timers if 0 < t.deadline_ns <= now_ns]
+        for t in late:
+            t.expire()
         return len(late)
+
+
+class RequestTimer:
+    """When a session's request in flight must end, and how it is aborted if it does not.
+
+    Expiring throws `RequestTimeout` into the session's greenlet from a hub
+    callback, and only if that same request is still in flight. Without a
+    `Deadlines` scan (a session used on its own), each request arms a gevent
+    timeout instead.
+    """
+
+    __slots__ = ("deadline_ns", "_deadlines", "_seq", "_greenlet", "_hub", "_fallback")
+
+    def __init__(self, deadlines: Deadlines | None) -> None:
+        self.deadline_ns = 0
+        self._deadlines = deadlines
+        self._seq = 0
+        self._greenlet: Any = None
+        self._hub: Any = None
+        self._fallback: Any = None
+        if deadlines is not None:
+            deadlines.timers.add(self)
+
+    def start(self, deadline_ns: int) -> None:
+        self._seq += 1
+        self.deadline_ns = deadline_ns
+        if self._greenlet is None:
+            self._greenlet = getcurrent()
+            self._hub = get_hub()
+        if self._deadlines is None:
+            seconds = max(0.0, (deadline_ns - perf_counter_ns()) / 1e9)
+            self._fallback = Timeout.start_new(seconds, RequestTimeout)
+
+    def stop(self) -> None:
+        self.deadline_ns = 0
+        if self._fallback is not None:
+            self._fallback.close()
+            self._fallback = None
+
+    def expire(self) -> None:
+        self._hub.loop.run_callback(self._expire_now, self._seq)
+
+    def _expire_now(self, seq: int) -> None:
+        g = self._greenlet
+        if seq == self._seq and self.deadline_ns and g is not None and not g.dead:
+            g.throw(RequestTimeout())
+
+    def close(self) -> None:
+        self.stop()
+        if self._deadlines is not None:
+            self._deadlines.timers.discard(self)

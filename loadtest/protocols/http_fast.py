@@ -1,9 +1,10 @@
 """The fast HTTP/1.1 engine: keep-alive sockets, responses parsed by httptools.
 
 One `HttpSession` per virtual user holds one keep-alive connection per origin.
-Each request is one prebuilt byte string written with one `sendall`; the
-response is fed to an llhttp parser whose only Python callbacks are body and
-message-complete, so a request costs a handful of microseconds of Python.
+Each request is one prebuilt byte string written with one `send` on a
+`Channel`; the response is fed to an llhttp parser whose only Python
+callbacks are headers-complete, body and message-complete, so a request
+costs a handful of microseconds of Python.
 Bodies are counted, never kept.
 
 Failure kinds: refused, connect_timeout, read_timeout, reset, closed, status,
@@ -24,10 +25,12 @@ from urllib.parse import urlsplit
 
 import httptools
 from gevent import GreenletExit
+from gevent import ssl as gevent_ssl
 
 from ..config import HttpTarget
 from ..stats import TargetRecorder
-from . import Deadlines
+from . import Deadlines, RequestTimer
+from .channel import Channel, ConnectTimeout, RequestTimeout, TlsChannel
 
 RECV_SIZE = 256 * 1024
 USER_AGENT = "loadtest/0.1"
@@ -96,10 +99,10 @@ class _Response:
 
 
 class _Connection:
-    __slots__ = ("sock", "parser", "response", "reused")
+    __slots__ = ("channel", "parser", "response", "reused")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, channel: Channel | TlsChannel) -> None:
+        self.channel = channel
         self.reused = False
         self.response = _Response()
         self.parser = self.response.parser = httptools.HttpResponseParser(self.response)
@@ -116,23 +119,11 @@ class HttpSession:
         self.timeout = target.timeout
         self.timeout_ns = int(target.timeout * 1e9)
         self.expect = frozenset(target.expect_status)
-        self.deadline_ns = 0
-        self.expired = False
         self._single = endpoints[0] if len(endpoints) == 1 else None
         self._urls = urls if urls is not None else cycle(endpoints)
         self._conns: dict[tuple[str, str, int], _Connection] = {}
         self._tls = tls
-        # Without a Deadlines scan, each socket read carries the timeout itself (slower).
-        self._deadlines = deadlines
-        self._read_timeout = None if deadlines is not None else target.timeout
-        if deadlines is not None:
-            deadlines.add(self)
-
-    def expire(self) -> None:
-        """Called by the Deadlines scan: abort the request in flight as a read timeout."""
-        self.expired = True
-        for conn in self._conns.values():
-            conn.sock.close()  # the greenlet blocked on it gets EBADF
+        self._timer = RequestTimer(deadlines)
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         ep = self._single or next(self._urls)
@@ -143,31 +134,33 @@ class HttpSession:
                 return
         rec = self.recorder
         started = scheduled_ns or perf_counter_ns()
-        self.deadline_ns = started + self.timeout_ns
+        timer = self._timer
+        timer.start(started + self.timeout_ns)
         sent = len(ep.request)
         try:
             kind, message, received = self._roundtrip(conn, ep)
             if kind in _STALE and received == 0 and conn.reused:
                 # The server closed an idle keep-alive connection: reconnect once, as browsers do.
                 self._drop(ep.origin)
-                conn = self._connect(ep)
-                if conn is None:
-                    self.deadline_ns = 0
+                new = self._connect(ep)
+                if new is None:
+                    timer.stop()
                     return
+                conn = new
                 kind, message, received = self._roundtrip(conn, ep)
                 sent += len(ep.request)
             conn.reused = True
         except GreenletExit:
-            self.deadline_ns = 0
+            timer.stop()
             self._drop(ep.origin)
             rec.failure("cancelled", "the run stopped while this request was in flight", None)
             raise
-        self.deadline_ns = 0
+        timer.stop()
         latency = perf_counter_ns() - started
         if kind is None:
             status = conn.parser.get_status_code()
-            body = conn.response.body
             response = conn.response
+            body = response.body
             if not response.keep_alive:
                 self._drop(ep.origin)
             else:
@@ -186,15 +179,15 @@ class HttpSession:
 
     def _roundtrip(self, conn: _Connection, ep: Endpoint) -> tuple[str | None, str, int]:
         """Write the request, read one whole response: (failure kind or None, message, bytes read)."""
-        sock = conn.sock
+        channel = conn.channel
         response = conn.response
         parser = conn.parser
         received = 0
         head = b""
         try:
-            sock.sendall(ep.request)
+            channel.send_all(ep.request)
             while True:
-                data = sock.recv(RECV_SIZE)
+                data = channel.recv(RECV_SIZE)
                 if not data:
                     if response.headers_done and not _LENGTH_OR_CHUNKED.search(head):
                         return None, "", received  # a body delimited by the server closing
@@ -205,7 +198,7 @@ class HttpSession:
                 parser.feed_data(data)
                 if response.complete or (ep.head and response.headers_done):
                     return None, "", received
-        except socket.timeout:
+        except RequestTimeout:
             return "read_timeout", f"no complete response within {self.timeout:g} s", received
         except httptools.HttpParserError as e:
             return "protocol", f"malformed response: {e}", received
@@ -214,32 +207,23 @@ class HttpSession:
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
             return "reset", f"connection reset: {e.strerror or e}", received
         except OSError as e:
-            if self.expired:
-                self.expired = False
-                return "read_timeout", f"no complete response within {self.timeout:g} s", received
             return "error", f"socket error: {e.strerror or e}", received
 
     def _connect(self, ep: Endpoint) -> _Connection | None:
         rec = self.recorder
         started = perf_counter_ns()
-        sock = socket.socket(ep.family, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(self.timeout)
-            sock.connect(ep.sockaddr)
+            channel: Channel | TlsChannel = Channel.connect(ep.family, ep.sockaddr, self.timeout)
             if ep.origin[0] == "https":
-                sock = self._tls_context().wrap_socket(sock, server_hostname=ep.origin[1])
-            sock.settimeout(self._read_timeout)
+                channel = TlsChannel(channel, self._tls_context(), ep.origin[1], self.timeout)
         except GreenletExit:
-            sock.close()
             raise
         except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
-            sock.close()
             kind, message = connect_failure(e, self.timeout)
             rec.failure(kind, message, None)  # the request failed; HTTP has no CONNECT row
             return None
         rec.connected(perf_counter_ns() - started)
-        conn = self._conns[ep.origin] = _Connection(sock)
+        conn = self._conns[ep.origin] = _Connection(channel)
         return conn
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -251,19 +235,18 @@ class HttpSession:
         conn = self._conns.pop(origin, None)
         if conn is not None:
             conn.response.parser = None  # parser and callbacks refer to each other
-            conn.sock.close()
+            conn.channel.close()
             self.recorder.disconnected()
 
     def close(self) -> None:
         for origin in list(self._conns):
             self._drop(origin)
-        if self._deadlines is not None:
-            self._deadlines.discard(self)
+        self._timer.close()
 
 
 def tls_context(target: HttpTarget) -> ssl.SSLContext:
     """The client TLS context for a target; `verify_tls: false` accepts any certificate."""
-    ctx = ssl.create_default_context()
+    ctx = gevent_ssl.create_default_context()
     if not target.verify_tls:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -272,7 +255,7 @@ def tls_context(target: HttpTarget) -> ssl.SSLContext:
 
 def connect_failure(e: BaseException, timeout: float) -> tuple[str, str]:
     """The failure kind and message of a connect that did not succeed."""
-    if isinstance(e, socket.timeout):
+    if isinstance(e, (ConnectTimeout, socket.timeout)):
         return "connect_timeout", f"no connection within {timeout:g} s"
     if isinstance(e, ConnectionRefusedError):
         return "refused", "connection refused"

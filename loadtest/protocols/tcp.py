@@ -1,0 +1,222 @@
+"""TCP message round trips over persistent connections.
+
+One `TcpSession` per virtual user holds one connection. Each `exchange()`
+writes the target's message with one `sendall`, reads back exactly its length
+into a buffer allocated once (TCP splits and merges as it likes, so a reply
+may take several reads, and a read never takes more than the message's
+length, so a reply that arrives early stays queued for the next exchange),
+and checks it: `echo` the same bytes, `upper` upper-cased, `any` anything of
+that length.
+
+Connections open lazily, paced per worker by `connect_rate` and spread over
+`source_ips` round-robin; with `rate`, each connection sends on its own
+schedule from a random phase, and latency is measured from the intended send
+time (coordinated omission corrected). A connection that fails is closed and
+opened again on the next exchange; a connect that fails is counted as a
+connect failure and retried after `RECONNECT_PAUSE_S`.
+
+Message failure kinds: mismatch, closed, reset, read_timeout, error,
+cancelled. Connect failure kinds: those of `connect_failure` (refused,
+connect_timeout, reset, resources, error).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from itertools import cycle
+from time import perf_counter_ns
+from typing import Callable, Iterator
+
+import gevent
+from gevent import GreenletExit
+
+from ..config import TcpTarget
+from ..stats import TargetRecorder
+from . import Deadlines, RequestTimer
+from .channel import Channel, RequestTimeout
+from .http_fast import connect_failure
+
+RECONNECT_PAUSE_S = 1.0  # after a failed connect, so a dead server does not spin the CPU
+_SAMPLE_BYTES = 32  # of a wrong reply, quoted in the failure message
+
+
+class ConnectPacer:
+    """New-connection slots at a fixed rate, shared by one worker's sessions of a target."""
+
+    __slots__ = ("interval_ns", "next_ns")
+
+    def __init__(self, rate: float) -> None:
+        self.interval_ns = int(1e9 / rate)
+        self.next_ns = 0
+
+    def wait(self) -> None:
+        """Sleep until this caller's slot; an idle pacer gives no credit for the time it was idle."""
+        now = perf_counter_ns()
+        slot = self.next_ns if self.next_ns > now else now
+        self.next_ns = slot + self.interval_ns
+        if slot > now:
+            gevent.sleep((slot - now) / 1e9)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` as (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def tcp_session_factory(target: TcpTarget, address: str, recorder: TargetRecorder, workers: int = 1,
+                        deadlines: Deadlines | None = None,
+                        reconnect_pause: float = RECONNECT_PAUSE_S) -> Callable[[], TcpSession]:
+    """A function that makes one connection's session; resolves `address` (``host:port``) once.
+
+    Raises OSError if the host does not resolve. Without `deadlines` (a session used
+    on its own, as in tests) each message arms a gevent timeout instead.
+    """
+    host, port = split_address(address)
+    family, _, _, _, remote = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    pacer = ConnectPacer(target.connect_rate / workers) if target.connect_rate > 0 else None
+    sources = cycle(target.source_ips) if target.source_ips else None
+    return lambda: TcpSession(target, family, remote, recorder, pacer, sources, deadlines, reconnect_pause)
+
+
+class TcpSession:
+    """One virtual user's persistent connection to a TCP target."""
+
+    __slots__ = ("target", "family", "remote", "recorder", "pacer", "sources", "message", "size", "expected",
+                 "buffer", "view", "channel", "timer", "timeout", "timeout_ns", "interval_ns", "next_send_ns",
+                 "retry_at_ns", "pause_ns")
+
+    def __init__(self, target: TcpTarget, family: int, remote: tuple, recorder: TargetRecorder,  # type: ignore[type-arg]
+                 pacer: ConnectPacer | None = None, sources: Iterator[str] | None = None,
+                 deadlines: Deadlines | None = None, reconnect_pause: float = RECONNECT_PAUSE_S) -> None:
+        self.target = target
+        self.family = family
+        self.remote = remote
+        self.recorder = recorder
+        self.pacer = pacer
+        self.sources = sources
+        self.message = target.message
+        self.size = len(target.message)
+        self.expected: bytes | None = {"echo": target.message, "upper": target.message.upper()}.get(target.expect)
+        self.buffer = bytearray(self.size)
+        self.view = memoryview(self.buffer)
+        self.channel: Channel | None = None
+        self.timer = RequestTimer(deadlines)
+        self.timeout = target.timeout
+        self.timeout_ns = int(target.timeout * 1e9)
+        # each connection's share of the target's rate; 0: back to back
+        self.interval_ns = int(1e9 * target.connections / target.rate) if target.rate > 0 else 0
+        self.next_send_ns = 0
+        self.retry_at_ns = 0
+        self.pause_ns = int(reconnect_pause * 1e9)
+
+    def exchange(self, scheduled_ns: int = 0) -> None:
+        channel = self.channel
+        if channel is None:
+            channel = self._connect()
+            if channel is None:
+                return
+        if self.interval_ns and not scheduled_ns:
+            scheduled_ns = self._wait_turn()
+        rec = self.recorder
+        size = self.size
+        view = self.view
+        recv_into = channel.recv_into
+        timer = self.timer
+        # The round trip is inlined: this is the hot path, and every call and tuple counts.
+        kind = detail = ""
+        sent = received = 0
+        started = scheduled_ns or perf_counter_ns()
+        timer.start(started + self.timeout_ns)
+        try:
+            channel.send_all(self.message)
+            sent = size
+            while received < size:
+                got = recv_into(view[received:] if received else view)
+                if not got:
+                    kind = "closed"
+                    break
+                received += got
+        except GreenletExit:
+            timer.stop()
+            self._drop()
+            rec.failure("cancelled", "the run stopped while this message was in flight", None, received, sent)
+            raise
+        except RequestTimeout:
+            kind = "read_timeout"
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
+            kind = "reset"
+            detail = e.strerror or str(e)
+        except OSError as e:
+            kind = "error"
+            detail = e.strerror or str(e)
+        timer.stop()
+        latency = perf_counter_ns() - started
+        if not kind:
+            expected = self.expected
+            if expected is None or self.buffer == expected:
+                rec.success(latency, received, sent, received)
+                return
+            kind = "mismatch"
+        rec.failure(kind, self._failure_message(kind, detail), latency, received, sent)
+        self._drop()
+
+    def _failure_message(self, kind: str, detail: str) -> str:
+        if kind == "mismatch":
+            got = bytes(self.buffer[:_SAMPLE_BYTES])
+            want = (self.expected or b"")[:_SAMPLE_BYTES]
+            return f"the reply is not the {self.target.expect} of the message: got {got!r}, expected {want!r}"
+        if kind == "closed":
+            return "the server closed the connection before the whole reply arrived"
+        if kind == "read_timeout":
+            return f"no whole reply within {self.timeout:g} s"
+        if kind == "reset":
+            return f"connection reset: {detail}"
+        return f"socket error: {detail}"
+
+    def _wait_turn(self) -> int:
+        """Sleep until this connection's next send time and return it (ns); the schedule never drifts."""
+        slot = self.next_send_ns
+        self.next_send_ns = slot + self.interval_ns
+        delay = slot - perf_counter_ns()
+        if delay > 0:
+            gevent.sleep(delay / 1e9)
+        return slot
+
+    def _connect(self) -> Channel | None:
+        if self.retry_at_ns:
+            delay = self.retry_at_ns - perf_counter_ns()
+            if delay > 0:
+                gevent.sleep(delay / 1e9)
+            self.retry_at_ns = 0
+        if self.pacer is not None:
+            self.pacer.wait()
+        started = perf_counter_ns()
+        try:
+            source = (next(self.sources), 0) if self.sources is not None else None
+            channel = Channel.connect(self.family, self.remote, self.timeout, source)
+        except GreenletExit:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure is counted, none escapes
+            kind, message = connect_failure(e, self.timeout)
+            self.recorder.connect_failed(kind, message)
+            self.retry_at_ns = perf_counter_ns() + self.pause_ns
+            return None
+        now = perf_counter_ns()
+        self.recorder.connected(now - started)
+        self.channel = channel
+        if self.interval_ns:  # a random phase spreads the connections' sends over the interval
+            self.next_send_ns = now + int(random.random() * self.interval_ns)
+        return channel
+
+    def _drop(self) -> None:
+        channel = self.channel
+        if channel is not None:
+            self.channel = None
+            channel.close()
+            self.recorder.disconnected()
+
+    def close(self) -> None:
+        self._drop()
+        self.timer.close()

@@ -237,3 +237,44 @@ def test_request_bytes(raw_server, method: str, body: str) -> None:
     assert b"X-Test: yes\r\n" in request
     assert f"Content-Length: {len(body)}\r\n".encode() in request
     assert request.endswith(b"\r\n\r\n" + body.encode())
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("the openssl command is needed to make a test certificate and is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_https_keep_alive(raw_server, certificate: tuple[str, str]) -> None:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+
+    def handle(conn: socket.socket) -> None:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            keep_alive(b"secret")(tls)
+
+    server = raw_server(handle)
+    config = parse_config({"duration": "1s", "targets": [
+        {"url": f"https://127.0.0.1:{server.port}/", "verify_tls": False}]})
+    target = config.targets[0]
+    rec = TargetRecorder(0)
+    run(HttpSession(target, build_endpoints(target, list(target.urls)), rec), 3)
+    snap = rec.snapshot()
+    assert snap.requests == 3 and not snap.failures and snap.content_bytes == 18 and server.connections == 1
+
+    # verified by default: a self-signed certificate is refused as a TLS failure
+    strict = parse_config({"duration": "1s", "targets": [{"url": f"https://127.0.0.1:{server.port}/"}]}).targets[0]
+    rec = TargetRecorder(0)
+    run(HttpSession(strict, build_endpoints(strict, list(strict.urls)), rec), 1)
+    assert dict(rec.snapshot().failures) == {"tls": 1}

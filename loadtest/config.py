@@ -32,7 +32,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # "{site}" in a URL or tcp address stands for the host:port of the server named "site".
 _SERVER_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
-_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
 
 
 class ConfigError(ValueError):

@@ -52,7 +52,7 @@ def check_limits(config: RunConfig, workers: int) -> None:
     ports = ephemeral_ports()
     by_destination: dict[str, int] = defaultdict(int)
     sources: dict[str, int] = {}
-    for i, t in enumerate(config.targets):
+    for t in config.targets:
         if isinstance(t, TcpTarget):
             by_destination[t.address] += t.connections
             sources[t.address] = max(sources.get(t.address, 1), len(t.source_ips) or 1)

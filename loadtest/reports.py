@@ -178,7 +178,7 @@ def target_summary(t: TargetTotals, elapsed: float, connections: bool) -> dict[s
 
 
 def machine() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("gevent", "greenlet", "httptools", "hdrhistogram", "psutil", "requests", "PyYAML"):
         try:
             versions[package] = metadata.version(package)

@@ -291,7 +291,6 @@ class RunStats:
     def __init__(self, targets: Sequence[tuple[str, str]], workers: int) -> None:
         self.names = [n for n, _ in targets]
         self.totals = [TargetTotals(name=n, type=t) for n, t in targets]
-        self.connect_totals = self.totals  # connect counters live in the same records
         self.worker_requests = [0] * workers
         self.worker_failures = [0] * workers
         self.worker_bytes = [0] * workers

@@ -213,9 +213,10 @@ class HttpSession:
         rec = self.recorder
         started = perf_counter_ns()
         try:
-            channel: Channel | TlsChannel = Channel.connect(ep.family, ep.sockaddr, self.timeout)
+            plain = Channel.connect(ep.family, ep.sockaddr, self.timeout)
+            channel: Channel | TlsChannel = plain
             if ep.origin[0] == "https":
-                channel = TlsChannel(channel, self._tls_context(), ep.origin[1], self.timeout)
+                channel = TlsChannel(plain, self._tls_context(), ep.origin[1], self.timeout)
         except GreenletExit:
             raise
         except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes

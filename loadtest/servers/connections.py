@@ -1,36 +1,33 @@
 """The live connections of one server process: a cap, and an idle timeout kept by one sweeper.
 
-Used inside a server child process only (gevent, monkey-patched). Each connection's
-handler greenlet registers itself with `open()` and marks progress by setting
-`Connection.mark` to `time.monotonic()`; a single sweeper greenlet kills the
-handlers whose mark is older than the timeout. One sweeper for all connections
-costs far less than a timer per socket wait, and holds no memory per connection
-beyond a small slotted object.
+Used inside a server process only (gevent, monkey-patched). A connection is any
+object with a `mark` (the `time.monotonic()` of its last progress) and an
+`expire()` that ends it. A single sweeper greenlet expires the connections whose
+mark is older than the timeout: one sweeper for all connections costs far less
+than a timer per read, and adds no memory per connection.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import gevent
 from gevent import Greenlet
 
 MIN_SWEEP_INTERVAL_S = 0.05
 MAX_SWEEP_INTERVAL_S = 1.0
+STOP_POLL_S = 0.01
 
 
 class IdleTimeout(Exception):
     """Thrown into a connection's handler when it made no progress within the idle timeout."""
 
 
-class Connection:
-    """One live connection: its handler greenlet and when it last made progress."""
+class Connection(Protocol):
+    mark: float
 
-    __slots__ = ("greenlet", "mark")
-
-    def __init__(self, greenlet: Greenlet, mark: float) -> None:
-        self.greenlet = greenlet
-        self.mark = mark
+    def expire(self) -> None: ...
 
 
 class ConnectionTable:
@@ -40,30 +37,29 @@ class ConnectionTable:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.live: set[Connection] = set()
-        self.opened = 0
         self._sweeper: Greenlet | None = None
 
-    def open(self) -> Connection | None:
-        """Register the current greenlet's connection, or None when the cap is reached."""
-        if len(self.live) >= self.max_connections:
-            return None
-        conn = Connection(gevent.getcurrent(), time.monotonic())
-        self.live.add(conn)
-        self.opened += 1
-        return conn
+    def full(self) -> bool:
+        return len(self.live) >= self.max_connections
 
-    def close(self, conn: Connection) -> None:
+    def add(self, conn: Connection) -> None:
+        self.live.add(conn)
+
+    def discard(self, conn: Connection) -> None:
         self.live.discard(conn)
 
     def start(self) -> None:
         self._sweeper = gevent.spawn(self._sweep_forever)
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Stop sweeping and end every live connection's handler."""
+        """Stop sweeping, expire every live connection and wait (at most `timeout`) until they are gone."""
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
-        greenlets = [conn.greenlet for conn in self.live]
-        gevent.killall(greenlets, block=True, timeout=timeout)
+        for conn in list(self.live):
+            conn.expire()
+        deadline = time.monotonic() + timeout
+        while self.live and time.monotonic() < deadline:
+            gevent.sleep(STOP_POLL_S)
 
     def _sweep_forever(self) -> None:
         interval = min(MAX_SWEEP_INTERVAL_S, max(MIN_SWEEP_INTERVAL_S, self.idle_timeout / 4))
@@ -71,5 +67,5 @@ class ConnectionTable:
             gevent.sleep(interval)
             cutoff = time.monotonic() - self.idle_timeout
             for conn in [c for c in self.live if c.mark < cutoff]:
-                conn.mark = float("inf")  # killed once; its handler may still be finishing
-                conn.greenlet.kill(IdleTimeout, block=False)
+                conn.mark = float("inf")  # expired once; it may take a moment to finish
+                conn.expire()

@@ -1,6 +1,6 @@
-"""A small fast HTTP/1.1 server for load tests: gevent for connections, httptools (llhttp) for parsing.
+"""A small fast HTTP/1.1 server for load tests: gevent's event loop for connections, httptools (llhttp) for parsing.
 
-Runs inside a server child process (monkey-patched; see `group.py`). Routes:
+Runs inside a server process (monkey-patched; see `group.py`). Routes:
 
     /             a small HTML page
     /bytes/N      N bytes (0 <= N <= 100 MiB)
@@ -10,22 +10,27 @@ Runs inside a server child process (monkey-patched; see `group.py`). Routes:
     /site/K       a page that looks like a site's home page (K = 0..99), 2 KiB to 120 KiB
     anything else 404
 
-Keep-alive, pipelining (answers in order, one `sendall` per batch), `Connection:
+Keep-alive, pipelining (answers in order, one send per batch), `Connection:
 close`, HTTP/1.0, HEAD, chunked request bodies and `Expect: 100-continue` work.
 Headers over 16 KiB get 431, bodies over 10 MiB get 413, a request not complete
 within the idle timeout gets 408; each then closes the connection.
 
-Speed: the whole response of a deterministic route is cached as bytes per
+Speed: a gevent `StreamServer` accepts, then each connection is served by
+event-loop callbacks (read, parse, send) rather than a greenlet of its own: no
+switch and no exception per read, which roughly doubles requests/s at one
+process. The whole response of a deterministic route is cached as bytes per
 (URL, HEAD or not, connection mode), so a warm request is a dict lookup; all
-connections of a process read into one buffer (the parser copies what it keeps
-before the next switch). No Date header: it would defeat the byte cache.
+connections of a process read into one buffer (each read is parsed at once).
+No Date header: it would defeat the byte cache.
 
 Try it:  loadtest serve http   then   curl -i http://127.0.0.1:8080/site/3
 """
 
 from __future__ import annotations
 
+import _socket
 import time
+from collections import deque
 from http import HTTPStatus
 from typing import Any
 
@@ -34,7 +39,7 @@ import httptools
 from gevent.server import StreamServer
 
 from loadtest.servers import sites
-from loadtest.servers.connections import ConnectionTable, IdleTimeout
+from loadtest.servers.connections import ConnectionTable
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 10_000
@@ -45,16 +50,17 @@ MAX_BYTES = 100 * 1024 * 1024
 MAX_DELAY_MS = 60_000
 CACHE_MAX_ENTRIES = 4096  # per connection mode; cleared when full
 CACHE_MAX_RESPONSE = 256 * 1024  # larger responses are built per request from the pattern
-SEND_BATCH_MAX = 256 * 1024  # above this, pipelined responses go out in several sendall calls
-ERROR_SEND_TIMEOUT_S = 1.0
+SEND_BATCH_MAX = 256 * 1024  # above this, pipelined responses go out in several sends
 
 # Connection modes: what a response says about the connection. Index = mode.
 KEEP_ALIVE_11, KEEP_ALIVE_10, CLOSE = 0, 1, 2
 _MODE_HEADERS = (b"", b"Connection: keep-alive\r\n", b"Connection: close\r\n")
+_READ, _WRITE = 1, 2  # event loop watcher events
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HTML = b"text/html; charset=utf-8"
 TEXT = b"text/plain; charset=utf-8"
 OCTETS = b"application/octet-stream"
+_NO_BODY = (204, 304)
 _CLASS_REASONS = {2: "Success", 3: "Redirection", 4: "Client Error", 5: "Server Error"}
 
 
@@ -70,7 +76,7 @@ _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code).encode()) fo
 
 def response_head(status: int, content_type: bytes, length: int, mode: int) -> bytes:
     """The status line and headers of a response with a body of `length` bytes."""
-    if status == 204 or status == 304:  # no body, and no Content-Length (RFC 9110 8.6)
+    if status in _NO_BODY:  # no Content-Length either (RFC 9110 8.6)
         fields = b""
     else:
         fields = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, length)
@@ -120,7 +126,7 @@ def route(path: bytes, body: bytes) -> Reply:
         # 1xx is excluded: it is an interim response, and clients would wait for the final one.
         if n is None or not 200 <= n <= 599:
             return _bad("/status/CODE: CODE must be a whole number from 200 to 599")
-        return Reply(n, b"%d %s\n" % (n, _reason(n).encode()))
+        return Reply(n, b"" if n in _NO_BODY else b"%d %s\n" % (n, _reason(n).encode()))
     if kind == b"site" and n is not None and n < sites.SITE_PAGES:
         return Reply(200, sites.site_page(n), HTML)
     return Reply(404, b"not found\n")
@@ -138,21 +144,28 @@ class HttpConnection:
 
     def __init__(self, server: HttpServer, sock: Any) -> None:
         self.server = server
-        self.sock = sock
+        self.sock = sock  # a plain non-blocking socket: the loop's watchers say when to read and write
+        self.reader = server.loop.io(sock.fileno(), _READ)
+        self.writer: Any = None
+        self.timer: Any = None
+        self.mark = time.monotonic()  # last progress, for the idle timeout
         self.parser = httptools.HttpRequestParser(self)
-        self.out: list[bytes | memoryview | float] = []
+        self.out: deque[bytes | memoryview | float] = deque()
         self.served = 0
         self.closing = False
+        self.closed = False
         self.in_request = False
         self.in_headers = False
         self.began = False  # a request began in the current read
+        self.pending_raw = 0  # bytes read while a header section was incomplete: bounds what llhttp buffers
         self.url = b""
         self.header_bytes = 0
         self.expect_continue = False
         self.body: list[bytes] = []
         self.body_bytes = 0
+        self.reader.start(self.on_readable)
 
-    # httptools callbacks: no blocking calls here, the shared receive buffer is being parsed.
+    # httptools callbacks: they only queue; the shared receive buffer is being parsed.
 
     def on_message_begin(self) -> None:
         if self.closing:  # a request pipelined after "Connection: close" is not answered
@@ -218,90 +231,129 @@ class HttpConnection:
 
     # The connection's loop.
 
-    def serve(self, conn: Any) -> None:
-        sock = self.sock
-        server = self.server
-        view = server.buffer_view
-        recv_into = sock.recv_into
-        feed = self.parser.feed_data
-        out = self.out
-        counts = server.counts
-        monotonic = time.monotonic
-        pending_raw = 0  # bytes received while a header section was incomplete: bounds what llhttp buffers
-        while True:
-            n = recv_into(view)
-            if not n:
-                return
-            try:
-                feed(view[:n])
-            except _Reject as reject:  # never happens: httptools wraps callback errors
-                raise AssertionError from reject
-            except httptools.HttpParserUpgrade:
-                self.closing = True
-            except httptools.HttpParserError as error:
-                reject = error.__context__
-                status = reject.status if isinstance(reject, _Reject) else 400
-                if status:
-                    out.append(self._error_response(status))
-                self.closing = True
-            # The idle timeout runs from the last complete request, or from the start of the one under way.
-            if self.began or not self.in_request:
-                conn.mark = monotonic()
-                self.began = False
-            if self.in_headers:
-                pending_raw += n
-                if pending_raw > MAX_HEADER_BYTES + RECV_SIZE:
-                    out.append(self._error_response(431))
-                    self.closing = True
-            else:
-                pending_raw = 0
-            if out:
-                counts[0] += self.served
-                self.served = 0
-                if len(out) == 1 and out[0].__class__ is bytes:
-                    sock.sendall(out[0])
-                    out.clear()
-                else:
-                    self._flush(conn)
-            if self.closing:
-                return
+    # Event loop callbacks: read and parse, then send the queued responses in order.
 
-    def _flush(self, conn: Any) -> None:
-        """Send the queued responses in order: batched, big bodies on their own, delays slept."""
+    def on_readable(self) -> None:
+        try:
+            n = self.sock.recv_into(self.server.buffer_view)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        if not n:
+            self.close()
+            return
+        out = self.out
+        try:
+            self.parser.feed_data(self.server.buffer_view[:n])
+        except httptools.HttpParserUpgrade:
+            self.closing = True
+        except httptools.HttpParserError as error:
+            reject = error.__context__
+            status = reject.status if isinstance(reject, _Reject) else 400
+            if status and not self.closing:  # llhttp refuses data after "Connection: close": no answer
+                out.append(self._error_response(status))
+            self.closing = True
+        # The idle timeout runs from the last complete request, or from the start of the one under way.
+        if self.began or not self.in_request:
+            self.mark = time.monotonic()
+            self.began = False
+        if self.in_headers:
+            self.pending_raw += n
+            if self.pending_raw > MAX_HEADER_BYTES + RECV_SIZE:
+                out.append(self._error_response(431))
+                self.closing = True
+        else:
+            self.pending_raw = 0
+        if out:
+            self.server.counts[0] += self.served
+            self.served = 0
+            self.send_queued()
+        elif self.closing:
+            self.close()
+
+    def send_queued(self) -> None:
+        """Send what is queued, in order, without blocking; wait for the socket or a delay when needed.
+
+        While anything is queued the connection does not read: pipelined requests
+        wait in the kernel, so the queue stays short and in order.
+        """
+        out = self.out
         sock = self.sock
-        batch: list[bytes | memoryview] = []
-        batch_bytes = 0
-        for item in self.out:
-            if isinstance(item, float):
-                if batch:
-                    sock.sendall(b"".join(batch))
-                    batch.clear()
-                    batch_bytes = 0
-                conn.mark = time.monotonic() + item
-                gevent.sleep(item)
-                continue
+        while out:
+            item = out[0]
+            if item.__class__ is float:
+                out.popleft()
+                self.reader.stop()
+                self.mark = time.monotonic() + item  # type: ignore[operator]
+                if self.timer is not None:
+                    self.timer.close()
+                self.timer = self.server.loop.timer(item)
+                self.timer.start(self.send_queued)
+                return
+            if len(out) > 1 and item.__class__ is bytes and out[1].__class__ is bytes and len(item) < SEND_BATCH_MAX:
+                item = self._join_batch()
+            try:
+                sent = sock.send(item)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent < len(item):  # type: ignore[arg-type]
+                out[0] = memoryview(item)[sent:]  # type: ignore[arg-type]
+                self.mark = time.monotonic()
+                self.reader.stop()
+                if self.writer is None:
+                    self.writer = self.server.loop.io(sock.fileno(), _WRITE)
+                self.writer.start(self.send_queued)
+                return
+            out.popleft()
+        if self.writer is not None:
+            self.writer.stop()
+        if self.closing:
+            self.close()
+        elif not self.reader.active:
+            self.reader.start(self.on_readable)
+
+    def _join_batch(self) -> bytes:
+        """Replace the leading run of small queued responses by one bytes, and return it."""
+        out = self.out
+        batch: list[Any] = []
+        size = 0
+        while out and out[0].__class__ is bytes and size < SEND_BATCH_MAX:
+            item = out.popleft()
             batch.append(item)
-            batch_bytes += len(item)
-            if batch_bytes >= SEND_BATCH_MAX:
-                sock.sendall(b"".join(batch) if len(batch) > 1 else batch[0])
-                batch.clear()
-                batch_bytes = 0
-                conn.mark = time.monotonic()
-        if batch:
-            sock.sendall(b"".join(batch) if len(batch) > 1 else batch[0])
-        self.out.clear()
+            size += len(item)  # type: ignore[arg-type]
+        joined = b"".join(batch)
+        out.appendleft(joined)
+        return joined
 
     def _error_response(self, status: int) -> bytes:
         self.server.counts[0] += 1
         body = b"%d %s\n" % (status, _reason(status).encode())
         return response_head(status, TEXT, len(body), CLOSE) + body
 
-    def send_timeout_response(self) -> None:
-        """Answer 408 to a request that did not arrive in time, if one was under way."""
-        if not self.in_request:
+    def expire(self) -> None:
+        """End the connection from outside (idle timeout, server stop), answering 408 to a request under way."""
+        if self.in_request and not self.out:
+            try:
+                self.sock.send(self._error_response(408))
+            except OSError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
             return
-        with gevent.Timeout(ERROR_SEND_TIMEOUT_S, False):
-            self.sock.sendall(self._error_response(408))
+        self.closed = True
+        for watcher in (self.reader, self.writer, self.timer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self.sock.close()
+        self.server.table.discard(self)
 
 
 class HttpServer:
@@ -312,9 +364,11 @@ class HttpServer:
         self.table = ConnectionTable(max_connections or DEFAULT_MAX_CONNECTIONS,
                                      idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
         self.caches: list[dict[bytes, bytes]] = [{} for _ in range(6)]  # [mode * 2 + is_head]
-        # One receive buffer for every connection: parsing follows each read with no switch between.
+        # One receive buffer for every connection: each read is parsed at once, and the parser copies.
         self.buffer_view = memoryview(bytearray(RECV_SIZE))
-        self.stream_server = StreamServer(listener, self._handle)
+        self.loop = gevent.get_hub().loop
+        # spawn=None: the accept callback sets the connection up and returns; nothing blocks.
+        self.stream_server = StreamServer(listener, self._adopt, spawn=None)
 
     def start(self) -> None:
         self.table.start()
@@ -347,18 +401,11 @@ class HttpServer:
             return None
         return whole_response
 
-    def _handle(self, sock: Any, address: Any) -> None:
-        conn = self.table.open()
-        if conn is None:
+    def _adopt(self, sock: Any, address: Any) -> None:
+        if self.table.full():
             sock.close()
             return
-        connection = HttpConnection(self, sock)
-        try:
-            connection.serve(conn)
-        except IdleTimeout:
-            connection.send_timeout_response()
-        except OSError:
-            pass  # the client went away: nothing to answer
-        finally:
-            self.table.close(conn)
-            sock.close()
+        # Take the descriptor from the gevent socket (StreamServer closes that object when we return).
+        raw = _socket.socket(fileno=sock.detach())
+        raw.setblocking(False)
+        self.table.add(HttpConnection(self, raw))

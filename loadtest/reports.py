@@ -237,6 +237,20 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "aggregated": target_summary(stats.aggregated(), elapsed, connections=False),
     }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / "histograms.json", json.dumps(histograms(stats.totals), indent=1) + "\n")
+
+
+def histograms(totals: list[TargetTotals]) -> dict[str, dict[str, str]]:
+    """Each target's whole-run latency HdrHistograms, encoded (base64), for later tools."""
+    out = {}
+    for t in [*totals, aggregate(totals)]:
+        entry = {}
+        if t.latency.get_total_count():
+            entry["latency"] = t.latency.encode().decode("ascii")
+        if t.connect_latency.get_total_count():
+            entry["connect_latency"] = t.connect_latency.encode().decode("ascii")
+        out[t.name] = entry
+    return out
 
 
 def _jsonable(value: Any) -> Any:

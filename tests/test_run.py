@@ -141,7 +141,12 @@ def test_the_sites_config_runs_from_the_command_line(tmp_path: Path) -> None:
     assert set(stats) == {"crawl", "home", "post-json", "slow", "Aggregated"}
     assert all(int(r["Request Count"]) > 0 and r["Failure Count"] == "0" for r in stats.values())
     assert {p.name for p in (tmp_path / "sites").iterdir()} >= {"stats.csv", "history.csv", "failures.csv",
-                                                                "summary.json"}
+                                                                "summary.json", "histograms.json"}
+    from hdrh.histogram import HdrHistogram
+
+    encoded = json.loads((tmp_path / "sites" / "histograms.json").read_text())
+    crawl = HdrHistogram.decode(encoded["crawl"]["latency"])
+    assert crawl.get_total_count() == int(stats["crawl"]["Request Count"])
 
 
 def test_quiet_prints_only_the_report_folder(tmp_path: Path) -> None:

@@ -16,12 +16,17 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .schedule import Stage, peak_level, stages_duration
+from .thresholds import Threshold, ThresholdError, parse_threshold
+
 DEFAULT_OUT = "reports"
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_ENGINE = "fast"
 DEFAULT_METHOD = "GET"
 DEFAULT_TCP_EXPECT = "echo"
 DEFAULT_TCP_SIZE = 64
+DEFAULT_MAX_CONCURRENCY = 5000
+ARRIVALS = ("constant", "poisson")
 ENGINES = ("fast", "requests")
 TCP_EXPECTS = ("echo", "upper", "any")
 SERVER_KINDS = ("http", "echo")
@@ -64,10 +69,28 @@ class HttpTarget:
     timeout: float = DEFAULT_TIMEOUT_S
     expect_status: tuple[int, ...] = ()  # empty: 2xx and 3xx succeed
     engine: str = DEFAULT_ENGINE
-    concurrency: int = 1
+    concurrency: int = 1  # closed model: virtual users in all
     verify_tls: bool = True
+    model: str = "closed"  # closed: virtual users; open: arrivals on a schedule
+    rate: float = 0.0  # open model: arrivals per second in all (the start of the stages, if any)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # open model: requests in flight in all, at most
+    arrival: str = "constant"  # open model: constant | poisson
+    stages: tuple[Stage, ...] = ()  # ramps of concurrency (closed) or rate (open)
+    think: tuple[float, float] = (0.0, 0.0)  # closed model: pause between requests, uniform in [lo, hi]
 
     kind = "http"
+
+    @property
+    def level(self) -> float:
+        """Where the stages start: the rate (open) or the concurrency (closed)."""
+        return self.rate if self.model == "open" else float(self.concurrency)
+
+    @property
+    def peak_users(self) -> int:
+        """The most virtual users (closed) or requests in flight (open) this target may have."""
+        if self.model == "open":
+            return self.max_concurrency
+        return int(round(peak_level(self.stages, self.concurrency)))
 
     @property
     def row_type(self) -> str:
@@ -109,6 +132,7 @@ class RunConfig:
     workers: int | None = None  # None: one per CPU core
     out: str = DEFAULT_OUT
     servers: tuple[ServerSpec, ...] = ()
+    thresholds: tuple[Threshold, ...] = ()
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -176,12 +200,11 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     """Validate an already-parsed YAML document."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: must be a mapping of fields, got {_type_name(data)}")
-    _check_keys(data, "config", {"name", "duration", "requests", "workers", "out", "servers", "targets"})
+    _check_keys(data, "config", {"name", "duration", "requests", "workers", "out", "servers", "targets",
+                                 "thresholds"})
     name = _name(data.get("name", default_name), "name")
     duration = parse_duration(data["duration"], "duration") if data.get("duration") is not None else None
     requests = _positive_int(data["requests"], "requests") if data.get("requests") is not None else None
-    if duration is None and requests is None:
-        raise ConfigError("config: needs duration (such as 30s) or requests (a total count) to know when to stop")
     workers = _workers(data.get("workers", "auto"), "workers")
     out = data.get("out", DEFAULT_OUT)
     if not isinstance(out, str) or not out:
@@ -203,6 +226,13 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     server_names = {s.name for s in servers}
     targets = tuple(_target(t, f"targets[{i}]", server_names) for i, t in enumerate(targets_raw))
     _unique([t.name for t in targets], "targets", "name")
+    if duration is None:
+        staged = [stages_duration(t.stages) for t in targets if isinstance(t, HttpTarget) and t.stages]
+        if staged:
+            duration = max(staged)  # a run with stages lasts as long as its longest ramp
+        elif requests is None:
+            raise ConfigError("config: needs duration (such as 30s) or requests (a total count) to know when to stop")
+    thresholds = _thresholds(data.get("thresholds"), [t.name for t in targets])
     return RunConfig(
         name=name,
         targets=targets,
@@ -211,6 +241,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
         workers=workers,
         out=out,
         servers=servers,
+        thresholds=thresholds,
         source=data,
     )
 
@@ -245,7 +276,7 @@ def _server(data: Any, where: str) -> ServerSpec:
 
 
 _HTTP_KEYS = {"name", "url", "urls", "method", "headers", "body", "timeout", "expect_status", "engine",
-              "concurrency", "verify_tls"}
+              "concurrency", "verify_tls", "rate", "max_concurrency", "arrival", "stages", "think"}
 _TCP_KEYS = {"name", "tcp", "connections", "message", "size", "expect", "rate", "connect_rate", "source_ips",
              "timeout"}
 
@@ -294,6 +325,26 @@ def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTar
     verify_tls = data.get("verify_tls", True)
     if not isinstance(verify_tls, bool):
         raise ConfigError(f"{where}.verify_tls: must be true or false, got {verify_tls!r}")
+    stages = _stages(data.get("stages"), f"{where}.stages")
+    model = "open" if "rate" in data else "closed"
+    if model == "open":
+        if "concurrency" in data:
+            raise ConfigError(f"{where}: give concurrency (closed model) or rate (open model), not both")
+        if "think" in data:
+            raise ConfigError(f"{where}.think: only the closed model (concurrency) has think time")
+        rate = _non_negative_number(data["rate"], f"{where}.rate") if stages else \
+            _positive_number(data["rate"], f"{where}.rate")
+        concurrency = 1
+    else:
+        for key in ("max_concurrency", "arrival"):
+            if key in data:
+                raise ConfigError(f"{where}.{key}: only the open model (rate) has {key}")
+        rate = 0.0
+        concurrency = _non_negative_int(data.get("concurrency", 0), f"{where}.concurrency") if stages \
+            else _positive_int(data.get("concurrency", 1), f"{where}.concurrency")
+    arrival = data.get("arrival", "constant")
+    if arrival not in ARRIVALS:
+        raise ConfigError(f"{where}.arrival: must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
     return HttpTarget(
         name=_name(data.get("name", checked[0]), f"{where}.name"),
         urls=checked,
@@ -303,8 +354,15 @@ def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTar
         timeout=parse_duration(data.get("timeout", DEFAULT_TIMEOUT_S), f"{where}.timeout"),
         expect_status=_statuses(data.get("expect_status"), f"{where}.expect_status"),
         engine=engine,
-        concurrency=_positive_int(data.get("concurrency", 1), f"{where}.concurrency"),
+        concurrency=concurrency,
         verify_tls=verify_tls,
+        model=model,
+        rate=rate,
+        max_concurrency=_positive_int(data.get("max_concurrency", DEFAULT_MAX_CONCURRENCY),
+                                      f"{where}.max_concurrency"),
+        arrival=arrival,
+        stages=stages,
+        think=_think(data.get("think"), f"{where}.think"),
     )
 
 
@@ -417,6 +475,70 @@ def _statuses(value: Any, where: str) -> tuple[int, ...]:
     if not out:
         raise ConfigError(f"{where}: must list at least one status code")
     return tuple(out)
+
+
+def _stages(value: Any, where: str) -> tuple[Stage, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: must be a list such as [{{duration: 30s, target: 200}}], got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"duration", "target"}:
+            raise ConfigError(f"{where}[{i}]: must have exactly duration and target, got {item!r}")
+        out.append(Stage(parse_duration(item["duration"], f"{where}[{i}].duration"),
+                         _non_negative_number(item["target"], f"{where}[{i}].target")))
+    return tuple(out)
+
+
+def _think(value: Any, where: str) -> tuple[float, float]:
+    if value is None:
+        return (0.0, 0.0)
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise ConfigError(f"{where}: must be a duration or [shortest, longest], got {value!r}")
+        lo, hi = (parse_duration(v, where) for v in value)
+        if hi < lo:
+            raise ConfigError(f"{where}: [shortest, longest] must not run backwards, got {value!r}")
+        return (lo, hi)
+    seconds = parse_duration(value, where)
+    return (seconds, seconds)
+
+
+def _thresholds(value: Any, targets: list[str]) -> tuple[Threshold, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"thresholds: must be a list such as ['p99 < 50ms'], got {_type_name(value)}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"thresholds[{i}]"
+        abort = False
+        if isinstance(item, dict):
+            _check_keys(item, where, {"threshold", "abort_on_fail"})
+            abort = item.get("abort_on_fail", False)
+            if not isinstance(abort, bool):
+                raise ConfigError(f"{where}.abort_on_fail: must be true or false, got {abort!r}")
+            item = item.get("threshold")
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: must be text such as 'p99 < 50ms', got {item!r}")
+        try:
+            out.append(parse_threshold(item, targets, abort))
+        except ThresholdError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return tuple(out)
+
+
+def _non_negative_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: must be a whole number, 0 or more, got {value!r}")
+    return value
+
+
+def _non_negative_number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{where}: must be a number, 0 or more, got {value!r}")
+    return float(value)
 
 
 def _workers(value: Any, where: str) -> int | None:

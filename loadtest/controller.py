@@ -25,7 +25,8 @@ from typing import Any, Callable
 from .config import RunConfig, TcpTarget
 from .limits import check_limits
 from .reports import HistoryWriter, write_reports
-from .stats import Interval, RunStats
+from .stats import Interval, RunStats, TargetTotals
+from .thresholds import Outcome, check
 from .worker import WorkerExit, WorkerPlan, main as worker_main, share
 
 READY_TIMEOUT_S = 60.0
@@ -66,6 +67,8 @@ class RunResult:
     interrupted: bool
     exit_status: int
     problems: list[str] = field(default_factory=list)
+    thresholds: list[Outcome] = field(default_factory=list)
+    aborted: str = ""  # the abort_on_fail threshold that stopped the run, if one did
 
     @property
     def lost(self) -> list[int]:
@@ -134,7 +137,8 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         started = time.time()
         start.set()
         event(f"{count} worker{'s' if count > 1 else ''} started")
-        interrupted = _collect(states, stats, stop, history, started, on_interval, event)
+        abort = _AbortCheck(config, stats, stop, event)
+        interrupted = _collect(states, stats, stop, history, started, on_interval, event, abort)
         history.close()
     except BaseException:
         _terminate(states)
@@ -151,14 +155,46 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         servers.append({"name": g.spec.name, "kind": g.spec.kind, "address": g.address,
                         "workers": g.spec.workers, "pids": list(g.pids), "served": served})
     problems = [f"worker {w.index} was lost: {w.error}" for w in states if w.lost]
-    status = 3 if problems else (130 if interrupted else 0)
-    result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems)
+    outcomes = check_thresholds(config, stats)
+    failed = any(not o.passed for o in outcomes) or bool(abort.reason)
+    status = 3 if problems else (130 if interrupted else (1 if failed else 0))
+    result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
+                       abort.reason)
     write_reports(result, config)
     return result
 
 
+def totals_for(stats: RunStats, target: str | None) -> TargetTotals:
+    return stats.aggregated() if target is None else stats.totals[stats.names.index(target)]
+
+
+def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
+    return [check(t, totals_for(stats, t.target), stats.elapsed) for t in config.thresholds]
+
+
+class _AbortCheck:
+    """Checks the abort_on_fail thresholds on the totals so far; stops the run when one fails."""
+
+    def __init__(self, config: RunConfig, stats: RunStats, stop: Any, event: Callable[[str], None]) -> None:
+        self.thresholds = [t for t in config.thresholds if t.abort_on_fail]
+        self.stats, self.stop, self.event = stats, stop, event
+        self.reason = ""
+
+    def __call__(self) -> None:
+        if self.reason:
+            return
+        for t in self.thresholds:
+            outcome = check(t, totals_for(self.stats, t.target), self.stats.elapsed)
+            if not outcome.passed:
+                self.reason = f"threshold {t.text!r} failed at {self.stats.elapsed:.1f} s (measured {outcome.measured:g})"
+                self.event(f"stopping: {self.reason}")
+                self.stop.set()
+                return
+
+
 def _users(target: Any) -> int:
-    return target.connections if isinstance(target, TcpTarget) else target.concurrency
+    """Virtual users (closed), the cap on requests in flight (open) or connections (tcp) in all."""
+    return target.connections if isinstance(target, TcpTarget) else target.peak_users
 
 
 def _install_sigterm() -> Any:
@@ -214,7 +250,7 @@ def _receive(w: WorkerState, stats: RunStats | None = None) -> bool:
 
 def _collect(states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
              started: float, on_interval: Callable[[Interval, RunStats], None] | None,
-             event: Callable[[str], None]) -> bool:
+             event: Callable[[str], None], abort: Callable[[], None]) -> bool:
     """Read snapshots until every worker is done or lost; True if the run was interrupted."""
     interrupted = False
     stop_deadline = float("inf")
@@ -227,6 +263,7 @@ def _collect(states: list[WorkerState], stats: RunStats, stop: Any, history: His
             history.write(interval, started)
             if on_interval is not None:
                 on_interval(interval, stats)
+            abort()
 
     while True:
         active = [w for w in states if not w.done and not w.lost]

@@ -42,7 +42,7 @@ def check_limits(config: RunConfig, workers: int) -> None:
             per_worker += math.ceil(t.connections / workers)
         elif isinstance(t, HttpTarget):
             origins = len({u.split("/")[2] for u in t.urls})
-            per_worker += math.ceil(t.concurrency / workers) * origins
+            per_worker += math.ceil(t.peak_users / workers) * origins
     if per_worker + FD_RESERVE > hard:
         need = math.ceil(per_worker * workers / (hard - FD_RESERVE))
         raise ConfigError(

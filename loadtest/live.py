@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TextIO
 from .config import RunConfig
 from .reports import stats_rows
 from .stats import Interval, RunStats, aggregate, percentiles_ns
+from .thresholds import unit_of
 
 if TYPE_CHECKING:
     from .controller import RunResult
@@ -51,6 +52,11 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
             out.write(f"  {t.name}: {count} {kind}\n")
+    for o in result.thresholds:
+        mark = "pass" if o.passed else "FAIL"
+        out.write(f"threshold {mark}: {o.threshold.text}  (measured {o.measured:g} {unit_of(o.threshold)})\n")
+    if result.aborted:
+        out.write(f"aborted: {result.aborted}\n")
     for problem in result.problems:
         out.write(f"problem: {problem}\n")
     out.write(f"ran {result.stats.elapsed:.1f} s with {len(result.workers)} workers; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .config import RunConfig, TcpTarget
+from .config import HttpTarget, RunConfig, TcpTarget
 from .stats import AGGREGATED, PERCENTILES, Interval, TargetTotals, aggregate, mean_ns, min_ns, percentiles_ns
 
 if TYPE_CHECKING:
@@ -35,10 +36,12 @@ HISTORY_HEADER = [
     "Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s", *PERCENTILE_COLUMNS,
     "Total Request Count", "Total Failure Count", "Total Median Response Time", "Total Average Response Time",
     "Total Min Response Time", "Total Max Response Time", "Total Average Content Size",
-    "Elapsed", "Interval Requests", "Interval Failures", "Open Connections",
+    "Elapsed", "Interval Requests", "Interval Failures", "Open Connections", "Target Level", "Dropped",
 ]
 FAILURES_HEADER = ["Target", "Kind", "Message", "Occurrences", "First Seen", "Last Seen"]
 CONNECT_TYPE = "CONNECT"
+LATENESS_TYPE = "LATENESS"
+UNCORRECTED_TYPE = "UNCORRECTED"
 
 
 def ms(ns: float) -> str:
@@ -61,17 +64,29 @@ def stats_row(t: TargetTotals, elapsed: float, row_type: str | None = None) -> l
     ]
 
 
-def connect_row(t: TargetTotals, elapsed: float) -> list[str]:
-    """A CONNECT row: connection set-up as requests, its latency as response time."""
-    as_requests = TargetTotals(name=t.name, type=CONNECT_TYPE, latency=t.connect_latency)
-    as_requests.requests = t.connects + sum(t.connect_failures.values())
-    as_requests.failures = t.connect_failures
+def histogram_row(t: TargetTotals, row_type: str, hist: Any, requests: int, failures: Counter[str],
+                  elapsed: float) -> list[str]:
+    """A stats.csv row for one of a target's other histograms (connect, lateness, uncorrected)."""
+    as_requests = TargetTotals(name=t.name, type=row_type, latency=hist, failures=failures)
+    as_requests.requests = requests
     return stats_row(as_requests, elapsed)
 
 
 def stats_rows(config: RunConfig, totals: list[TargetTotals], elapsed: float) -> list[list[str]]:
+    """Every target's row; then CONNECT rows (tcp: connection set-up), LATENESS rows (open model: how late
+    arrivals started; Failure Count is the dropped ones) and UNCORRECTED rows (open model: latency from the
+    actual send, as a closed-loop tool measures it); then Aggregated."""
     rows = [stats_row(t, elapsed) for t in totals]
-    rows += [connect_row(t, elapsed) for t, target in zip(totals, config.targets) if isinstance(target, TcpTarget)]
+    for t, target in zip(totals, config.targets):
+        if isinstance(target, TcpTarget):
+            rows.append(histogram_row(t, CONNECT_TYPE, t.connect_latency,
+                                      t.connects + sum(t.connect_failures.values()), t.connect_failures, elapsed))
+    for t, target in zip(totals, config.targets):
+        if isinstance(target, HttpTarget) and target.model == "open":
+            started = t.lateness.get_total_count()
+            rows.append(histogram_row(t, LATENESS_TYPE, t.lateness, started + t.dropped,
+                                      Counter(dropped=t.dropped) if t.dropped else Counter(), elapsed))
+            rows.append(histogram_row(t, UNCORRECTED_TYPE, t.uncorrected, t.requests, t.failures, elapsed))
     rows.append(stats_row(aggregate(totals), elapsed, row_type=""))
     return rows
 
@@ -86,7 +101,6 @@ class HistoryWriter:
     def __init__(self, path: Path, config: RunConfig) -> None:
         self.path = path
         self.config = config
-        self.users = sum(t.connections if isinstance(t, TcpTarget) else t.concurrency for t in config.targets)
         self.totals = [TargetTotals(name=t.name, type=t.row_type) for t in config.targets]
         self._file = open(path, "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
@@ -98,7 +112,7 @@ class HistoryWriter:
         stamp = str(int(started + interval.end))
         for total, part in zip(self.totals, interval.targets):
             total.merge(part)
-            total.open_connections = part.open_connections
+            total.open_connections, total.users, total.level = part.open_connections, part.users, part.level
         rows = list(zip(self.totals, interval.targets))
         rows.append((aggregate(self.totals), aggregate(interval.targets)))
         for total, part in rows:
@@ -110,13 +124,14 @@ class HistoryWriter:
         agg = total.name == AGGREGATED
         t_pcts = percentiles_ns(total.latency, (50.0,))
         return [
-            stamp, str(self.users), "" if agg else total.type, total.name,
+            stamp, str(part.users), "" if agg else total.type, total.name,
             f"{part.requests / length:.3f}", f"{part.failure_count / length:.3f}",
             *(ms(v) for v in percentiles_ns(part.latency)),
             str(total.requests), str(total.failure_count), ms(t_pcts[0]), ms(mean_ns(total.latency)),
             ms(min_ns(total.latency)), ms(total.latency.get_max_value() if total.latency.get_total_count() else 0),
             f"{total.content_bytes / total.requests:.1f}" if total.requests else "0.0",
             f"{interval.end:.3f}", str(part.requests), str(part.failure_count), str(part.open_connections),
+            f"{part.level:g}" if part.level >= 0 else "", str(part.dropped),
         ]
 
     def close(self) -> None:
@@ -218,6 +233,14 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
             "exit_code": w.exitcode, "problem": w.error or None,
         })
     targets = [target_summary(t, elapsed, isinstance(c, TcpTarget)) for t, c in zip(stats.totals, config.targets)]
+    for summary, t, c in zip(targets, stats.totals, config.targets):
+        if isinstance(c, HttpTarget) and c.model == "open":
+            summary["open_model"] = {
+                "rate": c.rate, "arrival": c.arrival, "max_concurrency": c.max_concurrency,
+                "started": t.lateness.get_total_count(), "dropped": t.dropped,
+                "lateness_ms": latency_summary(t.lateness),
+                "uncorrected_latency_ms": latency_summary(t.uncorrected),
+            }
     for summary, peak in zip(targets, stats.peak_open):
         if "connections" in summary:
             summary["connections"]["peak_open"] = peak
@@ -228,6 +251,8 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "exit_status": result.exit_status,
         "interrupted": result.interrupted,
         "problems": result.problems,
+        "thresholds": [o.as_dict() for o in result.thresholds],
+        "aborted_by_threshold": result.aborted or None,
         "config": _jsonable(dict(config.source)),
         "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests},
         "machine": machine(),

@@ -21,6 +21,8 @@ HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to i
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 66.0, 75.0, 80.0, 90.0, 95.0, 98.0, 99.0, 99.9, 99.99, 100.0)
 AGGREGATED = "Aggregated"
+FAILURE_KINDS = ("refused", "connect_timeout", "read_timeout", "reset", "closed", "status", "protocol", "tls",
+                 "resources", "error", "cancelled", "mismatch", "redirects")
 
 
 def new_histogram() -> HdrHistogram:
@@ -98,6 +100,11 @@ class TargetSnapshot:
     open_connections: int = 0  # a gauge: connections open at the end of the interval
     latency: bytes = b""  # encoded HdrHistogram, ns; every ended request except cancelled ones
     connect_latency: bytes = b""
+    dropped: int = 0  # open model: arrivals that could not start on time
+    lateness: bytes = b""  # open model: how late arrivals started
+    uncorrected: bytes = b""  # open model: latency from the actual send, not the intended start
+    users: int = 0  # a gauge: virtual users active (closed), requests in flight (open), connections (tcp)
+    level: float = -1.0  # a gauge: the stage's level or the open model's rate in this worker; -1 if none
 
 
 @dataclass(frozen=True)
@@ -116,11 +123,14 @@ class TargetRecorder:
     """A worker's counters for one target over the current interval."""
 
     __slots__ = ("target", "requests", "failures", "samples", "bytes_in", "bytes_out", "content_bytes",
-                 "connects", "connect_failures", "open_connections", "latency", "connect_latency")
+                 "connects", "connect_failures", "open_connections", "latency", "connect_latency",
+                 "dropped", "lateness", "uncorrected", "users", "level")
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.open_connections = 0
+        self.users = 0
+        self.level = -1.0
         self._reset()
 
     def _reset(self) -> None:
@@ -134,6 +144,9 @@ class TargetRecorder:
         self.connect_failures: Counter[str] = Counter()
         self.latency = LatencyHistogram()
         self.connect_latency = LatencyHistogram()
+        self.dropped = 0
+        self.lateness = LatencyHistogram()
+        self.uncorrected = LatencyHistogram()
 
     def success(self, latency_ns: int, bytes_in: int, bytes_out: int, content: int) -> None:
         self.requests += 1
@@ -183,6 +196,11 @@ class TargetRecorder:
             open_connections=self.open_connections,
             latency=self.latency.encode(),
             connect_latency=self.connect_latency.encode(),
+            dropped=self.dropped,
+            lateness=self.lateness.encode(),
+            uncorrected=self.uncorrected.encode(),
+            users=self.users,
+            level=self.level,
         )
         self._reset()
         return snap
@@ -216,6 +234,11 @@ class TargetTotals:
     open_connections: int = 0
     latency: HdrHistogram = field(default_factory=new_histogram)
     connect_latency: HdrHistogram = field(default_factory=new_histogram)
+    dropped: int = 0
+    lateness: HdrHistogram = field(default_factory=new_histogram)
+    uncorrected: HdrHistogram = field(default_factory=new_histogram)
+    users: int = 0  # gauges, summed over workers at the latest snapshot
+    level: float = -1.0
 
     @property
     def failure_count(self) -> int:
@@ -236,6 +259,11 @@ class TargetTotals:
         if snap.connect_latency:
             self.connect_latency.add(connect_latency if connect_latency is not None
                                      else decode_histogram(snap.connect_latency))
+        self.dropped += snap.dropped
+        if snap.lateness:
+            self.lateness.add(decode_histogram(snap.lateness))
+        if snap.uncorrected:
+            self.uncorrected.add(decode_histogram(snap.uncorrected))
 
     def merge(self, other: TargetTotals) -> None:
         self.requests += other.requests
@@ -246,10 +274,16 @@ class TargetTotals:
         self.connects += other.connects
         self.connect_failures.update(other.connect_failures)
         self.open_connections += other.open_connections
+        self.users += other.users
         if other.latency.get_total_count():
             self.latency.add(other.latency)
         if other.connect_latency.get_total_count():
             self.connect_latency.add(other.connect_latency)
+        self.dropped += other.dropped
+        if other.lateness.get_total_count():
+            self.lateness.add(other.lateness)
+        if other.uncorrected.get_total_count():
+            self.uncorrected.add(other.uncorrected)
 
 
 def percentiles_ns(hist: HdrHistogram, points: Iterable[float] = PERCENTILES) -> list[int]:
@@ -297,6 +331,8 @@ class RunStats:
         self.worker_seq = [-1] * workers
         self.worker_final = [False] * workers
         self.worker_open: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
+        self.worker_users: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
+        self.worker_level: list[list[float]] = [[-1.0] * len(targets) for _ in range(workers)]
         self.peak_open = [0] * len(targets)
         self.elapsed = 0.0
         self._pending: dict[int, Interval] = {}
@@ -323,11 +359,17 @@ class RunStats:
             self.worker_failures[w] += failed
             self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
             self.worker_open[w][ts.target] = ts.open_connections
+            self.worker_users[w][ts.target] = ts.users
+            self.worker_level[w][ts.target] = ts.level
             self._note_failures(ts, snap.end)
         for i, total in enumerate(self.totals):
             total.open_connections = sum(row[i] for row in self.worker_open)
             self.peak_open[i] = max(self.peak_open[i], total.open_connections)
-            interval.targets[i].open_connections = total.open_connections
+            total.users = sum(row[i] for row in self.worker_users)
+            levels = [row[i] for row in self.worker_level if row[i] >= 0]
+            total.level = sum(levels) if levels else -1.0
+            part = interval.targets[i]
+            part.open_connections, part.users, part.level = total.open_connections, total.users, total.level
         self.worker_seq[w] = max(self.worker_seq[w], snap.seq)
         self.worker_final[w] = self.worker_final[w] or snap.final
         self.elapsed = max(self.elapsed, snap.end)

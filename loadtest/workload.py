@@ -10,6 +10,7 @@ rest, so every request started ends as exactly one success or failure.
 from __future__ import annotations
 
 import os
+import random
 import resource
 import time
 from itertools import cycle
@@ -20,13 +21,16 @@ from gevent.pool import Pool
 
 from .config import HttpTarget, TcpTarget, resolve
 from .protocols import Deadlines, Session
+from .schedule import Arrivals, Stage, level_at, stages_duration, worker_share
 from .stats import Snapshot, TargetRecorder
 from .worker import WorkerExit, WorkerPlan
 
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
 DEADLINE_SCAN_S = 0.1  # request timeouts are exact to this
-GRACEFUL_STOP_S = 2.0  # in-flight requests may finish this long after the deadline
+GRACEFUL_STOP_S = 2.0
+LEVEL_POLL_S = 0.1  # stages move the level this often
+MAX_LATENESS_S = 1.0  # an open-model arrival later than this is dropped, not sent  # in-flight requests may finish this long after the deadline
 CANCEL_WAIT_S = 5.0
 START_WAIT_S = 120.0
 
@@ -78,14 +82,129 @@ def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan, recorder: 
     return lambda: HttpSession(target, endpoints, recorder, shared_endpoints, tls, deadlines)
 
 
-def virtual_user(make_session: Callable[[], Session], budget: Budget) -> None:
-    """Send requests back to back until the budget says stop (closed model)."""
+class Level:
+    """This worker's current level of a staged target: virtual users (closed) or arrivals/s (open)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int = 0,
+                 level: Level | None = None, think: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Send requests one after another until the budget says stop (closed model).
+
+    With stages, user `index` works only while the level is above it; with
+    think time it pauses between requests.
+    """
     session = make_session()
+    lo, hi = think
     try:
-        while budget.take():
+        while True:
+            if level is not None and index >= level.value:
+                if budget.stopping:
+                    break
+                gevent.sleep(LEVEL_POLL_S)
+                continue
+            if not budget.take():
+                break
             session.exchange()
+            if hi:
+                gevent.sleep(lo if lo == hi else random.uniform(lo, hi))
     finally:
         session.close()
+
+
+def ramp(level: Level, stages: tuple[Stage, ...], start: float, t0: float, scale: Callable[[float], float]) -> None:
+    """Move a staged target's level along its stages, ten times a second, until the last stage ends."""
+    end = stages_duration(stages)
+    while True:
+        t = time.monotonic() - t0
+        level.value = scale(level_at(stages, start, t))
+        if t >= end:
+            return
+        gevent.sleep(LEVEL_POLL_S)
+
+
+def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: TargetRecorder, pool: Pool,
+             level: Level, cap: int, kind: str, seed: int, sessions: list[Session]) -> None:
+    """Start requests on a schedule whatever their latency (open model).
+
+    Each arrival is due at a planned time; its latency is measured from that
+    time, so a stalled server shows in the percentiles (coordinated omission
+    corrected). An arrival that cannot start within `MAX_LATENESS_S` of its
+    time, or finds `cap` requests already in flight, is counted as dropped.
+    Connections are reused: a finished request hands its session back. Every
+    session made is appended to `sessions`, which the worker closes at the end.
+    """
+    idle: list[Session] = []
+    gaps = Arrivals(kind, seed)
+    max_late_ns = int(MAX_LATENESS_S * 1e9)
+
+    def one(session: Session, due_ns: int) -> None:
+        try:
+            session.exchange(due_ns)
+        finally:
+            recorder.users -= 1
+            idle.append(session)
+
+    due = time.perf_counter_ns()
+    while not budget.stopping:
+        rate = level.value
+        now = time.perf_counter_ns()
+        if rate <= 0:  # a stage at zero: look again shortly
+            due = now + int(LEVEL_POLL_S * 1e9)
+            gevent.sleep(LEVEL_POLL_S)
+            continue
+        if due > now:
+            gevent.sleep((due - now) / 1e9)
+            continue
+        late = now - due
+        if late > max_late_ns or recorder.users >= cap:
+            recorder.dropped += 1
+        elif not budget.take():
+            return
+        else:
+            if idle:
+                session = idle.pop()
+            else:
+                session = make_session()
+                sessions.append(session)
+            recorder.users += 1
+            recorder.lateness.record(late)
+            pool.spawn(one, session, due)
+        due += int(gaps.gap_ns(rate))
+
+
+def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], Session], plan: WorkerPlan,
+                 share: int, budget: Budget, recorder: TargetRecorder, t0: float,
+                 sessions: list[Session]) -> Level | None:
+    """Spawn one target's load into the worker's pool; return its level if it ramps or paces."""
+    if isinstance(target, TcpTarget):
+        recorder.users = share
+        for _ in range(share):
+            pool.spawn(virtual_user, make, budget)
+        return None
+    k, workers = plan.index, plan.workers
+    if target.model == "open":
+        level = Level(target.rate / workers)
+        if target.stages:
+            pool.spawn(ramp, level, target.stages, target.rate, t0, lambda total: total / workers)
+        pool.spawn(arrivals, make, budget, recorder, pool, level, max(1, share), target.arrival,
+                   plan.index * 7919 + k, sessions)
+        return level
+    if not target.stages:
+        recorder.users = share
+        for _ in range(share):
+            pool.spawn(virtual_user, make, budget, think=target.think)
+        return None
+    level = Level(worker_share(target.concurrency, workers, k))
+    pool.spawn(ramp, level, target.stages, float(target.concurrency), t0,
+               lambda total: worker_share(total, workers, k))
+    for index in range(share):
+        pool.spawn(virtual_user, make, budget, index, level, target.think)
+    return level
 
 
 def scan_deadlines(deadlines: Deadlines) -> None:
@@ -117,10 +236,19 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     t0 = time.monotonic()
     budget = Budget(plan.requests)
     pool = Pool()
-    for i, make in enumerate(factories):
-        for _ in range(plan.shares[i]):
-            pool.spawn(virtual_user, make, budget)
+    open_sessions: list[Session] = []
+    levels = [start_target(pool, t, factories[i], plan, plan.shares[i], budget, recorders[i], t0, open_sessions)
+              for i, t in enumerate(targets)]
     scan = gevent.spawn(scan_deadlines, deadlines)
+
+    def snapshot(final: bool = False) -> Snapshot:
+        for recorder, level, target in zip(recorders, levels, targets):
+            if level is not None:
+                recorder.level = level.value
+                if isinstance(target, HttpTarget) and target.model == "closed":
+                    recorder.users = min(int(level.value), plan.shares[recorder.target])
+        return Snapshot(plan.index, seq, interval_start, time.monotonic() - t0,
+                        tuple(r.snapshot() for r in recorders), final)
 
     deadline = t0 + plan.duration if plan.duration else float("inf")
     seq = 0
@@ -137,11 +265,10 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         if finished or now >= deadline:
             break
         if now >= next_tick:
-            end = now - t0
-            conn.send(("snapshot", Snapshot(plan.index, seq, interval_start, end,
-                                            tuple(r.snapshot() for r in recorders))))
+            snap = snapshot()
+            conn.send(("snapshot", snap))
             seq += 1
-            interval_start = end
+            interval_start = snap.end
             next_tick += SNAPSHOT_INTERVAL_S
             if next_tick < now:  # a saturated worker skips ticks instead of bunching them
                 next_tick = now + SNAPSHOT_INTERVAL_S
@@ -152,10 +279,10 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     before = sum(r.failures["cancelled"] for r in recorders)
     pool.kill(block=True, timeout=CANCEL_WAIT_S)  # what is still in flight records itself as cancelled
     cancelled = sum(r.failures["cancelled"] for r in recorders) - before
+    for session in open_sessions:
+        session.close()
     scan.kill()
-    end = time.monotonic() - t0
-    conn.send(("snapshot", Snapshot(plan.index, seq, interval_start, end,
-                                    tuple(r.snapshot() for r in recorders), final=True)))
+    conn.send(("snapshot", snapshot(final=True)))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     conn.send(("done", WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,
                                   usage.ru_maxrss, cancelled)))

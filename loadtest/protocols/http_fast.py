@@ -133,7 +133,8 @@ class HttpSession:
             if conn is None:
                 return
         rec = self.recorder
-        started = scheduled_ns or perf_counter_ns()
+        sending = perf_counter_ns()
+        started = scheduled_ns or sending
         timer = self._timer
         timer.start(started + self.timeout_ns)
         sent = len(ep.request)
@@ -156,7 +157,10 @@ class HttpSession:
             rec.failure("cancelled", "the run stopped while this request was in flight", None)
             raise
         timer.stop()
-        latency = perf_counter_ns() - started
+        ended = perf_counter_ns()
+        latency = ended - started
+        if scheduled_ns:  # open model: also what a closed-loop tool would have measured
+            rec.uncorrected.record(ended - sending)
         if kind is None:
             status = conn.parser.get_status_code()
             response = conn.response

@@ -35,7 +35,8 @@ class RequestsSession:
         url = next(self._urls)
         rec = self.recorder
         t = self.target
-        started = scheduled_ns or perf_counter_ns()
+        sending = perf_counter_ns()
+        started = scheduled_ns or sending
         try:
             resp = self._session.request(t.method, url, data=t.body or None, timeout=t.timeout,
                                          allow_redirects=True)
@@ -47,7 +48,10 @@ class RequestsSession:
             kind, message = request_failure(e, t.timeout)
             rec.failure(kind, message, perf_counter_ns() - started)
             return
-        latency = perf_counter_ns() - started
+        ended = perf_counter_ns()
+        latency = ended - started
+        if scheduled_ns:  # open model: also what a closed-loop tool would have measured
+            rec.uncorrected.record(ended - sending)
         sent = len(t.body)
         status = resp.status_code
         if (status in self.expect) if self.expect else (200 <= status < 400):

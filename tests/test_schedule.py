@@ -1,0 +1,64 @@
+"""Stages and arrivals: the pure schedule arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.config import ConfigError, parse_config
+from loadtest.schedule import Arrivals, Stage, level_at, peak_level, stages_duration, worker_share
+
+RAMP = (Stage(10.0, 100.0), Stage(5.0, 100.0), Stage(5.0, 0.0))
+
+
+@pytest.mark.parametrize("t, level", [(0, 20), (5, 60), (10, 100), (12, 100), (17.5, 50), (20, 0), (99, 0)])
+def test_levels_ramp_linearly_from_the_previous_value(t: float, level: float) -> None:
+    assert level_at(RAMP, 20.0, t) == pytest.approx(level)
+
+
+def test_duration_and_peak() -> None:
+    assert stages_duration(RAMP) == 20.0
+    assert peak_level(RAMP, 20.0) == 100.0 and peak_level(RAMP, 300.0) == 300.0
+
+
+def test_worker_shares_add_up_to_the_whole() -> None:
+    for total in (0, 1, 7, 10, 101):
+        for workers in (1, 2, 3, 16):
+            assert sum(worker_share(total, workers, k) for k in range(workers)) == total
+
+
+def test_constant_and_poisson_gaps() -> None:
+    assert Arrivals("constant").gap_ns(1000) == 1e6
+    poisson = Arrivals("poisson", seed=1)
+    gaps = [poisson.gap_ns(1000) for _ in range(20000)]
+    assert sum(gaps) / len(gaps) == pytest.approx(1e6, rel=0.03)
+    assert min(gaps) < 0.1e6 and max(gaps) > 4e6  # exponential, not constant
+
+
+def test_stage_and_model_config() -> None:
+    config = parse_config({"targets": [
+        {"name": "users", "url": "http://127.0.0.1:1/", "stages": [{"duration": "3s", "target": 10}],
+         "think": ["10ms", "20ms"]},
+        {"name": "paced", "url": "http://127.0.0.1:1/", "rate": 0, "arrival": "poisson",
+         "stages": [{"duration": "5s", "target": 300}]}]})
+    users, paced = config.targets
+    assert config.duration == 5.0  # the longest ramp
+    assert users.model == "closed" and users.concurrency == 0 and users.peak_users == 10
+    assert users.think == (0.01, 0.02)
+    assert paced.model == "open" and paced.arrival == "poisson" and paced.stages == (Stage(5.0, 300.0),)
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"rate": 10, "concurrency": 5}, "not both"),
+    ({"rate": 10, "think": "1s"}, "only the closed model"),
+    ({"rate": 0}, "rate: must be a positive number"),
+    ({"concurrency": 5, "max_concurrency": 10}, "only the open model"),
+    ({"rate": 5, "arrival": "bursty"}, "arrival: must be one of constant, poisson"),
+    ({"stages": [{"duration": "1s"}]}, "must have exactly duration and target"),
+    ({"stages": [{"duration": "1s", "target": -1}]}, "target: must be a number, 0 or more"),
+    ({"stages": []}, "must be a list"),
+    ({"think": ["2s", "1s"]}, "must not run backwards"),
+    ({"think": "soon"}, "think: must be a duration"),
+])
+def test_model_mistakes(target: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", **target}]})

@@ -1,0 +1,136 @@
+"""The open model, stages and exit codes, end to end with real workers and the embedded server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtest.config import parse_config
+from loadtest.controller import run
+
+from .test_run import site_config
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_rate_is_kept_whatever_the_latency(tmp_path: Path) -> None:
+    config = parse_config(site_config([{"name": "paced", "url": "http://{site}/delay/1", "rate": 500}],
+                                      duration="3s", workers=2))
+    result = run(config, out_dir=tmp_path / "rate")
+    (paced,) = result.stats.totals
+    assert paced.failure_count == 0 and paced.dropped == 0
+    assert abs(paced.requests - 1500) <= 1500 * 0.02  # 500/s for 3 s, within 2%
+    stats = {(r["Type"], r["Name"]): r for r in rows(tmp_path / "rate" / "stats.csv")}
+    lateness = stats[("LATENESS", "paced")]
+    assert int(lateness["Request Count"]) == paced.requests
+    assert float(lateness["50%"]) < 5.0  # arrivals start within a few ms of their time
+    uncorrected = stats[("UNCORRECTED", "paced")]
+    assert float(uncorrected["50%"]) >= 1.0  # the server's 1 ms delay
+    summary = json.loads((tmp_path / "rate" / "summary.json").read_text())
+    assert summary["targets"][0]["open_model"]["dropped"] == 0
+    history = [r for r in rows(tmp_path / "rate" / "history.csv") if r["Name"] == "paced"]
+    assert all(r["Target Level"] == "500" for r in history)
+
+
+def test_the_in_flight_cap_drops_arrivals_instead_of_queueing_them(tmp_path: Path) -> None:
+    config = parse_config(site_config(
+        [{"name": "stuck", "url": "http://{site}/delay/2000", "rate": 200, "max_concurrency": 10,
+          "timeout": "5s"}], duration="1s", workers=1))
+    result = run(config, out_dir=tmp_path / "cap")
+    (stuck,) = result.stats.totals
+    assert stuck.dropped >= 150  # ~200 arrivals, at most 10 in flight
+    assert stuck.requests == 10  # the ten that started end (here: cancelled at the end)
+    assert stuck.requests + stuck.dropped >= 195
+
+
+def test_stages_ramp_virtual_users_and_think_time_slows_them(tmp_path: Path) -> None:
+    config = parse_config(site_config(
+        [{"name": "ramp", "url": "http://{site}/", "stages": [{"duration": "2s", "target": 8},
+                                                              {"duration": "1s", "target": 8}],
+          "think": "10ms"}], workers=2))
+    assert config.duration == 3.0
+    result = run(config, out_dir=tmp_path / "stages")
+    history = [r for r in rows(tmp_path / "stages" / "history.csv") if r["Name"] == "ramp"]
+    users = [int(r["User Count"]) for r in history]
+    assert users[0] < 8 and max(users) == 8  # ramps up, reaches the target
+    (ramp,) = result.stats.totals
+    # 8 users with 10 ms of think time cannot exceed 800 requests/s
+    assert ramp.requests / result.stats.elapsed < 800
+
+
+def test_exit_status_1_when_a_threshold_fails(tmp_path: Path) -> None:
+    config = parse_config(site_config([{"name": "home", "url": "http://{site}/", "concurrency": 2}],
+                                      requests=200, workers=1,
+                                      thresholds=["home: p99 < 1s", "rps > 100000000", "error_rate < 1%"]))
+    result = run(config, out_dir=tmp_path / "t")
+    assert result.exit_status == 1
+    assert [o.passed for o in result.thresholds] == [True, False, True]
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert [t["passed"] for t in summary["thresholds"]] == [True, False, True]
+    assert summary["thresholds"][1]["measured"] > 0 and summary["exit_status"] == 1
+
+
+def test_abort_on_fail_stops_the_run_early(tmp_path: Path) -> None:
+    config = parse_config(site_config(
+        [{"name": "broken", "url": "http://{site}/status/500", "concurrency": 2}], duration="20s", workers=1,
+        thresholds=[{"threshold": "error_rate < 10%", "abort_on_fail": True}]))
+    started = time.monotonic()
+    result = run(config, out_dir=tmp_path / "abort")
+    assert time.monotonic() - started < 10
+    assert result.exit_status == 1 and "error_rate < 10%" in result.aborted
+
+
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loadtest", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_exit_status_0_and_3(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("requests: 20\nworkers: 1\nservers: [{name: s, kind: http}]\n"
+                  "targets: [{url: 'http://{s}/', concurrency: 1}]\nthresholds: ['error_rate == 0']\n")
+    assert cli(["run", str(ok), "-q"], tmp_path).returncode == 0
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        taken = tmp_path / "taken.yaml"
+        taken.write_text(f"requests: 20\nservers: [{{name: s, kind: http, listen: '127.0.0.1:{port}'}}]\n"
+                         "targets: [{url: 'http://{s}/'}]\n")
+        done = cli(["run", str(taken)], tmp_path)
+    finally:
+        busy.close()
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and str(port) in done.stderr
+
+
+def test_ctrl_c_cancels_in_flight_writes_reports_and_exits_130(tmp_path: Path) -> None:
+    config = tmp_path / "long.yaml"
+    config.write_text("duration: 60s\nworkers: 2\nservers: [{name: s, kind: http}]\n"
+                      "targets: [{name: slow, url: 'http://{s}/delay/300', concurrency: 6}]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "run", str(config), "--out", str(tmp_path / "r")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "r" / "history.csv").exists() or len(rows(tmp_path / "r" / "history.csv")) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert summary["targets"][0]["failures_by_kind"].get("cancelled") == 6  # the six in flight
+    served = summary["servers"][0]["served"]["requests"]
+    assert served == summary["aggregated"]["requests"]

@@ -25,13 +25,14 @@ from typing import Any, Callable
 from .config import RunConfig, TcpTarget
 from .limits import check_limits
 from .reports import HistoryWriter, write_reports
+from .spawn import main_script_hidden
 from .stats import Interval, RunStats, TargetTotals
 from .thresholds import Outcome, check
 from .worker import WorkerExit, WorkerPlan, main as worker_main, share
 
 READY_TIMEOUT_S = 60.0
 WAIT_S = 0.25
-SILENT_WORKER_S = 10.0  # a worker that sends nothing for this long is lost (hung or stopped)
+SILENT_WORKER_S = 5.0  # a worker that sends nothing for this long is lost (hung or stopped)
 STOP_TIMEOUT_S = 15.0  # after a stop request, how long workers get before they are terminated
 JOIN_TIMEOUT_S = 5.0
 
@@ -126,7 +127,8 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
             reader, writer = ctx.Pipe(duplex=False)
             process = ctx.Process(target=worker_main, args=(plan, writer, start, stop),
                                   name=f"loadtest-worker-{k}", daemon=True)
-            process.start()
+            with main_script_hidden():
+                process.start()
             writer.close()
             states.append(WorkerState(k, process, reader))
 
@@ -136,7 +138,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         history = HistoryWriter(run_dir / "history.csv", config)
         started = time.time()
         start.set()
-        event(f"{count} worker{'s' if count > 1 else ''} started")
+        event(f"{count} worker{'s' if count > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
         interrupted = _collect(states, stats, stop, history, started, on_interval, event, abort)
         history.close()

@@ -1,4 +1,4 @@
-"""The life of one server process: listen on the shared port, serve, stop cleanly on SIGTERM or SIGINT.
+"""The life of one server process: listen on the shared port, serve, stop cleanly on SIGTERM.
 
 Imported only inside a server process, after `monkey.patch_all()` (see
 `group._server_process_main`). The parent learns how start-up went from one
@@ -70,7 +70,7 @@ def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any
 
 
 def run(spec: ServerSpec, port: int, counts: Any, report: Any, parent_pid: int) -> None:
-    """Serve `spec` on `port` until SIGTERM or SIGINT, or until the parent process is gone."""
+    """Serve `spec` on `port` until SIGTERM, or until the parent process is gone (SIGINT is ignored)."""
     raise_open_file_limit()
     address = f"[{spec.host}]:{port}" if ":" in spec.host else f"{spec.host}:{port}"
     try:
@@ -80,8 +80,9 @@ def run(spec: ServerSpec, port: int, counts: Any, report: Any, parent_pid: int) 
         return
     server = _build_server(spec, listener, counts)
     stopping = Event()
+    # Only SIGTERM: Ctrl-C reaches the whole process group, and the parent (a run, or
+    # `loadtest serve`) decides when servers stop, after the workers during a run.
     gevent.signal_handler(signal.SIGTERM, stopping.set)
-    gevent.signal_handler(signal.SIGINT, stopping.set)
 
     def watch_parent() -> None:
         # A parent killed with SIGKILL cannot stop us: notice, and stop ourselves.

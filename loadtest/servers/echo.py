@@ -36,7 +36,7 @@ _READ, _WRITE = 1, 2  # event loop watcher events
 class EchoConnection:
     """One client connection, driven by a read watcher (and a write watcher while a reply is unsent)."""
 
-    __slots__ = ("server", "sock", "reader", "writer", "unsent", "mark")
+    __slots__ = ("mark", "reader", "server", "sock", "unsent", "writer")
 
     def __init__(self, server: EchoServer, sock: Any, loop: Any) -> None:
         self.server = server

@@ -9,6 +9,11 @@ reads them at any time, `stop()` after the processes have ended.
     group = ServerGroup.start(spec)      # returns once every process listens
     ...                                  # load group.address
     counts = group.stop()                # {"requests": n} or {"messages", "bytes", "connections"}
+
+http "requests" counts every response sent, error answers (400, 408, 413, 431)
+included. echo "messages" counts reads echoed: the server cannot see message
+boundaries, so a message that arrives in pieces counts more than once; "bytes"
+and "connections" are exact.
 """
 
 from __future__ import annotations
@@ -22,11 +27,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 from loadtest.config import ServerSpec
+from loadtest.spawn import main_script_hidden
 
 DEFAULT_START_TIMEOUT_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
@@ -43,39 +47,17 @@ class ServerError(Exception):
 def _server_process_main(spec: ServerSpec, index: int, port: int, counts: Any, report: Any,
                          parent_pid: int) -> None:
     """Entry of a server process: patch first, then import and run the server."""
-    from gevent import monkey; monkey.patch_all()  # noqa: E702 -- must come before anything else runs
+    from gevent import monkey
 
-    import signal as process_signal
-
-    process_signal.signal(process_signal.SIGINT, process_signal.SIG_IGN)  # until the server's own handler
+    monkey.patch_all()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with SIGTERM
     from loadtest.servers import child
 
     view = memoryview(counts).cast("B").cast("q")[index * COUNT_SLOTS:(index + 1) * COUNT_SLOTS]
     try:
         child.run(spec, port, view, report, parent_pid)
-    except Exception as error:  # reported as one sentence; the parent raises ServerError
+    except Exception as error:  # noqa: BLE001 -- any failure becomes one sentence; the parent raises ServerError
         report.send(("error", f"failed: {type(error).__name__}: {error}"))
-
-
-@contextmanager
-def _main_script_hidden() -> Iterator[None]:
-    """Keep a spawned process from re-running the caller's main script before its entry.
-
-    `spawn` re-imports a main *script* (not a ``-m`` module) in the child before the
-    entry function runs, so its imports (requests, ssl, ...) would come before
-    `monkey.patch_all()`. Without ``__main__.__file__`` for the moment of `start()`,
-    the child skips that step; the entry needs nothing from the main module.
-    """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None or getattr(main.__spec__, "name", None) is not None:
-        yield
-        return
-    del main.__file__
-    try:
-        yield
-    finally:
-        main.__file__ = path
 
 
 def _format_address(host: str, port: int) -> str:
@@ -159,7 +141,7 @@ class ServerGroup:
                     name=f"loadtest-server-{spec.name}-{index}",
                     daemon=True,
                 )
-                with _main_script_hidden():
+                with main_script_hidden():
                     process.start()
                 sender.close()
                 processes.append(process)
@@ -185,7 +167,7 @@ class ServerGroup:
                                   f"did not listen within {timeout:g} s")
             sentinels = {process.sentinel: receiver for receiver, process in waiting.items()}
             for ready in multiprocessing.connection.wait([*waiting, *sentinels], remaining):
-                receiver = sentinels.get(ready, ready)  # type: ignore[call-overload]
+                receiver = sentinels.get(ready, ready)
                 if receiver not in waiting:
                     continue
                 process = waiting[receiver]
@@ -223,7 +205,7 @@ class ServerGroup:
         """The pids of the processes that have ended."""
         return [p.pid for p in self._processes if not p.is_alive()]
 
-    def __enter__(self) -> ServerGroup:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -50,6 +50,8 @@ MAX_BYTES = 100 * 1024 * 1024
 MAX_DELAY_MS = 60_000
 CACHE_MAX_ENTRIES = 4096  # per connection mode; cleared when full
 CACHE_MAX_RESPONSE = 256 * 1024  # larger responses are built per request from the pattern
+LINGER_S = 0.5
+LINGER_MAX_BYTES = 4 * 1024 * 1024
 SEND_BATCH_MAX = 256 * 1024  # above this, pipelined responses go out in several sends
 
 # Connection modes: what a response says about the connection. Index = mode.
@@ -86,7 +88,7 @@ def response_head(status: int, content_type: bytes, length: int, mode: int) -> b
 class Reply:
     """What a route answers: status, body (bytes, or a length of pattern bytes) and a delay."""
 
-    __slots__ = ("status", "content_type", "body", "length", "delay", "cacheable")
+    __slots__ = ("body", "cacheable", "content_type", "delay", "length", "status")
 
     def __init__(self, status: int, body: bytes | int, content_type: bytes = TEXT,
                  delay: float = 0.0, cacheable: bool = True) -> None:
@@ -154,6 +156,8 @@ class HttpConnection:
         self.served = 0
         self.closing = False
         self.closed = False
+        self.linger = False  # an error answer is queued: close without a reset (see linger_then_close)
+        self.lingered = 0
         self.in_request = False
         self.in_headers = False
         self.began = False  # a request began in the current read
@@ -229,8 +233,6 @@ class HttpConnection:
                 cache.clear()
             cache[self.url] = response_bytes
 
-    # The connection's loop.
-
     # Event loop callbacks: read and parse, then send the queued responses in order.
 
     def on_readable(self) -> None:
@@ -286,7 +288,7 @@ class HttpConnection:
             if item.__class__ is float:
                 out.popleft()
                 self.reader.stop()
-                self.mark = time.monotonic() + item  # type: ignore[operator]
+                self.mark = time.monotonic() + item
                 if self.timer is not None:
                     self.timer.close()
                 self.timer = self.server.loop.timer(item)
@@ -313,7 +315,7 @@ class HttpConnection:
         if self.writer is not None:
             self.writer.stop()
         if self.closing:
-            self.close()
+            self.linger_then_close() if self.linger else self.close()
         elif not self.reader.active:
             self.reader.start(self.on_readable)
 
@@ -331,18 +333,53 @@ class HttpConnection:
         return joined
 
     def _error_response(self, status: int) -> bytes:
+        self.linger = True
         self.server.counts[0] += 1
         body = b"%d %s\n" % (status, _reason(status).encode())
         return response_head(status, TEXT, len(body), CLOSE) + body
 
     def expire(self) -> None:
         """End the connection from outside (idle timeout, server stop), answering 408 to a request under way."""
-        if self.in_request and not self.out:
+        if self.in_request and not self.out and not self.linger:
             try:
                 self.sock.send(self._error_response(408))
             except OSError:
                 pass
+            else:
+                self.linger_then_close()
+                return
         self.close()
+
+    def linger_then_close(self) -> None:
+        """Close after an error answer without losing it: stop sending, read and drop what the client still sends.
+
+        Closing a socket with unread data makes the kernel send a reset, and a reset
+        can destroy the answer before the client reads it (a 413 in the middle of an
+        upload, say). Like nginx's lingering close: bounded in time and bytes.
+        """
+        try:
+            self.sock.shutdown(_socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.mark = time.monotonic()
+        self.reader.stop()
+        self.reader.start(self._on_linger_readable)
+        if self.timer is not None:
+            self.timer.close()
+        self.timer = self.server.loop.timer(LINGER_S)
+        self.timer.start(self.close)
+
+    def _on_linger_readable(self) -> None:
+        try:
+            n = self.sock.recv_into(self.server.buffer_view)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = 0
+        self.lingered += n
+        if not n or self.lingered > LINGER_MAX_BYTES:
+            self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -378,7 +415,7 @@ class HttpServer:
         self.stream_server.close()
         self.table.stop()
 
-    def render(self, reply: Reply, mode: int, head: bool, out: list[Any]) -> bytes | None:
+    def render(self, reply: Reply, mode: int, head: bool, out: deque[Any]) -> bytes | None:
         """Queue `reply` on `out`; return its whole bytes when it can be cached, else None."""
         if reply.delay:
             out.append(reply.delay)

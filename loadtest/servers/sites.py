@@ -36,10 +36,12 @@ INDEX_PAGE = b"""<!DOCTYPE html>
 """
 
 _WORDS = (
-    "load latency throughput request server client cache page image script style news sport "
-    "weather market travel music video shop price offer account login search help about contact "
-    "privacy terms home world local science health business culture opinion review guide today"
-).split()
+    "load", "latency", "throughput", "request", "server", "client", "cache", "page", "image",
+    "script", "style", "news", "sport", "weather", "market", "travel", "music", "video", "shop",
+    "price", "offer", "account", "login", "search", "help", "about", "contact", "privacy", "terms",
+    "home", "world", "local", "science", "health", "business", "culture", "opinion", "review",
+    "guide", "today",
+)
 
 
 @lru_cache(maxsize=1)

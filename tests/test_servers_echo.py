@@ -1,0 +1,204 @@
+"""The embedded echo server, with real processes and sockets on loopback."""
+
+from __future__ import annotations
+
+import os
+import resource
+import selectors
+import socket
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from loadtest.config import ServerSpec
+from loadtest.servers import ServerGroup
+
+TIMEOUT = 5.0
+MANY = 2000
+
+
+def echo_spec(**overrides: object) -> ServerSpec:
+    fields: dict[str, object] = {"name": "echo", "kind": "echo", "host": "127.0.0.1", "port": 0, "workers": 1}
+    fields.update(overrides)
+    return ServerSpec(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerGroup]:
+    with ServerGroup.start(echo_spec(workers=2)) as group:
+        yield group
+
+
+@pytest.fixture(scope="module")
+def upper_server() -> Iterator[ServerGroup]:
+    with ServerGroup.start(echo_spec(upper=True)) as group:
+        yield group
+
+
+@pytest.fixture(scope="module", autouse=True)
+def enough_open_files() -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 2 * MANY + 500)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def connect(group: ServerGroup) -> socket.socket:
+    return socket.create_connection((group.host, group.port), timeout=TIMEOUT)
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    parts = []
+    while size:
+        part = sock.recv(min(size, 65536))
+        assert part, "the server closed the connection"
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def is_closed(sock: socket.socket, within: float = TIMEOUT) -> bool:
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_echo_returns_the_same_bytes(server: ServerGroup) -> None:
+    with connect(server) as sock:
+        for message in (b"x", b"hello\n", bytes(range(256)) * 4, os.urandom(200_000)):
+            sock.sendall(message)
+            assert read_exactly(sock, len(message)) == message
+
+
+def test_upper_returns_ascii_upper_case(upper_server: ServerGroup) -> None:
+    with connect(upper_server) as sock:
+        message = b"Hello, World! \xc3\xa9\x00abc" * 100
+        sock.sendall(message)
+        assert read_exactly(sock, len(message)) == message.upper()
+
+
+def test_replies_split_and_merged_arbitrarily(server: ServerGroup) -> None:
+    message = os.urandom(100_000)
+    with connect(server) as sock:
+        offset = 0
+        for piece in (1, 7, 1000, 3, 65536, 5000):  # sent in uneven pieces
+            sock.sendall(message[offset:offset + piece])
+            offset += piece
+            time.sleep(0.005)
+        sock.sendall(message[offset:])
+        assert read_exactly(sock, len(message)) == message
+        merged = b"".join(bytes([i]) * 100 for i in range(50))  # fifty messages in one send
+        sock.sendall(merged)
+        assert read_exactly(sock, len(merged)) == merged
+
+
+def test_many_concurrent_connections_are_held_and_answered(server: ServerGroup) -> None:
+    selector = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    try:
+        for i in range(MANY):
+            sock = connect(server)
+            socks.append(sock)
+        for i, sock in enumerate(socks):
+            sock.sendall(b"%06d" % i)
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, i)
+        answered: dict[int, bytes] = {}
+        deadline = time.monotonic() + 20
+        while len(answered) < MANY and time.monotonic() < deadline:
+            for key, _ in selector.select(1.0):
+                answered[key.data] = answered.get(key.data, b"") + key.fileobj.recv(64)  # type: ignore[union-attr]
+                if len(answered[key.data]) == 6:
+                    selector.unregister(key.fileobj)
+        assert len(answered) == MANY
+        assert all(answered[i] == b"%06d" % i for i in range(MANY))
+    finally:
+        selector.close()
+        for sock in socks:
+            sock.close()
+
+
+def test_a_client_that_does_not_read_stalls_only_itself() -> None:
+    with ServerGroup.start(echo_spec()) as group:
+        [pid] = group.pids
+        with connect(group) as hog, connect(group) as other:
+            other.sendall(b"warm")
+            assert read_exactly(other, 4) == b"warm"
+            rss_before = psutil.Process(pid).memory_info().rss
+            hog.setblocking(False)
+            chunk = b"h" * 65536
+            pushed = 0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and pushed < 64 * 1024 * 1024:
+                try:
+                    pushed += hog.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.01)  # buffers full both ways: the server stopped reading from us
+                    if time.monotonic() > deadline - 2:
+                        break
+            for i in range(50):
+                other.sendall(b"ping%02d" % i)
+                assert read_exactly(other, 6) == b"ping%02d" % i
+            grown = psutil.Process(pid).memory_info().rss - rss_before
+            assert pushed < 64 * 1024 * 1024  # the hog was held back
+            assert grown < 8 * 1024 * 1024
+
+
+def test_connection_cap_closes_extra_connections() -> None:
+    with ServerGroup.start(echo_spec(max_connections=5)) as group:
+        held = [connect(group) for _ in range(5)]
+        try:
+            for sock in held:
+                sock.sendall(b"ok")
+                assert read_exactly(sock, 2) == b"ok"
+            with connect(group) as extra:
+                assert is_closed(extra, within=2.0)
+            held.pop().close()
+            time.sleep(0.1)
+            with connect(group) as again:
+                again.sendall(b"back")
+                assert read_exactly(again, 4) == b"back"
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_idle_timeout_closes_only_idle_connections() -> None:
+    with ServerGroup.start(echo_spec(idle_timeout=0.5)) as group, connect(group) as idle, connect(group) as busy:
+        started = time.monotonic()
+        for _ in range(8):  # 1.6 s of traffic every 0.2 s
+            busy.sendall(b"tick")
+            assert read_exactly(busy, 4) == b"tick"
+            time.sleep(0.2)
+        assert is_closed(idle, within=0.1)
+        assert time.monotonic() - started < 2.5
+        busy.sendall(b"still")
+        assert read_exactly(busy, 5) == b"still"
+
+
+def test_counts_at_stop() -> None:
+    group = ServerGroup.start(echo_spec(workers=2))
+    try:
+        sent = 0
+        for _ in range(3):
+            with connect(group) as sock:
+                for i in range(20):
+                    message = b"m" * (100 + i)
+                    sock.sendall(message)  # the next message only after the reply: one read each
+                    assert read_exactly(sock, len(message)) == message
+                    sent += len(message)
+        assert group.served() == {"messages": 60, "bytes": sent, "connections": 3}
+    finally:
+        counts = group.stop()
+    assert counts == {"messages": 60, "bytes": sent, "connections": 3}
+    assert not any(psutil.pid_exists(pid) for pid in group.pids)

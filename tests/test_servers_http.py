@@ -1,0 +1,411 @@
+"""The embedded HTTP server and the server group, with real processes and sockets on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import requests
+
+from loadtest.config import ServerSpec
+from loadtest.servers import ServerError, ServerGroup, serve_foreground, sites
+
+TIMEOUT = 5.0
+
+
+def http_spec(**overrides: object) -> ServerSpec:
+    fields: dict[str, object] = {"name": "web", "kind": "http", "host": "127.0.0.1", "port": 0, "workers": 1}
+    fields.update(overrides)
+    return ServerSpec(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerGroup]:
+    with ServerGroup.start(http_spec()) as group:
+        yield group
+
+
+@pytest.fixture()
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        yield s
+
+
+def connect(group: ServerGroup) -> socket.socket:
+    sock = socket.create_connection((group.host, group.port), timeout=TIMEOUT)
+    return sock
+
+
+class Response:
+    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+
+
+def read_response(stream: io.BufferedReader, head: bool = False) -> Response:
+    """One response from a raw stream: status line, headers, Content-Length body."""
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    _, code, reason = status_line.decode().rstrip("\r\n").split(" ", 2)
+    headers: dict[str, str] = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head else int(headers.get("content-length", "0"))
+    return Response(int(code), reason, headers, stream.read(length))
+
+
+def exchange(group: ServerGroup, raw: bytes, responses: int = 1, head: bool = False) -> list[Response]:
+    with connect(group) as sock, sock.makefile("rb") as stream:
+        sock.sendall(raw)
+        return [read_response(stream, head) for _ in range(responses)]
+
+
+def request(path: str, method: str = "GET", extra: str = "") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
+
+
+def is_closed(sock: socket.socket, within: float = TIMEOUT) -> bool:
+    """True when the server closed the connection (end of stream or reset) within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+# Routes
+
+
+def test_index_page(server: ServerGroup, session: requests.Session) -> None:
+    reply = session.get(f"http://{server.address}/", timeout=TIMEOUT)
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"].startswith("text/html")
+    assert b"loadtest" in reply.content
+    assert int(reply.headers["Content-Length"]) == len(reply.content)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 300_000, 2_500_000])
+def test_bytes_gives_n_bytes(server: ServerGroup, session: requests.Session, size: int) -> None:
+    reply = session.get(f"http://{server.address}/bytes/{size}", timeout=TIMEOUT)
+    assert reply.status_code == 200
+    assert len(reply.content) == size == int(reply.headers["Content-Length"])
+    pattern = sites.pattern()
+    assert reply.content[: len(pattern)] == pattern[:size]
+
+
+@pytest.mark.parametrize("path", ["/bytes", "/bytes/abc", "/bytes/-1", "/bytes/104857601", "/delay/60001", "/delay/x",
+                                  "/status/99", "/status/100", "/status/600", "/status/abc"])
+def test_bad_arguments_are_400(server: ServerGroup, session: requests.Session, path: str) -> None:
+    assert session.get(f"http://{server.address}{path}", timeout=TIMEOUT).status_code == 400
+
+
+def test_delay_answers_after_the_delay(server: ServerGroup, session: requests.Session) -> None:
+    started = time.monotonic()
+    reply = session.get(f"http://{server.address}/delay/300", timeout=TIMEOUT)
+    elapsed = time.monotonic() - started
+    assert reply.status_code == 200
+    assert 0.3 <= elapsed < 2.0
+
+
+@pytest.mark.parametrize("code, reason", [(200, "OK"), (418, "I'm a Teapot"), (503, "Service Unavailable"),
+                                          (299, "Success"), (599, "Server Error")])
+def test_status_answers_that_status(server: ServerGroup, code: int, reason: str) -> None:
+    [reply] = exchange(server, request(f"/status/{code}"))
+    assert (reply.status, reply.reason) == (code, reason)
+    assert int(reply.headers["content-length"]) == len(reply.body) > 0
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_status_without_body_has_no_content_length(server: ServerGroup, code: int) -> None:
+    first, second = exchange(server, request(f"/status/{code}") + request("/bytes/3"), responses=2)
+    assert first.status == code and "content-length" not in first.headers
+    assert (second.status, second.body) == (200, b"abc")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_echo_returns_the_body(server: ServerGroup, session: requests.Session, method: str) -> None:
+    body = os.urandom(100_000)
+    reply = session.request(method, f"http://{server.address}/echo", data=body, timeout=TIMEOUT)
+    assert reply.status_code == 200
+    assert reply.content == body
+
+
+def test_site_pages_have_the_table_sizes_and_stay_the_same(server: ServerGroup, session: requests.Session) -> None:
+    for page in range(12):
+        first = session.get(f"http://{server.address}/site/{page}", timeout=TIMEOUT)
+        again = session.get(f"http://{server.address}/site/{page}", timeout=TIMEOUT)
+        assert first.status_code == 200
+        assert first.headers["Content-Type"].startswith("text/html")
+        assert len(first.content) == sites.SITE_PAGE_SIZES[page % len(sites.SITE_PAGE_SIZES)]
+        assert first.content == again.content
+        assert first.content.startswith(b"<!DOCTYPE html>") and first.content.endswith(b"</html>\n")
+    sizes = {len(sites.site_page(page)) for page in range(sites.SITE_PAGES)}
+    assert min(sizes) == 2 * 1024 and max(sizes) == 120 * 1024
+
+
+@pytest.mark.parametrize("path", ["/nope", "/site/100", "/site/x", "/echo/1", "/static/a.css"])
+def test_unknown_paths_are_404(server: ServerGroup, session: requests.Session, path: str) -> None:
+    assert session.get(f"http://{server.address}{path}", timeout=TIMEOUT).status_code == 404
+
+
+def test_query_string_is_ignored(server: ServerGroup, session: requests.Session) -> None:
+    reply = session.get(f"http://{server.address}/bytes/5?x=1", timeout=TIMEOUT)
+    assert reply.content == b"abcde"
+
+
+# Connections
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        for size in range(1, 8):
+            sock.sendall(request(f"/bytes/{size}"))
+            reply = read_response(stream)
+            assert (reply.status, len(reply.body)) == (200, size)
+            assert "connection" not in reply.headers
+
+
+def test_pipelined_requests_are_answered_in_order(server: ServerGroup) -> None:
+    paths = ["/delay/100", "/bytes/10", "/status/404", "/site/1", "/bytes/300000", "/delay/0", "/"]
+    raw = b"".join(request(path) for path in paths) + (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+    replies = exchange(server, raw, responses=len(paths) + 1)
+    assert [r.status for r in replies] == [200, 200, 404, 200, 200, 200, 200, 200]
+    assert replies[0].body == b"delayed 100 ms\n"
+    assert len(replies[1].body) == 10
+    assert len(replies[3].body) == len(sites.site_page(1))
+    assert len(replies[4].body) == 300_000
+    assert replies[-1].body == b"hello"
+
+
+def test_head_has_the_get_length_and_no_body(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("/bytes/1000", "HEAD") + request("/site/2", "HEAD") + request("/bytes/2"))
+        first, second = read_response(stream, head=True), read_response(stream, head=True)
+        third = read_response(stream)
+    assert first.headers["content-length"] == "1000" and first.body == b""
+    assert second.headers["content-length"] == str(len(sites.site_page(2)))
+    assert third.body == b"ab"
+
+
+def test_connection_close_is_honoured(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        # the request after "Connection: close" is not answered
+        sock.sendall(request("/bytes/4", extra="Connection: close\r\n") + request("/bytes/9"))
+        reply = read_response(stream)
+        assert reply.body == b"abcd"
+        assert reply.headers["connection"] == "close"
+        assert stream.read() == b""
+
+
+def test_http_10(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"GET /bytes/3 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        reply = read_response(stream)
+        assert reply.headers["connection"] == "keep-alive" and reply.body == b"abc"
+        sock.sendall(b"GET /bytes/2 HTTP/1.0\r\n\r\n")
+        reply = read_response(stream)
+        assert reply.headers["connection"] == "close" and reply.body == b"ab"
+        assert stream.read() == b""
+
+
+def test_chunked_request_body(server: ServerGroup, session: requests.Session) -> None:
+    raw = (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+    [reply] = exchange(server, raw)
+    assert (reply.status, reply.body) == (200, b"hello world")
+    parts = (bytes([65 + i]) * 1000 for i in range(20))
+    via_requests = session.post(f"http://{server.address}/echo", data=parts, timeout=TIMEOUT)
+    assert via_requests.content == b"".join(bytes([65 + i]) * 1000 for i in range(20))
+
+
+def test_expect_100_continue(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        assert stream.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert stream.readline() == b"\r\n"
+        sock.sendall(b"abc")
+        assert read_response(stream).body == b"abc"
+
+
+def test_malformed_request_is_400_and_closed(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"GARBAGE\x00 / HTTP/1.1\r\n\r\n")
+        assert read_response(stream).status == 400
+        assert stream.read() == b""
+
+
+def test_headers_over_the_limit_are_431_and_closed(server: ServerGroup) -> None:
+    big = "".join(f"X-Filler-{i}: {'v' * 100}\r\n" for i in range(200))  # ~22 KiB
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("/", extra=big))
+        assert read_response(stream).status == 431
+        assert stream.read() == b""
+    # one header line that never ends is cut off too
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"GET / HTTP/1.1\r\nX-Long: ")
+        sent = 0
+        for _ in range(400):  # at most 400 x 16 KiB, until the server answers
+            if select.select([sock], [], [], 0)[0]:
+                break
+            sock.sendall(b"v" * 16384)
+            sent += 16384
+            time.sleep(0.001)
+        assert stream.readline().startswith(b"HTTP/1.1 431 ")
+        assert sent < 16384 + 256 * 1024 + 2 * 1024 * 1024  # the limit, a read, and what loopback buffers
+        assert is_closed(sock)
+
+
+def test_body_over_the_limit_is_413_and_closed(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10485761\r\n\r\n")
+        assert read_response(stream).status == 413
+        assert stream.read() == b""
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (1 << 20, b"z" * (1 << 20))
+        try:
+            for _ in range(11):  # 11 MiB in all
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert read_response(stream).status == 413
+
+
+def test_slow_and_idle_clients_are_closed() -> None:
+    with ServerGroup.start(http_spec(idle_timeout=0.5)) as group:
+        with connect(group) as idle:
+            started = time.monotonic()
+            assert is_closed(idle)
+            assert 0.4 <= time.monotonic() - started < 2.5
+        with connect(group) as slow, slow.makefile("rb") as stream:
+            started = time.monotonic()
+            for byte in request("/"):  # one byte every 50 ms would take 1.3 s; stop once answered
+                if select.select([slow], [], [], 0)[0] or time.monotonic() - started > 1.5:
+                    break
+                slow.sendall(bytes([byte]))
+                time.sleep(0.05)
+            reply = read_response(stream)
+            assert reply.status == 408
+            assert 0.4 <= time.monotonic() - started < 1.5
+            assert stream.read() == b""
+        # a connection that keeps working is not closed
+        with connect(group) as busy, busy.makefile("rb") as stream:
+            for _ in range(8):
+                busy.sendall(request("/bytes/1"))
+                assert read_response(stream).status == 200
+                time.sleep(0.2)
+
+
+def test_connection_cap_closes_extra_connections() -> None:
+    with ServerGroup.start(http_spec(max_connections=3)) as group:
+        held = [connect(group) for _ in range(3)]
+        try:
+            for sock in held:
+                sock.sendall(request("/bytes/1"))
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            with connect(group) as extra:
+                assert is_closed(extra, within=2.0)
+        finally:
+            for sock in held:
+                sock.close()
+
+
+# The group
+
+
+def test_two_processes_share_the_port() -> None:
+    with ServerGroup.start(http_spec(workers=2)) as group:
+        assert len(set(group.pids)) == 2
+        held = [connect(group) for _ in range(40)]
+        try:
+            for sock in held:
+                sock.sendall(request("/bytes/1"))
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            ports = {sock.getsockname()[1] for sock in held}
+            serving = {pid for pid in group.pids
+                       if any(c.raddr and c.raddr.port in ports for c in psutil.Process(pid).net_connections())}
+            assert serving == set(group.pids)
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_counts_equal_requests_sent(session: requests.Session) -> None:
+    group = ServerGroup.start(http_spec(workers=2))
+    try:
+        for i in range(40):
+            assert session.get(f"http://{group.address}/bytes/{i}", timeout=TIMEOUT).status_code == 200
+        exchange(group, request("/") * 10, responses=10)
+        exchange(group, request("/nope", "HEAD"), head=True)
+        assert group.served() == {"requests": 51}
+    finally:
+        counts = group.stop()
+    assert counts == {"requests": 51}
+    assert group.served() == counts
+    assert not any(psutil.pid_exists(pid) for pid in group.pids)
+
+
+def test_port_in_use_is_one_sentence() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServerError) as caught:
+            ServerGroup.start(http_spec(port=port), where="servers[0]")
+    assert str(caught.value) == f"servers[0] (http): cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+def test_address_not_on_this_machine_is_one_sentence() -> None:
+    with pytest.raises(ServerError, match=r"^server 'web' \(http\): cannot listen on 192\.0\.2\.1:0: "
+                                          r"cannot assign requested address$"):
+        ServerGroup.start(http_spec(host="192.0.2.1"))
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with ServerGroup.start(http_spec(host="::1")) as group, requests.Session() as s:
+        assert group.address == f"[::1]:{group.port}"
+        assert s.get(f"http://{group.address}/bytes/2", timeout=TIMEOUT).content == b"ab"
+
+
+def test_serve_foreground_runs_until_sigterm() -> None:
+    out = io.StringIO()
+    status: list[int] = []
+
+    def stop_when_serving() -> None:
+        deadline = time.monotonic() + 15
+        while "serving" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        address = out.getvalue().split("http://")[1].split()[0]
+        with requests.get(f"http://{address}/bytes/3", timeout=TIMEOUT) as reply:
+            assert reply.content == b"abc"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_when_serving)
+    stopper.start()
+    status.append(serve_foreground(http_spec(workers=2), out=out))
+    stopper.join(TIMEOUT)
+    serving, stopped = out.getvalue().splitlines()
+    assert serving.startswith("serving http on http://127.0.0.1:") and serving.endswith(" (2 processes)")
+    assert stopped.startswith("stopped http on http://127.0.0.1:")
+    assert stopped.endswith(": 1 requests served")
+    assert status == [0]

@@ -17,6 +17,7 @@ from itertools import cycle
 from typing import Any, Callable
 
 import gevent
+from gevent.event import Event
 from gevent.pool import Pool
 
 from .config import HttpTarget, TcpTarget, resolve
@@ -28,9 +29,9 @@ from .worker import WorkerExit, WorkerPlan
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
 DEADLINE_SCAN_S = 0.1  # request timeouts are exact to this
-GRACEFUL_STOP_S = 2.0
+GRACEFUL_STOP_S = 2.0  # in-flight requests may finish this long after the deadline
 LEVEL_POLL_S = 0.1  # stages move the level this often
-MAX_LATENESS_S = 1.0  # an open-model arrival later than this is dropped, not sent  # in-flight requests may finish this long after the deadline
+MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
 CANCEL_WAIT_S = 5.0
 START_WAIT_S = 120.0
 
@@ -128,19 +129,23 @@ def ramp(level: Level, stages: tuple[Stage, ...], start: float, t0: float, scale
 
 
 def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: TargetRecorder, pool: Pool,
-             level: Level, cap: int, kind: str, seed: int, sessions: list[Session]) -> None:
+             level: Level, cap: int, kind: str, seed: int, sessions: list[Session], until_ns: float) -> None:
     """Start requests on a schedule whatever their latency (open model).
 
-    Each arrival is due at a planned time; its latency is measured from that
-    time, so a stalled server shows in the percentiles (coordinated omission
-    corrected). An arrival that cannot start within `MAX_LATENESS_S` of its
-    time, or finds `cap` requests already in flight, is counted as dropped.
-    Connections are reused: a finished request hands its session back. Every
-    session made is appended to `sessions`, which the worker closes at the end.
+    Each arrival is due at a planned time and its latency is measured from
+    that time, so a stalled server shows in the percentiles (coordinated
+    omission corrected, as in wrk2). When `cap` requests are already in
+    flight, arrivals wait for one to end and start late; an arrival that
+    cannot start within `MAX_LATENESS_S` of its time is dropped and counted.
+    How late each arrival started is recorded too. Connections are reused:
+    a finished request hands its session back. Every session made is
+    appended to `sessions`, which the worker closes at the end. Arrivals
+    are due until `until_ns` (the run's end, as a `perf_counter_ns` time).
     """
     idle: list[Session] = []
     gaps = Arrivals(kind, seed)
     max_late_ns = int(MAX_LATENESS_S * 1e9)
+    slot_free = Event()
 
     def one(session: Session, due_ns: int) -> None:
         try:
@@ -148,9 +153,10 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
         finally:
             recorder.users -= 1
             idle.append(session)
+            slot_free.set()
 
     due = time.perf_counter_ns()
-    while not budget.stopping:
+    while not budget.stopping and due < until_ns:
         rate = level.value
         now = time.perf_counter_ns()
         if rate <= 0:  # a stage at zero: look again shortly
@@ -161,8 +167,12 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             gevent.sleep((due - now) / 1e9)
             continue
         late = now - due
-        if late > max_late_ns or recorder.users >= cap:
+        if late > max_late_ns:
             recorder.dropped += 1
+        elif recorder.users >= cap:
+            slot_free.clear()
+            slot_free.wait((max_late_ns - late) / 1e9)
+            continue
         elif not budget.take():
             return
         else:
@@ -175,6 +185,11 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             recorder.lateness.record(late)
             pool.spawn(one, session, due)
         due += int(gaps.gap_ns(rate))
+    # The run ended: arrivals already due that never started were dropped too.
+    end = min(time.perf_counter_ns(), until_ns)
+    while due < end and level.value > 0:
+        recorder.dropped += 1
+        due += int(gaps.gap_ns(level.value))
 
 
 def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], Session], plan: WorkerPlan,
@@ -191,8 +206,9 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
         level = Level(target.rate / workers)
         if target.stages:
             pool.spawn(ramp, level, target.stages, target.rate, t0, lambda total: total / workers)
+        until_ns = time.perf_counter_ns() + plan.duration * 1e9 if plan.duration else float("inf")
         pool.spawn(arrivals, make, budget, recorder, pool, level, max(1, share), target.arrival,
-                   plan.index * 7919 + k, sessions)
+                   plan.index * 7919 + k, sessions, until_ns)
         return level
     if not target.stages:
         recorder.users = share

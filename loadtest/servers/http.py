@@ -6,6 +6,9 @@ Runs inside a server process (monkey-patched; see `group.py`). Routes:
     /bytes/N      N bytes (0 <= N <= 100 MiB)
     /delay/MS     an answer after MS milliseconds (0 <= MS <= 60000)
     /status/CODE  that status (200 <= CODE <= 599)
+    /stall/P/S    answers at once, except in the first S ms of every P ms of the wall
+                  clock, when it answers as that stall ends (a server that freezes for
+                  S ms every P ms, as in wrk2's coordinated-omission demonstration)
     /echo         the request body, back
     /site/K       a page that looks like a site's home page (K = 0..99), 2 KiB to 120 KiB
     anything else 404
@@ -124,6 +127,13 @@ def route(path: bytes, body: bytes) -> Reply:
         if n is None or n > MAX_DELAY_MS:
             return _bad(f"/delay/MS: MS must be a whole number from 0 to {MAX_DELAY_MS}")
         return Reply(200, b"delayed %d ms\n" % n, delay=n / 1000, cacheable=False)
+    if kind == b"stall":
+        period, _, stall = arg.partition(b"/")
+        p, st = _number(period), _number(stall)
+        if p is None or st is None or not 0 < p <= MAX_DELAY_MS or st > p:
+            return _bad(f"/stall/P/S: P must be a whole number from 1 to {MAX_DELAY_MS} and S at most P")
+        phase = (time.time() * 1000.0) % p  # the wall clock, so every server process stalls together
+        return Reply(200, b"ok\n", delay=(st - phase) / 1000.0 if phase < st else 0.0, cacheable=False)
     if kind == b"status":
         # 1xx is excluded: it is an interim response, and clients would wait for the final one.
         if n is None or not 200 <= n <= 599:

@@ -210,8 +210,8 @@ def memory(args: argparse.Namespace) -> None:
             rss = {}
             for seconds in (30, 300):
                 result, summary = run_loadtest(target.url, args.concurrency, seconds, workdir, name=f"mem{seconds}")
-                rss[seconds] = summary["workers"][0]["max_rss_kib"]
-                print(f"{seconds:>4} s run: {result.requests} requests, worker peak RSS {rss[seconds] / 1024:.1f} MiB")
+                rss[seconds] = summary["workers"][0]["peak_rss_bytes"]
+                print(f"{seconds:>4} s run: {result.requests} requests, worker peak RSS {rss[seconds] / 2**20:.1f} MiB")
         finally:
             target.stop()
     print(f"5-minute run's worker RSS is {rss[300] / rss[30] * 100 - 100:+.1f}% of the 30-second run's")

@@ -42,29 +42,38 @@ def run_command(
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (default: one per core)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the report folder exactly here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live output; only the final report path."),
+    sample_interval: Optional[str] = typer.Option(None, "--sample-interval", help="Resource sampling period (default 1s)."),
+    watch_pid: list[int] = typer.Option([], "--watch-pid", help="Also sample this process (repeatable)."),
 ) -> None:
     """Run the load a config describes and write its reports."""
     from .config import ConfigError, load_config, parse_duration
     from .controller import RunError, run
-    from .live import PlainLive, print_summary
+    from .live import PlainLive, RichLive, print_summary
+    from .resources import DEFAULT_SAMPLE_INTERVAL_S
 
     try:
         config = load_config(config_path)
         if duration is not None:
             config = replace(config, duration=parse_duration(duration, "--duration"))
+        interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
+            else DEFAULT_SAMPLE_INTERVAL_S
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
-    live = PlainLive(sys.stdout, config.duration)
+    live: PlainLive | RichLive | None = None
+    if not quiet:
+        live = RichLive(config, config.duration) if sys.stdout.isatty() else PlainLive(sys.stdout, config.duration)
     try:
-        result = run(config, workers=workers, out_dir=out,
-                     on_interval=None if quiet else live.interval,
-                     on_event=None if quiet else live.event)
+        result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=tuple(watch_pid),
+                     on_interval=live.interval if live else None, on_event=live.event if live else None)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RunError as e:
         fail(f"the run failed: {e}", EXIT_RUN_FAILED)
     except KeyboardInterrupt:
         fail("interrupted before the load started; no reports written", EXIT_INTERRUPTED)
+    finally:
+        if live is not None:
+            live.close()
     if quiet:
         typer.echo(str(result.run_dir))
         for problem in result.problems:

@@ -133,6 +133,7 @@ class RunConfig:
     out: str = DEFAULT_OUT
     servers: tuple[ServerSpec, ...] = ()
     thresholds: tuple[Threshold, ...] = ()
+    monitor: tuple[int, ...] = ()  # pids of processes the run did not start, sampled too
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -201,7 +202,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"config: must be a mapping of fields, got {_type_name(data)}")
     _check_keys(data, "config", {"name", "duration", "requests", "workers", "out", "servers", "targets",
-                                 "thresholds"})
+                                 "thresholds", "monitor"})
     name = _name(data.get("name", default_name), "name")
     duration = parse_duration(data["duration"], "duration") if data.get("duration") is not None else None
     requests = _positive_int(data["requests"], "requests") if data.get("requests") is not None else None
@@ -233,6 +234,10 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
         elif requests is None:
             raise ConfigError("config: needs duration (such as 30s) or requests (a total count) to know when to stop")
     thresholds = _thresholds(data.get("thresholds"), [t.name for t in targets])
+    monitor = data.get("monitor") or []
+    if not isinstance(monitor, list):
+        raise ConfigError(f"monitor: must be a list of process ids, got {_type_name(monitor)}")
+    pids = tuple(_positive_int(pid, f"monitor[{i}]", noun="a process id") for i, pid in enumerate(monitor))
     return RunConfig(
         name=name,
         targets=targets,
@@ -242,6 +247,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
         out=out,
         servers=servers,
         thresholds=thresholds,
+        monitor=pids,
         source=data,
     )
 

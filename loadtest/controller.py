@@ -22,13 +22,18 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig, TcpTarget
+import psutil
+
+from .config import ConfigError, RunConfig, TcpTarget
 from .limits import check_limits
+from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
+from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
 from .spawn import main_script_hidden
 from .stats import Interval, RunStats, TargetTotals
 from .thresholds import Outcome, check
-from .worker import WorkerExit, WorkerPlan, main as worker_main, share
+from .worker import WorkerExit, WorkerPlan, share
+from .worker import main as worker_main
 
 READY_TIMEOUT_S = 60.0
 WAIT_S = 0.25
@@ -70,10 +75,22 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
     thresholds: list[Outcome] = field(default_factory=list)
     aborted: str = ""  # the abort_on_fail threshold that stopped the run, if one did
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    worker_resources: list[RoleTotals] = field(default_factory=list)
 
     @property
     def lost(self) -> list[int]:
         return [w.index for w in self.workers if w.lost]
+
+
+@dataclass
+class Frame:
+    """What the live view shows each second."""
+
+    interval: Interval
+    stats: RunStats
+    worker_cpu: list[float | None]  # % of one core, per worker, at the latest sample
+    machine_cpu: float | None  # % over all cores
 
 
 class _Stop(Exception):
@@ -89,17 +106,23 @@ def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: 
 
 
 def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
-        on_interval: Callable[[Interval, RunStats], None] | None = None,
-        on_event: Callable[[str], None] | None = None) -> RunResult:
+        on_interval: Callable[[Frame], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+        sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = ()) -> RunResult:
     """Run a load test as configured and write its reports. Raises RunError if it cannot start."""
     count = workers or config.workers or os.cpu_count() or 1
     check_limits(config, count)
+    watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
+    for pid in watched:
+        if not psutil.pid_exists(pid):
+            raise ConfigError(f"monitor: there is no process {pid} to watch")
     event = on_event or (lambda text: None)
     now = datetime.now()
     run_dir = run_dir_for(config, out_dir, now)
 
     groups: list[Any] = []
     states: list[WorkerState] = []
+    monitor: RunMonitor | None = None
     previous_term = _install_sigterm()
     try:
         if config.servers:
@@ -136,13 +159,23 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         _await_ready(states)
         run_dir.mkdir(parents=True, exist_ok=True)
         history = HistoryWriter(run_dir / "history.csv", config)
+        monitor = RunMonitor(run_dir, sample_interval, event)
+        monitor.watch_servers(groups)
+        monitor.watch_workers(w.pid for w in states)
+        monitor.watch_pids(watched)
+        monitor.start()
         started = time.time()
         start.set()
         event(f"{count} worker{'s' if count > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
-        interrupted = _collect(states, stats, stop, history, started, on_interval, event, abort)
+        collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor, config)
+        interrupted = collection.collect()
         history.close()
+        _await_exit(states, monitor)
+        monitor.stop()
     except BaseException:
+        if monitor is not None:
+            monitor.stop()
         _terminate(states)
         for g in groups:
             g.stop()
@@ -155,13 +188,14 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     for g in groups:
         served = g.stop()
         servers.append({"name": g.spec.name, "kind": g.spec.kind, "address": g.address,
-                        "workers": g.spec.workers, "pids": list(g.pids), "served": served})
+                        "workers": g.spec.workers, "pids": list(g.pids), "served": served,
+                        "cost": monitor.server_cost(g.spec.name, served)})
     problems = [f"worker {w.index} was lost: {w.error}" for w in states if w.lost]
     outcomes = check_thresholds(config, stats)
     failed = any(not o.passed for o in outcomes) or bool(abort.reason)
     status = 3 if problems else (130 if interrupted else (1 if failed else 0))
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
-                       abort.reason)
+                       abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states])
     write_reports(result, config)
     return result
 
@@ -231,12 +265,12 @@ def _await_ready(states: list[WorkerState]) -> None:
                 raise RunError(w.error)
 
 
-def _receive(w: WorkerState, stats: RunStats | None = None) -> bool:
-    """Read one message from a worker; False if its pipe is closed."""
+def _receive(w: WorkerState, stats: RunStats | None = None) -> tuple[Any, ...] | None:
+    """Read one message from a worker; None if its pipe is closed."""
     try:
-        message = w.conn.recv()
+        message: tuple[Any, ...] = w.conn.recv()
     except (EOFError, OSError):
-        return False
+        return None
     w.last_heard = time.monotonic()
     kind = message[0]
     if kind == "snapshot" and stats is not None:
@@ -247,75 +281,101 @@ def _receive(w: WorkerState, stats: RunStats | None = None) -> bool:
         w.exit, w.done = message[1], True
     elif kind == "error":
         w.error = message[2]
-    return True
+    return message
 
 
-def _collect(states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
-             started: float, on_interval: Callable[[Interval, RunStats], None] | None,
-             event: Callable[[str], None], abort: Callable[[], None]) -> bool:
-    """Read snapshots until every worker is done or lost; True if the run was interrupted."""
-    interrupted = False
-    stop_deadline = float("inf")
-    for w in states:
-        w.last_heard = time.monotonic()
+class _Collection:
+    """The main loop of a run: read snapshots until every worker is done or lost."""
 
-    def flush(final: bool = False) -> None:
-        lost = [w.index for w in states if w.lost]
-        for interval in stats.ready_intervals(lost, flush=final):
-            history.write(interval, started)
-            if on_interval is not None:
-                on_interval(interval, stats)
-            abort()
+    def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
+                 started: float, on_interval: Callable[[Frame], None] | None, event: Callable[[str], None],
+                 abort: Callable[[], None], monitor: RunMonitor, config: RunConfig) -> None:
+        self.states, self.stats, self.stop, self.history = states, stats, stop, history
+        self.started, self.on_interval, self.event, self.abort = started, on_interval, event, abort
+        self.monitor, self.config = monitor, config
 
-    while True:
-        active = [w for w in states if not w.done and not w.lost]
-        if not active:
-            break
-        try:
-            by_handle: dict[Any, WorkerState] = {}
-            for w in active:
-                by_handle[w.conn] = w
-                by_handle[w.process.sentinel] = w
-            for handle in wait(list(by_handle), timeout=WAIT_S):
-                w = by_handle[handle]
-                if w.done or w.lost:
-                    continue
-                if handle is w.conn:
-                    if not _receive(w, stats):
-                        _mark_lost(w, stats, event)
-                else:  # the process ended: read what it sent before it did
-                    while not w.done and w.conn.poll() and _receive(w, stats):
-                        pass
-                    if not w.done:
-                        _mark_lost(w, stats, event)
-            now = time.monotonic()
-            for w in active:
-                if not w.done and not w.lost and now - w.last_heard > SILENT_WORKER_S:
-                    w.process.kill()
-                    w.error = f"sent nothing for {SILENT_WORKER_S:g} s (hung or stopped); killed"
-                    _mark_lost(w, stats, event)
-            if now > stop_deadline:
-                for w in active:
-                    if not w.done and not w.lost:
-                        w.process.kill()
-                        w.error = "did not stop in time after the run was stopped; killed"
-                        _mark_lost(w, stats, event)
-            flush()
-        except (KeyboardInterrupt, _Stop):
-            if interrupted:  # a second Ctrl-C: stop at once
-                for w in states:
-                    if not w.done and not w.lost:
-                        w.process.kill()
-                        w.error = "killed by a second interrupt"
-                        _mark_lost(w, stats, event)
+    def flush(self, final: bool = False) -> None:
+        lost = [w.index for w in self.states if w.lost]
+        for interval in self.stats.ready_intervals(lost, flush=final):
+            self.history.write(interval, self.started)
+            if self.on_interval is not None:
+                self.on_interval(Frame(interval, self.stats, self.monitor.worker_cpu(len(self.states)),
+                                       self.monitor.machine_cpu()))
+            self.abort()
+        self.monitor.say_new_verdicts()
+
+    def receive(self, w: WorkerState) -> bool:
+        message = _receive(w, self.stats)
+        if message is not None and message[0] == "snapshot":
+            self.monitor.note_snapshot(message[1])
+        return message is not None
+
+    def lose(self, w: WorkerState, error: str = "", kill: bool = False) -> None:
+        if kill:
+            w.process.kill()
+        if error:
+            w.error = error
+        self.monitor.worker_gone(w.pid)
+        _mark_lost(w, self.stats, self.event)
+
+    def collect(self) -> bool:
+        """True if the run was interrupted."""
+        interrupted = False
+        stop_deadline = float("inf")
+        for w in self.states:
+            w.last_heard = time.monotonic()
+        while True:
+            active = [w for w in self.states if not w.done and not w.lost]
+            if not active:
                 break
-            interrupted = True
-            stop.set()
-            stop_deadline = time.monotonic() + STOP_TIMEOUT_S
-            event("stopping: in-flight requests are cancelled, reports will be written "
-                  "(interrupt again to stop at once)")
-    flush(final=True)
-    return interrupted
+            try:
+                by_handle: dict[Any, WorkerState] = {}
+                for w in active:
+                    by_handle[w.conn] = w
+                    by_handle[w.process.sentinel] = w
+                for handle in wait(list(by_handle), timeout=WAIT_S):
+                    w = by_handle[handle]
+                    if w.done or w.lost:
+                        continue
+                    if handle is w.conn:
+                        if not self.receive(w):
+                            self.lose(w)
+                    else:  # the process ended: read what it sent before it did
+                        while not w.done and w.conn.poll() and self.receive(w):
+                            pass
+                        if not w.done:
+                            self.lose(w)
+                now = time.monotonic()
+                for w in active:
+                    if not w.done and not w.lost and now - w.last_heard > SILENT_WORKER_S:
+                        self.lose(w, f"sent nothing for {SILENT_WORKER_S:g} s (hung or stopped); killed", kill=True)
+                if now > stop_deadline:
+                    for w in active:
+                        if not w.done and not w.lost:
+                            self.lose(w, "did not stop in time after the run was stopped; killed", kill=True)
+                self.flush()
+            except (KeyboardInterrupt, _Stop):
+                if interrupted:  # a second Ctrl-C: stop at once
+                    for w in self.states:
+                        if not w.done and not w.lost:
+                            self.lose(w, "killed by a second interrupt", kill=True)
+                    break
+                interrupted = True
+                self.stop.set()
+                stop_deadline = time.monotonic() + STOP_TIMEOUT_S
+                self.event("stopping: in-flight requests are cancelled, reports will be written "
+                           "(interrupt again to stop at once)")
+        self.flush(final=True)
+        return interrupted
+
+
+def _await_exit(states: list[WorkerState], monitor: RunMonitor) -> None:
+    """Wait for finished workers to exit, without reaping them, so their last sample has exact CPU times."""
+    waiting = {w.process.sentinel: w for w in states if not w.lost}
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while waiting and time.monotonic() < deadline:
+        for sentinel in wait(list(waiting), timeout=max(0.0, deadline - time.monotonic())):
+            monitor.worker_gone(waiting.pop(sentinel).pid)
 
 
 def _mark_lost(w: WorkerState, stats: RunStats, event: Callable[[str], None]) -> None:

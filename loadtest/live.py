@@ -1,46 +1,111 @@
-"""What a run shows on the terminal: a line a second, then a summary table.
+"""What a run shows on the terminal while it lasts, and the summary after.
 
-Plain text, so CI logs stay readable.
+On a terminal: a progress bar of elapsed against duration and a table
+redrawn each second (per target requests/s, p50, p95, p99 and failures of
+that second; per worker CPU; machine CPU), with warnings printed above it.
+Anywhere else (CI logs, pipes): one plain line per second.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import RunConfig
 from .reports import stats_rows
-from .stats import Interval, RunStats, aggregate, percentiles_ns
+from .stats import aggregate, percentiles_ns
 from .thresholds import unit_of
+from .verdicts import NO_CONDITION_FOUND
 
 if TYPE_CHECKING:
-    from .controller import RunResult
+    from .controller import Frame, RunResult
+
+
+def _cpu(values: list[float | None]) -> str:
+    return " ".join(f"{v:.0f}%" if v is not None else "-" for v in values)
 
 
 class PlainLive:
-    """One line per second: elapsed, requests/s, p50 and p99 of that second, failures."""
+    """One line per second: elapsed, requests/s, p50 and p99 of that second, failures, CPU."""
 
     def __init__(self, out: TextIO, duration: float | None) -> None:
         self.out = out
         self.duration = duration
 
-    def interval(self, interval: Interval, stats: RunStats) -> None:
+    def interval(self, frame: Frame) -> None:
+        interval = frame.interval
         part = aggregate(interval.targets)
         length = max(interval.end - interval.start, 1e-9)
         p50, p99 = percentiles_ns(part.latency, (50.0, 99.0))
         of = f"/{self.duration:g}s" if self.duration else "s"
+        machine = f" machine {frame.machine_cpu:.0f}%" if frame.machine_cpu is not None else ""
         self.out.write(
             f"[{interval.end:6.1f}{of}] {part.requests / length:10.1f} req/s"
             f"  p50 {p50 / 1e6:8.3f} ms  p99 {p99 / 1e6:8.3f} ms"
-            f"  failures {part.failure_count}\n")
+            f"  failures {part.failure_count}  cpu {_cpu(frame.worker_cpu)}{machine}\n")
         self.out.flush()
 
     def event(self, text: str) -> None:
         self.out.write(f"{text}\n")
         self.out.flush()
 
+    def close(self) -> None:
+        pass
+
+
+class RichLive:
+    """A progress bar and a table redrawn each second, for a terminal."""
+
+    def __init__(self, config: RunConfig, duration: float | None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.config = config
+        self.console = Console()
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[of]}"),
+                                 TimeElapsedColumn(), console=self.console)
+        total = duration if duration else None
+        self.task = self.progress.add_task(config.name, total=total,
+                                           of=f"of {duration:g} s" if duration else f"{config.requests} requests")
+        self.live = Live(self.progress, console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def interval(self, frame: Frame) -> None:
+        from rich.console import Group
+        from rich.table import Table
+
+        interval = frame.interval
+        length = max(interval.end - interval.start, 1e-9)
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("Target", "Type", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures"):
+            table.add_column(column, justify="left" if column in ("Target", "Type") else "right")
+        rows = list(zip(self.config.targets, interval.targets))
+        for target, part in [*rows, (None, aggregate(interval.targets))]:
+            p50, p95, p99 = percentiles_ns(part.latency, (50.0, 95.0, 99.0))
+            failures = str(part.failure_count) if not part.failure_count else f"[red]{part.failure_count}[/red]"
+            table.add_row(part.name if target is not None else "[bold]Aggregated", part.type,
+                          f"{part.requests / length:,.0f}", f"{p50 / 1e6:.3f}", f"{p95 / 1e6:.3f}",
+                          f"{p99 / 1e6:.3f}", failures)
+        hot = [v for v in frame.worker_cpu if v is not None and v > 90]
+        cpu = _cpu(frame.worker_cpu)
+        machine = f"{frame.machine_cpu:.0f}%" if frame.machine_cpu is not None else "-"
+        line = f"workers CPU {'[red]' if hot else ''}{cpu}{'[/red]' if hot else ''}   machine CPU {machine}"
+        if self.progress.tasks[0].total:
+            self.progress.update(self.task, completed=min(interval.end, self.progress.tasks[0].total))
+        else:
+            self.progress.update(self.task, completed=frame.stats.aggregated().requests)
+        self.live.update(Group(self.progress, table, line), refresh=True)
+
+    def event(self, text: str) -> None:
+        style = "bold yellow" if text.startswith("warning") else None
+        self.console.print(text, style=style, markup=False, highlight=False)
+
+    def close(self) -> None:
+        self.live.stop()
+
 
 def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
-    """The stats table as the terminal shows it, then the report folder."""
+    """The stats table as the terminal shows it, verdicts and thresholds, then the report folder."""
     rows = stats_rows(config, result.stats.totals, result.stats.elapsed)
     header = ["Type", "Name", "Requests", "Failures", "Req/s", "p50 ms", "p95 ms", "p99 ms", "Max ms"]
     table = [[r[0], r[1], r[2], r[3], r[9], r[11], r[16], r[18], r[7]] for r in rows]
@@ -52,6 +117,16 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
             out.write(f"  {t.name}: {count} {kind}\n")
+    for server in result.servers:
+        cost: dict[str, Any] = server.get("cost") or {}
+        if cost.get("cpu_seconds_per_1000") is not None:
+            per_conn = cost.get("rss_bytes_per_connection")
+            memory = f", {per_conn / 1024:.1f} KiB RSS per connection" if per_conn else ""
+            out.write(f"server {server['name']}: {cost['cpu_seconds_per_1000']:.3f} CPU s per 1,000 served{memory}\n")
+    for verdict in result.verdicts:
+        out.write(f"verdict: {verdict['what']}\n")
+    if not result.verdicts:
+        out.write(f"{NO_CONDITION_FOUND}\n")
     for o in result.thresholds:
         mark = "pass" if o.passed else "FAIL"
         out.write(f"threshold {mark}: {o.threshold.text}  (measured {o.measured:g} {unit_of(o.threshold)})\n")

@@ -39,6 +39,8 @@ HISTORY_HEADER = [
     "Elapsed", "Interval Requests", "Interval Failures", "Open Connections", "Target Level", "Dropped",
 ]
 FAILURES_HEADER = ["Target", "Kind", "Message", "Occurrences", "First Seen", "Last Seen"]
+WORKERS_HEADER = ["Worker", "PID", "Share", "Requests", "Failures", "Bytes", "CPU User s", "CPU System s",
+                  "Peak RSS Bytes", "Peak Connections", "Cancelled", "Ended", "Exit Code", "Problem"]
 CONNECT_TYPE = "CONNECT"
 LATENESS_TYPE = "LATENESS"
 UNCORRECTED_TYPE = "UNCORRECTED"
@@ -220,18 +222,9 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
                 for r in stats.failures()]
     write_atomic(run_dir / "failures.csv", csv_text(FAILURES_HEADER, failures))
 
-    workers = []
-    for w in result.workers:
-        e = w.exit
-        workers.append({
-            "index": w.index, "pid": w.pid,
-            "requests": stats.worker_requests[w.index], "failures": stats.worker_failures[w.index],
-            "bytes": stats.worker_bytes[w.index],
-            "cpu_user_s": round(e.cpu_user, 3) if e else None, "cpu_system_s": round(e.cpu_system, 3) if e else None,
-            "max_rss_kib": e.max_rss_kib if e else None, "cancelled": e.cancelled if e else None,
-            "ended": "lost" if w.lost else ("ok" if w.done else "unknown"),
-            "exit_code": w.exitcode, "problem": w.error or None,
-        })
+    workers = worker_rows(result)
+    write_atomic(run_dir / "workers.csv", csv_text(WORKERS_HEADER, [[str(v) if v is not None else "" for v in w.values()]
+                                                                   for w in workers]))
     targets = [target_summary(t, elapsed, isinstance(c, TcpTarget)) for t, c in zip(stats.totals, config.targets)]
     for summary, t, c in zip(targets, stats.totals, config.targets):
         if isinstance(c, HttpTarget) and c.model == "open":
@@ -252,6 +245,7 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "interrupted": result.interrupted,
         "problems": result.problems,
         "thresholds": [o.as_dict() for o in result.thresholds],
+        "verdicts": result.verdicts,
         "aborted_by_threshold": result.aborted or None,
         "config": _jsonable(dict(config.source)),
         "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests},
@@ -263,6 +257,31 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
     }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(run_dir / "histograms.json", json.dumps(histograms(stats.totals), indent=1) + "\n")
+
+
+def worker_rows(result: RunResult) -> list[dict[str, Any]]:
+    """Each worker's share and what it cost: CPU from the operating system's accounting (resources.csv)."""
+    stats = result.stats
+    rows = []
+    for w in result.workers:
+        e = w.exit
+        r = result.worker_resources[w.index] if w.index < len(result.worker_resources) else None
+        user = r.cpu_user_s if r is not None and r.pids else (e.cpu_user if e else None)
+        system = r.cpu_system_s if r is not None and r.pids else (e.cpu_system if e else None)
+        rows.append({
+            "worker": w.index, "pid": w.pid, "share": f"1/{len(result.workers)}",
+            "requests": stats.worker_requests[w.index], "failures": stats.worker_failures[w.index],
+            "bytes": stats.worker_bytes[w.index],
+            "cpu_user_s": round(user, 3) if user is not None else None,
+            "cpu_system_s": round(system, 3) if system is not None else None,
+            "peak_rss_bytes": r.peak_rss_bytes if r is not None and r.peak_rss_bytes else
+            (e.max_rss_kib * 1024 if e else None),
+            "peak_connections": r.peak_connections if r is not None else None,
+            "cancelled": e.cancelled if e else None,
+            "ended": "lost" if w.lost else ("ok" if w.done else "unknown"),
+            "exit_code": w.exitcode, "problem": w.error or None,
+        })
+    return rows
 
 
 def histograms(totals: list[TargetTotals]) -> dict[str, dict[str, str]]:

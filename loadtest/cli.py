@@ -83,6 +83,58 @@ def run_command(
     raise typer.Exit(result.exit_status)
 
 
+@app.command("report")
+def report_command(
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A run's report folder."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the HTML here (default RUN_DIR/report.html)."),
+) -> None:
+    """Write report.html again from a run folder's files alone."""
+    from pathlib import Path
+
+    from .html_report import RunFolderError, write_html_report
+
+    try:
+        path = write_html_report(Path(run_dir), Path(out) if out else None)
+    except RunFolderError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    typer.echo(str(path))
+
+
+@app.command("compare", epilog="Exit status: 0 nothing got worse beyond the tolerance; 1 something did; 2 bad input.")
+def compare_command(
+    run_a: str = typer.Argument(..., metavar="RUN_A", help="The baseline run folder."),
+    run_b: str = typer.Argument(..., metavar="RUN_B", help="The run to compare with it."),
+    tolerance: str = typer.Option("5%", "--tolerance", "-t", help="How much worse counts as worse: 5% or 0.05."),
+    output: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    html: Optional[str] = typer.Option(None, "--html", help="Also write the side by side as an HTML page here."),
+) -> None:
+    """Compare two runs target by target; exit status 1 when B is worse than A beyond the tolerance."""
+    from pathlib import Path
+
+    from .compare import compare_runs, format_csv, format_json, format_table, write_compare_html
+    from .html_report import RunFolderError
+
+    formats = {"table": format_table, "csv": format_csv, "json": format_json}
+    if output not in formats:
+        fail(f"--format: must be one of table, csv, json, got {output!r}", EXIT_BAD_INPUT)
+    try:
+        text = tolerance.strip()
+        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        if not 0 <= fraction < 100:
+            raise ValueError
+    except ValueError:
+        fail(f"--tolerance: must be a percentage such as 5% or a fraction such as 0.05, got {tolerance!r}",
+             EXIT_BAD_INPUT)
+    try:
+        comparison = compare_runs(Path(run_a), Path(run_b), fraction)
+        if html:
+            write_compare_html(comparison, Path(html))
+    except (RunFolderError, ValueError) as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    typer.echo(formats[output](comparison).rstrip("\n"))
+    raise typer.Exit(EXIT_THRESHOLD if comparison.worse else EXIT_OK)
+
+
 def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connections: int = 0,
            idle_timeout: Optional[str] = None) -> None:
     from .config import ConfigError, ServerSpec, parse_address, parse_duration

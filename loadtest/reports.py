@@ -257,6 +257,12 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
     }
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(run_dir / "histograms.json", json.dumps(histograms(stats.totals), indent=1) + "\n")
+    from .html_report import write_html_report
+
+    try:
+        write_html_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - the CSV reports stand without the page; say why it is missing
+        result.problems.append(f"report.html could not be written: {type(e).__name__}: {e}")
 
 
 def worker_rows(result: RunResult) -> list[dict[str, Any]]:

@@ -1,0 +1,872 @@
+"""report.html: one self-contained page of a run, built from its folder alone.
+
+The page is plain HTML with inline CSS and charts drawn here as inline SVG:
+no script, no font or file from anywhere else, and a Content-Security-Policy
+that forbids fetching anything, so it opens offline and from an archive.
+Everything that came from a config or a response (target names, URLs, error
+messages) is escaped. It is a pure function of the run folder's files, so
+`loadtest report RUN_DIR` writes the same bytes again.
+
+    from loadtest.html_report import write_html_report
+    write_html_report(Path("reports/sites-20260101-120000"))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hdrh.histogram import HdrHistogram
+
+REPORT_NAME = "report.html"
+HISTOGRAMS_NAME = "histograms.json"
+MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
+SPECTRUM_STEPS_PER_DECADE = 24
+SPECTRUM_DECADES = 6  # up to the 99.9999th percentile
+LOG_Y_RATIO = 30.0  # a spectrum spanning more than this from its lowest to highest value gets a log axis
+SATURATED_CPU_PERCENT = 90.0
+AGGREGATED = "Aggregated"
+OTHER_HISTOGRAM_TYPES = ("CONNECT", "LATENESS", "UNCORRECTED")  # rows of a target's other histograms
+AGGREGATED_COLOR = "#374151"
+FAILURE_COLOR = "#dc2626"
+PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#4b5563",
+           "#65a30d", "#7c3aed", "#0d9488", "#b45309")
+PERCENTILE_COLORS = {"p50": "#2563eb", "p95": "#f59e0b", "p99": "#dc2626"}
+SUMMARY_PERCENTILES = ("p50", "p66", "p75", "p80", "p90", "p95", "p98", "p99", "p99.9", "p99.99")
+SECRET_KEY = re.compile(r"authorization|cookie|token|password|secret|api[-_]?key", re.IGNORECASE)
+
+Point = tuple[float, float]
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a readable run folder; its message is one sentence."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one run folder, as read."""
+
+    path: Path
+    summary: dict[str, Any]
+    history: list[dict[str, str]]
+    failures: list[dict[str, str]]
+    resources: list[dict[str, str]]
+    histograms: dict[str, str]  # target name: its whole-run latency HdrHistogram, encoded
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("name", self.path.name))
+
+    def target_summaries(self) -> list[dict[str, Any]]:
+        """Each target's summary, then the aggregate's (named Aggregated)."""
+        targets = [t for t in self.summary.get("targets", []) if isinstance(t, dict)]
+        agg = self.summary.get("aggregated")
+        if isinstance(agg, dict):
+            targets.append({**agg, "name": AGGREGATED, "type": ""})
+        return targets
+
+    @property
+    def single_target(self) -> bool:
+        """One target only: its Aggregated figures repeat it, and charts leave them out."""
+        return len(self.summary.get("targets") or []) == 1
+
+
+def load_run(path: Path) -> RunFolder:
+    """Read a run folder: summary.json is required, every other file optional."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError(f"{path}: is not a folder")
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        raise RunFolderError(f"{path}: is not a run folder (it has no summary.json)")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{summary_path}: cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise RunFolderError(f"{summary_path}: is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("targets"), list):
+        raise RunFolderError(f"{summary_path}: is not a loadtest summary (it has no list of targets)")
+    histograms: dict[str, str] = {}
+    hist_path = path / HISTOGRAMS_NAME
+    if hist_path.is_file():
+        try:
+            raw = json.loads(hist_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raw = {}  # the spectrum falls back to the summary's percentiles
+        if isinstance(raw, dict):  # {name: {"latency": encoded, ...}}, or {name: encoded}
+            for k, v in raw.items():
+                encoded = v.get("latency") if isinstance(v, dict) else v
+                if isinstance(encoded, str):
+                    histograms[str(k)] = encoded
+    return RunFolder(path, summary, _read_csv(path / "history.csv"), _read_csv(path / "failures.csv"),
+                     _read_csv(path / "resources.csv"), histograms)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [row for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+# -- numbers ---------------------------------------------------------------
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def fmt_ms(v: float | None) -> str:
+    """Milliseconds to about the histogram's 3 significant digits."""
+    if v is None:
+        return "—"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.1f}"
+    if v >= 10:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def fmt_count(v: float | None, digits: int = 0) -> str:
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def fmt_short(v: float) -> str:
+    """An axis label: 1.5k, 20k, 3M, 0.25."""
+    a = abs(v)
+    if a >= 1e9:
+        return f"{v / 1e9:g}G"
+    if a >= 1e6:
+        return f"{v / 1e6:g}M"
+    if a >= 1e3:
+        return f"{v / 1e3:g}k"
+    return f"{v:.4g}"
+
+
+def fmt_seconds(v: float, span: float) -> str:
+    if span <= 120:
+        return f"{v:g}s"
+    return f"{int(v) // 60}:{int(v) % 60:02d}"
+
+
+def fmt_percentile(p: float) -> str:
+    return f"{p:.6f}".rstrip("0").rstrip(".") + "%"
+
+
+# -- series ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a chart."""
+
+    label: str
+    points: Sequence[Point]
+    color: str
+    dashed: bool = False
+    fill: bool = False
+    width: float = 1.8
+
+
+def downsample(points: Sequence[Point], limit: int = MAX_POINTS, keep: Callable[[list[float]], float] = max
+               ) -> list[Point]:
+    """At most `limit` points: consecutive runs merged, x by mean, y by `keep` (max keeps spikes)."""
+    if len(points) <= limit:
+        return list(points)
+    size = math.ceil(len(points) / limit)
+    out = []
+    for i in range(0, len(points), size):
+        chunk = points[i:i + size]
+        out.append((sum(p[0] for p in chunk) / len(chunk), keep([p[1] for p in chunk])))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
+    """Per target name: its req/s, failures/s and per-second percentiles against elapsed seconds."""
+    out: dict[str, dict[str, list[Point]]] = {}
+    for row in run.history:
+        name, elapsed = row.get("Name", ""), _float(row.get("Elapsed"))
+        if elapsed is None or row.get("Type") in OTHER_HISTOGRAM_TYPES:
+            continue
+        series = out.setdefault(name, {"rps": [], "fps": [], "p50": [], "p95": [], "p99": []})
+        for key, column in (("rps", "Requests/s"), ("fps", "Failures/s")):
+            v = _float(row.get(column))
+            if v is not None:
+                series[key].append((elapsed, v))
+        if (_float(row.get("Interval Requests")) or 0) > 0:  # an empty second has no latency
+            for key, column in (("p50", "50%"), ("p95", "95%"), ("p99", "99%")):
+                v = _float(row.get(column))
+                if v is not None:
+                    series[key].append((elapsed, v))
+    for series in out.values():
+        for key in series:
+            series[key] = downsample(series[key], keep=_mean if key in ("rps", "fps") else max)
+    return out
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """A latency percentile spectrum: (percentile, ms) points, from p0 to the largest value."""
+
+    name: str
+    points: tuple[Point, ...]
+    exact: bool  # walked from a full histogram, not only the summary's fixed percentiles
+
+
+def spectrum_x(p: float) -> float:
+    """A percentile's place on the spectrum's axis: log10(1 / (1 - p))."""
+    return math.log10(1.0 / max(1.0 - p / 100.0, 10.0 ** -SPECTRUM_DECADES))
+
+
+def _x_to_percentile(x: float) -> float:
+    return 100.0 * (1.0 - math.pow(10.0, -x))
+
+
+def spectra(run: RunFolder) -> list[Spectrum]:
+    """Each target's spectrum (and Aggregated's): from histograms.json if there, else the summary."""
+    out = []
+    for t in run.target_summaries():
+        name = str(t.get("name", ""))
+        encoded = run.histograms.get(name)
+        spectrum = _walk(name, encoded) if encoded else None
+        if spectrum is None:
+            spectrum = _from_summary(name, t)
+        if spectrum.points:
+            out.append(spectrum)
+    return out
+
+
+def _walk(name: str, encoded: str) -> Spectrum | None:
+    try:
+        hist = HdrHistogram.decode(encoded.encode("ascii"))
+    except Exception:  # noqa: BLE001 - a damaged histogram falls back to the summary's percentiles
+        return None
+    count = hist.get_total_count()
+    if not count:
+        return None
+    last_x = min(math.log10(count), SPECTRUM_DECADES)
+    points = [(0.0, hist.get_min_value() / 1e6)]
+    steps = int(last_x * SPECTRUM_STEPS_PER_DECADE)
+    for k in range(1, steps + 1):
+        p = _x_to_percentile(k / SPECTRUM_STEPS_PER_DECADE)
+        points.append((p, hist.get_value_at_percentile(p) / 1e6))
+    points.append((_x_to_percentile(last_x), hist.get_max_value() / 1e6))
+    return Spectrum(name, tuple(points), exact=True)
+
+
+def _from_summary(name: str, target: dict[str, Any]) -> Spectrum:
+    latency = target.get("latency_ms") or {}
+    count = _float(target.get("requests")) or 0.0
+    last_x = min(math.log10(count), SPECTRUM_DECADES) if count >= 1 else 0.0
+    points: list[Point] = []
+    low = _float(latency.get("min"))
+    if low is not None:
+        points.append((0.0, low))
+    for key in SUMMARY_PERCENTILES:
+        p, v = float(key[1:]), _float(latency.get(key))
+        if v is not None and spectrum_x(p) < last_x:
+            points.append((p, v))
+    high = _float(latency.get("max", latency.get("p100")))
+    if high is not None:
+        points.append((_x_to_percentile(last_x), high))
+    return Spectrum(name, tuple(points), exact=False)
+
+
+def resource_series(run: RunFolder) -> tuple[list[Series], list[Series]]:
+    """CPU % and RSS (MiB) over time, one line per process, from resources.csv."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row in run.resources:
+        groups.setdefault((row.get("role", "") or "", row.get("pid", "") or ""), []).append(row)
+    roles = [role for role, _ in groups]
+    cpu, rss = [], []
+    for i, ((role, pid), rows) in enumerate(groups.items()):
+        machine = role == "machine"
+        label = "machine (all cores)" if machine else (role if roles.count(role) == 1 else f"{role} {pid}")
+        color = AGGREGATED_COLOR if machine else PALETTE[i % len(PALETTE)]
+        cpu_points, rss_points = [], []
+        for row in rows:
+            t = _float(row.get("elapsed_s", row.get("elapsed")))
+            if t is None:
+                continue
+            c, r = _float(row.get("cpu_percent")), _float(row.get("rss_bytes"))
+            if c is not None:
+                cpu_points.append((t, c))
+            if r is not None and row.get("status") not in ("zombie", "dead"):  # an exited process holds no memory
+                rss_points.append((t, r / 2**20))
+        if cpu_points:
+            cpu.append(Series(label, downsample(cpu_points, keep=_mean), color, dashed=machine))
+        if rss_points and not machine:  # the machine's memory is another scale than a process's
+            rss.append(Series(label, downsample(rss_points), color))
+    return cpu, rss
+
+
+# -- SVG charts ------------------------------------------------------------
+
+WIDTH, HEIGHT = 640, 230
+WIDE = (1200, 380)
+LEFT, RIGHT, TOP, BOTTOM = 58, 18, 12, 38
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Maps data values to 0..1 along an axis, with its labelled ticks."""
+
+    lo: float
+    hi: float
+    ticks: tuple[tuple[float, str], ...]
+    log: bool = False
+
+    def at(self, v: float) -> float:
+        if self.log:
+            v, lo, hi = math.log10(max(v, self.lo)), math.log10(self.lo), math.log10(self.hi)
+        else:
+            lo, hi = self.lo, self.hi
+        return 0.0 if hi == lo else (v - lo) / (hi - lo)
+
+
+def _nice_step(span: float, count: int = 5) -> float:
+    raw = span / count if span > 0 else 1.0
+    mag = math.pow(10.0, math.floor(math.log10(raw)))
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag
+
+
+def linear_scale(values: Iterable[float], fmt: Callable[[float], str] = fmt_short, floor: float = 0.0,
+                 at_least: float = 0.0) -> Scale:
+    vs = list(values)
+    hi = max([*vs, at_least, floor])
+    lo = min([*vs, floor])
+    if hi <= lo:
+        hi = lo + 1.0
+    step = _nice_step(hi - lo)
+    lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
+    n = round((hi - lo) / step)
+    return Scale(lo, hi, tuple((lo + k * step, fmt(lo + k * step)) for k in range(n + 1)))
+
+
+def log_scale(values: Iterable[float], fmt: Callable[[float], str] = fmt_short) -> Scale:
+    vs = [v for v in values if v > 0] or [1.0]
+    lo, hi = 10 ** math.floor(math.log10(min(vs))), 10 ** math.ceil(math.log10(max(vs)))
+    if hi <= lo:
+        hi = lo * 10
+    decades = round(math.log10(hi / lo))
+    mults = (1, 2, 5) if decades <= 3 else (1,)
+    ticks = []
+    for d in range(decades + 1):
+        for m in mults:
+            v = lo * 10 ** d * m
+            if v <= hi * 1.0001:
+                ticks.append((v, fmt(v)))
+    return Scale(lo, hi, tuple(ticks), log=True)
+
+
+def time_scale(values: Iterable[float]) -> Scale:
+    vs = list(values)
+    hi = max([*vs, 1.0])
+    step = _nice_step(hi)
+    if hi > 120:  # whole minutes, or halves and quarters of one
+        step = max(step - step % 15, 15)
+    top = math.ceil(hi / step) * step
+    return Scale(0.0, top, tuple((k * step, fmt_seconds(k * step, top)) for k in range(round(top / step) + 1)))
+
+
+def spectrum_scale(last_x: float) -> Scale:
+    decades = max(1, min(SPECTRUM_DECADES, math.ceil(last_x - 1e-9)))
+    return Scale(0.0, float(decades), tuple((float(d), fmt_percentile(_x_to_percentile(d))) for d in range(decades + 1)))
+
+
+def chart_svg(label: str, series: Sequence[Series], x: Scale, y: Scale, *, x_title: str, y_title: str,
+              x_of: Callable[[float], float] = lambda v: v, refs: Sequence[tuple[float, str]] = (),
+              size: tuple[int, int] = (WIDTH, HEIGHT)) -> str:
+    """An SVG line chart; `x_of` maps a point's x before scaling (the spectrum's log axis).
+
+    `size` is the drawing's own coordinate space: a wide chart gets a wide one,
+    so its text stays the same size on the page.
+    """
+    width, height = size
+    pw, ph = width - LEFT - RIGHT, height - TOP - BOTTOM
+
+    def px(v: float) -> float:
+        return LEFT + x.at(x_of(v)) * pw
+
+    def py(v: float) -> float:
+        return TOP + (1.0 - y.at(v)) * ph
+
+    parts = [(f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '
+              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(label)}</title>')]
+    for v, text in y.ticks:
+        yy = py(v)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{width - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
+                     f'<text class="tick" x="{LEFT - 6}" y="{yy + 3.5:.1f}" text-anchor="end">{escape(text)}</text>')
+    for v, text in x.ticks:
+        xx = LEFT + x.at(v) * pw
+        anchor = "end" if v == x.hi and v > x.lo else "middle"  # the last label stays inside the frame
+        parts.append(f'<line class="grid" x1="{xx:.1f}" x2="{xx:.1f}" y1="{TOP}" y2="{TOP + ph}"/>'
+                     f'<text class="tick" x="{xx:.1f}" y="{TOP + ph + 15}" text-anchor="{anchor}">{escape(text)}</text>')
+    for v, text in refs:
+        if y.lo <= v <= y.hi:
+            yy = py(v)
+            parts.append(f'<line class="ref" x1="{LEFT}" x2="{width - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
+                         f'<text class="ref-label" x="{LEFT + 4}" y="{yy + 11:.1f}">'
+                         f'{escape(text)}</text>')
+    parts.append(f'<rect class="frame" x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/>')
+    drawn = 0
+    for s in series:
+        pts = [(px(a), py(b)) for a, b in s.points]
+        if not pts:
+            continue
+        drawn += 1
+        coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+        dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+        parts.append(f'<g class="series"><title>{escape(s.label)}</title>')
+        if s.fill and len(pts) > 1:
+            base = py(max(y.lo, 0.0)) if not y.log else TOP + ph
+            area = f"{pts[0][0]:.1f},{base:.1f} {coords} {pts[-1][0]:.1f},{base:.1f}"
+            parts.append(f'<polygon points="{area}" fill="{s.color}" fill-opacity="0.10" stroke="none"/>')
+        if len(pts) == 1:
+            parts.append(f'<circle cx="{pts[0][0]:.1f}" cy="{pts[0][1]:.1f}" r="3" fill="{s.color}"/>')
+        else:
+            parts.append(f'<polyline points="{coords}" fill="none" stroke="{s.color}" stroke-width="{s.width}" '
+                         f'stroke-linejoin="round" stroke-linecap="round"{dash}/>')
+        parts.append("</g>")
+    if not drawn:
+        parts.append(f'<text class="empty" x="{LEFT + pw / 2}" y="{TOP + ph / 2}" text-anchor="middle">no data</text>')
+    parts.append(f'<text class="axis" x="{LEFT + pw / 2}" y="{height - 4}" text-anchor="middle">{escape(x_title)}</text>'
+                 f'<text class="axis" transform="translate(13 {TOP + ph / 2}) rotate(-90)" text-anchor="middle">'
+                 f'{escape(y_title)}</text></svg>')
+    return "".join(parts)
+
+
+def legend(series: Sequence[Series], extra: Sequence[str] = ()) -> str:
+    items = []
+    for s in series:
+        style = f"border-top:3px {'dashed' if s.dashed else 'solid'} {s.color}"
+        items.append(f'<span><i class="sw" style="{style}"></i>{escape(s.label)}</span>')
+    items += [f'<span class="muted">{escape(e)}</span>' for e in extra]
+    return f'<div class="legend">{"".join(items)}</div>'
+
+
+def figure(caption: str, series: Sequence[Series], svg: str, extra: Sequence[str] = ()) -> str:
+    return f'<figure class="chart-box"><figcaption>{escape(caption)}</figcaption>{legend(series, extra)}{svg}</figure>'
+
+
+def time_chart(caption: str, series: Sequence[Series], y_title: str, *, refs: Sequence[tuple[float, str]] = (),
+               extra: Sequence[str] = (), at_least: float = 0.0) -> str:
+    xs = [p[0] for s in series for p in s.points]
+    ys = [p[1] for s in series for p in s.points]
+    svg = chart_svg(caption, series, time_scale(xs), linear_scale(ys, at_least=at_least),
+                    x_title="elapsed", y_title=y_title, refs=refs)
+    return figure(caption, series, svg, extra)
+
+
+def spectrum_chart(caption: str, series: Sequence[Series]) -> str:
+    """Latency against percentile on a log "1/(1-p)" axis, as HdrHistogram plots draw it."""
+    last_x = max([spectrum_x(p[0]) for s in series for p in s.points] or [1.0])
+    ys = [p[1] for s in series for p in s.points]
+    positive = [v for v in ys if v > 0]
+    use_log = bool(positive) and max(positive) / min(positive) > LOG_Y_RATIO
+    y = log_scale(ys, fmt_short) if use_log else linear_scale(ys)
+    title = "latency, ms" + (" (log scale)" if use_log else "")
+    svg = chart_svg(caption, series, spectrum_scale(last_x), y, x_title="percentile", y_title=title,
+                    x_of=spectrum_x, size=WIDE)
+    return figure(caption, series, svg)
+
+
+def target_colors(names: Iterable[str]) -> dict[str, str]:
+    colors, k = {}, 0
+    for name in names:
+        if name == AGGREGATED:
+            colors[name] = AGGREGATED_COLOR
+        else:
+            colors[name] = PALETTE[k % len(PALETTE)]
+            k += 1
+    return colors
+
+
+# -- the page --------------------------------------------------------------
+
+CSS = """
+:root{--fg:#111827;--muted:#6b7280;--line:#e5e7eb;--bg:#f3f4f6;--card:#fff;--ok:#166534;--okbg:#dcfce7;
+--bad:#991b1b;--badbg:#fee2e2;--warnbg:#fef3c7;--warn:#92400e}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue","Liberation Sans",Arial,sans-serif}
+main{max-width:1240px;margin:0 auto;padding:24px 24px 40px}
+header.top{display:flex;align-items:flex-start;justify-content:space-between;gap:16px;flex-wrap:wrap}
+h1{font-size:24px;margin:0 0 4px;word-break:break-word}
+h2{font-size:16px;margin:0 0 12px}
+h3{font-size:14px;margin:0 0 8px;word-break:break-word}
+.sub{color:var(--muted);font-size:13px}
+.badge{display:inline-block;padding:3px 12px;border-radius:999px;font-weight:700;font-size:12px;letter-spacing:.04em}
+.big{font-size:15px;padding:6px 16px}
+.pass{background:var(--okbg);color:var(--ok)}.fail{background:var(--badbg);color:var(--bad)}
+.neutral{background:#e5e7eb;color:#374151}.warnb{background:var(--warnbg);color:var(--warn)}
+.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px;margin-top:18px}
+.tile{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
+.tile .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.05em}
+.tile .v{white-space:nowrap;font-size:22px;font-weight:650;font-variant-numeric:tabular-nums;margin-top:2px}
+.tile .v small{font-size:13px;color:var(--muted);font-weight:500}
+section{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:18px 20px;margin-top:16px}
+.note{color:var(--muted);font-size:13px;margin:0}
+.warn{background:var(--warnbg);color:var(--warn);border-radius:8px;padding:10px 14px;margin-top:14px}
+.warn ul{margin:4px 0 0;padding-left:20px}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums;font-size:13px}
+th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th{color:var(--muted);font-weight:600;font-size:12px;background:#f9fafb}
+th.l,td.l{text-align:left}
+td.name{font-weight:600;white-space:normal;word-break:break-word;max-width:320px}
+td.wide{white-space:normal;max-width:none;font-weight:normal}
+tr.agg td{font-weight:700;border-top:2px solid #d1d5db;background:#f9fafb}
+tr.first td{border-top:2px solid #d1d5db}
+td.bad{color:var(--bad);font-weight:650}
+td.good{color:var(--ok)}
+.grid2{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.target{border-top:1px solid var(--line);padding-top:14px;margin-top:14px}
+.target:first-of-type{border-top:0;padding-top:0;margin-top:0}
+figure{margin:0}
+figcaption{font-weight:600;font-size:13px}
+.legend{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:12px;color:#374151;margin:4px 0 2px}
+.legend span{word-break:break-word}
+.sw{display:inline-block;width:16px;height:0;vertical-align:middle;margin-right:6px}
+.muted{color:var(--muted)}
+svg.chart{width:100%;height:auto;display:block}
+svg .grid{stroke:#eef0f3;stroke-width:1}
+svg .frame{fill:none;stroke:#d1d5db;stroke-width:1}
+svg .tick{font-size:11px;fill:#6b7280}
+svg .axis{font-size:11px;fill:#6b7280}
+svg .empty{font-size:13px;fill:#9ca3af}
+svg .ref{stroke:#dc2626;stroke-width:1;stroke-dasharray:3 3;opacity:.6}
+svg .ref-label{font-size:10px;fill:#dc2626}
+pre{background:#f9fafb;border:1px solid var(--line);border-radius:8px;padding:12px;overflow:auto;font-size:12px;
+max-height:480px;margin:0;white-space:pre-wrap;word-break:break-word}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 14px;margin:0;font-size:13px}
+dt{color:var(--muted)}dd{margin:0;word-break:break-word}
+footer{color:var(--muted);font-size:12px;margin-top:18px;text-align:center}
+@media (max-width:900px){.grid2{grid-template-columns:1fr}}
+"""
+# No script at all, and nothing may be fetched: the report opens the same offline, from an archive, anywhere.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained HTML document."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head>'
+            f'<body><main>{body}<footer>loadtest · built from the run folder\'s files alone; '
+            f'every number here is in them</footer></main></body></html>\n')
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int | Sequence[int] = 1,
+          row_classes: Sequence[str] = ()) -> str:
+    """An HTML table; cells are HTML already (escape before). `left`: the first N columns, or these
+    columns, align left (their cells say so themselves)."""
+    lefts = set(range(left)) if isinstance(left, int) else set(left)
+    head = "".join(f'<th class="{"l" if i in lefts else ""}">{escape(h)}</th>' for i, h in enumerate(headers))
+    body = []
+    for r, row in enumerate(rows):
+        cls = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
+        body.append(f"<tr{cls}>" + "".join(row) + "</tr>")
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def td(text: str, cls: str = "") -> str:
+    return f'<td class="{cls}">{escape(text)}</td>' if cls else f"<td>{escape(text)}</td>"
+
+
+def _items(summary: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = summary.get(key)
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _check_label(c: dict[str, Any]) -> str:
+    return str(c.get("threshold") or c.get("expression") or c.get("what") or c.get("kind") or "")
+
+
+def _badge(passed: Any) -> str:
+    """PASS, FAIL, or (a verdict, which is a condition found) WARN."""
+    if passed is True:
+        return '<span class="badge pass">PASS</span>'
+    if passed is False:
+        return '<span class="badge fail">FAIL</span>'
+    return '<span class="badge warnb">WARN</span>'
+
+
+def _header(run: RunFolder) -> str:
+    s = run.summary
+    status = s.get("exit_status")
+    failed = [c for c in [*_items(s, "thresholds"), *_items(s, "verdicts")] if c.get("passed") is False]
+    if status == 0 and not failed:
+        badge = '<span class="badge big pass">PASSED</span>'
+    elif status is None and not failed:
+        badge = '<span class="badge big neutral">NO STATUS</span>'
+    else:
+        why = f"{len(failed)} threshold{'s' if len(failed) != 1 else ''} failed" if failed \
+            else f"exit status {status}"
+        badge = f'<span class="badge big fail">FAILED · {escape(why)}</span>'
+    warnings = [v for v in _items(s, "verdicts") if v.get("passed") is None]
+    if warnings:
+        badge += (f' <span class="badge big warnb">{len(warnings)} verdict{"s" if len(warnings) != 1 else ""}: '
+                  f'numbers in doubt</span>')
+    machine = s.get("machine") or {}
+    as_run = s.get("as_run") or {}
+    sub = [f"started {s.get('started', '?')}", f"{_float(s.get('duration_s')) or 0:.1f} s",
+           f"{as_run.get('workers', len(s.get('workers') or []))} workers",
+           f"{machine.get('hostname', '?')} ({machine.get('cores', '?')} cores)"]
+    if s.get("interrupted"):
+        sub.append("interrupted")
+    agg = s.get("aggregated") or {}
+    lat = agg.get("latency_ms") or {}
+    err = _float(agg.get("error_rate"))
+    tiles = [("Requests", fmt_count(_float(agg.get("requests")))),
+             ("Throughput", f"{fmt_count(_float(agg.get('requests_per_s')))} <small>req/s</small>"),
+             ("Failures", f"{fmt_count(_float(agg.get('failures')))} <small>{_pct(err)}</small>"),
+             ("p50", f"{fmt_ms(_float(lat.get('p50')))} <small>ms</small>"),
+             ("p95", f"{fmt_ms(_float(lat.get('p95')))} <small>ms</small>"),
+             ("p99", f"{fmt_ms(_float(lat.get('p99')))} <small>ms</small>"),
+             ("Max", f"{fmt_ms(_float(lat.get('max')))} <small>ms</small>")]
+    tiles_html = "".join(f'<div class="tile"><div class="k">{k}</div><div class="v">{v}</div></div>' for k, v in tiles)
+    problems = [str(p) for p in s.get("problems") or []]
+    if s.get("aborted_by_threshold"):
+        problems.insert(0, f"stopped early by threshold {s['aborted_by_threshold']}")
+    warn = ""
+    if problems:
+        warn = '<div class="warn"><b>Problems in this run</b><ul>' + "".join(
+            f"<li>{escape(p)}</li>" for p in problems) + "</ul></div>"
+    return (f'<header class="top"><div><h1>{escape(run.name)}</h1><div class="sub">{escape(" · ".join(sub))}'
+            f'</div></div><div>{badge}</div></header><div class="tiles">{tiles_html}</div>{warn}')
+
+
+def _pct(rate: float | None) -> str:
+    if rate is None:
+        return ""
+    return f"{rate * 100:.3g}%" if rate else "0%"
+
+
+def _checks_section(run: RunFolder) -> str:
+    s = run.summary
+    thresholds, verdicts = _items(s, "thresholds"), _items(s, "verdicts")
+    parts = ["<section><h2>Thresholds and verdicts</h2>"]
+    if thresholds:
+        rows = []
+        for c in thresholds:
+            value = c.get("measured", c.get("value"))
+            unit = str(c.get("unit") or "")
+            if unit == "fraction" and isinstance(value, (int, float)):
+                measured = _pct(float(value)) or "0%"
+            else:
+                measured = _text(value) + (f" {unit}" if unit and value is not None else "")
+            details = ", ".join(f"{k}: {_text(v)}" for k, v in c.items() if k not in
+                                ("threshold", "expression", "what", "passed", "measured", "value", "unit", "target"))
+            rows.append([f'<td class="l">{_badge(c.get("passed"))}</td>', td(_check_label(c), "l name"),
+                         td(_text(c.get("target", "")), "l name"), td(measured), td(details, "l wide")])
+        parts.append(table(["Result", "Threshold", "Target", "Measured", "Details"], rows, left=(0, 1, 2, 4)))
+    else:
+        parts.append('<p class="note">This run set no thresholds.</p>')
+    parts.append('<h3 style="margin-top:16px">Verdicts on the measurement</h3>')
+    if verdicts:
+        rows = []
+        for c in verdicts:
+            details = ", ".join(f"{k}: {_text(v)}" for k, v in c.items() if k not in ("what", "passed", "expression"))
+            rows.append([f'<td class="l">{_badge(c.get("passed"))}</td>', td(_check_label(c), "l name wide"),
+                         td(details, "l wide")])
+        parts.append(table(["Result", "Verdict", "Details"], rows, left=3))
+    elif "verdicts" in s:
+        parts.append('<p class="note">No condition found: no worker or machine stayed saturated, and no worker '
+                     'fell behind schedule.</p>')
+    else:
+        parts.append('<p class="note">This run folder has no verdicts.</p>')
+    return "".join(parts) + "</section>"
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return "" if v is None else str(v)
+
+
+def _summary_section(run: RunFolder) -> str:
+    rows, classes = [], []
+    for t in run.target_summaries():
+        lat = t.get("latency_ms") or {}
+        err = _float(t.get("error_rate"))
+        name = str(t.get("name", ""))
+        rows.append(_summary_row(str(t.get("type", "")), name, t, lat, err))
+        classes.append("agg" if name == AGGREGATED else "")
+        conn = t.get("connections")
+        if isinstance(conn, dict):
+            opened, failed = _float(conn.get("opened")) or 0, _float(conn.get("failed")) or 0
+            c = {"requests": opened + failed, "failures": failed,
+                 "requests_per_s": None}
+            rows.append(_summary_row("CONNECT", name, c, conn.get("connect_latency_ms") or {},
+                                     failed / (opened + failed) if opened + failed else 0.0))
+            classes.append("")
+    headers = ["Type", "Name", "Requests", "Failures", "Errors", "Req/s", "Mean ms", "p50 ms", "p95 ms",
+               "p99 ms", "p99.9 ms", "Max ms"]
+    return '<section><h2>Summary</h2>' + table(headers, rows, left=2, row_classes=classes) + _failures(run) + \
+        "</section>"
+
+
+def _summary_row(kind: str, name: str, t: dict[str, Any], lat: dict[str, Any], err: float | None) -> list[str]:
+    failures = _float(t.get("failures"))
+    return [td(kind, "l"), td(name, "l name"), td(fmt_count(_float(t.get("requests")))),
+            td(fmt_count(failures), "bad" if failures else ""), td(_pct(err), "bad" if err else ""),
+            td(fmt_count(_float(t.get("requests_per_s")), 1)),
+            *(td(fmt_ms(_float(lat.get(k)))) for k in ("mean", "p50", "p95", "p99", "p99.9", "max"))]
+
+
+def _failures(run: RunFolder) -> str:
+    if not run.failures:
+        return ""
+    rows = [[td(f.get("Target", ""), "l name"), td(f.get("Kind", ""), "l"), td(f.get("Message", ""), "l wide"),
+             td(fmt_count(_float(f.get("Occurrences")))), td(f.get("First Seen", "")), td(f.get("Last Seen", ""))]
+            for f in run.failures]
+    return ('<h3 style="margin-top:18px">Failures by kind</h3>'
+            + table(["Target", "Kind", "Message", "Count", "First seen s", "Last seen s"], rows, left=3))
+
+
+def _over_time_section(run: RunFolder) -> str:
+    history = history_series(run)
+    if not history:
+        return '<section><h2>Over time</h2><p class="note">history.csv is missing or empty.</p></section>'
+    names = [str(t.get("name")) for t in run.target_summaries() if str(t.get("name")) in history]
+    names += [n for n in history if n not in names]
+    if AGGREGATED in names:  # the whole run first, then each target
+        names.remove(AGGREGATED)
+        if not run.single_target:
+            names.insert(0, AGGREGATED)
+    blocks = []
+    for name in names:
+        h = history[name]
+        rate = [Series("requests/s", h["rps"], "#2563eb", fill=True)]
+        extra: list[str] = []
+        if any(v for _, v in h["fps"]):
+            rate.append(Series("failures/s", h["fps"], FAILURE_COLOR, fill=True))
+        else:
+            extra.append("no failures")
+        lat = [Series(k, h[k], PERCENTILE_COLORS[k]) for k in ("p99", "p95", "p50")]
+        title = "All targets" if name == AGGREGATED else name
+        blocks.append(f'<div class="target"><h3>{escape(title)}</h3><div class="grid2">'
+                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra)
+                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms") + "</div></div>")
+    return "<section><h2>Over time</h2>" + "".join(blocks) + "</section>"
+
+
+def _spectrum_section(run: RunFolder) -> str:
+    found = [s for s in spectra(run) if not (run.single_target and s.name == AGGREGATED)]
+    colors = target_colors(s.name for s in found)
+    series = [Series("All targets" if s.name == AGGREGATED else s.name, s.points, colors[s.name],
+                     dashed=s.name == AGGREGATED, width=2.0) for s in found]
+    exact = all(s.exact for s in found)
+    note = ("Walked from each target's full HdrHistogram (histograms.json)." if exact and found else
+            "From the fixed percentiles in summary.json; a run folder with histograms.json shows the full spectrum.")
+    return ('<section><h2>Latency by percentile</h2>'
+            + spectrum_chart("Latency percentile spectrum", series)
+            + f'<p class="note">{escape(note)}</p></section>')
+
+
+def _resources_section(run: RunFolder) -> str:
+    if not run.resources:
+        return ('<section><h2>Resources</h2><p class="note">This run folder has no resources.csv, '
+                'so there is no CPU or memory over time.</p></section>')
+    cpu, rss = resource_series(run)
+    refs = [(SATURATED_CPU_PERCENT, f"{SATURATED_CPU_PERCENT:g}% of a core: saturated")]
+    return ('<section><h2>Resources</h2><div class="grid2">'
+            + time_chart("CPU per process", cpu, "% of one core", refs=refs, at_least=100.0)
+            + time_chart("Resident memory per process", rss, "MiB") + "</div></section>")
+
+
+def _workers_section(run: RunFolder) -> str:
+    workers = [w for w in run.summary.get("workers") or [] if isinstance(w, dict)]
+    if not workers:
+        return ""
+    rows = []
+    for w in workers:
+        rss = _float(w.get("max_rss_kib"))
+        rows.append([td(str(w.get("index", "")), "l"), td(str(w.get("pid", "")), "l"),
+                     td(fmt_count(_float(w.get("requests")))), td(fmt_count(_float(w.get("failures")))),
+                     td(fmt_count(_float(w.get("cpu_user_s")), 2)), td(fmt_count(_float(w.get("cpu_system_s")), 2)),
+                     td(fmt_count(rss / 1024 if rss is not None else None, 1)),
+                     td(str(w.get("ended", "")), "l"), td(str(w.get("problem") or ""), "l name")])
+    return ('<section><h2>Workers</h2>' + table(
+        ["Worker", "PID", "Requests", "Failures", "CPU user s", "CPU system s", "Max RSS MiB", "Ended", "Problem"],
+        rows, left=(0, 1, 7, 8)) + "</section>")
+
+
+def redact(value: Any) -> Any:
+    """The config with secret-looking header and field values hidden: a report gets pasted into tickets."""
+    if isinstance(value, dict):
+        return {k: ("(hidden)" if SECRET_KEY.search(str(k)) and isinstance(v, str) else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def _setup_section(run: RunFolder) -> str:
+    s = run.summary
+    config = yaml.safe_dump(redact(s.get("config", {})), sort_keys=False, allow_unicode=True, width=100)
+    machine = s.get("machine") or {}
+    items = [(k, _text(v)) for k, v in machine.items() if k != "packages"]
+    packages = machine.get("packages")
+    if isinstance(packages, dict):
+        items.append(("packages", ", ".join(f"{k} {v}" for k, v in packages.items() if v)))
+    as_run = s.get("as_run")
+    if isinstance(as_run, dict):
+        items += [(f"as run: {k}", _text(v)) for k, v in as_run.items() if v is not None]
+    for server in s.get("servers") or []:
+        if isinstance(server, dict):
+            served = (server.get("served") or {}).get("requests")
+            items.append((f"server {server.get('name', '')}",
+                          f"{server.get('kind', '')} on {server.get('address', '')}, {server.get('workers', '')} "
+                          f"worker(s)" + (f", served {served:,} requests" if isinstance(served, int) else "")))
+    dl = "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(v)}</dd>" for k, v in items)
+    return (f'<section><div class="grid2"><div><h2>Config</h2><pre>{escape(config)}</pre></div>'
+            f'<div><h2>Machine</h2><dl>{dl}</dl></div></div></section>')
+
+
+def render_report(run: RunFolder) -> str:
+    """The report page of a run, as HTML text."""
+    body = "".join([_header(run), _checks_section(run), _summary_section(run), _over_time_section(run),
+                    _spectrum_section(run), _resources_section(run), _workers_section(run), _setup_section(run)])
+    return page(f"loadtest report: {run.name}", body)
+
+
+def write_html_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the run's report.html (or `out`) from its folder's files; returns where it went."""
+    run = load_run(Path(run_dir))
+    target = Path(out) if out is not None else run.path / REPORT_NAME
+    text = render_report(run)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    return target
+

@@ -1,0 +1,215 @@
+"""report.html: built from a real run's folder, checked in a real headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.config import parse_config
+from loadtest.controller import run
+from loadtest.html_report import (
+    MAX_POINTS,
+    REPORT_NAME,
+    RunFolderError,
+    load_run,
+    spectra,
+    write_html_report,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+EVIL = "<script>alert(1)</script>"
+RESOURCE_COLUMNS = ["timestamp", "elapsed_s", "role", "pid", "status", "cpu_percent", "rss_bytes", "threads"]
+
+
+def site_config(targets: list[dict[str, object]], **fields: object) -> dict[str, object]:
+    return {
+        "name": "report",
+        "servers": [{"name": "site", "kind": "http", "listen": "127.0.0.1:0", "workers": 1}],
+        "targets": targets,
+        **fields,
+    }
+
+
+def write_resources(run_dir: Path, seconds: int, pids: dict[str, int]) -> None:
+    """A resources.csv like the controller's sampler writes, when this run did not write one."""
+    with open(run_dir / "resources.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RESOURCE_COLUMNS)
+        for t in range(seconds + 1):
+            for role, pid in pids.items():
+                rss = "" if role == "machine" else 30_000_000 + 1000 * t
+                w.writerow([1_800_000_000 + t, f"{t:.3f}", role, pid, "running", f"{40 + (pid + t) % 50:.1f}", rss, 4])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run: a fine target and one named like an attack that fails, with verdicts added."""
+    out = tmp_path_factory.mktemp("report") / "run"
+    config = parse_config(site_config(
+        [{"name": "home", "url": "http://{site}/", "concurrency": 8},
+         {"name": EVIL, "url": "http://{site}/status/503", "concurrency": 2}],
+        duration="2s", workers=1))
+    run(config, out_dir=out)
+    if not (out / "resources.csv").exists():
+        write_resources(out, 2, {"controller": 1, "worker-0": 2, "server-site-0": 3, "machine": 0})
+    summary = json.loads((out / "summary.json").read_text())
+    summary["thresholds"] = [  # as thresholds.Outcome.as_dict writes them
+        {"threshold": "p99 < 500ms", "target": "Aggregated", "figure": "p99", "passed": True, "measured": 1.2,
+         "unit": "ms", "abort_on_fail": False},
+        {"threshold": f"{EVIL}: error_rate < 1%", "target": EVIL, "figure": "error_rate", "passed": False,
+         "measured": 1.0, "unit": "fraction", "abort_on_fail": False}]
+    summary["verdicts"] = [  # as resources.Verdicts.summary writes them
+        {"kind": "worker_saturated", "what": "worker-0 was above 90% CPU for 3.0 s from 0.0 s (peak 99%)",
+         "role": "worker-0", "start_s": 0.0, "duration_s": 3.0, "peak": 99.0}]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_html_report(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Chromium at /usr/bin/chromium (Debian package chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (test extras)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def open_page(browser: Any, path: Path) -> tuple[Any, list[str], list[str], list[str]]:
+    """The page at `path`, and what it logged, fetched and popped up while loading."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    console: list[str] = []
+    requests: list[str] = []
+    dialogs: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto(path.as_uri(), wait_until="load")
+    page.wait_for_timeout(200)  # anything late would show up here
+    return page, console, requests, dialogs
+
+
+def test_the_report_opens_offline_with_every_chart_drawn(run_dir: Path, browser: Any) -> None:
+    page, console, requests, dialogs = open_page(browser, run_dir / REPORT_NAME)
+    assert console == []
+    assert requests == [(run_dir / REPORT_NAME).as_uri()]  # the page itself, nothing else
+    assert dialogs == []
+    assert page.locator("script").count() == 0
+
+    charts = page.locator("svg.chart")
+    # per target and All targets: rates and latency; the spectrum; CPU and memory
+    assert charts.count() == 3 * 2 + 1 + 2
+    for i in range(charts.count()):
+        box = charts.nth(i).bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 100
+    lines = page.locator("svg.chart polyline")
+    assert lines.count() >= 3 * 4 + 3 + 4
+    for i in range(lines.count()):
+        box = lines.nth(i).bounding_box()
+        assert box is not None and box["width"] > 0
+    text = page.inner_text("body")
+    for heading in ("Summary", "Over time", "Latency by percentile", "Resources", "Thresholds and verdicts",
+                    "Config", "Machine", "Workers"):
+        assert heading in text
+    assert "FAILED · 1 threshold failed" in text and "PASS" in text and "p99 < 500ms" in text
+    assert "WARN" in text and "above 90% CPU" in text
+    assert "worker-0" in text and "server-site-0" in text
+    png = page.screenshot(full_page=True)
+    assert len(png) > 50_000
+    page.close()
+
+
+def test_an_injected_script_in_a_target_name_stays_text(run_dir: Path, browser: Any) -> None:
+    html = (run_dir / REPORT_NAME).read_text()
+    assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    page, console, _, dialogs = open_page(browser, run_dir / REPORT_NAME)
+    assert dialogs == [] and console == []
+    assert page.locator("script").count() == 0
+    assert EVIL in page.inner_text("body")  # shown as the name it is, in tables and legends
+    assert page.locator(f"td.name:text-is('{EVIL}')").count() >= 1
+    titles = page.eval_on_selector_all("svg title", "els => els.map(e => e.textContent)")
+    assert EVIL in titles  # SVG text is escaped too, not parsed
+    page.close()
+
+
+def test_the_report_is_rebuilt_from_the_files_alone(run_dir: Path, tmp_path: Path) -> None:
+    first = (run_dir / REPORT_NAME).read_bytes()
+    assert write_html_report(run_dir) == run_dir / REPORT_NAME
+    assert (run_dir / REPORT_NAME).read_bytes() == first
+    archived = tmp_path / "archive" / "old-run"
+    shutil.copytree(run_dir, archived)
+    (archived / REPORT_NAME).unlink()
+    out = write_html_report(archived, tmp_path / "again.html")
+    assert out.read_bytes() == first
+
+
+def test_the_spectrum_is_walked_from_histograms_or_falls_back(run_dir: Path, tmp_path: Path) -> None:
+    full = {s.name: s for s in spectra(load_run(run_dir))}
+    home = full["home"]
+    assert home.exact and len(home.points) > 40
+    ps = [p for p, _ in home.points]
+    values = [v for _, v in home.points]
+    assert ps == sorted(ps) and values == sorted(values) and ps[0] == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert values[-1] == pytest.approx(summary["targets"][0]["latency_ms"]["max"], rel=1e-3)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    for name in ("histograms.json", "resources.csv", "history.csv", "failures.csv", REPORT_NAME):
+        (bare / name).unlink()
+    fallback = {s.name: s for s in spectra(load_run(bare))}
+    assert not fallback["home"].exact and dict(fallback["home"].points)[50.0] == \
+        summary["targets"][0]["latency_ms"]["p50"]
+    html = write_html_report(bare).read_text()
+    assert "no resources.csv" in html and "history.csv is missing" in html and "fixed percentiles" in html
+
+
+def test_a_long_run_stays_small(run_dir: Path, tmp_path: Path) -> None:
+    long = tmp_path / "long"
+    shutil.copytree(run_dir, long)
+    with open(run_dir / "history.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    names = list(dict.fromkeys(r[3] for r in body))
+    template = {r[3]: r for r in body}
+    elapsed = header.index("Elapsed")
+    with open(long / "history.csv", "w", newline="") as f:  # two hours, one row a second per target
+        w = csv.writer(f)
+        w.writerow(header)
+        for t in range(1, 7201):
+            for n in names:
+                row = list(template[n])
+                row[elapsed] = f"{t:.3f}"
+                w.writerow(row)
+    write_resources(long, 7200, {f"worker-{k}": 10 + k for k in range(8)} | {"controller": 1, "machine": 0})
+    html = write_html_report(long).read_text()
+    assert len(html.encode()) < 2_000_000
+    for points in re.findall(r'<polyline points="([^"]*)"', html):
+        assert len(points.split()) <= MAX_POINTS
+
+
+def test_a_folder_that_is_not_a_run_says_so_in_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(RunFolderError, match="is not a folder"):
+        write_html_report(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"no summary\.json"):
+        write_html_report(tmp_path)
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match="is not valid JSON"):
+        write_html_report(tmp_path)

@@ -1,7 +1,7 @@
 """TCP message round trips over persistent connections.
 
-One `TcpSession` per virtual user holds one connection. Each `exchange()`
-writes the target's message with one `sendall`, reads back exactly its length
+One `TcpSession` per virtual user holds one connection, a hub-driven
+`Channel`. Each `exchange()` writes the target's message, reads back exactly its length
 into a buffer allocated once (TCP splits and merges as it likes, so a reply
 may take several reads, and a read never takes more than the message's
 length, so a reply that arrives early stays queued for the next exchange),
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Callable, Iterator
 from itertools import cycle
 from time import perf_counter_ns
-from typing import Callable, Iterator
 
 import gevent
 from gevent import GreenletExit
@@ -38,6 +38,10 @@ from .channel import Channel, RequestTimeout
 from .http_fast import connect_failure
 
 RECONNECT_PAUSE_S = 1.0  # after a failed connect, so a dead server does not spin the CPU
+# A message bigger than this is written by a second greenlet while its reply is read: an echo
+# server stops reading while its reply is unsent, so write-then-read would deadlock once the
+# message outgrows the socket buffers on the way (16 MiB does on loopback).
+WRITE_ALONGSIDE_BYTES = 64 * 1024
 _SAMPLE_BYTES = 32  # of a wrong reply, quoted in the failure message
 
 
@@ -53,7 +57,7 @@ class ConnectPacer:
     def wait(self) -> None:
         """Sleep until this caller's slot; an idle pacer gives no credit for the time it was idle."""
         now = perf_counter_ns()
-        slot = self.next_ns if self.next_ns > now else now
+        slot = max(now, self.next_ns)
         self.next_ns = slot + self.interval_ns
         if slot > now:
             gevent.sleep((slot - now) / 1e9)
@@ -78,6 +82,15 @@ def tcp_session_factory(target: TcpTarget, address: str, recorder: TargetRecorde
     pacer = ConnectPacer(target.connect_rate / workers) if target.connect_rate > 0 else None
     sources = cycle(target.source_ips) if target.source_ips else None
     return lambda: TcpSession(target, family, remote, recorder, pacer, sources, deadlines, reconnect_pause)
+
+
+def _write_all(channel: Channel, message: bytes) -> OSError | None:
+    """Write a whole message from a second greenlet; an error is returned, not raised (and logged by gevent)."""
+    try:
+        channel.send_all(message)
+    except OSError as e:
+        return e
+    return None
 
 
 class TcpSession:
@@ -127,19 +140,30 @@ class TcpSession:
         # The round trip is inlined: this is the hot path, and every call and tuple counts.
         kind = detail = ""
         sent = received = 0
+        writer = None
         started = scheduled_ns or perf_counter_ns()
         timer.start(started + self.timeout_ns)
         try:
-            channel.send_all(self.message)
-            sent = size
+            if size > WRITE_ALONGSIDE_BYTES:
+                writer = gevent.spawn(_write_all, channel, self.message)
+            else:
+                channel.send_all(self.message)
+                sent = size
             while received < size:
                 got = recv_into(view[received:] if received else view)
                 if not got:
                     kind = "closed"
                     break
                 received += got
+            if writer is not None:
+                error = writer.get()
+                if error is not None:
+                    raise error
+                sent = size
         except GreenletExit:
             timer.stop()
+            if writer is not None:
+                writer.kill()
             self._drop()
             rec.failure("cancelled", "the run stopped while this message was in flight", None, received, sent)
             raise
@@ -152,6 +176,8 @@ class TcpSession:
             kind = "error"
             detail = e.strerror or str(e)
         timer.stop()
+        if writer is not None and not writer.dead:
+            writer.kill()  # before the channel it writes to closes
         latency = perf_counter_ns() - started
         if not kind:
             expected = self.expected

@@ -1,0 +1,361 @@
+"""The tcp client against real sockets: framing, reply checks, failures, and a few thousand connections.
+
+Sessions made here run in the test process, which is not monkey-patched: their
+`Channel` waits on the gevent hub all the same, but timeouts arm a gevent
+timeout per message instead of the worker's Deadlines scan. The worker's path
+(Deadlines, cancellation, pacing, source addresses at scale) is covered by the
+runs through the real pipeline at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.config import ServerSpec, TcpTarget, parse_config
+from loadtest.controller import RunResult, run
+from loadtest.protocols.tcp import ConnectPacer, TcpSession, tcp_session_factory
+from loadtest.servers import ServerGroup
+from loadtest.stats import TargetRecorder, decode_histogram
+
+from .conftest import RawServer
+
+
+def tcp_target(port: int, **fields: object) -> TcpTarget:
+    config = parse_config({"duration": "1s", "targets": [{"tcp": f"127.0.0.1:{port}", **fields}]})
+    target = config.targets[0]
+    assert isinstance(target, TcpTarget)
+    return target
+
+
+def session_for(port: int, **fields: object) -> tuple[TcpSession, TargetRecorder]:
+    recorder = TargetRecorder(0)
+    make = tcp_session_factory(tcp_target(port, **fields), f"127.0.0.1:{port}", recorder, reconnect_pause=0.05)
+    return make(), recorder
+
+
+def exchange(session: TcpSession, n: int) -> None:
+    for _ in range(n):
+        session.exchange()
+    session.close()
+
+
+def read_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+def echo_with(size: int, reply=lambda data: data):  # type: ignore[no-untyped-def]
+    """A handler that reads `size`-byte messages and writes `reply(message)` for each."""
+    def handle(conn: socket.socket) -> None:
+        while data := read_exact(conn, size):
+            conn.sendall(reply(data))
+    return handle
+
+
+# -- framing -----------------------------------------------------------------------------------
+
+def test_a_reply_split_into_one_byte_writes_is_one_message(raw_server) -> None:
+    def handle(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := read_exact(conn, 20):
+            for i in range(len(data)):
+                conn.sendall(data[i:i + 1])
+                time.sleep(0.0005)
+
+    server: RawServer = raw_server(handle)
+    session, rec = session_for(server.port, size=20)
+    exchange(session, 5)
+    snap = rec.snapshot()
+    assert snap.requests == 5 and not snap.failures
+    assert snap.bytes_in == snap.bytes_out == snap.content_bytes == 100
+    assert snap.connects == 1 and server.connections == 1 and snap.open_connections == 0
+
+
+def test_two_replies_in_one_write_are_matched_one_message_each(raw_server) -> None:
+    message = b"0123456789abcdef"
+
+    def handle(conn: socket.socket) -> None:
+        # The first message is answered with two replies in one write; the second
+        # message's reply is then already on its way, so the server writes nothing for it.
+        count = 0
+        while read_exact(conn, len(message)):
+            count += 1
+            if count % 2:
+                conn.sendall(message + message)
+
+    server = raw_server(handle)
+    session, rec = session_for(server.port, message=message.decode())
+    exchange(session, 6)
+    snap = rec.snapshot()
+    assert snap.requests == 6 and not snap.failures
+    assert snap.bytes_in == 6 * len(message)
+    assert server.connections == 1
+
+
+# -- reply checks against the embedded echo server -------------------------------------------
+
+@pytest.fixture(scope="module")
+def echo_servers() -> Iterator[dict[bool, ServerGroup]]:
+    groups = {upper: ServerGroup.start(ServerSpec(name="echo", kind="echo", host="127.0.0.1", port=0,
+                                                  workers=1, upper=upper))
+              for upper in (False, True)}
+    yield groups
+    for group in groups.values():
+        group.stop()
+
+
+@pytest.mark.parametrize("upper", [False, True])
+@pytest.mark.parametrize("expect", ["echo", "upper", "any"])
+def test_reply_checks_against_the_echo_server(echo_servers: dict[bool, ServerGroup], upper: bool,
+                                              expect: str) -> None:
+    group = echo_servers[upper]
+    before = group.served()["messages"]
+    session, rec = session_for(group.port, message="Hello, echo!", expect=expect)
+    exchange(session, 10)
+    snap = rec.snapshot()
+    assert snap.requests == 10
+    ok = expect == "any" or (expect == "upper") == upper
+    if ok:
+        assert not snap.failures and snap.connects == 1
+        assert decode_histogram(snap.latency).get_total_count() == 10
+        assert group.served()["messages"] - before == 10  # one read per message on loopback
+    else:
+        # a wrong reply fails the message and the connection, which opens again for the next one
+        assert dict(snap.failures) == {"mismatch": 10} and snap.connects == 10
+        sample = dict(snap.failure_samples)["mismatch"]
+        assert "HELLO, ECHO!" in sample if upper else "Hello, echo!" in sample
+    assert snap.open_connections == 0
+
+
+def test_a_message_with_no_letters_is_its_own_upper_case(echo_servers: dict[bool, ServerGroup]) -> None:
+    session, rec = session_for(echo_servers[False].port, message="1234 ,.;", expect="upper")
+    exchange(session, 3)
+    assert rec.snapshot().requests == 3 and not rec.failures
+
+
+def test_a_message_bigger_than_the_socket_buffers_is_written_while_its_reply_is_read(
+        echo_servers: dict[bool, ServerGroup]) -> None:
+    # write-then-read would deadlock here: the echo server stops reading while its reply is unsent
+    session, rec = session_for(echo_servers[False].port, size=16 * 1024 * 1024, timeout="5s")
+    exchange(session, 2)
+    snap = rec.snapshot()
+    assert snap.requests == 2 and not snap.failures
+    assert snap.bytes_in == snap.bytes_out == 2 * 16 * 1024 * 1024
+
+
+def test_a_big_message_to_a_server_that_gives_up_fails_once_and_quietly(raw_server, capfd) -> None:
+    def handle(conn: socket.socket) -> None:
+        read_exact(conn, 1000)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    server = raw_server(handle)
+    session, rec = session_for(server.port, size=4 * 1024 * 1024, timeout="5s")
+    exchange(session, 2)
+    snap = rec.snapshot()
+    assert snap.requests == 2 and sum(dict(snap.failures).values()) == 2
+    assert set(dict(snap.failures)) <= {"reset", "closed"}
+    assert "Traceback" not in capfd.readouterr().err  # the writer greenlet's error is counted, not logged
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+def test_a_wrong_reply_is_a_mismatch(raw_server) -> None:
+    server = raw_server(echo_with(8, reply=lambda data: data[::-1]))
+    session, rec = session_for(server.port, message="abcdefgh")
+    exchange(session, 3)
+    snap = rec.snapshot()
+    assert snap.requests == 3 and dict(snap.failures) == {"mismatch": 3}
+    assert "hgfedcba" in dict(snap.failure_samples)["mismatch"]
+    assert snap.bytes_in == 24  # the whole wrong reply was read before it was judged
+    assert decode_histogram(snap.latency).get_total_count() == 3
+    assert snap.connects == 3 and snap.open_connections == 0
+
+
+def test_a_palindrome_is_not_a_mismatch_even_from_the_reversing_server(raw_server) -> None:
+    server = raw_server(echo_with(5, reply=lambda data: data[::-1]))
+    session, rec = session_for(server.port, message="level")
+    exchange(session, 3)
+    assert rec.snapshot().requests == 3 and not rec.failures
+
+
+def test_a_server_that_closes_mid_reply_is_closed_and_the_next_message_reconnects(raw_server) -> None:
+    def handle(conn: socket.socket) -> None:
+        data = read_exact(conn, 10)
+        conn.sendall(data[:4])  # then close: the reply never completes
+
+    server = raw_server(handle)
+    session, rec = session_for(server.port, size=10)
+    exchange(session, 3)
+    snap = rec.snapshot()
+    assert snap.requests == 3 and dict(snap.failures) == {"closed": 3}
+    assert snap.bytes_in == 12 and snap.bytes_out == 30
+    assert snap.connects == 3 and server.connections == 3 and snap.open_connections == 0
+
+
+def test_a_reset_is_reset(raw_server) -> None:
+    def handle(conn: socket.socket) -> None:
+        read_exact(conn, 10)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+
+    server = raw_server(handle)
+    session, rec = session_for(server.port, size=10)
+    exchange(session, 2)
+    snap = rec.snapshot()
+    assert snap.requests == 2 and dict(snap.failures) == {"reset": 2}
+
+
+def test_a_silent_server_is_a_read_timeout(raw_server) -> None:
+    def handle(conn: socket.socket) -> None:
+        while conn.recv(1024):
+            pass
+
+    server = raw_server(handle)
+    session, rec = session_for(server.port, size=10, timeout="200ms")
+    started = time.monotonic()
+    exchange(session, 2)
+    assert time.monotonic() - started < 2
+    snap = rec.snapshot()
+    assert snap.requests == 2 and dict(snap.failures) == {"read_timeout": 2}
+    assert decode_histogram(snap.latency).get_min_value() >= 190_000_000
+
+
+def test_a_refused_connect_is_a_connect_failure_retried_after_a_pause() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    session, rec = session_for(port, size=10)
+    started = time.monotonic()
+    exchange(session, 3)
+    assert time.monotonic() - started >= 0.1  # two pauses between the three attempts
+    snap = rec.snapshot()
+    assert snap.requests == 0 and dict(snap.connect_failures) == {"refused": 3}
+    assert dict(snap.failure_samples) == {"connect:refused": "connection refused"}
+    assert snap.connects == 0 and snap.open_connections == 0
+
+
+# -- connection set-up -------------------------------------------------------------------------
+
+def test_connections_spread_over_source_addresses(raw_server) -> None:
+    peers: list[str] = []
+    lock = threading.Lock()
+
+    def handle(conn: socket.socket) -> None:
+        with lock:
+            peers.append(conn.getpeername()[0])
+        echo_with(4)(conn)
+
+    server = raw_server(handle)
+    recorder = TargetRecorder(0)
+    target = tcp_target(server.port, size=4, connections=6, source_ips="127.0.0.2-127.0.0.4")
+    make = tcp_session_factory(target, f"127.0.0.1:{server.port}", recorder)
+    sessions = [make() for _ in range(6)]
+    for s in sessions:
+        s.exchange()
+    for s in sessions:
+        s.close()
+    assert recorder.snapshot().requests == 6 and not recorder.failures
+    assert sorted(peers) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4"]
+
+
+def test_the_connect_pacer_hands_out_slots_at_its_rate() -> None:
+    pacer = ConnectPacer(200.0)  # 5 ms apart
+    started = time.monotonic()
+    for _ in range(21):
+        pacer.wait()
+    assert 0.09 <= time.monotonic() - started < 0.5
+
+
+def test_a_paced_connection_sends_on_its_schedule(raw_server) -> None:
+    server = raw_server(echo_with(4))
+    # 20 messages/s over 2 connections: each connection sends every 100 ms
+    session, rec = session_for(server.port, size=4, connections=2, rate=20)
+    started = time.monotonic()
+    exchange(session, 4)
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 0.9  # a random phase under 100 ms, then three intervals
+    assert rec.snapshot().requests == 4 and not rec.failures
+
+
+# -- through the real pipeline -----------------------------------------------------------------
+
+def tcp_run(tmp_path: Path, targets: list[dict[str, object]], servers: list[dict[str, object]] | None = None,
+            **fields: object) -> tuple[RunResult, dict[str, Any]]:
+    data: dict[str, object] = {"name": "tcp", "targets": targets, "workers": 2, **fields}
+    if servers:
+        data["servers"] = servers
+    result = run(parse_config(data), out_dir=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    return result, summary
+
+
+def test_a_target_that_points_at_nothing_gets_refused_counts_and_a_report(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result, summary = tcp_run(tmp_path, [{"name": "nothing", "tcp": f"127.0.0.1:{port}", "connections": 10}],
+                              duration="1.5s")
+    assert result.exit_status == 0
+    conns = summary["targets"][0]["connections"]
+    # every connection tries at once, then once a second: at least 10, at most 30 attempts
+    assert conns["failed_by_kind"].keys() == {"refused"} and 10 <= conns["failed"] <= 30
+    assert conns["opened"] == 0 and summary["targets"][0]["requests"] == 0
+    assert "connect:refused" in (tmp_path / "run" / "failures.csv").read_text()
+    assert (tmp_path / "run" / "stats.csv").exists()
+
+
+def test_timeouts_and_cancellations_in_the_workers_each_end_once(tmp_path: Path, raw_server) -> None:
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(None)
+        while conn.recv(1024):
+            pass
+
+    server = raw_server(handle)
+    address = f"127.0.0.1:{server.port}"
+    _, summary = tcp_run(tmp_path, [
+        {"name": "short", "tcp": address, "connections": 4, "size": 8, "timeout": "300ms"},
+        {"name": "long", "tcp": address, "connections": 4, "size": 8, "timeout": "30s"},
+    ], duration="1s")
+    short, long_ = summary["targets"]
+    # the Deadlines scan ends each message of "short" by its timeout, then it reconnects and tries again
+    assert short["failures_by_kind"].keys() == {"read_timeout"} and short["failures"] >= 8
+    assert short["connections"]["opened"] == short["failures"]  # a failed connection is replaced only if needed
+    assert 300 <= short["latency_ms"]["min"] and short["latency_ms"]["max"] < 1000
+    # "long" is still waiting when the run stops: each of its messages is cancelled, once
+    assert long_["failures_by_kind"] == {"cancelled": 4} and long_["requests"] == 4
+    assert sum(w["cancelled"] for w in summary["workers"]) == 4 and long_["latency_ms"] == {}
+    assert short["connections"]["open_at_end"] == long_["connections"]["open_at_end"] == 0
+
+
+def test_three_thousand_connections_held_through_the_pipeline(tmp_path: Path) -> None:
+    connections = 3000
+    result, summary = tcp_run(
+        tmp_path,
+        [{"name": "held", "tcp": "{echo}", "connections": connections, "size": 64, "rate": connections,
+          "connect_rate": 6000, "source_ips": "127.0.0.1-127.0.0.2"}],
+        servers=[{"name": "echo", "kind": "echo", "listen": "127.0.0.1:0", "workers": 2}],
+        duration="3s")
+    target = summary["targets"][0]
+    assert result.exit_status == 0
+    assert target["connections"]["opened"] == connections and target["connections"]["failed"] == 0
+    assert result.stats.peak_open[0] == connections
+    assert target["connections"]["peak_open"] == connections
+    assert target["failures"] == 0
+    # one message per connection per second, from a random phase, for about 3 s
+    assert 1.5 * connections <= target["requests"] <= 4.2 * connections
+    served = result.servers[0]["served"]
+    assert served["messages"] == target["requests"] and served["connections"] == connections
+    assert target["bytes_in"] == target["bytes_out"] == 64 * target["requests"] == served["bytes"]
+

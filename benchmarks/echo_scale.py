@@ -99,15 +99,12 @@ def scale_run(duration: str, out: Path, workers: int | None) -> bool:
     with open(result.run_dir / "history.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["Name"] == t["name"]]
     opened_by_second = [int(r["Open Connections"]) for r in rows]
-    # A worker's final interval ends after the stop, once it has closed its connections:
-    # the connections held at the end are those of the last interval that ended before it.
-    before_stop = [int(r["Open Connections"]) for r in rows if float(r["Elapsed"]) < (config.duration or 0)]
-    held_last = before_stop[-1] if before_stop else 0
+    held_last = conns["held_at_end"]  # open when the load stopped, before the workers closed them
     served = result.servers[0]["served"]
     cpu = [(w["cpu_user_s"] or 0) + (w["cpu_system_s"] or 0) for w in summary["workers"]]
     elapsed = summary["duration_s"] or 1.0
     print(f"    held at peak:               {conns['peak_open']}")
-    print(f"    held in the last second:    {held_last}   (open after the stop: {conns['open_at_end']})")
+    print(f"    held when the load stopped: {held_last}   (open after the workers closed them: {conns['open_at_end']})")
     print(f"    open by second:             {' '.join(str(n) for n in opened_by_second)}")
     print(f"    connections opened/failed:  {conns['opened']} / {conns['failed']} {conns['failed_by_kind'] or ''}")
     print(f"    messages:                   {t['requests']} ({t['requests_per_s']:.0f}/s), "

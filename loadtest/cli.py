@@ -111,7 +111,13 @@ def compare_command(
     """Compare two runs target by target; exit status 1 when B is worse than A beyond the tolerance."""
     from pathlib import Path
 
-    from .compare import compare_runs, format_csv, format_json, format_table, write_compare_html
+    from .compare import (
+        compare_runs,
+        format_csv,
+        format_json,
+        format_table,
+        write_compare_html,
+    )
     from .html_report import RunFolderError
 
     formats = {"table": format_table, "csv": format_csv, "json": format_json}

@@ -32,7 +32,7 @@ from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
 from .spawn import main_script_hidden
 from .stats import Interval, RunStats, TargetTotals
 from .thresholds import Outcome, check
-from .worker import WorkerExit, WorkerPlan, share
+from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan, share
 from .worker import main as worker_main
 
 READY_TIMEOUT_S = 60.0
@@ -57,6 +57,7 @@ class WorkerState:
     lost: bool = False
     exit: WorkerExit | None = None
     last_heard: float = 0.0
+    stopping: bool = False  # it said the load stopped: it may be quiet while it lets requests end
     error: str = ""
     exitcode: int | None = None
 
@@ -77,6 +78,7 @@ class RunResult:
     aborted: str = ""  # the abort_on_fail threshold that stopped the run, if one did
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     worker_resources: list[RoleTotals] = field(default_factory=list)
+    shortfalls: list[str] = field(default_factory=list)  # tcp targets that held fewer connections than asked
 
     @property
     def lost(self) -> list[int]:
@@ -192,16 +194,30 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
                         "cost": monitor.server_cost(g.spec.name, served)})
     problems = [f"worker {w.index} was lost: {w.error}" for w in states if w.lost]
     outcomes = check_thresholds(config, stats)
-    failed = any(not o.passed for o in outcomes) or bool(abort.reason)
+    shortfalls = [] if interrupted else connection_shortfalls(config, stats)
+    failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
     status = 3 if problems else (130 if interrupted else (1 if failed else 0))
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
-                       abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states])
+                       abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
+                       shortfalls)
     write_reports(result, config)
     return result
 
 
 def totals_for(stats: RunStats, target: str | None) -> TargetTotals:
     return stats.aggregated() if target is None else stats.totals[stats.names.index(target)]
+
+
+def connection_shortfalls(config: RunConfig, stats: RunStats) -> list[str]:
+    """Each tcp target that did not hold all its connections, at peak or when the load stopped."""
+    out = []
+    for i, t in enumerate(config.targets):
+        if isinstance(t, TcpTarget):
+            peak, held = stats.peak_open[i], stats.held_at_end(i)
+            if peak < t.connections or held < t.connections:
+                out.append(f"{t.name}: held {peak:,} connections at peak and {held:,} when the load stopped, "
+                           f"fewer than the {t.connections:,} asked")
+    return out
 
 
 def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
@@ -279,6 +295,8 @@ def _receive(w: WorkerState, stats: RunStats | None = None) -> tuple[Any, ...] |
         w.ready, w.pid = True, message[2]
     elif kind == "done":
         w.exit, w.done = message[1], True
+    elif kind == "stopping":
+        w.stopping = True
     elif kind == "error":
         w.error = message[2]
     return message
@@ -347,8 +365,9 @@ class _Collection:
                             self.lose(w)
                 now = time.monotonic()
                 for w in active:
-                    if not w.done and not w.lost and now - w.last_heard > SILENT_WORKER_S:
-                        self.lose(w, f"sent nothing for {SILENT_WORKER_S:g} s (hung or stopped); killed", kill=True)
+                    allowed = SILENT_WORKER_S + (GRACEFUL_STOP_S + CANCEL_WAIT_S if w.stopping else 0.0)
+                    if not w.done and not w.lost and now - w.last_heard > allowed:
+                        self.lose(w, f"sent nothing for {allowed:g} s (hung or stopped); killed", kill=True)
                 if now > stop_deadline:
                     for w in active:
                         if not w.done and not w.lost:

@@ -132,6 +132,8 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"threshold {mark}: {o.threshold.text}  (measured {o.measured:g} {unit_of(o.threshold)})\n")
     if result.aborted:
         out.write(f"aborted: {result.aborted}\n")
+    for shortfall in result.shortfalls:
+        out.write(f"FAILED: {shortfall}\n")
     for problem in result.problems:
         out.write(f"problem: {problem}\n")
     out.write(f"ran {result.stats.elapsed:.1f} s with {len(result.workers)} workers; "

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 import json
 import os
 import platform
 import sys
+from collections import Counter
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import HttpTarget, RunConfig, TcpTarget
-from .stats import AGGREGATED, PERCENTILES, Interval, TargetTotals, aggregate, mean_ns, min_ns, percentiles_ns
+from .stats import (
+    AGGREGATED,
+    PERCENTILES,
+    Interval,
+    TargetTotals,
+    aggregate,
+    mean_ns,
+    min_ns,
+    percentiles_ns,
+)
 
 if TYPE_CHECKING:
     from .controller import RunResult
@@ -234,9 +243,11 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
                 "lateness_ms": latency_summary(t.lateness),
                 "uncorrected_latency_ms": latency_summary(t.uncorrected),
             }
-    for summary, peak in zip(targets, stats.peak_open):
+    for i, (summary, peak) in enumerate(zip(targets, stats.peak_open)):
         if "connections" in summary:
             summary["connections"]["peak_open"] = peak
+            summary["connections"]["held_at_end"] = stats.held_at_end(i)
+            summary["connections"]["asked"] = config.targets[i].connections  # type: ignore[union-attr]
     summary = {
         "name": config.name,
         "started": datetime.fromtimestamp(result.started).isoformat(timespec="seconds"),
@@ -246,6 +257,7 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "problems": result.problems,
         "thresholds": [o.as_dict() for o in result.thresholds],
         "verdicts": result.verdicts,
+        "shortfalls": result.shortfalls,
         "aborted_by_threshold": result.aborted or None,
         "config": _jsonable(dict(config.source)),
         "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests},

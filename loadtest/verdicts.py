@@ -99,7 +99,7 @@ class Verdicts:
                 self._close(key)
             return
         if e is None:
-            self._open[key] = _Episode(kind, s.role, s.elapsed_s - s.window_s, s.elapsed_s, s.cpu_percent)
+            self._open[key] = _Episode(kind, s.role, max(0.0, s.elapsed_s - s.window_s), s.elapsed_s, s.cpu_percent)
         else:
             e.end_s, e.peak = s.elapsed_s, max(e.peak, s.cpu_percent)
 

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 
 from .config import RunConfig
 
+GRACEFUL_STOP_S = 2.0  # in-flight requests may finish this long after the deadline
+CANCEL_WAIT_S = 5.0  # then what is still in flight is cancelled, within this long
+
 
 @dataclass(frozen=True)
 class WorkerPlan:

@@ -9,10 +9,12 @@ rest, so every request started ends as exactly one success or failure.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import resource
 import time
+from dataclasses import replace
 from itertools import cycle
 from typing import Any, Callable
 
@@ -24,15 +26,13 @@ from .config import HttpTarget, TcpTarget, resolve
 from .protocols import Deadlines, Session
 from .schedule import Arrivals, Stage, level_at, stages_duration, worker_share
 from .stats import Snapshot, TargetRecorder
-from .worker import WorkerExit, WorkerPlan
+from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
 DEADLINE_SCAN_S = 0.1  # request timeouts are exact to this
-GRACEFUL_STOP_S = 2.0  # in-flight requests may finish this long after the deadline
 LEVEL_POLL_S = 0.1  # stages move the level this often
 MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
-CANCEL_WAIT_S = 5.0
 START_WAIT_S = 120.0
 
 
@@ -263,11 +263,14 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
                 recorder.level = level.value
                 if isinstance(target, HttpTarget) and target.model == "closed":
                     recorder.users = min(int(level.value), plan.shares[recorder.target])
-        return Snapshot(plan.index, seq, interval_start, time.monotonic() - t0,
-                        tuple(r.snapshot() for r in recorders), final)
+        end = time.monotonic() - t0
+        # Number each interval by the second it ends in, so workers that skip a tick stay aligned.
+        number = max(seq + 1, math.ceil(end / SNAPSHOT_INTERVAL_S) - 1 if final else
+                     int(end / SNAPSHOT_INTERVAL_S) - 1)
+        return Snapshot(plan.index, number, interval_start, end, tuple(r.snapshot() for r in recorders), final)
 
     deadline = t0 + plan.duration if plan.duration else float("inf")
-    seq = 0
+    seq = -1
     interval_start = 0.0
     next_tick = t0 + SNAPSHOT_INTERVAL_S
     grace = GRACEFUL_STOP_S
@@ -283,12 +286,14 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         if now >= next_tick:
             snap = snapshot()
             conn.send(("snapshot", snap))
-            seq += 1
+            seq = snap.seq
             interval_start = snap.end
             next_tick += SNAPSHOT_INTERVAL_S
             if next_tick < now:  # a saturated worker skips ticks instead of bunching them
                 next_tick = now + SNAPSHOT_INTERVAL_S
 
+    held = [r.open_connections for r in recorders]  # connections held when the load stopped
+    conn.send(("stopping", plan.index))  # the controller allows for the grace period and the cancelling
     budget.stopping = True
     if grace:
         pool.join(timeout=grace)
@@ -298,7 +303,8 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     for session in open_sessions:
         session.close()
     scan.kill()
-    conn.send(("snapshot", snapshot(final=True)))
+    final = snapshot(final=True)
+    conn.send(("snapshot", replace(final, targets=tuple(replace(ts, held=h) for ts, h in zip(final.targets, held)))))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     conn.send(("done", WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,
                                   usage.ru_maxrss, cancelled)))

@@ -141,3 +141,17 @@ def test_seconds_are_released_only_when_every_live_worker_has_sent_them() -> Non
     (record,) = stats.failures()
     assert (record.target, record.kind, record.occurrences) == ("b", "mismatch", 4)
     assert (record.first_seen, record.last_seen) == (1.0, 3.0)
+
+
+def test_one_pass_percentiles_and_mean_equal_hdrhistogram_own() -> None:
+    from loadtest.stats import mean_ns
+
+    rng = random.Random(3)
+    for n in (1, 2, 7, 1000, 20000):
+        fast = LatencyHistogram()
+        for _ in range(n):
+            fast.record(int(rng.lognormvariate(14, 2.5)) + rng.choice([0, 1, 5, 3000]))
+        h = fast.histogram()
+        reference = [h.get_max_value() if p >= 100 else h.get_value_at_percentile(p) for p in PERCENTILES]
+        assert percentiles_ns(h) == reference
+        assert mean_ns(h) == pytest.approx(h.get_mean_value(), rel=1e-12)

@@ -307,7 +307,9 @@ def test_a_target_that_points_at_nothing_gets_refused_counts_and_a_report(tmp_pa
         port = s.getsockname()[1]
     result, summary = tcp_run(tmp_path, [{"name": "nothing", "tcp": f"127.0.0.1:{port}", "connections": 10}],
                               duration="1.5s")
-    assert result.exit_status == 0
+    assert result.exit_status == 1  # it ran, and reported, but held none of the 10 connections asked
+    assert summary["shortfalls"] == ["nothing: held 0 connections at peak and 0 when the load stopped, "
+                                     "fewer than the 10 asked"]
     conns = summary["targets"][0]["connections"]
     # every connection tries at once, then once a second: at least 10, at most 30 attempts
     assert conns["failed_by_kind"].keys() == {"refused"} and 10 <= conns["failed"] <= 30
@@ -359,3 +361,20 @@ def test_three_thousand_connections_held_through_the_pipeline(tmp_path: Path) ->
     assert served["messages"] == target["requests"] and served["connections"] == connections
     assert target["bytes_in"] == target["bytes_out"] == 64 * target["requests"] == served["bytes"]
 
+
+
+def test_a_tcp_target_that_cannot_hold_its_connections_fails_loudly(tmp_path: Path) -> None:
+    """The echo server caps connections at 50 per process: asking for 80 cannot be held."""
+    config = parse_config({
+        "name": "short", "duration": "2s", "workers": 1,
+        "servers": [{"name": "echo", "kind": "echo", "workers": 1, "max_connections": 50}],
+        "targets": [{"name": "echo", "tcp": "{echo}", "connections": 80, "size": 8}],
+    })
+    result = run(config, out_dir=tmp_path / "short")
+    assert result.exit_status == 1
+    (shortfall,) = result.shortfalls
+    assert "fewer than the 80 asked" in shortfall
+    summary = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert summary["shortfalls"] == [shortfall]
+    assert summary["targets"][0]["connections"]["asked"] == 80
+    assert summary["targets"][0]["connections"]["held_at_end"] < 80

@@ -13,12 +13,12 @@ Timeouts are not armed per read: a session's request is aborted by
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket as _stdlib_socket
 from typing import Any
 
-import _socket
 from gevent import Timeout
 from gevent.hub import get_hub
 

@@ -10,6 +10,8 @@ histogram's precision (3 significant digits), unlike averaged percentiles.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections import Counter
 from itertools import compress
 from dataclasses import dataclass, field
@@ -84,6 +86,17 @@ class LatencyHistogram:
     def encode(self) -> bytes:
         return self.histogram().encode() if self.count else b""
 
+    def clear(self) -> None:
+        """Empty it in place: a new 270 KB counts array each second would fragment the heap."""
+        if self.count:
+            ctypes.memset(ctypes.addressof(self._counts), 0, ctypes.sizeof(self._counts))
+            self._hist.total_count = 0
+            self._hist.min_value = sys.maxsize
+            self._hist.max_value = 0
+        self.count = 0
+        self.min = HIGHEST_NS
+        self.max = 0
+
 
 @dataclass(frozen=True)
 class TargetSnapshot:
@@ -133,6 +146,11 @@ class TargetRecorder:
         self.open_connections = 0
         self.users = 0
         self.level = -1.0
+        # Allocated once and cleared in place each interval, so a worker's memory stays flat.
+        self.latency = LatencyHistogram()
+        self.connect_latency = LatencyHistogram()
+        self.lateness = LatencyHistogram()
+        self.uncorrected = LatencyHistogram()
         self._reset()
 
     def _reset(self) -> None:
@@ -144,11 +162,9 @@ class TargetRecorder:
         self.content_bytes = 0
         self.connects = 0
         self.connect_failures: Counter[str] = Counter()
-        self.latency = LatencyHistogram()
-        self.connect_latency = LatencyHistogram()
         self.dropped = 0
-        self.lateness = LatencyHistogram()
-        self.uncorrected = LatencyHistogram()
+        for hist in (self.latency, self.connect_latency, self.lateness, self.uncorrected):
+            hist.clear()
 
     def success(self, latency_ns: int, bytes_in: int, bytes_out: int, content: int) -> None:
         self.requests += 1

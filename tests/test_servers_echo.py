@@ -202,3 +202,33 @@ def test_counts_at_stop() -> None:
         counts = group.stop()
     assert counts == {"messages": 60, "bytes": sent, "connections": 3}
     assert not any(psutil.pid_exists(pid) for pid in group.pids)
+
+
+def test_hostile_clients_leave_everyone_else_served_and_memory_bounded() -> None:
+    """Garbage, half messages, silent clients and thousands of connects and disconnects."""
+    import os
+
+    with ServerGroup.start(echo_spec()) as group:
+        [pid] = group.pids
+        server = psutil.Process(pid)
+        with connect(group) as steady:
+            steady.sendall(b"hello")
+            assert read_exactly(steady, 5) == b"hello"
+            rss_before = server.memory_info().rss
+            silent = [connect(group) for _ in range(200)]  # connect and never send
+            for _ in range(2000):  # connect, send half a message or garbage, vanish
+                with connect(group) as c:
+                    c.sendall(os.urandom(37))
+            garbage = os.urandom(100_000)
+            with connect(group) as g:
+                g.sendall(garbage)
+                assert read_exactly(g, len(garbage)) == garbage  # bytes are bytes: echoed unchanged
+            for i in range(20):
+                steady.sendall(b"still%02d" % i)
+                assert read_exactly(steady, 7) == b"still%02d" % i
+            for c in silent:
+                c.close()
+            assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
+            assert server.memory_info().rss - rss_before < 16 * 1024 * 1024
+        served = group.stop()
+        assert served["connections"] >= 2202

@@ -112,6 +112,10 @@ def test_recorder_counts_every_outcome_once_and_resets() -> None:
     assert decode_histogram(snap.latency).get_total_count() == 2  # refused has no latency
     empty = rec.snapshot()
     assert empty.requests == 0 and empty.latency == b""
+    rec.success(7_000_000, 1, 1, 1)  # the histograms are reused: nothing of the first interval remains
+    again = decode_histogram(rec.snapshot().latency)
+    assert again.get_total_count() == 1
+    assert again.get_min_value() == pytest.approx(7e6, rel=1e-3) and again.get_max_value() == pytest.approx(7e6, rel=1e-3)
 
 
 def test_seconds_are_released_only_when_every_live_worker_has_sent_them() -> None:

@@ -18,6 +18,9 @@ from ..config import HttpTarget
 from ..stats import TargetRecorder
 
 
+BODY_CHUNK = 256 * 1024
+
+
 class RequestsSession:
     """One virtual user driving a target through a `requests.Session`."""
 
@@ -39,8 +42,11 @@ class RequestsSession:
         started = scheduled_ns or sending
         try:
             resp = self._session.request(t.method, url, data=t.body or None, timeout=t.timeout,
-                                         allow_redirects=True)
-            body = len(resp.content)
+                                         allow_redirects=True, stream=True)
+            body = 0
+            for chunk in resp.iter_content(BODY_CHUNK):  # counted, never kept whole
+                body += len(chunk)
+            resp.close()
         except GreenletExit:
             rec.failure("cancelled", "the run stopped while this request was in flight", None)
             raise

@@ -1,0 +1,96 @@
+"""The commands beyond `run`: report, compare and serve, as a user types them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from loadtest.config import parse_config
+from loadtest.controller import run
+
+from .test_run import site_config
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loadtest", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    fast = run(parse_config(site_config([{"name": "page", "url": "http://{site}/", "concurrency": 4}],
+                                        requests=300, workers=1)), out_dir=root / "fast")
+    slow = run(parse_config(site_config([{"name": "page", "url": "http://{site}/delay/5", "concurrency": 4}],
+                                        requests=300, workers=1)), out_dir=root / "slow")
+    return fast.run_dir, slow.run_dir
+
+
+def test_compare_exits_1_when_the_second_run_is_worse(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    fast, slow = runs
+    worse = cli("compare", str(fast), str(slow), "--format", "json", "--html", str(tmp_path / "c.html"), cwd=tmp_path)
+    assert worse.returncode == 1, worse.stderr
+    data = json.loads(worse.stdout)
+    assert data["worse"] is True
+    assert (tmp_path / "c.html").read_text().startswith("<!DOCTYPE html>")
+    better = cli("compare", str(slow), str(fast), "--tolerance", "10%", cwd=tmp_path)
+    assert better.returncode == 0, better.stdout + better.stderr
+    assert "page" in better.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tolerance", "lots"], "--tolerance: must be a percentage"),
+    (["--format", "xml"], "--format: must be one of table, csv, json"),
+])
+def test_compare_bad_options_exit_2(runs: tuple[Path, Path], tmp_path: Path, args: list[str], message: str) -> None:
+    done = cli("compare", str(runs[0]), str(runs[1]), *args, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_report_rebuilds_the_page_and_refuses_what_is_not_a_run(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    fast, _ = runs
+    original = (fast / "report.html").read_bytes()
+    done = cli("report", str(fast), "--out", str(tmp_path / "again.html"), cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "again.html")
+    assert (tmp_path / "again.html").read_bytes() == original
+    (tmp_path / "empty").mkdir()
+    bad = cli("report", str(tmp_path / "empty"), cwd=tmp_path)
+    assert bad.returncode == 2 and "summary.json" in bad.stderr and "Traceback" not in bad.stderr
+    missing = cli("compare", str(fast), str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_serve_http_runs_until_ctrl_c_and_says_what_it_served(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "serve", "http", "--listen", "127.0.0.1:0",
+                             "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("serving http on http://127.0.0.1:") and "(2 processes)" in line
+    url = line.split()[3]
+    for _ in range(5):
+        assert requests.get(url, timeout=5).status_code == 200
+    time.sleep(0.3)  # the counts are shared memory, written before each send
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "5 requests served" in out
+
+
+def test_bad_serve_options_exit_2(tmp_path: Path) -> None:
+    done = cli("serve", "echo", "--listen", "127.0.0.1:99999", cwd=tmp_path)
+    assert done.returncode == 2 and "--listen: port must be between 0 and 65535" in done.stderr
+
+
+def test_help_documents_the_exit_codes(tmp_path: Path) -> None:
+    done = cli("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for code in ("0 the run completed", "1 a threshold failed", "2 bad input", "3 the run itself failed", "130"):
+        assert code in text

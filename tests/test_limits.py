@@ -1,0 +1,52 @@
+"""Connections that cannot fit are refused before the load starts, with the limit and the remedy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.config import ConfigError, parse_config
+from loadtest.limits import check_limits, ephemeral_ports, nofile_hard_limit
+
+
+def tcp(connections: int, **fields: object) -> dict[str, object]:
+    return {"duration": "1s", "targets": [{"name": "echo", "tcp": "127.0.0.1:9000", "connections": connections,
+                                           **fields}]}
+
+
+def test_too_many_connections_per_worker_names_the_open_file_limit() -> None:
+    hard = nofile_hard_limit()
+    config = parse_config(tcp(hard + 100))
+    with pytest.raises(ConfigError, match=rf"open-file limit is {hard} per process; use at least 2 workers"):
+        check_limits(config, workers=1)
+    check_limits(parse_config(tcp(hard + 100, source_ips="127.0.0.1-127.0.0.4")), workers=2)  # fits
+
+
+def test_past_the_ephemeral_ports_of_one_source_address_asks_for_source_ips() -> None:
+    ports = ephemeral_ports()
+    connections = ports + 1000
+    workers = connections // (nofile_hard_limit() - 100) + 1
+    with pytest.raises(ConfigError, match=r"ephemeral ports .* set source_ips to at least 2 addresses"):
+        check_limits(parse_config(tcp(connections)), workers)
+    check_limits(parse_config(tcp(connections, source_ips="127.0.0.1-127.0.0.2")), workers)
+
+
+def test_an_embedded_server_that_cannot_hold_the_connections_asks_for_more_server_workers() -> None:
+    hard = nofile_hard_limit()
+    config = parse_config({"duration": "1s", "servers": [{"name": "echo", "kind": "echo", "workers": 1}],
+                           "targets": [{"tcp": "{echo}", "connections": hard + 10,
+                                        "source_ips": "127.0.0.1-127.0.0.2"}]})
+    with pytest.raises(ConfigError, match=r"servers: echo would hold .* give it at least 2 workers"):
+        check_limits(config, workers=4)
+
+
+def test_the_cli_refuses_with_exit_2_and_no_report(tmp_path: Path) -> None:
+    config = tmp_path / "big.yaml"
+    config.write_text(f"duration: 1s\nworkers: 1\ntargets: [{{tcp: '127.0.0.1:9', connections: {nofile_hard_limit() + 1}}}]\n")
+    done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "open-file limit" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "reports").exists()

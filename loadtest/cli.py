@@ -118,7 +118,7 @@ def compare_command(
         format_table,
         write_compare_html,
     )
-    from .html_report import RunFolderError
+    from .run_folder import RunFolderError
 
     formats = {"table": format_table, "csv": format_csv, "json": format_json}
     if output not in formats:

@@ -20,20 +20,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .html_report import (
-    AGGREGATED,
-    RunFolder,
-    Series,
-    fmt_count,
-    fmt_ms,
-    load_run,
-    page,
-    spectra,
-    spectrum_chart,
-    table,
-    target_colors,
-    td,
-)
+from .html_report import fmt_count, fmt_ms, page, table, td
+from .run_folder import AGGREGATED, RunFolder, load_run, spectra
+from .svg_chart import Series, spectrum_chart, target_colors
 
 DEFAULT_TOLERANCE = 0.05
 

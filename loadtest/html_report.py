@@ -1,6 +1,6 @@
 """report.html: one self-contained page of a run, built from its folder alone.
 
-The page is plain HTML with inline CSS and charts drawn here as inline SVG:
+The page is plain HTML with inline CSS and charts drawn as inline SVG (svg_chart.py):
 no script, no font or file from anywhere else, and a Content-Security-Policy
 that forbids fetching anything, so it opens offline and from an archive.
 Everything that came from a config or a response (target names, URLs, error
@@ -13,121 +13,45 @@ messages) is escaped. It is a pure function of the run folder's files, so
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hdrh.histogram import HdrHistogram
+
+from .run_folder import (
+    AGGREGATED,
+    RunFolder,
+    as_float,
+    mean_of,
+    downsample,
+    history_series,
+    load_run,
+    spectra,
+)
+from .run_folder import (
+    RunFolderError as RunFolderError,  # re-exported: callers catch it from here
+)
+from .svg_chart import (
+    AGGREGATED_COLOR,
+    FAILURE_COLOR,
+    PALETTE,
+    PERCENTILE_COLORS,
+    Series,
+    spectrum_chart,
+    target_colors,
+    time_chart,
+)
 
 REPORT_NAME = "report.html"
-HISTOGRAMS_NAME = "histograms.json"
-MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
-SPECTRUM_STEPS_PER_DECADE = 24
-SPECTRUM_DECADES = 6  # up to the 99.9999th percentile
-LOG_Y_RATIO = 30.0  # a spectrum spanning more than this from its lowest to highest value gets a log axis
 SATURATED_CPU_PERCENT = 90.0
-AGGREGATED = "Aggregated"
-OTHER_HISTOGRAM_TYPES = ("CONNECT", "LATENESS", "UNCORRECTED")  # rows of a target's other histograms
-AGGREGATED_COLOR = "#374151"
-FAILURE_COLOR = "#dc2626"
-PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#4b5563",
-           "#65a30d", "#7c3aed", "#0d9488", "#b45309")
-PERCENTILE_COLORS = {"p50": "#2563eb", "p95": "#f59e0b", "p99": "#dc2626"}
-SUMMARY_PERCENTILES = ("p50", "p66", "p75", "p80", "p90", "p95", "p98", "p99", "p99.9", "p99.99")
 SECRET_KEY = re.compile(r"authorization|cookie|token|password|secret|api[-_]?key", re.IGNORECASE)
-
-Point = tuple[float, float]
-
-
-class RunFolderError(ValueError):
-    """A folder that is not a readable run folder; its message is one sentence."""
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """The files of one run folder, as read."""
-
-    path: Path
-    summary: dict[str, Any]
-    history: list[dict[str, str]]
-    failures: list[dict[str, str]]
-    resources: list[dict[str, str]]
-    histograms: dict[str, str]  # target name: its whole-run latency HdrHistogram, encoded
-
-    @property
-    def name(self) -> str:
-        return str(self.summary.get("name", self.path.name))
-
-    def target_summaries(self) -> list[dict[str, Any]]:
-        """Each target's summary, then the aggregate's (named Aggregated)."""
-        targets = [t for t in self.summary.get("targets", []) if isinstance(t, dict)]
-        agg = self.summary.get("aggregated")
-        if isinstance(agg, dict):
-            targets.append({**agg, "name": AGGREGATED, "type": ""})
-        return targets
-
-    @property
-    def single_target(self) -> bool:
-        """One target only: its Aggregated figures repeat it, and charts leave them out."""
-        return len(self.summary.get("targets") or []) == 1
-
-
-def load_run(path: Path) -> RunFolder:
-    """Read a run folder: summary.json is required, every other file optional."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunFolderError(f"{path}: is not a folder")
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        raise RunFolderError(f"{path}: is not a run folder (it has no summary.json)")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunFolderError(f"{summary_path}: cannot be read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise RunFolderError(f"{summary_path}: is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("targets"), list):
-        raise RunFolderError(f"{summary_path}: is not a loadtest summary (it has no list of targets)")
-    histograms: dict[str, str] = {}
-    hist_path = path / HISTOGRAMS_NAME
-    if hist_path.is_file():
-        try:
-            raw = json.loads(hist_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            raw = {}  # the spectrum falls back to the summary's percentiles
-        if isinstance(raw, dict):  # {name: {"latency": encoded, ...}}, or {name: encoded}
-            for k, v in raw.items():
-                encoded = v.get("latency") if isinstance(v, dict) else v
-                if isinstance(encoded, str):
-                    histograms[str(k)] = encoded
-    return RunFolder(path, summary, _read_csv(path / "history.csv"), _read_csv(path / "failures.csv"),
-                     _read_csv(path / "resources.csv"), histograms)
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return [row for row in csv.DictReader(f)]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
 
 
 # -- numbers ---------------------------------------------------------------
-
-
-def _float(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def fmt_ms(v: float | None) -> str:
@@ -147,149 +71,7 @@ def fmt_count(v: float | None, digits: int = 0) -> str:
     return "—" if v is None else f"{v:,.{digits}f}"
 
 
-def fmt_short(v: float) -> str:
-    """An axis label: 1.5k, 20k, 3M, 0.25."""
-    a = abs(v)
-    if a >= 1e9:
-        return f"{v / 1e9:g}G"
-    if a >= 1e6:
-        return f"{v / 1e6:g}M"
-    if a >= 1e3:
-        return f"{v / 1e3:g}k"
-    return f"{v:.4g}"
-
-
-def fmt_seconds(v: float, span: float) -> str:
-    if span <= 120:
-        return f"{v:g}s"
-    return f"{int(v) // 60}:{int(v) % 60:02d}"
-
-
-def fmt_percentile(p: float) -> str:
-    return f"{p:.6f}".rstrip("0").rstrip(".") + "%"
-
-
-# -- series ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Series:
-    """One line of a chart."""
-
-    label: str
-    points: Sequence[Point]
-    color: str
-    dashed: bool = False
-    fill: bool = False
-    width: float = 1.8
-
-
-def downsample(points: Sequence[Point], limit: int = MAX_POINTS, keep: Callable[[list[float]], float] = max
-               ) -> list[Point]:
-    """At most `limit` points: consecutive runs merged, x by mean, y by `keep` (max keeps spikes)."""
-    if len(points) <= limit:
-        return list(points)
-    size = math.ceil(len(points) / limit)
-    out = []
-    for i in range(0, len(points), size):
-        chunk = points[i:i + size]
-        out.append((sum(p[0] for p in chunk) / len(chunk), keep([p[1] for p in chunk])))
-    return out
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
-    """Per target name: its req/s, failures/s and per-second percentiles against elapsed seconds."""
-    out: dict[str, dict[str, list[Point]]] = {}
-    for row in run.history:
-        name, elapsed = row.get("Name", ""), _float(row.get("Elapsed"))
-        if elapsed is None or row.get("Type") in OTHER_HISTOGRAM_TYPES:
-            continue
-        series = out.setdefault(name, {"rps": [], "fps": [], "p50": [], "p95": [], "p99": []})
-        for key, column in (("rps", "Requests/s"), ("fps", "Failures/s")):
-            v = _float(row.get(column))
-            if v is not None:
-                series[key].append((elapsed, v))
-        if (_float(row.get("Interval Requests")) or 0) > 0:  # an empty second has no latency
-            for key, column in (("p50", "50%"), ("p95", "95%"), ("p99", "99%")):
-                v = _float(row.get(column))
-                if v is not None:
-                    series[key].append((elapsed, v))
-    for series in out.values():
-        for key in series:
-            series[key] = downsample(series[key], keep=_mean if key in ("rps", "fps") else max)
-    return out
-
-
-@dataclass(frozen=True)
-class Spectrum:
-    """A latency percentile spectrum: (percentile, ms) points, from p0 to the largest value."""
-
-    name: str
-    points: tuple[Point, ...]
-    exact: bool  # walked from a full histogram, not only the summary's fixed percentiles
-
-
-def spectrum_x(p: float) -> float:
-    """A percentile's place on the spectrum's axis: log10(1 / (1 - p))."""
-    return math.log10(1.0 / max(1.0 - p / 100.0, 10.0 ** -SPECTRUM_DECADES))
-
-
-def _x_to_percentile(x: float) -> float:
-    return 100.0 * (1.0 - math.pow(10.0, -x))
-
-
-def spectra(run: RunFolder) -> list[Spectrum]:
-    """Each target's spectrum (and Aggregated's): from histograms.json if there, else the summary."""
-    out = []
-    for t in run.target_summaries():
-        name = str(t.get("name", ""))
-        encoded = run.histograms.get(name)
-        spectrum = _walk(name, encoded) if encoded else None
-        if spectrum is None:
-            spectrum = _from_summary(name, t)
-        if spectrum.points:
-            out.append(spectrum)
-    return out
-
-
-def _walk(name: str, encoded: str) -> Spectrum | None:
-    try:
-        hist = HdrHistogram.decode(encoded.encode("ascii"))
-    except Exception:  # noqa: BLE001 - a damaged histogram falls back to the summary's percentiles
-        return None
-    count = hist.get_total_count()
-    if not count:
-        return None
-    last_x = min(math.log10(count), SPECTRUM_DECADES)
-    points = [(0.0, hist.get_min_value() / 1e6)]
-    steps = int(last_x * SPECTRUM_STEPS_PER_DECADE)
-    for k in range(1, steps + 1):
-        p = _x_to_percentile(k / SPECTRUM_STEPS_PER_DECADE)
-        points.append((p, hist.get_value_at_percentile(p) / 1e6))
-    points.append((_x_to_percentile(last_x), hist.get_max_value() / 1e6))
-    return Spectrum(name, tuple(points), exact=True)
-
-
-def _from_summary(name: str, target: dict[str, Any]) -> Spectrum:
-    latency = target.get("latency_ms") or {}
-    count = _float(target.get("requests")) or 0.0
-    last_x = min(math.log10(count), SPECTRUM_DECADES) if count >= 1 else 0.0
-    points: list[Point] = []
-    low = _float(latency.get("min"))
-    if low is not None:
-        points.append((0.0, low))
-    for key in SUMMARY_PERCENTILES:
-        p, v = float(key[1:]), _float(latency.get(key))
-        if v is not None and spectrum_x(p) < last_x:
-            points.append((p, v))
-    high = _float(latency.get("max", latency.get("p100")))
-    if high is not None:
-        points.append((_x_to_percentile(last_x), high))
-    return Spectrum(name, tuple(points), exact=False)
+# -- resources -------------------------------------------------------------
 
 
 def resource_series(run: RunFolder) -> tuple[list[Series], list[Series]]:
@@ -305,204 +87,19 @@ def resource_series(run: RunFolder) -> tuple[list[Series], list[Series]]:
         color = AGGREGATED_COLOR if machine else PALETTE[i % len(PALETTE)]
         cpu_points, rss_points = [], []
         for row in rows:
-            t = _float(row.get("elapsed_s", row.get("elapsed")))
+            t = as_float(row.get("elapsed_s", row.get("elapsed")))
             if t is None:
                 continue
-            c, r = _float(row.get("cpu_percent")), _float(row.get("rss_bytes"))
+            c, r = as_float(row.get("cpu_percent")), as_float(row.get("rss_bytes"))
             if c is not None:
                 cpu_points.append((t, c))
             if r is not None and row.get("status") not in ("zombie", "dead"):  # an exited process holds no memory
                 rss_points.append((t, r / 2**20))
         if cpu_points:
-            cpu.append(Series(label, downsample(cpu_points, keep=_mean), color, dashed=machine))
+            cpu.append(Series(label, downsample(cpu_points, keep=mean_of), color, dashed=machine))
         if rss_points and not machine:  # the machine's memory is another scale than a process's
             rss.append(Series(label, downsample(rss_points), color))
     return cpu, rss
-
-
-# -- SVG charts ------------------------------------------------------------
-
-WIDTH, HEIGHT = 640, 230
-WIDE = (1200, 380)
-LEFT, RIGHT, TOP, BOTTOM = 58, 18, 12, 38
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Maps data values to 0..1 along an axis, with its labelled ticks."""
-
-    lo: float
-    hi: float
-    ticks: tuple[tuple[float, str], ...]
-    log: bool = False
-
-    def at(self, v: float) -> float:
-        if self.log:
-            v, lo, hi = math.log10(max(v, self.lo)), math.log10(self.lo), math.log10(self.hi)
-        else:
-            lo, hi = self.lo, self.hi
-        return 0.0 if hi == lo else (v - lo) / (hi - lo)
-
-
-def _nice_step(span: float, count: int = 5) -> float:
-    raw = span / count if span > 0 else 1.0
-    mag = math.pow(10.0, math.floor(math.log10(raw)))
-    for m in (1, 2, 2.5, 5, 10):
-        if raw <= m * mag:
-            return m * mag
-    return 10 * mag
-
-
-def linear_scale(values: Iterable[float], fmt: Callable[[float], str] = fmt_short, floor: float = 0.0,
-                 at_least: float = 0.0) -> Scale:
-    vs = list(values)
-    hi = max([*vs, at_least, floor])
-    lo = min([*vs, floor])
-    if hi <= lo:
-        hi = lo + 1.0
-    step = _nice_step(hi - lo)
-    lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
-    n = round((hi - lo) / step)
-    return Scale(lo, hi, tuple((lo + k * step, fmt(lo + k * step)) for k in range(n + 1)))
-
-
-def log_scale(values: Iterable[float], fmt: Callable[[float], str] = fmt_short) -> Scale:
-    vs = [v for v in values if v > 0] or [1.0]
-    lo, hi = 10 ** math.floor(math.log10(min(vs))), 10 ** math.ceil(math.log10(max(vs)))
-    if hi <= lo:
-        hi = lo * 10
-    decades = round(math.log10(hi / lo))
-    mults = (1, 2, 5) if decades <= 3 else (1,)
-    ticks = []
-    for d in range(decades + 1):
-        for m in mults:
-            v = lo * 10 ** d * m
-            if v <= hi * 1.0001:
-                ticks.append((v, fmt(v)))
-    return Scale(lo, hi, tuple(ticks), log=True)
-
-
-def time_scale(values: Iterable[float]) -> Scale:
-    vs = list(values)
-    hi = max([*vs, 1.0])
-    step = _nice_step(hi)
-    if hi > 120:  # whole minutes, or halves and quarters of one
-        step = max(step - step % 15, 15)
-    top = math.ceil(hi / step) * step
-    return Scale(0.0, top, tuple((k * step, fmt_seconds(k * step, top)) for k in range(round(top / step) + 1)))
-
-
-def spectrum_scale(last_x: float) -> Scale:
-    decades = max(1, min(SPECTRUM_DECADES, math.ceil(last_x - 1e-9)))
-    return Scale(0.0, float(decades), tuple((float(d), fmt_percentile(_x_to_percentile(d))) for d in range(decades + 1)))
-
-
-def chart_svg(label: str, series: Sequence[Series], x: Scale, y: Scale, *, x_title: str, y_title: str,
-              x_of: Callable[[float], float] = lambda v: v, refs: Sequence[tuple[float, str]] = (),
-              size: tuple[int, int] = (WIDTH, HEIGHT)) -> str:
-    """An SVG line chart; `x_of` maps a point's x before scaling (the spectrum's log axis).
-
-    `size` is the drawing's own coordinate space: a wide chart gets a wide one,
-    so its text stays the same size on the page.
-    """
-    width, height = size
-    pw, ph = width - LEFT - RIGHT, height - TOP - BOTTOM
-
-    def px(v: float) -> float:
-        return LEFT + x.at(x_of(v)) * pw
-
-    def py(v: float) -> float:
-        return TOP + (1.0 - y.at(v)) * ph
-
-    parts = [(f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '
-              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(label)}</title>')]
-    for v, text in y.ticks:
-        yy = py(v)
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{width - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-                     f'<text class="tick" x="{LEFT - 6}" y="{yy + 3.5:.1f}" text-anchor="end">{escape(text)}</text>')
-    for v, text in x.ticks:
-        xx = LEFT + x.at(v) * pw
-        anchor = "end" if v == x.hi and v > x.lo else "middle"  # the last label stays inside the frame
-        parts.append(f'<line class="grid" x1="{xx:.1f}" x2="{xx:.1f}" y1="{TOP}" y2="{TOP + ph}"/>'
-                     f'<text class="tick" x="{xx:.1f}" y="{TOP + ph + 15}" text-anchor="{anchor}">{escape(text)}</text>')
-    for v, text in refs:
-        if y.lo <= v <= y.hi:
-            yy = py(v)
-            parts.append(f'<line class="ref" x1="{LEFT}" x2="{width - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-                         f'<text class="ref-label" x="{LEFT + 4}" y="{yy + 11:.1f}">'
-                         f'{escape(text)}</text>')
-    parts.append(f'<rect class="frame" x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/>')
-    drawn = 0
-    for s in series:
-        pts = [(px(a), py(b)) for a, b in s.points]
-        if not pts:
-            continue
-        drawn += 1
-        coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-        dash = ' stroke-dasharray="6 4"' if s.dashed else ""
-        parts.append(f'<g class="series"><title>{escape(s.label)}</title>')
-        if s.fill and len(pts) > 1:
-            base = py(max(y.lo, 0.0)) if not y.log else TOP + ph
-            area = f"{pts[0][0]:.1f},{base:.1f} {coords} {pts[-1][0]:.1f},{base:.1f}"
-            parts.append(f'<polygon points="{area}" fill="{s.color}" fill-opacity="0.10" stroke="none"/>')
-        if len(pts) == 1:
-            parts.append(f'<circle cx="{pts[0][0]:.1f}" cy="{pts[0][1]:.1f}" r="3" fill="{s.color}"/>')
-        else:
-            parts.append(f'<polyline points="{coords}" fill="none" stroke="{s.color}" stroke-width="{s.width}" '
-                         f'stroke-linejoin="round" stroke-linecap="round"{dash}/>')
-        parts.append("</g>")
-    if not drawn:
-        parts.append(f'<text class="empty" x="{LEFT + pw / 2}" y="{TOP + ph / 2}" text-anchor="middle">no data</text>')
-    parts.append(f'<text class="axis" x="{LEFT + pw / 2}" y="{height - 4}" text-anchor="middle">{escape(x_title)}</text>'
-                 f'<text class="axis" transform="translate(13 {TOP + ph / 2}) rotate(-90)" text-anchor="middle">'
-                 f'{escape(y_title)}</text></svg>')
-    return "".join(parts)
-
-
-def legend(series: Sequence[Series], extra: Sequence[str] = ()) -> str:
-    items = []
-    for s in series:
-        style = f"border-top:3px {'dashed' if s.dashed else 'solid'} {s.color}"
-        items.append(f'<span><i class="sw" style="{style}"></i>{escape(s.label)}</span>')
-    items += [f'<span class="muted">{escape(e)}</span>' for e in extra]
-    return f'<div class="legend">{"".join(items)}</div>'
-
-
-def figure(caption: str, series: Sequence[Series], svg: str, extra: Sequence[str] = ()) -> str:
-    return f'<figure class="chart-box"><figcaption>{escape(caption)}</figcaption>{legend(series, extra)}{svg}</figure>'
-
-
-def time_chart(caption: str, series: Sequence[Series], y_title: str, *, refs: Sequence[tuple[float, str]] = (),
-               extra: Sequence[str] = (), at_least: float = 0.0) -> str:
-    xs = [p[0] for s in series for p in s.points]
-    ys = [p[1] for s in series for p in s.points]
-    svg = chart_svg(caption, series, time_scale(xs), linear_scale(ys, at_least=at_least),
-                    x_title="elapsed", y_title=y_title, refs=refs)
-    return figure(caption, series, svg, extra)
-
-
-def spectrum_chart(caption: str, series: Sequence[Series]) -> str:
-    """Latency against percentile on a log "1/(1-p)" axis, as HdrHistogram plots draw it."""
-    last_x = max([spectrum_x(p[0]) for s in series for p in s.points] or [1.0])
-    ys = [p[1] for s in series for p in s.points]
-    positive = [v for v in ys if v > 0]
-    use_log = bool(positive) and max(positive) / min(positive) > LOG_Y_RATIO
-    y = log_scale(ys, fmt_short) if use_log else linear_scale(ys)
-    title = "latency, ms" + (" (log scale)" if use_log else "")
-    svg = chart_svg(caption, series, spectrum_scale(last_x), y, x_title="percentile", y_title=title,
-                    x_of=spectrum_x, size=WIDE)
-    return figure(caption, series, svg)
-
-
-def target_colors(names: Iterable[str]) -> dict[str, str]:
-    colors, k = {}, 0
-    for name in names:
-        if name == AGGREGATED:
-            colors[name] = AGGREGATED_COLOR
-        else:
-            colors[name] = PALETTE[k % len(PALETTE)]
-            k += 1
-    return colors
 
 
 # -- the page --------------------------------------------------------------
@@ -634,21 +231,21 @@ def _header(run: RunFolder) -> str:
                   f'numbers in doubt</span>')
     machine = s.get("machine") or {}
     as_run = s.get("as_run") or {}
-    sub = [f"started {s.get('started', '?')}", f"{_float(s.get('duration_s')) or 0:.1f} s",
+    sub = [f"started {s.get('started', '?')}", f"{as_float(s.get('duration_s')) or 0:.1f} s",
            f"{as_run.get('workers', len(s.get('workers') or []))} workers",
            f"{machine.get('hostname', '?')} ({machine.get('cores', '?')} cores)"]
     if s.get("interrupted"):
         sub.append("interrupted")
     agg = s.get("aggregated") or {}
     lat = agg.get("latency_ms") or {}
-    err = _float(agg.get("error_rate"))
-    tiles = [("Requests", fmt_count(_float(agg.get("requests")))),
-             ("Throughput", f"{fmt_count(_float(agg.get('requests_per_s')))} <small>req/s</small>"),
-             ("Failures", f"{fmt_count(_float(agg.get('failures')))} <small>{_pct(err)}</small>"),
-             ("p50", f"{fmt_ms(_float(lat.get('p50')))} <small>ms</small>"),
-             ("p95", f"{fmt_ms(_float(lat.get('p95')))} <small>ms</small>"),
-             ("p99", f"{fmt_ms(_float(lat.get('p99')))} <small>ms</small>"),
-             ("Max", f"{fmt_ms(_float(lat.get('max')))} <small>ms</small>")]
+    err = as_float(agg.get("error_rate"))
+    tiles = [("Requests", fmt_count(as_float(agg.get("requests")))),
+             ("Throughput", f"{fmt_count(as_float(agg.get('requests_per_s')))} <small>req/s</small>"),
+             ("Failures", f"{fmt_count(as_float(agg.get('failures')))} <small>{_pct(err)}</small>"),
+             ("p50", f"{fmt_ms(as_float(lat.get('p50')))} <small>ms</small>"),
+             ("p95", f"{fmt_ms(as_float(lat.get('p95')))} <small>ms</small>"),
+             ("p99", f"{fmt_ms(as_float(lat.get('p99')))} <small>ms</small>"),
+             ("Max", f"{fmt_ms(as_float(lat.get('max')))} <small>ms</small>")]
     tiles_html = "".join(f'<div class="tile"><div class="k">{k}</div><div class="v">{v}</div></div>' for k, v in tiles)
     problems = [str(p) for p in s.get("problems") or []]
     if s.get("aborted_by_threshold"):
@@ -717,13 +314,13 @@ def _summary_section(run: RunFolder) -> str:
     rows, classes = [], []
     for t in run.target_summaries():
         lat = t.get("latency_ms") or {}
-        err = _float(t.get("error_rate"))
+        err = as_float(t.get("error_rate"))
         name = str(t.get("name", ""))
         rows.append(_summary_row(str(t.get("type", "")), name, t, lat, err))
         classes.append("agg" if name == AGGREGATED else "")
         conn = t.get("connections")
         if isinstance(conn, dict):
-            opened, failed = _float(conn.get("opened")) or 0, _float(conn.get("failed")) or 0
+            opened, failed = as_float(conn.get("opened")) or 0, as_float(conn.get("failed")) or 0
             c = {"requests": opened + failed, "failures": failed,
                  "requests_per_s": None}
             rows.append(_summary_row("CONNECT", name, c, conn.get("connect_latency_ms") or {},
@@ -736,18 +333,18 @@ def _summary_section(run: RunFolder) -> str:
 
 
 def _summary_row(kind: str, name: str, t: dict[str, Any], lat: dict[str, Any], err: float | None) -> list[str]:
-    failures = _float(t.get("failures"))
-    return [td(kind, "l"), td(name, "l name"), td(fmt_count(_float(t.get("requests")))),
+    failures = as_float(t.get("failures"))
+    return [td(kind, "l"), td(name, "l name"), td(fmt_count(as_float(t.get("requests")))),
             td(fmt_count(failures), "bad" if failures else ""), td(_pct(err), "bad" if err else ""),
-            td(fmt_count(_float(t.get("requests_per_s")), 1)),
-            *(td(fmt_ms(_float(lat.get(k)))) for k in ("mean", "p50", "p95", "p99", "p99.9", "max"))]
+            td(fmt_count(as_float(t.get("requests_per_s")), 1)),
+            *(td(fmt_ms(as_float(lat.get(k)))) for k in ("mean", "p50", "p95", "p99", "p99.9", "max"))]
 
 
 def _failures(run: RunFolder) -> str:
     if not run.failures:
         return ""
     rows = [[td(f.get("Target", ""), "l name"), td(f.get("Kind", ""), "l"), td(f.get("Message", ""), "l wide"),
-             td(fmt_count(_float(f.get("Occurrences")))), td(f.get("First Seen", "")), td(f.get("Last Seen", ""))]
+             td(fmt_count(as_float(f.get("Occurrences")))), td(f.get("First Seen", "")), td(f.get("Last Seen", ""))]
             for f in run.failures]
     return ('<h3 style="margin-top:18px">Failures by kind</h3>'
             + table(["Target", "Kind", "Message", "Count", "First seen s", "Last seen s"], rows, left=3))
@@ -810,10 +407,10 @@ def _workers_section(run: RunFolder) -> str:
         return ""
     rows = []
     for w in workers:
-        rss = _float(w.get("max_rss_kib"))
+        rss = as_float(w.get("max_rss_kib"))
         rows.append([td(str(w.get("index", "")), "l"), td(str(w.get("pid", "")), "l"),
-                     td(fmt_count(_float(w.get("requests")))), td(fmt_count(_float(w.get("failures")))),
-                     td(fmt_count(_float(w.get("cpu_user_s")), 2)), td(fmt_count(_float(w.get("cpu_system_s")), 2)),
+                     td(fmt_count(as_float(w.get("requests")))), td(fmt_count(as_float(w.get("failures")))),
+                     td(fmt_count(as_float(w.get("cpu_user_s")), 2)), td(fmt_count(as_float(w.get("cpu_system_s")), 2)),
                      td(fmt_count(rss / 1024 if rss is not None else None, 1)),
                      td(str(w.get("ended", "")), "l"), td(str(w.get("problem") or ""), "l name")])
     return ('<section><h2>Workers</h2>' + table(
@@ -869,4 +466,3 @@ def write_html_report(run_dir: Path, out: Path | None = None) -> Path:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(target)
     return target
-

@@ -13,8 +13,8 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections import Counter
-from itertools import compress
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Iterable, Sequence
 
 from hdrh.histogram import HdrHistogram

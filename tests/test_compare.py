@@ -21,7 +21,7 @@ from loadtest.compare import (
 )
 from loadtest.config import parse_config
 from loadtest.controller import run
-from loadtest.html_report import RunFolderError
+from loadtest.run_folder import RunFolderError
 
 REQUESTS = 300
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtest.config import ConfigError, HttpTarget, TcpTarget, load_config, parse_config, parse_duration, resolve
+from loadtest.config import (
+    ConfigError,
+    HttpTarget,
+    TcpTarget,
+    load_config,
+    parse_config,
+    parse_duration,
+    resolve,
+)
 
 GOOD = {
     "name": "shop",

@@ -15,13 +15,11 @@ import pytest
 from loadtest.config import parse_config
 from loadtest.controller import run
 from loadtest.html_report import (
-    MAX_POINTS,
     REPORT_NAME,
     RunFolderError,
-    load_run,
-    spectra,
     write_html_report,
 )
+from loadtest.run_folder import MAX_POINTS, load_run, spectra
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert(1)</script>"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from loadtest.config import ConfigError, parse_config
-from loadtest.schedule import Arrivals, Stage, level_at, peak_level, stages_duration, worker_share
+from loadtest.schedule import (
+    Arrivals,
+    Stage,
+    level_at,
+    peak_level,
+    stages_duration,
+    worker_share,
+)
 
 RAMP = (Stage(10.0, 100.0), Stage(5.0, 100.0), Stage(5.0, 0.0))
 

@@ -17,7 +17,6 @@ from gevent import GreenletExit
 from ..config import HttpTarget
 from ..stats import TargetRecorder
 
-
 BODY_CHUNK = 256 * 1024
 
 

@@ -26,10 +26,10 @@ from .run_folder import (
     AGGREGATED,
     RunFolder,
     as_float,
-    mean_of,
     downsample,
     history_series,
     load_run,
+    mean_of,
     spectra,
 )
 from .run_folder import (

@@ -20,8 +20,8 @@ from .run_folder import (
     AGGREGATED,
     SPECTRUM_DECADES,
     Point,
-    x_to_percentile,
     spectrum_x,
+    x_to_percentile,
 )
 
 LOG_Y_RATIO = 30.0  # a spectrum spanning more than this from its lowest to highest value gets a log axis

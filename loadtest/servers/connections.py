@@ -10,10 +10,11 @@ than a timer per read, and adds no memory per connection.
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
 from gevent import Greenlet
+from gevent.server import StreamServer
 
 MIN_SWEEP_INTERVAL_S = 0.05
 MAX_SWEEP_INTERVAL_S = 1.0
@@ -69,3 +70,29 @@ class ConnectionTable:
             for conn in [c for c in self.live if c.mark < cutoff]:
                 conn.mark = float("inf")  # expired once; it may take a moment to finish
                 conn.expire()
+
+
+class CallbackServer:
+    """One process's server whose accepted connections are served by event-loop callbacks.
+
+    Subclasses set up each accepted socket in `_adopt`; the table caps the
+    connections and expires idle ones.
+    """
+
+    def __init__(self, listener: Any, max_connections: int, idle_timeout: float) -> None:
+        self.table = ConnectionTable(max_connections, idle_timeout)
+        self.loop = gevent.get_hub().loop
+        # spawn=None: the accept callback sets the connection up and returns; nothing blocks.
+        self.stream_server = StreamServer(listener, self._adopt, spawn=None)
+
+    def _adopt(self, sock: Any, address: Any) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.table.start()
+        self.stream_server.start()
+
+    def stop(self) -> None:
+        self.stream_server.close()
+        self.table.stop()
+

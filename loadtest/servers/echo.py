@@ -22,10 +22,7 @@ import _socket
 import time
 from typing import Any
 
-import gevent
-from gevent.server import StreamServer
-
-from loadtest.servers.connections import ConnectionTable
+from loadtest.servers.connections import CallbackServer
 
 DEFAULT_MAX_CONNECTIONS = 50_000
 DEFAULT_IDLE_TIMEOUT_S = 300.0
@@ -108,26 +105,14 @@ class EchoConnection:
         self.server.table.discard(self)
 
 
-class EchoServer:
+class EchoServer(CallbackServer):
     """The echo server of one process, on a listening socket it is given."""
 
     def __init__(self, listener: Any, counts: Any, upper: bool = False, max_connections: int = 0,
                  idle_timeout: float = 0.0) -> None:
         self.counts = counts  # [messages (reads echoed), bytes, connections], shared with the parent
         self.upper = upper
-        self.loop = gevent.get_hub().loop
-        self.table = ConnectionTable(max_connections or DEFAULT_MAX_CONNECTIONS,
-                                     idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
-        # spawn=None: the accept callback sets the connection up and returns; nothing blocks.
-        self.stream_server = StreamServer(listener, self._adopt, spawn=None)
-
-    def start(self) -> None:
-        self.table.start()
-        self.stream_server.start()
-
-    def stop(self) -> None:
-        self.stream_server.close()
-        self.table.stop()
+        super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
     def _adopt(self, sock: Any, address: Any) -> None:
         if self.table.full():

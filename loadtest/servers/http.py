@@ -37,12 +37,10 @@ from collections import deque
 from http import HTTPStatus
 from typing import Any
 
-import gevent
 import httptools
-from gevent.server import StreamServer
 
 from loadtest.servers import sites
-from loadtest.servers.connections import ConnectionTable
+from loadtest.servers.connections import CallbackServer
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 10_000
@@ -403,27 +401,15 @@ class HttpConnection:
         self.server.table.discard(self)
 
 
-class HttpServer:
+class HttpServer(CallbackServer):
     """The HTTP server of one process, on a listening socket it is given."""
 
     def __init__(self, listener: Any, counts: Any, max_connections: int = 0, idle_timeout: float = 0.0) -> None:
         self.counts = counts  # counts[0]: requests answered (shared with the parent)
-        self.table = ConnectionTable(max_connections or DEFAULT_MAX_CONNECTIONS,
-                                     idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
         self.caches: list[dict[bytes, bytes]] = [{} for _ in range(6)]  # [mode * 2 + is_head]
         # One receive buffer for every connection: each read is parsed at once, and the parser copies.
         self.buffer_view = memoryview(bytearray(RECV_SIZE))
-        self.loop = gevent.get_hub().loop
-        # spawn=None: the accept callback sets the connection up and returns; nothing blocks.
-        self.stream_server = StreamServer(listener, self._adopt, spawn=None)
-
-    def start(self) -> None:
-        self.table.start()
-        self.stream_server.start()
-
-    def stop(self) -> None:
-        self.stream_server.close()
-        self.table.stop()
+        super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
     def render(self, reply: Reply, mode: int, head: bool, out: deque[Any]) -> bytes | None:
         """Queue `reply` on `out`; return its whole bytes when it can be cached, else None."""

@@ -95,8 +95,34 @@ class Frame:
     machine_cpu: float | None  # % over all cores
 
 
-class _Stop(Exception):
-    """Raised in the main thread by SIGTERM, handled like Ctrl-C."""
+class _Interrupts:
+    """Ctrl-C and SIGTERM, counted by a signal handler rather than raised at whatever line is running.
+
+    Before the load starts an interrupt raises KeyboardInterrupt: there is nothing to save. Once it
+    runs, the main loop reads the count: the first interrupt asks the workers to stop (in-flight
+    requests end as cancelled), the second stops them at once, and the reports are written either way.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.running = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: a library caller keeps its own handling
+                pass
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if not self.running:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: datetime) -> Path:
@@ -122,10 +148,20 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     now = datetime.now()
     run_dir = run_dir_for(config, out_dir, now)
 
+    interrupts = _Interrupts()
+    interrupts.install()
+    try:
+        return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts)
+    finally:
+        interrupts.restore()  # only once the reports are written: a late Ctrl-C must not cut them short
+
+
+def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...], event: Callable[[str], None],
+         on_interval: Callable[[Frame], None] | None, sample_interval: float,
+         interrupts: _Interrupts) -> RunResult:
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
-    previous_term = _install_sigterm()
     try:
         if config.servers:
             from .servers import ServerError, ServerGroup
@@ -167,10 +203,12 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         monitor.watch_pids(watched)
         monitor.start()
         started = time.time()
+        interrupts.running = True
         start.set()
         event(f"{count} worker{'s' if count > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
-        collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor, config)
+        collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor,
+                                 interrupts)
         interrupted = collection.collect()
         history.close()
         _await_exit(states, monitor)
@@ -182,8 +220,6 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         for g in groups:
             g.stop()
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
 
     _terminate(states)
     servers = []
@@ -249,16 +285,6 @@ def _users(target: Any) -> int:
     return target.connections if isinstance(target, TcpTarget) else target.peak_users
 
 
-def _install_sigterm() -> Any:
-    def on_term(signum: int, frame: Any) -> None:
-        raise _Stop()
-
-    try:
-        return signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread: a library caller keeps its own handling
-        return signal.getsignal(signal.SIGTERM)
-
-
 def _await_ready(states: list[WorkerState]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not all(w.ready for w in states):
@@ -307,10 +333,10 @@ class _Collection:
 
     def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
                  started: float, on_interval: Callable[[Frame], None] | None, event: Callable[[str], None],
-                 abort: Callable[[], None], monitor: RunMonitor, config: RunConfig) -> None:
+                 abort: Callable[[], None], monitor: RunMonitor, interrupts: _Interrupts) -> None:
         self.states, self.stats, self.stop, self.history = states, stats, stop, history
         self.started, self.on_interval, self.event, self.abort = started, on_interval, event, abort
-        self.monitor, self.config = monitor, config
+        self.monitor, self.interrupts = monitor, interrupts
 
     def flush(self, final: bool = False) -> None:
         lost = [w.index for w in self.states if w.lost]
@@ -346,44 +372,42 @@ class _Collection:
             active = [w for w in self.states if not w.done and not w.lost]
             if not active:
                 break
-            try:
-                by_handle: dict[Any, WorkerState] = {}
+            if self.interrupts.count >= 2:  # a second Ctrl-C: stop at once
                 for w in active:
-                    by_handle[w.conn] = w
-                    by_handle[w.process.sentinel] = w
-                for handle in wait(list(by_handle), timeout=WAIT_S):
-                    w = by_handle[handle]
-                    if w.done or w.lost:
-                        continue
-                    if handle is w.conn:
-                        if not self.receive(w):
-                            self.lose(w)
-                    else:  # the process ended: read what it sent before it did
-                        while not w.done and w.conn.poll() and self.receive(w):
-                            pass
-                        if not w.done:
-                            self.lose(w)
-                now = time.monotonic()
-                for w in active:
-                    allowed = SILENT_WORKER_S + (GRACEFUL_STOP_S + CANCEL_WAIT_S if w.stopping else 0.0)
-                    if not w.done and not w.lost and now - w.last_heard > allowed:
-                        self.lose(w, f"sent nothing for {allowed:g} s (hung or stopped); killed", kill=True)
-                if now > stop_deadline:
-                    for w in active:
-                        if not w.done and not w.lost:
-                            self.lose(w, "did not stop in time after the run was stopped; killed", kill=True)
-                self.flush()
-            except (KeyboardInterrupt, _Stop):
-                if interrupted:  # a second Ctrl-C: stop at once
-                    for w in self.states:
-                        if not w.done and not w.lost:
-                            self.lose(w, "killed by a second interrupt", kill=True)
-                    break
+                    self.lose(w, "killed by a second interrupt", kill=True)
+                break
+            if self.interrupts.count and not interrupted:
                 interrupted = True
                 self.stop.set()
                 stop_deadline = time.monotonic() + STOP_TIMEOUT_S
                 self.event("stopping: in-flight requests are cancelled, reports will be written "
                            "(interrupt again to stop at once)")
+            by_handle: dict[Any, WorkerState] = {}
+            for w in active:
+                by_handle[w.conn] = w
+                by_handle[w.process.sentinel] = w
+            for handle in wait(list(by_handle), timeout=WAIT_S):
+                w = by_handle[handle]
+                if w.done or w.lost:
+                    continue
+                if handle is w.conn:
+                    if not self.receive(w):
+                        self.lose(w)
+                else:  # the process ended: read what it sent before it did
+                    while not w.done and w.conn.poll() and self.receive(w):
+                        pass
+                    if not w.done:
+                        self.lose(w)
+            now = time.monotonic()
+            for w in active:
+                allowed = SILENT_WORKER_S + (GRACEFUL_STOP_S + CANCEL_WAIT_S if w.stopping else 0.0)
+                if not w.done and not w.lost and now - w.last_heard > allowed:
+                    self.lose(w, f"sent nothing for {allowed:g} s (hung or stopped); killed", kill=True)
+            if now > stop_deadline:
+                for w in active:
+                    if not w.done and not w.lost:
+                        self.lose(w, "did not stop in time after the run was stopped; killed", kill=True)
+            self.flush()
         self.flush(final=True)
         return interrupted
 

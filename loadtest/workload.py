@@ -208,7 +208,7 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
             pool.spawn(ramp, level, target.stages, target.rate, t0, lambda total: total / workers)
         until_ns = time.perf_counter_ns() + plan.duration * 1e9 if plan.duration else float("inf")
         pool.spawn(arrivals, make, budget, recorder, pool, level, max(1, share), target.arrival,
-                   plan.index * 7919 + k, sessions, until_ns)
+                   plan.index * 7919 + recorder.target, sessions, until_ns)  # seeds differ per worker and target
         return level
     if not target.stages:
         recorder.users = share

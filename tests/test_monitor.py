@@ -75,3 +75,31 @@ def test_watch_pid_samples_a_process_the_run_did_not_start(tmp_path: Path) -> No
         outsider.wait()
     roles = {r["role"] for r in read_csv(tmp_path / "w" / "resources.csv")}
     assert f"watch-{outsider.pid}" in roles
+
+
+def test_on_a_terminal_the_live_view_is_a_progress_bar_and_a_table(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    config = tmp_path / "c.yaml"
+    config.write_text("duration: 2s\nworkers: 1\nservers: [{name: s, kind: http}]\n"
+                      "targets: [{name: home, url: 'http://{s}/', concurrency: 2}]\n")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "run", str(config), "--out", str(tmp_path / "r")],
+                            cwd=tmp_path, stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "120"})
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the run ended
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    text = output.decode("utf-8", "replace")
+    assert "\x1b[" in text  # drawn, not printed line by line
+    assert "workers CPU" in text and "p99 ms" in text and "home" in text
+    assert "reports in" in text and "Traceback" not in text

@@ -7,8 +7,10 @@ raises for anything the network or the server did; a `GreenletExit` while a
 request is in flight records it as `cancelled` and is re-raised so the user
 stops.
 
-These modules use whatever `socket` is when they are imported: in a worker,
-that is gevent's, because the worker patches before importing them.
+Their sockets are `channel.Channel`s: non-blocking sockets driven straight
+from the gevent hub, which works in a patched worker and, for tests, in a
+plain process too. Request timeouts are `RequestTimer`s, enforced for a whole
+worker by one `Deadlines` scan.
 """
 
 from __future__ import annotations

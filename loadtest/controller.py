@@ -125,6 +125,17 @@ class _Interrupts:
             signal.signal(signum, handler)
 
 
+def check_writable(run_dir: Path, where: str) -> None:
+    """Raise ConfigError unless the report folder can be made: its nearest existing parent is a writable folder."""
+    ancestor = run_dir.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if ancestor == run_dir.absolute() and not ancestor.is_dir():
+        raise ConfigError(f"{where}: {run_dir} exists and is not a folder")
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot write reports under {ancestor} (not a writable folder)")
+
+
 def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: datetime) -> Path:
     """`--out DIR` exactly, or `<out>/<name>-<YYYYmmdd-HHMMSS>/`."""
     if out_dir is not None:
@@ -143,10 +154,11 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
     for pid in watched:
         if not psutil.pid_exists(pid):
-            raise ConfigError(f"monitor: there is no process {pid} to watch")
+            raise ConfigError(f"monitor: there is no process {pid} to watch (from monitor: or --watch-pid)")
     event = on_event or (lambda text: None)
     now = datetime.now()
     run_dir = run_dir_for(config, out_dir, now)
+    check_writable(run_dir, "--out" if out_dir is not None else "out")
 
     interrupts = _Interrupts()
     interrupts.install()
@@ -195,7 +207,10 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
 
         stats = RunStats([(t.name, t.row_type) for t in config.targets], count)
         _await_ready(states)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot make the report folder {run_dir}: {e.strerror}") from None
         history = HistoryWriter(run_dir / "history.csv", config)
         monitor = RunMonitor(run_dir, sample_interval, event)
         monitor.watch_servers(groups)

@@ -96,3 +96,13 @@ def test_help_documents_the_exit_codes(tmp_path: Path) -> None:
     text = " ".join(done.stdout.split())
     for code in ("0 the run completed", "1 a threshold failed", "2 bad input", "3 the run itself failed", "130"):
         assert code in text
+
+
+def test_a_report_folder_that_cannot_be_made_is_bad_input(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("requests: 10\ntargets: [{url: 'http://127.0.0.1:1/'}]\n")
+    (tmp_path / "afile").write_text("")
+    for out, message in ((tmp_path / "afile", "exists and is not a folder"),
+                         (tmp_path / "afile" / "sub", "cannot write reports under")):
+        done = cli("run", str(config), "--out", str(out), cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -56,7 +56,10 @@ def main(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
 
     from .workload import run_worker
 
-    run_worker(plan, conn, start, stop)
+    try:
+        run_worker(plan, conn, start, stop)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the controller is gone (killed outright): there is no one left to report to
 
 
 def share(total: int, parts: int, index: int) -> int:

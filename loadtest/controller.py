@@ -29,10 +29,11 @@ from .limits import check_limits
 from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
 from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
+from .schedule import worker_share
 from .spawn import main_script_hidden
 from .stats import Interval, RunStats, TargetTotals
 from .thresholds import Outcome, check
-from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan, share
+from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 from .worker import main as worker_main
 
 READY_TIMEOUT_S = 60.0
@@ -193,8 +194,8 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
                 workers=count,
                 config=config,
                 addresses=addresses,
-                shares=tuple(share(_users(t), count, k) for t in config.targets),
-                requests=share(config.requests, count, k) if config.requests is not None else None,
+                shares=tuple(worker_share(_users(t), count, k) for t in config.targets),
+                requests=worker_share(config.requests, count, k) if config.requests is not None else None,
                 duration=config.duration,
             )
             reader, writer = ctx.Pipe(duplex=False)

@@ -134,6 +134,14 @@ class Snapshot:
     final: bool = False
 
 
+HISTOGRAMS = ("latency", "connect_latency", "lateness", "uncorrected")  # a snapshot's encoded histograms
+
+
+def decode(snap: TargetSnapshot) -> dict[str, HdrHistogram]:
+    """A snapshot's non-empty histograms, decoded, by field name."""
+    return {name: decode_histogram(getattr(snap, name)) for name in HISTOGRAMS if getattr(snap, name)}
+
+
 class TargetRecorder:
     """A worker's counters for one target over the current interval."""
 
@@ -163,8 +171,8 @@ class TargetRecorder:
         self.connects = 0
         self.connect_failures: Counter[str] = Counter()
         self.dropped = 0
-        for hist in (self.latency, self.connect_latency, self.lateness, self.uncorrected):
-            hist.clear()
+        for name in HISTOGRAMS:
+            getattr(self, name).clear()
 
     def success(self, latency_ns: int, bytes_in: int, bytes_out: int, content: int) -> None:
         self.requests += 1
@@ -262,9 +270,8 @@ class TargetTotals:
     def failure_count(self) -> int:
         return sum(self.failures.values())
 
-    def add(self, snap: TargetSnapshot, latency: HdrHistogram | None = None,
-            connect_latency: HdrHistogram | None = None) -> None:
-        """Add one interval; pass decoded histograms to avoid decoding twice."""
+    def add(self, snap: TargetSnapshot, decoded: dict[str, HdrHistogram] | None = None) -> None:
+        """Add one interval; pass `decode(snap)` when the same snapshot is added twice."""
         self.requests += snap.requests
         self.failures.update(dict(snap.failures))
         self.bytes_in += snap.bytes_in
@@ -272,16 +279,9 @@ class TargetTotals:
         self.content_bytes += snap.content_bytes
         self.connects += snap.connects
         self.connect_failures.update(dict(snap.connect_failures))
-        if snap.latency:
-            self.latency.add(latency if latency is not None else decode_histogram(snap.latency))
-        if snap.connect_latency:
-            self.connect_latency.add(connect_latency if connect_latency is not None
-                                     else decode_histogram(snap.connect_latency))
         self.dropped += snap.dropped
-        if snap.lateness:
-            self.lateness.add(decode_histogram(snap.lateness))
-        if snap.uncorrected:
-            self.uncorrected.add(decode_histogram(snap.uncorrected))
+        for name, hist in (decoded if decoded is not None else decode(snap)).items():
+            getattr(self, name).add(hist)
 
     def merge(self, other: TargetTotals) -> None:
         self.requests += other.requests
@@ -293,15 +293,11 @@ class TargetTotals:
         self.connect_failures.update(other.connect_failures)
         self.open_connections += other.open_connections
         self.users += other.users
-        if other.latency.get_total_count():
-            self.latency.add(other.latency)
-        if other.connect_latency.get_total_count():
-            self.connect_latency.add(other.connect_latency)
         self.dropped += other.dropped
-        if other.lateness.get_total_count():
-            self.lateness.add(other.lateness)
-        if other.uncorrected.get_total_count():
-            self.uncorrected.add(other.uncorrected)
+        for name in HISTOGRAMS:
+            hist = getattr(other, name)
+            if hist.get_total_count():
+                getattr(self, name).add(hist)
 
 
 def _recorded(hist: HdrHistogram) -> list[tuple[int, int, int]]:
@@ -410,10 +406,9 @@ class RunStats:
         interval.start = min(interval.start, snap.start)
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
-            latency = decode_histogram(ts.latency) if ts.latency else None
-            connect = decode_histogram(ts.connect_latency) if ts.connect_latency else None
-            self.totals[ts.target].add(ts, latency, connect)
-            interval.targets[ts.target].add(ts, latency, connect)
+            decoded = decode(ts)  # once, for the totals and for the second
+            self.totals[ts.target].add(ts, decoded)
+            interval.targets[ts.target].add(ts, decoded)
             self.worker_requests[w] += ts.requests
             failed = sum(c for _, c in ts.failures)
             self.worker_failures[w] += failed

@@ -60,8 +60,3 @@ def main(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         run_worker(plan, conn, start, stop)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the controller is gone (killed outright): there is no one left to report to
-
-
-def share(total: int, parts: int, index: int) -> int:
-    """Part `index` of `total` split as evenly as whole numbers allow."""
-    return total // parts + (1 if index < total % parts else 0)

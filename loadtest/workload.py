@@ -23,6 +23,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from .config import HttpTarget, TcpTarget, resolve
+from .limits import raise_nofile_limit
 from .protocols import Deadlines, Session
 from .schedule import Arrivals, Stage, level_at, stages_duration, worker_share
 from .stats import Snapshot, TargetRecorder
@@ -51,14 +52,6 @@ class Budget:
         if self.left > 0:
             self.left -= 1
         return True
-
-
-def raise_nofile_limit() -> int:
-    """Raise this process's open-file limit to its hard limit; return the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan, recorder: TargetRecorder,

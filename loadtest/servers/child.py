@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import signal
 import socket
 from typing import Any
@@ -18,21 +17,10 @@ import gevent
 from gevent.event import Event
 
 from loadtest.config import ServerSpec
+from loadtest.limits import raise_nofile_limit
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 PARENT_CHECK_INTERVAL_S = 1.0
-
-
-def raise_open_file_limit() -> None:
-    """Lift the soft limit on open files to the hard limit: each connection is a file."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass  # keep the soft limit: the server still runs, with fewer connections
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -71,7 +59,7 @@ def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any
 
 def run(spec: ServerSpec, port: int, counts: Any, report: Any, parent_pid: int) -> None:
     """Serve `spec` on `port` until SIGTERM, or until the parent process is gone (SIGINT is ignored)."""
-    raise_open_file_limit()
+    raise_nofile_limit()
     address = f"[{spec.host}]:{port}" if ":" in spec.host else f"{spec.host}:{port}"
     try:
         listener = listen(spec.host, port)

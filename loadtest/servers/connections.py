@@ -9,6 +9,7 @@ than a timer per read, and adds no memory per connection.
 
 from __future__ import annotations
 
+import _socket
 import time
 from typing import Any, Protocol
 
@@ -75,7 +76,7 @@ class ConnectionTable:
 class CallbackServer:
     """One process's server whose accepted connections are served by event-loop callbacks.
 
-    Subclasses set up each accepted socket in `_adopt`; the table caps the
+    Subclasses set up each accepted socket in `serve`; the table caps the
     connections and expires idle ones.
     """
 
@@ -86,6 +87,16 @@ class CallbackServer:
         self.stream_server = StreamServer(listener, self._adopt, spawn=None)
 
     def _adopt(self, sock: Any, address: Any) -> None:
+        if self.table.full():
+            sock.close()
+            return
+        # Take the descriptor from the gevent socket (StreamServer closes that object when we return).
+        raw = _socket.socket(fileno=sock.detach())
+        raw.setblocking(False)
+        self.serve(raw)
+
+    def serve(self, sock: Any) -> None:
+        """Set up one accepted non-blocking socket and add it to the table."""
         raise NotImplementedError
 
     def start(self) -> None:

@@ -18,7 +18,6 @@ Try it:  loadtest serve echo   then   nc 127.0.0.1 9000
 
 from __future__ import annotations
 
-import _socket
 import time
 from typing import Any
 
@@ -114,12 +113,6 @@ class EchoServer(CallbackServer):
         self.upper = upper
         super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
-    def _adopt(self, sock: Any, address: Any) -> None:
-        if self.table.full():
-            sock.close()
-            return
-        # Take the descriptor from the gevent socket (StreamServer closes that object when we return).
-        raw = _socket.socket(fileno=sock.detach())
-        raw.setblocking(False)
+    def serve(self, sock: Any) -> None:
         self.counts[2] += 1
-        self.table.add(EchoConnection(self, raw, self.loop))
+        self.table.add(EchoConnection(self, sock, self.loop))

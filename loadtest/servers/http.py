@@ -434,11 +434,5 @@ class HttpServer(CallbackServer):
             return None
         return whole_response
 
-    def _adopt(self, sock: Any, address: Any) -> None:
-        if self.table.full():
-            sock.close()
-            return
-        # Take the descriptor from the gevent socket (StreamServer closes that object when we return).
-        raw = _socket.socket(fileno=sock.detach())
-        raw.setblocking(False)
-        self.table.add(HttpConnection(self, raw))
+    def serve(self, sock: Any) -> None:
+        self.table.add(HttpConnection(self, sock))

@@ -1,8 +1,8 @@
 """Sockets driven straight from the gevent hub: the I/O under every fast session.
 
-gevent's socket class is pure Python around each call; measured on loopback
-against nginx it halves a client's request rate (52,000 against 94,000
-requests/s with the same 50 greenlets). A `Channel` keeps a non-blocking
+gevent's socket class is pure Python around each call; on loopback against
+nginx it roughly halved this client's request rate (a one-off comparison with
+the same 50 greenlets, not a script kept in benchmarks/). A `Channel` keeps a non-blocking
 socket and one read watcher for the connection's life: a read is one
 `recv` call, and only when the kernel has nothing does the greenlet park on
 the hub. `TlsChannel` offers the same three calls over gevent's SSL socket.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import replace
 from typing import Optional
@@ -63,6 +64,11 @@ def run_command(
     live: PlainLive | RichLive | None = None
     if not quiet:
         live = RichLive(config, config.duration) if sys.stdout.isatty() else PlainLive(sys.stdout, config.duration)
+    # run() counts interrupts while it runs and puts back what it found when it returns. What it finds is
+    # "ignore": once the reports are written a late Ctrl-C must not kill the exit half-way, which it would
+    # during interpreter shutdown (Python resets handled signals to the default there) with status -2.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     try:
         result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=tuple(watch_pid),
                      on_interval=live.interval if live else None, on_event=live.event if live else None)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .schedule import Stage, peak_level, stages_duration
+from .schedule import Stage, peak_level, peak_level_until, stages_duration
 from .thresholds import Threshold, ThresholdError, parse_threshold
 
 DEFAULT_OUT = "reports"
@@ -25,6 +25,7 @@ DEFAULT_ENGINE = "fast"
 DEFAULT_METHOD = "GET"
 DEFAULT_TCP_EXPECT = "echo"
 DEFAULT_TCP_SIZE = 64
+STAGE_LAG_S = 1.0  # a staged tcp target has this long to open the connections a ramp asks for
 DEFAULT_MAX_CONCURRENCY = 5000
 ARRIVALS = ("constant", "poisson")
 ENGINES = ("fast", "requests")
@@ -110,8 +111,23 @@ class TcpTarget:
     connect_rate: float = 0.0  # new connections/s in all; 0: as fast as possible
     source_ips: tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT_S
+    stages: tuple[Stage, ...] = ()  # ramps of the connections held, from `connections`
 
     kind = "tcp"
+
+    @property
+    def peak_connections(self) -> int:
+        """The most connections this target holds at once: `connections`, or the stages' highest."""
+        return int(round(peak_level(self.stages, self.connections)))
+
+    def asked_at_peak(self, elapsed: float) -> int:
+        """The connections to have held at the peak of a run whose load lasted `elapsed` seconds.
+
+        With stages, the highest level they reached up to `STAGE_LAG_S` before the load stopped.
+        """
+        if not self.stages:
+            return self.connections
+        return int(round(peak_level_until(self.stages, self.connections, elapsed - STAGE_LAG_S)))
 
     @property
     def row_type(self) -> str:
@@ -228,7 +244,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     targets = tuple(_target(t, f"targets[{i}]", server_names) for i, t in enumerate(targets_raw))
     _unique([t.name for t in targets], "targets", "name")
     if duration is None:
-        staged = [stages_duration(t.stages) for t in targets if isinstance(t, HttpTarget) and t.stages]
+        staged = [stages_duration(t.stages) for t in targets if t.stages]
         if staged:
             duration = max(staged)  # a run with stages lasts as long as its longest ramp
         elif requests is None:
@@ -284,7 +300,7 @@ def _server(data: Any, where: str) -> ServerSpec:
 _HTTP_KEYS = {"name", "url", "urls", "method", "headers", "body", "timeout", "expect_status", "engine",
               "concurrency", "verify_tls", "rate", "max_concurrency", "arrival", "stages", "think"}
 _TCP_KEYS = {"name", "tcp", "connections", "message", "size", "expect", "rate", "connect_rate", "source_ips",
-             "timeout"}
+             "timeout", "stages"}
 
 
 def _target(data: Any, where: str, servers: set[str]) -> Target:
@@ -398,16 +414,24 @@ def _tcp_target(data: dict[str, Any], where: str, servers: set[str]) -> TcpTarge
     expect = data.get("expect", DEFAULT_TCP_EXPECT)
     if expect not in TCP_EXPECTS:
         raise ConfigError(f"{where}.expect: must be one of {', '.join(TCP_EXPECTS)}, got {expect!r}")
+    stages = _stages(data.get("stages"), f"{where}.stages")
+    if stages:  # connections is where the ramp starts, and may be 0
+        connections = _non_negative_int(data.get("connections", 0), f"{where}.connections")
+        if peak_level(stages, connections) < 0.5:
+            raise ConfigError(f"{where}.stages: never reach a connection; give a stage a target of 1 or more")
+    else:
+        connections = _positive_int(data.get("connections", 1), f"{where}.connections")
     return TcpTarget(
         name=_name(data.get("name", address), f"{where}.name"),
         address=address,
-        connections=_positive_int(data.get("connections", 1), f"{where}.connections"),
+        connections=connections,
         message=payload,
         expect=expect,
         rate=_positive_number(data["rate"], f"{where}.rate") if "rate" in data else 0.0,
         connect_rate=_positive_number(data["connect_rate"], f"{where}.connect_rate") if "connect_rate" in data else 0.0,
         source_ips=_source_ips(data.get("source_ips"), f"{where}.source_ips"),
         timeout=parse_duration(data.get("timeout", DEFAULT_TIMEOUT_S), f"{where}.timeout"),
+        stages=stages,
     )
 
 

@@ -51,7 +51,7 @@ def check_limits(config: RunConfig, workers: int) -> None:
     per_worker = 0
     for t in config.targets:
         if isinstance(t, TcpTarget):
-            per_worker += math.ceil(t.connections / workers)
+            per_worker += math.ceil(t.peak_connections / workers)
         elif isinstance(t, HttpTarget):
             origins = len({u.split("/")[2] for u in t.urls})
             per_worker += math.ceil(t.peak_users / workers) * origins
@@ -66,7 +66,7 @@ def check_limits(config: RunConfig, workers: int) -> None:
     sources: dict[str, int] = {}
     for t in config.targets:
         if isinstance(t, TcpTarget):
-            by_destination[t.address] += t.connections
+            by_destination[t.address] += t.peak_connections
             sources[t.address] = max(sources.get(t.address, 1), len(t.source_ips) or 1)
     for address, connections in by_destination.items():
         if connections > ports * sources[address]:
@@ -77,7 +77,7 @@ def check_limits(config: RunConfig, workers: int) -> None:
                 f"(for example 127.0.0.1-127.0.0.{need})")
 
     for spec in config.servers:
-        load = sum(t.connections for t in config.targets
+        load = sum(t.peak_connections for t in config.targets
                    if isinstance(t, TcpTarget) and t.address == "{" + spec.name + "}")
         if load and math.ceil(load / spec.workers) + FD_RESERVE > hard:
             need = math.ceil(load / (hard - FD_RESERVE))

@@ -247,7 +247,7 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         if "connections" in summary:
             summary["connections"]["peak_open"] = peak
             summary["connections"]["held_at_end"] = stats.held_at_end(i)
-            summary["connections"]["asked"] = config.targets[i].connections  # type: ignore[union-attr]
+            summary["connections"]["asked"] = config.targets[i].asked_at_peak(stats.elapsed)  # type: ignore[union-attr]
     summary = {
         "name": config.name,
         "started": datetime.fromtimestamp(result.started).isoformat(timespec="seconds"),

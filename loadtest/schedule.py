@@ -39,6 +39,17 @@ def peak_level(stages: tuple[Stage, ...], start: float) -> float:
     return max([start, *(s.target for s in stages)])
 
 
+def peak_level_until(stages: tuple[Stage, ...], start: float, t: float) -> float:
+    """The highest level the stages reach in the first `t` seconds (the ramps are straight lines)."""
+    peak, elapsed = start, 0.0
+    for stage in stages:
+        if elapsed >= t:
+            break
+        elapsed += stage.duration
+        peak = max(peak, level_at(stages, start, min(t, elapsed)))
+    return peak
+
+
 def worker_share(total: float, workers: int, index: int) -> int:
     """This worker's whole part of a level (virtual users), split as evenly as whole numbers allow."""
     whole = int(round(total))

@@ -89,25 +89,32 @@ def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int
                  level: Level | None = None, think: tuple[float, float] = (0.0, 0.0)) -> None:
     """Send requests one after another until the budget says stop (closed model).
 
-    With stages, user `index` works only while the level is above it; with
+    With stages, user `index` works only while the level is above it, and
+    closes its connection while it waits, as a user who left would; with
     think time it pauses between requests.
     """
-    session = make_session()
+    session: Session | None = None
     lo, hi = think
     try:
         while True:
             if level is not None and index >= level.value:
                 if budget.stopping:
                     break
+                if session is not None:
+                    session.close()
+                    session = None
                 gevent.sleep(LEVEL_POLL_S)
                 continue
             if not budget.take():
                 break
+            if session is None:
+                session = make_session()
             session.exchange()
             if hi:
                 gevent.sleep(lo if lo == hi else random.uniform(lo, hi))
     finally:
-        session.close()
+        if session is not None:
+            session.close()
 
 
 def ramp(level: Level, stages: tuple[Stage, ...], start: float, t0: float, scale: Callable[[float], float]) -> None:
@@ -189,13 +196,8 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
                  share: int, budget: Budget, recorder: TargetRecorder, t0: float,
                  sessions: list[Session]) -> Level | None:
     """Spawn one target's load into the worker's pool; return its level if it ramps or paces."""
-    if isinstance(target, TcpTarget):
-        recorder.users = share
-        for _ in range(share):
-            pool.spawn(virtual_user, make, budget)
-        return None
     k, workers = plan.index, plan.workers
-    if target.model == "open":
+    if isinstance(target, HttpTarget) and target.model == "open":
         level = Level(target.rate / workers)
         if target.stages:
             pool.spawn(ramp, level, target.stages, target.rate, t0, lambda total: total / workers)
@@ -203,16 +205,17 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
         pool.spawn(arrivals, make, budget, recorder, pool, level, max(1, share), target.arrival,
                    plan.index * 7919 + recorder.target, sessions, until_ns)  # seeds differ per worker and target
         return level
+    think = target.think if isinstance(target, HttpTarget) else (0.0, 0.0)
     if not target.stages:
         recorder.users = share
         for _ in range(share):
-            pool.spawn(virtual_user, make, budget, think=target.think)
+            pool.spawn(virtual_user, make, budget, think=think)
         return None
-    level = Level(worker_share(target.concurrency, workers, k))
-    pool.spawn(ramp, level, target.stages, float(target.concurrency), t0,
-               lambda total: worker_share(total, workers, k))
+    start = float(target.connections if isinstance(target, TcpTarget) else target.concurrency)
+    level = Level(worker_share(start, workers, k))
+    pool.spawn(ramp, level, target.stages, start, t0, lambda total: worker_share(total, workers, k))
     for index in range(share):
-        pool.spawn(virtual_user, make, budget, index, level, target.think)
+        pool.spawn(virtual_user, make, budget, index, level, think)
     return level
 
 
@@ -254,7 +257,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         for recorder, level, target in zip(recorders, levels, targets):
             if level is not None:
                 recorder.level = level.value
-                if isinstance(target, HttpTarget) and target.model == "closed":
+                if not (isinstance(target, HttpTarget) and target.model == "open"):
                     recorder.users = min(int(level.value), plan.shares[recorder.target])
         end = time.monotonic() - t0
         # Number each interval by the second it ends in, so workers that skip a tick stay aligned.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from loadtest.config import (
     parse_duration,
     resolve,
 )
+from loadtest.limits import check_limits
 
 GOOD = {
     "name": "shop",
@@ -159,3 +161,12 @@ def test_the_shipped_configs_load() -> None:
             address = t.address if isinstance(t, TcpTarget) else t.urls[0].split("/")[2]
             assert address.startswith(("127.", "{", "[::1]", "localhost")), (path, address)
         yaml.safe_load(path.read_text())
+
+
+def test_every_config_in_the_readme_is_valid_and_fits_this_machine() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    assert blocks
+    for block in blocks:
+        config = parse_config(yaml.safe_load(block))
+        check_limits(config, workers=2)

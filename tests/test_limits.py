@@ -25,6 +25,13 @@ def test_too_many_connections_per_worker_names_the_open_file_limit() -> None:
     check_limits(parse_config(tcp(hard + 100, source_ips="127.0.0.1-127.0.0.4")), workers=2)  # fits
 
 
+def test_a_staged_tcp_target_is_limited_by_its_peak() -> None:
+    hard = nofile_hard_limit()
+    staged = tcp(0, stages=[{"duration": "1s", "target": hard + 100}, {"duration": "1s", "target": 10}])
+    with pytest.raises(ConfigError, match=rf"open-file limit is {hard} per process; use at least 2 workers"):
+        check_limits(parse_config(staged), workers=1)
+
+
 def test_past_the_ephemeral_ports_of_one_source_address_asks_for_source_ips() -> None:
     ports = ephemeral_ports()
     connections = ports + 1000

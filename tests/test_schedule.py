@@ -10,6 +10,7 @@ from loadtest.schedule import (
     Stage,
     level_at,
     peak_level,
+    peak_level_until,
     stages_duration,
     worker_share,
 )
@@ -25,6 +26,35 @@ def test_levels_ramp_linearly_from_the_previous_value(t: float, level: float) ->
 def test_duration_and_peak() -> None:
     assert stages_duration(RAMP) == 20.0
     assert peak_level(RAMP, 20.0) == 100.0 and peak_level(RAMP, 300.0) == 300.0
+
+
+@pytest.mark.parametrize("t, peak", [(0, 20), (5, 60), (10, 100), (18, 100), (99, 100)])
+def test_the_peak_reached_so_far(t: float, peak: float) -> None:
+    assert peak_level_until(RAMP, 20.0, t) == pytest.approx(peak)
+    assert peak_level_until((Stage(4.0, 0.0),), 40.0, t) == 40.0  # a ramp down peaks at its start
+
+
+def test_tcp_stages_ramp_the_connections_held() -> None:
+    config = parse_config({"targets": [
+        {"name": "conns", "tcp": "127.0.0.1:9", "rate": 100,
+         "stages": [{"duration": "2s", "target": 50}, {"duration": "3s", "target": 5}]}]})
+    (conns,) = config.targets
+    assert config.duration == 5.0
+    assert conns.connections == 0 and conns.peak_connections == 50
+    assert conns.asked_at_peak(2.5) == 38  # the level at 1.5 s: the ramp has a second to be held
+    assert conns.asked_at_peak(60.0) == 50
+    fixed = parse_config({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "connections": 7}]}).targets[0]
+    assert fixed.peak_connections == fixed.asked_at_peak(0.5) == 7
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"stages": [{"duration": "1s", "target": 0}]}, "stages: never reach a connection"),
+    ({"connections": 0}, "connections: must be a positive integer"),
+    ({"stages": [{"duration": "1s", "target": 5}], "think": "1s"}, "unknown field 'think'"),
+])
+def test_tcp_stage_mistakes(target: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", **target}]})
 
 
 def test_worker_shares_add_up_to_the_whole() -> None:

@@ -26,6 +26,7 @@ from loadtest.servers import ServerGroup
 from loadtest.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer
+from .test_run import read_csv
 
 
 def tcp_target(port: int, **fields: object) -> TcpTarget:
@@ -334,7 +335,7 @@ def test_timeouts_and_cancellations_in_the_workers_each_end_once(tmp_path: Path,
     # the Deadlines scan ends each message of "short" by its timeout, then it reconnects and tries again
     assert short["failures_by_kind"].keys() == {"read_timeout"} and short["failures"] >= 8
     assert short["connections"]["opened"] == short["failures"]  # a failed connection is replaced only if needed
-    assert 300 <= short["latency_ms"]["min"] and short["latency_ms"]["max"] < 1000
+    assert 300 <= short["latency_ms"]["min"] and short["latency_ms"]["max"] < 1000, short["latency_ms"]
     # "long" is still waiting when the run stops: each of its messages is cancelled, once
     assert long_["failures_by_kind"] == {"cancelled": 4} and long_["requests"] == 4
     assert sum(w["cancelled"] for w in summary["workers"]) == 4 and long_["latency_ms"] == {}
@@ -361,6 +362,41 @@ def test_three_thousand_connections_held_through_the_pipeline(tmp_path: Path) ->
     assert served["messages"] == target["requests"] and served["connections"] == connections
     assert target["bytes_in"] == target["bytes_out"] == 64 * target["requests"] == served["bytes"]
 
+
+
+def test_stages_ramp_the_connections_up_and_down_and_the_rate_follows(tmp_path: Path) -> None:
+    # 200 messages/s at the peak of 40 connections: each connection sends every 200 ms
+    result, summary = tcp_run(
+        tmp_path,
+        [{"name": "ramp", "tcp": "{echo}", "size": 32, "rate": 200,
+          "stages": [{"duration": "2s", "target": 40}, {"duration": "2s", "target": 40},
+                     {"duration": "1s", "target": 10}, {"duration": "2s", "target": 10}]}],
+        servers=[{"name": "echo", "kind": "echo", "listen": "127.0.0.1:0", "workers": 1}])
+    assert result.exit_status == 0, result.shortfalls
+    history = [r for r in read_csv(tmp_path / "run" / "history.csv") if r["Name"] == "ramp"]
+    held = [int(r["Open Connections"]) for r in history]
+    assert held[0] < 40 and max(held) == 40  # up the ramp, then the hold
+    hold = [float(r["Requests/s"]) for r, n in zip(history, held) if n == 40]
+    assert hold and all(170 <= rps <= 230 for rps in hold)  # 40 connections, one message each per 200 ms
+    assert held[-2] == 10 and 35 <= float(history[-2]["Requests/s"]) <= 65  # a quarter of the rate
+    conns = summary["targets"][0]["connections"]
+    assert conns["opened"] == 40 and conns["peak_open"] == 40 and conns["asked"] == 40
+    assert conns["held_at_end"] == 10  # the 30 users who left closed their connections
+    served = result.servers[0]["served"]
+    assert served["connections"] == 40 and served["messages"] == summary["targets"][0]["requests"]
+    assert summary["targets"][0]["failures"] == 0
+
+
+def test_a_staged_tcp_target_that_never_connects_falls_short_of_its_ramp(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result, summary = tcp_run(tmp_path, [{"name": "nothing", "tcp": f"127.0.0.1:{port}",
+                                          "stages": [{"duration": "1s", "target": 6},
+                                                     {"duration": "1s", "target": 6}]}])
+    assert result.exit_status == 1
+    assert summary["shortfalls"] == ["nothing: held 0 connections at peak and 0 when the load stopped, "
+                                     "fewer than the 6 asked"]
 
 
 def test_a_tcp_target_that_cannot_hold_its_connections_fails_loudly(tmp_path: Path) -> None:

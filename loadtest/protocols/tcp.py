@@ -118,8 +118,8 @@ class TcpSession:
         self.timer = RequestTimer(deadlines)
         self.timeout = target.timeout
         self.timeout_ns = int(target.timeout * 1e9)
-        # each connection's share of the target's rate; 0: back to back
-        self.interval_ns = int(1e9 * target.connections / target.rate) if target.rate > 0 else 0
+        # each connection's share of the target's rate (at the stages' peak); 0: back to back
+        self.interval_ns = int(1e9 * target.peak_connections / target.rate) if target.rate > 0 else 0
         self.next_send_ns = 0
         self.retry_at_ns = 0
         self.pause_ns = int(reconnect_pause * 1e9)

@@ -53,6 +53,19 @@ def test_at_the_in_flight_cap_arrivals_wait_then_are_dropped_not_lost(tmp_path: 
     assert stuck.lateness.get_max_value() >= 500e6  # those that waited for a free slot started late
 
 
+def test_every_open_model_request_is_held_to_its_timeout(tmp_path: Path) -> None:
+    # Sessions go back to a pool between arrivals and each request runs in a new greenlet: the
+    # timeout must reach that greenlet, not the first one that used the session.
+    config = parse_config(site_config(
+        [{"name": "slow", "url": "http://{site}/delay/1500", "rate": 20, "timeout": "300ms"}],
+        duration="3s", workers=1))
+    result = run(config, out_dir=tmp_path / "slow")
+    (slow,) = result.stats.totals
+    assert slow.requests + slow.dropped == 60 and slow.requests >= 50  # 20/s for 3 s
+    assert dict(slow.failures) == {"read_timeout": slow.requests}
+    assert 300e6 <= slow.latency.get_min_value() and slow.latency.get_max_value() < 700e6
+
+
 def test_stages_ramp_virtual_users_and_think_time_slows_them(tmp_path: Path) -> None:
     config = parse_config(site_config(
         [{"name": "ramp", "url": "http://{site}/", "stages": [{"duration": "2s", "target": 8},

@@ -82,8 +82,8 @@ class RequestTimer:
     def start(self, deadline_ns: int) -> None:
         self._seq += 1
         self.deadline_ns = deadline_ns
-        if self._greenlet is None:
-            self._greenlet = getcurrent()
+        self._greenlet = getcurrent()  # the open model hands a session to a new greenlet per request
+        if self._hub is None:
             self._hub = get_hub()
         if self._deadlines is None:
             seconds = max(0.0, (deadline_ns - perf_counter_ns()) / 1e9)

@@ -55,13 +55,13 @@ class Budget:
 
 
 def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan, recorder: TargetRecorder,
-                    deadlines: Deadlines) -> Callable[[], Session]:
+                    deadlines: Deadlines, budget: Budget) -> Callable[[], Session]:
     """A function that makes one virtual user's session; resolves addresses once."""
     if isinstance(target, TcpTarget):
         from .protocols.tcp import tcp_session_factory
 
         return tcp_session_factory(target, resolve(target.address, plan.addresses), recorder, plan.workers,
-                                   deadlines)
+                                   deadlines, stop=budget)
     urls = [resolve(u, plan.addresses) for u in target.urls]
     if target.engine == "requests":
         from .protocols.http_requests import RequestsSession
@@ -233,8 +233,9 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     targets = plan.config.targets
     recorders = [TargetRecorder(i) for i in range(len(targets))]
     deadlines = Deadlines()
+    budget = Budget(plan.requests)
     try:
-        factories = [session_factory(t, plan, recorders[i], deadlines) for i, t in enumerate(targets)]
+        factories = [session_factory(t, plan, recorders[i], deadlines, budget) for i, t in enumerate(targets)]
     except OSError as e:
         conn.send(("error", plan.index, f"worker {plan.index} cannot resolve a target: {e}"))
         return
@@ -246,7 +247,6 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
             return
 
     t0 = time.monotonic()
-    budget = Budget(plan.requests)
     pool = Pool()
     open_sessions: list[Session] = []
     levels = [start_target(pool, t, factories[i], plan, plan.shares[i], budget, recorders[i], t0, open_sessions)

@@ -364,6 +364,17 @@ def test_three_thousand_connections_held_through_the_pipeline(tmp_path: Path) ->
 
 
 
+def test_paced_connections_send_nothing_after_the_load_stops(tmp_path: Path) -> None:
+    # one message per connection per second for 3 s: each connection has exactly three turns in the
+    # run, and its fourth falls in the grace period after it, where nothing new may start
+    result, summary = tcp_run(
+        tmp_path, [{"name": "paced", "tcp": "{echo}", "connections": 50, "rate": 50, "size": 16}],
+        servers=[{"name": "echo", "kind": "echo", "listen": "127.0.0.1:0", "workers": 1}], duration="3s")
+    target = summary["targets"][0]
+    assert target["failures"] == 0 and 100 <= target["requests"] <= 150
+    assert result.servers[0]["served"]["messages"] == target["requests"]
+
+
 def test_stages_ramp_the_connections_up_and_down_and_the_rate_follows(tmp_path: Path) -> None:
     # 200 messages/s at the peak of 40 connections: each connection sends every 200 ms
     result, summary = tcp_run(

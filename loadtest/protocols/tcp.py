@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 from itertools import cycle
 from time import perf_counter_ns
 
@@ -70,18 +71,20 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def tcp_session_factory(target: TcpTarget, address: str, recorder: TargetRecorder, workers: int = 1,
-                        deadlines: Deadlines | None = None,
-                        reconnect_pause: float = RECONNECT_PAUSE_S) -> Callable[[], TcpSession]:
+                        deadlines: Deadlines | None = None, reconnect_pause: float = RECONNECT_PAUSE_S,
+                        stop: Any = None) -> Callable[[], TcpSession]:
     """A function that makes one connection's session; resolves `address` (``host:port``) once.
 
     Raises OSError if the host does not resolve. Without `deadlines` (a session used
-    on its own, as in tests) each message arms a gevent timeout instead.
+    on its own, as in tests) each message arms a gevent timeout instead. `stop` is
+    the worker's budget: a paced message whose turn comes after it says stopping is
+    not sent.
     """
     host, port = split_address(address)
     family, _, _, _, remote = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     pacer = ConnectPacer(target.connect_rate / workers) if target.connect_rate > 0 else None
     sources = cycle(target.source_ips) if target.source_ips else None
-    return lambda: TcpSession(target, family, remote, recorder, pacer, sources, deadlines, reconnect_pause)
+    return lambda: TcpSession(target, family, remote, recorder, pacer, sources, deadlines, reconnect_pause, stop)
 
 
 def _write_all(channel: Channel, message: bytes) -> OSError | None:
@@ -98,11 +101,12 @@ class TcpSession:
 
     __slots__ = ("target", "family", "remote", "recorder", "pacer", "sources", "message", "size", "expected",
                  "buffer", "view", "channel", "timer", "timeout", "timeout_ns", "interval_ns", "next_send_ns",
-                 "retry_at_ns", "pause_ns")
+                 "retry_at_ns", "pause_ns", "stop")
 
     def __init__(self, target: TcpTarget, family: int, remote: tuple, recorder: TargetRecorder,  # type: ignore[type-arg]
                  pacer: ConnectPacer | None = None, sources: Iterator[str] | None = None,
-                 deadlines: Deadlines | None = None, reconnect_pause: float = RECONNECT_PAUSE_S) -> None:
+                 deadlines: Deadlines | None = None, reconnect_pause: float = RECONNECT_PAUSE_S,
+                 stop: Any = None) -> None:
         self.target = target
         self.family = family
         self.remote = remote
@@ -123,6 +127,7 @@ class TcpSession:
         self.next_send_ns = 0
         self.retry_at_ns = 0
         self.pause_ns = int(reconnect_pause * 1e9)
+        self.stop = stop
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         channel = self.channel
@@ -132,6 +137,8 @@ class TcpSession:
                 return
         if self.interval_ns and not scheduled_ns:
             scheduled_ns = self._wait_turn()
+            if self.stop is not None and self.stop.stopping:  # the load stopped while this one waited
+                return
         rec = self.recorder
         size = self.size
         view = self.view

@@ -1,8 +1,9 @@
 """The echo server at scale and at speed, driven by loadtest's own tcp client.
 
-    .venv/bin/python benchmarks/echo_scale.py                     # both runs, 60 s + 10 s
+    .venv/bin/python benchmarks/echo_scale.py                     # all three runs, 60 s + 10 s + 10 s
     .venv/bin/python benchmarks/echo_scale.py --duration 20s --only scale
     .venv/bin/python benchmarks/echo_scale.py --only throughput --seconds 10
+    .venv/bin/python benchmarks/echo_scale.py --only paced
     .venv/bin/python benchmarks/echo_scale.py --wait-quiet 300   # on a shared machine
 
 (a) scale: configs/echo.yaml as it stands (30,000 connections from one worker
@@ -16,6 +17,10 @@
     by the messages; and over the steady seconds only, sampled with psutil,
     which leaves out the worker's start-up), and the server's messages per
     CPU-second (its CPU sampled with psutil over the run).
+
+(c) paced: 5,000 connections, 64-byte messages at 10,000 messages/s in all
+    (each connection every 0.5 s), otherwise as (b): what a paced message
+    costs, which is what sizes a run like configs/echo.yaml.
 
 Loopback only; every run is bounded by its duration. Reports go to --out (a
 temporary folder by default).
@@ -38,6 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCALE_CONFIG = ROOT / "configs" / "echo.yaml"
 THROUGHPUT_CONNECTIONS = 100
 THROUGHPUT_SIZE = 1024
+PACED_CONNECTIONS = 5000
+PACED_SIZE = 64
+PACED_RATE = 10_000.0
+PACED_CONNECT_RATE = 5000.0
 DEFAULT_SCALE_DURATION = "60s"
 DEFAULT_THROUGHPUT_S = 10.0
 
@@ -151,25 +160,26 @@ def _cpu_s(processes: list[Any]) -> float:
     return total
 
 
-def throughput_run(seconds: float, out: Path) -> None:
-    """100 connections of 1 KiB messages, back to back, one worker against one echo process."""
+def throughput_run(seconds: float, out: Path, name: str = "throughput", connections: int = THROUGHPUT_CONNECTIONS,
+                   size: int = THROUGHPUT_SIZE, rate: float = 0.0) -> None:
+    """Connections sending messages back to back (or at `rate` in all), one worker against one echo process."""
     import psutil
 
     from loadtest.config import ServerSpec, parse_config
     from loadtest.controller import run
     from loadtest.servers import ServerGroup
 
-    print(f"(b) throughput: {THROUGHPUT_CONNECTIONS} connections, {THROUGHPUT_SIZE} B messages back to back, "
-          f"1 worker, 1 echo process, {seconds:g} s")
+    pace = f"at {rate:,.0f} messages/s in all" if rate else "back to back"
+    print(f"({name}) {connections:,} connections, {size} B messages {pace}, 1 worker, 1 echo process, {seconds:g} s")
     share = MachineShare()
     started = time.monotonic()
     group = ServerGroup.start(ServerSpec(name="echo", kind="echo", host="127.0.0.1", port=0, workers=1))
     try:
         server = [psutil.Process(pid) for pid in group.pids]
         config = parse_config({
-            "name": "echo-throughput", "duration": seconds, "workers": 1,
-            "targets": [{"name": "1k", "tcp": group.address, "connections": THROUGHPUT_CONNECTIONS,
-                         "size": THROUGHPUT_SIZE}],
+            "name": f"echo-{name}", "duration": seconds, "workers": 1,
+            "targets": [{"name": name, "tcp": group.address, "connections": connections, "size": size,
+                         **({"rate": rate, "connect_rate": PACED_CONNECT_RATE} if rate else {})}],
         })
         samples: list[tuple[int, float, float]] = []  # messages so far, worker CPU s, server CPU s
         counted = [0]
@@ -184,7 +194,7 @@ def throughput_run(seconds: float, out: Path) -> None:
         served_before = group.served()["messages"]
         server_before = _cpu_s(server)
         run_started = time.monotonic()
-        result = run(config, out_dir=out / "throughput", on_interval=on_interval)
+        result = run(config, out_dir=out / name, on_interval=on_interval)
         wall = time.monotonic() - run_started
         server_cpu = _cpu_s(server) - server_before
         served = group.served()["messages"] - served_before
@@ -205,8 +215,8 @@ def throughput_run(seconds: float, out: Path) -> None:
     per_msg = worker_cpu / messages * 1e6 if messages else float("nan")
     print(f"    generator CPU per message:  {per_msg:.2f} µs  (worker CPU {worker_cpu:.2f} s from summary.json, "
           f"start-up included; {100 * worker_cpu / elapsed:.0f}% of a core)")
-    # the steady seconds: leave out the first interval (start-up, connects) and the last (the stop)
-    steady = samples[1:-1]
+    # the steady seconds: leave out the first two intervals (start-up, connects) and the last (the stop)
+    steady = samples[2:-1]
     if len(steady) >= 2 and steady[-1][0] > steady[0][0]:
         d_msgs = steady[-1][0] - steady[0][0]
         d_cpu = steady[-1][1] - steady[0][1]
@@ -242,7 +252,7 @@ def main() -> int:
     parser.add_argument("--duration", default=DEFAULT_SCALE_DURATION, help="scale run length (default 60s)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_THROUGHPUT_S, help="throughput run length, s")
     parser.add_argument("--workers", type=int, default=None, help="scale run workers (default: one per core)")
-    parser.add_argument("--only", choices=("scale", "throughput"), help="run only one of the two")
+    parser.add_argument("--only", choices=("scale", "throughput", "paced"), help="run only one of the three")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: a temporary one)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each run, wait up to S seconds for the machine to be under 15%% busy")
@@ -252,6 +262,9 @@ def main() -> int:
     if args.only in (None, "throughput"):
         wait_until_quiet(args.wait_quiet)
         throughput_run(args.seconds, out)
+    if args.only in (None, "paced"):
+        wait_until_quiet(args.wait_quiet)
+        throughput_run(args.seconds, out, "paced", PACED_CONNECTIONS, PACED_SIZE, PACED_RATE)
     if args.only in (None, "scale"):
         wait_until_quiet(args.wait_quiet)
         ok = scale_run(args.duration, out, args.workers)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtest.config import ConfigError, parse_config
+from loadtest.controller import run
 from loadtest.protocols.http_fast import HttpSession, build_endpoints
 from loadtest.stats import TargetRecorder
 
@@ -134,6 +135,20 @@ def test_ctrl_c_twice_in_quick_succession_never_kills_the_exit(tmp_path: Path) -
         assert "Traceback" not in err
         assert json.loads((tmp_path / "r" / "summary.json").read_text())["interrupted"] is True
         assert_all_gone(children)
+
+
+def test_requests_still_connecting_when_the_run_stops_are_cancelled_not_lost(tmp_path: Path) -> None:
+    # A listener that never accepts: with a backlog of 0 one connect completes and the rest hang in
+    # SYN-SENT. Every user's request ends as exactly one outcome all the same.
+    with socket.socket() as hang:
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(0)
+        port = hang.getsockname()[1]
+        config = parse_config({"name": "hang", "duration": "1s", "workers": 1, "targets": [
+            {"name": "hang", "url": f"http://127.0.0.1:{port}/", "concurrency": 4, "timeout": "20s"}]})
+        result = run(config, out_dir=tmp_path / "hang")
+    (hang_totals,) = result.stats.totals
+    assert hang_totals.requests == 4 and dict(hang_totals.failures) == {"cancelled": 4}
 
 
 def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:

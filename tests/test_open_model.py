@@ -66,6 +66,18 @@ def test_every_open_model_request_is_held_to_its_timeout(tmp_path: Path) -> None
     assert 300e6 <= slow.latency.get_min_value() and slow.latency.get_max_value() < 700e6
 
 
+def test_a_late_arrival_still_gets_its_whole_timeout_on_the_wire(tmp_path: Path) -> None:
+    # One request in flight at a time and 300 ms per request, at 10/s: arrivals wait for the slot and
+    # start late. Their latency counts the wait, but the 500 ms timeout runs from the first byte sent.
+    config = parse_config(site_config(
+        [{"name": "queued", "url": "http://{site}/delay/300", "rate": 10, "max_concurrency": 1,
+          "timeout": "500ms"}], duration="3s", workers=1))
+    result = run(config, out_dir=tmp_path / "queued")
+    (queued,) = result.stats.totals
+    assert queued.failure_count == 0 and queued.requests >= 5
+    assert queued.dropped > 0 and queued.latency.get_max_value() > 500e6  # late, yet not timed out
+
+
 def test_stages_ramp_virtual_users_and_think_time_slows_them(tmp_path: Path) -> None:
     config = parse_config(site_config(
         [{"name": "ramp", "url": "http://{site}/", "stages": [{"duration": "2s", "target": 8},

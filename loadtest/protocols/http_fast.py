@@ -127,27 +127,33 @@ class HttpSession:
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         ep = self._single or next(self._urls)
+        rec = self.recorder
         conn = self._conns.get(ep.origin)
         if conn is None:
-            conn = self._connect(ep)
+            try:
+                conn = self._connect(ep)
+            except GreenletExit:
+                rec.failure("cancelled", "the run stopped while this request was connecting", None)
+                raise
             if conn is None:
                 return
-        rec = self.recorder
         sending = perf_counter_ns()
         started = scheduled_ns or sending
         timer = self._timer
-        timer.start(started + self.timeout_ns)
+        deadline = sending + self.timeout_ns  # from the first byte written, even when the request started late
+        timer.start(deadline)
         sent = len(ep.request)
         try:
             kind, message, received = self._roundtrip(conn, ep)
             if kind in _STALE and received == 0 and conn.reused:
                 # The server closed an idle keep-alive connection: reconnect once, as browsers do.
                 self._drop(ep.origin)
+                timer.stop()  # the connect keeps its own timeout
                 new = self._connect(ep)
                 if new is None:
-                    timer.stop()
                     return
                 conn = new
+                timer.start(deadline)
                 kind, message, received = self._roundtrip(conn, ep)
                 sent += len(ep.request)
             conn.reused = True

@@ -148,8 +148,9 @@ class TcpSession:
         kind = detail = ""
         sent = received = 0
         writer = None
-        started = scheduled_ns or perf_counter_ns()
-        timer.start(started + self.timeout_ns)
+        sending = perf_counter_ns()
+        started = scheduled_ns or sending
+        timer.start(sending + self.timeout_ns)  # from the first byte written, even when the turn came late
         try:
             if size > WRITE_ALONGSIDE_BYTES:
                 writer = gevent.spawn(_write_all, channel, self.message)

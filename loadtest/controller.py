@@ -270,7 +270,8 @@ def connection_shortfalls(config: RunConfig, stats: RunStats) -> list[str]:
     out = []
     for i, t in enumerate(config.targets):
         if isinstance(t, TcpTarget):
-            peak, held = stats.peak_open[i], stats.held_at_end(i)
+            held = stats.held_at_end(i)
+            peak = max(stats.peak_open[i], held)  # the seconds' samples can miss a peak at the very end
             asked = t.asked_at_peak(stats.elapsed)
             if peak < asked or (not t.stages and held < asked):
                 out.append(f"{t.name}: held {peak:,} connections at peak and {held:,} when the load stopped, "

@@ -46,7 +46,14 @@ def ephemeral_ports() -> int:
 
 
 def check_limits(config: RunConfig, workers: int) -> None:
-    """Raise ConfigError if the run's connections cannot fit this machine's limits."""
+    """Raise ConfigError if the run's connections cannot fit this machine's limits, or its
+    requests in flight cannot be shared by its workers."""
+    for t in config.targets:
+        if isinstance(t, HttpTarget) and t.model == "open" and t.max_concurrency < workers:
+            raise ConfigError(
+                f"targets: {t.name} has max_concurrency {t.max_concurrency}, fewer than the {workers} workers "
+                f"that share it (each needs at least one request in flight); use --workers {t.max_concurrency} "
+                f"or a larger max_concurrency")
     hard = nofile_hard_limit()
     per_worker = 0
     for t in config.targets:

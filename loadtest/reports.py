@@ -245,7 +245,7 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
             }
     for i, (summary, peak) in enumerate(zip(targets, stats.peak_open)):
         if "connections" in summary:
-            summary["connections"]["peak_open"] = peak
+            summary["connections"]["peak_open"] = max(peak, stats.held_at_end(i))
             summary["connections"]["held_at_end"] = stats.held_at_end(i)
             summary["connections"]["asked"] = config.targets[i].asked_at_peak(stats.elapsed)  # type: ignore[union-attr]
     summary = {

@@ -9,7 +9,10 @@ none), and after the last stage the level holds.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+
+RATE_STEP_NS = 10_000_000  # a changing rate is followed in steps this long
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,46 @@ class Arrivals:
         self._random = random.Random(seed)
 
     def gap_ns(self, rate: float) -> float:
-        if self.poisson:
-            return self._random.expovariate(rate) * 1e9
-        return 1e9 / rate
+        return self.unit() / rate * 1e9
+
+    def unit(self) -> float:
+        """The next gap in arrivals: 1 (constant), or exponential with mean 1 (Poisson)."""
+        return self._random.expovariate(1.0) if self.poisson else 1.0
+
+
+class ArrivalSchedule:
+    """When each arrival is due, in `perf_counter_ns` time, for a rate that may change as it goes.
+
+    `rate_at(t)` is the arrivals per second at time `t` (ns). A constant rate gives gaps of
+    1/rate. A changing one is followed in `RATE_STEP_NS` steps: the next arrival comes once the
+    rate, summed over time, makes up one more arrival. A rate that climbs from 1/s is not stuck
+    waiting out the second-long gap it started with, and a stage at 0 has no arrivals.
+    """
+
+    def __init__(self, kind: str, seed: int | None, rate_at: Callable[[int], float], changing: bool,
+                 until_ns: float) -> None:
+        self.gaps = Arrivals(kind, seed)
+        self.rate_at = rate_at
+        self.changing = changing
+        self.until_ns = until_ns
+
+    def next_due(self, after_ns: int, need: float | None = None) -> int:
+        """The arrival after the one due at `after_ns`; `until_ns` or later when there is none.
+
+        `need` is how many arrivals' worth of rate must pass first (default: the next gap, 1 for
+        constant arrivals); a fraction of one sets a phase, and 0 means at once.
+        """
+        if need is None:
+            need = self.gaps.unit()
+        t = after_ns
+        if not self.changing:
+            return t + int(need / self.rate_at(t) * 1e9)
+        while t < self.until_ns:
+            rate = self.rate_at(t)
+            if rate > 0:
+                gap = need / rate * 1e9
+                if gap <= RATE_STEP_NS:
+                    return t + int(gap)
+                need -= rate * RATE_STEP_NS / 1e9
+            t += RATE_STEP_NS
+        return t

@@ -25,12 +25,13 @@ from gevent.pool import Pool
 from .config import HttpTarget, TcpTarget, resolve
 from .limits import raise_nofile_limit
 from .protocols import Deadlines, Session
-from .schedule import Arrivals, Stage, level_at, stages_duration, worker_share
+from .schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share
 from .stats import Snapshot, TargetRecorder
 from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
+GRACE_POLL_S = 0.02  # how often the grace period looks for requests still in flight
 DEADLINE_SCAN_S = 0.1  # request timeouts are exact to this
 LEVEL_POLL_S = 0.1  # stages move the level this often
 MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
@@ -67,7 +68,7 @@ def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan, recorder: 
         from .protocols.http_requests import RequestsSession
 
         shared_urls = cycle(urls)
-        return lambda: RequestsSession(target, urls, recorder, shared_urls)
+        return lambda: RequestsSession(target, urls, recorder, shared_urls, deadlines)
     from .protocols.http_fast import HttpSession, build_endpoints, tls_context
 
     endpoints = build_endpoints(target, urls)
@@ -98,7 +99,7 @@ def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int
     try:
         while True:
             if level is not None and index >= level.value:
-                if budget.stopping:
+                if budget.stopping or budget.left == 0:
                     break
                 if session is not None:
                     session.close()
@@ -117,19 +118,21 @@ def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int
             session.close()
 
 
-def ramp(level: Level, stages: tuple[Stage, ...], start: float, t0: float, scale: Callable[[float], float]) -> None:
-    """Move a staged target's level along its stages, ten times a second, until the last stage ends."""
+def ramp(level: Level, stages: tuple[Stage, ...], start: float, t0: float, scale: Callable[[float], float],
+         budget: Budget) -> None:
+    """Move a staged target's level along its stages, ten times a second, until the last stage ends
+    or the load stops (a spent `requests:` budget stops it too)."""
     end = stages_duration(stages)
     while True:
         t = time.monotonic() - t0
         level.value = scale(level_at(stages, start, t))
-        if t >= end:
+        if t >= end or budget.stopping or budget.left == 0:
             return
         gevent.sleep(LEVEL_POLL_S)
 
 
 def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: TargetRecorder, pool: Pool,
-             level: Level, cap: int, kind: str, seed: int, sessions: list[Session], until_ns: float) -> None:
+             schedule: ArrivalSchedule, first_ns: int, cap: int, sessions: list[Session]) -> None:
     """Start requests on a schedule whatever their latency (open model).
 
     Each arrival is due at a planned time and its latency is measured from
@@ -139,13 +142,14 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
     cannot start within `MAX_LATENESS_S` of its time is dropped and counted.
     How late each arrival started is recorded too. Connections are reused:
     a finished request hands its session back. Every session made is
-    appended to `sessions`, which the worker closes at the end. Arrivals
-    are due until `until_ns` (the run's end, as a `perf_counter_ns` time).
+    appended to `sessions`, which the worker closes at the end. The first
+    arrival is due at `first_ns`, the last before `schedule.until_ns` (the
+    run's end, as a `perf_counter_ns` time).
     """
     idle: list[Session] = []
-    gaps = Arrivals(kind, seed)
     max_late_ns = int(MAX_LATENESS_S * 1e9)
     slot_free = Event()
+    until_ns = schedule.until_ns
 
     def one(session: Session, due_ns: int) -> None:
         try:
@@ -155,41 +159,41 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             idle.append(session)
             slot_free.set()
 
-    due = time.perf_counter_ns()
-    while not budget.stopping and due < until_ns:
-        rate = level.value
-        now = time.perf_counter_ns()
-        if rate <= 0:  # a stage at zero: look again shortly
-            due = now + int(LEVEL_POLL_S * 1e9)
-            gevent.sleep(LEVEL_POLL_S)
-            continue
-        if due > now:
-            gevent.sleep((due - now) / 1e9)
-            continue
-        late = now - due
-        if late > max_late_ns:
-            recorder.dropped += 1
-        elif recorder.users >= cap:
-            slot_free.clear()
-            slot_free.wait((max_late_ns - late) / 1e9)
-            continue
-        elif not budget.take():
-            return
-        else:
-            if idle:
-                session = idle.pop()
+    due = first_ns
+    spent = False
+    try:
+        while not budget.stopping and due < until_ns:
+            now = time.perf_counter_ns()
+            if due > now:
+                gevent.sleep((due - now) / 1e9)
+                continue
+            late = now - due
+            if late > max_late_ns:
+                recorder.dropped += 1
+            elif recorder.users >= cap:
+                slot_free.clear()
+                slot_free.wait((max_late_ns - late) / 1e9)
+                continue
+            elif not budget.take():
+                spent = True  # a `requests:` total reached: nothing more is due
+                return
             else:
-                session = make_session()
-                sessions.append(session)
-            recorder.users += 1
-            recorder.lateness.record(late)
-            pool.spawn(one, session, due)
-        due += int(gaps.gap_ns(rate))
-    # The run ended: arrivals already due that never started were dropped too.
-    end = min(time.perf_counter_ns(), until_ns)
-    while due < end and level.value > 0:
-        recorder.dropped += 1
-        due += int(gaps.gap_ns(level.value))
+                if idle:
+                    session = idle.pop()
+                else:
+                    session = make_session()
+                    sessions.append(session)
+                recorder.users += 1
+                recorder.lateness.record(late)
+                pool.spawn(one, session, due)
+            due = schedule.next_due(due)
+    finally:
+        # The load stopped (or this greenlet was killed with it): arrivals already due that never
+        # started were dropped too.
+        end = min(time.perf_counter_ns(), until_ns)
+        while not spent and due < end:
+            recorder.dropped += 1
+            due = schedule.next_due(due)
 
 
 def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], Session], plan: WorkerPlan,
@@ -199,11 +203,19 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
     k, workers = plan.index, plan.workers
     if isinstance(target, HttpTarget) and target.model == "open":
         level = Level(target.rate / workers)
-        if target.stages:
-            pool.spawn(ramp, level, target.stages, target.rate, t0, lambda total: total / workers)
-        until_ns = time.perf_counter_ns() + plan.duration * 1e9 if plan.duration else float("inf")
-        pool.spawn(arrivals, make, budget, recorder, pool, level, max(1, share), target.arrival,
-                   plan.index * 7919 + recorder.target, sessions, until_ns)  # seeds differ per worker and target
+        now_ns = time.perf_counter_ns()
+        start_ns = now_ns - int((time.monotonic() - t0) * 1e9)  # t0 on the perf_counter clock
+        until_ns = start_ns + plan.duration * 1e9 if plan.duration else float("inf")
+        stages, rate = target.stages, target.rate
+        if stages:
+            pool.spawn(ramp, level, stages, rate, t0, lambda total: total / workers, budget)
+        schedule = ArrivalSchedule(
+            target.arrival, k * 7919 + recorder.target,  # seeds differ per worker and target
+            lambda t: level_at(stages, rate, (t - start_ns) / 1e9) / workers, bool(stages), until_ns)
+        # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
+        # instead of landing together
+        first = schedule.next_due(start_ns, k / workers if target.arrival == "constant" else None)
+        pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions)
         return level
     think = target.think if isinstance(target, HttpTarget) else (0.0, 0.0)
     if not target.stages:
@@ -213,7 +225,7 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
         return None
     start = float(target.connections if isinstance(target, TcpTarget) else target.concurrency)
     level = Level(worker_share(start, workers, k))
-    pool.spawn(ramp, level, target.stages, start, t0, lambda total: worker_share(total, workers, k))
+    pool.spawn(ramp, level, target.stages, start, t0, lambda total: worker_share(total, workers, k), budget)
     for index in range(share):
         pool.spawn(virtual_user, make, budget, index, level, think)
     return level
@@ -253,15 +265,20 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
               for i, t in enumerate(targets)]
     scan = gevent.spawn(scan_deadlines, deadlines)
 
-    def snapshot(final: bool = False) -> Snapshot:
+    def snapshot(final_at: float | None = None) -> Snapshot:
+        """This interval of every target; the final one ends when the load stopped, at `final_at`."""
         for recorder, level, target in zip(recorders, levels, targets):
             if level is not None:
                 recorder.level = level.value
                 if not (isinstance(target, HttpTarget) and target.model == "open"):
                     recorder.users = min(int(level.value), plan.shares[recorder.target])
-        end = time.monotonic() - t0
-        # Number each interval by the second it ends in, so workers that skip a tick stay aligned.
-        number = max(seq + 1, math.ceil(end / SNAPSHOT_INTERVAL_S) - 1 if final else
+        final = final_at is not None
+        end = (final_at if final_at is not None else time.monotonic()) - t0
+        # Number each interval by the second it ends in, so workers that skip a tick stay aligned. The
+        # final one of a timed run is the run's last second, whether this worker stopped a little before
+        # the deadline (its open-model schedule ended) or a little after it.
+        last = min(end, plan.duration) if plan.duration else end
+        number = max(seq + 1, math.ceil(last / SNAPSHOT_INTERVAL_S) - 1 if final else
                      int(end / SNAPSHOT_INTERVAL_S) - 1)
         return Snapshot(plan.index, number, interval_start, end, tuple(r.snapshot() for r in recorders), final)
 
@@ -288,18 +305,23 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
             if next_tick < now:  # a saturated worker skips ticks instead of bunching them
                 next_tick = now + SNAPSHOT_INTERVAL_S
 
+    stopped_at = time.monotonic()
     held = [r.open_connections for r in recorders]  # connections held when the load stopped
     conn.send(("stopping", plan.index))  # the controller allows for the grace period and the cancelling
     budget.stopping = True
-    if grace:
-        pool.join(timeout=grace)
+    # Requests in flight may finish within the grace period; greenlets with nothing in flight (think
+    # time, a paced connection waiting for its turn, a parked user, a ramp) are not waited for.
+    grace_end = stopped_at + grace
+    while grace and not pool.join(timeout=GRACE_POLL_S):
+        if not deadlines.in_flight() or time.monotonic() >= grace_end:
+            break
     before = sum(r.failures["cancelled"] for r in recorders)
     pool.kill(block=True, timeout=CANCEL_WAIT_S)  # what is still in flight records itself as cancelled
     cancelled = sum(r.failures["cancelled"] for r in recorders) - before
     for session in open_sessions:
         session.close()
     scan.kill()
-    final = snapshot(final=True)
+    final = snapshot(final_at=stopped_at)
     conn.send(("snapshot", replace(final, targets=tuple(replace(ts, held=h) for ts, h in zip(final.targets, held)))))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     conn.send(("done", WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,

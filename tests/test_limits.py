@@ -32,6 +32,14 @@ def test_a_staged_tcp_target_is_limited_by_its_peak() -> None:
         check_limits(parse_config(staged), workers=1)
 
 
+def test_an_in_flight_cap_smaller_than_the_workers_is_refused() -> None:
+    config = parse_config({"duration": "1s", "targets": [{"name": "api", "url": "http://127.0.0.1:9/", "rate": 10,
+                                                          "max_concurrency": 1}]})
+    with pytest.raises(ConfigError, match=r"api has max_concurrency 1, fewer than the 2 workers .* --workers 1"):
+        check_limits(config, workers=2)
+    check_limits(config, workers=1)
+
+
 def test_past_the_ephemeral_ports_of_one_source_address_asks_for_source_ips() -> None:
     ports = ephemeral_ports()
     connections = ports + 1000

@@ -78,6 +78,31 @@ def test_a_late_arrival_still_gets_its_whole_timeout_on_the_wire(tmp_path: Path)
     assert queued.dropped > 0 and queued.latency.get_max_value() > 500e6  # late, yet not timed out
 
 
+def test_a_timed_run_lasts_its_duration_and_its_last_second_is_one_row(tmp_path: Path) -> None:
+    # Users in think time at the deadline are not waited for (only requests in flight are), and the
+    # workers' last intervals land in the same second even when one stops a hair before the deadline.
+    config = parse_config(site_config(
+        [{"name": "thinking", "url": "http://{site}/", "concurrency": 10, "think": "2500ms"},
+         {"name": "paced", "url": "http://{site}/", "rate": 1000}], duration="3s", workers=2))
+    result = run(config, out_dir=tmp_path / "timed")
+    thinking, paced = result.stats.totals
+    summary = json.loads((tmp_path / "timed" / "summary.json").read_text())
+    assert 3.0 <= summary["duration_s"] < 3.3
+    assert thinking.requests == 20  # at 0 s and 2.5 s; the third would start after the deadline
+    history = [r for r in rows(tmp_path / "timed" / "history.csv") if r["Name"] == "paced"]
+    assert [abs(int(r["Interval Requests"]) - 1000) <= 20 for r in history] == [True, True, True]
+
+
+def test_a_requests_total_ends_a_staged_run_when_it_is_spent(tmp_path: Path) -> None:
+    config = parse_config(site_config(
+        [{"name": "ramp", "url": "http://{site}/", "rate": 100, "stages": [{"duration": "8s", "target": 100}]},
+         {"name": "users", "url": "http://{site}/", "stages": [{"duration": "8s", "target": 4}]}],
+        requests=40, workers=1))
+    result = run(config, out_dir=tmp_path / "spent")
+    assert sum(t.requests for t in result.stats.totals) == 40
+    assert result.stats.elapsed < 4.0  # not the 8 s the stages would last
+
+
 def test_stages_ramp_virtual_users_and_think_time_slows_them(tmp_path: Path) -> None:
     config = parse_config(site_config(
         [{"name": "ramp", "url": "http://{site}/", "stages": [{"duration": "2s", "target": 8},

@@ -7,6 +7,7 @@ import pytest
 from loadtest.config import ConfigError, parse_config
 from loadtest.schedule import (
     Arrivals,
+    ArrivalSchedule,
     Stage,
     level_at,
     peak_level,
@@ -99,3 +100,38 @@ def test_stage_and_model_config() -> None:
 def test_model_mistakes(target: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", **target}]})
+
+
+def per_second(schedule: ArrivalSchedule, first: int, seconds: int) -> list[int]:
+    counts = [0] * seconds
+    due = first
+    while due < schedule.until_ns:
+        counts[int(due // 1e9)] += 1
+        due = schedule.next_due(due)
+    return counts
+
+
+def staged(stages: tuple[Stage, ...], start: float) -> ArrivalSchedule:
+    end = stages_duration(stages)
+    return ArrivalSchedule("constant", 1, lambda t: level_at(stages, start, t / 1e9), True, end * 1e9)
+
+
+def test_a_rate_that_climbs_from_one_a_second_is_followed_at_once() -> None:
+    schedule = staged((Stage(1.0, 1000.0), Stage(3.0, 1000.0)), 1.0)
+    counts = per_second(schedule, schedule.next_due(0, 0.0), 4)
+    assert abs(counts[0] - 500) <= 5 and counts[1:] == [1000, 1000, 1000]
+
+
+def test_a_stage_at_zero_has_no_arrivals_and_the_climb_after_it_is_followed() -> None:
+    schedule = staged((Stage(2.0, 0.0), Stage(2.0, 0.0), Stage(2.0, 100.0), Stage(2.0, 100.0)), 100.0)
+    counts = per_second(schedule, schedule.next_due(0, 0.0), 8)
+    expected = [75, 25, 0, 0, 25, 75, 100, 100]
+    assert all(abs(c - e) <= 2 for c, e in zip(counts, expected)), counts
+
+
+def test_constant_arrivals_of_several_workers_interleave() -> None:
+    # two workers at 10/s each (20/s in all): one starts half a gap after the other
+    schedules = [ArrivalSchedule("constant", k, lambda t: 10.0, False, 1e9) for k in range(2)]
+    dues = sorted(d for k, sch in enumerate(schedules) for d in [sch.next_due(0, k / 2)]
+                  + [sch.next_due(sch.next_due(0, k / 2))])
+    assert dues == [0, 50_000_000, 100_000_000, 150_000_000]

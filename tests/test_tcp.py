@@ -398,6 +398,15 @@ def test_stages_ramp_the_connections_up_and_down_and_the_rate_follows(tmp_path: 
     assert summary["targets"][0]["failures"] == 0
 
 
+def test_a_run_shorter_than_its_ramp_is_held_to_the_level_reached(tmp_path: Path) -> None:
+    result, summary = tcp_run(
+        tmp_path, [{"name": "climb", "tcp": "{echo}", "rate": 20, "stages": [{"duration": "10s", "target": 100}]}],
+        servers=[{"name": "echo", "kind": "echo", "listen": "127.0.0.1:0", "workers": 1}], duration="3s")
+    assert result.exit_status == 0, result.shortfalls
+    conns = summary["targets"][0]["connections"]
+    assert 18 <= conns["asked"] <= 22 and conns["peak_open"] >= conns["asked"]  # the level at 2 s, about 20
+
+
 def test_a_staged_tcp_target_that_never_connects_falls_short_of_its_ramp(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

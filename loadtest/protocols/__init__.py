@@ -24,6 +24,9 @@ from gevent.hub import get_hub
 from .channel import RequestTimeout
 
 
+NO_DEADLINE_NS = 1 << 62  # in flight, but never expired by the scan
+
+
 class Session(Protocol):
     """One virtual user's connection(s) to one target."""
 
@@ -50,6 +53,10 @@ class Deadlines:
 
     def __init__(self) -> None:
         self.timers: set[RequestTimer] = set()
+
+    def in_flight(self) -> bool:
+        """True while any session has a request in flight."""
+        return any(t.deadline_ns for t in self.timers)
 
     def expire_late(self, now_ns: int) -> int:
         late = [t for t in self.timers if 0 < t.deadline_ns <= now_ns]
@@ -88,6 +95,10 @@ class RequestTimer:
         if self._deadlines is None:
             seconds = max(0.0, (deadline_ns - perf_counter_ns()) / 1e9)
             self._fallback = Timeout.start_new(seconds, RequestTimeout)
+
+    def hold(self) -> None:
+        """Mark a request in flight that enforces its own timeout (the requests engine)."""
+        self.deadline_ns = NO_DEADLINE_NS
 
     def stop(self) -> None:
         self.deadline_ns = 0

@@ -16,6 +16,7 @@ from gevent import GreenletExit
 
 from ..config import HttpTarget
 from ..stats import TargetRecorder
+from . import Deadlines, RequestTimer
 
 BODY_CHUNK = 256 * 1024
 
@@ -24,7 +25,7 @@ class RequestsSession:
     """One virtual user driving a target through a `requests.Session`."""
 
     def __init__(self, target: HttpTarget, urls: list[str], recorder: TargetRecorder,
-                 url_cycle: Iterator[str] | None = None) -> None:
+                 url_cycle: Iterator[str] | None = None, deadlines: Deadlines | None = None) -> None:
         self.target = target
         self.recorder = recorder
         self.expect = frozenset(target.expect_status)
@@ -32,6 +33,8 @@ class RequestsSession:
         self._session = requests.Session()
         self._session.headers.update(dict(target.headers))
         self._session.verify = target.verify_tls
+        # requests enforces its own timeouts; the timer only tells the worker a request is in flight
+        self._timer = RequestTimer(deadlines) if deadlines is not None else None
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         url = next(self._urls)
@@ -39,6 +42,9 @@ class RequestsSession:
         t = self.target
         sending = perf_counter_ns()
         started = scheduled_ns or sending
+        timer = self._timer
+        if timer is not None:
+            timer.hold()
         try:
             resp = self._session.request(t.method, url, data=t.body or None, timeout=t.timeout,
                                          allow_redirects=True, stream=True)
@@ -53,6 +59,9 @@ class RequestsSession:
             kind, message = request_failure(e, t.timeout)
             rec.failure(kind, message, perf_counter_ns() - started)
             return
+        finally:
+            if timer is not None:
+                timer.stop()
         ended = perf_counter_ns()
         latency = ended - started
         if scheduled_ns:  # open model: also what a closed-loop tool would have measured
@@ -66,6 +75,8 @@ class RequestsSession:
 
     def close(self) -> None:
         self._session.close()
+        if self._timer is not None:
+            self._timer.close()
 
 
 def request_failure(e: BaseException, timeout: float) -> tuple[str, str]:

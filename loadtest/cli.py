@@ -32,6 +32,15 @@ serve_app = typer.Typer(no_args_is_help=True, help="Run an embedded target serve
 app.add_typer(serve_app, name="serve")
 
 
+# What reading a damaged run folder raises once its files parse but hold the wrong things; the
+# loaders refuse what they can name (RunFolderError), this catches the rest at the command's edge.
+DAMAGE = (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
+
+
+def damaged(where: str, e: BaseException) -> str:
+    return f"{where}: a report file is damaged and cannot be read ({type(e).__name__}: {e})"
+
+
 def fail(message: str, status: int) -> None:
     typer.echo(f"loadtest: {message}", err=True)
     raise typer.Exit(status)
@@ -48,12 +57,16 @@ def run_command(
     watch_pid: list[int] = typer.Option([], "--watch-pid", help="Also sample this process (repeatable)."),
 ) -> None:
     """Run the load a config describes and write its reports."""
-    from .config import ConfigError, load_config, parse_duration
+    from .config import ConfigError, check_workers, load_config, parse_duration
     from .controller import RunError, run
     from .live import PlainLive, RichLive, print_summary
     from .resources import DEFAULT_SAMPLE_INTERVAL_S
 
     try:
+        if workers is not None:
+            check_workers(workers, "--workers")
+        if out is not None and not out.strip():
+            raise ConfigError("--out: must be a folder path, got ''")
         config = load_config(config_path)
         if duration is not None:
             config = replace(config, duration=parse_duration(duration, "--duration"))
@@ -104,6 +117,8 @@ def report_command(
         path = write_html_report(Path(run_dir), Path(out) if out else None)
     except RunFolderError as e:
         fail(str(e), EXIT_BAD_INPUT)
+    except DAMAGE as e:
+        fail(damaged(run_dir, e), EXIT_BAD_INPUT)
     typer.echo(str(path))
 
 
@@ -144,17 +159,21 @@ def compare_command(
             write_compare_html(comparison, Path(html))
     except (RunFolderError, ValueError) as e:
         fail(str(e), EXIT_BAD_INPUT)
+    except DAMAGE as e:
+        fail(damaged(f"{run_a} or {run_b}", e), EXIT_BAD_INPUT)
     typer.echo(formats[output](comparison).rstrip("\n"))
     raise typer.Exit(EXIT_THRESHOLD if comparison.worse else EXIT_OK)
 
 
 def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connections: int = 0,
            idle_timeout: Optional[str] = None) -> None:
-    from .config import ConfigError, ServerSpec, parse_address, parse_duration
+    from .config import ConfigError, ServerSpec, check_ip, check_workers, parse_address, parse_duration
     from .servers import ServerError, serve_foreground
 
     try:
         host, port = parse_address(listen, "--listen")
+        check_ip(host, "--listen")
+        check_workers(workers, "--workers")
         idle = parse_duration(idle_timeout, "--idle-timeout") if idle_timeout is not None else 0.0
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)

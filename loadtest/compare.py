@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .html_report import fmt_count, fmt_ms, page, table, td
-from .run_folder import AGGREGATED, RunFolder, load_run, spectra
+from .run_folder import AGGREGATED, RunFolder, RunFolderError, load_run, spectra, write_page
 from .svg_chart import Series, spectrum_chart, target_colors
 
 DEFAULT_TOLERANCE = 0.05
@@ -97,6 +97,8 @@ def compare_runs(run_a: Path, run_b: Path, tolerance: float = DEFAULT_TOLERANCE)
     a, b = load_run(Path(run_a)), load_run(Path(run_b))
     figures_a, figures_b = _figures(a), _figures(b)
     names = [n for n in figures_a if n in figures_b]
+    if not names:
+        raise RunFolderError(f"{run_a} and {run_b} have no target in common, so there is nothing to compare")
     targets = tuple(
         TargetComparison(n, tuple(_change(m, figures_a[n].get(m.key), figures_b[n].get(m.key), tolerance)
                                   for m in METRICS))
@@ -284,6 +286,4 @@ def render_compare_html(c: Comparison) -> str:
 
 
 def write_compare_html(c: Comparison, out: Path) -> Path:
-    out = Path(out)
-    out.write_text(render_compare_html(c), encoding="utf-8")
-    return out
+    return write_page(Path(out), render_compare_html(c))

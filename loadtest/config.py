@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -33,6 +35,10 @@ TCP_EXPECTS = ("echo", "upper", "any")
 SERVER_KINDS = ("http", "echo")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_LEVEL = 10_000_000.0  # a rate (per second) or a stage's target, at most
+MAX_WORKERS = 256  # processes of one kind a run or server may start (each is ~30 MiB)
+MAX_CONFIG_BYTES = 10 * 1024 * 1024
+RESERVED_NAMES = ("Aggregated",)  # the total row of every report
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -188,8 +194,15 @@ def parse_address(value: Any, where: str, allow_refs: bool = False) -> tuple[str
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a YAML config file."""
     try:
+        mode = os.stat(path).st_mode  # before opening: opening a FIFO would wait for a writer
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{path}: is not a regular file")
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; not a config file")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -201,7 +214,9 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: is not a UTF-8 text file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError:
+        raise
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -213,10 +228,46 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     return parse_config(data, default_name=default_name)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not "last wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the mapping itself reports it
+                continue
+            if duplicate:
+                raise ConfigError(f"config: the field {key!r} is given twice (line {key_node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_text(data: Any, where: str, depth: int = 0) -> None:
+    """Every string anywhere in the document must be encodable text (YAML lets "\ud800" through)."""
+    if depth > 50:
+        raise ConfigError(f"{where}: is nested too deeply")
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{where}: must be valid text, got {data!r}") from None
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            _check_text(key, where, depth + 1)
+            _check_text(value, f"{where}.{key}" if where != "config" else str(key), depth + 1)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            _check_text(item, f"{where}[{i}]", depth + 1)
+
+
 def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     """Validate an already-parsed YAML document."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: must be a mapping of fields, got {_type_name(data)}")
+    _check_text(data, "config")
     _check_keys(data, "config", {"name", "duration", "requests", "workers", "out", "servers", "targets",
                                  "thresholds", "monitor"})
     name = _name(data.get("name", default_name), "name")
@@ -243,6 +294,9 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     server_names = {s.name for s in servers}
     targets = tuple(_target(t, f"targets[{i}]", server_names) for i, t in enumerate(targets_raw))
     _unique([t.name for t in targets], "targets", "name")
+    for i, t in enumerate(targets):
+        if t.name in RESERVED_NAMES:
+            raise ConfigError(f"targets[{i}].name: {t.name!r} is the name of the reports' total row; choose another")
     if duration is None:
         staged = [stages_duration(t.stages) for t in targets if t.stages]
         if staged:
@@ -276,8 +330,8 @@ def _server(data: Any, where: str) -> ServerSpec:
     if kind not in SERVER_KINDS:
         raise ConfigError(f"{where}.kind: must be one of {', '.join(SERVER_KINDS)}, got {kind!r}")
     host, port = parse_address(data.get("listen", "127.0.0.1:0"), f"{where}.listen")
-    _check_ip(host, f"{where}.listen")
-    workers = _positive_int(data.get("workers", 1), f"{where}.workers")
+    check_ip(host, f"{where}.listen")
+    workers = check_workers(_positive_int(data.get("workers", 1), f"{where}.workers"), f"{where}.workers")
     upper = data.get("upper", False)
     if not isinstance(upper, bool):
         raise ConfigError(f"{where}.upper: must be true or false, got {upper!r}")
@@ -335,8 +389,9 @@ def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTar
     for k, v in headers_raw.items():
         if not isinstance(k, str) or not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", k):
             raise ConfigError(f"{where}.headers: {k!r} is not a valid header name")
-        if not isinstance(v, (str, int, float)) or isinstance(v, bool) or any(c in str(v) for c in "\r\n"):
-            raise ConfigError(f"{where}.headers.{k}: must be a single-line text value, got {v!r}")
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool) or not _latin1_line(str(v)):
+            raise ConfigError(f"{where}.headers.{k}: must be one line of Latin-1 text without control "
+                              f"characters, got {v!r}")
         headers.append((k, str(v)))
     body = data.get("body", "")
     if not isinstance(body, str):
@@ -398,7 +453,7 @@ def _tcp_target(data: dict[str, Any], where: str, servers: set[str]) -> TcpTarge
         host, port = parse_address(address, f"{where}.tcp")
         if port == 0:
             raise ConfigError(f"{where}.tcp: port must be between 1 and 65535, got 0")
-        _check_ip(host, f"{where}.tcp")
+        check_ip(host, f"{where}.tcp")
     if "message" in data and "size" in data:
         raise ConfigError(f"{where}: give message or size, not both")
     if "message" in data:
@@ -439,6 +494,10 @@ def _url(value: Any, where: str, servers: set[str]) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: must be a URL such as http://127.0.0.1:8080/, got {value!r}")
     _check_refs(value, where, servers)
+    netloc = urlsplit(value).netloc.rpartition("@")[2] if "://" in value else ""
+    if _SERVER_REF.search(netloc) and not _SERVER_REF.fullmatch(netloc):
+        raise ConfigError(f"{where}: a {{server}} reference stands for the whole host:port, as in "
+                          f"http://{{name}}/path, got {value!r}")
     probe = _SERVER_REF.sub("127.0.0.1:1", value)
     try:
         parts = urlsplit(probe)
@@ -451,8 +510,10 @@ def _url(value: Any, where: str, servers: set[str]) -> str:
         raise ConfigError(f"{where}: has no host, got {value!r}")
     if port == 0:
         raise ConfigError(f"{where}: port must be between 1 and 65535, got {value!r}")
-    if any(c.isspace() for c in value):
-        raise ConfigError(f"{where}: must not contain spaces, got {value!r}")
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in value):
+        raise ConfigError(f"{where}: must not contain spaces or control characters, got {value!r}")
+    if not value.isascii():
+        raise ConfigError(f"{where}: must be ASCII; percent-encode other characters (é as %C3%A9), got {value!r}")
     return value
 
 
@@ -463,7 +524,8 @@ def _check_refs(text: str, where: str, servers: set[str]) -> None:
             raise ConfigError(f"{where}: refers to server {{{ref}}}, but no server has that name ({known})")
 
 
-def _check_ip(host: str, where: str) -> None:
+def check_ip(host: str, where: str) -> None:
+    """Raise ConfigError unless `host` is an IP address or localhost."""
     if host == "localhost":
         return
     try:
@@ -481,7 +543,9 @@ def _source_ips(value: Any, where: str) -> tuple[str, ...]:
     for item in items:
         if not isinstance(item, str):
             raise ConfigError(f"{where}: must be addresses such as 127.0.0.1-127.0.0.4, got {item!r}")
-        first, _, last = item.partition("-")
+        first, dash, last = item.partition("-")
+        if dash and not last.strip():
+            raise ConfigError(f"{where}: must be addresses such as 127.0.0.1-127.0.0.4, got {item!r}")
         try:
             lo = ipaddress.IPv4Address(first.strip())
             hi = ipaddress.IPv4Address(last.strip()) if last else lo
@@ -565,16 +629,25 @@ def _non_negative_int(value: Any, where: str) -> int:
     return value
 
 
-def _non_negative_number(value: Any, where: str) -> float:
+def _non_negative_number(value: Any, where: str, most: float = MAX_LEVEL) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
         raise ConfigError(f"{where}: must be a number, 0 or more, got {value!r}")
+    if value > most:
+        raise ConfigError(f"{where}: must be at most {most:,.0f}, got {value!r}")
     return float(value)
 
 
 def _workers(value: Any, where: str) -> int | None:
     if value == "auto" or value is None:
         return None
-    return _positive_int(value, where, noun="a positive integer or auto")
+    return check_workers(_positive_int(value, where, noun="a positive integer or auto"), where)
+
+
+def check_workers(count: int, where: str) -> int:
+    """A process count a machine can start: at most `MAX_WORKERS`."""
+    if count > MAX_WORKERS:
+        raise ConfigError(f"{where}: must be at most {MAX_WORKERS} processes, got {count}")
+    return count
 
 
 def _positive_int(value: Any, where: str, noun: str = "a positive integer") -> int:
@@ -583,18 +656,29 @@ def _positive_int(value: Any, where: str, noun: str = "a positive integer") -> i
     return value
 
 
-def _positive_number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+def _positive_number(value: Any, where: str, most: float = MAX_LEVEL) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ConfigError(f"{where}: must be a positive number, got {value!r}")
+    if value > most:
+        raise ConfigError(f"{where}: must be at most {most:,.0f}, got {value!r}")
     return float(value)
 
 
 def _name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: must be non-empty text, got {value!r}")
-    if len(value) > 200 or any(c in value for c in "\r\n\t"):
-        raise ConfigError(f"{where}: must be one line of at most 200 characters, got {value!r}")
+    if len(value) > 200 or any(unicodedata.category(c) == "Cc" for c in value):
+        raise ConfigError(f"{where}: must be one line of at most 200 characters, without control characters, "
+                          f"got {value!r}")
     return value
+
+
+def _latin1_line(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not any(unicodedata.category(c) == "Cc" and c != "\t" for c in text)
 
 
 def _check_keys(data: dict[str, Any], where: str, allowed: set[str]) -> None:

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import re
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -135,6 +136,10 @@ def check_writable(run_dir: Path, where: str) -> None:
         raise ConfigError(f"{where}: {run_dir} exists and is not a folder")
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigError(f"{where}: cannot write reports under {ancestor} (not a writable folder)")
+    try:  # os.access says yes to root everywhere, /proc included: make and remove a folder to be sure
+        os.rmdir(tempfile.mkdtemp(prefix=".loadtest-probe-", dir=ancestor))
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot write reports under {ancestor} ({e.strerror})") from None
 
 
 def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: datetime) -> Path:

@@ -31,6 +31,7 @@ from .run_folder import (
     load_run,
     mean_of,
     spectra,
+    write_page,
 )
 from .run_folder import (
     RunFolderError as RunFolderError,  # re-exported: callers catch it from here
@@ -461,8 +462,4 @@ def write_html_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the run's report.html (or `out`) from its folder's files; returns where it went."""
     run = load_run(Path(run_dir))
     target = Path(out) if out is not None else run.path / REPORT_NAME
-    text = render_report(run)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_page(target, render_report(run))

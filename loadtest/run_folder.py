@@ -24,6 +24,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 HISTOGRAMS_NAME = "histograms.json"
+MAX_FIGURE = 1e15  # larger numbers in a run's files are damage, not measurements
 MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
 SPECTRUM_STEPS_PER_DECADE = 24
 SPECTRUM_DECADES = 6  # up to the 99.9999th percentile
@@ -81,8 +82,11 @@ def load_run(path: Path) -> RunFolder:
         raise RunFolderError(f"{summary_path}: cannot be read ({e})") from None
     except json.JSONDecodeError as e:
         raise RunFolderError(f"{summary_path}: is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise RunFolderError(f"{summary_path}: is nested too deeply to be a loadtest summary") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("targets"), list):
         raise RunFolderError(f"{summary_path}: is not a loadtest summary (it has no list of targets)")
+    _check_shape(summary, summary_path)
     histograms: dict[str, str] = {}
     hist_path = path / HISTOGRAMS_NAME
     if hist_path.is_file():
@@ -99,6 +103,42 @@ def load_run(path: Path) -> RunFolder:
                      _read_csv(path / "resources.csv"), histograms)
 
 
+# The summary's fields that hold mappings, at the top and in each target: a damaged file that has
+# something else there is refused whole rather than half drawn.
+_MAPPINGS = ("aggregated", "machine", "config", "as_run", "latency_ms", "failures_by_kind", "connections",
+             "open_model")
+_LISTS = ("problems", "thresholds", "verdicts", "shortfalls", "servers", "workers")
+
+
+def _check_shape(summary: dict[str, Any], where: Path) -> None:
+    parts = [summary, *summary["targets"]]
+    if not all(isinstance(p, dict) for p in parts):
+        raise RunFolderError(f"{where}: is damaged (a target is not a mapping of fields)")
+    for part in parts:
+        for key in _MAPPINGS:
+            if key in part and part[key] is not None and not isinstance(part[key], dict):
+                raise RunFolderError(f"{where}: is damaged ({key} is not a mapping of fields)")
+    for key in _LISTS:
+        if key in summary and summary[key] is not None and not isinstance(summary[key], list):
+            raise RunFolderError(f"{where}: is damaged ({key} is not a list)")
+
+
+def write_page(path: Path, text: str) -> Path:
+    """Write an HTML page whole or not at all; a path that cannot take it is a RunFolderError."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunFolderError(f"{path}: is a folder; give the path of the HTML file to write")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise RunFolderError(f"{path}: cannot be written ({e.strerror or e})") from None
+    return path
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -112,7 +152,7 @@ def as_float(value: Any) -> float | None:
         f = float(value)
     except (TypeError, ValueError):
         return None
-    return f if math.isfinite(f) else None
+    return f if math.isfinite(f) and abs(f) <= MAX_FIGURE else None
 
 
 # -- series ----------------------------------------------------------------

@@ -100,13 +100,13 @@ class ArrivalSchedule:
             need = self.gaps.unit()
         t = after_ns
         if not self.changing:
-            return t + int(need / self.rate_at(t) * 1e9)
+            return t + max(int(need / self.rate_at(t) * 1e9), 1 if need else 0)  # time always moves on
         while t < self.until_ns:
             rate = self.rate_at(t)
             if rate > 0:
                 gap = need / rate * 1e9
                 if gap <= RATE_STEP_NS:
-                    return t + int(gap)
+                    return t + max(int(gap), 1 if need else 0)
                 need -= rate * RATE_STEP_NS / 1e9
             t += RATE_STEP_NS
         return t

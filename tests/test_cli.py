@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import requests
@@ -67,6 +69,92 @@ def test_report_rebuilds_the_page_and_refuses_what_is_not_a_run(runs: tuple[Path
     assert bad.returncode == 2 and "summary.json" in bad.stderr and "Traceback" not in bad.stderr
     missing = cli("compare", str(fast), str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_report_and_compare_refuse_outputs_they_cannot_write(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    fast, slow = runs
+    for args, message in (
+        (["report", str(fast), "--out", str(tmp_path)], "is a folder; give the path of the HTML file"),
+        (["report", str(fast), "--out", str(tmp_path / "nowhere" / "r.html")], "cannot be written (No such file"),
+        (["compare", str(fast), str(slow), "--html", str(tmp_path)], "is a folder; give the path"),
+    ):
+        done = cli(*args, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def damaged_copy(run_dir: Path, where: Path, edit: Callable[[Path], None]) -> Path:
+    shutil.copytree(run_dir, where)
+    edit(where)
+    return where
+
+
+def test_damaged_run_folders_are_bad_input_not_tracebacks(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    fast, _ = runs
+
+    def summary_edit(change):  # type: ignore[no-untyped-def]
+        def edit(folder: Path) -> None:
+            data = json.loads((folder / "summary.json").read_text())
+            change(data)
+            (folder / "summary.json").write_text(json.dumps(data))
+        return edit
+
+    def deep(folder: Path) -> None:
+        (folder / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
+
+    def huge_rates(folder: Path) -> None:
+        text = (folder / "history.csv").read_text().splitlines()
+        header = text[0].split(",")
+        column = header.index("Requests/s")
+        rows = [line.split(",") for line in text[1:]]
+        for k, row in enumerate(rows):
+            row[column] = "1.7e308" if k % 2 else "-1.7e308"
+        (folder / "history.csv").write_text("\n".join([text[0], *(",".join(r) for r in rows)]) + "\n")
+
+    cases = [
+        (summary_edit(lambda d: d.update(aggregated="x")), 2, "aggregated is not a mapping"),
+        (summary_edit(lambda d: d["targets"][0].update(latency_ms=[1, 2])), 2, "latency_ms is not a mapping"),
+        (summary_edit(lambda d: d.update(targets=["x"])), 2, "a target is not a mapping"),
+        (deep, 2, "nested too deeply"),
+        (huge_rates, 0, ""),  # absurd figures are left out of the charts
+    ]
+    for k, (edit, status, message) in enumerate(cases):
+        folder = damaged_copy(fast, tmp_path / f"d{k}", edit)
+        for args in (["report", str(folder), "--out", str(tmp_path / f"d{k}.html")], ["compare", str(fast), str(folder)]):
+            done = cli(*args, cwd=tmp_path)
+            assert "Traceback" not in done.stderr, done.stderr
+            if status:
+                assert done.returncode == status and message in done.stderr, (args, done.stderr)
+        if not status:
+            assert (tmp_path / f"d{k}.html").exists()
+
+
+def test_compare_refuses_runs_with_no_target_in_common(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    fast, _ = runs
+
+    def unrelated(folder: Path) -> None:
+        data = json.loads((folder / "summary.json").read_text())
+        data["targets"] = [dict(data["targets"][0], name="other")]
+        data.pop("aggregated", None)
+        (folder / "summary.json").write_text(json.dumps(data))
+
+    other = damaged_copy(fast, tmp_path / "other", unrelated)
+    done = cli("compare", str(fast), str(other), cwd=tmp_path)
+    assert done.returncode == 2 and "no target in common" in done.stderr
+
+
+def test_run_and_serve_refuse_absurd_options(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("requests: 10\ntargets: [{url: 'http://127.0.0.1:1/'}]\n")
+    for args, message in (
+        (["run", str(config), "--workers", "100000"], "--workers: must be at most 256 processes"),
+        (["run", str(config), "--out", ""], "--out: must be a folder path"),
+        (["serve", "http", "--listen", "127.0.0.1:0", "--workers", "100000"], "--workers: must be at most 256"),
+        (["serve", "echo", "--listen", "foo:80"], "--listen: host must be an IP address or localhost"),
+    ):
+        done = cli(*args, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == [config]  # no report folder, no report files in the current folder
 
 
 def test_serve_http_runs_until_ctrl_c_and_says_what_it_served(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -97,7 +98,29 @@ BAD = [
     (target(engine="turbo"), "targets[0].engine: must be one of fast, requests"),
     (target(expect_status=700), "targets[0].expect_status: must be HTTP status codes"),
     (target(headers=["X: y"]), "targets[0].headers: must be a mapping"),
-    (target(headers={"X": "a\r\nb"}), "targets[0].headers.X: must be a single-line"),
+    (target(headers={"X": "a\r\nb"}), "targets[0].headers.X: must be one line of Latin-1 text"),
+    (target(headers={"X": "日本"}), "targets[0].headers.X: must be one line of Latin-1 text"),
+    (target(headers={"X": "\ud800"}), "targets[0].headers.X: must be valid text"),
+    (target(body="\ud800"), "targets[0].body: must be valid text"),
+    (target(name="\x1b[31mred\x07"), "targets[0].name: must be one line of at most 200 characters, without control"),
+    (target(name="Aggregated"), "targets[0].name: 'Aggregated' is the name of the reports' total row"),
+    (target(url="http://127.0.0.1:1/a\x00b"), "targets[0].url: must not contain spaces or control characters"),
+    (target(url="http://127.0.0.1:1/é"), "targets[0].url: must be ASCII; percent-encode"),
+    (target(rate=float("inf")), "targets[0].rate: must be a positive number"),
+    (target(rate=1e300), "targets[0].rate: must be at most 10,000,000"),
+    (target(stages=[{"duration": "1s", "target": 1e300}]), "targets[0].stages[0].target: must be at most"),
+    ({"duration": "1s", "name": "\ud800", "targets": [{"url": "http://127.0.0.1:1/"}]}, "name: must be valid text"),
+    ({"duration": "1s", "workers": 100000, "targets": [{"url": "http://127.0.0.1:1/"}]},
+     "workers: must be at most 256 processes, got 100000"),
+    ({"duration": "1s", "servers": [{"name": "s", "kind": "http", "workers": 100000}],
+      "targets": [{"url": "http://127.0.0.1:1/"}]}, "servers[0].workers: must be at most 256 processes"),
+    ({"duration": "1s", "servers": [{"name": "s", "kind": "http"}], "targets": [{"url": "http://a{s}/"}]},
+     "targets[0].url: a {server} reference stands for the whole host:port"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "message": "\ud800"}]}, "targets[0].message: must be valid"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "connect_rate": float("inf")}]},
+     "targets[0].connect_rate: must be a positive number"),
+    ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "source_ips": "127.0.0.1-"}]},
+     "targets[0].source_ips: must be addresses such as"),
     (target(body=5), "targets[0].body: must be text"),
     (target(speed=3), "targets[0]: unknown field 'speed'"),
     ({"duration": "1s", "targets": [{"name": "x"}]}, "targets[0]: needs url"),
@@ -129,6 +152,23 @@ def test_bad_configs_name_the_field(data: object, message: str) -> None:
     text = str(info.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_files_that_are_not_configs_are_refused_without_reading_them(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config("/dev/zero")  # reading it would never end
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"#" * (11 * 1024 * 1024))
+    with pytest.raises(ConfigError, match="is larger than 10 MiB"):
+        load_config(huge)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("duration: 1s\ntargets: [{url: 'http://127.0.0.1:1/'}]\nduration: 2s\n")
+    with pytest.raises(ConfigError, match="the field 'duration' is given twice \\(line 3\\)"):
+        load_config(twice)
 
 
 def test_files_that_are_not_configs(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def compare_runs(run_a: Path, run_b: Path, tolerance: float = DEFAULT_TOLERANCE)
     a, b = load_run(Path(run_a)), load_run(Path(run_b))
     figures_a, figures_b = _figures(a), _figures(b)
     names = [n for n in figures_a if n in figures_b]
-    if not names:
+    if not [n for n in names if n != AGGREGATED]:  # the totals of two unrelated runs say nothing
         raise RunFolderError(f"{run_a} and {run_b} have no target in common, so there is nothing to compare")
     targets = tuple(
         TargetComparison(n, tuple(_change(m, figures_a[n].get(m.key), figures_b[n].get(m.key), tolerance)

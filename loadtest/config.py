@@ -194,12 +194,15 @@ def parse_address(value: Any, where: str, allow_refs: bool = False) -> tuple[str
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a YAML config file."""
     try:
-        mode = os.stat(path).st_mode  # before opening: opening a FIFO would wait for a writer
+        mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"{path}: is not a regular file")
-        with open(path, "rb") as f:
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a file, or a pipe (`run /dev/stdin`, `<(...)`)
+            raise ConfigError(f"{path}: is not a regular file or a pipe")
+        # Opened without waiting: a named pipe that nobody writes to reads as empty instead of hanging.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        with open(fd, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; not a config file")
@@ -234,6 +237,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             try:
                 duplicate = key in seen

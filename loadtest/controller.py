@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import psutil
 
-from .config import ConfigError, RunConfig, TcpTarget
+from .config import ConfigError, HttpTarget, RunConfig, TcpTarget
 from .limits import check_limits
 from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
@@ -127,6 +127,12 @@ class _Interrupts:
             signal.signal(signum, handler)
 
 
+def auto_workers(config: RunConfig) -> int:
+    """One worker per core, but no more than an open target's `max_concurrency` can be shared by."""
+    caps = [t.max_concurrency for t in config.targets if isinstance(t, HttpTarget) and t.model == "open"]
+    return max(1, min([os.cpu_count() or 1, *caps]))
+
+
 def check_writable(run_dir: Path, where: str) -> None:
     """Raise ConfigError unless the report folder can be made: its nearest existing parent is a writable folder."""
     ancestor = run_dir.absolute()
@@ -155,7 +161,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         on_event: Callable[[str], None] | None = None,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = ()) -> RunResult:
     """Run a load test as configured and write its reports. Raises RunError if it cannot start."""
-    count = workers or config.workers or os.cpu_count() or 1
+    count = workers or config.workers or auto_workers(config)
     check_limits(config, count)
     watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
     for pid in watched:
@@ -251,7 +257,10 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
                         "cost": monitor.server_cost(g.spec.name, served)})
     problems = [f"worker {w.index} was lost: {w.error}" for w in states if w.lost]
     outcomes = check_thresholds(config, stats)
-    shortfalls = [] if interrupted else connection_shortfalls(config, stats)
+    # Connections are held to the end of a timed run; a run that ended by spending its `requests:`
+    # total, or was interrupted, let them go early on purpose.
+    spent = any(w.exit is not None and w.exit.spent for w in states)
+    shortfalls = [] if interrupted or spent else connection_shortfalls(config, stats)
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
     status = 3 if problems else (130 if interrupted else (1 if failed else 0))
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,

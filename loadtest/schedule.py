@@ -78,17 +78,21 @@ class ArrivalSchedule:
     """When each arrival is due, in `perf_counter_ns` time, for a rate that may change as it goes.
 
     `rate_at(t)` is the arrivals per second at time `t` (ns). A constant rate gives gaps of
-    1/rate. A changing one is followed in `RATE_STEP_NS` steps: the next arrival comes once the
-    rate, summed over time, makes up one more arrival. A rate that climbs from 1/s is not stuck
-    waiting out the second-long gap it started with, and a stage at 0 has no arrivals.
+    1/rate, kept exact over many arrivals (due times are kept unrounded between calls). A changing
+    one is followed in `RATE_STEP_NS` steps: the next arrival comes once the rate, summed over
+    time, makes up one more arrival. A rate that climbs from 1/s is not stuck waiting out the
+    second-long gap it started with, and a stage at 0 has no arrivals: `quiet_until(t)` says
+    how long a rate of 0 at `t` lasts, so the schedule jumps over it instead of stepping.
     """
 
     def __init__(self, kind: str, seed: int | None, rate_at: Callable[[int], float], changing: bool,
-                 until_ns: float) -> None:
+                 until_ns: float, quiet_until: Callable[[int], float] | None = None) -> None:
         self.gaps = Arrivals(kind, seed)
         self.rate_at = rate_at
         self.changing = changing
         self.until_ns = until_ns
+        self.quiet_until = quiet_until
+        self._exact: float | None = None  # the last due time, unrounded
 
     def next_due(self, after_ns: int, need: float | None = None) -> int:
         """The arrival after the one due at `after_ns`; `until_ns` or later when there is none.
@@ -100,13 +104,42 @@ class ArrivalSchedule:
             need = self.gaps.unit()
         t = after_ns
         if not self.changing:
-            return t + max(int(need / self.rate_at(t) * 1e9), 1 if need else 0)  # time always moves on
+            return self._land(t, need / self.rate_at(t) * 1e9, need)
         while t < self.until_ns:
             rate = self.rate_at(t)
             if rate > 0:
                 gap = need / rate * 1e9
                 if gap <= RATE_STEP_NS:
-                    return t + max(int(gap), 1 if need else 0)
+                    return self._land(t, gap, need)
                 need -= rate * RATE_STEP_NS / 1e9
-            t += RATE_STEP_NS
+                t += RATE_STEP_NS
+            else:
+                quiet = self.quiet_until(t) if self.quiet_until is not None else t
+                t = max(t + RATE_STEP_NS, int(min(quiet, self.until_ns)))
         return t
+
+    def _land(self, t: int, gap_ns: float, need: float) -> int:
+        """`t` plus a gap, on an exact (float) timeline so that the gaps' fractions of a nanosecond
+        do not add up to drift; time always moves on."""
+        base = self._exact if self._exact is not None and round(self._exact) == t else float(t)
+        exact = base + gap_ns
+        due = round(exact)
+        if need and due <= t:
+            due = t + 1
+            exact = float(due)
+        self._exact = exact
+        return due
+
+
+def zero_until(stages: tuple[Stage, ...], start: float, t: float) -> float:
+    """The end (s) of the stretch at level 0 that `t` is in: `t` itself unless the level is held at 0
+    there (a stage from 0 to 0, or after a last stage that ended at 0, which lasts for ever)."""
+    previous, begin = start, 0.0
+    for stage in stages:
+        end = begin + stage.duration
+        if t < end:
+            if previous != 0 or stage.target != 0:
+                return t
+            t = end  # held at 0 to the end of this stage; the next may hold it longer
+        previous, begin = stage.target, end
+    return float("inf") if previous == 0 else t

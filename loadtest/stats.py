@@ -112,6 +112,7 @@ class TargetSnapshot:
     connects: int = 0
     connect_failures: tuple[tuple[str, int], ...] = ()
     open_connections: int = 0  # a gauge: connections open at the end of the interval
+    peak_open: int = 0  # the most connections open at once during the interval
     latency: bytes = b""  # encoded HdrHistogram, ns; every ended request except cancelled ones
     connect_latency: bytes = b""
     dropped: int = 0  # open model: arrivals that could not start on time
@@ -146,12 +147,13 @@ class TargetRecorder:
     """A worker's counters for one target over the current interval."""
 
     __slots__ = ("target", "requests", "failures", "samples", "bytes_in", "bytes_out", "content_bytes",
-                 "connects", "connect_failures", "open_connections", "latency", "connect_latency",
+                 "connects", "connect_failures", "open_connections", "peak_open", "latency", "connect_latency",
                  "dropped", "lateness", "uncorrected", "users", "level")
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.open_connections = 0
+        self.peak_open = 0
         self.users = 0
         self.level = -1.0
         # Allocated once and cleared in place each interval, so a worker's memory stays flat.
@@ -196,6 +198,8 @@ class TargetRecorder:
     def connected(self, latency_ns: int) -> None:
         self.connects += 1
         self.open_connections += 1
+        if self.open_connections > self.peak_open:
+            self.peak_open = self.open_connections
         self.connect_latency.record(latency_ns)
 
     def connect_failed(self, kind: str, message: str) -> None:
@@ -220,6 +224,7 @@ class TargetRecorder:
             connects=self.connects,
             connect_failures=tuple(self.connect_failures.items()),
             open_connections=self.open_connections,
+            peak_open=self.peak_open,
             latency=self.latency.encode(),
             connect_latency=self.connect_latency.encode(),
             dropped=self.dropped,
@@ -229,6 +234,7 @@ class TargetRecorder:
             level=self.level,
         )
         self._reset()
+        self.peak_open = self.open_connections  # the next interval's peak starts from what is open now
         return snap
 
 
@@ -390,6 +396,7 @@ class RunStats:
         self.worker_level: list[list[float]] = [[-1.0] * len(targets) for _ in range(workers)]
         self.peak_open = [0] * len(targets)
         self.worker_held: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
+        self.worker_peak: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
         self.elapsed = 0.0
         self._pending: dict[int, Interval] = {}
         self._failures: dict[tuple[int, str], FailureRecord] = {}
@@ -414,6 +421,7 @@ class RunStats:
             self.worker_failures[w] += failed
             self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
             self.worker_open[w][ts.target] = ts.open_connections
+            self.worker_peak[w][ts.target] = ts.peak_open
             self.worker_users[w][ts.target] = ts.users
             self.worker_level[w][ts.target] = ts.level
             if ts.held >= 0:
@@ -421,7 +429,10 @@ class RunStats:
             self._note_failures(ts, snap.end)
         for i, total in enumerate(self.totals):
             total.open_connections = sum(row[i] for row in self.worker_open)
-            self.peak_open[i] = max(self.peak_open[i], total.open_connections)
+            # Each worker's most at once within its latest second, added up: a peak between two
+            # seconds' samples (the tip of a ramp, a run shorter than a second) is not missed.
+            self.peak_open[i] = max(self.peak_open[i], total.open_connections,
+                                    sum(row[i] for row in self.worker_peak))
             total.users = sum(row[i] for row in self.worker_users)
             levels = [row[i] for row in self.worker_level if row[i] >= 0]
             total.level = sum(levels) if levels else -1.0

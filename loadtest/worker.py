@@ -42,6 +42,7 @@ class WorkerExit:
     max_rss_kib: int
     cancelled: int
     error: str = ""
+    spent: bool = False  # the load ended before the deadline: the `requests:` total was spent
 
 
 def main(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:

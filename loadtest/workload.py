@@ -25,7 +25,7 @@ from gevent.pool import Pool
 from .config import HttpTarget, TcpTarget, resolve
 from .limits import raise_nofile_limit
 from .protocols import Deadlines, Session
-from .schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share
+from .schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share, zero_until
 from .stats import Snapshot, TargetRecorder
 from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 
@@ -187,6 +187,11 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                 recorder.lateness.record(late)
                 pool.spawn(one, session, due)
             due = schedule.next_due(due)
+        # The schedule has nothing more before the end (a last stage at rate 0, say): the run still
+        # lasts its duration.
+        now = time.perf_counter_ns()
+        if not budget.stopping and now < until_ns < float("inf"):
+            gevent.sleep((until_ns - now) / 1e9)
     finally:
         # The load stopped (or this greenlet was killed with it): arrivals already due that never
         # started were dropped too.
@@ -211,7 +216,8 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
             pool.spawn(ramp, level, stages, rate, t0, lambda total: total / workers, budget)
         schedule = ArrivalSchedule(
             target.arrival, k * 7919 + recorder.target,  # seeds differ per worker and target
-            lambda t: level_at(stages, rate, (t - start_ns) / 1e9) / workers, bool(stages), until_ns)
+            lambda t: level_at(stages, rate, (t - start_ns) / 1e9) / workers, bool(stages), until_ns,
+            lambda t: start_ns + zero_until(stages, rate, (t - start_ns) / 1e9) * 1e9)
         # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
         # instead of landing together
         first = schedule.next_due(start_ns, k / workers if target.arrival == "constant" else None)
@@ -287,6 +293,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     interval_start = 0.0
     next_tick = t0 + SNAPSHOT_INTERVAL_S
     grace = GRACEFUL_STOP_S
+    spent = False
     while True:
         now = time.monotonic()
         finished = pool.join(timeout=max(0.0, min(POLL_S, next_tick - now, deadline - now)))
@@ -295,6 +302,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
             grace = 0.0  # stopped from outside: cancel what is in flight now
             break
         if finished or now >= deadline:
+            spent = finished and now < deadline
             break
         if now >= next_tick:
             snap = snapshot()
@@ -325,5 +333,5 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     conn.send(("snapshot", replace(final, targets=tuple(replace(ts, held=h) for ts, h in zip(final.targets, held)))))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     conn.send(("done", WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,
-                                  usage.ru_maxrss, cancelled)))
+                                  usage.ru_maxrss, cancelled, spent=spent)))
     gevent.sleep(0)

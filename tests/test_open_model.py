@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from loadtest.config import parse_config
-from loadtest.controller import run
+from loadtest.controller import auto_workers, run
 
 from .test_run import site_config
 
@@ -91,6 +92,25 @@ def test_a_timed_run_lasts_its_duration_and_its_last_second_is_one_row(tmp_path:
     assert thinking.requests == 20  # at 0 s and 2.5 s; the third would start after the deadline
     history = [r for r in rows(tmp_path / "timed" / "history.csv") if r["Name"] == "paced"]
     assert [abs(int(r["Interval Requests"]) - 1000) <= 20 for r in history] == [True, True, True]
+
+
+def test_stages_that_end_at_rate_zero_still_last_the_duration(tmp_path: Path) -> None:
+    config = parse_config(site_config(
+        [{"name": "tail", "url": "http://{site}/", "rate": 50,
+          "stages": [{"duration": "1s", "target": 50}, {"duration": "1s", "target": 0}]}],
+        duration="3s", workers=1))
+    result = run(config, out_dir=tmp_path / "tail")
+    (tail,) = result.stats.totals
+    assert 3.0 <= result.stats.elapsed < 3.3  # not the 2 s where the schedule runs out
+    assert 72 <= tail.requests <= 78 and tail.dropped == 0  # 50 in the first second, 25 on the way down
+
+
+def test_auto_workers_never_outnumber_an_in_flight_cap() -> None:
+    config = parse_config({"targets": [{"url": "http://127.0.0.1:1/", "rate": 5, "max_concurrency": 1}],
+                           "duration": "1s"})
+    assert auto_workers(config) == 1
+    wide = parse_config({"targets": [{"url": "http://127.0.0.1:1/", "rate": 5}], "duration": "1s"})
+    assert auto_workers(wide) == (os.cpu_count() or 1)
 
 
 def test_a_requests_total_ends_a_staged_run_when_it_is_spent(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from loadtest.schedule import (
     peak_level_until,
     stages_duration,
     worker_share,
+    zero_until,
 )
 
 RAMP = (Stage(10.0, 100.0), Stage(5.0, 100.0), Stage(5.0, 0.0))
@@ -135,3 +136,29 @@ def test_constant_arrivals_of_several_workers_interleave() -> None:
     dues = sorted(d for k, sch in enumerate(schedules) for d in [sch.next_due(0, k / 2)]
                   + [sch.next_due(sch.next_due(0, k / 2))])
     assert dues == [0, 50_000_000, 100_000_000, 150_000_000]
+
+
+def test_a_long_stretch_at_rate_zero_is_jumped_over_not_stepped_through() -> None:
+    week = 7 * 24 * 3600.0
+    stages = (Stage(1.0, 50.0), Stage(1.0, 0.0), Stage(week, 0.0), Stage(1.0, 50.0))
+    assert zero_until(stages, 50.0, 2.5) == 2.0 + week and zero_until(stages, 50.0, 0.5) == 0.5
+    assert zero_until((Stage(1.0, 0.0),), 50.0, 3.0) == float("inf")  # held at 0 after the last stage
+    end = stages_duration(stages) * 1e9
+    schedule = ArrivalSchedule("constant", 1, lambda t: level_at(stages, 50.0, t / 1e9), True, end,
+                               lambda t: zero_until(stages, 50.0, t / 1e9) * 1e9)
+    dues, due = [], schedule.next_due(0, 0.0)
+    while due < end:
+        dues.append(due)
+        due = schedule.next_due(due)
+    assert 99 <= len(dues) <= 102  # 50 + 25 in the first two seconds, 25 in the last, none in the week between
+    assert 24 <= sum(1 for d in dues if d > 2e9) <= 26 and not [d for d in dues if 2.1e9 < d < end - 1.1e9]
+
+
+def test_constant_gaps_stay_exact_over_many_arrivals() -> None:
+    # 3/s: gaps of 333,333,333.3 ns; truncating each would put a seventh arrival a few ns before 2 s
+    schedule = ArrivalSchedule("constant", 1, lambda t: 3.0, False, 2e9)
+    dues, due = [], schedule.next_due(0, 0.0)
+    while due < 2e9:
+        dues.append(due)
+        due = schedule.next_due(due)
+    assert dues == [0, 333_333_333, 666_666_667, 1_000_000_000, 1_333_333_333, 1_666_666_667]

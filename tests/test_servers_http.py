@@ -127,7 +127,7 @@ def test_status_answers_that_status(server: ServerGroup, code: int, reason: str)
     assert int(reply.headers["content-length"]) == len(reply.body) > 0
 
 
-@pytest.mark.parametrize("code", [204, 304])
+@pytest.mark.parametrize("code", [204, 205, 304])
 def test_status_without_body_has_no_content_length(server: ServerGroup, code: int) -> None:
     first, second = exchange(server, request(f"/status/{code}") + request("/bytes/3"), responses=2)
     assert first.status == code and "content-length" not in first.headers
@@ -208,6 +208,25 @@ def test_connection_close_is_honoured(server: ServerGroup) -> None:
         assert reply.body == b"abcd"
         assert reply.headers["connection"] == "close"
         assert stream.read() == b""
+
+
+def test_an_upgrade_request_is_answered_and_then_closed_saying_so(server: ServerGroup) -> None:
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("/bytes/4", extra="Connection: Upgrade\r\nUpgrade: h2c\r\n") + request("/bytes/9"))
+        reply = read_response(stream)
+        assert reply.body == b"abcd" and reply.headers["connection"] == "close"  # no upgrade here
+        assert stream.read() == b""
+
+
+def test_distinct_query_strings_do_not_grow_the_response_cache() -> None:
+    # The routes ignore the query, so it is not part of the cache key, and the cache has a byte cap.
+    with ServerGroup.start(http_spec()) as group, connect(group) as sock, sock.makefile("rb") as stream:
+        rss = psutil.Process(group.pids[0]).memory_info().rss
+        for i in range(400):
+            sock.sendall(request(f"/bytes/{200_000 + i % 50}?{i}"))
+            assert len(read_response(stream).body) == 200_000 + i % 50
+        grown = psutil.Process(group.pids[0]).memory_info().rss - rss
+    assert grown < 40 * 1024 * 1024  # 400 distinct URLs of 200 KB cached whole would be 80 MB
 
 
 def test_http_10(server: ServerGroup) -> None:

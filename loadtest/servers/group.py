@@ -10,8 +10,9 @@ reads them at any time, `stop()` after the processes have ended.
     ...                                  # load group.address
     counts = group.stop()                # {"requests": n} or {"messages", "bytes", "connections"}
 
-http "requests" counts every response sent, error answers (400, 408, 413, 431)
-included. echo "messages" counts reads echoed: the server cannot see message
+http "requests" counts every request answered, error answers (400, 408, 413, 431)
+included, as the answer is queued: a client that leaves before its answer is
+sent (say during /delay/MS) is still counted, as the run counts its request. echo "messages" counts reads echoed: the server cannot see message
 boundaries, so a message that arrives in pieces counts more than once; "bytes"
 and "connections" are exact.
 """

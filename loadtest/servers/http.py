@@ -51,6 +51,7 @@ MAX_BYTES = 100 * 1024 * 1024
 MAX_DELAY_MS = 60_000
 CACHE_MAX_ENTRIES = 4096  # per connection mode; cleared when full
 CACHE_MAX_RESPONSE = 256 * 1024  # larger responses are built per request from the pattern
+CACHE_MAX_BYTES = 16 * 1024 * 1024  # per connection mode; cleared when full
 LINGER_S = 0.5
 LINGER_MAX_BYTES = 4 * 1024 * 1024
 SEND_BATCH_MAX = 256 * 1024  # above this, pipelined responses go out in several sends
@@ -63,7 +64,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HTML = b"text/html; charset=utf-8"
 TEXT = b"text/plain; charset=utf-8"
 OCTETS = b"application/octet-stream"
-_NO_BODY = (204, 304)
+_NO_BODY = (204, 205, 304)  # RFC 9110 15.3.5, 15.3.6, 15.4.5
 _CLASS_REASONS = {2: "Success", 3: "Redirection", 4: "Client Error", 5: "Server Error"}
 
 
@@ -221,25 +222,31 @@ class HttpConnection:
     def on_message_complete(self) -> None:
         self.in_request = False
         parser = self.parser
-        if parser.should_keep_alive():
+        if parser.should_keep_alive() and not parser.should_upgrade():  # no upgrades here: answer, then close
             mode = KEEP_ALIVE_11 if parser.get_http_version() == "1.1" else KEEP_ALIVE_10
         else:
             mode = CLOSE
             self.closing = True
         head = parser.get_method() == b"HEAD"
         self.served += 1
-        cache = self.server.caches[mode * 2 + head]
-        cached = cache.get(self.url)
+        server = self.server
+        slot = mode * 2 + head
+        cache = server.caches[slot]
+        path = self.url.partition(b"?")[0]  # the routes ignore the query, so it is not part of the key
+        cached = cache.get(path)
         if cached is not None:
             self.out.append(cached)
             return
         body = b"".join(self.body) if self.body else b""
-        reply = route(self.url.partition(b"?")[0], body)
-        response_bytes = self.server.render(reply, mode, head, self.out)
+        reply = route(path, body)
+        response_bytes = server.render(reply, mode, head, self.out)
         if reply.cacheable and response_bytes is not None:
-            if len(cache) >= CACHE_MAX_ENTRIES:
+            size = len(response_bytes)
+            if len(cache) >= CACHE_MAX_ENTRIES or server.cache_bytes[slot] + size > CACHE_MAX_BYTES:
                 cache.clear()
-            cache[self.url] = response_bytes
+                server.cache_bytes[slot] = 0
+            cache[path] = response_bytes
+            server.cache_bytes[slot] += size
 
     # Event loop callbacks: read and parse, then send the queued responses in order.
 
@@ -407,6 +414,7 @@ class HttpServer(CallbackServer):
     def __init__(self, listener: Any, counts: Any, max_connections: int = 0, idle_timeout: float = 0.0) -> None:
         self.counts = counts  # counts[0]: requests answered (shared with the parent)
         self.caches: list[dict[bytes, bytes]] = [{} for _ in range(6)]  # [mode * 2 + is_head]
+        self.cache_bytes = [0] * 6
         # One receive buffer for every connection: each read is parsed at once, and the parser copies.
         self.buffer_view = memoryview(bytearray(RECV_SIZE))
         super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)

@@ -82,8 +82,9 @@ class Comparison:
 
     @property
     def worse(self) -> bool:
-        """Whether any figure of any target got worse beyond the tolerance."""
-        return any(t.worse for t in self.targets)
+        """Whether any figure of any target got worse beyond the tolerance, or a target of A is
+        missing from B (a gate must not pass because B stopped testing something)."""
+        return bool(self.only_in_a) or any(t.worse for t in self.targets)
 
     @property
     def worse_count(self) -> int:
@@ -97,7 +98,7 @@ def compare_runs(run_a: Path, run_b: Path, tolerance: float = DEFAULT_TOLERANCE)
     a, b = load_run(Path(run_a)), load_run(Path(run_b))
     figures_a, figures_b = _figures(a), _figures(b)
     names = [n for n in figures_a if n in figures_b]
-    if not [n for n in names if n != AGGREGATED]:  # the totals of two unrelated runs say nothing
+    if not names:
         raise RunFolderError(f"{run_a} and {run_b} have no target in common, so there is nothing to compare")
     targets = tuple(
         TargetComparison(n, tuple(_change(m, figures_a[n].get(m.key), figures_b[n].get(m.key), tolerance)
@@ -185,10 +186,16 @@ def _run_line(tag: str, run: RunFolder) -> str:
 
 def _verdict(c: Comparison) -> str:
     tol = f"{c.tolerance * 100:g}%"
-    if c.worse:
+    if not c.worse:
+        return f"OK: nothing got worse beyond {tol}"
+    parts = []
+    if c.worse_count:
         n = c.worse_count
-        return f"WORSE: {n} figure{'s' if n != 1 else ''} got worse beyond {tol}"
-    return f"OK: nothing got worse beyond {tol}"
+        parts.append(f"{n} figure{'s' if n != 1 else ''} got worse beyond {tol}")
+    if c.only_in_a:
+        n = len(c.only_in_a)
+        parts.append(f"{n} target{'s' if n != 1 else ''} of A missing from B")
+    return "WORSE: " + "; ".join(parts)
 
 
 def format_table(c: Comparison) -> str:

@@ -129,7 +129,7 @@ def test_damaged_run_folders_are_bad_input_not_tracebacks(runs: tuple[Path, Path
             assert (tmp_path / f"d{k}.html").exists()
 
 
-def test_compare_refuses_runs_with_no_target_in_common(runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_compare_refuses_runs_with_nothing_in_common_and_fails_when_b_lacks_a_target(runs: tuple[Path, Path], tmp_path: Path) -> None:
     fast, _ = runs
 
     def unrelated(folder: Path) -> None:
@@ -141,6 +141,15 @@ def test_compare_refuses_runs_with_no_target_in_common(runs: tuple[Path, Path], 
     other = damaged_copy(fast, tmp_path / "other", unrelated)
     done = cli("compare", str(fast), str(other), cwd=tmp_path)
     assert done.returncode == 2 and "no target in common" in done.stderr
+
+    def renamed(folder: Path) -> None:  # the totals are still there, but "page" is gone from B
+        data = json.loads((folder / "summary.json").read_text())
+        data["targets"] = [dict(data["targets"][0], name="other")]
+        (folder / "summary.json").write_text(json.dumps(data))
+
+    lacking = damaged_copy(fast, tmp_path / "lacking", renamed)
+    done = cli("compare", str(fast), str(lacking), "--tolerance", "1000%", cwd=tmp_path)
+    assert done.returncode == 1 and "1 target of A missing from B" in done.stdout
 
 
 def test_run_and_serve_refuse_absurd_options(tmp_path: Path) -> None:

@@ -112,6 +112,7 @@ def test_targets_in_one_run_only_are_listed_and_names_escaped(runs: dict[str, Pa
     assert [t.name for t in c.targets] == ["Aggregated"]
     assert c.only_in_a == ("page",) and c.only_in_b == ("<img src=x onerror=alert(1)>",)
     assert "only in B: <img" in format_table(c)
+    assert c.worse and "WORSE: 1 target of A missing from B" in format_table(c)  # "page" is not in B
     html = write_compare_html(c, tmp_path / "c.html").read_text()
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
 

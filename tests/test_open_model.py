@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from loadtest.config import parse_config
-from loadtest.controller import auto_workers, run
+from loadtest.controller import RunResult, auto_workers, run
 
 from .test_run import site_config
 
@@ -21,6 +21,11 @@ from .test_run import site_config
 def rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def run_site(out: Path, targets: list[dict[str, object]], **fields: object) -> RunResult:
+    """Run `targets` against the embedded site server; the reports go to `out`."""
+    return run(parse_config(site_config(targets, **fields)), out_dir=out)
 
 
 def test_rate_is_kept_whatever_the_latency(tmp_path: Path) -> None:
@@ -43,10 +48,8 @@ def test_rate_is_kept_whatever_the_latency(tmp_path: Path) -> None:
 
 
 def test_at_the_in_flight_cap_arrivals_wait_then_are_dropped_not_lost(tmp_path: Path) -> None:
-    config = parse_config(site_config(
-        [{"name": "stuck", "url": "http://{site}/delay/2000", "rate": 200, "max_concurrency": 10,
-          "timeout": "5s"}], duration="3s", workers=1))
-    result = run(config, out_dir=tmp_path / "cap")
+    result = run_site(tmp_path / "cap", [{"name": "stuck", "url": "http://{site}/delay/2000", "rate": 200,
+                                          "max_concurrency": 10, "timeout": "5s"}], duration="3s", workers=1)
     (stuck,) = result.stats.totals
     assert 10 <= stuck.requests <= 30  # ten at a time, each taking 2 s
     assert stuck.dropped >= 400  # the rest could not start within a second of their time
@@ -57,10 +60,8 @@ def test_at_the_in_flight_cap_arrivals_wait_then_are_dropped_not_lost(tmp_path: 
 def test_every_open_model_request_is_held_to_its_timeout(tmp_path: Path) -> None:
     # Sessions go back to a pool between arrivals and each request runs in a new greenlet: the
     # timeout must reach that greenlet, not the first one that used the session.
-    config = parse_config(site_config(
-        [{"name": "slow", "url": "http://{site}/delay/1500", "rate": 20, "timeout": "300ms"}],
-        duration="3s", workers=1))
-    result = run(config, out_dir=tmp_path / "slow")
+    result = run_site(tmp_path / "slow", [{"name": "slow", "url": "http://{site}/delay/1500", "rate": 20,
+                                           "timeout": "300ms"}], duration="3s", workers=1)
     (slow,) = result.stats.totals
     assert slow.requests + slow.dropped == 60 and slow.requests >= 50  # 20/s for 3 s
     assert dict(slow.failures) == {"read_timeout": slow.requests}
@@ -70,10 +71,8 @@ def test_every_open_model_request_is_held_to_its_timeout(tmp_path: Path) -> None
 def test_a_late_arrival_still_gets_its_whole_timeout_on_the_wire(tmp_path: Path) -> None:
     # One request in flight at a time and 300 ms per request, at 10/s: arrivals wait for the slot and
     # start late. Their latency counts the wait, but the 500 ms timeout runs from the first byte sent.
-    config = parse_config(site_config(
-        [{"name": "queued", "url": "http://{site}/delay/300", "rate": 10, "max_concurrency": 1,
-          "timeout": "500ms"}], duration="3s", workers=1))
-    result = run(config, out_dir=tmp_path / "queued")
+    result = run_site(tmp_path / "queued", [{"name": "queued", "url": "http://{site}/delay/300", "rate": 10,
+                                             "max_concurrency": 1, "timeout": "500ms"}], duration="3s", workers=1)
     (queued,) = result.stats.totals
     assert queued.failure_count == 0 and queued.requests >= 5
     assert queued.dropped > 0 and queued.latency.get_max_value() > 500e6  # late, yet not timed out
@@ -82,10 +81,10 @@ def test_a_late_arrival_still_gets_its_whole_timeout_on_the_wire(tmp_path: Path)
 def test_a_timed_run_lasts_its_duration_and_its_last_second_is_one_row(tmp_path: Path) -> None:
     # Users in think time at the deadline are not waited for (only requests in flight are), and the
     # workers' last intervals land in the same second even when one stops a hair before the deadline.
-    config = parse_config(site_config(
-        [{"name": "thinking", "url": "http://{site}/", "concurrency": 10, "think": "2500ms"},
-         {"name": "paced", "url": "http://{site}/", "rate": 1000}], duration="3s", workers=2))
-    result = run(config, out_dir=tmp_path / "timed")
+    result = run_site(tmp_path / "timed", [{"name": "thinking", "url": "http://{site}/", "concurrency": 10,
+                                            "think": "2500ms"},
+                                           {"name": "paced", "url": "http://{site}/", "rate": 1000}],
+                      duration="3s", workers=2)
     thinking, paced = result.stats.totals
     summary = json.loads((tmp_path / "timed" / "summary.json").read_text())
     assert 3.0 <= summary["duration_s"] < 3.3
@@ -95,11 +94,10 @@ def test_a_timed_run_lasts_its_duration_and_its_last_second_is_one_row(tmp_path:
 
 
 def test_stages_that_end_at_rate_zero_still_last_the_duration(tmp_path: Path) -> None:
-    config = parse_config(site_config(
-        [{"name": "tail", "url": "http://{site}/", "rate": 50,
-          "stages": [{"duration": "1s", "target": 50}, {"duration": "1s", "target": 0}]}],
-        duration="3s", workers=1))
-    result = run(config, out_dir=tmp_path / "tail")
+    result = run_site(tmp_path / "tail", [{"name": "tail", "url": "http://{site}/", "rate": 50,
+                                           "stages": [{"duration": "1s", "target": 50},
+                                                      {"duration": "1s", "target": 0}]}],
+                      duration="3s", workers=1)
     (tail,) = result.stats.totals
     assert 3.0 <= result.stats.elapsed < 3.3  # not the 2 s where the schedule runs out
     assert 72 <= tail.requests <= 78 and tail.dropped == 0  # 50 in the first second, 25 on the way down

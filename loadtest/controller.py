@@ -259,7 +259,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     outcomes = check_thresholds(config, stats)
     # Connections are held to the end of a timed run; a run that ended by spending its `requests:`
     # total, or was interrupted, let them go early on purpose.
-    spent = any(w.exit is not None and w.exit.spent for w in states)
+    spent = bool(states) and all(w.exit is not None and w.exit.spent for w in states)
     shortfalls = [] if interrupted or spent else connection_shortfalls(config, stats)
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
     status = 3 if problems else (130 if interrupted else (1 if failed else 0))

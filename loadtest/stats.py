@@ -264,6 +264,7 @@ class TargetTotals:
     connects: int = 0
     connect_failures: Counter[str] = field(default_factory=Counter)
     open_connections: int = 0
+    peak_open: int = 0  # in a second's totals: each worker's most open at once in that second, added up
     latency: HdrHistogram = field(default_factory=new_histogram)
     connect_latency: HdrHistogram = field(default_factory=new_histogram)
     dropped: int = 0
@@ -396,7 +397,6 @@ class RunStats:
         self.worker_level: list[list[float]] = [[-1.0] * len(targets) for _ in range(workers)]
         self.peak_open = [0] * len(targets)
         self.worker_held: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
-        self.worker_peak: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
         self.elapsed = 0.0
         self._pending: dict[int, Interval] = {}
         self._failures: dict[tuple[int, str], FailureRecord] = {}
@@ -421,7 +421,7 @@ class RunStats:
             self.worker_failures[w] += failed
             self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
             self.worker_open[w][ts.target] = ts.open_connections
-            self.worker_peak[w][ts.target] = ts.peak_open
+            interval.targets[ts.target].peak_open += ts.peak_open
             self.worker_users[w][ts.target] = ts.users
             self.worker_level[w][ts.target] = ts.level
             if ts.held >= 0:
@@ -429,10 +429,11 @@ class RunStats:
             self._note_failures(ts, snap.end)
         for i, total in enumerate(self.totals):
             total.open_connections = sum(row[i] for row in self.worker_open)
-            # Each worker's most at once within its latest second, added up: a peak between two
-            # seconds' samples (the tip of a ramp, a run shorter than a second) is not missed.
-            self.peak_open[i] = max(self.peak_open[i], total.open_connections,
-                                    sum(row[i] for row in self.worker_peak))
+            # Each worker's most at once within the same second, added up: a peak between two seconds'
+            # samples (the tip of a ramp, a run shorter than a second) is not missed. Workers' peaks
+            # within one second need not coincide, so with connections that come and go this can
+            # be a little more than were ever open at once.
+            self.peak_open[i] = max(self.peak_open[i], total.open_connections, interval.targets[i].peak_open)
             total.users = sum(row[i] for row in self.worker_users)
             levels = [row[i] for row in self.worker_level if row[i] >= 0]
             total.level = sum(levels) if levels else -1.0

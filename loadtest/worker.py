@@ -42,7 +42,7 @@ class WorkerExit:
     max_rss_kib: int
     cancelled: int
     error: str = ""
-    spent: bool = False  # the load ended before the deadline: the `requests:` total was spent
+    spent: bool = False  # this worker's share of the `requests:` total was used up
 
 
 def main(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:

@@ -188,10 +188,11 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                 pool.spawn(one, session, due)
             due = schedule.next_due(due)
         # The schedule has nothing more before the end (a last stage at rate 0, say): the run still
-        # lasts its duration.
+        # lasts its duration, unless the other targets spend the `requests:` total first.
         now = time.perf_counter_ns()
-        if not budget.stopping and now < until_ns < float("inf"):
-            gevent.sleep((until_ns - now) / 1e9)
+        while not budget.stopping and budget.left != 0 and now < until_ns < float("inf"):
+            gevent.sleep(min(LEVEL_POLL_S, (until_ns - now) / 1e9))
+            now = time.perf_counter_ns()
     finally:
         # The load stopped (or this greenlet was killed with it): arrivals already due that never
         # started were dropped too.
@@ -302,7 +303,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
             grace = 0.0  # stopped from outside: cancel what is in flight now
             break
         if finished or now >= deadline:
-            spent = finished and now < deadline
+            spent = budget.left == 0  # this worker's share of the `requests:` total is used up
             break
         if now >= next_tick:
             snap = snapshot()

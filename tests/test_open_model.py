@@ -103,6 +103,16 @@ def test_stages_that_end_at_rate_zero_still_last_the_duration(tmp_path: Path) ->
     assert 72 <= tail.requests <= 78 and tail.dropped == 0  # 50 in the first second, 25 on the way down
 
 
+def test_a_spent_requests_total_is_not_held_open_by_a_schedule_that_ran_out(tmp_path: Path) -> None:
+    result = run_site(tmp_path / "spent", [{"name": "users", "url": "http://{site}/", "concurrency": 1,
+                                            "think": "100ms"},
+                                           {"name": "quiet", "url": "http://{site}/", "rate": 10,
+                                            "stages": [{"duration": "500ms", "target": 0}]}],
+                      requests=20, duration="8s", workers=1)
+    assert sum(t.requests for t in result.stats.totals) == 20
+    assert result.stats.elapsed < 4.0  # not the 8 s of the duration
+
+
 def test_auto_workers_never_outnumber_an_in_flight_cap() -> None:
     config = parse_config({"targets": [{"url": "http://127.0.0.1:1/", "rate": 5, "max_concurrency": 1}],
                            "duration": "1s"})

@@ -159,3 +159,26 @@ def test_one_pass_percentiles_and_mean_equal_hdrhistogram_own() -> None:
         reference = [h.get_max_value() if p >= 100 else h.get_value_at_percentile(p) for p in PERCENTILES]
         assert percentiles_ns(h) == reference
         assert mean_ns(h) == pytest.approx(h.get_mean_value(), rel=1e-12)
+
+
+def test_peak_connections_add_up_within_a_second_never_across_seconds() -> None:
+    stats = RunStats([("t", "TCP")], 2)
+    recorders = [TargetRecorder(0), TargetRecorder(0)]
+
+    def second(worker: int, seq: int) -> Snapshot:
+        return Snapshot(worker, seq, float(seq), float(seq + 1), (recorders[worker].snapshot(),))
+
+    for _ in range(5):  # second 0: worker 0 opens five and closes them before the tick
+        recorders[0].connected(1000)
+    for _ in range(5):
+        recorders[0].disconnected()
+    stats.add(second(0, 0))
+    stats.add(second(1, 0))
+    assert stats.peak_open == [5]  # missed by the end-of-second gauge, kept by the peak
+    for _ in range(5):  # second 1: worker 1 does the same; its report arrives before worker 0's
+        recorders[1].connected(1000)
+    for _ in range(5):
+        recorders[1].disconnected()
+    stats.add(second(1, 1))
+    stats.add(second(0, 1))
+    assert stats.peak_open == [5]  # never ten at once

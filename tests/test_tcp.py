@@ -426,6 +426,20 @@ def test_a_run_that_spends_its_requests_total_is_not_short_of_connections(tmp_pa
     assert summary["targets"][0]["requests"] == 500 and summary["targets"][0]["connections"]["peak_open"] == 4
 
 
+def test_a_run_that_ends_by_time_is_checked_even_if_one_worker_spent_its_share(tmp_path: Path) -> None:
+    # worker 0 spends its 100 requests on "home" at once; worker 1 holds none of its tcp connection to
+    # the end of the 3 s: the run ended by time, and the shortfall counts
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result, summary = tcp_run(
+        tmp_path, [{"name": "home", "url": "http://{site}/", "concurrency": 1},
+                   {"name": "nothing", "tcp": f"127.0.0.1:{port}", "connections": 2}],
+        servers=[{"name": "site", "kind": "http", "listen": "127.0.0.1:0", "workers": 1}],
+        requests=200, duration="3s")
+    assert result.exit_status == 1 and summary["shortfalls"], summary["shortfalls"]
+
+
 def test_a_staged_tcp_target_that_never_connects_falls_short_of_its_ramp(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -65,6 +65,7 @@ HTML = b"text/html; charset=utf-8"
 TEXT = b"text/plain; charset=utf-8"
 OCTETS = b"application/octet-stream"
 _NO_BODY = (204, 205, 304)  # RFC 9110 15.3.5, 15.3.6, 15.4.5
+_NO_LENGTH = (204, 304)  # 205 says Content-Length: 0 so a keep-alive client knows it ended (RFC 9112 6.3)
 _CLASS_REASONS = {2: "Success", 3: "Redirection", 4: "Client Error", 5: "Server Error"}
 
 
@@ -80,7 +81,7 @@ _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code).encode()) fo
 
 def response_head(status: int, content_type: bytes, length: int, mode: int) -> bytes:
     """The status line and headers of a response with a body of `length` bytes."""
-    if status in _NO_BODY:  # no Content-Length either (RFC 9110 8.6)
+    if status in _NO_LENGTH:  # no Content-Length either (RFC 9110 8.6)
         fields = b""
     else:
         fields = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, length)

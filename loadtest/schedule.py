@@ -60,14 +60,11 @@ def worker_share(total: float, workers: int, index: int) -> int:
 
 
 class Arrivals:
-    """Gaps between arrivals in nanoseconds: constant, or exponential (Poisson arrivals)."""
+    """Gaps between arrivals, in arrivals' worth of rate: constant, or exponential (Poisson arrivals)."""
 
     def __init__(self, kind: str, seed: int | None = None) -> None:
         self.poisson = kind == "poisson"
         self._random = random.Random(seed)
-
-    def gap_ns(self, rate: float) -> float:
-        return self.unit() / rate * 1e9
 
     def unit(self) -> float:
         """The next gap in arrivals: 1 (constant), or exponential with mean 1 (Poisson)."""

@@ -66,11 +66,11 @@ def test_worker_shares_add_up_to_the_whole() -> None:
 
 
 def test_constant_and_poisson_gaps() -> None:
-    assert Arrivals("constant").gap_ns(1000) == 1e6
+    assert Arrivals("constant").unit() == 1.0
     poisson = Arrivals("poisson", seed=1)
-    gaps = [poisson.gap_ns(1000) for _ in range(20000)]
-    assert sum(gaps) / len(gaps) == pytest.approx(1e6, rel=0.03)
-    assert min(gaps) < 0.1e6 and max(gaps) > 4e6  # exponential, not constant
+    gaps = [poisson.unit() for _ in range(20000)]
+    assert sum(gaps) / len(gaps) == pytest.approx(1.0, rel=0.03)
+    assert min(gaps) < 0.1 and max(gaps) > 4  # exponential, not constant
 
 
 def test_stage_and_model_config() -> None:

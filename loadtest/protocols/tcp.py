@@ -13,7 +13,10 @@ Connections open lazily, paced per worker by `connect_rate` and spread over
 schedule from a random phase, and latency is measured from the intended send
 time (coordinated omission corrected). A connection that fails is closed and
 opened again on the next exchange; a connect that fails is counted as a
-connect failure and retried after `RECONNECT_PAUSE_S`.
+connect failure and retried after `RECONNECT_PAUSE_S`, and so is a connection
+that failed before its first reply (a server at its connection cap accepts and
+closes at once: reconnecting at once would spin, and the connection would look
+held most of the time while it never got an answer).
 
 Message failure kinds: mismatch, closed, reset, read_timeout, error,
 cancelled. Connect failure kinds: those of `connect_failure` (refused,
@@ -101,7 +104,7 @@ class TcpSession:
 
     __slots__ = ("target", "family", "remote", "recorder", "pacer", "sources", "message", "size", "expected",
                  "buffer", "view", "channel", "timer", "timeout", "timeout_ns", "interval_ns", "next_send_ns",
-                 "retry_at_ns", "pause_ns", "stop")
+                 "retry_at_ns", "pause_ns", "stop", "answered")
 
     def __init__(self, target: TcpTarget, family: int, remote: tuple, recorder: TargetRecorder,  # type: ignore[type-arg]
                  pacer: ConnectPacer | None = None, sources: Iterator[str] | None = None,
@@ -128,6 +131,7 @@ class TcpSession:
         self.retry_at_ns = 0
         self.pause_ns = int(reconnect_pause * 1e9)
         self.stop = stop
+        self.answered = False  # has this connection had a whole reply yet?
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         channel = self.channel
@@ -190,10 +194,13 @@ class TcpSession:
         if not kind:
             expected = self.expected
             if expected is None or self.buffer == expected:
+                self.answered = True
                 rec.success(latency, received, sent, received)
                 return
             kind = "mismatch"
         rec.failure(kind, self._failure_message(kind, detail), latency, received, sent)
+        if not self.answered:  # failed before any reply: pause as after a failed connect
+            self.retry_at_ns = perf_counter_ns() + self.pause_ns
         self._drop()
 
     def _failure_message(self, kind: str, detail: str) -> str:
@@ -240,6 +247,7 @@ class TcpSession:
         now = perf_counter_ns()
         self.recorder.connected(now - started)
         self.channel = channel
+        self.answered = False
         if self.interval_ns:  # a random phase spreads the connections' sends over the interval
             self.next_send_ns = now + int(random.random() * self.interval_ns)
         return channel

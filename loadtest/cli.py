@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -75,10 +76,9 @@ class _Group(TyperGroup):
 
 def _looks_like_config(text: str) -> bool:
     """A config file's path or a URL, given where a command was expected."""
-    import os
-
-    return is_url(text) or text.lower().endswith((".yaml", ".yml")) or (os.path.isfile(text) and
-                                                                        not text.startswith("-"))
+    if text.startswith("-"):
+        return False
+    return is_url(text) or text.lower().endswith((".yaml", ".yml")) or os.path.isfile(text)
 
 
 def _show_version(value: bool) -> None:
@@ -141,20 +141,29 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live output; only the final report path."),
     sample_interval: Optional[str] = typer.Option(None, "--sample-interval", metavar="DURATION", help="Resource sampling period (default 1s)."),
     watch_pid: list[int] = typer.Option([], "--watch-pid", metavar="PID", help="Also sample this process (repeatable)."),
-    concurrency: Optional[str] = typer.Option(None, "--concurrency", "-c", metavar="N",
-                                              help=f"URL only: virtual users, closed model (default {DEFAULT_CONCURRENCY})."),
+    concurrency: Optional[str] = typer.Option(
+        None, "--concurrency", "-c", metavar="N",
+        help=f"URL only: virtual users, closed model (default {DEFAULT_CONCURRENCY})."),
     rate: Optional[str] = typer.Option(None, "--rate", metavar="R", help="URL only: arrivals per second, open model."),
     requests_total: Optional[str] = typer.Option(None, "--requests", "-n", metavar="N",
                                                  help="URL only: stop after N requests in all."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", metavar="METHOD", help="URL only: GET (default), POST, ..."),
-    header: list[str] = typer.Option([], "--header", "-H", metavar="'NAME: VALUE'", help="URL only: a request header (repeatable)."),
-    body: Optional[str] = typer.Option(None, "--body", metavar="TEXT", help="URL only: the request body (POST unless -m says otherwise)."),
-    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION", help="URL only: per request (default 10s)."),
-    json_summary: bool = typer.Option(False, "--json", help="Print summary.json on stdout and nothing else (progress goes to stderr)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", metavar="HOST:PORT",
-                                          help="Serve live Prometheus metrics here (PORT alone: on 127.0.0.1; 0: any free port)."),
-    metrics_linger: Optional[str] = typer.Option(None, "--metrics-linger", metavar="DURATION",
-                                                 help=f"After the run, serve the final metrics until scraped, at most this long (default {DEFAULT_METRICS_LINGER_S:g}s; 0: not at all)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", metavar="METHOD",
+                                         help="URL only: GET (default), POST, ..."),
+    header: list[str] = typer.Option([], "--header", "-H", metavar="'NAME: VALUE'",
+                                     help="URL only: a request header (repeatable)."),
+    body: Optional[str] = typer.Option(None, "--body", metavar="TEXT",
+                                       help="URL only: the request body (a POST unless -m says otherwise)."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
+                                          help="URL only: per request (default 10s, as in a config)."),
+    json_summary: bool = typer.Option(False, "--json",
+                                      help="Print summary.json on stdout and nothing else (progress goes to stderr)."),
+    metrics: Optional[str] = typer.Option(
+        None, "--metrics", metavar="HOST:PORT",
+        help="Serve live Prometheus metrics here (PORT alone: on 127.0.0.1; port 0: any free port)."),
+    metrics_linger: Optional[str] = typer.Option(
+        None, "--metrics-linger", metavar="DURATION",
+        help=f"After the run, serve the final metrics until a scrape reads them, at most this long "
+             f"(default {DEFAULT_METRICS_LINGER_S:g}s; 0: stop at once)."),
     version: bool = _version_option(),
 ) -> None:
     """Run the load a config file describes, or one URL's, and write its reports."""
@@ -186,6 +195,8 @@ def run_command(
         if metrics is not None:
             config = replace(config, metrics=parse_metrics_address(metrics, "--metrics"))
         linger = parse_linger(metrics_linger, DEFAULT_METRICS_LINGER_S)
+        if metrics_linger is not None and config.metrics is None:
+            raise ConfigError("--metrics-linger: applies only with --metrics (or metrics: in the config)")
         if config.metrics is not None:
             endpoint = MetricsEndpoint(config.name, [t.name for t in config.targets])
             url = endpoint.start(*config.metrics, where="--metrics" if metrics is not None else "metrics")
@@ -198,7 +209,13 @@ def run_command(
     if not quiet:
         live = RichLive(config, config.duration, shown) if shown.isatty() else PlainLive(shown, config.duration)
     result = None
-    callbacks = [c for c in (live.interval if live else None, endpoint.frame if endpoint else None) if c]
+    shows = [show for show in (live.interval if live else None, endpoint.frame if endpoint else None) if show]
+
+    def on_interval(frame: Any) -> None:
+        """Each merged second, to the live view and to the metrics endpoint."""
+        for show in shows:
+            show(frame)
+
     # run() counts interrupts while it runs and puts back what it found when it returns. What it finds is
     # "ignore": once the reports are written a late Ctrl-C must not kill the exit half-way, which it would
     # during interpreter shutdown (Python resets handled signals to the default there) with status -2.
@@ -206,7 +223,7 @@ def run_command(
         signal.signal(signum, signal.SIG_IGN)
     try:
         result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=tuple(watch_pid),
-                     on_interval=(lambda frame: [c(frame) for c in callbacks]) if callbacks else None,
+                     on_interval=on_interval if shows else None,
                      on_event=live.event if live else None)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
@@ -358,8 +375,6 @@ def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connec
 
 
 def _default_workers() -> int:
-    import os
-
     return os.cpu_count() or 1
 
 

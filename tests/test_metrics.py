@@ -97,6 +97,7 @@ def test_metrics_refuses_an_address_it_cannot_use(tmp_path: Path, monkeypatch: p
             (["--metrics", "prometheus.local:9464"], "--metrics: host must be an IP address or localhost"),
             (["--metrics", "127.0.0.1:70000"], "--metrics: port must be between 0 and 65535"),
             (["--metrics", "0", "--metrics-linger", "soon"], "--metrics-linger: must be a duration"),
+            (["--metrics-linger", "5s"], "--metrics-linger: applies only with --metrics"),
         ):
             done = CliRunner().invoke(app, ["run", "http://127.0.0.1:1/", "-n", "1", *args])  # in-process
             assert done.exit_code == 2 and message in done.stderr, (args, done.stderr, done.exception)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import signal
 import sys
 from dataclasses import replace
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+from . import __version__
+from .quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
 
 EXIT_OK = 0
 EXIT_THRESHOLD = 1
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
 EXIT_INTERRUPTED = 130
+DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape comes within it
 
 EXIT_CODES = f"""Exit status: {EXIT_OK} the run completed and every threshold passed;
 {EXIT_THRESHOLD} a threshold failed (or a tcp target held fewer connections than asked);
@@ -21,15 +29,91 @@ EXIT_CODES = f"""Exit status: {EXIT_OK} the run completed and every threshold pa
 {EXIT_RUN_FAILED} the run itself failed (a worker was lost, a server could not start);
 {EXIT_INTERRUPTED} stopped by Ctrl-C (reports are still written)."""
 
+RUN_EXAMPLES = """Examples: loadtest run configs/sites.yaml;
+loadtest run http://127.0.0.1:8080/ -c 50 -d 10s (one target, no file, as wrk or hey);
+loadtest run http://127.0.0.1:8080/echo --rate 2000 -m POST --body '{"a": 1}' -H 'Content-Type: application/json'."""
+_REQUIRED_ARGUMENT = re.compile(r"^\{(.*)\}(\.\.\.)?$")
+
+
+def _tidy_help(params: list[Any]) -> list[Any]:
+    """Help that names values as users write them: no `<bool>` after a flag, no `<str>` beside CONFIG.
+
+    Typer prints each parameter's Python type unless it has a metavar; a flag gets an empty one, any
+    other option its name in capitals unless it was given one, and an argument shows its name alone.
+    """
+    for param in params:
+        if getattr(param, "param_type_name", "") == "argument":
+            param.display_type_rich = lambda ctx: None  # the name (CONFIG) says it; `<str>` adds nothing
+        elif getattr(param, "is_flag", False):
+            param.metavar = param.metavar or ""
+        elif param.metavar is None and param.name:
+            param.metavar = param.name.upper()
+    return params
+
+
+class _Command(TyperCommand):
+    """A command whose help reads `run [OPTIONS] CONFIG`, not `{CONFIG}`, with no Python types."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _tidy_help(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [_REQUIRED_ARGUMENT.sub(r"\1\2", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
+class _Group(TyperGroup):
+    """A command group that says `did you mean loadtest run ok.yaml?` for a config given without a command."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _tidy_help(super().get_params(ctx))
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and self.get_command(ctx, name) is None and "run" in self.commands and _looks_like_config(name):
+            fail(f"{name!r} is not a command; did you mean `loadtest run {shlex.join(args)}`?", EXIT_BAD_INPUT)
+        return super().resolve_command(ctx, args)
+
+
+def _looks_like_config(text: str) -> bool:
+    """A config file's path or a URL, given where a command was expected."""
+    if text.startswith("-"):
+        return False
+    return is_url(text) or text.lower().endswith((".yaml", ".yml")) or os.path.isfile(text)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"loadtest {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+def _version_option() -> Any:
+    """`--version`, on the app and on every command."""
+    return typer.Option(False, "--version", callback=_show_version, is_eager=True, expose_value=False,
+                        help="Show the version and exit.")
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Load testing from one gevent worker process per CPU core, with exact merged statistics.",
     epilog=EXIT_CODES,
 )
-serve_app = typer.Typer(no_args_is_help=True, help="Run an embedded target server in the foreground.")
+serve_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Run an embedded target server in the foreground.")
 app.add_typer(serve_app, name="serve")
+
+
+@app.callback()
+def _app_options(version: bool = _version_option()) -> None:
+    """Load testing from one gevent worker process per CPU core, with exact merged statistics."""
+
+
+@serve_app.callback()
+def _serve_options(version: bool = _version_option()) -> None:
+    """Run an embedded target server in the foreground."""
 
 
 # What reading a damaged run folder raises once its files parse but hold the wrong things; the
@@ -46,37 +130,92 @@ def fail(message: str, status: int) -> None:
     raise typer.Exit(status)
 
 
-@app.command("run", epilog=EXIT_CODES)
+@app.command("run", cls=_Command, epilog=f"{RUN_EXAMPLES}\n\n{EXIT_CODES}")
 def run_command(
-    config_path: str = typer.Argument(..., metavar="CONFIG", help="The run's YAML config file."),
-    duration: Optional[str] = typer.Option(None, "--duration", "-d", help="How long to run: 10s, 2m, 1h."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (default: one per core)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the report folder exactly here."),
+    config_path: str = typer.Argument(..., metavar="CONFIG",
+                                      help="The run's YAML config file, or a URL to load one target without a file."),
+    duration: Optional[str] = typer.Option(None, "--duration", "-d", metavar="DURATION",
+                                           help=f"How long to run: 10s, 2m, 1h (with a URL, default {DEFAULT_DURATION})."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, metavar="N", help="Worker processes (default: one per core)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Write the report folder exactly here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live output; only the final report path."),
-    sample_interval: Optional[str] = typer.Option(None, "--sample-interval", help="Resource sampling period (default 1s)."),
-    watch_pid: list[int] = typer.Option([], "--watch-pid", help="Also sample this process (repeatable)."),
+    sample_interval: Optional[str] = typer.Option(None, "--sample-interval", metavar="DURATION", help="Resource sampling period (default 1s)."),
+    watch_pid: list[int] = typer.Option([], "--watch-pid", metavar="PID", help="Also sample this process (repeatable)."),
+    concurrency: Optional[str] = typer.Option(
+        None, "--concurrency", "-c", metavar="N",
+        help=f"URL only: virtual users, closed model (default {DEFAULT_CONCURRENCY})."),
+    rate: Optional[str] = typer.Option(None, "--rate", metavar="R", help="URL only: arrivals per second, open model."),
+    requests_total: Optional[str] = typer.Option(None, "--requests", "-n", metavar="N",
+                                                 help="URL only: stop after N requests in all."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", metavar="METHOD",
+                                         help="URL only: GET (default), POST, ..."),
+    header: list[str] = typer.Option([], "--header", "-H", metavar="'NAME: VALUE'",
+                                     help="URL only: a request header (repeatable)."),
+    body: Optional[str] = typer.Option(None, "--body", metavar="TEXT",
+                                       help="URL only: the request body (a POST unless -m says otherwise)."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
+                                          help="URL only: per request (default 10s, as in a config)."),
+    json_summary: bool = typer.Option(False, "--json",
+                                      help="Print summary.json on stdout and nothing else (progress goes to stderr)."),
+    metrics: Optional[str] = typer.Option(
+        None, "--metrics", metavar="HOST:PORT",
+        help="Serve live Prometheus metrics here (PORT alone: on 127.0.0.1; port 0: any free port)."),
+    metrics_linger: Optional[str] = typer.Option(
+        None, "--metrics-linger", metavar="DURATION",
+        help=f"After the run, serve the final metrics until a scrape reads them, at most this long "
+             f"(default {DEFAULT_METRICS_LINGER_S:g}s; 0: stop at once)."),
+    version: bool = _version_option(),
 ) -> None:
-    """Run the load a config describes and write its reports."""
-    from .config import ConfigError, check_workers, load_config, parse_duration
+    """Run the load a config file describes, or one URL's, and write its reports."""
+    from .config import ConfigError, check_workers, load_config, parse_duration, parse_metrics_address
     from .controller import RunError, run
     from .live import PlainLive, RichLive, print_summary
+    from .metrics import MetricsEndpoint
+    from .quick import OneLine, one_line_config
     from .resources import DEFAULT_SAMPLE_INTERVAL_S
 
+    one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
+    endpoint: MetricsEndpoint | None = None
     try:
         if workers is not None:
             check_workers(workers, "--workers")
         if out is not None and not out.strip():
             raise ConfigError("--out: must be a folder path, got ''")
-        config = load_config(config_path)
-        if duration is not None:
-            config = replace(config, duration=parse_duration(duration, "--duration"))
+        if is_url(config_path):
+            config = one_line_config(one_line)
+        else:
+            if one_line.given():
+                raise ConfigError(f"{one_line.given()[0]}: applies only to a URL (loadtest run http://HOST:PORT/ "
+                                  f"-c 50); a config file sets it per target")
+            config = load_config(config_path)
+            if duration is not None:
+                config = replace(config, duration=parse_duration(duration, "--duration"))
         interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
             else DEFAULT_SAMPLE_INTERVAL_S
+        if metrics is not None:
+            config = replace(config, metrics=parse_metrics_address(metrics, "--metrics"))
+        linger = parse_linger(metrics_linger, DEFAULT_METRICS_LINGER_S)
+        if metrics_linger is not None and config.metrics is None:
+            raise ConfigError("--metrics-linger: applies only with --metrics (or metrics: in the config)")
+        if config.metrics is not None:
+            endpoint = MetricsEndpoint(config.name, [t.name for t in config.targets])
+            url = endpoint.start(*config.metrics, where="--metrics" if metrics is not None else "metrics")
+            typer.echo(f"metrics on {url}", err=True)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
+    # With --json, stdout carries summary.json alone: the live view and the summary table go to stderr.
+    shown = sys.stderr if json_summary else sys.stdout
     live: PlainLive | RichLive | None = None
     if not quiet:
-        live = RichLive(config, config.duration) if sys.stdout.isatty() else PlainLive(sys.stdout, config.duration)
+        live = RichLive(config, config.duration, shown) if shown.isatty() else PlainLive(shown, config.duration)
+    result = None
+    shows = [show for show in (live.interval if live else None, endpoint.frame if endpoint else None) if show]
+
+    def on_interval(frame: Any) -> None:
+        """Each merged second, to the live view and to the metrics endpoint."""
+        for show in shows:
+            show(frame)
+
     # run() counts interrupts while it runs and puts back what it found when it returns. What it finds is
     # "ignore": once the reports are written a late Ctrl-C must not kill the exit half-way, which it would
     # during interpreter shutdown (Python resets handled signals to the default there) with status -2.
@@ -84,7 +223,8 @@ def run_command(
         signal.signal(signum, signal.SIG_IGN)
     try:
         result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=tuple(watch_pid),
-                     on_interval=live.interval if live else None, on_event=live.event if live else None)
+                     on_interval=on_interval if shows else None,
+                     on_event=live.event if live else None)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RunError as e:
@@ -94,19 +234,66 @@ def run_command(
     finally:
         if live is not None:
             live.close()
+        if endpoint is not None and result is None:  # no run to show: stop serving now
+            endpoint.stop()
+    assert result is not None
+    if endpoint is not None:
+        endpoint.finish(result.stats)
     if quiet:
-        typer.echo(str(result.run_dir))
+        if not json_summary:
+            typer.echo(str(result.run_dir))
         for problem in result.problems:
             typer.echo(f"problem: {problem}", err=True)
     else:
-        print_summary(result, config, sys.stdout)
+        print_summary(result, config, shown)
+    if json_summary:
+        sys.stdout.write(summary_text(result.run_dir))
+        sys.stdout.flush()
+    if endpoint is not None:
+        linger_for_scrape(endpoint, linger)
     raise typer.Exit(result.exit_status)
 
 
-@app.command("report")
+def linger_for_scrape(endpoint: Any, seconds: float) -> None:
+    """Serve the final metrics until a scrape reads them, Ctrl-C, or `seconds`; then stop serving."""
+    if seconds > 0 and not endpoint.final_scraped:
+        typer.echo(f"metrics: serving the final figures until a scrape reads them (at most {seconds:g} s; "
+                   f"Ctrl-C to stop now)", err=True)
+        previous = {s: signal.signal(s, lambda signum, frame: endpoint.release())
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if not endpoint.wait_for_final_scrape(seconds):
+                typer.echo(f"metrics: no scrape read the final figures within {seconds:g} s", err=True)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    endpoint.stop()
+
+
+def parse_linger(text: Optional[str], default: float) -> float:
+    """--metrics-linger: a duration, or 0 for no linger at all."""
+    from .config import parse_duration
+
+    if text is None:
+        return default
+    if text.strip() in ("0", "0s"):
+        return 0.0
+    return parse_duration(text, "--metrics-linger")
+
+
+def summary_text(run_dir: Any) -> str:
+    """summary.json's content as written, ending with a newline."""
+    from pathlib import Path
+
+    text = (Path(run_dir) / "summary.json").read_text(encoding="utf-8")
+    return text if text.endswith("\n") else text + "\n"
+
+
+@app.command("report", cls=_Command)
 def report_command(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="A run's report folder."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the HTML here (default RUN_DIR/report.html)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the HTML here (default RUN_DIR/report.html)."),
+    version: bool = _version_option(),
 ) -> None:
     """Write report.html again from a run folder's files alone."""
     from pathlib import Path
@@ -122,13 +309,14 @@ def report_command(
     typer.echo(str(path))
 
 
-@app.command("compare", epilog="Exit status: 0 nothing got worse beyond the tolerance; 1 something did; 2 bad input.")
+@app.command("compare", cls=_Command, epilog="Exit status: 0 nothing got worse beyond the tolerance; 1 something did; 2 bad input.")
 def compare_command(
     run_a: str = typer.Argument(..., metavar="RUN_A", help="The baseline run folder."),
     run_b: str = typer.Argument(..., metavar="RUN_B", help="The run to compare with it."),
-    tolerance: str = typer.Option("5%", "--tolerance", "-t", help="How much worse counts as worse: 5% or 0.05."),
-    output: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
-    html: Optional[str] = typer.Option(None, "--html", help="Also write the side by side as an HTML page here."),
+    tolerance: str = typer.Option("5%", "--tolerance", "-t", metavar="TOLERANCE", help="How much worse counts as worse: 5% or 0.05."),
+    output: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table, csv or json."),
+    html: Optional[str] = typer.Option(None, "--html", metavar="FILE", help="Also write the side by side as an HTML page here."),
+    version: bool = _version_option(),
 ) -> None:
     """Compare two runs target by target; exit status 1 when B is worse than A beyond the tolerance."""
     from pathlib import Path
@@ -187,29 +375,36 @@ def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connec
 
 
 def _default_workers() -> int:
-    import os
-
     return os.cpu_count() or 1
 
 
-@serve_app.command("http")
+SERVER_WORKERS_HELP = "Server processes sharing the port (default: auto, one per core)."
+MAX_CONNECTIONS_HELP = "Connections per process (default: the server's own cap)."
+
+
+@serve_app.command("http", cls=_Command)
 def serve_http(
-    listen: str = typer.Option("127.0.0.1:8080", "--listen", "-l", help="HOST:PORT to listen on (port 0: any free port)."),
-    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Server processes sharing the port (default: one per core)."),
-    max_connections: int = typer.Option(0, "--max-connections", min=0, help="Connections per process (0: default)."),
-    idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", help="Close connections idle this long (10s, 2m)."),
+    listen: str = typer.Option("127.0.0.1:8080", "--listen", "-l", metavar="HOST:PORT", help="HOST:PORT to listen on (port 0: any free port)."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
+    max_connections: int = typer.Option(0, "--max-connections", min=0, metavar="N", show_default=False, help=MAX_CONNECTIONS_HELP),
+    idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", metavar="DURATION", help="Close connections idle this long (10s, 2m)."),
+    version: bool = _version_option(),
 ) -> None:
-    """The embedded HTTP "sites" server: /, /bytes/N, /delay/MS, /status/CODE, /echo, /site/K."""
+    """The embedded HTTP "sites" server: /, /bytes/N, /delay/MS, /status/CODE, /stall/P/S, /echo, /site/K.
+
+    /stall/P/S freezes the first S ms of every P ms, as in wrk2's coordinated-omission demonstration.
+    """
     _serve("http", listen, workers or _default_workers(), max_connections=max_connections, idle_timeout=idle_timeout)
 
 
-@serve_app.command("echo")
+@serve_app.command("echo", cls=_Command)
 def serve_echo(
-    listen: str = typer.Option("127.0.0.1:9000", "--listen", "-l", help="HOST:PORT to listen on (port 0: any free port)."),
-    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Server processes sharing the port (default: one per core)."),
+    listen: str = typer.Option("127.0.0.1:9000", "--listen", "-l", metavar="HOST:PORT", help="HOST:PORT to listen on (port 0: any free port)."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
     upper: bool = typer.Option(False, "--upper", help="Reply upper-cased instead of unchanged."),
-    max_connections: int = typer.Option(0, "--max-connections", min=0, help="Connections per process (0: default)."),
-    idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", help="Close connections idle this long (10s, 2m)."),
+    max_connections: int = typer.Option(0, "--max-connections", min=0, metavar="N", show_default=False, help=MAX_CONNECTIONS_HELP),
+    idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", metavar="DURATION", help="Close connections idle this long (10s, 2m)."),
+    version: bool = _version_option(),
 ) -> None:
     """The embedded TCP echo server, one process per core sharing the port."""
     _serve("echo", listen, workers or _default_workers(), upper=upper, max_connections=max_connections,

@@ -39,6 +39,7 @@ MAX_LEVEL = 10_000_000.0  # a rate (per second) or a stage's target, at most
 MAX_WORKERS = 256  # processes of one kind a run or server may start (each is ~30 MiB)
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 RESERVED_NAMES = ("Aggregated",)  # the total row of every report
+DEFAULT_METRICS_HOST = "127.0.0.1"  # live metrics listen on loopback unless a host is given
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -156,6 +157,7 @@ class RunConfig:
     servers: tuple[ServerSpec, ...] = ()
     thresholds: tuple[Threshold, ...] = ()
     monitor: tuple[int, ...] = ()  # pids of processes the run did not start, sampled too
+    metrics: tuple[str, int] | None = None  # (host, port) to serve live Prometheus metrics on; port 0: any free
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -188,6 +190,16 @@ def parse_address(value: Any, where: str, allow_refs: bool = False) -> tuple[str
         raise ConfigError(f"{where}: port must be a number, got {value!r}") from None
     if not 0 <= port <= 65535:
         raise ConfigError(f"{where}: port must be between 0 and 65535, got {port}")
+    return host, port
+
+
+def parse_metrics_address(value: Any, where: str) -> tuple[str, int]:
+    """Where to serve live metrics: ``HOST:PORT``, or ``PORT`` / ``:PORT`` on loopback."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str) and (text.isdigit() or text.startswith(":")):
+        text = f"{DEFAULT_METRICS_HOST}:{text.lstrip(':')}"
+    host, port = parse_address(text, where)
+    check_ip(host, where)
     return host, port
 
 
@@ -274,7 +286,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
         raise ConfigError(f"config: must be a mapping of fields, got {_type_name(data)}")
     _check_text(data, "config")
     _check_keys(data, "config", {"name", "duration", "requests", "workers", "out", "servers", "targets",
-                                 "thresholds", "monitor"})
+                                 "thresholds", "monitor", "metrics"})
     name = _name(data.get("name", default_name), "name")
     duration = parse_duration(data["duration"], "duration") if data.get("duration") is not None else None
     requests = _positive_int(data["requests"], "requests") if data.get("requests") is not None else None
@@ -323,6 +335,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
         servers=servers,
         thresholds=thresholds,
         monitor=pids,
+        metrics=parse_metrics_address(data["metrics"], "metrics") if data.get("metrics") is not None else None,
         source=data,
     )
 

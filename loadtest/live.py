@@ -8,12 +8,13 @@ Anywhere else (CI logs, pipes): one plain line per second.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import RunConfig
 from .reports import stats_rows
 from .stats import aggregate, percentiles_ns
-from .thresholds import unit_of
+from .thresholds import Outcome, unit_of
 from .verdicts import NO_CONDITION_FOUND
 
 if TYPE_CHECKING:
@@ -55,18 +56,18 @@ class PlainLive:
 class RichLive:
     """A progress bar and a table redrawn each second, for a terminal."""
 
-    def __init__(self, config: RunConfig, duration: float | None) -> None:
+    def __init__(self, config: RunConfig, duration: float | None, out: TextIO = sys.stdout) -> None:
         from rich.console import Console
         from rich.live import Live
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self.config = config
-        self.console = Console()
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[of]}"),
-                                 TimeElapsedColumn(), console=self.console)
+        self.duration = duration
+        self.console = Console(file=out)
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
+                                 console=self.console)
         total = duration if duration else None
-        self.task = self.progress.add_task(config.name, total=total,
-                                           of=f"of {duration:g} s" if duration else f"{config.requests} requests")
+        self.task = self.progress.add_task(config.name, total=total, done=self._done(0.0, 0))
         self.live = Live(self.progress, console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 
@@ -90,11 +91,19 @@ class RichLive:
         cpu = _cpu(frame.worker_cpu)
         machine = f"{frame.machine_cpu:.0f}%" if frame.machine_cpu is not None else "-"
         line = f"workers CPU {'[red]' if hot else ''}{cpu}{'[/red]' if hot else ''}   machine CPU {machine}"
+        requests = frame.stats.aggregated().requests
+        done = self._done(interval.end, requests)
         if self.progress.tasks[0].total:
-            self.progress.update(self.task, completed=min(interval.end, self.progress.tasks[0].total))
+            self.progress.update(self.task, completed=min(interval.end, self.progress.tasks[0].total), done=done)
         else:
-            self.progress.update(self.task, completed=frame.stats.aggregated().requests)
+            self.progress.update(self.task, completed=requests, done=done)
         self.live.update(Group(self.progress, table, line), refresh=True)
+
+    def _done(self, elapsed: float, requests: int) -> str:
+        """How far the run is: `3.0 s of 10 s`, or `1,200 of 5,000 requests` for a run that stops at a count."""
+        if self.duration:
+            return f"{elapsed:.1f} s of {self.duration:g} s"
+        return f"{requests:,} of {self.config.requests or 0:,} requests"
 
     def event(self, text: str) -> None:
         style = "bold yellow" if text.startswith("warning") else None
@@ -102,6 +111,18 @@ class RichLive:
 
     def close(self) -> None:
         self.live.stop()
+
+
+def measured(o: Outcome) -> str:
+    """What a threshold measured, as a reader writes it: `1.234 ms`, `0.50%` (an error rate), `1,200 requests/s`."""
+    unit = unit_of(o.threshold)
+    if unit == "fraction":
+        return f"{o.measured * 100:.2f}%"
+    if unit == "ms":
+        return f"{o.measured:.3f} ms"
+    if unit == "requests/s":
+        return f"{o.measured:,.1f} requests/s"
+    return f"{o.measured:,.0f}"
 
 
 def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
@@ -129,7 +150,7 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"{NO_CONDITION_FOUND}\n")
     for o in result.thresholds:
         mark = "pass" if o.passed else "FAIL"
-        out.write(f"threshold {mark}: {o.threshold.text}  (measured {o.measured:g} {unit_of(o.threshold)})\n")
+        out.write(f"threshold {mark}: {o.threshold.text}  (measured {measured(o)})\n")
     if result.aborted:
         out.write(f"aborted: {result.aborted}\n")
     for shortfall in result.shortfalls:

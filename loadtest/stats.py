@@ -363,6 +363,24 @@ def min_ns(hist: HdrHistogram) -> int:
     return hist.get_min_value() if hist.get_total_count() else 0
 
 
+def counts_at_or_below(hist: HdrHistogram, bounds_ns: Sequence[int]) -> list[int]:
+    """How many values are at or below each bound (ascending, ns): the cumulative buckets of a histogram.
+
+    A value counts by its bucket's highest equivalent value, as `percentiles_ns` reports it.
+    """
+    out = [0] * len(bounds_ns)
+    j = 0
+    seen = 0
+    for count, lowest, width in _recorded(hist):
+        while j < len(bounds_ns) and lowest + width - 1 > bounds_ns[j]:
+            out[j] = seen
+            j += 1
+        seen += count
+    for k in range(j, len(bounds_ns)):
+        out[k] = seen
+    return out
+
+
 def aggregate(totals: Sequence[TargetTotals], name: str = AGGREGATED) -> TargetTotals:
     """All targets' totals merged into one."""
     out = TargetTotals(name=name, type="")

@@ -97,8 +97,9 @@ def parse_threshold(text: str, targets: Sequence[str], abort_on_fail: bool = Fal
         if unit is not None:
             raise ThresholdError(f"{figure} takes a plain number, got {text!r}")
     else:
-        known = ", ".join(["p50", "p99.9", "avg", "min", "max", "error_rate", "rps", *COUNTS, *FAILURE_KINDS])
-        raise ThresholdError(f"has no figure {figure!r} (known: {known})")
+        known = ", ".join(["avg", "mean", "min", "max", "error_rate", "rps", *COUNTS, *FAILURE_KINDS])
+        raise ThresholdError(f"has no figure {figure!r} (known: any percentile pN such as p50, p95 or p99.9, "
+                             f"{known})")
     return Threshold(text.strip(), target, figure, op, value, abort_on_fail)
 
 

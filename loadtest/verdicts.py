@@ -116,8 +116,12 @@ def _counts(e: _Episode) -> bool:
 
 def _verdict(e: _Episode, final: bool = False) -> dict[str, Any]:
     ended = final or e.closed
-    when = f"for {e.duration_s:.1f} s from {e.start_s:.1f} s" if ended else \
-        f"for {e.duration_s:.1f} s so far, since {e.start_s:.1f} s"
+    if ended:
+        when = f"for {e.duration_s:.1f} s from {e.start_s:.1f} s"
+    elif e.duration_s >= 0.05:
+        when = f"for {e.duration_s:.1f} s so far, since {e.start_s:.1f} s"
+    else:  # just begun: "for 0.0 s so far" would say nothing
+        when = f"since {e.start_s:.1f} s"
     if e.kind == "worker_saturated":
         what = (f"{e.role} {'was' if ended else 'has been'} above {WORKER_SATURATED_PERCENT:g}% CPU {when} "
                 f"(peak {e.peak:.0f}%): the generator was saturated, so its latencies then measure "

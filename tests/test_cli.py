@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,10 @@ from typing import Callable
 
 import pytest
 import requests
+from typer.testing import CliRunner
 
+import loadtest
+from loadtest.cli import app
 from loadtest.config import parse_config
 from loadtest.controller import run
 
@@ -203,3 +207,75 @@ def test_a_report_folder_that_cannot_be_made_is_bad_input(tmp_path: Path) -> Non
                          (tmp_path / "afile" / "sub", "cannot write reports under")):
         done = cli("run", str(config), "--out", str(out), cwd=tmp_path)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_and_version_on_the_app_and_every_command() -> None:
+    commands = [[], ["run"], ["report"], ["compare"], ["serve"], ["serve", "http"], ["serve", "echo"]]
+    runner = CliRunner()  # in-process: 21 interpreters would cost seconds of a shared machine
+    for command in commands:
+        short, long = runner.invoke(app, [*command, "-h"]), runner.invoke(app, [*command, "--help"])
+        assert short.exit_code == long.exit_code == 0 and short.stdout == long.stdout, command
+        for jargon in ("<bool>", "<str>", "<int", "<list", "[default: 0]"):  # Python types, a default that is "auto"
+            assert jargon not in short.stdout, (command, jargon)
+        assert not re.search(r"\{[A-Z_]+\}", short.stdout), command  # click's mark for a required argument
+        version = runner.invoke(app, [*command, "--version"])
+        assert version.exit_code == 0 and version.stdout == f"loadtest {loadtest.__version__}\n", command
+    run_help = " ".join(runner.invoke(app, ["run", "-h"]).stdout.split())
+    assert "run [OPTIONS] CONFIG" in run_help and "loadtest run http://127.0.0.1:8080/ -c 50 -d 10s" in run_help
+    serve_help = " ".join(runner.invoke(app, ["serve", "http", "-h"]).stdout.split())
+    assert "/stall/P/S" in serve_help and "default: auto, one per core" in serve_help
+
+
+def test_a_config_without_run_says_what_was_meant(tmp_path: Path) -> None:
+    (tmp_path / "ok.yaml").write_text("requests: 1\ntargets: [{url: 'http://127.0.0.1:1/'}]\n")
+    for args, meant in ((["ok.yaml"], "loadtest run ok.yaml"),
+                        (["http://127.0.0.1:1/", "-c", "5"], "loadtest run http://127.0.0.1:1/ -c 5")):
+        done = cli(*args, cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr == f"loadtest: {args[0]!r} is not a command; did you mean `{meant}`?\n"
+    typo = cli("rnu", cwd=tmp_path)  # not a file: click's own "did you mean 'run'"
+    assert typo.returncode == 2 and "Did you mean 'run'?" in typo.stderr
+
+
+def test_json_prints_summary_json_and_nothing_else_on_stdout(tmp_path: Path) -> None:
+    server = subprocess.Popen([sys.executable, "-m", "loadtest", "serve", "http", "--listen", "127.0.0.1:0",
+                               "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[3]
+        done = cli("run", f"{url}/", "-c", "2", "-d", "1s", "-w", "1", "--json", "--out", str(tmp_path / "run"),
+                   cwd=tmp_path)
+        quiet = cli("run", f"{url}/", "-c", "2", "-n", "50", "-w", "1", "--json", "--quiet",
+                    "--out", str(tmp_path / "quiet"), cwd=tmp_path)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert done.stdout == (tmp_path / "run" / "summary.json").read_text().rstrip("\n") + "\n"
+    assert "req/s" in done.stderr and "Aggregated" in done.stderr  # the live lines and the table, on stderr
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["aggregated"]["requests"] == 50
+
+
+def test_progress_thresholds_and_verdicts_read_as_sentences() -> None:
+    from loadtest.live import measured
+    from loadtest.thresholds import Outcome, ThresholdError, parse_threshold
+    from loadtest.verdicts import Verdicts
+
+    def outcome(text: str, value: float) -> str:
+        return measured(Outcome(parse_threshold(text, ["home"]), True, value))
+
+    assert outcome("error_rate < 1%", 0.0) == "0.00%" and outcome("error_rate < 1%", 0.0123) == "1.23%"
+    assert outcome("p95 < 20ms", 1.5) == "1.500 ms" and outcome("rps > 100", 1234.5) == "1,234.5 requests/s"
+    assert outcome("failures == 0", 3) == "3"
+    with pytest.raises(ThresholdError) as refused:
+        parse_threshold("p9x < 5ms", ["home"])
+    assert "any percentile pN such as p50, p95 or p99.9" in str(refused.value)
+    for accepted in ("p95 < 20ms", "p50 < 1ms", "p99.9 < 1s", "mean < 1ms", "refused == 0"):
+        parse_threshold(accepted, ["home"])  # each named in the message's list
+    v = Verdicts()
+    v.note_behind(0, 3.0, 0.2)  # the first note of an episode: no length yet
+    (said,) = v.new()
+    assert "since 3.0 s" in said["what"] and "0.0 s so far" not in said["what"]

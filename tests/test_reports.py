@@ -124,3 +124,17 @@ def test_https_to_a_plain_http_server_fails_and_a_latency_threshold_cannot_pass_
     assert sum(kinds.values()) == 50 and summary["aggregated"]["latency_ms"] == {}
     assert summary["outcome"].startswith(f"FAILED: 50 of 50 requests failed: {next(iter(kinds))}")
     assert "threshold 'p99 < 1s' failed (measured — (no latency samples" in summary["outcome"]
+
+
+def test_requests_cancelled_when_the_run_stops_do_not_fail_it(tmp_path: Path) -> None:
+    config = parse_config({
+        "name": "slow", "duration": "1s", "workers": 1,
+        "servers": [{"name": "site", "kind": "http", "listen": "127.0.0.1:0", "workers": 1}],
+        "targets": [{"name": "stuck", "url": "http://{site}/delay/20000", "timeout": "30s", "concurrency": 2}]})
+    result = run(config, out_dir=tmp_path / "run")
+    (stuck,) = result.stats.totals
+    assert set(stuck.failures) == {"cancelled"} and stuck.failure_count == 2  # in flight past the 2 s grace
+    assert result.exit_status == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["outcome"] == "PASSED"
+    assert summary["thresholds"][0]["measured"] == 0

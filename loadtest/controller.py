@@ -312,7 +312,8 @@ class _AbortCheck:
         for t in self.thresholds:
             outcome = check(t, totals_for(self.stats, t.target), self.stats.elapsed, final=False)
             if not outcome.passed:
-                self.reason = f"threshold {t.text!r} failed at {self.stats.elapsed:.1f} s (measured {outcome.measured_text})"
+                self.reason = (f"threshold {t.text!r} failed at {self.stats.elapsed:.1f} s "
+                               f"(measured {outcome.measured_text})")
                 self.event(f"stopping: {self.reason}")
                 self.stop.set()
                 return

@@ -41,6 +41,7 @@ from .verdicts import WORKER_SATURATED_PERCENT as SATURATED_CPU_PERCENT
 from .run_files import (
     FAILURES_HEADER,
     LATENESS_TYPE,
+    OPEN_MODEL_MEANING,
     REPORT_NAME,
     UNCORRECTED_TYPE,
     WorkerSummary,
@@ -59,11 +60,6 @@ from .svg_chart import (
 __all__ = ["REPORT_NAME", "RunFolderError", "render_report", "write_html_report"]
 
 MISSING = "—"
-OPEN_MODEL_NOTE = (
-    f"{LATENESS_TYPE}: how late each open-model arrival started against its schedule; its Failures are the "
-    f"arrivals dropped (not started within 1 s). {UNCORRECTED_TYPE}: latency from the actual send instead of "
-    f"the scheduled start. It equals the corrected row whenever sends leave on time, and is lower only when "
-    f"arrivals start late, which happens when max_concurrency requests are already in flight.")
 SECRET_KEY = re.compile(r"authorization|cookie|token|password|secret|api[-_]?key", re.IGNORECASE)
 
 
@@ -302,6 +298,8 @@ def _checks_section(run: RunFolder) -> str:
                 measured = MISSING
             elif unit == "fraction" and isinstance(value, (int, float)):
                 measured = _pct(float(value))
+            elif unit == "count" and isinstance(value, (int, float)):
+                measured = fmt_count(float(value))
             else:
                 measured = _text(value) + (f" {unit}" if unit else "")
             rows.append([f'<td class="l">{_badge(c.get("passed"))}</td>', td(_check_label(c), "l name"),
@@ -388,7 +386,7 @@ def _summary_section(run: RunFolder) -> str:
             classes += ["open", "open"]
     headers = ["Type", "Name", "Requests", "Failures", "Error rate", "Req/s", "Mean ms", "p50 ms", "p95 ms",
                "p99 ms", "p99.9 ms", "Max ms"]
-    note = f'<p class="note" id="open-model-note">{escape(OPEN_MODEL_NOTE)}</p>' if "open" in classes else ""
+    note = f'<p class="note" id="open-model-note">{escape(OPEN_MODEL_MEANING)}</p>' if "open" in classes else ""
     return '<section><h2>Summary</h2>' + table(headers, rows, left=2, row_classes=classes) + note + \
         _failures(run) + "</section>"
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import RunConfig
 from .reports import LOCUST_NO_LATENCY, run_outcome, stats_rows
-from .run_files import NO_FIGURE, STATS_HEADER
+from .run_files import NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
 from .stats import aggregate, percentiles_ns
 from .verdicts import NO_CONDITION_FOUND
 
@@ -127,6 +127,8 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
     out.write(line(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))) + "\n")
     for row in table:
         out.write(line(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "\n")
+    if any(r["Type"] in OPEN_MODEL_TYPES for r in rows):
+        out.write(f"{OPEN_MODEL_MEANING}\n")
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
             out.write(f"  {t.name}: {count} {kind}\n")

@@ -40,6 +40,11 @@ CONNECT_TYPE = "CONNECT"  # tcp: connection set-up latency
 LATENESS_TYPE = "LATENESS"  # open model: how late arrivals started; Failure Count = dropped
 UNCORRECTED_TYPE = "UNCORRECTED"  # open model: latency from the actual send, not the scheduled start
 OPEN_MODEL_TYPES = (LATENESS_TYPE, UNCORRECTED_TYPE)
+OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the terminal, report.html
+    f"{LATENESS_TYPE}: how late each arrival started against its schedule (Failures: arrivals dropped, not "
+    f"started within 1 s). {UNCORRECTED_TYPE}: latency from the actual send instead of the scheduled start; "
+    f"it equals the corrected row whenever sends leave on time, and is lower only when arrivals start late, "
+    f"which happens when max_concurrency requests are already in flight.")
 
 
 class WorkerSummary(TypedDict):

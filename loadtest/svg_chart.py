@@ -25,6 +25,7 @@ from .run_folder import (
 )
 
 MINUTE_STEPS = (15, 30, 60, 120, 300, 600, 900, 1800, 3600)  # seconds between ticks on a long run's time axis
+END_SLACK = 0.02  # a run's end a hair past a round length (10.02 s) keeps that length's ticks (0, 2, … 10 s)
 END_TICK_GAP = 0.4  # of a tick step: an axis end closer than this to the last round tick gets no label
 LOG_Y_RATIO = 30.0  # a spectrum spanning more than this from its lowest to highest value gets a log axis
 AGGREGATED_COLOR = "#374151"
@@ -138,9 +139,10 @@ def time_scale(values: Iterable[float], end: float | None = None) -> Scale:
     round ticks inside it; without `end`, to the next round tick after the last point."""
     vs = list(values)
     hi = max([*vs, end or 0.0, 1.0 if end is None else 1e-3])
-    step = _nice_step(hi)
+    span = hi / (1.0 + END_SLACK) if end is not None else hi
+    step = _nice_step(span)
     if hi > 120:  # quarters and halves of a minute, whole minutes, or round numbers of them
-        step = next((s for s in MINUTE_STEPS if s >= hi / 5), math.ceil(hi / 5 / 3600) * 3600)
+        step = next((s for s in MINUTE_STEPS if s >= span / 5), math.ceil(span / 5 / 3600) * 3600)
     if end is None:
         hi = math.ceil(hi / step) * step
     count = math.floor(hi / step + 1e-9)

@@ -22,6 +22,14 @@ from typing import Any
 
 import yaml
 
+from .run_files import (
+    FAILURES_HEADER,
+    LATENESS_TYPE,
+    OPEN_MODEL_MEANING,
+    REPORT_NAME,
+    UNCORRECTED_TYPE,
+    WorkerSummary,
+)
 from .run_folder import (
     AGGREGATED,
     RunFolder,
@@ -36,16 +44,6 @@ from .run_folder import (
 from .run_folder import (
     RunFolderError as RunFolderError,  # re-exported: callers catch it from here
 )
-from .verdicts import MACHINE_SATURATED_PERCENT
-from .verdicts import WORKER_SATURATED_PERCENT as SATURATED_CPU_PERCENT
-from .run_files import (
-    FAILURES_HEADER,
-    LATENESS_TYPE,
-    OPEN_MODEL_MEANING,
-    REPORT_NAME,
-    UNCORRECTED_TYPE,
-    WorkerSummary,
-)
 from .svg_chart import (
     AGGREGATED_COLOR,
     FAILURE_COLOR,
@@ -56,6 +54,8 @@ from .svg_chart import (
     target_colors,
     time_chart,
 )
+from .verdicts import MACHINE_SATURATED_PERCENT
+from .verdicts import WORKER_SATURATED_PERCENT as SATURATED_CPU_PERCENT
 
 __all__ = ["REPORT_NAME", "RunFolderError", "render_report", "write_html_report"]
 

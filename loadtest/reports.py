@@ -50,9 +50,6 @@ from .stats import (
 )
 from .thresholds import failures_text, outcome_line
 
-__all__ = ["CONNECT_TYPE", "HISTORY_HEADER", "LATENESS_TYPE", "PERCENTILE_COLUMNS", "STATS_HEADER",
-           "UNCORRECTED_TYPE", "stats_rows", "write_reports"]
-
 if TYPE_CHECKING:
     from .controller import RunResult
 

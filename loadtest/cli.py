@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape comes within it
 
 EXIT_CODES = f"""Exit status: {EXIT_OK} the run completed and every threshold passed;
-{EXIT_THRESHOLD} a threshold failed (or a tcp target held fewer connections than asked);
+{EXIT_THRESHOLD} a threshold failed (with none in the config: a request failed), or a tcp target held too few;
 {EXIT_BAD_INPUT} bad input (config file or options);
 {EXIT_RUN_FAILED} the run itself failed (a worker was lost, a server could not start);
 {EXIT_INTERRUPTED} stopped by Ctrl-C (reports are still written)."""

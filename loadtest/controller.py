@@ -33,7 +33,7 @@ from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
 from .schedule import worker_share
 from .spawn import main_script_hidden
 from .stats import Interval, RunStats, TargetTotals
-from .thresholds import Outcome, check
+from .thresholds import Outcome, check, check_all
 from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 from .worker import main as worker_main
 
@@ -294,7 +294,8 @@ def connection_shortfalls(config: RunConfig, stats: RunStats) -> list[str]:
 
 
 def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
-    return [check(t, totals_for(stats, t.target), stats.elapsed) for t in config.thresholds]
+    """The config's thresholds, or with none the default: no failed requests (thresholds.DEFAULT_THRESHOLD)."""
+    return check_all(config.thresholds, lambda target: totals_for(stats, target), stats.elapsed)
 
 
 class _AbortCheck:
@@ -309,9 +310,10 @@ class _AbortCheck:
         if self.reason:
             return
         for t in self.thresholds:
-            outcome = check(t, totals_for(self.stats, t.target), self.stats.elapsed)
+            outcome = check(t, totals_for(self.stats, t.target), self.stats.elapsed, final=False)
             if not outcome.passed:
-                self.reason = f"threshold {t.text!r} failed at {self.stats.elapsed:.1f} s (measured {outcome.measured:g})"
+                self.reason = (f"threshold {t.text!r} failed at {self.stats.elapsed:.1f} s "
+                               f"(measured {outcome.measured_text})")
                 self.event(f"stopping: {self.reason}")
                 self.stop.set()
                 return

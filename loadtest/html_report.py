@@ -22,6 +22,14 @@ from typing import Any
 
 import yaml
 
+from .run_files import (
+    FAILURES_HEADER,
+    LATENESS_TYPE,
+    OPEN_MODEL_MEANING,
+    REPORT_NAME,
+    UNCORRECTED_TYPE,
+    WorkerSummary,
+)
 from .run_folder import (
     AGGREGATED,
     RunFolder,
@@ -46,9 +54,12 @@ from .svg_chart import (
     target_colors,
     time_chart,
 )
+from .verdicts import MACHINE_SATURATED_PERCENT
+from .verdicts import WORKER_SATURATED_PERCENT as SATURATED_CPU_PERCENT
 
-REPORT_NAME = "report.html"
-SATURATED_CPU_PERCENT = 90.0
+__all__ = ["REPORT_NAME", "RunFolderError", "render_report", "write_html_report"]
+
+MISSING = "—"
 SECRET_KEY = re.compile(r"authorization|cookie|token|password|secret|api[-_]?key", re.IGNORECASE)
 
 
@@ -75,16 +86,17 @@ def fmt_count(v: float | None, digits: int = 0) -> str:
 # -- resources -------------------------------------------------------------
 
 
-def resource_series(run: RunFolder) -> tuple[list[Series], list[Series]]:
-    """CPU % and RSS (MiB) over time, one line per process, from resources.csv."""
+def resource_series(run: RunFolder) -> tuple[list[Series], list[Series], list[Series]]:
+    """CPU (% of one core) and RSS (MiB) over time, one line per process, and the machine's CPU (% of all
+    cores, its own scale), from resources.csv."""
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     for row in run.resources:
         groups.setdefault((row.get("role", "") or "", row.get("pid", "") or ""), []).append(row)
     roles = [role for role, _ in groups]
-    cpu, rss = [], []
+    cpu, rss, machine_cpu = [], [], []
     for i, ((role, pid), rows) in enumerate(groups.items()):
         machine = role == "machine"
-        label = "machine (all cores)" if machine else (role if roles.count(role) == 1 else f"{role} {pid}")
+        label = "machine, all cores" if machine else (role if roles.count(role) == 1 else f"{role} {pid}")
         color = AGGREGATED_COLOR if machine else PALETTE[i % len(PALETTE)]
         cpu_points, rss_points = [], []
         for row in rows:
@@ -96,11 +108,11 @@ def resource_series(run: RunFolder) -> tuple[list[Series], list[Series]]:
                 cpu_points.append((t, c))
             if r is not None and row.get("status") not in ("zombie", "dead"):  # an exited process holds no memory
                 rss_points.append((t, r / 2**20))
-        if cpu_points:
-            cpu.append(Series(label, downsample(cpu_points, keep=mean_of), color, dashed=machine))
-        if rss_points and not machine:  # the machine's memory is another scale than a process's
+        if cpu_points:  # the machine's CPU is a share of all cores, another scale than a process's
+            (machine_cpu if machine else cpu).append(Series(label, downsample(cpu_points, keep=mean_of), color))
+        if rss_points and not machine:  # so is its memory
             rss.append(Series(label, downsample(rss_points), color))
-    return cpu, rss
+    return cpu, rss, machine_cpu
 
 
 # -- the page --------------------------------------------------------------
@@ -117,6 +129,7 @@ h1{font-size:24px;margin:0 0 4px;word-break:break-word}
 h2{font-size:16px;margin:0 0 12px}
 h3{font-size:14px;margin:0 0 8px;word-break:break-word}
 .sub{color:var(--muted);font-size:13px}
+#outcome{white-space:normal;max-width:640px;text-align:left}
 .badge{display:inline-block;padding:3px 12px;border-radius:999px;font-weight:700;font-size:12px;letter-spacing:.04em}
 .big{font-size:15px;padding:6px 16px}
 .pass{background:var(--okbg);color:var(--ok)}.fail{background:var(--badbg);color:var(--bad)}
@@ -218,14 +231,18 @@ def _header(run: RunFolder) -> str:
     s = run.summary
     status = s.get("exit_status")
     failed = [c for c in [*_items(s, "thresholds"), *_items(s, "verdicts")] if c.get("passed") is False]
-    if status == 0 and not failed:
-        badge = '<span class="badge big pass">PASSED</span>'
+    outcome = s.get("outcome")
+    if isinstance(outcome, str) and outcome:  # the run's own words: "FAILED: 147,722 of 147,722 requests ..."
+        cls = "pass" if status == 0 and outcome.startswith("PASSED") else "fail"
+        badge = f'<span class="badge big {cls}" id="outcome">{escape(outcome)}</span>'
+    elif status == 0 and not failed:
+        badge = '<span class="badge big pass" id="outcome">PASSED</span>'
     elif status is None and not failed:
-        badge = '<span class="badge big neutral">NO STATUS</span>'
-    else:
+        badge = '<span class="badge big neutral" id="outcome">NO STATUS</span>'
+    else:  # a run folder from before summary.json said its outcome
         why = f"{len(failed)} threshold{'s' if len(failed) != 1 else ''} failed" if failed \
             else f"exit status {status}"
-        badge = f'<span class="badge big fail">FAILED · {escape(why)}</span>'
+        badge = f'<span class="badge big fail" id="outcome">FAILED · {escape(why)}</span>'
     warnings = [v for v in _items(s, "verdicts") if v.get("passed") is None]
     if warnings:
         badge += (f' <span class="badge big warnb">{len(warnings)} verdict{"s" if len(warnings) != 1 else ""}: '
@@ -240,8 +257,11 @@ def _header(run: RunFolder) -> str:
     agg = s.get("aggregated") or {}
     lat = agg.get("latency_ms") or {}
     err = as_float(agg.get("error_rate"))
-    tiles = [("Requests", fmt_count(as_float(agg.get("requests")))),
-             ("Throughput", f"{fmt_count(as_float(agg.get('requests_per_s')))} <small>req/s</small>"),
+    requests, failures = as_float(agg.get("requests")), as_float(agg.get("failures"))
+    all_failed = bool(requests) and failures == requests
+    tiles = [("Requests", fmt_count(requests)),
+             ("Throughput, all failed" if all_failed else "Throughput",
+              f"{fmt_count(as_float(agg.get('requests_per_s')))} <small>req/s</small>"),
              ("Failures", f"{fmt_count(as_float(agg.get('failures')))} <small>{_pct(err)}</small>"),
              ("p50", f"{fmt_ms(as_float(lat.get('p50')))} <small>ms</small>"),
              ("p95", f"{fmt_ms(as_float(lat.get('p95')))} <small>ms</small>"),
@@ -261,7 +281,7 @@ def _header(run: RunFolder) -> str:
 
 def _pct(rate: float | None) -> str:
     if rate is None:
-        return ""
+        return MISSING
     return f"{rate * 100:.3g}%" if rate else "0%"
 
 
@@ -274,14 +294,17 @@ def _checks_section(run: RunFolder) -> str:
         for c in thresholds:
             value = c.get("measured", c.get("value"))
             unit = str(c.get("unit") or "")
-            if unit == "fraction" and isinstance(value, (int, float)):
-                measured = _pct(float(value)) or "0%"
+            if value is None:
+                measured = MISSING
+            elif unit == "fraction" and isinstance(value, (int, float)):
+                measured = _pct(float(value))
+            elif unit == "count" and isinstance(value, (int, float)):
+                measured = fmt_count(float(value))
             else:
-                measured = _text(value) + (f" {unit}" if unit and value is not None else "")
-            details = ", ".join(f"{k}: {_text(v)}" for k, v in c.items() if k not in
-                                ("threshold", "expression", "what", "passed", "measured", "value", "unit", "target"))
+                measured = _text(value) + (f" {unit}" if unit else "")
             rows.append([f'<td class="l">{_badge(c.get("passed"))}</td>', td(_check_label(c), "l name"),
-                         td(_text(c.get("target", "")), "l name"), td(measured), td(details, "l wide")])
+                         td(_text(c.get("target", "")), "l name"), td(measured),
+                         td(_threshold_details(c, value is None), "l wide")])
         parts.append(table(["Result", "Threshold", "Target", "Measured", "Details"], rows, left=(0, 1, 2, 4)))
     else:
         parts.append('<p class="note">This run set no thresholds.</p>')
@@ -289,16 +312,46 @@ def _checks_section(run: RunFolder) -> str:
     if verdicts:
         rows = []
         for c in verdicts:
-            details = ", ".join(f"{k}: {_text(v)}" for k, v in c.items() if k not in ("what", "passed", "expression"))
             rows.append([f'<td class="l">{_badge(c.get("passed"))}</td>', td(_check_label(c), "l name wide"),
-                         td(details, "l wide")])
-        parts.append(table(["Result", "Verdict", "Details"], rows, left=3))
+                         td(_verdict_details(c), "l wide")])
+        parts.append(table(["Result", "Verdict", "When"], rows, left=3))
     elif "verdicts" in s:
         parts.append('<p class="note">No condition found: no worker or machine stayed saturated, and no worker '
                      'fell behind schedule.</p>')
     else:
         parts.append('<p class="note">This run folder has no verdicts.</p>')
     return "".join(parts) + "</section>"
+
+
+def _threshold_details(c: dict[str, Any], no_samples: bool) -> str:
+    """A threshold's other fields, as sentences."""
+    said = []
+    if c.get("default"):
+        said.append("The config set no thresholds, so the run is held to the default: no failed requests "
+                    "(cancelled ones aside).")
+    if no_samples:
+        said.append("No latency to measure: no request got a response.")
+    if c.get("abort_on_fail"):
+        said.append("Checked each second too; stops the run when it fails.")
+    known = {"threshold", "expression", "what", "passed", "measured", "value", "unit", "target", "figure",
+             "abort_on_fail", "default"}
+    said += [f"{k}: {_text(v)}." for k, v in c.items() if k not in known]  # a field this page does not know yet
+    return " ".join(said)
+
+
+def _verdict_details(c: dict[str, Any]) -> str:
+    """When a verdict's condition held and how far, as a sentence ("what" says the rest)."""
+    start, duration, peak = as_float(c.get("start_s")), as_float(c.get("duration_s")), as_float(c.get("peak"))
+    said = []
+    if c.get("role"):
+        said.append(str(c["role"]))
+    if start is not None and duration is not None:
+        said.append(f"from {start:.1f} s to {start + duration:.1f} s ({duration:.1f} s)")
+    if peak is not None:
+        said.append(f"at worst {peak:.3f} s late" if c.get("kind") == "behind_schedule" else f"peak {peak:.0f}% CPU")
+    known = {"what", "passed", "expression", "kind", "role", "start_s", "duration_s", "peak"}
+    said += [f"{k}: {_text(v)}" for k, v in c.items() if k not in known]
+    return ", ".join(said)
 
 
 def _text(v: Any) -> str:
@@ -325,12 +378,30 @@ def _summary_section(run: RunFolder) -> str:
             c = {"requests": opened + failed, "failures": failed,
                  "requests_per_s": None}
             rows.append(_summary_row("CONNECT", name, c, conn.get("connect_latency_ms") or {},
-                                     failed / (opened + failed) if opened + failed else 0.0))
+                                     failed / (opened + failed) if opened + failed else None))
             classes.append("")
-    headers = ["Type", "Name", "Requests", "Failures", "Errors", "Req/s", "Mean ms", "p50 ms", "p95 ms",
+        open_model = t.get("open_model")
+        if isinstance(open_model, dict):
+            rows += _open_model_rows(name, t, open_model)
+            classes += ["open", "open"]
+    headers = ["Type", "Name", "Requests", "Failures", "Error rate", "Req/s", "Mean ms", "p50 ms", "p95 ms",
                "p99 ms", "p99.9 ms", "Max ms"]
-    return '<section><h2>Summary</h2>' + table(headers, rows, left=2, row_classes=classes) + _failures(run) + \
-        "</section>"
+    note = f'<p class="note" id="open-model-note">{escape(OPEN_MODEL_MEANING)}</p>' if "open" in classes else ""
+    return '<section><h2>Summary</h2>' + table(headers, rows, left=2, row_classes=classes) + note + \
+        _failures(run) + "</section>"
+
+
+def _open_model_rows(name: str, t: dict[str, Any], open_model: dict[str, Any]) -> list[list[str]]:
+    """An open-model target's LATENESS row (arrivals started and dropped, how late they started) and its
+    UNCORRECTED row (its requests, latency from the actual send), as stats.csv has them."""
+    started, dropped = as_float(open_model.get("started")) or 0.0, as_float(open_model.get("dropped")) or 0.0
+    arrivals = started + dropped
+    lateness = {"requests": arrivals, "failures": dropped, "requests_per_s": None}
+    uncorrected = {"requests": t.get("requests"), "failures": t.get("failures"), "requests_per_s": None}
+    return [_summary_row(LATENESS_TYPE, name, lateness, open_model.get("lateness_ms") or {},
+                         dropped / arrivals if arrivals else None),
+            _summary_row(UNCORRECTED_TYPE, name, uncorrected, open_model.get("uncorrected_latency_ms") or {},
+                         as_float(t.get("error_rate")))]
 
 
 def _summary_row(kind: str, name: str, t: dict[str, Any], lat: dict[str, Any], err: float | None) -> list[str]:
@@ -344,11 +415,13 @@ def _summary_row(kind: str, name: str, t: dict[str, Any], lat: dict[str, Any], e
 def _failures(run: RunFolder) -> str:
     if not run.failures:
         return ""
-    rows = [[td(f.get("Target", ""), "l name"), td(f.get("Kind", ""), "l"), td(f.get("Message", ""), "l wide"),
-             td(fmt_count(as_float(f.get("Occurrences")))), td(f.get("First Seen", "")), td(f.get("Last Seen", ""))]
-            for f in run.failures]
+    method, name, error, occurrences, kind, first, last = FAILURES_HEADER
+    rows = [[td(f.get(name) or f.get("Target", ""), "l name"), td(f.get(method, ""), "l"), td(f.get(kind, ""), "l"),
+             td(f.get(error) or f.get("Message", ""), "l wide"), td(fmt_count(as_float(f.get(occurrences)))),
+             td(f.get(first, "")), td(f.get(last, ""))]
+            for f in run.failures]  # "Target" and "Message": failures.csv before it led with Locust's columns
     return ('<h3 style="margin-top:18px">Failures by kind</h3>'
-            + table(["Target", "Kind", "Message", "Count", "First seen s", "Last seen s"], rows, left=3))
+            + table(["Target", "Method", "Kind", "Error", "Count", "First seen s", "Last seen s"], rows, left=4))
 
 
 def _over_time_section(run: RunFolder) -> str:
@@ -362,6 +435,7 @@ def _over_time_section(run: RunFolder) -> str:
         if not run.single_target:
             names.insert(0, AGGREGATED)
     blocks = []
+    end = _run_end(run)
     for name in names:
         h = history[name]
         rate = [Series("requests/s", h["rps"], "#2563eb", fill=True)]
@@ -373,8 +447,10 @@ def _over_time_section(run: RunFolder) -> str:
         lat = [Series(k, h[k], PERCENTILE_COLORS[k]) for k in ("p99", "p95", "p50")]
         title = "All targets" if name == AGGREGATED else name
         blocks.append(f'<div class="target"><h3>{escape(title)}</h3><div class="grid2">'
-                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra)
-                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms") + "</div></div>")
+                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end)
+                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end,
+                                   extra=[] if any(x.points for x in lat) else ["no responses, so no latency"])
+                      + "</div></div>")
     return "<section><h2>Over time</h2>" + "".join(blocks) + "</section>"
 
 
@@ -384,8 +460,15 @@ def _spectrum_section(run: RunFolder) -> str:
     series = [Series("All targets" if s.name == AGGREGATED else s.name, s.points, colors[s.name],
                      dashed=s.name == AGGREGATED, width=2.0) for s in found]
     exact = all(s.exact for s in found)
-    note = ("Walked from each target's full HdrHistogram (histograms.json)." if exact and found else
-            "From the fixed percentiles in summary.json; a run folder with histograms.json shows the full spectrum.")
+    if not found:
+        return ('<section><h2>Latency by percentile</h2><p class="note" id="no-latency">No latency to show: no '
+                'request got a response (each one failed before it, for example refused or a TLS error).</p>'
+                '</section>')
+    if exact:
+        note = "Walked from each target's full HdrHistogram (histograms.json)."
+    else:
+        note = ("From the fixed percentiles in summary.json: this run folder has no histograms.json, "
+                "which would give the full spectrum.")
     return ('<section><h2>Latency by percentile</h2>'
             + spectrum_chart("Latency percentile spectrum", series)
             + f'<p class="note">{escape(note)}</p></section>')
@@ -395,27 +478,38 @@ def _resources_section(run: RunFolder) -> str:
     if not run.resources:
         return ('<section><h2>Resources</h2><p class="note">This run folder has no resources.csv, '
                 'so there is no CPU or memory over time.</p></section>')
-    cpu, rss = resource_series(run)
+    cpu, rss, machine = resource_series(run)
+    end = _run_end(run)
     refs = [(SATURATED_CPU_PERCENT, f"{SATURATED_CPU_PERCENT:g}% of a core: saturated")]
+    cores = (run.summary.get("machine") or {}).get("cores")
+    whole = f"all {cores} cores" if isinstance(cores, int) else "all cores"
+    machine_chart = time_chart(f"Machine CPU, {whole}", machine, f"% of {whole}", at_least=100.0, end=end,
+                               refs=[(MACHINE_SATURATED_PERCENT, f"{MACHINE_SATURATED_PERCENT:g}%: saturated")]
+                               ) if machine else ""
     return ('<section><h2>Resources</h2><div class="grid2">'
-            + time_chart("CPU per process", cpu, "% of one core", refs=refs, at_least=100.0)
-            + time_chart("Resident memory per process", rss, "MiB") + "</div></section>")
+            + time_chart("CPU per process", cpu, "% of one core", refs=refs, at_least=100.0, end=end)
+            + time_chart("Resident memory per process", rss, "MiB", end=end) + machine_chart + "</div></section>")
+
+
+def _run_end(run: RunFolder) -> float | None:
+    """Where the time axis ends: the run's duration (the charts' axis ends there, not at a round number)."""
+    return as_float(run.summary.get("duration_s"))
 
 
 def _workers_section(run: RunFolder) -> str:
-    workers = [w for w in run.summary.get("workers") or [] if isinstance(w, dict)]
+    workers: list[WorkerSummary] = [w for w in run.summary.get("workers") or [] if isinstance(w, dict)]
     if not workers:
         return ""
     rows = []
     for w in workers:
-        rss = as_float(w.get("max_rss_kib"))
-        rows.append([td(str(w.get("index", "")), "l"), td(str(w.get("pid", "")), "l"),
+        rss = as_float(w.get("peak_rss_bytes"))
+        rows.append([td(_text(w.get("worker")), "l"), td(_text(w.get("pid")), "l"),
                      td(fmt_count(as_float(w.get("requests")))), td(fmt_count(as_float(w.get("failures")))),
                      td(fmt_count(as_float(w.get("cpu_user_s")), 2)), td(fmt_count(as_float(w.get("cpu_system_s")), 2)),
-                     td(fmt_count(rss / 1024 if rss is not None else None, 1)),
-                     td(str(w.get("ended", "")), "l"), td(str(w.get("problem") or ""), "l name")])
+                     td(fmt_count(rss / 2**20 if rss is not None else None, 1)),
+                     td(_text(w.get("ended")), "l"), td(_text(w.get("problem")), "l name")])
     return ('<section><h2>Workers</h2>' + table(
-        ["Worker", "PID", "Requests", "Failures", "CPU user s", "CPU system s", "Max RSS MiB", "Ended", "Problem"],
+        ["Worker", "PID", "Requests", "Failures", "CPU user s", "CPU system s", "Peak RSS MiB", "Ended", "Problem"],
         rows, left=(0, 1, 7, 8)) + "</section>")
 
 

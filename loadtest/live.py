@@ -12,13 +12,27 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import RunConfig
-from .reports import stats_rows
+from .reports import LOCUST_NO_LATENCY, run_outcome, stats_rows
+from .run_files import NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
 from .stats import aggregate, percentiles_ns
-from .thresholds import Outcome, unit_of
 from .verdicts import NO_CONDITION_FOUND
 
 if TYPE_CHECKING:
     from .controller import Frame, RunResult
+
+
+MISSING = "—"  # a figure that does not exist, such as the latency of a second in which nothing got a response
+SUMMARY_COLUMNS = {  # the terminal's summary table: its heading, and the stats.csv column it shows
+    "Type": "Type", "Name": "Name", "Requests": "Request Count", "Failures": "Failure Count", "Req/s": "Requests/s",
+    "p50 ms": "50%", "p95 ms": "95%", "p99 ms": "99%", "Max ms": "Max Response Time",
+}
+
+
+def _latency_ms(hist: Any, percentiles: tuple[float, ...]) -> list[str]:
+    """Percentiles in ms for the live view, or "—" each when the histogram has no samples."""
+    if not hist.get_total_count():
+        return [MISSING] * len(percentiles)
+    return [f"{v / 1e6:.3f}" for v in percentiles_ns(hist, percentiles)]
 
 
 def _cpu(values: list[float | None]) -> str:
@@ -36,12 +50,12 @@ class PlainLive:
         interval = frame.interval
         part = aggregate(interval.targets)
         length = max(interval.end - interval.start, 1e-9)
-        p50, p99 = percentiles_ns(part.latency, (50.0, 99.0))
+        p50, p99 = _latency_ms(part.latency, (50.0, 99.0))
         of = f"/{self.duration:g}s" if self.duration else "s"
         machine = f" machine {frame.machine_cpu:.0f}%" if frame.machine_cpu is not None else ""
         self.out.write(
             f"[{interval.end:6.1f}{of}] {part.requests / length:10.1f} req/s"
-            f"  p50 {p50 / 1e6:8.3f} ms  p99 {p99 / 1e6:8.3f} ms"
+            f"  p50 {p50:>8} ms  p99 {p99:>8} ms"
             f"  failures {part.failure_count}  cpu {_cpu(frame.worker_cpu)}{machine}\n")
         self.out.flush()
 
@@ -82,11 +96,10 @@ class RichLive:
             table.add_column(column, justify="left" if column in ("Target", "Type") else "right")
         rows = list(zip(self.config.targets, interval.targets))
         for target, part in [*rows, (None, aggregate(interval.targets))]:
-            p50, p95, p99 = percentiles_ns(part.latency, (50.0, 95.0, 99.0))
+            p50, p95, p99 = _latency_ms(part.latency, (50.0, 95.0, 99.0))
             failures = str(part.failure_count) if not part.failure_count else f"[red]{part.failure_count}[/red]"
             table.add_row(part.name if target is not None else "[bold]Aggregated", part.type,
-                          f"{part.requests / length:,.0f}", f"{p50 / 1e6:.3f}", f"{p95 / 1e6:.3f}",
-                          f"{p99 / 1e6:.3f}", failures)
+                          f"{part.requests / length:,.0f}", p50, p95, p99, failures)
         hot = [v for v in frame.worker_cpu if v is not None and v > 90]
         cpu = _cpu(frame.worker_cpu)
         machine = f"{frame.machine_cpu:.0f}%" if frame.machine_cpu is not None else "-"
@@ -113,28 +126,18 @@ class RichLive:
         self.live.stop()
 
 
-def measured(o: Outcome) -> str:
-    """What a threshold measured, as a reader writes it: `1.234 ms`, `0.50%` (an error rate), `1,200 requests/s`."""
-    unit = unit_of(o.threshold)
-    if unit == "fraction":
-        return f"{o.measured * 100:.2f}%"
-    if unit == "ms":
-        return f"{o.measured:.3f} ms"
-    if unit == "requests/s":
-        return f"{o.measured:,.1f} requests/s"
-    return f"{o.measured:,.0f}"
-
-
 def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
     """The stats table as the terminal shows it, verdicts and thresholds, then the report folder."""
-    rows = stats_rows(config, result.stats.totals, result.stats.elapsed)
-    header = ["Type", "Name", "Requests", "Failures", "Req/s", "p50 ms", "p95 ms", "p99 ms", "Max ms"]
-    table = [[r[0], r[1], r[2], r[3], r[9], r[11], r[16], r[18], r[7]] for r in rows]
+    rows = [dict(zip(STATS_HEADER, r)) for r in stats_rows(config, result.stats.totals, result.stats.elapsed)]
+    header = list(SUMMARY_COLUMNS)
+    table = [[_summary_cell(r, column) for column in SUMMARY_COLUMNS.values()] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     line = "  ".join
     out.write(line(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))) + "\n")
     for row in table:
         out.write(line(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "\n")
+    if any(r["Type"] in OPEN_MODEL_TYPES for r in rows):
+        out.write(f"{OPEN_MODEL_MEANING}\n")
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
             out.write(f"  {t.name}: {count} {kind}\n")
@@ -150,7 +153,8 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"{NO_CONDITION_FOUND}\n")
     for o in result.thresholds:
         mark = "pass" if o.passed else "FAIL"
-        out.write(f"threshold {mark}: {o.threshold.text}  (measured {measured(o)})\n")
+        default = "  [the default without thresholds: no failed requests]" if o.default else ""
+        out.write(f"threshold {mark}: {o.threshold.text}  (measured {o.measured_text}){default}\n")
     if result.aborted:
         out.write(f"aborted: {result.aborted}\n")
     for shortfall in result.shortfalls:
@@ -159,4 +163,13 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"problem: {problem}\n")
     out.write(f"ran {result.stats.elapsed:.1f} s with {len(result.workers)} workers; "
               f"reports in {result.run_dir}\n")
+    out.write(f"{run_outcome(result)}\n")
     out.flush()
+
+
+def _summary_cell(row: dict[str, str], column: str) -> str:
+    """A stats.csv cell as the terminal shows it: a row without latency samples shows "—", not Locust's 0s."""
+    no_latency = row["50%"] == NO_FIGURE
+    if no_latency and (column in LOCUST_NO_LATENCY or row[column] == NO_FIGURE):
+        return MISSING
+    return row[column]

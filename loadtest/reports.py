@@ -21,6 +21,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import HttpTarget, RunConfig, TcpTarget
+from .run_files import (
+    CONNECT_TYPE,
+    FAILURES_HEADER,
+    FAILURES_NAME,
+    HISTOGRAMS_NAME,
+    HISTORY_HEADER,
+    LATENESS_TYPE,
+    NO_FIGURE,
+    PERCENTILE_COLUMNS,
+    STATS_HEADER,
+    STATS_NAME,
+    SUMMARY_NAME,
+    UNCORRECTED_TYPE,
+    WORKERS_HEADER,
+    WORKERS_NAME,
+    WorkerSummary,
+)
 from .stats import (
     AGGREGATED,
     PERCENTILES,
@@ -31,28 +48,14 @@ from .stats import (
     min_ns,
     percentiles_ns,
 )
+from .thresholds import failures_text, outcome_line
 
 if TYPE_CHECKING:
     from .controller import RunResult
 
-PERCENTILE_COLUMNS = ["50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%"]
-STATS_HEADER = [
-    "Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
-    "Min Response Time", "Max Response Time", "Average Content Size", "Requests/s", "Failures/s",
-    *PERCENTILE_COLUMNS,
-]
-HISTORY_HEADER = [
-    "Timestamp", "User Count", "Type", "Name", "Requests/s", "Failures/s", *PERCENTILE_COLUMNS,
-    "Total Request Count", "Total Failure Count", "Total Median Response Time", "Total Average Response Time",
-    "Total Min Response Time", "Total Max Response Time", "Total Average Content Size",
-    "Elapsed", "Interval Requests", "Interval Failures", "Open Connections", "Target Level", "Dropped",
-]
-FAILURES_HEADER = ["Target", "Kind", "Message", "Occurrences", "First Seen", "Last Seen"]
-WORKERS_HEADER = ["Worker", "PID", "Share", "Requests", "Failures", "Bytes", "CPU User s", "CPU System s",
-                  "Peak RSS Bytes", "Peak Connections", "Cancelled", "Ended", "Exit Code", "Problem"]
-CONNECT_TYPE = "CONNECT"
-LATENESS_TYPE = "LATENESS"
-UNCORRECTED_TYPE = "UNCORRECTED"
+LOCUST_NO_LATENCY = {  # what Locust writes in these columns for a row without response times
+    "Median Response Time": "0", "Average Response Time": "0.0", "Min Response Time": "0", "Max Response Time": "0",
+}
 
 
 def ms(ns: float) -> str:
@@ -60,18 +63,29 @@ def ms(ns: float) -> str:
     return f"{ns / 1e6:.3f}"
 
 
+def content_size(t: TargetTotals) -> str:
+    """Average Content Size: body bytes of every response, failed ones too, over every request, as Locust
+    counts it (and "0" for a row without requests, as Locust writes it)."""
+    return f"{t.content_bytes / t.requests:.1f}" if t.requests else "0"
+
+
+def latency_cells(hist: Any) -> list[str]:
+    """Median, average, min and max, then the percentile columns; a histogram without samples gets what
+    Locust writes for a row without response times: 0s, and N/A for the percentiles."""
+    if not hist.get_total_count():
+        return [*LOCUST_NO_LATENCY.values(), *[NO_FIGURE] * len(PERCENTILE_COLUMNS)]
+    pcts = percentiles_ns(hist)
+    return [ms(pcts[0]), ms(mean_ns(hist)), ms(min_ns(hist)), ms(hist.get_max_value()), *(ms(v) for v in pcts)]
+
+
 def stats_row(t: TargetTotals, elapsed: float, row_type: str | None = None) -> list[str]:
     """One stats.csv row for a target's (or the aggregate's) request latencies."""
-    hist = t.latency
-    pcts = percentiles_ns(hist)
     failures = t.failure_count
     seconds = elapsed if elapsed > 0 else 1.0
+    latency = latency_cells(t.latency)
     return [
-        t.type if row_type is None else row_type, t.name, str(t.requests), str(failures),
-        ms(pcts[0]), ms(mean_ns(hist)), ms(min_ns(hist)), ms(hist.get_max_value() if hist.get_total_count() else 0),
-        f"{t.content_bytes / t.requests:.1f}" if t.requests else "0.0",
-        f"{t.requests / seconds:.3f}", f"{failures / seconds:.3f}",
-        *(ms(v) for v in pcts),
+        t.type if row_type is None else row_type, t.name, str(t.requests), str(failures), *latency[:4],
+        content_size(t), f"{t.requests / seconds:.3f}", f"{failures / seconds:.3f}", *latency[4:],
     ]
 
 
@@ -86,7 +100,8 @@ def histogram_row(t: TargetTotals, row_type: str, hist: Any, requests: int, fail
 def stats_rows(config: RunConfig, totals: list[TargetTotals], elapsed: float) -> list[list[str]]:
     """Every target's row; then CONNECT rows (tcp: connection set-up), LATENESS rows (open model: how late
     arrivals started; Failure Count is the dropped ones) and UNCORRECTED rows (open model: latency from the
-    actual send, as a closed-loop tool measures it); then Aggregated."""
+    actual send rather than the scheduled start: the same as the corrected row while sends leave on time,
+    lower only when arrivals start late, at max_concurrency); then Aggregated."""
     rows = [stats_row(t, elapsed) for t in totals]
     for t, target in zip(totals, config.targets):
         if isinstance(target, TcpTarget):
@@ -133,14 +148,11 @@ class HistoryWriter:
     def _row(self, stamp: str, interval: Interval, length: float, total: TargetTotals,
              part: TargetTotals) -> list[str]:
         agg = total.name == AGGREGATED
-        t_pcts = percentiles_ns(total.latency, (50.0,))
         return [
             stamp, str(part.users), "" if agg else total.type, total.name,
             f"{part.requests / length:.3f}", f"{part.failure_count / length:.3f}",
-            *(ms(v) for v in percentiles_ns(part.latency)),
-            str(total.requests), str(total.failure_count), ms(t_pcts[0]), ms(mean_ns(total.latency)),
-            ms(min_ns(total.latency)), ms(total.latency.get_max_value() if total.latency.get_total_count() else 0),
-            f"{total.content_bytes / total.requests:.1f}" if total.requests else "0.0",
+            *latency_cells(part.latency)[4:],
+            str(total.requests), str(total.failure_count), *latency_cells(total.latency)[:4], content_size(total),
             f"{interval.end:.3f}", str(part.requests), str(part.failure_count), str(part.open_connections),
             f"{part.level:g}" if part.level >= 0 else "", str(part.dropped),
         ]
@@ -186,7 +198,7 @@ def target_summary(t: TargetTotals, elapsed: float, connections: bool) -> dict[s
         "failures": t.failure_count,
         "failures_by_kind": dict(sorted(t.failures.items())),
         "requests_per_s": round(t.requests / seconds, 3),
-        "error_rate": round(t.failure_count / t.requests, 6) if t.requests else 0.0,
+        "error_rate": round(t.failure_count / t.requests, 6) if t.requests else None,
         "bytes_in": t.bytes_in,
         "bytes_out": t.bytes_out,
         "content_bytes": t.content_bytes,
@@ -226,13 +238,11 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
     run_dir = result.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     elapsed = stats.elapsed
-    write_atomic(run_dir / "stats.csv", csv_text(STATS_HEADER, stats_rows(config, stats.totals, elapsed)))
-    failures = [[r.target, r.kind, r.message, str(r.occurrences), f"{r.first_seen:.3f}", f"{r.last_seen:.3f}"]
-                for r in stats.failures()]
-    write_atomic(run_dir / "failures.csv", csv_text(FAILURES_HEADER, failures))
+    write_atomic(run_dir / STATS_NAME, csv_text(STATS_HEADER, stats_rows(config, stats.totals, elapsed)))
+    write_atomic(run_dir / FAILURES_NAME, csv_text(FAILURES_HEADER, failure_rows(result, config)))
 
     workers = worker_rows(result)
-    write_atomic(run_dir / "workers.csv", csv_text(WORKERS_HEADER, [[str(v) if v is not None else "" for v in w.values()]
+    write_atomic(run_dir / WORKERS_NAME, csv_text(WORKERS_HEADER, [[str(v) if v is not None else "" for v in w.values()]
                                                                    for w in workers]))
     targets = [target_summary(t, elapsed, isinstance(c, TcpTarget)) for t, c in zip(stats.totals, config.targets)]
     for summary, t, c in zip(targets, stats.totals, config.targets):
@@ -253,6 +263,7 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "started": datetime.fromtimestamp(result.started).isoformat(timespec="seconds"),
         "duration_s": round(elapsed, 3),
         "exit_status": result.exit_status,
+        "outcome": run_outcome(result),
         "interrupted": result.interrupted,
         "problems": result.problems,
         "thresholds": [o.as_dict() for o in result.thresholds],
@@ -267,8 +278,8 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "targets": targets,
         "aggregated": target_summary(stats.aggregated(), elapsed, connections=False),
     }
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(run_dir / "histograms.json", json.dumps(histograms(stats.totals), indent=1) + "\n")
+    write_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / HISTOGRAMS_NAME, json.dumps(histograms(stats.totals), indent=1) + "\n")
     from .html_report import write_html_report
 
     try:
@@ -277,16 +288,39 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         result.problems.append(f"report.html could not be written: {type(e).__name__}: {e}")
 
 
-def worker_rows(result: RunResult) -> list[dict[str, Any]]:
+def run_outcome(result: RunResult) -> str:
+    """The run's result in one line: "PASSED", or "FAILED: 147,722 of 147,722 requests failed: refused"."""
+    agg = result.stats.aggregated()
+    failed = [f"threshold {o.threshold.text!r} failed (measured {o.measured_text})"
+              for o in result.thresholds if not o.passed and not o.default]
+    aborted = [f"stopped early: {result.aborted}"] if result.aborted and not failed else []
+    reasons = [*aborted, *result.shortfalls, *result.problems]
+    return outcome_line(result.exit_status, failures_text(agg.requests, agg.failures, agg.connect_failures),
+                        failed, reasons)
+
+
+def failure_rows(result: RunResult, config: RunConfig) -> list[list[str]]:
+    """failures.csv: Locust's Method, Name, Error, Occurrences, then Kind, First Seen, Last Seen.
+
+    Method is the Type of the stats.csv row the failure counts in: the target's method (or TCP), and
+    CONNECT for a tcp connection that failed to open (kind `connect:<kind>`).
+    """
+    types = {t.name: t.row_type for t in config.targets}
+    return [[CONNECT_TYPE if r.kind.startswith("connect:") else types.get(r.target, ""), r.target, r.message,
+             str(r.occurrences), r.kind, f"{r.first_seen:.3f}", f"{r.last_seen:.3f}"]
+            for r in result.stats.failures()]
+
+
+def worker_rows(result: RunResult) -> list[WorkerSummary]:
     """Each worker's share and what it cost: CPU from the operating system's accounting (resources.csv)."""
     stats = result.stats
-    rows = []
+    rows: list[WorkerSummary] = []
     for w in result.workers:
         e = w.exit
         r = result.worker_resources[w.index] if w.index < len(result.worker_resources) else None
         user = r.cpu_user_s if r is not None and r.pids else (e.cpu_user if e else None)
         system = r.cpu_system_s if r is not None and r.pids else (e.cpu_system if e else None)
-        rows.append({
+        rows.append(WorkerSummary({
             "worker": w.index, "pid": w.pid, "share": f"1/{len(result.workers)}",
             "requests": stats.worker_requests[w.index], "failures": stats.worker_failures[w.index],
             "bytes": stats.worker_bytes[w.index],
@@ -298,7 +332,7 @@ def worker_rows(result: RunResult) -> list[dict[str, Any]]:
             "cancelled": e.cancelled if e else None,
             "ended": "lost" if w.lost else ("ok" if w.done else "unknown"),
             "exit_code": w.exitcode, "problem": w.error or None,
-        })
+        }))
     return rows
 
 

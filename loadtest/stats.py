@@ -184,14 +184,16 @@ class TargetRecorder:
         self.latency.record(latency_ns)
 
     def failure(self, kind: str, message: str, latency_ns: int | None = None,
-                bytes_in: int = 0, bytes_out: int = 0) -> None:
-        """A request that ended badly; `latency_ns` None keeps it out of the latencies."""
+                bytes_in: int = 0, bytes_out: int = 0, content: int = 0) -> None:
+        """A request that ended badly; `latency_ns` None keeps it out of the latencies. `content` is the
+        body of a response that came whole (a 404's page): Locust counts it in Average Content Size."""
         self.requests += 1
         self.failures[kind] += 1
         if kind not in self.samples:
             self.samples[kind] = message[:300]
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
+        self.content_bytes += content
         if latency_ns is not None:
             self.latency.record(latency_ns)
 

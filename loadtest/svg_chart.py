@@ -24,6 +24,9 @@ from .run_folder import (
     x_to_percentile,
 )
 
+MINUTE_STEPS = (15, 30, 60, 120, 300, 600, 900, 1800, 3600)  # seconds between ticks on a long run's time axis
+END_SLACK = 0.02  # a run's end a hair past a round length (10.02 s) keeps that length's ticks (0, 2, … 10 s)
+END_TICK_GAP = 0.4  # of a tick step: an axis end closer than this to the last round tick gets no label
 LOG_Y_RATIO = 30.0  # a spectrum spanning more than this from its lowest to highest value gets a log axis
 AGGREGATED_COLOR = "#374151"
 FAILURE_COLOR = "#dc2626"
@@ -131,14 +134,22 @@ def log_scale(values: Iterable[float], fmt: Callable[[float], str] = fmt_short) 
     return Scale(lo, hi, tuple(ticks), log=True)
 
 
-def time_scale(values: Iterable[float]) -> Scale:
+def time_scale(values: Iterable[float], end: float | None = None) -> Scale:
+    """Elapsed seconds from 0 to `end` (the run's duration) or the last point, whichever is later, with
+    round ticks inside it; without `end`, to the next round tick after the last point."""
     vs = list(values)
-    hi = max([*vs, 1.0])
-    step = _nice_step(hi)
-    if hi > 120:  # whole minutes, or halves and quarters of one
-        step = max(step - step % 15, 15)
-    top = math.ceil(hi / step) * step
-    return Scale(0.0, top, tuple((k * step, fmt_seconds(k * step, top)) for k in range(round(top / step) + 1)))
+    hi = max([*vs, end or 0.0, 1.0 if end is None else 1e-3])
+    span = hi / (1.0 + END_SLACK) if end is not None else hi
+    step = _nice_step(span)
+    if hi > 120:  # quarters and halves of a minute, whole minutes, or round numbers of them
+        step = next((s for s in MINUTE_STEPS if s >= span / 5), math.ceil(span / 5 / 3600) * 3600)
+    if end is None:
+        hi = math.ceil(hi / step) * step
+    count = math.floor(hi / step + 1e-9)
+    ticks = [(k * step, fmt_seconds(k * step, hi)) for k in range(count + 1)]
+    if hi - count * step > step * END_TICK_GAP:  # the end gets its own label when it is not crowded
+        ticks.append((hi, fmt_seconds(round(hi, 1), hi)))
+    return Scale(0.0, hi, tuple(ticks))
 
 
 def spectrum_scale(last_x: float) -> Scale:
@@ -222,10 +233,11 @@ def figure(caption: str, series: Sequence[Series], svg: str, extra: Sequence[str
 
 
 def time_chart(caption: str, series: Sequence[Series], y_title: str, *, refs: Sequence[tuple[float, str]] = (),
-               extra: Sequence[str] = (), at_least: float = 0.0) -> str:
+               extra: Sequence[str] = (), at_least: float = 0.0, end: float | None = None) -> str:
+    """A chart over elapsed seconds; its axis ends at `end` (the run's duration) if given."""
     xs = [p[0] for s in series for p in s.points]
     ys = [p[1] for s in series for p in s.points]
-    svg = chart_svg(caption, series, time_scale(xs), linear_scale(ys, at_least=at_least),
+    svg = chart_svg(caption, series, time_scale(xs, end), linear_scale(ys, at_least=at_least),
                     x_title="elapsed", y_title=y_title, refs=refs)
     return figure(caption, series, svg, extra)
 

@@ -260,12 +260,11 @@ def test_json_prints_summary_json_and_nothing_else_on_stdout(tmp_path: Path) -> 
 
 
 def test_progress_thresholds_and_verdicts_read_as_sentences() -> None:
-    from loadtest.live import measured
     from loadtest.thresholds import Outcome, ThresholdError, parse_threshold
     from loadtest.verdicts import Verdicts
 
     def outcome(text: str, value: float) -> str:
-        return measured(Outcome(parse_threshold(text, ["home"]), True, value))
+        return Outcome(parse_threshold(text, ["home"]), True, value).measured_text
 
     assert outcome("error_rate < 1%", 0.0) == "0.00%" and outcome("error_rate < 1%", 0.0123) == "1.23%"
     assert outcome("p95 < 20ms", 1.5) == "1.500 ms" and outcome("rps > 100", 1234.5) == "1,234.5 requests/s"

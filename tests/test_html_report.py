@@ -20,6 +20,7 @@ from loadtest.html_report import (
     write_html_report,
 )
 from loadtest.run_folder import MAX_POINTS, load_run, spectra
+from loadtest.svg_chart import time_scale
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert(1)</script>"
@@ -48,21 +49,18 @@ def write_resources(run_dir: Path, seconds: int, pids: dict[str, int]) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run: a fine target and one named like an attack that fails, with verdicts added."""
+    """A real run: a fine target, an open-model one, and one named like an attack that fails, with a
+    passing and a failing threshold; verdicts added (a saturated worker cannot be had on demand)."""
     out = tmp_path_factory.mktemp("report") / "run"
     config = parse_config(site_config(
         [{"name": "home", "url": "http://{site}/", "concurrency": 8},
+         {"name": "open", "url": "http://{site}/", "rate": 50},
          {"name": EVIL, "url": "http://{site}/status/503", "concurrency": 2}],
-        duration="2s", workers=1))
+        duration="2s", workers=1, thresholds=["p99 < 5s", f"{EVIL}: error_rate < 1%"]))
     run(config, out_dir=out)
     if not (out / "resources.csv").exists():
         write_resources(out, 2, {"controller": 1, "worker-0": 2, "server-site-0": 3, "machine": 0})
     summary = json.loads((out / "summary.json").read_text())
-    summary["thresholds"] = [  # as thresholds.Outcome.as_dict writes them
-        {"threshold": "p99 < 500ms", "target": "Aggregated", "figure": "p99", "passed": True, "measured": 1.2,
-         "unit": "ms", "abort_on_fail": False},
-        {"threshold": f"{EVIL}: error_rate < 1%", "target": EVIL, "figure": "error_rate", "passed": False,
-         "measured": 1.0, "unit": "fraction", "abort_on_fail": False}]
     summary["verdicts"] = [  # as resources.Verdicts.summary writes them
         {"kind": "worker_saturated", "what": "worker-0 was above 90% CPU for 3.0 s from 0.0 s (peak 99%)",
          "role": "worker-0", "start_s": 0.0, "duration_s": 3.0, "peak": 99.0}]
@@ -112,13 +110,13 @@ def test_the_report_opens_offline_with_every_chart_drawn(run_dir: Path, browser:
     assert page.locator("script").count() == 0
 
     charts = page.locator("svg.chart")
-    # per target and All targets: rates and latency; the spectrum; CPU and memory
-    assert charts.count() == 3 * 2 + 1 + 2
+    # per target and All targets: rates and latency; the spectrum; CPU and memory per process, machine CPU
+    assert charts.count() == 4 * 2 + 1 + 3
     for i in range(charts.count()):
         box = charts.nth(i).bounding_box()
         assert box is not None and box["width"] > 300 and box["height"] > 100
     lines = page.locator("svg.chart polyline")
-    assert lines.count() >= 3 * 4 + 3 + 4
+    assert lines.count() >= 4 * 4 + 4 + 4
     for i in range(lines.count()):
         box = lines.nth(i).bounding_box()
         assert box is not None and box["width"] > 0
@@ -126,7 +124,11 @@ def test_the_report_opens_offline_with_every_chart_drawn(run_dir: Path, browser:
     for heading in ("Summary", "Over time", "Latency by percentile", "Resources", "Thresholds and verdicts",
                     "Config", "Machine", "Workers"):
         assert heading in text
-    assert "FAILED · 1 threshold failed" in text and "PASS" in text and "p99 < 500ms" in text
+    badge = page.locator("#outcome").inner_text()
+    assert re.fullmatch(rf"FAILED: [\d,]+ of [\d,]+ requests failed: status; threshold '{re.escape(EVIL)}: "
+                        r"error_rate < 1%' failed \(measured 100%\)", badge), badge
+    assert "FAIL" in page.locator("#outcome").get_attribute("class").upper()
+    assert "PASS" in text and "p99 < 5s" in text
     assert "WARN" in text and "above 90% CPU" in text
     assert "worker-0" in text and "server-site-0" in text
     png = page.screenshot(full_page=True)
@@ -211,3 +213,53 @@ def test_a_folder_that_is_not_a_run_says_so_in_one_sentence(tmp_path: Path) -> N
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(RunFolderError, match="is not valid JSON"):
         write_html_report(tmp_path)
+
+
+def test_the_open_model_rows_are_on_the_page_and_say_what_uncorrected_means(run_dir: Path, browser: Any) -> None:
+    page, console, _, _ = open_page(browser, run_dir / REPORT_NAME)
+    assert console == []
+    summary = json.loads((run_dir / "summary.json").read_text())
+    open_model = next(t for t in summary["targets"] if t["name"] == "open")["open_model"]
+    rows = page.locator("tr.open")
+    assert rows.count() == 2
+    lateness = [c.strip() for c in rows.nth(0).locator("td").all_inner_texts()]
+    uncorrected = [c.strip() for c in rows.nth(1).locator("td").all_inner_texts()]
+    assert lateness[:4] == ["LATENESS", "open", f"{open_model['started'] + open_model['dropped']:,}",
+                            f"{open_model['dropped']:,}"]
+    assert uncorrected[:2] == ["UNCORRECTED", "open"] and uncorrected[2] != "—"
+    assert all(rows.nth(i).is_visible() for i in range(2))
+    note = page.locator("#open-model-note").inner_text()
+    assert "equals the corrected row whenever sends leave on time" in note and "max_concurrency" in note
+    text = page.inner_text("body")
+    assert "closed-loop" not in text and "Error rate" in text
+    page.close()
+
+
+def test_the_workers_table_shows_what_the_run_wrote(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (worker,) = summary["workers"]
+    html = (run_dir / REPORT_NAME).read_text()
+    section = html[html.index("<h2>Workers</h2>"):]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section[:section.index("</table>")])
+    assert cells[:4] == ["0", str(worker["pid"]), f"{worker['requests']:,}", f"{worker['failures']:,}"]
+    assert worker["peak_rss_bytes"] > 10 * 2**20
+    assert cells[6] == f"{worker['peak_rss_bytes'] / 2**20:,.1f}"  # Peak RSS MiB, not "—"
+    assert cells[7] == "ok"
+
+
+def test_the_time_axis_ends_at_the_runs_duration_and_verdicts_read_as_sentences(run_dir: Path) -> None:
+    html = (run_dir / REPORT_NAME).read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    over_time = html[html.index("<h2>Over time</h2>"):html.index("<h2>Latency by percentile</h2>")]
+    ticks = re.findall(r'<text class="tick" x="[^"]*" y="[^"]*" text-anchor="[^"]*">([\d.]+)s</text>', over_time)
+    assert ticks and max(float(t) for t in ticks) <= summary["duration_s"] + 0.5  # 2 s, not 2.5 s
+    ten = time_scale([0.5, 10.001], end=10.001)  # a 10 s run: its axis ended at 12.5 s
+    assert ten.hi == 10.001 and [label for _, label in ten.ticks] == ["0s", "2s", "4s", "6s", "8s", "10s"]
+    assert time_scale([0.5, 9.9]).hi == 10.0  # without an end: the next round tick
+    ten_minutes = time_scale([1.0, 600.5], end=600.5)  # ticks were 0:00, 3:15, 6:30, 9:45
+    assert [label for _, label in ten_minutes.ticks] == ["0:00", "2:00", "4:00", "6:00", "8:00", "10:00"]
+    checks = html[html.index("<h2>Thresholds and verdicts</h2>"):html.index("<h2>Summary</h2>")]
+    assert "from 0.0 s to 3.0 s (3.0 s), peak 99% CPU" in checks
+    assert "start_s" not in checks and "{" not in checks and "abort_on_fail" not in checks
+    resources = html[html.index("<h2>Resources</h2>"):]
+    assert "Machine CPU, all" in resources and "machine (all cores)" not in resources

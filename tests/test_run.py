@@ -44,7 +44,8 @@ def test_every_request_is_counted_exactly_once(tmp_path: Path) -> None:
          {"name": "missing", "url": "http://{site}/status/404", "concurrency": 2}],
         requests=200_000, workers=2))
     result = run(config, out_dir=tmp_path / "run")
-    assert result.exit_status == 0 and result.run_dir == tmp_path / "run"
+    assert result.run_dir == tmp_path / "run"
+    assert result.exit_status == 1  # "missing" answers 404: failed requests fail a run without thresholds
     assert (tmp_path / "run" / "stats.csv").read_text().splitlines()[0] == LOCUST_STATS_HEADER
     assert STATS_HEADER == LOCUST_STATS_HEADER.split(",")
 
@@ -79,7 +80,8 @@ def test_every_request_is_counted_exactly_once(tmp_path: Path) -> None:
         assert last[name]["Total Failure Count"] == stats[name]["Failure Count"]
 
     failures = read_csv(tmp_path / "run" / "failures.csv")
-    assert [(f["Target"], f["Kind"], f["Message"]) for f in failures] == [("missing", "status", "HTTP 404")]
+    assert [(f["Method"], f["Name"], f["Kind"], f["Error"]) for f in failures] == [("GET", "missing", "status",
+                                                                                    "HTTP 404")]
     assert int(failures[0]["Occurrences"]) == int(stats["missing"]["Failure Count"])
 
 

@@ -6,7 +6,15 @@ import pytest
 
 from loadtest.config import ConfigError, parse_config
 from loadtest.stats import TargetRecorder, TargetTotals
-from loadtest.thresholds import ThresholdError, check, parse_threshold
+from loadtest.thresholds import (
+    DEFAULT_THRESHOLD,
+    ThresholdError,
+    check,
+    check_all,
+    failures_text,
+    outcome_line,
+    parse_threshold,
+)
 
 TARGETS = ["home", "echo", "http://127.0.0.1:8080/"]
 
@@ -89,3 +97,43 @@ def test_thresholds_are_checked_when_the_config_loads() -> None:
         parse_config({**base, "thresholds": "p99 < 5ms"})
     with pytest.raises(ConfigError, match=r"thresholds\[0\].abort_on_fail: must be true or false"):
         parse_config({**base, "thresholds": [{"threshold": "p99 < 5ms", "abort_on_fail": "yes"}]})
+
+
+def test_without_thresholds_a_failed_request_fails_the_run_but_a_cancelled_one_does_not() -> None:
+    (clean,) = check_all((), lambda target: totals([1.0] * 10, {"cancelled": 4}), 1.0)
+    assert clean.default and clean.passed and clean.measured == 0  # stopped by the run, not failed by the target
+    (dirty,) = check_all((), lambda target: totals([1.0] * 10, {"cancelled": 4, "refused": 1}), 1.0)
+    assert dirty.default and not dirty.passed and dirty.measured == 1
+    assert dirty.threshold is DEFAULT_THRESHOLD and dirty.as_dict()["default"] is True
+    connects = totals([1.0])
+    connects.connect_failures.update(refused=2)
+    assert not check(DEFAULT_THRESHOLD, connects, 1.0).passed  # a tcp connect that failed is a failure too
+    accepting = parse_threshold("error_rate < 100%", TARGETS)
+    (given,) = check_all((accepting,), lambda target: totals([1.0] * 10, {"status": 5}), 1.0)
+    assert given.passed and not given.default  # a config's thresholds replace the default
+    assert check(parse_threshold("failed == 4", TARGETS), totals([1.0], {"cancelled": 3, "status": 4}), 1).passed
+
+
+def test_a_latency_threshold_without_latency_samples_fails_at_the_end_only() -> None:
+    refused = totals([], {"refused": 50})
+    final = check(parse_threshold("p99 < 50ms", TARGETS), refused, 1.0)
+    assert not final.passed and final.measured is None
+    assert final.measured_text.startswith("—") and final.as_dict()["measured"] is None
+    assert check(parse_threshold("p99 < 50ms", TARGETS), refused, 1.0, final=False).passed  # responses may come
+    assert not check(parse_threshold("max < 1s", TARGETS), refused, 1.0).passed
+
+
+def test_the_outcome_line_says_what_failed() -> None:
+    assert failures_text(147_722, {"refused": 147_722}) == "147,722 of 147,722 requests failed: refused"
+    assert failures_text(10, {"cancelled": 3}) == ""
+    assert failures_text(100, {"status": 50, "reset": 7, "refused": 7, "tls": 1, "closed": 1, "cancelled": 9}) == \
+        "66 of 100 requests failed: 50 status, 7 refused, 7 reset and 2 more kinds"
+    assert failures_text(0, {}, {"refused": 3}) == "3 connects failed: refused"
+    assert outcome_line(1, failures_text(5, {"refused": 5}), []) == "FAILED: 5 of 5 requests failed: refused"
+    assert outcome_line(0, "", []) == "PASSED"
+    assert outcome_line(0, "1 of 9 requests failed: status", []) == \
+        "PASSED (1 of 9 requests failed: status; the thresholds allow it)"
+    assert outcome_line(1, "", ["threshold 'p99 < 5ms' failed (measured 7 ms)"]) == \
+        "FAILED: threshold 'p99 < 5ms' failed (measured 7 ms)"
+    assert outcome_line(3, "", [], ["worker 1 was lost: killed"]) == "FAILED: worker 1 was lost: killed"
+    assert outcome_line(130, "", []) == "INTERRUPTED"

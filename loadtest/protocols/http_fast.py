@@ -182,7 +182,7 @@ class HttpSession:
             if (status in self.expect) if self.expect else (200 <= status < 400):
                 rec.success(latency, received, sent, body)
             else:
-                rec.failure("status", f"HTTP {status}", latency, received, sent)
+                rec.failure("status", f"HTTP {status}", latency, received, sent, body)
         else:
             self._drop(ep.origin)
             rec.failure(kind, message, latency, received, sent)

@@ -71,7 +71,7 @@ class RequestsSession:
         if (status in self.expect) if self.expect else (200 <= status < 400):
             rec.success(latency, body, sent, body)
         else:
-            rec.failure("status", f"HTTP {status}", latency, body, sent)
+            rec.failure("status", f"HTTP {status}", latency, body, sent, body)
 
     def close(self) -> None:
         self._session.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from loadtest.servers.connections import CallbackServer
+from loadtest.servers.connections import CallbackServer, fitting_cap
 
 DEFAULT_MAX_CONNECTIONS = 50_000
 DEFAULT_IDLE_TIMEOUT_S = 300.0
@@ -107,11 +107,14 @@ class EchoConnection:
 class EchoServer(CallbackServer):
     """The echo server of one process, on a listening socket it is given."""
 
+    kind = "echo"
+
     def __init__(self, listener: Any, counts: Any, upper: bool = False, max_connections: int = 0,
                  idle_timeout: float = 0.0) -> None:
         self.counts = counts  # [messages (reads echoed), bytes, connections], shared with the parent
         self.upper = upper
-        super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
+        super().__init__(listener, max_connections or fitting_cap(DEFAULT_MAX_CONNECTIONS),
+                         idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
     def serve(self, sock: Any) -> None:
         self.counts[2] += 1

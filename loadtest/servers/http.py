@@ -48,7 +48,7 @@ from typing import Any
 import httptools
 
 from loadtest.servers import sites
-from loadtest.servers.connections import CallbackServer
+from loadtest.servers.connections import CallbackServer, fitting_cap
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 10_000  # lowered to fit the open-file limit (see connections.py)
@@ -529,6 +529,8 @@ class HttpServer(CallbackServer):
     stays at most `max_buffered`.
     """
 
+    kind = "http"
+
     def __init__(self, listener: Any, counts: Any, max_connections: int = 0, idle_timeout: float = 0.0,
                  max_buffered: int = 0) -> None:
         self.counts = counts  # counts[0]: requests answered (shared with the parent)
@@ -539,7 +541,8 @@ class HttpServer(CallbackServer):
         self.buffer_view = memoryview(self.buffer)
         self.max_buffered = max_buffered or DEFAULT_MAX_BUFFERED
         self.buffered = 0
-        super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
+        super().__init__(listener, max_connections or fitting_cap(DEFAULT_MAX_CONNECTIONS),
+                         idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
     def render(self, reply: Reply, mode: int, head: bool, out: deque[Any]) -> bytes | None:
         """Queue `reply` on `out`; return its whole bytes when it can be cached, else None."""

@@ -289,6 +289,58 @@ def test_buffered_bodies_are_capped_and_freed_when_their_connections_close() -> 
     assert after - before < 32, (before, held_rss, after)
 
 
+# A server process with the cycle collector off: what it still holds after its
+# clients left is what reference counting did not free.
+NO_GC_SERVER = """
+import gc, sys
+from gevent import monkey; monkey.patch_all()
+import gevent, gevent.socket
+from loadtest.servers.child import listen
+from loadtest.servers.http import HttpConnection, HttpServer
+gc.disable()
+listener = listen("127.0.0.1", 0)
+server = HttpServer(listener, [0], idle_timeout=0.3, max_buffered=4 << 20)
+server.start()
+print(listener.getsockname()[1], flush=True)
+gevent.socket.wait_read(sys.stdin.fileno())
+for _ in range(300):
+    if not server.table.live:
+        break
+    gevent.sleep(0.01)
+left = sum(isinstance(o, HttpConnection) for o in gc.get_objects())
+print(len(server.table.live), server.buffered, left, flush=True)
+"""
+
+
+def test_every_way_a_connection_ends_frees_it_without_the_cycle_collector() -> None:
+    server = subprocess.Popen([sys.executable, "-c", NO_GC_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        port = int(server.stdout.readline())
+
+        def answer(raw: bytes, read: bool = True) -> int:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+                sock.sendall(raw)
+                return int(sock.recv(64).split()[1]) if read else 0
+
+        assert answer(request("/") * 50) == 200  # keep-alive, pipelined
+        echoed = 3 * 2**20
+        assert answer(b"POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (echoed, b"e" * echoed)) == 200
+        assert answer(b"POST /echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n") == 413
+        assert answer(request("/", extra="X-Big: " + "v" * 40_000 + "\r\n")) == 431
+        assert answer(b"NOT HTTP\r\n\r\n") == 400
+        assert answer(b"POST /echo HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n") == 503  # over max_buffered
+        assert answer(b"GET / HTTP/1.1\r\n") == 408  # unfinished past the idle timeout
+        answer(request("/delay/300"), read=False)  # gone before its answer
+        answer(request("/bytes/50000000") + request("/site/9") * 2000, read=False)  # answers never read
+        out, _ = server.communicate("done\n", timeout=TIMEOUT)
+    finally:
+        server.kill()
+        server.wait()
+    assert out.split() == ["0", "0", "0"]  # no live connection, nothing charged, no connection object left
+
+
 def test_max_buffered_refuses_an_echo_body_past_it_and_echoes_one_within() -> None:
     with ServerGroup.start(http_spec(max_buffered=4 * 2**20)) as group:
         body = bytes(range(256)) * (3 * 2**12)  # 3 MiB: kept, and echoed back whole

@@ -103,10 +103,13 @@ class ConnectionTable:
         interval = min(MAX_SWEEP_INTERVAL_S, max(MIN_SWEEP_INTERVAL_S, self.idle_timeout / 4))
         while True:
             gevent.sleep(interval)
-            cutoff = time.monotonic() - self.idle_timeout
-            for conn in [c for c in self.live if c.mark < cutoff]:
-                conn.mark = float("inf")  # expired once; it may take a moment to finish
-                conn.expire()
+            self._expire_idle(time.monotonic() - self.idle_timeout)
+
+    def _expire_idle(self, cutoff: float) -> None:
+        # A method of its own so that no sleeping frame keeps the last expired connection alive.
+        for conn in [c for c in self.live if c.mark < cutoff]:
+            conn.mark = float("inf")  # expired once; it may take a moment to finish
+            conn.expire()
 
 
 class Acceptor(StreamServer):  # type: ignore[misc]

@@ -186,8 +186,8 @@ def _lower_open_file_limit() -> None:
 
 @pytest.mark.parametrize("options, sentence", [
     ([], "connections are open, its cap, so new ones are closed at once until some end"),
-    (["--max-connections", "1000"], "cannot accept more connections: this process's open-file limit is reached "
-                                    f"(limit {OPEN_FILE_LIMIT}, "),
+    (["--max-connections", "1000"], "cannot accept more connections: this process's open-file limit "
+                                    f"({OPEN_FILE_LIMIT}) is reached with "),
 ], ids=["default-cap", "cap-above-the-limit"])
 def test_serve_echo_past_the_open_file_limit_says_so_once_and_keeps_serving(options: list[str], sentence: str) -> None:
     """More connections than the server's open-file limit: one sentence on stderr, no traceback, still echoing.

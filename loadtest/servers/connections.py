@@ -172,18 +172,20 @@ class CallbackServer:
             print(f"{self.kind} server process {os.getpid()}: {sentence}", file=sys.stderr, flush=True)
 
     def _out_of_descriptors(self, error: OSError) -> None:
-        limit = open_file_limit()
-        what = "this process's open-file limit" if error.errno == errno.EMFILE else "the system's open-file table"
+        if error.errno == errno.EMFILE:
+            what = f"this process's open-file limit ({open_file_limit()}) is reached"
+            remedy = "raise it with ulimit -n, or lower max_connections"
+        else:
+            what, remedy = "the system's open-file table is full", "raise fs.file-max or close other programs' files"
         self._say_once("descriptors", (
-            f"cannot accept more connections: {what} is reached (limit {limit if limit else 'none'}, "
-            f"{len(self.table.live)} connections open); new connections wait until some close "
-            f"(raise the limit with ulimit -n, or lower --max-connections)."))
+            f"cannot accept more connections: {what} with {len(self.table.live)} connections open; "
+            f"new connections wait until some close ({remedy})."))
 
     def _adopt(self, sock: Any, address: Any) -> None:
         if self.table.full():
             self._say_once("cap", (
                 f"{self.table.max_connections} connections are open, its cap, so new ones are closed at once "
-                f"until some end (the cap is --max-connections, by default what the open-file limit allows)."))
+                f"until some end (the cap is max_connections, by default what the open-file limit allows)."))
             sock.close()
             return
         # Take the descriptor from the gevent socket (StreamServer closes that object when we return).

@@ -22,7 +22,8 @@ Memory: only /echo keeps a request body (other routes count it and drop it).
 What one process holds for its clients in all -- bodies kept for /echo, echo
 answers and joined batches not yet sent, unfinished header sections -- is
 capped (`max_buffered`, 256 MiB by default): a request that would pass the cap
-gets 503 and its connection closes. A connection's buffers are released when it
+gets 503 and its connection closes (near the cap, queued answers are sent one
+by one rather than joined). A connection's buffers are released when it
 closes, not at the next garbage collection: `close()` breaks the reference
 cycles (parser and watchers hold the connection) explicitly.
 

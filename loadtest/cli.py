@@ -354,8 +354,9 @@ def compare_command(
 
 
 def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connections: int = 0,
-           idle_timeout: Optional[str] = None) -> None:
-    from .config import ConfigError, ServerSpec, check_ip, check_workers, parse_address, parse_duration
+           idle_timeout: Optional[str] = None, max_buffered: int = 0) -> None:
+    from .config import (ConfigError, ServerSpec, check_ip, check_workers, parse_address, parse_duration,
+                         parse_max_buffered)
     from .servers import ServerError, serve_foreground
 
     try:
@@ -363,10 +364,11 @@ def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connec
         check_ip(host, "--listen")
         check_workers(workers, "--workers")
         idle = parse_duration(idle_timeout, "--idle-timeout") if idle_timeout is not None else 0.0
+        buffered = parse_max_buffered(max_buffered, "--max-buffered") if max_buffered else 0
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     spec = ServerSpec(name=kind, kind=kind, host=host, port=port, workers=workers, upper=upper,
-                      max_connections=max_connections, idle_timeout=idle)
+                      max_connections=max_connections, idle_timeout=idle, max_buffered=buffered)
     try:
         status = serve_foreground(spec)
     except ServerError as e:
@@ -388,13 +390,15 @@ def serve_http(
     workers: int = typer.Option(0, "--workers", "-w", min=0, metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
     max_connections: int = typer.Option(0, "--max-connections", min=0, metavar="N", show_default=False, help=MAX_CONNECTIONS_HELP),
     idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", metavar="DURATION", help="Close connections idle this long (10s, 2m)."),
+    max_buffered: int = typer.Option(0, "--max-buffered", min=0, metavar="MIB", show_default=False, help="MiB a process holds for its clients in all; past it, 503 (default: 256)."),
     version: bool = _version_option(),
 ) -> None:
     """The embedded HTTP "sites" server: /, /bytes/N, /delay/MS, /status/CODE, /stall/P/S, /echo, /site/K.
 
     /stall/P/S freezes the first S ms of every P ms, as in wrk2's coordinated-omission demonstration.
     """
-    _serve("http", listen, workers or _default_workers(), max_connections=max_connections, idle_timeout=idle_timeout)
+    _serve("http", listen, workers or _default_workers(), max_connections=max_connections, idle_timeout=idle_timeout,
+           max_buffered=max_buffered)
 
 
 @serve_app.command("echo", cls=_Command)

@@ -38,6 +38,7 @@ MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_LEVEL = 10_000_000.0  # a rate (per second) or a stage's target, at most
 MAX_WORKERS = 256  # processes of one kind a run or server may start (each is ~30 MiB)
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
+MAX_BUFFERED_MIB = 1024 * 1024  # an HTTP server's max_buffered, at most (1 TiB)
 RESERVED_NAMES = ("Aggregated",)  # the total row of every report
 DEFAULT_METRICS_HOST = "127.0.0.1"  # live metrics listen on loopback unless a host is given
 
@@ -63,6 +64,7 @@ class ServerSpec:
     upper: bool = False
     max_connections: int = 0  # 0: the server's own default
     idle_timeout: float = 0.0  # 0: the server's own default
+    max_buffered: int = 0  # http: bytes one process holds for its clients in all; 0: the server's own default
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,8 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
 def _server(data: Any, where: str) -> ServerSpec:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping, got {_type_name(data)}")
-    _check_keys(data, where, {"name", "kind", "listen", "workers", "upper", "max_connections", "idle_timeout"})
+    _check_keys(data, where, {"name", "kind", "listen", "workers", "upper", "max_connections", "idle_timeout",
+                              "max_buffered"})
     kind = data.get("kind")
     if kind not in SERVER_KINDS:
         raise ConfigError(f"{where}.kind: must be one of {', '.join(SERVER_KINDS)}, got {kind!r}")
@@ -357,6 +360,9 @@ def _server(data: Any, where: str) -> ServerSpec:
         raise ConfigError(f"{where}.upper: only an echo server can upper-case")
     max_connections = _positive_int(data["max_connections"], f"{where}.max_connections") if "max_connections" in data else 0
     idle_timeout = parse_duration(data["idle_timeout"], f"{where}.idle_timeout") if "idle_timeout" in data else 0.0
+    if kind != "http" and "max_buffered" in data:
+        raise ConfigError(f"{where}.max_buffered: only an http server buffers requests")
+    max_buffered = parse_max_buffered(data["max_buffered"], f"{where}.max_buffered") if "max_buffered" in data else 0
     return ServerSpec(
         name=_name(data.get("name", kind), f"{where}.name"),
         kind=kind,
@@ -366,7 +372,16 @@ def _server(data: Any, where: str) -> ServerSpec:
         upper=upper,
         max_connections=max_connections,
         idle_timeout=idle_timeout,
+        max_buffered=max_buffered,
     )
+
+
+def parse_max_buffered(value: Any, where: str) -> int:
+    """An HTTP server's `max_buffered`, given in MiB (a whole number), in bytes."""
+    mib = _positive_int(value, where, "a whole number of MiB")
+    if mib > MAX_BUFFERED_MIB:
+        raise ConfigError(f"{where}: must be at most {MAX_BUFFERED_MIB} MiB, got {mib}")
+    return mib * 1024 * 1024
 
 
 _HTTP_KEYS = {"name", "url", "urls", "method", "headers", "body", "timeout", "expect_status", "engine",

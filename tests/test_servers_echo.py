@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import resource
 import selectors
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -171,6 +174,65 @@ def test_connection_cap_closes_extra_connections() -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+OPEN_FILE_LIMIT = 256  # the server's, soft and hard, so it cannot lift it
+PAST_THE_LIMIT = 400  # connections the test opens
+
+
+def _lower_open_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILE_LIMIT, OPEN_FILE_LIMIT))
+
+
+@pytest.mark.parametrize("options, sentence", [
+    ([], "connections are open, its cap, so new ones are closed at once until some end"),
+    (["--max-connections", "1000"], "cannot accept more connections: this process's open-file limit "
+                                    f"({OPEN_FILE_LIMIT}) is reached with "),
+], ids=["default-cap", "cap-above-the-limit"])
+def test_serve_echo_past_the_open_file_limit_says_so_once_and_keeps_serving(options: list[str], sentence: str) -> None:
+    """More connections than the server's open-file limit: one sentence on stderr, no traceback, still echoing.
+
+    By default the cap fits the limit: connections past it are closed at once. With
+    a cap above the limit, accepting fails (EMFILE) and pauses; connections wait
+    in the backlog and are accepted once descriptors free up.
+    """
+    server = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "serve", "echo", "--listen", "127.0.0.1:0", "--workers", "1", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_lower_open_file_limit)
+    socks: list[socket.socket] = []
+    try:
+        serving = server.stdout.readline() if server.stdout else ""  # "serving echo on 127.0.0.1:PORT (1 process)"
+        assert serving.startswith("serving echo on 127.0.0.1:"), serving
+        port = int(serving.split(":")[1].split()[0])
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(PAST_THE_LIMIT)]
+        for i, sock in enumerate(socks[:10]):  # the first connections are served throughout
+            sock.sendall(b"early%d" % i)
+            assert read_exactly(sock, 6) == b"early%d" % i
+        waiting = socks.pop()  # past the limit: closed at once (default cap), or waiting to be accepted
+        for sock in socks[100:]:  # free 299 descriptors
+            sock.close()
+        del socks[100:]
+        if options:
+            waiting.sendall(b"waited")
+            assert read_exactly(waiting, 6) == b"waited"  # accepted once descriptors were free
+        else:
+            assert is_closed(waiting)
+        waiting.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as again:
+            again.sendall(b"again")
+            assert read_exactly(again, 5) == b"again"
+        for i, sock in enumerate(socks[:10]):
+            sock.sendall(b"later%d" % i)
+            assert read_exactly(sock, 6) == b"later%d" % i
+    finally:
+        for sock in socks:
+            sock.close()
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=15)
+    assert server.returncode == 0, err
+    assert "Traceback" not in err
+    assert err.count(sentence) == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("echo server process ") and err.rstrip().endswith(".")
 
 
 def test_idle_timeout_closes_only_idle_connections() -> None:

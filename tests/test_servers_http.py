@@ -7,15 +7,18 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
 import requests
 
-from loadtest.config import ServerSpec
+from loadtest.config import ConfigError, ServerSpec, parse_config
 from loadtest.servers import ServerError, ServerGroup, serve_foreground, sites
 
 TIMEOUT = 5.0
@@ -194,6 +197,207 @@ def test_pipelined_requests_are_answered_in_order(server: ServerGroup) -> None:
     assert len(replies[3].body) == len(sites.site_page(1))
     assert len(replies[4].body) == 300_000
     assert replies[-1].body == b"hello"
+
+
+PIPELINED = 100_000
+
+
+def test_100000_pipelined_requests_split_anywhere_are_all_answered(server: ServerGroup) -> None:
+    """A client that pipelines and reads its answers as it goes: every request 200, none 431.
+
+    The requests go out in pieces of 16,001 bytes, so nearly every read the server
+    makes ends inside a request's header section (this once gave 431 after ~10,000).
+    """
+    one = request("/bytes/1")
+    stream = one * PIPELINED
+    piece, window = 16_001, 20_000  # requests sent ahead of the answers, at most
+    status_200, status_431 = b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 431 "
+    answered = refused = sent = 0
+    tail = b""
+    deadline = time.monotonic() + 60
+    with connect(server) as sock:
+        sock.setblocking(False)
+        while answered + refused < PIPELINED and time.monotonic() < deadline:
+            want_write = sent < len(stream) and sent // len(one) - answered < window
+            readable, writable, _ = select.select([sock], [sock] if want_write else [], [], TIMEOUT)
+            assert readable or writable, f"no progress after {answered} answers"
+            if writable:
+                sent += sock.send(stream[sent:sent + piece])
+            if readable:
+                data = sock.recv(1 << 20)
+                assert data, f"the server closed the connection after {answered} answers"
+                # A status line is 17 bytes: one split between two reads is found in the 16-byte tail, once.
+                seen = tail + data
+                answered += seen.count(status_200)
+                refused += seen.count(status_431)
+                tail = seen[-16:]
+    assert (answered, refused) == (PIPELINED, 0)
+
+
+def _rss(process: psutil.Process) -> float:
+    return process.memory_info().rss / 2**20
+
+
+def test_buffered_bodies_are_capped_and_freed_when_their_connections_close() -> None:
+    """100 clients each hold an unfinished 10 MiB /echo body: the process keeps at most its cap, then lets it all go.
+
+    Without the cap this took the server from ~80 MiB to ~1 GiB, and closing the
+    connections gave nothing back until a garbage collection.
+    """
+    size, cap_mib, clients = 10 * 2**20, 256, 100
+    with ServerGroup.start(http_spec()) as group:
+        process = psutil.Process(group.pids[0])
+        exchange(group, request("/"))
+        before = _rss(process)
+        socks: list[socket.socket] = []
+        ends: list[str] = []  # per client: "held" (no answer), "503", or "closed" (reset before the 503 was read)
+        body = b"x" * (size - 1)  # all but the last byte: the request stays unfinished
+        try:
+            for _ in range(clients):
+                sock = connect(group)
+                socks.append(sock)
+                sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+                if select.select([sock], [], [], 0.02)[0]:  # refused already: the cap is full
+                    continue
+                try:
+                    sock.sendall(body)
+                except OSError:  # refused while sending: the server answered 503 and closed
+                    pass
+            time.sleep(0.3)
+            held_rss = _rss(process)
+            for sock in socks:
+                if not select.select([sock], [], [], 0)[0]:
+                    ends.append("held")
+                    continue
+                try:
+                    ends.append(sock.recv(64)[9:12].decode() or "closed")
+                except ConnectionResetError:
+                    ends.append("closed")
+        finally:
+            for sock in socks:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while _rss(process) > before + 32 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = _rss(process)
+        assert exchange(group, request("/bytes/3"))[0].body == b"abc"  # still serving
+    held = ends.count("held")
+    assert set(ends) <= {"held", "503", "closed"} and ends.count("503") >= clients // 2, ends
+    assert 15 <= held <= cap_mib * 2**20 // size, ends
+    print(f"server RSS {before:.0f} MiB, {held_rss:.0f} MiB with {held} bodies held, {after:.0f} MiB after")
+    assert held_rss - before < cap_mib + 64, (before, held_rss)
+    assert after - before < 32, (before, held_rss, after)
+
+
+# A server process with the cycle collector off: what it still holds after its
+# clients left is what reference counting did not free.
+NO_GC_SERVER = """
+import gc, sys
+from gevent import monkey; monkey.patch_all()
+import gevent, gevent.socket
+from loadtest.servers.child import listen
+from loadtest.servers.http import HttpConnection, HttpServer
+gc.disable()
+listener = listen("127.0.0.1", 0)
+server = HttpServer(listener, [0], idle_timeout=0.3, max_buffered=4 << 20)
+server.start()
+print(listener.getsockname()[1], flush=True)
+gevent.socket.wait_read(sys.stdin.fileno())
+for _ in range(300):
+    if not server.table.live:
+        break
+    gevent.sleep(0.01)
+left = sum(isinstance(o, HttpConnection) for o in gc.get_objects())
+print(len(server.table.live), server.buffered, left, flush=True)
+"""
+
+
+def test_every_way_a_connection_ends_frees_it_without_the_cycle_collector() -> None:
+    server = subprocess.Popen([sys.executable, "-c", NO_GC_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        port = int(server.stdout.readline())
+
+        def answer(raw: bytes, read: bool = True) -> int:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+                sock.sendall(raw)
+                return int(sock.recv(64).split()[1]) if read else 0
+
+        assert answer(request("/") * 50) == 200  # keep-alive, pipelined
+        echoed = 3 * 2**20
+        assert answer(b"POST /echo HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (echoed, b"e" * echoed)) == 200
+        assert answer(b"POST /echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n") == 413
+        assert answer(request("/", extra="X-Big: " + "v" * 40_000 + "\r\n")) == 431
+        assert answer(b"NOT HTTP\r\n\r\n") == 400
+        assert answer(b"POST /echo HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n") == 503  # over max_buffered
+        assert answer(b"GET / HTTP/1.1\r\n") == 408  # unfinished past the idle timeout
+        answer(request("/delay/300"), read=False)  # gone before its answer
+        answer(request("/bytes/50000000") + request("/site/9") * 2000, read=False)  # answers never read
+        out, _ = server.communicate("done\n", timeout=TIMEOUT)
+    finally:
+        server.kill()
+        server.wait()
+    assert out.split() == ["0", "0", "0"]  # no live connection, nothing charged, no connection object left
+
+
+def test_max_buffered_refuses_an_echo_body_past_it_and_echoes_one_within() -> None:
+    with ServerGroup.start(http_spec(max_buffered=4 * 2**20)) as group:
+        body = bytes(range(256)) * (3 * 2**12)  # 3 MiB: kept, and echoed back whole
+        replies = exchange(group, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert replies[0].status == 200 and replies[0].body == body
+        # Refused as soon as the headers say it cannot fit, before the body is sent.
+        replies = exchange(group, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (5 * 2**20))
+        assert replies[0].status == 503
+        # A chunked body has no length up front: refused when the cap would be passed.
+        with connect(group) as sock, sock.makefile("rb") as stream:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n%s\r\n" % (2**20, b"z" * 2**20)
+            try:
+                for _ in range(6):
+                    sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert read_response(stream).status == 503
+        # Other routes never keep a body: a 5 MiB upload to / is read and dropped.
+        replies = exchange(group, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (5 * 2**20, b"y" * 5 * 2**20))
+        assert replies[0].status == 200
+
+
+def test_unfinished_header_sections_count_against_max_buffered() -> None:
+    with ServerGroup.start(http_spec(max_buffered=2**20)) as group:
+        socks = [connect(group) for _ in range(8)]
+        try:
+            for sock in socks:  # 8 x 200 KiB of one header line that has not ended: under the 431 limit each
+                sock.sendall(b"GET / HTTP/1.1\r\nX-Long: " + b"v" * 200 * 1024)
+                time.sleep(0.05)
+            answered: list[socket.socket] = []
+            deadline = time.monotonic() + TIMEOUT
+            while len(answered) < 3 and time.monotonic() < deadline:
+                answered = select.select(socks, [], [], 0.05)[0]
+            time.sleep(0.2)  # and no more than that
+            answered = select.select(socks, [], [], 0)[0]
+            refused = sum(sock.recv(64).startswith(b"HTTP/1.1 503 ") for sock in answered)
+        finally:
+            for sock in socks:
+                sock.close()
+    assert (len(answered), refused) == (3, 3)  # 1 MiB holds five sections of 200 KiB, not six
+
+
+def test_max_buffered_in_a_config_and_on_the_command_line() -> None:
+    def config(server: dict[str, object]) -> Any:
+        return parse_config({"servers": [server], "duration": "1s", "targets": [{"url": "http://127.0.0.1:1/"}]})
+
+    assert config({"kind": "http", "max_buffered": 64}).servers[0].max_buffered == 64 * 2**20
+    assert config({"kind": "http"}).servers[0].max_buffered == 0  # the server's default
+    with pytest.raises(ConfigError, match=r"servers\[0\]\.max_buffered: only an http server buffers requests"):
+        config({"kind": "echo", "max_buffered": 64})
+    with pytest.raises(ConfigError, match=r"servers\[0\]\.max_buffered: must be a whole number of MiB, got '1G'"):
+        config({"kind": "http", "max_buffered": "1G"})
+    done = subprocess.run([sys.executable, "-m", "loadtest", "serve", "http", "--max-buffered", "9999999999"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "loadtest: --max-buffered: must be at most 1048576 MiB, got 9999999999"
 
 
 def test_head_has_the_get_length_and_no_body(server: ServerGroup) -> None:

@@ -51,7 +51,7 @@ def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any
     if spec.kind == "http":
         from loadtest.servers.http import HttpServer
 
-        return HttpServer(listener, counts, spec.max_connections, spec.idle_timeout)
+        return HttpServer(listener, counts, spec.max_connections, spec.idle_timeout, spec.max_buffered)
     from loadtest.servers.echo import EchoServer
 
     return EchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout)

@@ -11,7 +11,8 @@ few hundred bytes each.
 Bounded: a read takes at most 64 KiB, and while any of it is still unsent the
 connection stops reading, so a client that does not read stalls only itself
 (TCP flow control does the rest). A connection cap closes extra connections at
-once; an idle timeout closes connections that send nothing.
+once (by default it fits the open-file limit; see connections.py); an idle
+timeout closes connections that send nothing.
 
 Try it:  loadtest serve echo   then   nc 127.0.0.1 9000
 """
@@ -21,9 +22,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from loadtest.servers.connections import CallbackServer
+from loadtest.servers.connections import CallbackServer, fitting_cap
 
-DEFAULT_MAX_CONNECTIONS = 50_000
+DEFAULT_MAX_CONNECTIONS = 50_000  # lowered to fit the open-file limit (see connections.py)
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 READ_SIZE = 64 * 1024
 _READ, _WRITE = 1, 2  # event loop watcher events
@@ -107,11 +108,14 @@ class EchoConnection:
 class EchoServer(CallbackServer):
     """The echo server of one process, on a listening socket it is given."""
 
+    kind = "echo"
+
     def __init__(self, listener: Any, counts: Any, upper: bool = False, max_connections: int = 0,
                  idle_timeout: float = 0.0) -> None:
         self.counts = counts  # [messages (reads echoed), bytes, connections], shared with the parent
         self.upper = upper
-        super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
+        super().__init__(listener, max_connections or fitting_cap(DEFAULT_MAX_CONNECTIONS),
+                         idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
     def serve(self, sock: Any) -> None:
         self.counts[2] += 1

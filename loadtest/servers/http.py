@@ -18,6 +18,15 @@ close`, HTTP/1.0, HEAD, chunked request bodies and `Expect: 100-continue` work.
 Headers over 16 KiB get 431, bodies over 10 MiB get 413, a request not complete
 within the idle timeout gets 408; each then closes the connection.
 
+Memory: only /echo keeps a request body (other routes count it and drop it).
+What one process holds for its clients in all -- bodies kept for /echo, echo
+answers and joined batches not yet sent, unfinished header sections -- is
+capped (`max_buffered`, 256 MiB by default): a request that would pass the cap
+gets 503 and its connection closes (near the cap, queued answers are sent one
+by one rather than joined). A connection's buffers are released when it
+closes, not at the next garbage collection: `close()` breaks the reference
+cycles (parser and watchers hold the connection) explicitly.
+
 Speed: a gevent `StreamServer` accepts, then each connection is served by
 event-loop callbacks (read, parse, send) rather than a greenlet of its own: no
 switch and no exception per read, which roughly doubles requests/s at one
@@ -25,6 +34,8 @@ process. The whole response of a deterministic route is cached as bytes per
 (URL, HEAD or not, connection mode), so a warm request is a dict lookup; all
 connections of a process read into one buffer (each read is parsed at once).
 No Date header: it would defeat the byte cache.
+
+Routes and replies are built in `routes.py`.
 
 Try it:  loadtest serve http   then   curl -i http://127.0.0.1:8080/site/3
 """
@@ -34,114 +45,30 @@ from __future__ import annotations
 import _socket
 import time
 from collections import deque
-from http import HTTPStatus
 from typing import Any
 
 import httptools
 
 from loadtest.servers import sites
-from loadtest.servers.connections import CallbackServer
+from loadtest.servers.connections import CallbackServer, fitting_cap
+from loadtest.servers.routes import (CACHE_MAX_RESPONSE, CLOSE, ECHO_PATHS, KEEP_ALIVE_10, KEEP_ALIVE_11, TEXT, Reply,
+                                     reason, response_head, route)
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0
-DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_CONNECTIONS = 10_000  # lowered to fit the open-file limit (see connections.py)
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024  # bytes one process holds for its clients in all
 RECV_SIZE = 256 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 10 * 1024 * 1024
-MAX_BYTES = 100 * 1024 * 1024
-MAX_DELAY_MS = 60_000
 CACHE_MAX_ENTRIES = 4096  # per connection mode; cleared when full
-CACHE_MAX_RESPONSE = 256 * 1024  # larger responses are built per request from the pattern
 CACHE_MAX_BYTES = 16 * 1024 * 1024  # per connection mode; cleared when full
 LINGER_S = 0.5
 LINGER_MAX_BYTES = 4 * 1024 * 1024
 SEND_BATCH_MAX = 256 * 1024  # above this, pipelined responses go out in several sends
+JOIN_MAX = 2 * SEND_BATCH_MAX  # the most one joined batch holds: SEND_BATCH_MAX plus one item of at most that
 
-# Connection modes: what a response says about the connection. Index = mode.
-KEEP_ALIVE_11, KEEP_ALIVE_10, CLOSE = 0, 1, 2
-_MODE_HEADERS = (b"", b"Connection: keep-alive\r\n", b"Connection: close\r\n")
 _READ, _WRITE = 1, 2  # event loop watcher events
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-HTML = b"text/html; charset=utf-8"
-TEXT = b"text/plain; charset=utf-8"
-OCTETS = b"application/octet-stream"
-_NO_BODY = (204, 205, 304)  # RFC 9110 15.3.5, 15.3.6, 15.4.5
-_NO_LENGTH = (204, 304)  # 205 says Content-Length: 0 so a keep-alive client knows it ended (RFC 9112 6.3)
-_CLASS_REASONS = {2: "Success", 3: "Redirection", 4: "Client Error", 5: "Server Error"}
-
-
-def _reason(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return _CLASS_REASONS.get(code // 100, "Unknown")
-
-
-_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code).encode()) for code in range(100, 600)}
-
-
-def response_head(status: int, content_type: bytes, length: int, mode: int) -> bytes:
-    """The status line and headers of a response with a body of `length` bytes."""
-    if status in _NO_LENGTH:  # no Content-Length either (RFC 9110 8.6)
-        fields = b""
-    else:
-        fields = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, length)
-    return b"%sServer: loadtest\r\n%s%s\r\n" % (_STATUS_LINES[status], fields, _MODE_HEADERS[mode])
-
-
-class Reply:
-    """What a route answers: status, body (bytes, or a length of pattern bytes) and a delay."""
-
-    __slots__ = ("body", "cacheable", "content_type", "delay", "length", "status")
-
-    def __init__(self, status: int, body: bytes | int, content_type: bytes = TEXT,
-                 delay: float = 0.0, cacheable: bool = True) -> None:
-        self.status = status
-        self.content_type = content_type
-        self.body = body
-        self.length = body if isinstance(body, int) else len(body)
-        self.delay = delay
-        self.cacheable = cacheable
-
-
-def _number(text: bytes) -> int | None:
-    return int(text) if text.isdigit() and len(text) <= 10 else None
-
-
-def _bad(why: str) -> Reply:
-    return Reply(400, why.encode() + b"\n")
-
-
-def route(path: bytes, body: bytes) -> Reply:
-    """The reply to a request for `path` (query string removed) carrying `body`."""
-    if path == b"/":
-        return Reply(200, sites.INDEX_PAGE, HTML)
-    kind, _, arg = path[1:].partition(b"/")
-    if kind == b"echo" and not arg:
-        return Reply(200, body, OCTETS, cacheable=False)
-    n = _number(arg)
-    if kind == b"bytes":
-        if n is None or n > MAX_BYTES:
-            return _bad(f"/bytes/N: N must be a whole number from 0 to {MAX_BYTES}")
-        return Reply(200, n if n > CACHE_MAX_RESPONSE else sites.pattern()[:n], OCTETS)
-    if kind == b"delay":
-        if n is None or n > MAX_DELAY_MS:
-            return _bad(f"/delay/MS: MS must be a whole number from 0 to {MAX_DELAY_MS}")
-        return Reply(200, b"delayed %d ms\n" % n, delay=n / 1000, cacheable=False)
-    if kind == b"stall":
-        period, _, stall = arg.partition(b"/")
-        p, st = _number(period), _number(stall)
-        if p is None or st is None or not 0 < p <= MAX_DELAY_MS or st > p:
-            return _bad(f"/stall/P/S: P must be a whole number from 1 to {MAX_DELAY_MS} and S at most P")
-        phase = (time.time() * 1000.0) % p  # the wall clock, so every server process stalls together
-        return Reply(200, b"ok\n", delay=(st - phase) / 1000.0 if phase < st else 0.0, cacheable=False)
-    if kind == b"status":
-        # 1xx is excluded: it is an interim response, and clients would wait for the final one.
-        if n is None or not 200 <= n <= 599:
-            return _bad("/status/CODE: CODE must be a whole number from 200 to 599")
-        return Reply(n, b"" if n in _NO_BODY else b"%d %s\n" % (n, _reason(n).encode()))
-    if kind == b"site" and n is not None and n < sites.SITE_PAGES:
-        return Reply(200, sites.site_page(n), HTML)
-    return Reply(404, b"not found\n")
 
 
 class _Reject(Exception):
@@ -150,18 +77,37 @@ class _Reject(Exception):
     def __init__(self, status: int) -> None:
         self.status = status
 
+    @staticmethod
+    def status_of(error: httptools.HttpParserError) -> int:
+        """The status to answer a parser error with: a callback's `_Reject`, else 400.
+
+        A function of its own so that no frame of the connection keeps the
+        `_Reject`: its traceback holds the callback's frame, which holds the
+        connection, and that cycle would keep the connection's buffers until the
+        next garbage collection.
+        """
+        reject = error.__context__
+        return reject.status if isinstance(reject, _Reject) else 400
+
 
 class HttpConnection:
-    """One client connection: the httptools callbacks and the responses they queue."""
+    """One client connection: the httptools callbacks and the responses they queue.
+
+    What it holds for its client is charged to its server's budget
+    (`HttpServer.buffered`) for as long as it holds it: `held_body`, the /echo
+    body being received; `held_out`, echo answers queued (until the queue is
+    empty); `held_batch`, the joined batch at the head of the queue; and
+    `held_header`, an upper bound of the unfinished header section httptools keeps.
+    """
 
     def __init__(self, server: HttpServer, sock: Any) -> None:
         self.server = server
         self.sock = sock  # a plain non-blocking socket: the loop's watchers say when to read and write
-        self.reader = server.loop.io(sock.fileno(), _READ)
+        self.reader: Any = server.loop.io(sock.fileno(), _READ)
         self.writer: Any = None
         self.timer: Any = None
         self.mark = time.monotonic()  # last progress, for the idle timeout
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.out: deque[bytes | memoryview | float] = deque()
         self.served = 0
         self.closing = False
@@ -171,12 +117,18 @@ class HttpConnection:
         self.in_request = False
         self.in_headers = False
         self.began = False  # a request began in the current read
-        self.pending_raw = 0  # bytes read while a header section was incomplete: bounds what llhttp buffers
         self.url = b""
+        self.path = b""
         self.header_bytes = 0
         self.expect_continue = False
+        self.content_length = 0
+        self.keep_body = False  # this request's route reads its body (/echo)
         self.body: list[bytes] = []
         self.body_bytes = 0
+        self.held_body = 0
+        self.held_out = 0
+        self.held_batch = 0
+        self.held_header = 0
         self.reader.start(self.on_readable)
 
     # httptools callbacks: they only queue; the shared receive buffer is being parsed.
@@ -187,9 +139,8 @@ class HttpConnection:
         self.in_request = self.in_headers = self.began = True
         self.url = b""
         self.header_bytes = 0
-        if self.body:
-            self.body = []
-            self.body_bytes = 0
+        self.content_length = 0
+        self.body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -203,22 +154,35 @@ class HttpConnection:
             raise _Reject(431)
         size = len(name)
         if size == 14 and name.lower() == b"content-length":
-            if value.strip().isdigit() and int(value) > MAX_BODY_BYTES:
-                raise _Reject(413)
+            if value.strip().isdigit():
+                self.content_length = int(value)
+                if self.content_length > MAX_BODY_BYTES:
+                    raise _Reject(413)
         elif size == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
+        self.path = self.url.partition(b"?")[0]  # the routes ignore the query
+        self.keep_body = self.path in ECHO_PATHS
+        if self.keep_body and self.content_length > self.server.max_buffered - self.server.buffered:
+            raise _Reject(503)  # the body could not be kept: say so before the client sends it
         if self.expect_continue:
             self.expect_continue = False
             self.out.append(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        self.body_bytes += len(body)
+        size = len(body)
+        self.body_bytes += size
         if self.body_bytes > MAX_BODY_BYTES:
             raise _Reject(413)
-        self.body.append(body)
+        if self.keep_body:
+            server = self.server
+            if server.buffered + size > server.max_buffered:
+                raise _Reject(503)
+            server.buffered += size
+            self.held_body += size
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         self.in_request = False
@@ -233,12 +197,16 @@ class HttpConnection:
         server = self.server
         slot = mode * 2 + head
         cache = server.caches[slot]
-        path = self.url.partition(b"?")[0]  # the routes ignore the query, so it is not part of the key
+        path = self.path
         cached = cache.get(path)
         if cached is not None:
             self.out.append(cached)
             return
-        body = b"".join(self.body) if self.body else b""
+        body = self.body
+        if body:  # the echo answer takes the chunks over, and their charge until it is sent
+            self.body = []
+            self.held_out += self.held_body
+            self.held_body = 0
         reply = route(path, body)
         response_bytes = server.render(reply, mode, head, self.out)
         if reply.cacheable and response_bytes is not None:
@@ -252,8 +220,9 @@ class HttpConnection:
     # Event loop callbacks: read and parse, then send the queued responses in order.
 
     def on_readable(self) -> None:
+        server = self.server
         try:
-            n = self.sock.recv_into(self.server.buffer_view)
+            n = self.sock.recv_into(server.buffer_view)
         except BlockingIOError:
             return
         except OSError:
@@ -264,32 +233,56 @@ class HttpConnection:
             return
         out = self.out
         try:
-            self.parser.feed_data(self.server.buffer_view[:n])
+            self.parser.feed_data(server.buffer_view[:n])
         except httptools.HttpParserUpgrade:
             self.closing = True
         except httptools.HttpParserError as error:
-            reject = error.__context__
-            status = reject.status if isinstance(reject, _Reject) else 400
+            status = _Reject.status_of(error)
             if status and not self.closing:  # llhttp refuses data after "Connection: close": no answer
                 out.append(self._error_response(status))
             self.closing = True
+            self._release_body()
+        if self.in_headers and not self.closing:
+            self._hold_header(n)
+        elif self.held_header:
+            server.buffered -= self.held_header
+            self.held_header = 0
         # The idle timeout runs from the last complete request, or from the start of the one under way.
         if self.began or not self.in_request:
             self.mark = time.monotonic()
             self.began = False
-        if self.in_headers:
-            self.pending_raw += n
-            if self.pending_raw > MAX_HEADER_BYTES + RECV_SIZE:
-                out.append(self._error_response(431))
-                self.closing = True
-        else:
-            self.pending_raw = 0
         if out:
-            self.server.counts[0] += self.served
+            server.counts[0] += self.served
             self.served = 0
             self.send_queued()
         elif self.closing:
             self.close()
+
+    def _hold_header(self, n: int) -> None:
+        """Charge the unfinished header section, `n` more bytes read; answer 431 or 503 when it must end.
+
+        The bound counts from the section's start, not across reads: that is what
+        lets a pipelining client split its requests anywhere. A section that began
+        in this read lies after the last blank line in it (a header section has none).
+        """
+        if self.began:
+            blank = self.server.buffer.rfind(b"\r\n\r\n", 0, n)
+            pending = n - (blank + 4 if blank >= 0 else 0)
+        else:
+            pending = self.held_header + n
+        server = self.server
+        if pending > MAX_HEADER_BYTES + RECV_SIZE:
+            status = 431
+        elif server.buffered - self.held_header + pending > server.max_buffered:
+            status = 503
+        else:
+            server.buffered += pending - self.held_header
+            self.held_header = pending
+            return
+        self.out.append(self._error_response(status))
+        self.closing = True
+        server.buffered -= self.held_header
+        self.held_header = 0
 
     def send_queued(self) -> None:
         """Send what is queued, in order, without blocking; wait for the socket or a delay when needed.
@@ -310,7 +303,8 @@ class HttpConnection:
                 self.timer = self.server.loop.timer(item)
                 self.timer.start(self.send_queued)
                 return
-            if len(out) > 1 and item.__class__ is bytes and out[1].__class__ is bytes and len(item) < SEND_BATCH_MAX:
+            if (len(out) > 1 and item.__class__ is bytes and out[1].__class__ is bytes and len(item) < SEND_BATCH_MAX
+                    and self.server.buffered + JOIN_MAX <= self.server.max_buffered):
                 item = self._join_batch()
             try:
                 sent = sock.send(item)
@@ -328,6 +322,12 @@ class HttpConnection:
                 self.writer.start(self.send_queued)
                 return
             out.popleft()
+            if self.held_batch:
+                self.server.buffered -= self.held_batch
+                self.held_batch = 0
+        if self.held_out:
+            self.server.buffered -= self.held_out
+            self.held_out = 0
         if self.writer is not None:
             self.writer.stop()
         if self.closing:
@@ -336,7 +336,7 @@ class HttpConnection:
             self.reader.start(self.on_readable)
 
     def _join_batch(self) -> bytes:
-        """Replace the leading run of small queued responses by one bytes, and return it."""
+        """Replace the leading run of small queued responses by one bytes (charged until sent), and return it."""
         out = self.out
         batch: list[Any] = []
         size = 0
@@ -346,13 +346,21 @@ class HttpConnection:
             size += len(item)  # type: ignore[arg-type]
         joined = b"".join(batch)
         out.appendleft(joined)
+        self.server.buffered += size - self.held_batch  # a batch joined again is inside this one
+        self.held_batch = size
         return joined
 
     def _error_response(self, status: int) -> bytes:
         self.linger = True
         self.server.counts[0] += 1
-        body = b"%d %s\n" % (status, _reason(status).encode())
+        body = b"%d %s\n" % (status, reason(status).encode())
         return response_head(status, TEXT, len(body), CLOSE) + body
+
+    def _release_body(self) -> None:
+        """Drop the request body being kept, and its charge."""
+        self.body = []
+        self.server.buffered -= self.held_body
+        self.held_body = 0
 
     def expire(self) -> None:
         """End the connection from outside (idle timeout, server stop), answering 408 to a request under way."""
@@ -362,6 +370,7 @@ class HttpConnection:
             except OSError:
                 pass
             else:
+                self._release_body()
                 self.linger_then_close()
                 return
         self.close()
@@ -398,6 +407,12 @@ class HttpConnection:
             self.close()
 
     def close(self) -> None:
+        """Close the socket and release at once everything this connection holds, and its charge.
+
+        The parser and the watchers' callbacks refer back to this connection:
+        dropping them here breaks those cycles, so its buffers are freed now by
+        reference counting, not whenever the cycle collector next runs.
+        """
         if self.closed:
             return
         self.closed = True
@@ -405,20 +420,36 @@ class HttpConnection:
             if watcher is not None:
                 watcher.stop()
                 watcher.close()
+        self.reader = self.writer = self.timer = self.parser = None
         self.sock.close()
+        self.server.buffered -= self.held_body + self.held_out + self.held_batch + self.held_header
+        self.held_body = self.held_out = self.held_batch = self.held_header = 0
+        self.body = []
+        self.out.clear()
         self.server.table.discard(self)
 
 
 class HttpServer(CallbackServer):
-    """The HTTP server of one process, on a listening socket it is given."""
+    """The HTTP server of one process, on a listening socket it is given.
 
-    def __init__(self, listener: Any, counts: Any, max_connections: int = 0, idle_timeout: float = 0.0) -> None:
+    `buffered` is what its connections hold for their clients, in bytes; it
+    stays at most `max_buffered`.
+    """
+
+    kind = "http"
+
+    def __init__(self, listener: Any, counts: Any, max_connections: int = 0, idle_timeout: float = 0.0,
+                 max_buffered: int = 0) -> None:
         self.counts = counts  # counts[0]: requests answered (shared with the parent)
         self.caches: list[dict[bytes, bytes]] = [{} for _ in range(6)]  # [mode * 2 + is_head]
         self.cache_bytes = [0] * 6
         # One receive buffer for every connection: each read is parsed at once, and the parser copies.
-        self.buffer_view = memoryview(bytearray(RECV_SIZE))
-        super().__init__(listener, max_connections or DEFAULT_MAX_CONNECTIONS, idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
+        self.buffer = bytearray(RECV_SIZE)
+        self.buffer_view = memoryview(self.buffer)
+        self.max_buffered = max_buffered or DEFAULT_MAX_BUFFERED
+        self.buffered = 0
+        super().__init__(listener, max_connections or fitting_cap(DEFAULT_MAX_CONNECTIONS),
+                         idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
     def render(self, reply: Reply, mode: int, head: bool, out: deque[Any]) -> bytes | None:
         """Queue `reply` on `out`; return its whole bytes when it can be cached, else None."""
@@ -437,6 +468,12 @@ class HttpServer(CallbackServer):
             if rest:
                 out.append(pattern[:rest])
             return None
+        if isinstance(body, list):  # an echoed body: its chunks as they came (a small one joined)
+            if reply.length > CACHE_MAX_RESPONSE:
+                out.append(response_head_bytes)
+                out.extend(body)
+                return None
+            body = b"".join(body)
         whole_response = response_head_bytes + body
         out.append(whole_response)
         if not reply.cacheable or len(whole_response) > CACHE_MAX_RESPONSE:

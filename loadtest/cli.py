@@ -50,28 +50,33 @@ def fail(message: str, status: int) -> None:
 def run_command(
     config_path: str = typer.Argument(..., metavar="CONFIG", help="The run's YAML config file."),
     duration: Optional[str] = typer.Option(None, "--duration", "-d", help="How long to run: 10s, 2m, 1h."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (default: one per core)."),
+    # --workers and --watch-pid are taken as text and checked by the config's own rules, so a bad value is
+    # one sentence with exit status 2 like any other bad input, not click's usage box.
+    workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
+                                               help="Worker processes (default: one per core)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the report folder exactly here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live output; only the final report path."),
     sample_interval: Optional[str] = typer.Option(None, "--sample-interval", help="Resource sampling period (default 1s)."),
-    watch_pid: list[int] = typer.Option([], "--watch-pid", help="Also sample this process (repeatable)."),
+    watch_pid: list[str] = typer.Option([], "--watch-pid", metavar="PID",
+                                        help="Also sample this process (repeatable)."),
 ) -> None:
     """Run the load a config describes and write its reports."""
-    from .config import ConfigError, check_workers, load_config, parse_duration
+    from .config import ConfigError, load_config, parse_duration, parse_pid, parse_workers
     from .controller import RunError, run
     from .live import PlainLive, RichLive, print_summary
     from .resources import DEFAULT_SAMPLE_INTERVAL_S
 
-    try:
-        if workers is not None:
-            check_workers(workers, "--workers")
+    try:  # the options first, then the file: a mistake on the command line is named before one in the file
+        workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
+        pids = tuple(parse_pid(pid, "--watch-pid") for pid in watch_pid)
         if out is not None and not out.strip():
             raise ConfigError("--out: must be a folder path, got ''")
-        config = load_config(config_path)
-        if duration is not None:
-            config = replace(config, duration=parse_duration(duration, "--duration"))
+        run_length = parse_duration(duration, "--duration") if duration is not None else None
         interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
             else DEFAULT_SAMPLE_INTERVAL_S
+        config = load_config(config_path)
+        if run_length is not None:
+            config = replace(config, duration=run_length)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     live: PlainLive | RichLive | None = None
@@ -83,7 +88,7 @@ def run_command(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=tuple(watch_pid),
+        result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=pids,
                      on_interval=live.interval if live else None, on_event=live.event if live else None)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)

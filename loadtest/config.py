@@ -497,15 +497,12 @@ def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTar
             if key in data:
                 raise ConfigError(f"{where}.{key}: only the open model (rate) has {key}")
         rate = 0.0
-        if "concurrency" not in data and not stages:  # no silent default of one user: say how much load
-            raise ConfigError(f"{where}: needs concurrency (virtual users, closed model) or rate (arrivals per "
-                              f"second, open model), such as concurrency: 10")
         concurrency = _non_negative_int(data.get("concurrency", 0), f"{where}.concurrency") if stages \
-            else _positive_int(data["concurrency"], f"{where}.concurrency")
+            else _positive_int(data.get("concurrency", 1), f"{where}.concurrency")
     arrival = data.get("arrival", "constant")
     if arrival not in ARRIVALS:
         raise ConfigError(f"{where}.arrival: must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
-    return HttpTarget(
+    target = HttpTarget(
         name=_name(data.get("name", checked[0]), f"{where}.name"),
         urls=checked,
         method=method.upper(),
@@ -524,6 +521,12 @@ def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTar
         stages=stages,
         think=_think(data.get("think"), f"{where}.think"),
     )
+    # Checked once every field is valid, so a mistake in one is named first. There is no silent default
+    # of one user: a forgotten concurrency would measure one user's pace and look like the server's.
+    if not {"concurrency", "rate", "stages"} & set(data):
+        raise ConfigError(f"{where}: needs concurrency (virtual users, closed model) or rate (arrivals per "
+                          f"second, open model), such as concurrency: 10")
+    return target
 
 
 def _tcp_target(data: dict[str, Any], where: str, servers: set[str]) -> TcpTarget:

@@ -186,7 +186,7 @@ def test_exit_status_0_and_3(tmp_path: Path) -> None:
     try:
         taken = tmp_path / "taken.yaml"
         taken.write_text(f"requests: 20\nservers: [{{name: s, kind: http, listen: '127.0.0.1:{port}'}}]\n"
-                         "targets: [{url: 'http://{s}/'}]\n")
+                         "targets: [{url: 'http://{s}/', concurrency: 1}]\n")
         done = cli(["run", str(taken)], tmp_path)
     finally:
         busy.close()

@@ -48,6 +48,7 @@ RESERVED_NAMES = ("Aggregated",)  # the total row of every report
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _BARE_NUMBER = re.compile(r"^\s*[-+]?\d+(?:\.\d*)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DOCUMENT = "<document>"  # stands for the file's path in what the YAML loader raises; load_config puts it in
 # "{site}" in a URL or tcp address stands for the host:port of the server named "site".
 _SERVER_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
 
@@ -255,9 +256,6 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         raise ConfigError(f"{path}: is not valid YAML") from None
     default_name = os.path.splitext(os.path.basename(str(path)))[0] or "run"
     return parse_config(data, default_name=default_name)
-
-
-_DOCUMENT = "<document>"  # stands for the file's path in what the loader raises; load_config puts the path in
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -76,9 +76,9 @@ def check_limits(config: RunConfig, workers: int) -> None:
             origins = len({u.split("/")[2] for u in t.urls})
             per_worker += math.ceil(t.peak_users / workers) * origins
     if per_worker + FD_RESERVE > hard:
-        raise ConfigError(
-            f"targets: each worker would hold {per_worker} connections but the open-file limit is {hard} "
-            f"per process; {_descriptor_advice(per_worker * workers, per_worker, hard, 'use at least {n} workers (--workers {n})')}")
+        advice = _descriptor_advice(per_worker * workers, per_worker, hard, "use at least {n} workers (--workers {n})")
+        raise ConfigError(f"targets: each worker would hold {per_worker} connections but the open-file limit is "
+                          f"{hard} per process; {advice}")
 
     ports = ephemeral_ports()
     by_destination: dict[str, int] = defaultdict(int)
@@ -100,9 +100,9 @@ def check_limits(config: RunConfig, workers: int) -> None:
                    if isinstance(t, TcpTarget) and t.address == "{" + spec.name + "}")
         per_process = math.ceil(load / spec.workers)
         if load and per_process + FD_RESERVE > hard:
-            raise ConfigError(
-                f"servers: {spec.name} would hold {per_process} connections per process but the "
-                f"open-file limit is {hard}; {_descriptor_advice(load, per_process, hard, 'give it at least {n} workers')}")
+            advice = _descriptor_advice(load, per_process, hard, "give it at least {n} workers")
+            raise ConfigError(f"servers: {spec.name} would hold {per_process} connections per process but the "
+                              f"open-file limit is {hard}; {advice}")
 
     check_source_ips(config)
 

@@ -38,6 +38,8 @@ GOOD = {
     ],
 }
 
+ONE = {"url": "http://127.0.0.1:1/", "concurrency": 1}  # a target the mistakes below leave valid
+
 
 def test_a_full_config_loads_into_frozen_typed_fields() -> None:
     config = parse_config(GOOD)
@@ -55,7 +57,7 @@ def test_a_full_config_loads_into_frozen_typed_fields() -> None:
 
 
 def test_workers_auto_and_requests_only() -> None:
-    config = parse_config({"requests": 100, "workers": "auto", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]})
+    config = parse_config({"requests": 100, "workers": "auto", "targets": [ONE]})
     assert config.workers is None and config.requests == 100 and config.duration is None
     assert config.targets[0].name == "http://127.0.0.1:1/"
 
@@ -76,16 +78,16 @@ BAD = [
     (None, "config: must be a mapping"),
     ([1, 2], "config: must be a mapping"),
     ("text", "config: must be a mapping"),
-    ({"targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "config: needs duration"),
+    ({"targets": [ONE]}, "config: needs duration"),
     ({"duration": "1s"}, "targets: is missing"),
     ({"duration": "1s", "targets": []}, "targets: is empty"),
     ({"duration": "1s", "targets": {"url": "x"}}, "targets: must be a list"),
-    ({"duration": "fast", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "duration: must be a duration"),
-    ({"duration": "-5s", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "duration: must be a duration"),
-    ({"duration": "0s", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "duration: must be more than 0"),
-    ({"duration": 30, "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]},
+    ({"duration": "fast", "targets": [ONE]}, "duration: must be a duration"),
+    ({"duration": "-5s", "targets": [ONE]}, "duration: must be a duration"),
+    ({"duration": "0s", "targets": [ONE]}, "duration: must be more than 0"),
+    ({"duration": 30, "targets": [ONE]},
      "duration: a duration needs a unit (100ms, 2s, 5m, 1h), got 30"),
-    ({"duration": "169h", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]},
+    ({"duration": "169h", "targets": [ONE]},
      "duration: must be more than 0 and at most 7 days, got '169h'"),
     (target(think=100), "targets[0].think: a duration needs a unit (100ms, 2s, 5m, 1h), got 100"),
     (target(think=["50ms", 1]), "targets[0].think: a duration needs a unit"),
@@ -96,15 +98,15 @@ BAD = [
     ({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/"}]},
      "targets[0]: needs concurrency (virtual users, closed model) or rate (arrivals per second, open model)"),
     (target(url="http://[::1/"), "targets[0].url: is not a valid URL, got 'http://[::1/'"),
-    ({"duration": "1s", "monitor": [99999999999999999999], "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]},
+    ({"duration": "1s", "monitor": [99999999999999999999], "targets": [ONE]},
      "monitor[0]: must be a process id (a whole number from 1 to 2147483647), got 99999999999999999999"),
-    ({"duration": True, "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "duration: must be a duration"),
-    ({"requests": 0, "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "requests: must be a positive integer"),
-    ({"requests": "ten", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "requests: must be a positive integer"),
-    ({"duration": "1s", "workers": 0, "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "workers: must be a positive"),
-    ({"duration": "1s", "workers": "many", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "workers: must be"),
-    ({"duration": "1s", "colour": "red", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "config: unknown field 'colour'"),
-    ({"duration": "1s", "out": 5, "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "out: must be a folder path"),
+    ({"duration": True, "targets": [ONE]}, "duration: must be a duration"),
+    ({"requests": 0, "targets": [ONE]}, "requests: must be a positive integer"),
+    ({"requests": "ten", "targets": [ONE]}, "requests: must be a positive integer"),
+    ({"duration": "1s", "workers": 0, "targets": [ONE]}, "workers: must be a positive"),
+    ({"duration": "1s", "workers": "many", "targets": [ONE]}, "workers: must be"),
+    ({"duration": "1s", "colour": "red", "targets": [ONE]}, "config: unknown field 'colour'"),
+    ({"duration": "1s", "out": 5, "targets": [ONE]}, "out: must be a folder path"),
     (target(concurrency="many"), "targets[0].concurrency: must be a positive integer, got 'many'"),
     (target(concurrency=-3), "targets[0].concurrency: must be a positive integer, got -3"),
     (target(concurrency=2.5), "targets[0].concurrency: must be a positive integer"),
@@ -129,11 +131,11 @@ BAD = [
     (target(rate=float("inf")), "targets[0].rate: must be a positive number"),
     (target(rate=1e300), "targets[0].rate: must be at most 10,000,000"),
     (target(stages=[{"duration": "1s", "target": 1e300}]), "targets[0].stages[0].target: must be at most"),
-    ({"duration": "1s", "name": "\ud800", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "name: must be valid text"),
-    ({"duration": "1s", "workers": 100000, "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]},
+    ({"duration": "1s", "name": "\ud800", "targets": [ONE]}, "name: must be valid text"),
+    ({"duration": "1s", "workers": 100000, "targets": [ONE]},
      "workers: must be at most 256 processes, got 100000"),
     ({"duration": "1s", "servers": [{"name": "s", "kind": "http", "workers": 100000}],
-      "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "servers[0].workers: must be at most 256 processes"),
+      "targets": [ONE]}, "servers[0].workers: must be at most 256 processes"),
     ({"duration": "1s", "servers": [{"name": "s", "kind": "http"}], "targets": [{"url": "http://a{s}/"}]},
      "targets[0].url: a {server} reference stands for the whole host:port"),
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "message": "\ud800"}]}, "targets[0].message: must be valid"),
@@ -155,13 +157,13 @@ BAD = [
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "rate": "fast"}]}, "targets[0].rate: must be a positive number"),
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "source_ips": "127.0.0.9-127.0.0.1"}]},
      "targets[0].source_ips: range"),
-    ({"duration": "1s", "servers": [{"kind": "ftp"}], "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]},
+    ({"duration": "1s", "servers": [{"kind": "ftp"}], "targets": [ONE]},
      "servers[0].kind: must be one of http, echo"),
     ({"duration": "1s", "servers": [{"kind": "http", "listen": "127.0.0.1:65536"}],
-      "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}, "servers[0].listen: port must be between 0 and 65535"),
-    ({"duration": "1s", "servers": [{"kind": "http", "workers": 0}], "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]},
+      "targets": [ONE]}, "servers[0].listen: port must be between 0 and 65535"),
+    ({"duration": "1s", "servers": [{"kind": "http", "workers": 0}], "targets": [ONE]},
      "servers[0].workers: must be a positive integer"),
-    ({"duration": "1s", "servers": [{"kind": "http", "upper": True}], "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]},
+    ({"duration": "1s", "servers": [{"kind": "http", "upper": True}], "targets": [ONE]},
      "servers[0].upper: only an echo server"),
 ]
 
@@ -290,7 +292,8 @@ def test_aliases_a_config_really_uses_still_load(tmp_path: Path) -> None:
 def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "loop.yaml"
     path.write_text("duration: 1s\ntargets: &t [{url: 'http://127.0.0.1:1/', concurrency: 1, urls: *t}]\n")
-    with pytest.raises(ConfigError, match=r"loop.yaml: a YAML alias \(\*name\) is used inside its own anchor \(line 2\)"):
+    with pytest.raises(ConfigError, match=r"loop.yaml: a YAML alias \(\*name\) is used inside its own anchor "
+                                          r"\(line 2\)"):
         load_config(path)
 
 
@@ -340,7 +343,8 @@ def test_bad_input_is_one_sentence_naming_the_field(tmp_path: Path, case: str, t
 def test_options_take_auto_and_real_pids(tmp_path: Path) -> None:
     # The checks refuse what is wrong and nothing else: --workers auto and a live pid run.
     config = tmp_path / "ok.yaml"
-    config.write_text("requests: 5\nservers: [{name: s, kind: http}]\ntargets: [{url: 'http://{s}/', concurrency: 1}]\n")
+    config.write_text("requests: 5\nservers: [{name: s, kind: http}]\n"
+                      "targets: [{url: 'http://{s}/', concurrency: 1}]\n")
     done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(config), "-q", "--workers", "auto",
                            "--watch-pid", str(os.getpid()), "--out", str(tmp_path / "r")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)

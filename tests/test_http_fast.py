@@ -275,7 +275,8 @@ def test_https_keep_alive(raw_server, certificate: tuple[str, str]) -> None:
     assert snap.requests == 3 and not snap.failures and snap.content_bytes == 18 and server.connections == 1
 
     # verified by default: a self-signed certificate is refused as a TLS failure
-    strict = parse_config({"duration": "1s", "targets": [{"url": f"https://127.0.0.1:{server.port}/", "concurrency": 1}]}).targets[0]
+    strict = parse_config({"duration": "1s", "targets": [{"url": f"https://127.0.0.1:{server.port}/",
+                                                          "concurrency": 1}]}).targets[0]
     rec = TargetRecorder(0)
     run(HttpSession(strict, build_endpoints(strict, list(strict.urls)), rec), 1)
     assert dict(rec.snapshot().failures) == {"tls": 1}

@@ -170,15 +170,15 @@ def compare_command(
     raise typer.Exit(EXIT_THRESHOLD if comparison.worse else EXIT_OK)
 
 
-def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connections: int = 0,
+def _serve(kind: str, listen: str, workers_text: Optional[str], upper: bool = False, max_connections: int = 0,
            idle_timeout: Optional[str] = None) -> None:
-    from .config import ConfigError, ServerSpec, check_ip, check_workers, parse_address, parse_duration
+    from .config import ConfigError, ServerSpec, check_ip, parse_address, parse_duration, parse_workers
     from .servers import ServerError, serve_foreground
 
     try:
         host, port = parse_address(listen, "--listen")
         check_ip(host, "--listen")
-        check_workers(workers, "--workers")
+        workers = parse_workers(workers_text, "--workers") or _default_workers()
         idle = parse_duration(idle_timeout, "--idle-timeout") if idle_timeout is not None else 0.0
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
@@ -200,25 +200,26 @@ def _default_workers() -> int:
 @serve_app.command("http")
 def serve_http(
     listen: str = typer.Option("127.0.0.1:8080", "--listen", "-l", help="HOST:PORT to listen on (port 0: any free port)."),
-    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Server processes sharing the port (default: one per core)."),
+    workers: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
+                                          help="Server processes sharing the port (default: one per core)."),
     max_connections: int = typer.Option(0, "--max-connections", min=0, help="Connections per process (0: default)."),
     idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", help="Close connections idle this long (10s, 2m)."),
 ) -> None:
     """The embedded HTTP "sites" server: /, /bytes/N, /delay/MS, /status/CODE, /echo, /site/K."""
-    _serve("http", listen, workers or _default_workers(), max_connections=max_connections, idle_timeout=idle_timeout)
+    _serve("http", listen, workers, max_connections=max_connections, idle_timeout=idle_timeout)
 
 
 @serve_app.command("echo")
 def serve_echo(
     listen: str = typer.Option("127.0.0.1:9000", "--listen", "-l", help="HOST:PORT to listen on (port 0: any free port)."),
-    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Server processes sharing the port (default: one per core)."),
+    workers: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
+                                          help="Server processes sharing the port (default: one per core)."),
     upper: bool = typer.Option(False, "--upper", help="Reply upper-cased instead of unchanged."),
     max_connections: int = typer.Option(0, "--max-connections", min=0, help="Connections per process (0: default)."),
     idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", help="Close connections idle this long (10s, 2m)."),
 ) -> None:
     """The embedded TCP echo server, one process per core sharing the port."""
-    _serve("echo", listen, workers or _default_workers(), upper=upper, max_connections=max_connections,
-           idle_timeout=idle_timeout)
+    _serve("echo", listen, workers, upper=upper, max_connections=max_connections, idle_timeout=idle_timeout)
 
 
 def main() -> None:

@@ -350,3 +350,13 @@ def test_options_take_auto_and_real_pids(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r" / "stats.csv").exists()
+
+
+@pytest.mark.parametrize("value, message", [("abc", "got 'abc'"), ("-1", "got '-1'"), ("0", "got 0"),
+                                            ("257", "must be at most 256 processes, got 257")])
+def test_serve_workers_are_checked_like_run_workers(tmp_path: Path, value: str, message: str) -> None:
+    for kind in ("http", "echo"):
+        done = subprocess.run([sys.executable, "-m", "loadtest", "serve", kind, "--listen", "127.0.0.1:0",
+                               "--workers", value], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("loadtest: --workers: ") and message in done.stderr

@@ -177,7 +177,7 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
     try:
         server = [psutil.Process(pid) for pid in group.pids]
         config = parse_config({
-            "name": f"echo-{name}", "duration": seconds, "workers": 1,
+            "name": f"echo-{name}", "duration": f"{seconds}s", "workers": 1,
             "targets": [{"name": name, "tcp": group.address, "connections": connections, "size": size,
                          **({"rate": rate, "connect_rate": PACED_CONNECT_RATE} if rate else {})}],
         })

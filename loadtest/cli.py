@@ -136,11 +136,15 @@ def run_command(
                                       help="The run's YAML config file, or a URL to load one target without a file."),
     duration: Optional[str] = typer.Option(None, "--duration", "-d", metavar="DURATION",
                                            help=f"How long to run: 10s, 2m, 1h (with a URL, default {DEFAULT_DURATION})."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, metavar="N", help="Worker processes (default: one per core)."),
+    # --workers and --watch-pid are taken as text and checked by the config's own rules, so a bad value is
+    # one sentence with exit status 2 like any other bad input, not click's usage box.
+    workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
+                                               help="Worker processes (default: one per core)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Write the report folder exactly here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live output; only the final report path."),
     sample_interval: Optional[str] = typer.Option(None, "--sample-interval", metavar="DURATION", help="Resource sampling period (default 1s)."),
-    watch_pid: list[int] = typer.Option([], "--watch-pid", metavar="PID", help="Also sample this process (repeatable)."),
+    watch_pid: list[str] = typer.Option([], "--watch-pid", metavar="PID",
+                                        help="Also sample this process (repeatable)."),
     concurrency: Optional[str] = typer.Option(
         None, "--concurrency", "-c", metavar="N",
         help=f"URL only: virtual users, closed model (default {DEFAULT_CONCURRENCY})."),
@@ -167,7 +171,7 @@ def run_command(
     version: bool = _version_option(),
 ) -> None:
     """Run the load a config file describes, or one URL's, and write its reports."""
-    from .config import ConfigError, check_workers, load_config, parse_duration, parse_metrics_address
+    from .config import ConfigError, load_config, parse_duration, parse_metrics_address, parse_pid, parse_workers
     from .controller import RunError, run
     from .live import PlainLive, RichLive, print_summary
     from .metrics import MetricsEndpoint
@@ -176,11 +180,14 @@ def run_command(
 
     one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
     endpoint: MetricsEndpoint | None = None
-    try:
-        if workers is not None:
-            check_workers(workers, "--workers")
+    try:  # the options first, then the file: a mistake on the command line is named before one in the file
+        workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
+        pids = tuple(parse_pid(pid, "--watch-pid") for pid in watch_pid)
         if out is not None and not out.strip():
             raise ConfigError("--out: must be a folder path, got ''")
+        run_length = parse_duration(duration, "--duration") if duration is not None else None
+        interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
+            else DEFAULT_SAMPLE_INTERVAL_S
         if is_url(config_path):
             config = one_line_config(one_line)
         else:
@@ -188,10 +195,8 @@ def run_command(
                 raise ConfigError(f"{one_line.given()[0]}: applies only to a URL (loadtest run http://HOST:PORT/ "
                                   f"-c 50); a config file sets it per target")
             config = load_config(config_path)
-            if duration is not None:
-                config = replace(config, duration=parse_duration(duration, "--duration"))
-        interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
-            else DEFAULT_SAMPLE_INTERVAL_S
+            if run_length is not None:
+                config = replace(config, duration=run_length)
         if metrics is not None:
             config = replace(config, metrics=parse_metrics_address(metrics, "--metrics"))
         linger = parse_linger(metrics_linger, DEFAULT_METRICS_LINGER_S)
@@ -222,7 +227,7 @@ def run_command(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=tuple(watch_pid),
+        result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=pids,
                      on_interval=on_interval if shows else None,
                      on_event=live.event if live else None)
     except ConfigError as e:
@@ -353,16 +358,16 @@ def compare_command(
     raise typer.Exit(EXIT_THRESHOLD if comparison.worse else EXIT_OK)
 
 
-def _serve(kind: str, listen: str, workers: int, upper: bool = False, max_connections: int = 0,
+def _serve(kind: str, listen: str, workers_text: Optional[str], upper: bool = False, max_connections: int = 0,
            idle_timeout: Optional[str] = None, max_buffered: int = 0) -> None:
-    from .config import (ConfigError, ServerSpec, check_ip, check_workers, parse_address, parse_duration,
-                         parse_max_buffered)
+    from .config import (ConfigError, ServerSpec, check_ip, parse_address, parse_duration, parse_max_buffered,
+                         parse_workers)
     from .servers import ServerError, serve_foreground
 
     try:
         host, port = parse_address(listen, "--listen")
         check_ip(host, "--listen")
-        check_workers(workers, "--workers")
+        workers = parse_workers(workers_text, "--workers") or _default_workers()
         idle = parse_duration(idle_timeout, "--idle-timeout") if idle_timeout is not None else 0.0
         buffered = parse_max_buffered(max_buffered, "--max-buffered") if max_buffered else 0
     except ConfigError as e:
@@ -387,7 +392,7 @@ MAX_CONNECTIONS_HELP = "Connections per process (default: the server's own cap).
 @serve_app.command("http", cls=_Command)
 def serve_http(
     listen: str = typer.Option("127.0.0.1:8080", "--listen", "-l", metavar="HOST:PORT", help="HOST:PORT to listen on (port 0: any free port)."),
-    workers: int = typer.Option(0, "--workers", "-w", min=0, metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
+    workers: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
     max_connections: int = typer.Option(0, "--max-connections", min=0, metavar="N", show_default=False, help=MAX_CONNECTIONS_HELP),
     idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", metavar="DURATION", help="Close connections idle this long (10s, 2m)."),
     max_buffered: int = typer.Option(0, "--max-buffered", min=0, metavar="MIB", show_default=False, help="MiB a process holds for its clients in all; past it, 503 (default: 256)."),
@@ -397,22 +402,21 @@ def serve_http(
 
     /stall/P/S freezes the first S ms of every P ms, as in wrk2's coordinated-omission demonstration.
     """
-    _serve("http", listen, workers or _default_workers(), max_connections=max_connections, idle_timeout=idle_timeout,
+    _serve("http", listen, workers, max_connections=max_connections, idle_timeout=idle_timeout,
            max_buffered=max_buffered)
 
 
 @serve_app.command("echo", cls=_Command)
 def serve_echo(
     listen: str = typer.Option("127.0.0.1:9000", "--listen", "-l", metavar="HOST:PORT", help="HOST:PORT to listen on (port 0: any free port)."),
-    workers: int = typer.Option(0, "--workers", "-w", min=0, metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
+    workers: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
     upper: bool = typer.Option(False, "--upper", help="Reply upper-cased instead of unchanged."),
     max_connections: int = typer.Option(0, "--max-connections", min=0, metavar="N", show_default=False, help=MAX_CONNECTIONS_HELP),
     idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", metavar="DURATION", help="Close connections idle this long (10s, 2m)."),
     version: bool = _version_option(),
 ) -> None:
     """The embedded TCP echo server, one process per core sharing the port."""
-    _serve("echo", listen, workers or _default_workers(), upper=upper, max_connections=max_connections,
-           idle_timeout=idle_timeout)
+    _serve("echo", listen, workers, upper=upper, max_connections=max_connections, idle_timeout=idle_timeout)
 
 
 def main() -> None:

@@ -34,16 +34,23 @@ ENGINES = ("fast", "requests")
 TCP_EXPECTS = ("echo", "upper", "any")
 SERVER_KINDS = ("http", "echo")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_DURATION_S = 7 * 24 * 3600.0  # a run's length, whether from duration, --duration or its stages added up
+MAX_DURATION_TEXT = "7 days"
 MAX_LEVEL = 10_000_000.0  # a rate (per second) or a stage's target, at most
 MAX_WORKERS = 256  # processes of one kind a run or server may start (each is ~30 MiB)
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 MAX_BUFFERED_MIB = 1024 * 1024  # an HTTP server's max_buffered, at most (1 TiB)
+# Values in a YAML document with every alias expanded where it is used. A real config holds a few
+# hundred; 536 bytes of nested aliases ("billion laughs") expand to billions and would take hours to check.
+MAX_YAML_NODES = 1_000_000
+MAX_PID = 2**31 - 1  # a pid_t: a larger number is no process and overflows the system calls that take one
 RESERVED_NAMES = ("Aggregated",)  # the total row of every report
 DEFAULT_METRICS_HOST = "127.0.0.1"  # live metrics listen on loopback unless a host is given
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_BARE_NUMBER = re.compile(r"^\s*[-+]?\d+(?:\.\d*)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DOCUMENT = "<document>"  # stands for the file's path in what the YAML loader raises; load_config puts it in
 # "{site}" in a URL or tcp address stands for the host:port of the server named "site".
 _SERVER_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
 
@@ -79,7 +86,7 @@ class HttpTarget:
     timeout: float = DEFAULT_TIMEOUT_S
     expect_status: tuple[int, ...] = ()  # empty: 2xx and 3xx succeed
     engine: str = DEFAULT_ENGINE
-    concurrency: int = 1  # closed model: virtual users in all
+    concurrency: int = 1  # closed model: virtual users in all (a config must give it, rate or stages)
     verify_tls: bool = True
     model: str = "closed"  # closed: virtual users; open: arrivals on a schedule
     rate: float = 0.0  # open model: arrivals per second in all (the start of the stages, if any)
@@ -164,18 +171,38 @@ class RunConfig:
 
 
 def parse_duration(value: Any, where: str) -> float:
-    """Seconds from ``10s``, ``2m``, ``1h``, ``250ms`` or a plain number of seconds."""
+    """Seconds from ``10s``, ``2m``, ``1h`` or ``250ms``.
+
+    A bare number is refused, not read as seconds: ``think: 100`` meant 100 ms as often as 100 s.
+    """
     if isinstance(value, bool):
         raise ConfigError(f"{where}: must be a duration such as 10s, 2m or 1h, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _BARE_NUMBER.match(value)):
+        raise ConfigError(f"{where}: a duration needs a unit (100ms, 2s, 5m, 1h), got {value!r}")
+    if not (isinstance(value, str) and (m := _DURATION.match(value))):
         raise ConfigError(f"{where}: must be a duration such as 10s, 2m or 1h, got {value!r}")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
     if not 0 < seconds <= MAX_DURATION_S:
-        raise ConfigError(f"{where}: must be more than 0 and at most 7 days, got {value!r}")
+        raise ConfigError(f"{where}: must be more than 0 and at most {MAX_DURATION_TEXT}, got {value!r}")
     return seconds
+
+
+def parse_workers(value: Any, where: str) -> int | None:
+    """A worker count from the config or the command line: a positive whole number, or ``auto`` (None)."""
+    if value == "auto" or value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return check_workers(_positive_int(value, where, noun="a positive integer or auto"), where)
+
+
+def parse_pid(value: Any, where: str) -> int:
+    """A process id from the config or the command line: a whole number from 1 to `MAX_PID`."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_PID:
+        raise ConfigError(f"{where}: must be a process id (a whole number from 1 to {MAX_PID}), got {value!r}")
+    return value
 
 
 def parse_address(value: Any, where: str, allow_refs: bool = False) -> tuple[str, int]:
@@ -232,8 +259,8 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         raise ConfigError(f"{path}: is not a UTF-8 text file") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(str(e).replace(_DOCUMENT, str(path), 1)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -246,7 +273,14 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error, not "last wins"."""
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not "last wins",
+    and a document whose aliases expand past `MAX_YAML_NODES` values is refused before it is built."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()  # type: ignore[no-untyped-call]
+        if node is not None:
+            _count_expanded(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -262,6 +296,45 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if duplicate:
                 raise ConfigError(f"config: the field {key!r} is given twice (line {key_node.start_mark.line + 1})")
         return super().construct_mapping(node, deep=deep)
+
+
+def _count_expanded(root: yaml.Node) -> int:
+    """The values of a composed document with each alias counted every time it is used.
+
+    An alias is the very node of its anchor, so the document is a graph; each node's expanded
+    size is worked out once (memoised), which makes counting a billion laughs take microseconds.
+    Raises ConfigError past `MAX_YAML_NODES`, or on an alias used inside its own anchor.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        if children_done:
+            open_nodes.discard(id(node))
+            size = 1 + sum(sizes[id(c)] for c in children)
+            if size > MAX_YAML_NODES:
+                raise ConfigError(f"{_DOCUMENT}: holds more than {MAX_YAML_NODES:,} values once its YAML aliases "
+                                  f"(*name) are expanded; not a config file")
+            sizes[id(node)] = size
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for c in children:
+            if id(c) in open_nodes:
+                raise ConfigError(f"{_DOCUMENT}: a YAML alias (*name) is used inside its own anchor "
+                                  f"(line {c.start_mark.line + 1}); a config cannot contain itself")
+            if id(c) not in sizes:
+                stack.append((c, False))
+    return sizes[id(root)]
 
 
 def _check_text(data: Any, where: str, depth: int = 0) -> None:
@@ -292,7 +365,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     name = _name(data.get("name", default_name), "name")
     duration = parse_duration(data["duration"], "duration") if data.get("duration") is not None else None
     requests = _positive_int(data["requests"], "requests") if data.get("requests") is not None else None
-    workers = _workers(data.get("workers", "auto"), "workers")
+    workers = parse_workers(data.get("workers", "auto"), "workers")
     out = data.get("out", DEFAULT_OUT)
     if not isinstance(out, str) or not out:
         raise ConfigError(f"out: must be a folder path, got {out!r}")
@@ -326,7 +399,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     monitor = data.get("monitor") or []
     if not isinstance(monitor, list):
         raise ConfigError(f"monitor: must be a list of process ids, got {_type_name(monitor)}")
-    pids = tuple(_positive_int(pid, f"monitor[{i}]", noun="a process id") for i, pid in enumerate(monitor))
+    pids = tuple(parse_pid(pid, f"monitor[{i}]") for i, pid in enumerate(monitor))
     return RunConfig(
         name=name,
         targets=targets,
@@ -455,13 +528,13 @@ def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTar
     arrival = data.get("arrival", "constant")
     if arrival not in ARRIVALS:
         raise ConfigError(f"{where}.arrival: must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
-    return HttpTarget(
+    target = HttpTarget(
         name=_name(data.get("name", checked[0]), f"{where}.name"),
         urls=checked,
         method=method.upper(),
         headers=tuple(headers),
         body=body.encode("utf-8"),
-        timeout=parse_duration(data.get("timeout", DEFAULT_TIMEOUT_S), f"{where}.timeout"),
+        timeout=_timeout(data, where),
         expect_status=_statuses(data.get("expect_status"), f"{where}.expect_status"),
         engine=engine,
         concurrency=concurrency,
@@ -474,6 +547,12 @@ def _http_target(data: dict[str, Any], where: str, servers: set[str]) -> HttpTar
         stages=stages,
         think=_think(data.get("think"), f"{where}.think"),
     )
+    # Checked once every field is valid, so a mistake in one is named first. There is no silent default
+    # of one user: a forgotten concurrency would measure one user's pace and look like the server's.
+    if not {"concurrency", "rate", "stages"} & set(data):
+        raise ConfigError(f"{where}: needs concurrency (virtual users, closed model) or rate (arrivals per "
+                          f"second, open model), such as concurrency: 10")
+    return target
 
 
 def _tcp_target(data: dict[str, Any], where: str, servers: set[str]) -> TcpTarget:
@@ -518,16 +597,23 @@ def _tcp_target(data: dict[str, Any], where: str, servers: set[str]) -> TcpTarge
         rate=_positive_number(data["rate"], f"{where}.rate") if "rate" in data else 0.0,
         connect_rate=_positive_number(data["connect_rate"], f"{where}.connect_rate") if "connect_rate" in data else 0.0,
         source_ips=_source_ips(data.get("source_ips"), f"{where}.source_ips"),
-        timeout=parse_duration(data.get("timeout", DEFAULT_TIMEOUT_S), f"{where}.timeout"),
+        timeout=_timeout(data, where),
         stages=stages,
     )
+
+
+def _timeout(data: dict[str, Any], where: str) -> float:
+    return parse_duration(data["timeout"], f"{where}.timeout") if "timeout" in data else DEFAULT_TIMEOUT_S
 
 
 def _url(value: Any, where: str, servers: set[str]) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: must be a URL such as http://127.0.0.1:8080/, got {value!r}")
     _check_refs(value, where, servers)
-    netloc = urlsplit(value).netloc.rpartition("@")[2] if "://" in value else ""
+    try:
+        netloc = urlsplit(value).netloc.rpartition("@")[2] if "://" in value else ""
+    except ValueError:  # an unclosed "[" of an IPv6 host
+        raise ConfigError(f"{where}: is not a valid URL, got {value!r}") from None
     if _SERVER_REF.search(netloc) and not _SERVER_REF.fullmatch(netloc):
         raise ConfigError(f"{where}: a {{server}} reference stands for the whole host:port, as in "
                           f"http://{{name}}/path, got {value!r}")
@@ -615,6 +701,9 @@ def _stages(value: Any, where: str) -> tuple[Stage, ...]:
             raise ConfigError(f"{where}[{i}]: must have exactly duration and target, got {item!r}")
         out.append(Stage(parse_duration(item["duration"], f"{where}[{i}].duration"),
                          _non_negative_number(item["target"], f"{where}[{i}].target")))
+    total = stages_duration(tuple(out))
+    if total > MAX_DURATION_S:  # the same cap as duration: the stages are the run's length
+        raise ConfigError(f"{where}: add up to {total / 86400:.1f} days; a run lasts at most {MAX_DURATION_TEXT}")
     return tuple(out)
 
 
@@ -668,12 +757,6 @@ def _non_negative_number(value: Any, where: str, most: float = MAX_LEVEL) -> flo
     if value > most:
         raise ConfigError(f"{where}: must be at most {most:,.0f}, got {value!r}")
     return float(value)
-
-
-def _workers(value: Any, where: str) -> int | None:
-    if value == "auto" or value is None:
-        return None
-    return check_workers(_positive_int(value, where, noun="a positive integer or auto"), where)
 
 
 def check_workers(count: int, where: str) -> int:

@@ -7,15 +7,19 @@ connect errors.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import resource
+import socket
 from collections import defaultdict
 
-from .config import ConfigError, HttpTarget, RunConfig, TcpTarget
+from .config import MAX_WORKERS, ConfigError, HttpTarget, RunConfig, TcpTarget
 
 FD_RESERVE = 64  # descriptors a process needs besides its connections
 PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 DEFAULT_PORT_RANGE = (32768, 60999)
+NR_OPEN_FILE = "/proc/sys/fs/nr_open"  # the kernel's ceiling for any process's open-file limit
+DEFAULT_NR_OPEN = 1 << 20
 
 
 def nofile_hard_limit() -> int:
@@ -33,6 +37,15 @@ def raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             pass  # keep the soft limit: the process still runs, with fewer connections
+
+
+def nofile_ceiling() -> int:
+    """The highest open-file limit root could give a process on this machine."""
+    try:
+        with open(NR_OPEN_FILE) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return DEFAULT_NR_OPEN
 
 
 def ephemeral_ports() -> int:
@@ -63,10 +76,9 @@ def check_limits(config: RunConfig, workers: int) -> None:
             origins = len({u.split("/")[2] for u in t.urls})
             per_worker += math.ceil(t.peak_users / workers) * origins
     if per_worker + FD_RESERVE > hard:
-        need = math.ceil(per_worker * workers / (hard - FD_RESERVE))
-        raise ConfigError(
-            f"targets: each worker would hold {per_worker} connections but the open-file limit is {hard} "
-            f"per process; use at least {need} workers (--workers) or fewer connections")
+        advice = _descriptor_advice(per_worker * workers, per_worker, hard, "use at least {n} workers (--workers {n})")
+        raise ConfigError(f"targets: each worker would hold {per_worker} connections but the open-file limit is "
+                          f"{hard} per process; {advice}")
 
     ports = ephemeral_ports()
     by_destination: dict[str, int] = defaultdict(int)
@@ -81,13 +93,50 @@ def check_limits(config: RunConfig, workers: int) -> None:
             raise ConfigError(
                 f"targets: {connections} connections to {address} need more than the {ports} ephemeral ports "
                 f"one source address has; set source_ips to at least {need} addresses "
-                f"(for example 127.0.0.1-127.0.0.{need})")
+                f"(for example 127.0.0.1-{ipaddress.IPv4Address('127.0.0.1') + need - 1})")
 
     for spec in config.servers:
         load = sum(t.peak_connections for t in config.targets
                    if isinstance(t, TcpTarget) and t.address == "{" + spec.name + "}")
-        if load and math.ceil(load / spec.workers) + FD_RESERVE > hard:
-            need = math.ceil(load / (hard - FD_RESERVE))
-            raise ConfigError(
-                f"servers: {spec.name} would hold {math.ceil(load / spec.workers)} connections per process but the "
-                f"open-file limit is {hard}; give it at least {need} workers")
+        per_process = math.ceil(load / spec.workers)
+        if load and per_process + FD_RESERVE > hard:
+            advice = _descriptor_advice(load, per_process, hard, "give it at least {n} workers")
+            raise ConfigError(f"servers: {spec.name} would hold {per_process} connections per process but the "
+                              f"open-file limit is {hard}; {advice}")
+
+    check_source_ips(config)
+
+
+def _descriptor_advice(connections: int, per_process: int, hard: int, more_processes: str) -> str:
+    """What the user can change when `connections` in all do not fit `hard` descriptors per process:
+    more processes (`more_processes`, with {n} for how many) while they stay within `MAX_WORKERS`,
+    fewer connections, or a higher hard limit while the kernel allows it."""
+    room = hard - FD_RESERVE
+    need = math.ceil(connections / room)
+    wanted = per_process + FD_RESERVE
+    raise_limit = f"raise the hard limit to {wanted} (ulimit -Hn, as root)" if wanted <= nofile_ceiling() else ""
+    if need <= MAX_WORKERS:
+        more = more_processes.format(n=need)
+        return f"{more}, fewer connections, or {raise_limit}" if raise_limit else f"{more} or fewer connections"
+    most = f"even the most processes ({MAX_WORKERS}) hold only {room * MAX_WORKERS} connections"
+    return f"{most}, so use fewer connections or {raise_limit}" if raise_limit else f"{most}, so use fewer connections"
+
+
+def check_source_ips(config: RunConfig) -> None:
+    """Raise ConfigError naming the first `source_ips` address this machine cannot bind.
+
+    Connections from an address that is not this machine's would all fail at connect time; trying
+    bind((ip, 0)) on each address up front costs microseconds and names the address instead.
+    """
+    for i, t in enumerate(config.targets):
+        if not isinstance(t, TcpTarget):
+            continue
+        for ip in t.source_ips:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((ip, 0))
+                except OSError as e:
+                    raise ConfigError(
+                        f"targets[{i}].source_ips: {ip} is not an address of this machine, so no connection "
+                        f"can start from it ({e.strerror}); give addresses of its own interfaces "
+                        f"(127.0.0.1-127.0.0.4 towards loopback)") from None

@@ -158,7 +158,7 @@ def test_compare_refuses_runs_with_nothing_in_common_and_fails_when_b_lacks_a_ta
 
 def test_run_and_serve_refuse_absurd_options(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("requests: 10\ntargets: [{url: 'http://127.0.0.1:1/'}]\n")
+    config.write_text("requests: 10\ntargets: [{url: 'http://127.0.0.1:1/', concurrency: 1}]\n")
     for args, message in (
         (["run", str(config), "--workers", "100000"], "--workers: must be at most 256 processes"),
         (["run", str(config), "--out", ""], "--out: must be a folder path"),
@@ -201,7 +201,7 @@ def test_help_documents_the_exit_codes(tmp_path: Path) -> None:
 
 def test_a_report_folder_that_cannot_be_made_is_bad_input(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("requests: 10\ntargets: [{url: 'http://127.0.0.1:1/'}]\n")
+    config.write_text("requests: 10\ntargets: [{url: 'http://127.0.0.1:1/', concurrency: 1}]\n")
     (tmp_path / "afile").write_text("")
     for out, message in ((tmp_path / "afile", "exists and is not a folder"),
                          (tmp_path / "afile" / "sub", "cannot write reports under")):

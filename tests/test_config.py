@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ GOOD = {
     ],
 }
 
+ONE = {"url": "http://127.0.0.1:1/", "concurrency": 1}  # a target the mistakes below leave valid
+
 
 def test_a_full_config_loads_into_frozen_typed_fields() -> None:
     config = parse_config(GOOD)
@@ -54,39 +57,56 @@ def test_a_full_config_loads_into_frozen_typed_fields() -> None:
 
 
 def test_workers_auto_and_requests_only() -> None:
-    config = parse_config({"requests": 100, "workers": "auto", "targets": [{"url": "http://127.0.0.1:1/"}]})
+    config = parse_config({"requests": 100, "workers": "auto", "targets": [ONE]})
     assert config.workers is None and config.requests == 100 and config.duration is None
     assert config.targets[0].name == "http://127.0.0.1:1/"
 
 
-@pytest.mark.parametrize("text, seconds", [("10s", 10), ("2m", 120), ("1h", 3600), ("250ms", 0.25), (3, 3),
-                                           ("1.5s", 1.5), (" 7 s ", 7)])
+@pytest.mark.parametrize("text, seconds", [("10s", 10), ("2m", 120), ("1h", 3600), ("250ms", 0.25),
+                                           ("1.5s", 1.5), (" 7 s ", 7), ("168h", 7 * 86400)])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text, "duration") == seconds
 
 
 def target(**fields: object) -> dict[str, object]:
-    return {"duration": "1s", "targets": [{"url": "http://127.0.0.1:8080/", **fields}]}
+    """A config of one HTTP target with `fields`; one virtual user unless the fields say how much load."""
+    load = {} if {"concurrency", "rate", "stages"} & set(fields) else {"concurrency": 1}
+    return {"duration": "1s", "targets": [{"url": "http://127.0.0.1:8080/", **load, **fields}]}
 
 
 BAD = [
     (None, "config: must be a mapping"),
     ([1, 2], "config: must be a mapping"),
     ("text", "config: must be a mapping"),
-    ({"targets": [{"url": "http://127.0.0.1:1/"}]}, "config: needs duration"),
+    ({"targets": [ONE]}, "config: needs duration"),
     ({"duration": "1s"}, "targets: is missing"),
     ({"duration": "1s", "targets": []}, "targets: is empty"),
     ({"duration": "1s", "targets": {"url": "x"}}, "targets: must be a list"),
-    ({"duration": "fast", "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be a duration"),
-    ({"duration": "-5s", "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be a duration"),
-    ({"duration": 0, "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be more than 0"),
-    ({"duration": True, "targets": [{"url": "http://127.0.0.1:1/"}]}, "duration: must be a duration"),
-    ({"requests": 0, "targets": [{"url": "http://127.0.0.1:1/"}]}, "requests: must be a positive integer"),
-    ({"requests": "ten", "targets": [{"url": "http://127.0.0.1:1/"}]}, "requests: must be a positive integer"),
-    ({"duration": "1s", "workers": 0, "targets": [{"url": "http://127.0.0.1:1/"}]}, "workers: must be a positive"),
-    ({"duration": "1s", "workers": "many", "targets": [{"url": "http://127.0.0.1:1/"}]}, "workers: must be"),
-    ({"duration": "1s", "colour": "red", "targets": [{"url": "http://127.0.0.1:1/"}]}, "config: unknown field 'colour'"),
-    ({"duration": "1s", "out": 5, "targets": [{"url": "http://127.0.0.1:1/"}]}, "out: must be a folder path"),
+    ({"duration": "fast", "targets": [ONE]}, "duration: must be a duration"),
+    ({"duration": "-5s", "targets": [ONE]}, "duration: must be a duration"),
+    ({"duration": "0s", "targets": [ONE]}, "duration: must be more than 0"),
+    ({"duration": 30, "targets": [ONE]},
+     "duration: a duration needs a unit (100ms, 2s, 5m, 1h), got 30"),
+    ({"duration": "169h", "targets": [ONE]},
+     "duration: must be more than 0 and at most 7 days, got '169h'"),
+    (target(think=100), "targets[0].think: a duration needs a unit (100ms, 2s, 5m, 1h), got 100"),
+    (target(think=["50ms", 1]), "targets[0].think: a duration needs a unit"),
+    (target(timeout="2"), "targets[0].timeout: a duration needs a unit (100ms, 2s, 5m, 1h), got '2'"),
+    (target(stages=[{"duration": "7d", "target": 1}]), "targets[0].stages[0].duration: must be a duration"),
+    (target(stages=[{"duration": "100h", "target": 1}, {"duration": "100h", "target": 1}]),
+     "targets[0].stages: add up to 8.3 days; a run lasts at most 7 days"),
+    ({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/"}]},
+     "targets[0]: needs concurrency (virtual users, closed model) or rate (arrivals per second, open model)"),
+    (target(url="http://[::1/"), "targets[0].url: is not a valid URL, got 'http://[::1/'"),
+    ({"duration": "1s", "monitor": [99999999999999999999], "targets": [ONE]},
+     "monitor[0]: must be a process id (a whole number from 1 to 2147483647), got 99999999999999999999"),
+    ({"duration": True, "targets": [ONE]}, "duration: must be a duration"),
+    ({"requests": 0, "targets": [ONE]}, "requests: must be a positive integer"),
+    ({"requests": "ten", "targets": [ONE]}, "requests: must be a positive integer"),
+    ({"duration": "1s", "workers": 0, "targets": [ONE]}, "workers: must be a positive"),
+    ({"duration": "1s", "workers": "many", "targets": [ONE]}, "workers: must be"),
+    ({"duration": "1s", "colour": "red", "targets": [ONE]}, "config: unknown field 'colour'"),
+    ({"duration": "1s", "out": 5, "targets": [ONE]}, "out: must be a folder path"),
     (target(concurrency="many"), "targets[0].concurrency: must be a positive integer, got 'many'"),
     (target(concurrency=-3), "targets[0].concurrency: must be a positive integer, got -3"),
     (target(concurrency=2.5), "targets[0].concurrency: must be a positive integer"),
@@ -111,11 +131,11 @@ BAD = [
     (target(rate=float("inf")), "targets[0].rate: must be a positive number"),
     (target(rate=1e300), "targets[0].rate: must be at most 10,000,000"),
     (target(stages=[{"duration": "1s", "target": 1e300}]), "targets[0].stages[0].target: must be at most"),
-    ({"duration": "1s", "name": "\ud800", "targets": [{"url": "http://127.0.0.1:1/"}]}, "name: must be valid text"),
-    ({"duration": "1s", "workers": 100000, "targets": [{"url": "http://127.0.0.1:1/"}]},
+    ({"duration": "1s", "name": "\ud800", "targets": [ONE]}, "name: must be valid text"),
+    ({"duration": "1s", "workers": 100000, "targets": [ONE]},
      "workers: must be at most 256 processes, got 100000"),
     ({"duration": "1s", "servers": [{"name": "s", "kind": "http", "workers": 100000}],
-      "targets": [{"url": "http://127.0.0.1:1/"}]}, "servers[0].workers: must be at most 256 processes"),
+      "targets": [ONE]}, "servers[0].workers: must be at most 256 processes"),
     ({"duration": "1s", "servers": [{"name": "s", "kind": "http"}], "targets": [{"url": "http://a{s}/"}]},
      "targets[0].url: a {server} reference stands for the whole host:port"),
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "message": "\ud800"}]}, "targets[0].message: must be valid"),
@@ -127,8 +147,9 @@ BAD = [
     (target(speed=3), "targets[0]: unknown field 'speed'"),
     ({"duration": "1s", "targets": [{"name": "x"}]}, "targets[0]: needs url"),
     ({"duration": "1s", "targets": ["http://127.0.0.1/"]}, "targets[0]: must be a mapping"),
-    ({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", "name": "a"},
-                                    {"url": "http://127.0.0.1:1/", "name": "a"}]}, "targets[1].name: 'a' is used twice"),
+    ({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", "name": "a", "concurrency": 1},
+                                    {"url": "http://127.0.0.1:1/", "name": "a", "concurrency": 1}]},
+     "targets[1].name: 'a' is used twice"),
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:70000"}]}, "targets[0].tcp: port must be between 0 and 65535"),
     ({"duration": "1s", "targets": [{"tcp": "nohostport"}]}, "targets[0].tcp: must be HOST:PORT"),
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "expect": "reverse"}]}, "targets[0].expect: must be one of"),
@@ -136,13 +157,13 @@ BAD = [
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "rate": "fast"}]}, "targets[0].rate: must be a positive number"),
     ({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "source_ips": "127.0.0.9-127.0.0.1"}]},
      "targets[0].source_ips: range"),
-    ({"duration": "1s", "servers": [{"kind": "ftp"}], "targets": [{"url": "http://127.0.0.1:1/"}]},
+    ({"duration": "1s", "servers": [{"kind": "ftp"}], "targets": [ONE]},
      "servers[0].kind: must be one of http, echo"),
     ({"duration": "1s", "servers": [{"kind": "http", "listen": "127.0.0.1:65536"}],
-      "targets": [{"url": "http://127.0.0.1:1/"}]}, "servers[0].listen: port must be between 0 and 65535"),
-    ({"duration": "1s", "servers": [{"kind": "http", "workers": 0}], "targets": [{"url": "http://127.0.0.1:1/"}]},
+      "targets": [ONE]}, "servers[0].listen: port must be between 0 and 65535"),
+    ({"duration": "1s", "servers": [{"kind": "http", "workers": 0}], "targets": [ONE]},
      "servers[0].workers: must be a positive integer"),
-    ({"duration": "1s", "servers": [{"kind": "http", "upper": True}], "targets": [{"url": "http://127.0.0.1:1/"}]},
+    ({"duration": "1s", "servers": [{"kind": "http", "upper": True}], "targets": [ONE]},
      "servers[0].upper: only an echo server"),
 ]
 
@@ -168,7 +189,7 @@ def test_files_that_are_not_configs_are_refused_without_reading_them(tmp_path: P
     with pytest.raises(ConfigError, match="is larger than 10 MiB"):
         load_config(huge)
     twice = tmp_path / "twice.yaml"
-    twice.write_text("duration: 1s\ntargets: [{url: 'http://127.0.0.1:1/'}]\nduration: 2s\n")
+    twice.write_text("duration: 1s\ntargets: [{url: 'http://127.0.0.1:1/', concurrency: 1}]\nduration: 2s\n")
     with pytest.raises(ConfigError, match="the field 'duration' is given twice \\(line 3\\)"):
         load_config(twice)
 
@@ -221,3 +242,121 @@ def test_every_config_in_the_readme_is_valid_and_fits_this_machine() -> None:
     for block in blocks:
         config = parse_config(yaml.safe_load(block))
         check_limits(config, workers=2)
+
+
+def billion_laughs(levels: int = 9, width: int = 9) -> str:
+    """A YAML alias bomb: each level lists the one before `width` times; 9 levels of 9 are 387,420,489 values."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def cli_run(tmp_path: Path, text: str | None, *options: str) -> subprocess.CompletedProcess[str]:
+    """`loadtest run` on a config holding `text` (no file at all if None), in `tmp_path`."""
+    path = tmp_path / "cfg.yaml"
+    if text is not None:
+        path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "loadtest", "run", str(path), *options], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    bomb = billion_laughs()
+    assert len(bomb) < 600  # the issue's was 536 bytes and hung validation past 30 s
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: holds more than 1,000,000 values once its YAML aliases"):
+        load_config(path)
+    assert time.perf_counter() - started < 1.0
+    done = cli_run(tmp_path, bomb)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "holds more than 1,000,000 values" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_aliases_a_config_really_uses_still_load(tmp_path: Path) -> None:
+    # An anchor used a few times expands to a few values; only the expansion past the cap is refused.
+    path = tmp_path / "reuse.yaml"
+    path.write_text("duration: 1s\nheaders: &h {Accept: text/html, X-Team: load}\n"
+                    "targets:\n" + "".join(f"  - {{name: t{i}, url: 'http://127.0.0.1:1/', concurrency: 1, "
+                                           f"headers: *h}}\n" for i in range(50)))
+    with pytest.raises(ConfigError, match="config: unknown field 'headers'"):  # loaded, then validated as usual
+        load_config(path)
+    wide = tmp_path / "wide.yaml"  # 8 levels of 5: 390,625 values, under the cap
+    wide.write_text(billion_laughs(levels=8, width=5))
+    with pytest.raises(ConfigError, match="config: unknown field 'l0'"):
+        load_config(wide)
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("duration: 1s\ntargets: &t [{url: 'http://127.0.0.1:1/', concurrency: 1, urls: *t}]\n")
+    with pytest.raises(ConfigError, match=r"loop.yaml: a YAML alias \(\*name\) is used inside its own anchor "
+                                          r"\(line 2\)"):
+        load_config(path)
+
+
+TARGET = "targets: [{url: 'http://127.0.0.1:1/', concurrency: 1}]\n"
+CLI_BAD = [
+    ("unclosed ipv6 host", "duration: 1s\ntargets: [{url: 'http://[::1/', concurrency: 1}]\n", [],
+     "targets[0].url: is not a valid URL, got 'http://[::1/'"),
+    ("pid past pid_t", "duration: 1s\n" + TARGET, ["--watch-pid", "99999999999999999999"],
+     "--watch-pid: must be a process id (a whole number from 1 to 2147483647), got 99999999999999999999"),
+    ("pid not a number", "duration: 1s\n" + TARGET, ["--watch-pid", "abc"], "--watch-pid: must be a process id"),
+    ("monitor pid past pid_t", "duration: 1s\nmonitor: [99999999999999999999]\n" + TARGET, [],
+     "monitor[0]: must be a process id"),
+    ("zero workers", "duration: 1s\n" + TARGET, ["--workers", "0"],
+     "--workers: must be a positive integer or auto, got 0"),
+    ("negative workers", "duration: 1s\n" + TARGET, ["--workers", "-1"],
+     "--workers: must be a positive integer or auto, got '-1'"),
+    ("workers not a number", "duration: 1s\n" + TARGET, ["--workers", "abc"],
+     "--workers: must be a positive integer or auto, got 'abc'"),
+    ("workers past the cap", "duration: 1s\n" + TARGET, ["--workers", "257"],
+     "--workers: must be at most 256 processes, got 257"),
+    ("duration option past the cap", "duration: 1s\n" + TARGET, ["--duration", "200h"],
+     "--duration: must be more than 0 and at most 7 days, got '200h'"),
+    ("duration option without a unit", "duration: 1s\n" + TARGET, ["--duration", "10"],
+     "--duration: a duration needs a unit (100ms, 2s, 5m, 1h), got '10'"),
+    ("a stage past the cap", "targets: [{url: 'http://127.0.0.1:1/', stages: [{duration: 200h, target: 1}]}]\n",
+     [], "targets[0].stages[0].duration: must be more than 0 and at most 7 days, got '200h'"),
+    ("stages adding up past the cap", "targets: [{url: 'http://127.0.0.1:1/', stages: [{duration: 168h, target: 9},"
+     " {duration: 168h, target: 9}, {duration: 168h, target: 0}]}]\n", [],
+     "targets[0].stages: add up to 21.0 days; a run lasts at most 7 days"),
+    ("think without a unit", "duration: 1s\ntargets: [{url: 'http://127.0.0.1:1/', concurrency: 2, think: 100}]\n",
+     [], "targets[0].think: a duration needs a unit (100ms, 2s, 5m, 1h), got 100"),
+    ("no load given", "duration: 1s\ntargets: [{url: 'http://127.0.0.1:1/'}]\n", [],
+     "targets[0]: needs concurrency (virtual users, closed model) or rate (arrivals per second, open model)"),
+]
+
+
+@pytest.mark.parametrize("case, text, options, message", CLI_BAD, ids=[c[0] for c in CLI_BAD])
+def test_bad_input_is_one_sentence_naming_the_field(tmp_path: Path, case: str, text: str, options: list[str],
+                                                     message: str) -> None:
+    done = cli_run(tmp_path, text, *options)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("loadtest: ") and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and done.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]  # no report folder
+
+
+def test_options_take_auto_and_real_pids(tmp_path: Path) -> None:
+    # The checks refuse what is wrong and nothing else: --workers auto and a live pid run.
+    config = tmp_path / "ok.yaml"
+    config.write_text("requests: 5\nservers: [{name: s, kind: http}]\n"
+                      "targets: [{url: 'http://{s}/', concurrency: 1}]\n")
+    done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(config), "-q", "--workers", "auto",
+                           "--watch-pid", str(os.getpid()), "--out", str(tmp_path / "r")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "stats.csv").exists()
+
+
+@pytest.mark.parametrize("value, message", [("abc", "got 'abc'"), ("-1", "got '-1'"), ("0", "got 0"),
+                                            ("257", "must be at most 256 processes, got 257")])
+def test_serve_workers_are_checked_like_run_workers(tmp_path: Path, value: str, message: str) -> None:
+    for kind in ("http", "echo"):
+        done = subprocess.run([sys.executable, "-m", "loadtest", "serve", kind, "--listen", "127.0.0.1:0",
+                               "--workers", value], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("loadtest: --workers: ") and message in done.stderr

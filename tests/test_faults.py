@@ -176,7 +176,7 @@ def test_a_parent_killed_outright_leaves_its_history_and_no_workers(tmp_path: Pa
 
 def session(port: int, **fields: object) -> tuple[HttpSession, TargetRecorder]:
     target = parse_config({"duration": "1s", "targets": [
-        {"url": f"http://127.0.0.1:{port}/", **fields}]}).targets[0]
+        {"url": f"http://127.0.0.1:{port}/", "concurrency": 1, **fields}]}).targets[0]
     rec = TargetRecorder(0)
     return HttpSession(target, build_endpoints(target, list(target.urls)), rec), rec
 

@@ -126,7 +126,7 @@ def test_the_report_opens_offline_with_every_chart_drawn(run_dir: Path, browser:
         assert heading in text
     badge = page.locator("#outcome").inner_text()
     assert re.fullmatch(rf"FAILED: [\d,]+ of [\d,]+ requests failed: status; threshold '{re.escape(EVIL)}: "
-                        r"error_rate < 1%' failed \(measured 100%\)", badge), badge
+                        r"error_rate < 1%' failed \(measured 100.00%\)", badge), badge
     assert "FAIL" in page.locator("#outcome").get_attribute("class").upper()
     assert "PASS" in text and "p99 < 5s" in text
     assert "WARN" in text and "above 90% CPU" in text

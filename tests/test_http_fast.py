@@ -22,7 +22,8 @@ from .conftest import RawServer, read_request
 
 
 def session_for(port: int, path: str = "/", **fields: object) -> tuple[HttpSession, TargetRecorder]:
-    config = parse_config({"duration": "1s", "targets": [{"url": f"http://127.0.0.1:{port}{path}", **fields}]})
+    config = parse_config({"duration": "1s", "targets": [{"url": f"http://127.0.0.1:{port}{path}", "concurrency": 1,
+                                                          **fields}]})
     target = config.targets[0]
     recorder = TargetRecorder(0)
     return HttpSession(target, build_endpoints(target, list(target.urls)), recorder), recorder
@@ -266,7 +267,7 @@ def test_https_keep_alive(raw_server, certificate: tuple[str, str]) -> None:
 
     server = raw_server(handle)
     config = parse_config({"duration": "1s", "targets": [
-        {"url": f"https://127.0.0.1:{server.port}/", "verify_tls": False}]})
+        {"url": f"https://127.0.0.1:{server.port}/", "concurrency": 1, "verify_tls": False}]})
     target = config.targets[0]
     rec = TargetRecorder(0)
     run(HttpSession(target, build_endpoints(target, list(target.urls)), rec), 3)
@@ -274,7 +275,8 @@ def test_https_keep_alive(raw_server, certificate: tuple[str, str]) -> None:
     assert snap.requests == 3 and not snap.failures and snap.content_bytes == 18 and server.connections == 1
 
     # verified by default: a self-signed certificate is refused as a TLS failure
-    strict = parse_config({"duration": "1s", "targets": [{"url": f"https://127.0.0.1:{server.port}/"}]}).targets[0]
+    strict = parse_config({"duration": "1s", "targets": [{"url": f"https://127.0.0.1:{server.port}/",
+                                                          "concurrency": 1}]}).targets[0]
     rec = TargetRecorder(0)
     run(HttpSession(strict, build_endpoints(strict, list(strict.urls)), rec), 1)
     assert dict(rec.snapshot().failures) == {"tls": 1}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from loadtest.config import ConfigError, parse_config
-from loadtest.limits import check_limits, ephemeral_ports, nofile_hard_limit
+from loadtest.config import MAX_WORKERS, ConfigError, parse_config
+from loadtest.limits import FD_RESERVE, check_limits, ephemeral_ports, nofile_hard_limit
+
+LOW_HARD_LIMIT = 1024  # the open-file limit the CLI tests run under, so any connection count can pass it
 
 
 def tcp(connections: int, **fields: object) -> dict[str, object]:
@@ -20,7 +23,9 @@ def tcp(connections: int, **fields: object) -> dict[str, object]:
 def test_too_many_connections_per_worker_names_the_open_file_limit() -> None:
     hard = nofile_hard_limit()
     config = parse_config(tcp(hard + 100))
-    with pytest.raises(ConfigError, match=rf"open-file limit is {hard} per process; use at least 2 workers"):
+    with pytest.raises(ConfigError, match=rf"open-file limit is {hard} per process; use at least 2 workers "
+                                          rf"\(--workers 2\), fewer connections, or raise the hard limit to "
+                                          rf"{hard + 100 + FD_RESERVE} \(ulimit -Hn, as root\)"):
         check_limits(config, workers=1)
     check_limits(parse_config(tcp(hard + 100, source_ips="127.0.0.1-127.0.0.4")), workers=2)  # fits
 
@@ -65,3 +70,50 @@ def test_the_cli_refuses_with_exit_2_and_no_report(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "open-file limit" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "reports").exists()
+
+
+def run_under_low_limit(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """`loadtest run` on `text` in a process whose open-file hard limit is `LOW_HARD_LIMIT`."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(text)
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_HARD_LIMIT, LOW_HARD_LIMIT))
+
+    return subprocess.run([sys.executable, "-m", "loadtest", "run", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, preexec_fn=lower)
+
+
+def test_past_what_the_most_workers_can_hold_the_advice_is_fewer_connections_or_a_higher_limit(
+        tmp_path: Path) -> None:
+    # The old advice was "use at least 502 workers" where 256 is the most a run may start.
+    room = LOW_HARD_LIMIT - FD_RESERVE
+    connections = room * (MAX_WORKERS + 10)
+    done = run_under_low_limit(tmp_path, f"duration: 1s\nworkers: 2\ntargets: [{{tcp: '127.0.0.1:9', "
+                                         f"connections: {connections}, source_ips: 127.0.0.1-127.0.0.200}}]\n")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert (f"open-file limit is {LOW_HARD_LIMIT} per process; even the most processes ({MAX_WORKERS}) hold only "
+            f"{room * MAX_WORKERS} connections, so use fewer connections or raise the hard limit to "
+            f"{connections // 2 + FD_RESERVE} (ulimit -Hn, as root)") in done.stderr
+    assert "--workers" not in done.stderr  # no worker count can fit them
+    assert not (tmp_path / "reports").exists()
+
+
+def test_within_what_more_workers_can_hold_the_advice_is_a_worker_count_the_cli_accepts(tmp_path: Path) -> None:
+    room = LOW_HARD_LIMIT - FD_RESERVE
+    done = run_under_low_limit(tmp_path, f"duration: 1s\nworkers: 1\n"
+                                         f"targets: [{{tcp: '127.0.0.1:9', connections: {room * 3}}}]\n")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "use at least 3 workers (--workers 3), fewer connections, or raise the hard limit" in done.stderr
+
+
+def test_a_source_address_this_machine_does_not_have_is_refused_before_the_run(tmp_path: Path) -> None:
+    # 8.8.8.8 was accepted and every connection failed at run time (exit 1 with a report of failures).
+    config = tmp_path / "cfg.yaml"
+    config.write_text("duration: 1s\nworkers: 1\ntargets: [{tcp: '127.0.0.1:9', source_ips: [127.0.0.1, 8.8.8.8]}]\n")
+    done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "targets[0].source_ips: 8.8.8.8 is not an address of this machine" in done.stderr
+    assert not (tmp_path / "reports").exists()
+    check_limits(parse_config(tcp(1, source_ips="127.0.0.1-127.0.0.255")), workers=1)  # all of loopback binds

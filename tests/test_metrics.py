@@ -107,7 +107,7 @@ def test_metrics_refuses_an_address_it_cannot_use(tmp_path: Path, monkeypatch: p
 
 
 def test_metrics_in_the_config_binds_loopback_unless_told() -> None:
-    base = {"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/"}]}
+    base = {"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]}
     assert parse_config({**base, "metrics": 9464}).metrics == ("127.0.0.1", 9464)
     assert parse_config({**base, "metrics": ":0"}).metrics == ("127.0.0.1", 0)
     assert parse_config({**base, "metrics": "0.0.0.0:9464"}).metrics == ("0.0.0.0", 9464)

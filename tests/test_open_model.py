@@ -90,7 +90,11 @@ def test_a_timed_run_lasts_its_duration_and_its_last_second_is_one_row(tmp_path:
     assert 3.0 <= summary["duration_s"] < 3.3
     assert thinking.requests == 20  # at 0 s and 2.5 s; the third would start after the deadline
     history = [r for r in rows(tmp_path / "timed" / "history.csv") if r["Name"] == "paced"]
-    assert [abs(int(r["Interval Requests"]) - 1000) <= 20 for r in history] == [True, True, True]
+    # Three rows, not a fourth with the last second split off. Counted over the run, not per second: on a
+    # busy machine a late snapshot moves some requests from one second's row to the next (±20 flaked).
+    counts = [int(r["Interval Requests"]) for r in history]
+    assert len(counts) == 3 and sum(counts) == paced.requests, counts
+    assert abs(paced.requests + paced.dropped - 3000) <= 30 and min(counts) >= 500, (counts, paced.dropped)
 
 
 def test_stages_that_end_at_rate_zero_still_last_the_duration(tmp_path: Path) -> None:
@@ -186,7 +190,7 @@ def test_exit_status_0_and_3(tmp_path: Path) -> None:
     try:
         taken = tmp_path / "taken.yaml"
         taken.write_text(f"requests: 20\nservers: [{{name: s, kind: http, listen: '127.0.0.1:{port}'}}]\n"
-                         "targets: [{url: 'http://{s}/'}]\n")
+                         "targets: [{url: 'http://{s}/', concurrency: 1}]\n")
         done = cli(["run", str(taken)], tmp_path)
     finally:
         busy.close()

@@ -86,7 +86,7 @@ def test_nonsense_is_refused(text: str, message: str) -> None:
 
 
 def test_thresholds_are_checked_when_the_config_loads() -> None:
-    base = {"duration": "1s", "targets": [{"name": "home", "url": "http://127.0.0.1:1/"}]}
+    base = {"duration": "1s", "targets": [{"name": "home", "url": "http://127.0.0.1:1/", "concurrency": 1}]}
     config = parse_config({**base, "thresholds": ["p99 < 50ms", {"threshold": "home: rps > 1", "abort_on_fail": True}]})
     assert [t.abort_on_fail for t in config.thresholds] == [False, True]
     with pytest.raises(ConfigError, match=r"thresholds\[0\]: names target 'shop'"):

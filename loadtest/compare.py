@@ -8,13 +8,14 @@ whether it got worse. Higher latency, error rate or CPU is worse; lower
 requests/s is.
 
 A figure got worse only when B is worse than A by more than the tolerance
-(a share of A) AND by more than the runs' own noise: NOISE_K times the pooled
-standard deviation of that figure's per-second values in the two runs
-(history.csv; for CPU per request, the workers' per-second CPU in
-resources.csv over the requests of that second). Two runs of one config
-differ from each other about as much as one second of a run differs from the
-next, so a change inside that band is not evidence of anything; a real
-slowdown moves every second and stands out of it. A figure without
+(a share of A) AND by more than the runs' own noise: NOISE_K times
+sqrt(sA² + sB²), where sA and sB are the standard deviations of that figure's
+per-second values in each run (history.csv; for CPU per request, the
+workers' per-second CPU in resources.csv over the requests of that second),
+i.e. NOISE_K standard deviations of the difference between one second of A
+and one second of B. Two runs of one config differ about as much as their
+seconds differ from each other, so a change inside that band is not evidence
+of anything; a real slowdown moves every second and stands out of it. A figure without
 per-second values (a one-second run, a folder without history.csv) is judged
 by the tolerance alone. From no failures to some is worse at any tolerance.
 `Comparison.worse` is what CI gates on (the CLI exits 1).
@@ -60,9 +61,10 @@ from .svg_chart import Series, spectrum_chart, target_colors
 
 DEFAULT_TOLERANCE = 0.05
 MAX_TOLERANCE = 100.0  # 10,000%: beyond that a gate can never fail, which is a mistake, not a choice
-# How many per-second standard deviations a change must exceed to count. Two runs of n seconds whose seconds
-# vary by s differ by about s * sqrt(2 / n) by chance; 3 s is past that for any n >= 1, and still far below
-# what a real slowdown does (20% of a 20 ms delay is 4 ms; its per-second p50 varies by ~0.1 ms).
+# How many standard deviations of a second-to-second difference a change must exceed to count. Runs of n
+# seconds whose seconds vary by s differ by about s * sqrt(2 / n) by chance; 3 * s * sqrt(2) is past that for
+# any n >= 1 (and past the estimate's own error from 2-3 seconds), and still far below what a real slowdown
+# does: 20% of a 20 ms delay is 4 ms, while that p50 varies by ~0.1 ms from second to second.
 NOISE_K = 3.0
 
 
@@ -98,7 +100,7 @@ class Change:
     b: float | None
     change_pct: float | None  # None when either is missing, or A is 0 and B is not
     worse: bool
-    noise: float | None = None  # NOISE_K pooled per-second standard deviations, in the figure's unit
+    noise: float | None = None  # NOISE_K * sqrt(sA² + sB²) of the per-second values, in the figure's unit
 
 
 @dataclass(frozen=True)
@@ -273,12 +275,13 @@ def per_second(run: RunFolder) -> dict[str, dict[str, list[float]]]:
 
 
 def noise_band(seconds_a: list[float], seconds_b: list[float]) -> float | None:
-    """NOISE_K times the pooled standard deviation of two runs' per-second values; None if neither run has
-    two seconds to measure it from."""
+    """NOISE_K times sqrt(sA² + sB²), sA and sB the standard deviations of each run's per-second values: how
+    far one second of B strays from one second of A by chance. A run with fewer than two seconds adds
+    nothing; None if neither has two."""
     variances = [statistics.variance(v) for v in (seconds_a, seconds_b) if len(v) >= 2]
     if not variances:
         return None
-    return NOISE_K * math.sqrt(sum(variances) / len(variances))
+    return NOISE_K * math.sqrt(sum(variances))
 
 
 def _change(metric: Metric, a: float | None, b: float | None, tolerance: float, noise: float | None) -> Change:
@@ -438,8 +441,8 @@ def render_compare_html(c: Comparison) -> str:
             + table(["Target", "Metric", "A", "B", "Change", "Noise", ""], rows, left=2, row_classes=classes)
             + missing + '<p class="note">Higher latency, error rate or CPU per request is worse; lower '
             'requests/s is worse. CPU per request is the generator\'s workers\', while the load ran. A change counts '
-            f'as worse only beyond the tolerance and beyond the noise: {NOISE_K:g} times the pooled standard '
-            'deviation of the figure\'s per-second values in the two runs.</p></section>'
+            f'as worse only beyond the tolerance and beyond the noise: {NOISE_K:g} standard deviations of the '
+            'difference between a second of A and a second of B (from each run\'s per-second figures).</p></section>'
             '<section><h2>Latency by percentile</h2>'
             + spectrum_chart("Latency percentile spectrum: A solid, B dashed", series) + "</section>")
     return page(f"loadtest compare: {c.run_a.name} → {c.run_b.name}", body)

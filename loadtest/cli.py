@@ -51,8 +51,10 @@ def run_command(
     config_path: str = typer.Argument(..., metavar="CONFIG", help="The run's YAML config file."),
     duration: Optional[str] = typer.Option(None, "--duration", "-d", help="How long to run: 10s, 2m, 1h."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (default: one per core)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the report folder exactly here (a new or empty folder)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Let --out name a folder that holds files: a run's files in it are replaced."),
+    out: Optional[str] = typer.Option(None, "--out", "-o",
+                                      help="Write the report folder exactly here (a new or empty folder)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Let --out name a folder that holds files: a run's own files in it are replaced."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live output; only the final report path."),
     sample_interval: Optional[str] = typer.Option(None, "--sample-interval", help="Resource sampling period (default 1s)."),
     watch_pid: list[int] = typer.Option([], "--watch-pid", help="Also sample this process (repeatable)."),
@@ -84,7 +86,8 @@ def run_command(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval, watch_pids=tuple(watch_pid),
+        result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval,
+                     watch_pids=tuple(watch_pid),
                      on_interval=live.interval if live else None, on_event=live.event if live else None)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)

@@ -30,7 +30,7 @@ from .limits import check_limits
 from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
 from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
-from .run_folder import RunFolderError, make_run_folder, remove_if_empty
+from .run_folder import RunFolderError, make_run_folder, release_run_folder
 from .schedule import worker_share
 from .spawn import main_script_hidden
 from .stats import Interval, RunStats, TargetTotals
@@ -182,8 +182,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     try:
         return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts)
     except BaseException:
-        if made:
-            remove_if_empty(run_dir)  # the run failed before it began: leave no empty folder behind
+        release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
         raise
     finally:
         interrupts.restore()  # only once the reports are written: a late Ctrl-C must not cut them short

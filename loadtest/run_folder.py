@@ -309,8 +309,10 @@ def make_run_folder(path: Path, *, exact: bool, overwrite: bool = False) -> tupl
 
     `exact` (from --out): `path` itself, which may exist if it is an empty folder; a folder that holds
     files is refused unless `overwrite`, and then the files a run writes (RUN_FILES) are removed from it
-    first. Otherwise `path` is a name to make fresh: if it exists, `path-2`, `path-3`, … are tried, each
-    with an exclusive os.mkdir, so concurrent runs never share a folder. Raises RunFolderError.
+    first. An existing folder is claimed by creating its history.csv exclusively (O_EXCL), so that of two
+    runs given one empty --out folder at once, the second is refused. Otherwise `path` is a name to make
+    fresh: if it exists, `path-2`, `path-3`, … are tried, each with an exclusive os.mkdir, so concurrent
+    runs never share a folder. Raises RunFolderError.
     """
     path = Path(path)
     try:
@@ -343,15 +345,28 @@ def make_run_folder(path: Path, *, exact: bool, overwrite: bool = False) -> tupl
             (path / name).unlink(missing_ok=True)
         except OSError as e:
             raise RunFolderError(f"{path / name}: cannot be replaced ({e.strerror or e})") from None
+    try:
+        os.close(os.open(path / HISTORY_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise RunFolderError(f"{path}: another run has just started writing into it") from None
+    except OSError as e:
+        raise RunFolderError(f"{path / HISTORY_NAME}: cannot be made ({e.strerror or e})") from None
     return path, False
 
 
-def remove_if_empty(path: Path) -> None:
-    """Remove a run folder this run made, if nothing was written into it (the run failed before it began)."""
+def release_run_folder(path: Path, made: bool) -> None:
+    """Undo make_run_folder for a run that failed before it began: remove the empty history.csv that
+    claimed the folder, and the folder itself if this run made it and nothing else is in it."""
     try:
-        path.rmdir()
+        if (path / HISTORY_NAME).stat().st_size == 0:
+            (path / HISTORY_NAME).unlink()
     except OSError:
-        pass  # not empty, or already gone: either way it is no longer this run's to remove
+        pass  # not there, or not empty: either way it is no longer this run's to remove
+    if made:
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def write_page(path: Path, text: str) -> Path:

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from loadtest.run_folder import (
     RunFolderError,
     load_run,
     make_run_folder,
+    release_run_folder,
 )
 from loadtest.stats import new_histogram
 
@@ -133,13 +135,54 @@ def test_making_a_folder_is_exclusive_and_a_failed_claim_says_why(tmp_path: Path
     first, made = make_run_folder(tmp_path / "r" / "x-20260101-000000", exact=False)
     second, made_too = make_run_folder(tmp_path / "r" / "x-20260101-000000", exact=False)
     assert made and made_too and first.name == "x-20260101-000000" and second.name == "x-20260101-000000-2"
-    assert make_run_folder(first, exact=True) == (first, False)  # empty: fine
+    release_run_folder(second, made=True)
+    assert not second.exists()  # a run that failed before it began leaves nothing behind
+    assert make_run_folder(first, exact=True) == (first, False)  # empty: fine, and claimed by its history.csv
+    with pytest.raises(RunFolderError, match="is not empty"):
+        make_run_folder(first, exact=True)
+    release_run_folder(first, made=False)
+    assert first.is_dir() and not list(first.iterdir())  # given empty, left empty
+
+    # Eight runs given one empty --out folder at the same moment: exactly one gets it.
+    claims: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        try:
+            make_run_folder(first, exact=True)
+            claims.append("won")
+        except RunFolderError as e:
+            claims.append(str(e))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert claims.count("won") == 1 and len(claims) == 8, claims
+    release_run_folder(first, made=False)
     (first / "summary.json").write_text("{}")
     with pytest.raises(RunFolderError, match="is not empty"):
         make_run_folder(first, exact=True)
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="exists and is not a folder"):
         make_run_folder(tmp_path / "file", exact=True)
+
+
+def test_a_run_that_fails_before_it_begins_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    taken = socket.create_server(("127.0.0.1", 0))  # the run's server cannot listen here: the run fails
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace('listen: "127.0.0.1:0"', f'listen: "127.0.0.1:{taken.getsockname()[1]}"')
+                      % json.dumps(str(tmp_path)))
+    (tmp_path / "empty").mkdir()
+    try:
+        for out in (tmp_path / "new", tmp_path / "empty"):
+            done = cli("run", str(config), "--out", str(out), "-q", cwd=tmp_path)
+            assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    finally:
+        taken.close()
+    assert not (tmp_path / "new").exists() and not list((tmp_path / "empty").iterdir())
 
 
 # -- reading it back, bounded ---------------------------------------------------------

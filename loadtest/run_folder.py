@@ -30,14 +30,13 @@ import base64
 import binascii
 import csv
 import errno
-import io
 import json
 import math
 import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,15 +80,40 @@ class RunFolderError(ValueError):
     """A folder that is not a readable run folder; its message is one sentence."""
 
 
+class CsvRow(Mapping[str, str]):
+    """One row of a run folder's CSV file, read-only, by column name (as csv.DictReader's dicts are).
+
+    A tuple of values beside the file's one shared column index, the values interned per file (percentiles,
+    names and stamps repeat from row to row): a long history.csv's rows cost about a third of as many
+    dicts. A short row reads "" in the columns it lacks.
+    """
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: tuple[str, ...]) -> None:
+        self._index = index
+        self._values = values
+
+    def __getitem__(self, column: str) -> str:
+        i = self._index[column]
+        return self._values[i] if i < len(self._values) else ""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The files of one run folder, as read."""
 
     path: Path
     summary: dict[str, Any]
-    history: list[dict[str, str]]
-    failures: list[dict[str, str]]
-    resources: list[dict[str, str]]
+    history: list[CsvRow]
+    failures: list[CsvRow]
+    resources: list[CsvRow]
     histograms: dict[str, str]  # target name: its whole-run latency HdrHistogram, encoded
 
     @property
@@ -385,13 +409,21 @@ def write_page(path: Path, text: str) -> Path:
     return path
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def _read_csv(path: Path) -> list[CsvRow]:
     """A CSV file's rows; [] if it is missing or its text does not parse (RunFolderError if not readable)."""
     data = read_capped(path, MAX_CSV_BYTES)
     if data is None:
         return []
     try:
-        return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+        lines = data.decode("utf-8").splitlines(keepends=True)
+        del data
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header is None:
+            return []
+        index = {column: i for i, column in reversed(list(enumerate(header)))}  # a repeated name: its first
+        seen: dict[str, str] = {}
+        return [CsvRow(index, tuple(seen.setdefault(v, v) for v in row)) for row in reader if row]
     except (UnicodeDecodeError, csv.Error):
         return []
 

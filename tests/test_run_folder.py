@@ -37,7 +37,7 @@ CONFIG = """\
 name: folders
 servers: [{name: site, kind: http, listen: "127.0.0.1:0", workers: 1}]
 targets: [{name: page, url: "http://{site}/", concurrency: 2}]
-duration: 2s
+duration: 1s
 workers: 1
 out: %s
 """

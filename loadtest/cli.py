@@ -140,7 +140,10 @@ def run_command(
     # one sentence with exit status 2 like any other bad input, not click's usage box.
     workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
                                                help="Worker processes (default: one per core)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Write the report folder exactly here."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                      help="Write the report folder exactly here (a new or empty folder)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Let --out name a folder that holds files: a run's own files in it are replaced."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live output; only the final report path."),
     sample_interval: Optional[str] = typer.Option(None, "--sample-interval", metavar="DURATION", help="Resource sampling period (default 1s)."),
     watch_pid: list[str] = typer.Option([], "--watch-pid", metavar="PID",
@@ -227,8 +230,8 @@ def run_command(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        result = run(config, workers=workers, out_dir=out, sample_interval=interval, watch_pids=pids,
-                     on_interval=on_interval if shows else None,
+        result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval,
+                     watch_pids=pids, on_interval=on_interval if shows else None,
                      on_event=live.event if live else None)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
@@ -314,16 +317,20 @@ def report_command(
     typer.echo(str(path))
 
 
-@app.command("compare", cls=_Command, epilog="Exit status: 0 nothing got worse beyond the tolerance; 1 something did; 2 bad input.")
+@app.command("compare", cls=_Command,
+             epilog="Exit status: 0 nothing got worse beyond the tolerance and the runs' noise; "
+                    "1 something did, or a target of A is missing from B; 2 bad input.")
 def compare_command(
     run_a: str = typer.Argument(..., metavar="RUN_A", help="The baseline run folder."),
     run_b: str = typer.Argument(..., metavar="RUN_B", help="The run to compare with it."),
-    tolerance: str = typer.Option("5%", "--tolerance", "-t", metavar="TOLERANCE", help="How much worse counts as worse: 5% or 0.05."),
+    tolerance: str = typer.Option("5%", "--tolerance", "-t", metavar="TOLERANCE",
+                                  help="How much worse counts as worse, in percent: 5 and 5% both mean 5%."),
     output: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help="table, csv or json."),
     html: Optional[str] = typer.Option(None, "--html", metavar="FILE", help="Also write the side by side as an HTML page here."),
     version: bool = _version_option(),
 ) -> None:
-    """Compare two runs target by target; exit status 1 when B is worse than A beyond the tolerance."""
+    """Compare two runs target by target; exit status 1 when B is worse than A beyond the tolerance and
+    beyond the runs' own second-to-second noise."""
     from pathlib import Path
 
     from .compare import (
@@ -331,6 +338,7 @@ def compare_command(
         format_csv,
         format_json,
         format_table,
+        parse_tolerance,
         write_compare_html,
     )
     from .run_folder import RunFolderError
@@ -339,15 +347,8 @@ def compare_command(
     if output not in formats:
         fail(f"--format: must be one of table, csv, json, got {output!r}", EXIT_BAD_INPUT)
     try:
-        text = tolerance.strip()
-        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        if not 0 <= fraction < 100:
-            raise ValueError
-    except ValueError:
-        fail(f"--tolerance: must be a percentage such as 5% or a fraction such as 0.05, got {tolerance!r}",
-             EXIT_BAD_INPUT)
-    try:
-        comparison = compare_runs(Path(run_a), Path(run_b), fraction)
+        fraction = parse_tolerance(tolerance, "--tolerance")
+        comparison = compare_runs(Path(run_a), Path(run_b), fraction, histograms=html is not None)
         if html:
             write_compare_html(comparison, Path(html))
     except (RunFolderError, ValueError) as e:

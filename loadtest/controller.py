@@ -30,6 +30,7 @@ from .limits import check_limits
 from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
 from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
+from .run_folder import RunFolderError, make_run_folder, release_run_folder
 from .schedule import worker_share
 from .spawn import main_script_hidden
 from .stats import Interval, RunStats, TargetTotals
@@ -157,7 +158,7 @@ def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: 
 
 
 def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
-        on_interval: Callable[[Frame], None] | None = None,
+        overwrite: bool = False, on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = ()) -> RunResult:
     """Run a load test as configured and write its reports. Raises RunError if it cannot start."""
@@ -171,11 +172,18 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     now = datetime.now()
     run_dir = run_dir_for(config, out_dir, now)
     check_writable(run_dir, "--out" if out_dir is not None else "out")
+    try:  # made now, exclusively, so that a second run started in the same second gets a folder of its own
+        run_dir, made = make_run_folder(run_dir, exact=out_dir is not None, overwrite=overwrite)
+    except RunFolderError as e:
+        raise ConfigError(f"{'--out' if out_dir is not None else 'out'}: {e}") from None
 
     interrupts = _Interrupts()
     interrupts.install()
     try:
         return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts)
+    except BaseException:
+        release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
+        raise
     finally:
         interrupts.restore()  # only once the reports are written: a late Ctrl-C must not cut them short
 

@@ -1,11 +1,24 @@
-"""A run folder, as read: its summary, CSV files and whole-run histograms.
+"""A run folder: made for a run (exclusively), and read back: its summary, CSV files and histograms.
+
+Each run gets a folder of its own: `make_run_folder` creates it with os.mkdir,
+never reusing one (two runs of one config started in the same second get
+`<name>-<stamp>` and `<name>-<stamp>-2`), and refuses an `--out` folder that
+already holds files unless told to overwrite them.
 
 A run writes summary.json, history.csv, failures.csv, resources.csv and
 histograms.json into one folder; this module reads them back for the report
-and for comparing runs. Only summary.json is required: a missing or damaged
-optional file reads as empty. From the rows it derives the numbers the charts
-plot (each target's per-second series and its latency percentile spectrum) and
-draws nothing itself.
+and for comparing runs. Only summary.json is required: a missing optional file
+reads as empty, and so does a CSV file whose text does not parse. From the
+rows it derives the numbers the charts plot (each target's per-second series
+and its latency percentile spectrum) and draws nothing itself.
+
+A run folder may come from anywhere (an archive, a CI artifact), so reading one
+is bounded: a file that is not a regular file (a FIFO, a device, a symlink to
+/dev/zero) is refused before a byte is read, a file over its size cap is
+refused, an encoded histogram whose header or decompressed size exceeds what
+any run writes is refused before it is decompressed whole, and a summary
+number out of any range a run writes (NaN, Infinity, a 5000-digit integer) is
+refused naming its field. Each refusal is a RunFolderError of one sentence.
 
     from loadtest.run_folder import load_run
     run = load_run(Path("reports/sites-20260101-120000"))
@@ -13,17 +26,45 @@ draws nothing itself.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
+import errno
 import json
 import math
-from collections.abc import Callable, Sequence
+import os
+import stat
+import struct
+import zlib
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+SUMMARY_NAME = "summary.json"
+HISTORY_NAME = "history.csv"
+FAILURES_NAME = "failures.csv"
+RESOURCES_NAME = "resources.csv"
 HISTOGRAMS_NAME = "histograms.json"
+OPTIONAL_FILES = (HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, HISTOGRAMS_NAME)
+# Every file a run writes into its folder: what --overwrite removes first, so that no file of an earlier run
+# is left to be read as this run's.
+RUN_FILES = (SUMMARY_NAME, "stats.csv", HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, "workers.csv",
+             HISTOGRAMS_NAME, "report.html")
+MAX_FOLDER_SUFFIX = 1000  # <name>-<stamp>-2 … -1000: past that, something is making folders in a loop
+# Size caps, far above what runs write (a 10-target run's summary.json is ~30 KB; its history.csv grows
+# ~3 KB a second, so 64 MiB is ~6 hours; a 16-worker run's resources.csv ~3 KB a second): bigger files are
+# damage or hostile, and reading them whole would cost gigabytes.
+MAX_SUMMARY_BYTES = 16 * 2**20
+MAX_CSV_BYTES = 64 * 2**20
+MAX_HISTOGRAMS_BYTES = 64 * 2**20
+# One encoded HdrHistogram: what loadtest writes (1 ns to 1 h at 3 significant digits) has 33,792 counts and
+# decompresses to at most ~300 KB; anything past these caps is refused before it is decompressed whole.
+MAX_HISTOGRAM_COUNTS = 2**17
+MAX_HISTOGRAM_PAYLOAD_BYTES = 2**20
+MAX_INTEGER = 2**63  # an integer in summary.json at or beyond this is damage (no count or byte total gets there)
 MAX_FIGURE = 1e15  # larger numbers in a run's files are damage, not measurements
 MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
 SPECTRUM_STEPS_PER_DECADE = 24
@@ -39,15 +80,40 @@ class RunFolderError(ValueError):
     """A folder that is not a readable run folder; its message is one sentence."""
 
 
+class CsvRow(Mapping[str, str]):
+    """One row of a run folder's CSV file, read-only, by column name (as csv.DictReader's dicts are).
+
+    A tuple of values beside the file's one shared column index, the values interned per file (percentiles,
+    names and stamps repeat from row to row): a long history.csv's rows cost about a third of as many
+    dicts. A short row reads "" in the columns it lacks.
+    """
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: tuple[str, ...]) -> None:
+        self._index = index
+        self._values = values
+
+    def __getitem__(self, column: str) -> str:
+        i = self._index[column]
+        return self._values[i] if i < len(self._values) else ""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The files of one run folder, as read."""
 
     path: Path
     summary: dict[str, Any]
-    history: list[dict[str, str]]
-    failures: list[dict[str, str]]
-    resources: list[dict[str, str]]
+    history: list[CsvRow]
+    failures: list[CsvRow]
+    resources: list[CsvRow]
     histograms: dict[str, str]  # target name: its whole-run latency HdrHistogram, encoded
 
     @property
@@ -68,17 +134,22 @@ class RunFolder:
         return len(self.summary.get("targets") or []) == 1
 
 
-def load_run(path: Path) -> RunFolder:
-    """Read a run folder: summary.json is required, every other file optional."""
+def load_run(path: Path, files: Collection[str] = OPTIONAL_FILES) -> RunFolder:
+    """Read a run folder: summary.json, which is required, and those of the optional `files` it has.
+
+    Raises RunFolderError (one sentence) for a folder that is not a run folder or holds a file that is
+    not a regular file, is over its size cap, or holds an out-of-range value.
+    """
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"{path}: is not a folder")
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
+    summary_path = path / SUMMARY_NAME
+    data = read_capped(summary_path, MAX_SUMMARY_BYTES)
+    if data is None:
         raise RunFolderError(f"{path}: is not a run folder (it has no summary.json)")
     try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
+        summary = json.loads(data.decode("utf-8"), parse_int=_parse_int, parse_constant=float)
+    except UnicodeDecodeError as e:
         raise RunFolderError(f"{summary_path}: cannot be read ({e})") from None
     except json.JSONDecodeError as e:
         raise RunFolderError(f"{summary_path}: is not valid JSON ({e.msg} at line {e.lineno})") from None
@@ -86,21 +157,155 @@ def load_run(path: Path) -> RunFolder:
         raise RunFolderError(f"{summary_path}: is nested too deeply to be a loadtest summary") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("targets"), list):
         raise RunFolderError(f"{summary_path}: is not a loadtest summary (it has no list of targets)")
+    _check_numbers(summary, summary_path)
     _check_shape(summary, summary_path)
     histograms: dict[str, str] = {}
     hist_path = path / HISTOGRAMS_NAME
-    if hist_path.is_file():
+    raw_histograms = read_capped(hist_path, MAX_HISTOGRAMS_BYTES) if HISTOGRAMS_NAME in files else None
+    if raw_histograms is not None:
         try:
-            raw = json.loads(hist_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raw = json.loads(raw_histograms.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
             raw = {}  # the spectrum falls back to the summary's percentiles
+        wanted = {str(t.get("name", "")) for t in summary["targets"]} | {AGGREGATED}
         if isinstance(raw, dict):  # {name: {"latency": encoded, ...}}, or {name: encoded}
             for k, v in raw.items():
                 encoded = v.get("latency") if isinstance(v, dict) else v
-                if isinstance(encoded, str):
+                if isinstance(encoded, str) and str(k) in wanted:  # only what a chart can show is decoded
+                    check_histogram(encoded, f"{hist_path}: {k!r}")
                     histograms[str(k)] = encoded
-    return RunFolder(path, summary, _read_csv(path / "history.csv"), _read_csv(path / "failures.csv"),
-                     _read_csv(path / "resources.csv"), histograms)
+
+    def csv_file(name: str) -> list[dict[str, str]]:
+        return _read_csv(path / name) if name in files else []
+
+    return RunFolder(path, summary, csv_file(HISTORY_NAME), csv_file(FAILURES_NAME), csv_file(RESOURCES_NAME),
+                     histograms)
+
+
+def read_capped(path: Path, cap: int) -> bytes | None:
+    """A run folder file's bytes, or None if it does not exist.
+
+    Refuses (RunFolderError) anything but a regular file, checked on the open descriptor so that neither a
+    FIFO (whose open would wait for a writer: O_NONBLOCK) nor a device (/dev/zero never ends) is read, and a
+    file over `cap` bytes, checked both by its size and by what is actually read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            return None
+        raise RunFolderError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode):
+            raise RunFolderError(f"{path}: is not a regular file (it is {_kind(mode.st_mode)}), so it is not read")
+        if mode.st_size > cap:
+            raise RunFolderError(f"{path}: is {mode.st_size:,} bytes, over the {cap:,} bytes a run folder's "
+                                 f"{path.name} may hold")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(cap + 1)
+    except OSError as e:
+        raise RunFolderError(f"{path}: cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(data) > cap:  # grew while being read
+        raise RunFolderError(f"{path}: is over the {cap:,} bytes a run folder's {path.name} may hold")
+    return data
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+class _HugeInteger(float):
+    """An integer literal too long to convert: stands in for it until _check_numbers names its field."""
+
+    digits: int
+
+
+def _parse_int(text: str) -> int | float:
+    # int() of a 5000-digit literal raises ValueError (Python caps the conversion at 4300 digits), and a
+    # long one below the cap is slow: neither is a figure any run writes, so it is only marked here.
+    if len(text) > 20:
+        huge = _HugeInteger("inf")
+        huge.digits = len(text.lstrip("-"))
+        return huge
+    return int(text)
+
+
+def _check_numbers(summary: Any, where: Path) -> None:
+    """Refuse NaN, Infinity and integers of MAX_INTEGER or more anywhere in a summary, naming the field."""
+    stack: list[tuple[str, Any]] = [("", summary)]
+    while stack:
+        at, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{at}.{k}" if at else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, _HugeInteger):
+            raise RunFolderError(f"{where}: {at} is out of range (an integer of {value.digits} digits)")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise RunFolderError(f"{where}: {at} is out of range ({value})")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INTEGER:
+            raise RunFolderError(f"{where}: {at} is out of range ({value})")
+
+
+# The HdrHistogram V2 wire format: base64 of an external header (cookie, length: two big-endian 32-bit
+# words) and a zlib stream, which holds a 40-byte payload header and then the counts as varints.
+_EXTERNAL_HEADER = struct.Struct(">ii")
+_PAYLOAD_HEADER = struct.Struct(">iiiiqqd")
+_MAX_ENCODED_CHARS = 4 * MAX_HISTOGRAM_PAYLOAD_BYTES // 3  # compressed counts are never longer than inflated
+
+
+def check_histogram(encoded: str, where: str) -> None:
+    """Refuse an encoded histogram that would cost more to decode than any run's histogram does.
+
+    Decompresses at most MAX_HISTOGRAM_PAYLOAD_BYTES (a zlib bomb stops there) and checks the header's
+    range and precision, which fix the size of the counts array that decoding allocates. A histogram that is
+    merely garbage passes: decoding it fails and the spectrum falls back to the summary's percentiles.
+    """
+    if len(encoded) > _MAX_ENCODED_CHARS:
+        raise RunFolderError(f"{where}: is an encoded histogram of {len(encoded):,} characters, more than any "
+                             "run writes, so it is not decoded")
+    try:
+        raw = base64.b64decode(encoded, validate=False)
+    except (binascii.Error, ValueError):
+        return
+    inflate = zlib.decompressobj()
+    try:
+        payload = inflate.decompress(raw[_EXTERNAL_HEADER.size:], MAX_HISTOGRAM_PAYLOAD_BYTES + 1)
+    except zlib.error:
+        return
+    if len(payload) > MAX_HISTOGRAM_PAYLOAD_BYTES:
+        raise RunFolderError(f"{where}: is an encoded histogram that decompresses to over the "
+                             f"{MAX_HISTOGRAM_PAYLOAD_BYTES:,} bytes any run writes, so it is not decoded")
+    if len(payload) < _PAYLOAD_HEADER.size:
+        return
+    _, _, _, digits, lowest, highest, _ = _PAYLOAD_HEADER.unpack_from(payload)
+    if not (1 <= digits <= 5 and 1 <= lowest and 2 * lowest <= highest) or \
+            _counts_length(lowest, highest, digits) > MAX_HISTOGRAM_COUNTS:
+        raise RunFolderError(f"{where}: is an encoded histogram whose range ({lowest} to {highest} at {digits} "
+                             f"significant digits) is beyond what a run writes, so it is not decoded")
+
+
+def _counts_length(lowest: int, highest: int, digits: int) -> int:
+    """How many counts an HdrHistogram of this range and precision allocates (as hdrh computes it)."""
+    sub_bucket_count = 2 ** (max(math.ceil(math.log2(2 * 10**digits)), 1))
+    smallest_untrackable = sub_bucket_count << int(math.floor(math.log2(lowest)))
+    buckets = 1
+    while smallest_untrackable <= highest:
+        if smallest_untrackable > (2**63 - 1) // 2:
+            buckets += 1
+            break
+        smallest_untrackable <<= 1
+        buckets += 1
+    return (buckets + 1) * (sub_bucket_count // 2)
 
 
 # The summary's fields that hold mappings, at the top and in each target: a damaged file that has
@@ -123,6 +328,71 @@ def _check_shape(summary: dict[str, Any], where: Path) -> None:
             raise RunFolderError(f"{where}: is damaged ({key} is not a list)")
 
 
+def make_run_folder(path: Path, *, exact: bool, overwrite: bool = False) -> tuple[Path, bool]:
+    """Make this run's folder and return it, with whether this call created it.
+
+    `exact` (from --out): `path` itself, which may exist if it is an empty folder; a folder that holds
+    files is refused unless `overwrite`, and then the files a run writes (RUN_FILES) are removed from it
+    first. An existing folder is claimed by creating its history.csv exclusively (O_EXCL), so that of two
+    runs given one empty --out folder at once, the second is refused. Otherwise `path` is a name to make
+    fresh: if it exists, `path-2`, `path-3`, … are tried, each with an exclusive os.mkdir, so concurrent
+    runs never share a folder. Raises RunFolderError.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"{path.parent}: cannot be made ({e.strerror or e})") from None
+    for k in range(1, 2 if exact else MAX_FOLDER_SUFFIX + 1):
+        candidate = path if k == 1 else path.with_name(f"{path.name}-{k}")
+        try:
+            os.mkdir(candidate)
+            return candidate, True
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunFolderError(f"{candidate}: cannot be made ({e.strerror or e})") from None
+    if not exact:
+        raise RunFolderError(f"{path}: it and {path.name}-2 to {path.name}-{MAX_FOLDER_SUFFIX} all exist already; "
+                             "remove some or give --out")
+    if not path.is_dir():
+        raise RunFolderError(f"{path}: exists and is not a folder")
+    try:
+        held = sorted(p.name for p in path.iterdir())
+    except OSError as e:
+        raise RunFolderError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if held and not overwrite:
+        raise RunFolderError(f"{path}: is not empty (it holds {held[0]}{' and more' if len(held) > 1 else ''}); "
+                             "give a new or empty folder, or add --overwrite to replace its run files")
+    for name in RUN_FILES if held else ():
+        try:
+            (path / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"{path / name}: cannot be replaced ({e.strerror or e})") from None
+    try:
+        os.close(os.open(path / HISTORY_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise RunFolderError(f"{path}: another run has just started writing into it") from None
+    except OSError as e:
+        raise RunFolderError(f"{path / HISTORY_NAME}: cannot be made ({e.strerror or e})") from None
+    return path, False
+
+
+def release_run_folder(path: Path, made: bool) -> None:
+    """Undo make_run_folder for a run that failed before it began: remove the empty history.csv that
+    claimed the folder, and the folder itself if this run made it and nothing else is in it."""
+    try:
+        if (path / HISTORY_NAME).stat().st_size == 0:
+            (path / HISTORY_NAME).unlink()
+    except OSError:
+        pass  # not there, or not empty: either way it is no longer this run's to remove
+    if made:
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
 def write_page(path: Path, text: str) -> Path:
     """Write an HTML page whole or not at all; a path that cannot take it is a RunFolderError."""
     path = Path(path)
@@ -139,11 +409,22 @@ def write_page(path: Path, text: str) -> Path:
     return path
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def _read_csv(path: Path) -> list[CsvRow]:
+    """A CSV file's rows; [] if it is missing or its text does not parse (RunFolderError if not readable)."""
+    data = read_capped(path, MAX_CSV_BYTES)
+    if data is None:
+        return []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return [row for row in csv.DictReader(f)]
-    except (OSError, UnicodeDecodeError, csv.Error):
+        lines = data.decode("utf-8").splitlines(keepends=True)
+        del data
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header is None:
+            return []
+        index = {column: i for i, column in reversed(list(enumerate(header)))}  # a repeated name: its first
+        seen: dict[str, str] = {}
+        return [CsvRow(index, tuple(seen.setdefault(v, v) for v in row)) for row in reader if row]
+    except (UnicodeDecodeError, csv.Error):
         return []
 
 
@@ -231,6 +512,7 @@ def spectra(run: RunFolder) -> list[Spectrum]:
 
 
 def _walk(name: str, encoded: str) -> Spectrum | None:
+    check_histogram(encoded, f"{HISTOGRAMS_NAME}: {name!r}")  # load_run checked it already; this keeps _walk safe alone
     try:
         hist = HdrHistogram.decode(encoded.encode("ascii"))
     except Exception:  # noqa: BLE001 - a damaged histogram falls back to the summary's percentiles

@@ -9,6 +9,13 @@ the hub. `TlsChannel` offers the same three calls over gevent's SSL socket.
 
 Timeouts are not armed per read: a session's request is aborted by
 `RequestTimeout` thrown into its greenlet (see `Deadlines` in this package).
+
+A peer that never stops sending would otherwise keep a greenlet running for
+ever: a read that finds data waiting never parks on the hub, so the worker's
+snapshots and its deadline scan would never run. So a channel that has read
+`YIELD_AFTER_BYTES` without waiting yields to the hub once (`gevent.sleep(0)`)
+before it reads on; parsing that much takes at most a few milliseconds (about
+3 ms for 256 KiB of 1-byte chunks, the costliest shape for the HTTP parser).
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ import os
 import socket as _stdlib_socket
 from typing import Any
 
-from gevent import Timeout
+from gevent import Timeout, sleep
 from gevent.hub import get_hub
 
 READ = 1
 WRITE = 2
+YIELD_AFTER_BYTES = 256 * 1024  # read without waiting this much, then let the other greenlets run
 
 
 class RequestTimeout(Exception):
@@ -37,13 +45,14 @@ class ConnectTimeout(OSError):
 class Channel:
     """A connected non-blocking socket whose reads and writes wait on the gevent hub."""
 
-    __slots__ = ("sock", "_hub", "_read", "_write")
+    __slots__ = ("sock", "_hub", "_read", "_write", "_unwaited")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         self._hub = get_hub()
         self._read = self._hub.loop.io(sock.fileno(), READ)
         self._write: Any = None
+        self._unwaited = 0  # bytes read since this channel last gave the hub a turn
 
     @classmethod
     def connect(cls, family: int, sockaddr: tuple, timeout: float,  # type: ignore[type-arg]
@@ -98,17 +107,35 @@ class Channel:
         sock = self.sock
         while True:
             try:
-                return sock.recv(size)  # type: ignore[no-any-return]
+                data: bytes = sock.recv(size)
             except BlockingIOError:
                 self._hub.wait(self._read)
+                self._unwaited = 0
+                continue
+            self._unwaited += len(data)
+            if self._unwaited >= YIELD_AFTER_BYTES:
+                self._give_way()
+            return data
 
     def recv_into(self, buffer: Any) -> int:
+        """Read into `buffer`, waiting for bytes if need be; 0 when the peer has closed."""
         sock = self.sock
         while True:
             try:
-                return sock.recv_into(buffer)  # type: ignore[no-any-return]
+                got: int = sock.recv_into(buffer)
             except BlockingIOError:
                 self._hub.wait(self._read)
+                self._unwaited = 0
+                continue
+            self._unwaited += got
+            if self._unwaited >= YIELD_AFTER_BYTES:
+                self._give_way()
+            return got
+
+    def _give_way(self) -> None:
+        """Let every other greenlet (snapshots, the deadline scan, other users) run once."""
+        self._unwaited = 0
+        sleep(0)
 
     def close(self) -> None:
         self._read.close()
@@ -118,9 +145,14 @@ class Channel:
 
 
 class TlsChannel:
-    """The same three calls over gevent's SSL socket (slower; HTTPS only)."""
+    """The same three calls over gevent's SSL socket (slower; HTTPS only).
 
-    __slots__ = ("sock",)
+    gevent's SSL socket does not park either while decrypted bytes are
+    waiting, so reads yield to the hub after `YIELD_AFTER_BYTES` as a
+    `Channel`'s do.
+    """
+
+    __slots__ = ("sock", "_unwaited")
 
     def __init__(self, plain: Channel, context: Any, server_hostname: str, timeout: float) -> None:
         from gevent import socket as gsocket
@@ -128,6 +160,7 @@ class TlsChannel:
         plain._read.close()
         raw = plain.sock
         sock = gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        self._unwaited = 0
         try:
             sock.settimeout(timeout)
             self.sock = context.wrap_socket(sock, server_hostname=server_hostname)
@@ -140,10 +173,24 @@ class TlsChannel:
         self.sock.sendall(data)
 
     def recv(self, size: int) -> bytes:
-        return self.sock.recv(size)  # type: ignore[no-any-return]
+        """Some decrypted bytes, waiting for them if need be; b"" when the peer has closed."""
+        data: bytes = self.sock.recv(size)
+        self._count(len(data))
+        return data
 
     def recv_into(self, buffer: Any) -> int:
-        return self.sock.recv_into(buffer)  # type: ignore[no-any-return]
+        """Read decrypted bytes into `buffer`; 0 when the peer has closed."""
+        got: int = self.sock.recv_into(buffer)
+        self._count(got)
+        return got
+
+    def _count(self, size: int) -> None:
+        # gevent's SSL socket hides whether it waited, so count every byte: a TLS read costs far
+        # more than the occasional extra turn given to the hub
+        self._unwaited += size
+        if self._unwaited >= YIELD_AFTER_BYTES:
+            self._unwaited = 0
+            sleep(0)
 
     def close(self) -> None:
         self.sock.close()

@@ -13,9 +13,10 @@ Timeouts are not armed per read: a session's request is aborted by
 A peer that never stops sending would otherwise keep a greenlet running for
 ever: a read that finds data waiting never parks on the hub, so the worker's
 snapshots and its deadline scan would never run. So a channel that has read
-`YIELD_AFTER_BYTES` without waiting yields to the hub once (`gevent.sleep(0)`)
-before it reads on; parsing that much takes at most a few milliseconds (about
-3 ms for 256 KiB of 1-byte chunks, the costliest shape for the HTTP parser).
+`YIELD_AFTER_BYTES` without waiting gives the hub one turn of its loop
+(`give_way`) before it reads on; parsing that much takes at most a few
+milliseconds (about 3 ms for 256 KiB of 1-byte chunks, the costliest shape for
+the HTTP parser).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import socket as _stdlib_socket
 from typing import Any
 
-from gevent import Timeout, sleep
+from gevent import Timeout
 from gevent.hub import get_hub
 
 READ = 1
@@ -40,6 +41,23 @@ class RequestTimeout(Exception):
 
 class ConnectTimeout(OSError):
     """No connection within the connect timeout."""
+
+
+def give_way() -> None:
+    """Wait for one turn of the hub's loop: ready sockets, due timers and ready greenlets all run first.
+
+    `gevent.sleep(0)` is not enough: it lets only other ready greenlets run,
+    and the hub runs up to 50 such callbacks (yielders queue themselves again)
+    before it polls sockets or fires timers, so a few busy readers could still
+    hold off the deadline scan for a quarter of a second. A timer of 0 s fires
+    only after the loop's next poll.
+    """
+    hub = get_hub()
+    timer = hub.loop.timer(0.0)
+    try:
+        hub.wait(timer)
+    finally:
+        timer.close()
 
 
 class Channel:
@@ -133,9 +151,8 @@ class Channel:
             return got
 
     def _give_way(self) -> None:
-        """Let every other greenlet (snapshots, the deadline scan, other users) run once."""
         self._unwaited = 0
-        sleep(0)
+        give_way()
 
     def close(self) -> None:
         self._read.close()
@@ -190,7 +207,7 @@ class TlsChannel:
         self._unwaited += size
         if self._unwaited >= YIELD_AFTER_BYTES:
             self._unwaited = 0
-            sleep(0)
+            give_way()
 
     def close(self) -> None:
         self.sock.close()

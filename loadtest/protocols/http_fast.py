@@ -206,14 +206,17 @@ class HttpSession:
                         return None, "", received  # a body delimited by the server closing
                     return "closed", "the server closed the connection before the response ended", received
                 received += len(data)
-                if not response.headers_done:
+                heading = not response.headers_done
+                if heading:
                     head += data
                 parser.feed_data(data)
-                if response.complete or (ep.head and response.headers_done):
-                    return None, "", received
-                if not response.headers_done and received > MAX_HEAD_BYTES:  # every byte so far is head
+                # Checked only while the head is arriving, and the search only when this much has come
+                # (a big response's first read): the head must end within MAX_HEAD_BYTES.
+                if heading and len(head) > MAX_HEAD_BYTES and head.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
                     return ("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB",
                             received)
+                if response.complete or (ep.head and response.headers_done):
+                    return None, "", received
                 # A response still arriving notices its own deadline here, without waiting for the
                 # worker's scan: a dripping server wakes this greenlet often enough.
                 if perf_counter_ns() >= timer.deadline_ns:

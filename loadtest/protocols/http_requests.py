@@ -173,9 +173,10 @@ def request_failure(e: BaseException, timeout: float) -> tuple[str, str]:
         return "refused", "connection refused"
     if first(ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
         return "reset", "connection reset"
-    malformed = first(http.client.HTTPException, requests.exceptions.ChunkedEncodingError,
-                      requests.exceptions.ContentDecodingError, urllib3.exceptions.ProtocolError,
-                      urllib3.exceptions.DecodeError)
+    # the parser's own exception names what was wrong; the wrappers around it only say "aborted"
+    malformed = first(http.client.HTTPException) or first(
+        requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+        urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError)
     if malformed is not None:
         return "protocol", f"malformed response: {type(malformed).__name__}: {str(malformed)[:200]}"
     if connecting is not None:

@@ -3,9 +3,10 @@
 Each hostile server is a raw socket on loopback that answers every request with
 a response that never ends: an endless header line, an endless status line, an
 endless body of 1-byte chunks, an endless body under a huge Content-Length, and
-an endless body delimited by the server closing (which it never does). Before
-reads gave the hub a turn, one such peer kept the worker from ever sending a
-snapshot: the controller killed it after 5 s and the run lost every target's data.
+an endless body delimited by the server closing (which it never does); each
+once per engine. Before reads gave the hub a turn, one such peer kept the
+worker from ever sending a snapshot: the controller killed it after 5 s and
+the run exited 3 with every target's data lost.
 """
 
 from __future__ import annotations

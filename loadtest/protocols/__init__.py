@@ -25,7 +25,7 @@ from gevent.hub import get_hub
 from .channel import RequestTimeout
 
 
-NO_DEADLINE_NS = 1 << 62  # in flight, but never expired by the scan
+NO_DEADLINE_NS = 1 << 62  # in flight, but never expired by the scan (again)
 SCAN_PERIOD_S = 0.1  # the deadline scan runs at least this often
 SCAN_GAP_S = 0.02  # and, when deadlines fall due sooner, at most this often (each scan visits every session)
 
@@ -115,10 +115,6 @@ class RequestTimer:
             seconds = max(0.0, (deadline_ns - perf_counter_ns()) / 1e9)
             self._fallback = Timeout.start_new(seconds, RequestTimeout)
 
-    def hold(self) -> None:
-        """Mark a request in flight that enforces its own timeout (the requests engine)."""
-        self.deadline_ns = NO_DEADLINE_NS
-
     def stop(self) -> None:
         self.deadline_ns = 0
         if self._fallback is not None:
@@ -126,7 +122,9 @@ class RequestTimer:
             self._fallback = None
 
     def expire(self) -> None:
+        """Abort the request in flight from the hub, once: the next scans leave it alone."""
         self._hub.loop.run_callback(self._expire_now, self._seq)
+        self.deadline_ns = NO_DEADLINE_NS  # still in flight, but never queued twice
 
     def _expire_now(self, seq: int) -> None:
         g = self._greenlet

@@ -32,7 +32,6 @@ from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
 GRACE_POLL_S = 0.02  # how often the grace period looks for requests still in flight
-DEADLINE_SCAN_S = 0.1  # request timeouts are exact to this
 LEVEL_POLL_S = 0.1  # stages move the level this often
 MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
 START_WAIT_S = 120.0
@@ -238,13 +237,6 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
     return level
 
 
-def scan_deadlines(deadlines: Deadlines) -> None:
-    """Expire requests past their timeout, a few times a second, until killed."""
-    while True:
-        gevent.sleep(DEADLINE_SCAN_S)
-        deadlines.expire_late(time.perf_counter_ns())
-
-
 def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     """Run this worker's share of the load and report to the controller over `conn`."""
     raise_nofile_limit()
@@ -270,7 +262,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     open_sessions: list[Session] = []
     levels = [start_target(pool, t, factories[i], plan, plan.shares[i], budget, recorders[i], t0, open_sessions)
               for i, t in enumerate(targets)]
-    scan = gevent.spawn(scan_deadlines, deadlines)
+    scan = gevent.spawn(deadlines.scan)
 
     def snapshot(final_at: float | None = None) -> Snapshot:
         """This interval of every target; the final one ends when the load stopped, at `final_at`."""

@@ -98,6 +98,6 @@ def test_endless_responses_end_as_failures_and_the_healthy_target_keeps_exact_co
     # the worker sent a snapshot every second all along, and the healthy target was served in each one
     seconds = [r for r in read_csv(out / "history.csv") if r["Name"] == "healthy"]
     assert len(seconds) >= 2 and all(int(r["Interval Requests"]) > 0 for r in seconds)
-    messages = {(r["Target"], r["Message"]) for r in read_csv(out / "failures.csv")}
+    messages = {(r["Name"], r["Error"]) for r in read_csv(out / "failures.csv")}
     limit = f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB"
     assert ("fast-header", limit) in messages and ("fast-status", limit) in messages

@@ -25,7 +25,7 @@ SEND_FOR_S = 10.0  # every hostile connection below stops by itself after this l
 
 
 def session_for(url: str, **fields: object) -> tuple[RequestsSession, TargetRecorder]:
-    target = parse_config({"duration": "1s", "targets": [{"url": url, "engine": "requests", **fields}]}).targets[0]
+    target = parse_config({"duration": "1s", "targets": [{"url": url, "engine": "requests", "concurrency": 1, **fields}]}).targets[0]
     recorder = TargetRecorder(0)
     return RequestsSession(target, list(target.urls), recorder), recorder
 

@@ -276,7 +276,7 @@ def test_the_connect_pacer_hands_out_slots_at_its_rate() -> None:
     started = time.monotonic()
     for _ in range(21):
         pacer.wait()
-    assert 0.09 <= time.monotonic() - started < 0.5
+    assert 0.09 <= time.monotonic() - started < 2.0  # at least its rate; a busy machine may only add to it
 
 
 def test_a_paced_connection_sends_on_its_schedule(raw_server) -> None:

@@ -43,6 +43,10 @@ SILENT_WORKER_S = 5.0  # a worker that sends nothing for this long is lost (hung
 STOP_TIMEOUT_S = 15.0  # after a stop request, how long workers get before they are terminated
 JOIN_TIMEOUT_S = 5.0
 START_POLL_S = 0.1  # while starting, how often the run asks whether it was interrupted
+# Signals this close together are one interrupt: `timeout` sends its signal to the command and then to the
+# whole process group, so the controller gets it twice within microseconds. A person pressing Ctrl-C
+# again, after the "interrupt again" line, takes longer than this.
+SAME_INTERRUPT_S = 0.5
 SECOND_INTERRUPT = "killed by a second interrupt"
 
 
@@ -111,8 +115,8 @@ class _Interrupts:
     Before the load starts, the start-up asks (`check`) between steps and while it waits, and an
     interrupt raises KeyboardInterrupt there, where every process started so far is known and is
     stopped: there is nothing to save. Once the load runs, the main loop reads the count: the first
-    interrupt asks the workers to stop (in-flight requests end as cancelled), the second stops them at
-    once, and the reports are written either way. The children ignore both signals (see
+    interrupt asks the workers to stop (in-flight requests end as cancelled), the second (at least
+    SAME_INTERRUPT_S later) stops them at once, and the reports are written either way. The children ignore both signals (see
     `loadtest.spawn`), so a signal sent to the whole process group (a terminal's Ctrl-C, `timeout`,
     systemd) acts exactly as one sent to this process.
     """
@@ -121,6 +125,7 @@ class _Interrupts:
         self.count = 0
         self.running = False
         self._previous: dict[int, Any] = {}
+        self._last = -SAME_INTERRUPT_S
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -130,7 +135,10 @@ class _Interrupts:
                 pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= SAME_INTERRUPT_S:
+            self.count += 1
+        self._last = now
 
     def pending(self) -> bool:
         """True if an interrupt came before the load started."""
@@ -476,6 +484,7 @@ class _Collection:
             if not active:
                 break
             if self.interrupts.count >= 2:  # a second Ctrl-C: stop at once, as asked; not a failure
+                interrupted = True
                 for w in active:
                     self.kill_now(w)
                 break

@@ -116,9 +116,9 @@ class _Interrupts:
     interrupt raises KeyboardInterrupt there, where every process started so far is known and is
     stopped: there is nothing to save. Once the load runs, the main loop reads the count: the first
     interrupt asks the workers to stop (in-flight requests end as cancelled), the second (at least
-    SAME_INTERRUPT_S later) stops them at once, and the reports are written either way. The children ignore both signals (see
-    `loadtest.spawn`), so a signal sent to the whole process group (a terminal's Ctrl-C, `timeout`,
-    systemd) acts exactly as one sent to this process.
+    SAME_INTERRUPT_S later) stops them at once, and the reports are written either way. The children
+    ignore both signals (see `loadtest.spawn`), so a signal sent to the whole process group (a
+    terminal's Ctrl-C, `timeout`, systemd) acts exactly as one sent to this process.
     """
 
     def __init__(self) -> None:

@@ -120,11 +120,25 @@ def test_ctrl_c_to_the_group_during_start_up_exits_130_without_a_traceback(tmp_p
     assert_all_gone(children)
 
 
+def sampled_pid(tmp_path: Path, role: str) -> int:
+    """The pid of `role` as resources.csv names it, once the sampler has written a row for it."""
+    deadline = time.monotonic() + 30
+    while True:
+        resources = tmp_path / "r" / "resources.csv"
+        rows = read_csv(resources) if resources.exists() else []
+        # a row still being written lacks its last columns: only whole rows name a whole pid
+        pids = {int(r["pid"]) for r in rows if r["role"] == role and None not in r.values()}
+        if pids:
+            (pid,) = pids
+            return pid
+        assert time.monotonic() < deadline, f"no {role} row in resources.csv"
+        time.sleep(0.05)
+
+
 def test_a_server_of_the_run_killed_mid_run_fails_the_run(tmp_path: Path) -> None:
     proc, workers = start_run(tmp_path, SHORT_RUN)
     wait_for_seconds(tmp_path, 1)
-    rows = read_csv(tmp_path / "r" / "resources.csv")
-    (server_pid,) = {int(r["pid"]) for r in rows if r["role"].startswith("server")}
+    server_pid = sampled_pid(tmp_path, "server-s-0")
     os.kill(server_pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, (out, err)

@@ -9,7 +9,7 @@ reads them at any time, `stop()` after the processes have ended.
 A server process ignores Ctrl-C and SIGTERM (`spawn.ignore_interrupts`): they
 reach the whole process group, and during a run the servers must outlive the
 workers' last requests. It stops when the group closes its end of the
-process's lifeline pipe, which also happens when the parent dies, however.
+process's lifeline pipe; a parent that dies, however it dies, closes it too.
 
     group = ServerGroup.start(spec)      # returns once every process listens
     ...                                  # load group.address
@@ -148,16 +148,16 @@ class ServerGroup:
             counts = context.RawArray("q", spec.workers * COUNT_SLOTS)
             for index in range(spec.workers):
                 receiver, sender = context.Pipe(duplex=False)
-                held, lifeline = context.Pipe(duplex=False)
+                child_end, lifeline = context.Pipe(duplex=False)  # the child reads, we only ever close
                 process = context.Process(
                     target=_server_process_main,
-                    args=(spec, index, port, counts, sender, held),
+                    args=(spec, index, port, counts, sender, child_end),
                     name=f"loadtest-server-{spec.name}-{index}",
                     daemon=True,
                 )
                 start_child(process)
                 sender.close()
-                held.close()
+                child_end.close()
                 processes.append(process)
                 lifelines.append(lifeline)
                 reports[receiver] = process

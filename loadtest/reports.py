@@ -330,7 +330,7 @@ def worker_rows(result: RunResult) -> list[WorkerSummary]:
             (e.max_rss_kib * 1024 if e else None),
             "peak_connections": r.peak_connections if r is not None else None,
             "cancelled": e.cancelled if e else None,
-            "ended": "lost" if w.lost else ("ok" if w.done else "unknown"),
+            "ended": w.ended,
             "exit_code": w.exitcode, "problem": w.error or None,
         }))
     return rows

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
+from hdrh.histogram import HdrHistogram
 
 from loadtest.stats import (
     HIGHEST_NS,
@@ -182,3 +184,62 @@ def test_peak_connections_add_up_within_a_second_never_across_seconds() -> None:
     stats.add(second(1, 1))
     stats.add(second(0, 1))
     assert stats.peak_open == [5]  # never ten at once
+
+
+def live_histograms() -> int:
+    """Histograms alive in this process (a weak proxy to one passes isinstance too: counted by type)."""
+    return sum(1 for o in gc.get_objects() if type(o) is HdrHistogram)
+
+
+def test_merging_a_long_run_keeps_no_histogram_beyond_the_totals_without_the_cycle_collector() -> None:
+    """Decoded and per-second histograms are freed by reference counting as soon as they are dropped.
+
+    hdrh's histogram and its encoder refer to each other; left as a cycle, each one's 270 KB counts
+    array waited for the cycle collector and the controller grew by megabytes a second.
+    """
+    targets, workers, seconds = 3, 2, 60
+    stats = RunStats([(f"t{i}", "GET") for i in range(targets)], workers)
+    gc.collect()
+    gc.disable()
+    try:
+        before = live_histograms()
+        for seq in range(seconds):
+            for w in range(workers):
+                recorders = [TargetRecorder(i) for i in range(targets)]
+                for r in recorders:
+                    r.success(1_000_000 + seq, 100, 10, 100)
+                    r.lateness.record(5_000)
+                    r.connected(20_000)
+                stats.add(Snapshot(w, seq, seq, seq + 1.0, tuple(r.snapshot() for r in recorders)))
+            for interval in stats.ready_intervals():
+                stats.aggregated()  # what the history writer and the live view make each second
+                del interval
+            del recorders
+        kept = live_histograms() - before
+    finally:
+        gc.enable()
+    # The run's totals hold 4 per target; each recorder made above holds 4 more until dropped.
+    assert kept <= 4 * targets, f"{kept} histograms still alive after {seconds} s of snapshots"
+    assert stats.totals[0].latency.get_total_count() == seconds * workers
+
+
+def test_a_second_waiting_for_a_slow_worker_keeps_one_histogram_per_target() -> None:
+    """Seconds wait for the slowest worker; each keeps only its latency histogram (270 KB a target)."""
+    targets, pending = 20, 10
+    stats = RunStats([(f"t{i}", "GET") for i in range(targets)], 2)
+    gc.collect()
+    before = live_histograms()
+    for seq in range(pending):  # worker 1 is behind: none of these seconds is ready
+        recorders = [TargetRecorder(i) for i in range(targets)]
+        for r in recorders:
+            r.success(1_000_000, 100, 10, 100)
+            r.lateness.record(5_000)
+        stats.add(Snapshot(0, seq, seq, seq + 1.0, tuple(r.snapshot() for r in recorders)))
+    del recorders, r
+    gc.collect()
+    kept = live_histograms() - before
+    assert stats.ready_intervals() == []
+    assert kept == pending * targets, kept
+    assert stats.totals[3].lateness.get_total_count() == pending  # the run's totals keep every histogram
+    second = stats.ready_intervals(flush=True)[0].targets[3]
+    assert second.latency.get_total_count() == 1 and second.lateness.get_total_count() == 0

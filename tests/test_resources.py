@@ -17,7 +17,6 @@ import pytest
 from loadtest.resources import (
     CONTROLLER_ROLE,
     MACHINE_ROLE,
-    RESOURCES_HEADER,
     ResourceSampler,
     ResourcesWriter,
     Sample,
@@ -25,6 +24,7 @@ from loadtest.resources import (
     rss_per_connection,
     worker_role,
 )
+from loadtest.run_files import RESOURCES_HEADER
 from loadtest.verdicts import NO_CONDITION_FOUND, Verdicts
 
 FAST = 0.2  # sampling interval of these tests, seconds

@@ -13,9 +13,10 @@ one is kept in `callback_error` for the run to report.
 Cost. Everything but the connection count is O(processes): a few /proc reads
 each (the fd count is the size of /proc/<pid>/fd, O(1) on Linux >= 6.2).
 Counting a process's TCP connections means a stat per open fd, so its cost
-grows with the sockets the process holds, and psutil's `net_connections`
-costs several times more (benchmarks/sampling_cost.py measures both on this
-machine: `--sockets 14000`). So exact counts run under a CPU budget
+grows with the sockets the process holds: `benchmarks/sampling_cost.py
+--sockets 14000 --workers 2` measured 59 ms of CPU for a first sample whose
+server held 14,000 sockets, and 177 ms for one psutil `net_connections` of
+that server (2 cores). So exact counts run under a CPU budget
 (`connections_budget`, a share of one core, measured with `thread_time`):
 the stalest process is counted first, and a process not counted in a sample
 is estimated as its last count plus the change in its open fds since, which

@@ -6,6 +6,10 @@ these names from here, so a writer and a reader cannot disagree on one. (The
 Workers table of report.html once read `index` and `max_rss_kib` while the
 summary held `worker` and `peak_rss_bytes`: every cell came out empty.)
 
+summary.json's keys are listed here in the order written (SUMMARY_KEYS,
+TARGET_SUMMARY_KEYS, LATENCY_SUMMARY_KEYS, WorkerSummary); tests/test_run_files.py
+reads a real run's folder and fails when the written keys and these differ.
+
 This module imports nothing from the package, so any module may import it.
 """
 

@@ -299,7 +299,8 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         servers.append({"name": g.spec.name, "kind": g.spec.kind, "address": g.address,
                         "workers": g.spec.workers, "pids": list(g.pids), "served": served,
                         "cost": monitor.server_cost(g.spec.name, served)})
-    problems = [f"worker {w.index} was lost: {w.error}" for w in states if w.lost] + server_watch.problems
+    problems = ([f"worker {w.index} was lost: {w.error}" for w in states if w.lost] + server_watch.problems
+                + monitor.problems())
     outcomes = check_thresholds(config, stats)
     # Connections are held to the end of a timed run; a run that ended by spending its `requests:`
     # total, or was interrupted, let them go early on purpose.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import HttpTarget, RunConfig, TcpTarget
 from .run_files import (
+    AGGREGATED,
     CONNECT_TYPE,
     FAILURES_HEADER,
     FAILURES_NAME,
@@ -39,7 +40,6 @@ from .run_files import (
     WorkerSummary,
 )
 from .stats import (
-    AGGREGATED,
     PERCENTILES,
     Interval,
     TargetTotals,

@@ -20,11 +20,12 @@ from typing import Iterable, Sequence
 
 from hdrh.histogram import HdrHistogram
 
+from .run_files import AGGREGATED
+
 LOWEST_NS = 1
 HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to it
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 66.0, 75.0, 80.0, 90.0, 95.0, 98.0, 99.0, 99.9, 99.99, 100.0)
-AGGREGATED = "Aggregated"
 FAILURE_KINDS = ("refused", "connect_timeout", "read_timeout", "reset", "closed", "status", "protocol", "tls",
                  "resources", "error", "cancelled", "mismatch", "redirects")
 
@@ -60,6 +61,14 @@ class LatencyHistogram:
     `HdrHistogram.record_value` costs about 1.4 µs in pure Python; this
     computes the same counts index inline (a test checks they agree) and
     settles count, min and max only when the interval is encoded.
+
+    This reaches into hdrhistogram's attributes, which are not its public
+    API (and so does `_recorded`): `counts` (a ctypes array of 64-bit counts,
+    zeroed in place with memset), `sub_bucket_mask`, `unit_magnitude`,
+    `sub_bucket_half_count_magnitude`, `sub_bucket_half_count`, and
+    `total_count`, `min_value`, `max_value` (set, not only read).
+    pyproject.toml pins the tested range (0.10.x); tests/test_stats.py fails
+    by name if any of these changes.
     """
 
     __slots__ = ("_hist", "_counts", "_mask", "_shift", "_half_mag", "_half", "_unit", "count", "min", "max")
@@ -459,7 +468,6 @@ class RunStats:
         self.elapsed = 0.0
         self._pending: dict[int, Interval] = {}
         self._failures: dict[tuple[int, str], FailureRecord] = {}
-        self._next_seq = 0
 
     def add(self, snap: Snapshot) -> None:
         """Merge one worker's interval into the totals and into its second."""

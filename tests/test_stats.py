@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import random
 
@@ -25,6 +26,29 @@ def exact_percentile(sorted_values: list[int], p: float) -> int:
     """The value at percentile p as HdrHistogram defines it (the smallest value covering p%)."""
     rank = max(1, int(p / 100.0 * len(sorted_values) + 0.5))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+# hdrhistogram's attributes that stats.py reads or sets: not its public API, so pinned in pyproject.toml
+# (hdrhistogram>=0.10.8,<0.11) and checked here by name, so that a release that renames one fails this test
+# and not a run.
+HDRH_PRIVATE_ATTRIBUTES = ("counts", "sub_bucket_mask", "unit_magnitude", "sub_bucket_half_count_magnitude",
+                           "sub_bucket_half_count", "total_count", "min_value", "max_value")
+
+
+def test_hdrhistogram_still_has_the_private_attributes_stats_relies_on() -> None:
+    h = new_histogram()
+    missing = [name for name in HDRH_PRIVATE_ATTRIBUTES if not hasattr(h, name)]
+    assert not missing, f"hdrhistogram no longer has {missing}: stats.py's LatencyHistogram and _recorded need them"
+    # clear() zeroes `counts` with memset and _recorded reads it as 64-bit words: it must be a ctypes array of
+    # 8-byte integers, one per bucket.
+    assert isinstance(h.counts, ctypes.Array) and ctypes.sizeof(h.counts) == 8 * len(h.counts), type(h.counts)
+    assert len(h.counts) == h.counts_len
+    fast = LatencyHistogram()
+    fast.record(1500)
+    fast.clear()  # memset through ctypes, then the settled fields are set directly
+    assert not any(fast.histogram().counts) and fast.histogram().get_total_count() == 0
+    fast.record(2500)
+    assert fast.histogram().get_total_count() == 1 and fast.histogram().get_max_value() >= 2500
 
 
 def test_fast_record_matches_hdrhistogram_record_value() -> None:

@@ -167,6 +167,7 @@ class RunConfig:
     thresholds: tuple[Threshold, ...] = ()
     monitor: tuple[int, ...] = ()  # pids of processes the run did not start, sampled too
     metrics: tuple[str, int] | None = None  # (host, port) to serve live Prometheus metrics on; port 0: any free
+    cluster: str | None = None  # a Dask scheduler (tcp://HOST:PORT) or local:N: run on its nodes (loadtest.cluster)
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -361,7 +362,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
         raise ConfigError(f"config: must be a mapping of fields, got {_type_name(data)}")
     _check_text(data, "config")
     _check_keys(data, "config", {"name", "duration", "requests", "workers", "out", "servers", "targets",
-                                 "thresholds", "monitor", "metrics"})
+                                 "thresholds", "monitor", "metrics", "cluster"})
     name = _name(data.get("name", default_name), "name")
     duration = parse_duration(data["duration"], "duration") if data.get("duration") is not None else None
     requests = _positive_int(data["requests"], "requests") if data.get("requests") is not None else None
@@ -400,6 +401,10 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     if not isinstance(monitor, list):
         raise ConfigError(f"monitor: must be a list of process ids, got {_type_name(monitor)}")
     pids = tuple(parse_pid(pid, f"monitor[{i}]") for i, pid in enumerate(monitor))
+    cluster = data.get("cluster")
+    if cluster is not None and (not isinstance(cluster, str) or not cluster.strip()):
+        raise ConfigError(f"cluster: must be a Dask scheduler address such as tcp://HOST:8786, or local:N, "
+                          f"got {cluster!r}")
     return RunConfig(
         name=name,
         targets=targets,
@@ -411,6 +416,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
         thresholds=thresholds,
         monitor=pids,
         metrics=parse_metrics_address(data["metrics"], "metrics") if data.get("metrics") is not None else None,
+        cluster=cluster.strip() if cluster is not None else None,
         source=data,
     )
 

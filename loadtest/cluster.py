@@ -1,0 +1,432 @@
+"""A run on many nodes through Dask distributed: the controller's side.
+
+One Dask worker is one node. Before the run, `Cluster.connect` reaches the
+scheduler (or starts a `LocalCluster` for ``local:N``), `Cluster.check`
+chooses the nodes and refuses, with one sentence, what cannot work: fewer
+nodes than asked, another loadtest version, a daemon worker (it may not
+start children), limits that cannot fit a node's share, an embedded server
+on loopback with a node on another host. It also measures each node's clock
+offset. `Cluster.launch` then submits one long-running task per node
+(`loadtest.nodes.run_node`, pinned to it) and hands the controller one
+`WorkerState` per remote worker, each with a local pipe and a process
+stand-in (`RemoteProcess`): a relay thread reads each node's Dask Queue and
+writes every message, unchanged, into the pipe of the worker that sent it.
+So the controller's collection loop and the stats core treat a node's
+workers exactly as local ones.
+
+Snapshots travel through one Dask Queue per node. A Queue is held by the
+scheduler until it is read, in order, so a snapshot sent a moment before the
+controller looks is not lost (Dask's Pub/Sub drops what no subscriber is
+waiting for, and a Variable keeps only its last value): counts stay exact.
+
+Dask owns scheduling, heartbeats and the loss of a node: a node is lost when
+the scheduler no longer lists its worker. Nothing here rebuilds that.
+Dask is imported only when a run asks for a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import platform
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import __version__
+from .config import ConfigError, RunConfig
+
+LOCAL_PREFIX = "local:"  # --cluster local:N starts N nodes on this machine
+ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
+INSTALL_HINT = "pip install loadtest[cluster]"
+CONNECT_TIMEOUT_S = 5.0  # no scheduler answering within this long: refused
+NODES_WAIT_S = 5.0  # how long the scheduler gets to list as many nodes as --nodes asks
+LOCAL_START_S = 60.0  # a LocalCluster's nodes must all be up within this long
+MAX_LOCAL_NODES = 64
+CLOCK_PROBES = 3  # clock offset: the probe with the shortest round trip of these
+START_LEAD_S = 1.0  # nodes start their load this far after the controller says go: time to hear it
+RELAY_POLL_S = 0.1  # how often each node's queue is read
+LIVENESS_S = 0.5  # how often the scheduler is asked which nodes it still has
+CLOSE_WAIT_S = 20.0  # at the end, how long node tasks get to return after the stop signal
+_ADDRESS = re.compile(r"(tcp|tls|ucx|inproc)://[^\s/]+:\d+")
+_LOOPBACK = re.compile(r"^(127\.|localhost$|::1$|\[::1\]$)")
+
+
+def cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | None:
+    """The scheduler to use and where it was given: --cluster, then the config's `cluster:`, then DASK_SCHEDULER_ADDRESS."""
+    if option is not None:
+        return option.strip(), "--cluster"
+    if config.cluster:
+        return config.cluster, "cluster"
+    env = os.environ.get(ADDRESS_ENV, "").strip()
+    return (env, ADDRESS_ENV) if env else None
+
+
+def parse_cluster_address(text: str, where: str) -> str | int:
+    """`tcp://HOST:PORT` (returned as is) or `local:N` (returned as N)."""
+    if text.startswith(LOCAL_PREFIX):
+        count = text[len(LOCAL_PREFIX):]
+        if not count.isdigit() or not 1 <= int(count) <= MAX_LOCAL_NODES:
+            raise ConfigError(f"{where}: local:N needs N from 1 to {MAX_LOCAL_NODES} nodes, got {text!r}")
+        return int(count)
+    if not _ADDRESS.fullmatch(text):
+        raise ConfigError(f"{where}: must be a Dask scheduler address such as tcp://HOST:8786, or local:N, "
+                          f"got {text!r}")
+    return text
+
+
+def _import_distributed(where: str) -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError(f"{where}: a cluster run needs Dask distributed, which is not installed here; "
+                          f"{INSTALL_HINT}") from None
+    return distributed
+
+
+@dataclass
+class Node:
+    """One Dask worker used as a node: where it is, its clock, its workers and how it ended."""
+
+    name: str  # node-1, node-2, ...
+    address: str  # the Dask worker's address
+    host: str = ""
+    pid: int = 0  # the Dask worker's process on its host
+    clock_offset_s: float = 0.0  # its clock minus the controller's
+    clock_rtt_s: float = 0.0  # round trip of the probe the offset came from: the offset is good to half of it
+    workers: list[int] = field(default_factory=list)  # global worker indexes
+    lost: str = ""  # why it was lost, if it was
+    future: Any = None
+    queue: Any = None
+
+    @property
+    def same_host(self) -> bool:
+        return self.host == platform.node()
+
+    def summary(self, ended: str) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "host": self.host, "pid": self.pid,
+                "clock_offset_ms": round(self.clock_offset_s * 1000, 3),
+                "clock_rtt_ms": round(self.clock_rtt_s * 1000, 3),
+                "workers": list(self.workers), "ended": ended, "problem": self.lost or None}
+
+
+class RemoteProcess:
+    """A node's worker as the controller sees it: a `multiprocessing.Process` stand-in.
+
+    `sentinel` is the read end of a pipe that becomes readable (end of file) when the node says
+    the worker's process ended, or when the node is lost; `kill` asks nothing of the node (its
+    task stops its workers when the run's stop signal is set) and only stops waiting for it.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self.sentinel = self._read
+        self.exitcode: int | None = None
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
+
+    def end(self, exitcode: int | None) -> None:
+        with self._lock:
+            if self._ended.is_set():
+                return
+            self.exitcode = exitcode
+            self._ended.set()
+            os.close(self._write)
+
+    def kill(self) -> None:
+        self.end(self.exitcode)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._ended.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return not self._ended.is_set()
+
+    def close(self) -> None:
+        self.end(self.exitcode)
+        try:
+            os.close(self._read)
+        except OSError:
+            pass
+
+
+class ClusterSignal:
+    """The run's start or stop signal for every node: a Dask Event (and, for start, the instant)."""
+
+    def __init__(self, event: Any, start_at: Any = None) -> None:
+        self._event, self._start_at = event, start_at
+        self.at: float | None = None
+
+    def set(self) -> None:
+        if self._start_at is not None:
+            self.at = time.time() + START_LEAD_S
+            self._start_at.set(self.at)
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return bool(self._event.is_set())
+
+
+class Cluster:
+    """The Dask client of one run, its nodes, and (for local:N) the LocalCluster it started."""
+
+    def __init__(self, client: Any, local: Any, where: str, address: str) -> None:
+        self.client, self.local, self.where, self.address = client, local, where, address
+        self.nodes: list[Node] = []
+        self.run_id = uuid.uuid4().hex[:12]
+        self._relay: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._processes: dict[int, RemoteProcess] = {}
+        self._writers: dict[int, Any] = {}
+        self.stop: ClusterSignal | None = None
+
+    # -- before the run -------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, text: str, where: str) -> Cluster:
+        """Reach the scheduler at `text` (or start local:N); ConfigError if none answers in time."""
+        target = parse_cluster_address(text, where)
+        distributed = _import_distributed(where)
+        import dask
+
+        from .spawn import interrupts_held
+
+        # Dask's own threads and the node processes they start are made with Ctrl-C and SIGTERM
+        # blocked: the controller alone handles them and stops the nodes in order; a terminal's
+        # Ctrl-C reaches the whole process group, the local nodes included.
+        with interrupts_held():
+            if isinstance(target, int):
+                # A daemon process may not start children, and each node starts its per-core workers.
+                with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
+                    local = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
+                                                     dashboard_address=None, silence_logs=logging.CRITICAL)
+                    client = distributed.Client(local, timeout=CONNECT_TIMEOUT_S)
+                    client.wait_for_workers(target, timeout=LOCAL_START_S)
+                return cls(client, local, where, text)
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its retries are not the user's news
+            try:
+                client = distributed.Client(target, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as e:
+                raise ConfigError(f"{where}: no Dask scheduler answered at {target} within {CONNECT_TIMEOUT_S:g} s "
+                                  f"({type(e).__name__})") from None
+        return cls(client, None, where, text)
+
+    def choose(self, wanted: int | None) -> None:
+        """Use `wanted` of the scheduler's workers (all of them if None), named node-1, node-2, ... by address."""
+        if wanted is not None:
+            try:
+                self.client.wait_for_workers(wanted, timeout=NODES_WAIT_S)
+            except (TimeoutError, OSError):
+                pass
+        found = sorted(self._worker_addresses())
+        if not found or (wanted is not None and len(found) < wanted):
+            raise ConfigError(f"--nodes: the scheduler at {self.address} has {len(found)} node"
+                              f"{'' if len(found) == 1 else 's'} (Dask workers), fewer than the "
+                              f"{wanted or 1} asked")
+        self.nodes = [Node(f"node-{i + 1}", a) for i, a in enumerate(found[:wanted or len(found)])]
+
+    def _worker_addresses(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def check(self, config: RunConfig, per_node: int) -> None:
+        """Refuse, with one sentence, a run these nodes cannot make; measure each node's clock offset."""
+        from .nodes import describe_node
+
+        total = per_node * len(self.nodes)
+        described: dict[str, dict[str, Any]] = {}
+        for node in self.nodes:
+            try:
+                t0 = time.time()
+                info = self.client.run(describe_node, config, total, workers=[node.address])[node.address]
+                t1 = time.time()
+            except Exception as e:  # noqa: BLE001 - whatever the node raised, the sentence names it
+                raise ConfigError(f"{node.name} ({node.address}): cannot run loadtest there "
+                                  f"({type(e).__name__}: {e}); install loadtest {__version__} on every node "
+                                  f"({INSTALL_HINT})") from None
+            described[node.name] = info
+            node.host, node.pid = str(info["host"]), int(info["pid"])
+            node.clock_rtt_s, node.clock_offset_s = t1 - t0, float(info["time"]) - (t0 + t1) / 2
+        for node in self.nodes:  # the version first: with another version the other answers mean little
+            version = described[node.name]["version"]
+            if version != __version__:
+                raise ConfigError(f"{node.name} ({node.host}, {node.address}) has loadtest {version}, this "
+                                  f"controller {__version__}; install the same version on every node "
+                                  f"({INSTALL_HINT}=={__version__})")
+        for node in self.nodes:
+            if described[node.name]["daemon"]:
+                raise ConfigError(f"{node.name} ({node.host}, {node.address}): its Dask worker is a daemon process, "
+                                  f"which may not start load workers; start it with "
+                                  f"DASK_DISTRIBUTED__WORKER__DAEMON=False (or dask worker --no-nanny)")
+            if described[node.name]["limits"]:
+                raise ConfigError(f"{node.name} ({node.host}): {described[node.name]['limits']}")
+        for spec in config.servers:
+            away = [n for n in self.nodes if not n.same_host]
+            if _LOOPBACK.match(spec.host) and away:
+                raise ConfigError(f"servers: {spec.name} listens on {spec.host}, which {away[0].name} "
+                                  f"({away[0].host}) on another machine cannot reach; give it a listen address "
+                                  f"the nodes can reach (such as 0.0.0.0:PORT)")
+        self._measure_clocks()
+
+    def _measure_clocks(self) -> None:
+        """Each node's clock offset from the probe with the shortest round trip (it is good to half of that)."""
+        for _ in range(CLOCK_PROBES - 1):
+            for node in self.nodes:
+                t0 = time.time()
+                their = self.client.run(time.time, workers=[node.address])[node.address]
+                t1 = time.time()
+                if t1 - t0 < node.clock_rtt_s:
+                    node.clock_rtt_s, node.clock_offset_s = t1 - t0, float(their) - (t0 + t1) / 2
+
+    def same_host(self, index: int) -> bool:
+        """True if global worker `index` runs on this machine (its pids can be sampled here)."""
+        return any(n.same_host for n in self.nodes if index in n.workers)
+
+    def reachable(self, addresses: dict[str, str]) -> dict[str, str]:
+        """Embedded servers' addresses as the nodes reach them: a wildcard listen becomes this machine's address."""
+        if all(n.same_host for n in self.nodes):
+            return {k: v.replace("0.0.0.0:", "127.0.0.1:") for k, v in addresses.items()}
+        scheduler = self.client.scheduler.address.split("://", 1)[-1].rsplit(":", 1)[0]
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # no packet: only the route is asked
+            probe.connect((scheduler, 9))
+            here = probe.getsockname()[0]
+        return {k: v.replace("0.0.0.0:", f"{here}:") for k, v in addresses.items()}
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def launch(self, plans_for: Callable[[int, int], Any], per_node: int, states: list[Any],
+               state_for: Callable[[int, Any, Any], Any]) -> tuple[ClusterSignal, ClusterSignal]:
+        """Submit one task per node and append a WorkerState per remote worker to `states`.
+
+        `plans_for(index, total)` is the WorkerPlan of global worker `index` of `total`; `state_for`
+        makes the controller's WorkerState from (index, process, pipe reader).
+        """
+        import multiprocessing
+
+        from distributed import Event, Queue, Variable
+
+        from .nodes import NodeChannel, NodeTask, run_node
+
+        prefix = f"loadtest-{self.run_id}"
+        start_at = Variable(f"{prefix}-start-at", client=self.client)
+        start = ClusterSignal(Event(f"{prefix}-start", client=self.client), start_at)
+        self.stop = ClusterSignal(Event(f"{prefix}-stop", client=self.client))
+        total = per_node * len(self.nodes)
+        for n, node in enumerate(self.nodes):
+            channel = NodeChannel(f"{prefix}-{node.name}", f"{prefix}-start", f"{prefix}-start-at", f"{prefix}-stop")
+            node.queue = Queue(channel.queue, client=self.client)
+            plans = tuple(plans_for(n * per_node + k, total) for k in range(per_node))
+            node.workers = [p.index for p in plans]
+            for index in node.workers:
+                reader, writer = multiprocessing.Pipe(duplex=False)
+                process = RemoteProcess()
+                self._processes[index], self._writers[index] = process, writer
+                state = state_for(index, process, reader)
+                state.role = f"{node.name}/worker-{index - n * per_node}"
+                states.append(state)
+            task = NodeTask(node.name, plans, node.clock_offset_s, channel)
+            node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
+                                             pure=False, key=f"{prefix}-{node.name}")
+        self._relay = threading.Thread(target=self._relay_loop, name="loadtest-node-relay", daemon=True)
+        self._relay.start()
+        return start, self.stop
+
+    def _relay_loop(self) -> None:
+        """Each node's queue into its workers' pipes; a node the scheduler no longer has is lost."""
+        last_check = 0.0
+        while not self._closing.is_set():
+            active = [n for n in self.nodes if not n.lost and not self._all_ended(n)]
+            for node in active:
+                self._drain(node)
+            now = time.monotonic()
+            if now - last_check >= LIVENESS_S and active:
+                last_check = now
+                try:
+                    present = self._worker_addresses()
+                except Exception:  # noqa: BLE001 - the scheduler itself is gone: every node is
+                    present = set()
+                for node in active:
+                    failed = node.future is not None and node.future.status == "error"
+                    if node.address not in present or failed:
+                        self._drain(node)
+                        why = (f"its task failed: {node.future.exception()}" if failed and node.address in present
+                               else f"its Dask worker {node.address} left the cluster")
+                        self._lose(node, why)
+            self._closing.wait(RELAY_POLL_S)
+
+    def _all_ended(self, node: Node) -> bool:
+        return all(not self._processes[i].is_alive() for i in node.workers)
+
+    def _drain(self, node: Node) -> None:
+        try:
+            batches = node.queue.get(batch=True)
+        except Exception:  # noqa: BLE001 - unreachable now; the liveness check decides what that means
+            return
+        for blob in batches:
+            for index, message in pickle.loads(blob):
+                if message[0] == "ended":
+                    self._processes[index].end(message[2])
+                elif self._processes[index].is_alive():
+                    try:
+                        self._writers[index].send(message)
+                    except OSError:
+                        pass  # the controller closed the pipe: it no longer waits for this worker
+
+    def _lose(self, node: Node, why: str) -> None:
+        node.lost = f"{node.name} ({node.host}) was lost mid-run: {why}; counts up to its last snapshot are kept"
+        for index in node.workers:
+            process = self._processes[index]
+            if process.is_alive():
+                try:
+                    self._writers[index].send(("error", index, node.lost))
+                except OSError:
+                    pass
+                process.end(None)
+
+    def summaries(self, states: list[Any]) -> list[dict[str, Any]]:
+        """summary.json's `nodes`: each node's host, clock offset, workers and how it ended."""
+        by_index = {s.index: s for s in states}
+        out = []
+        for node in self.nodes:
+            ended = [by_index[i].ended for i in node.workers if i in by_index]
+            how = "lost" if node.lost else "ok" if ended and all(e == "ok" for e in ended) else \
+                next((e for e in ended if e != "ok"), "unknown")
+            out.append(node.summary(how))
+        return out
+
+    def close(self) -> None:
+        """Stop every node's task, then the client (and the LocalCluster, with its node processes)."""
+        self._closing.set()
+        if self._relay is not None:
+            self._relay.join(5.0)
+        try:
+            if self.stop is not None:
+                self.stop.set()
+            pending = [n.future for n in self.nodes if n.future is not None and not n.lost]
+            if pending:
+                from distributed import wait as dask_wait
+
+                dask_wait(pending, timeout=CLOSE_WAIT_S)
+            for node in self.nodes:
+                if node.future is not None:
+                    node.future.cancel()
+        except Exception:  # noqa: BLE001 - the scheduler may be gone; closing must go on
+            pass
+        for writer in self._writers.values():
+            writer.close()
+        for process in self._processes.values():
+            process.close()
+        try:
+            self.client.close(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        if self.local is not None:
+            try:
+                self.local.close(timeout=10)
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,173 @@
+"""What runs on a node: one Dask worker's side of a cluster run.
+
+A node is one Dask worker. The controller (`loadtest.cluster`) first runs
+`describe_node` on every node (version, host, clock, whether it may start
+children, whether its limits fit its share), then submits one long-running
+`run_node` task per node, pinned to it. That task starts the node's per-core
+load workers through the same spawn path as a local run, forwards every
+message they send, unchanged, to the controller through the node's Dask
+Queue, starts them at the run's start instant and stops them when the
+controller sets the run's stop Event. Dask owns scheduling, heartbeats and
+the loss of a node; this task only runs and reports.
+
+Nothing here imports Dask at module level: the controller's base install
+does not need it, and a node imports it only inside the task it runs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import platform
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from . import __version__
+from .config import ConfigError
+from .worker import WorkerPlan
+
+FORWARD_S = 1.0  # snapshots go to the controller in one batch this often (each worker sends one a second)
+NODE_POLL_S = 0.25  # how often the node looks at the run's start and stop signals between its workers' messages
+NODE_JOIN_S = 5.0  # after its workers are told to stop, how long they get to exit before they are killed
+STOP_AFTER_S = 15.0  # after the stop signal, the longest a worker may take to finish before it is killed
+
+
+@dataclass(frozen=True)
+class NodeChannel:
+    """The Dask names one run's controller and nodes share: one Queue per node, a start and a stop Event."""
+
+    queue: str  # this node's queue: batches of (worker index, message), pickled
+    start: str  # Event: the controller set the run's start instant (Variable `start_at`)
+    start_at: str  # Variable: the start instant on the controller's clock (time.time())
+    stop: str  # Event: every node stops its workers
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """One node's part of a run: its name, its workers' plans (global indexes) and its clock offset."""
+
+    name: str  # node-1, node-2, ...
+    plans: tuple[WorkerPlan, ...]
+    clock_offset_s: float  # this node's clock minus the controller's, as measured before the run
+    channel: NodeChannel
+
+
+def describe_node(config: Any, total_workers: int) -> dict[str, Any]:
+    """What the controller checks before it uses this node: version, host, clock, daemon, limits.
+
+    Runs inside the Dask worker process (client.run). `limits` is the sentence a local run would
+    have been refused with, for this node's share (descriptors, ports, source_ips), or "".
+    """
+    from .limits import check_limits
+
+    limits = ""
+    try:
+        check_limits(config, total_workers)
+    except ConfigError as e:
+        limits = str(e)
+    return {
+        "version": __version__,
+        "host": platform.node(),
+        "time": time.time(),
+        "daemon": multiprocessing.current_process().daemon,
+        "pid": os.getpid(),
+        "limits": limits,
+    }
+
+
+def _start_workers(plans: tuple[WorkerPlan, ...]) -> tuple[Any, Any, list[tuple[int, Any, Connection]]]:
+    """This node's load workers, started as a local run starts its own: spawned, patched, waiting for `start`."""
+    from .spawn import start_child
+    from .worker import main as worker_main
+
+    ctx = multiprocessing.get_context("spawn")
+    start, stop = ctx.Event(), ctx.Event()
+    children = []
+    for plan in plans:
+        reader, writer = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=worker_main, args=(plan, writer, start, stop),
+                              name=f"loadtest-worker-{plan.index}", daemon=True)
+        start_child(process)
+        writer.close()
+        children.append((plan.index, process, reader))
+    return start, stop, children
+
+
+def run_node(task: NodeTask) -> dict[str, Any]:
+    """The long-running Dask task of one node: start its workers, forward what they send, end with them.
+
+    Messages go to the controller as they come, in batches at most FORWARD_S apart, each an
+    (index, message) pair exactly as the worker sent it; ("ended", index, exitcode) says a worker's
+    process is gone. Returns how the node's workers ended.
+    """
+    from distributed import Event, Queue, Variable
+
+    queue = Queue(task.channel.queue)
+    start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
+    start, stop, children = _start_workers(task.plans)
+    batch: list[tuple[int, Any]] = []
+    last_forward = time.monotonic()
+
+    def forward() -> None:
+        nonlocal batch, last_forward
+        if batch:
+            queue.put(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+            batch = []
+        last_forward = time.monotonic()
+
+    running = {reader: (index, process) for index, process, reader in children}
+    sentinels = {process.sentinel: (index, process, reader) for index, process, reader in children}
+    exits: dict[int, int | None] = {}
+    due: float | None = None  # when this node starts its workers, on its own clock
+    stopped_at: float | None = None
+    try:
+        while sentinels:
+            for handle in wait([*running, *sentinels], timeout=NODE_POLL_S):
+                if handle in running:
+                    index, _ = running[handle]
+                    try:
+                        message = handle.recv()  # type: ignore[union-attr]
+                    except (EOFError, OSError):
+                        del running[handle]
+                        continue
+                    batch.append((index, message))
+                    if message[0] != "snapshot":
+                        forward()  # ready, stopping, done, error: the controller waits on these
+                elif handle in sentinels:
+                    index, process, reader = sentinels.pop(handle)  # type: ignore[arg-type]
+                    while reader in running and reader.poll():  # what it sent before it ended
+                        try:
+                            batch.append((index, reader.recv()))
+                        except (EOFError, OSError):
+                            break
+                    running.pop(reader, None)
+                    process.join(1.0)
+                    exits[index] = process.exitcode
+                    batch.append((index, ("ended", index, process.exitcode)))
+                    forward()
+            if time.monotonic() - last_forward >= FORWARD_S:
+                forward()
+            if due is None and not start.is_set() and start_event.is_set():
+                start_at = float(Variable(task.channel.start_at).get(timeout=5))
+                due = start_at + task.clock_offset_s  # the same instant on every node
+            if due is not None and not start.is_set() and time.time() >= due:
+                start.set()
+            if stopped_at is None and stop_event.is_set():
+                stop.set()
+                stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at > STOP_AFTER_S:
+                for _, process, _ in sentinels.values():
+                    process.kill()
+    finally:
+        stop.set()
+        for index, process, reader in children:
+            process.join(NODE_JOIN_S if index not in exits else 0)
+            if process.is_alive():
+                process.kill()
+                process.join(NODE_JOIN_S)
+            reader.close()
+        forward()
+    return {"name": task.name, "exits": exits}

@@ -193,11 +193,11 @@ class Cluster:
         distributed = _import_distributed(where)
         import dask
 
+        from .nodes import leave_interrupts_to_controller
         from .spawn import interrupts_held
 
-        # Dask's own threads and the node processes they start are made with Ctrl-C and SIGTERM
-        # blocked: the controller alone handles them and stops the nodes in order; a terminal's
-        # Ctrl-C reaches the whole process group, the local nodes included.
+        # Dask's own threads are made with Ctrl-C and SIGTERM blocked: the controller's main thread
+        # alone handles them and stops the nodes in order.
         with interrupts_held():
             if isinstance(target, int):
                 # A daemon process may not start children, and each node starts its per-core workers.
@@ -206,6 +206,8 @@ class Cluster:
                                                      dashboard_address=None, silence_logs=logging.CRITICAL)
                     client = distributed.Client(local, timeout=CONNECT_TIMEOUT_S)
                     client.wait_for_workers(target, timeout=LOCAL_START_S)
+                # A terminal's Ctrl-C reaches the whole process group, these nodes included.
+                client.run(leave_interrupts_to_controller)
                 return cls(client, local, where, text)
             logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its retries are not the user's news
             try:

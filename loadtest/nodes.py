@@ -78,6 +78,17 @@ def describe_node(config: Any, total_workers: int) -> dict[str, Any]:
     }
 
 
+def leave_interrupts_to_controller() -> None:
+    """On a local:N node (client.run, in the Dask worker's main thread): ignore Ctrl-C and SIGTERM.
+
+    Its process is in the controller's process group, so a terminal's Ctrl-C reaches it too; the
+    controller alone handles it and stops the node's load in order through the stop signal.
+    """
+    from .spawn import ignore_interrupts
+
+    ignore_interrupts()
+
+
 def _start_workers(plans: tuple[WorkerPlan, ...]) -> tuple[Any, Any, list[tuple[int, Any, Connection]]]:
     """This node's load workers, started as a local run starts its own: spawned, patched, waiting for `start`."""
     from .spawn import start_child

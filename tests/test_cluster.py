@@ -184,7 +184,7 @@ def scheduler(tmp_path: Path):
     file = tmp_path / "scheduler.json"
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
 
     def worker(pythonpath: Path, daemon: bool) -> None:
         procs.append(subprocess.Popen(
@@ -192,7 +192,7 @@ def scheduler(tmp_path: Path):
              "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
             env={**os.environ, "PYTHONPATH": str(pythonpath), "DASK_DISTRIBUTED__WORKER__DAEMON": str(daemon)},
             cwd=tmp_path,  # python -m puts its folder first on the path: not the checkout's own loadtest
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
 
     deadline = time.monotonic() + 30
     while not file.exists():
@@ -201,14 +201,9 @@ def scheduler(tmp_path: Path):
     time.sleep(0.2)  # the file is written whole, but give its writer the moment to close it
     address = json.loads(file.read_text())["address"]
     yield address, worker
-    for p in reversed(procs):
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+    for p in procs:  # each in a group of its own: a dask worker's nanny and its worker process go together
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
 
 
 def test_refused_before_the_run_a_daemon_node_too_few_nodes_and_another_version(tmp_path: Path, scheduler) -> None:

@@ -186,10 +186,12 @@ def scheduler(tmp_path: Path):
                                "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
 
-    def worker(pythonpath: Path, daemon: bool) -> None:
+    def worker(pythonpath: Path, daemon: bool, hostname: str | None = None) -> None:
+        """A `dask worker` (one node); with `hostname`, in a UTS namespace of its own: a node on another host."""
+        other_host = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname] if hostname else []
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(file), "--nworkers", "1",
-             "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+            [*other_host, sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(file),
+             "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
             env={**os.environ, "PYTHONPATH": str(pythonpath), "DASK_DISTRIBUTED__WORKER__DAEMON": str(daemon)},
             cwd=tmp_path,  # python -m puts its folder first on the path: not the checkout's own loadtest
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
@@ -232,3 +234,45 @@ def test_refused_before_the_run_a_daemon_node_too_few_nodes_and_another_version(
                         rf"controller {re.escape(__version__)}; install the same version on every node "
                         rf"\(pip install loadtest\[cluster\]=={re.escape(__version__)}\)\n", done.stderr), done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="a node on another host needs `unshare --uts` (root)")
+def test_a_node_on_another_host_cannot_reach_a_loopback_server_but_reaches_a_wildcard_one(tmp_path: Path,
+                                                                                      scheduler) -> None:
+    """The node runs in a UTS namespace named other-host: another machine by its name, same network."""
+    address, start_worker = scheduler
+    start_worker(REPO, daemon=False, hostname="other-host")
+    done = loadtest(tmp_path, COUNTED, "--cluster", address, "--nodes", "1")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("loadtest: servers: s listens on 127.0.0.1, which node-1 (other-host) on another machine "
+                           "cannot reach; give it a listen address the nodes can reach (such as 0.0.0.0:PORT)\n")
+    wildcard = COUNTED.replace("kind: http}", "kind: http, listen: '0.0.0.0:0'}").replace("3001", "500")
+    done = loadtest(tmp_path, wildcard, "--cluster", address)
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(tmp_path)
+    assert summary["aggregated"]["requests"] == summary["servers"][0]["served"]["requests"] == 500
+    assert [(n["host"], n["ended"]) for n in summary["nodes"]] == [("other-host", "ok")]
+    # Its worker's pid is another machine's: nothing here samples it.
+    assert "node-1/worker-0" not in {r["role"] for r in read_csv(tmp_path / "r" / "resources.csv")}
+
+
+def test_a_node_whose_limits_cannot_fit_its_share_is_refused(tmp_path: Path) -> None:
+    import resource
+
+    hard = 4096  # the run, and so its local nodes, get this open-file limit
+    users = 2 * (hard + 1000)  # each of the 2 nodes' workers would hold more connections than its hard limit
+    (tmp_path / "run.yaml").write_text(COUNTED.replace("concurrency: 3", f"concurrency: {users}"))
+    done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(tmp_path / "run.yaml"), "--out",
+                           str(tmp_path / "r"), "--cluster", "local:2"], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=60,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
+    assert done.returncode == 2, done.stderr
+    assert re.fullmatch(rf"loadtest: node-1 \(.+\): targets: each worker would hold {users // 2} connections but the "
+                        rf"open-file limit is {hard} per process; .+\n", done.stderr), done.stderr

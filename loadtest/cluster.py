@@ -98,6 +98,8 @@ class Node:
     pid: int = 0  # the Dask worker's process on its host
     clock_offset_s: float = 0.0  # its clock minus the controller's
     clock_rtt_s: float = 0.0  # round trip of the probe the offset came from: the offset is good to half of it
+    cores: int = 0
+    count: int = 0  # how many load workers it runs: --workers / workers:, or one per core of its own
     workers: list[int] = field(default_factory=list)  # global worker indexes
     lost: str = ""  # why it was lost, if it was
     future: Any = None
@@ -234,23 +236,26 @@ class Cluster:
     def _worker_addresses(self) -> set[str]:
         return set(self.client.scheduler_info(n_workers=-1)["workers"])
 
-    def check(self, config: RunConfig, per_node: int) -> None:
-        """Refuse, with one sentence, a run these nodes cannot make; measure each node's clock offset."""
-        from .nodes import describe_node
+    def check(self, config: RunConfig, per_node: int | None) -> None:
+        """Refuse, with one sentence, a run these nodes cannot make; measure each node's clock offset.
 
-        total = per_node * len(self.nodes)
+        `per_node` workers on every node, or (None) one per core of each node, as a local run has.
+        """
+        from .controller import auto_workers
+        from .nodes import describe_node, node_limits
+
         described: dict[str, dict[str, Any]] = {}
         for node in self.nodes:
             try:
                 t0 = time.time()
-                info = self.client.run(describe_node, config, total, workers=[node.address])[node.address]
+                info = self.client.run(describe_node, workers=[node.address])[node.address]
                 t1 = time.time()
             except Exception as e:  # noqa: BLE001 - whatever the node raised, the sentence names it
                 raise ConfigError(f"{node.name} ({node.address}): cannot run loadtest there "
                                   f"({type(e).__name__}: {e}); install loadtest {__version__} on every node "
                                   f"({INSTALL_HINT})") from None
             described[node.name] = info
-            node.host, node.pid = str(info["host"]), int(info["pid"])
+            node.host, node.pid, node.cores = str(info["host"]), int(info["pid"]), int(info.get("cores", 1))
             node.clock_rtt_s, node.clock_offset_s = t1 - t0, float(info["time"]) - (t0 + t1) / 2
         for node in self.nodes:  # the version first: with another version the other answers mean little
             version = described[node.name]["version"]
@@ -259,12 +264,16 @@ class Cluster:
                                   f"controller {__version__}; install the same version on every node "
                                   f"({INSTALL_HINT}=={__version__})")
         for node in self.nodes:
+            node.count = per_node or auto_workers(config, node.cores, len(self.nodes))
+        total = sum(n.count for n in self.nodes)
+        for node in self.nodes:
             if described[node.name]["daemon"]:
                 raise ConfigError(f"{node.name} ({node.host}, {node.address}): its Dask worker is a daemon process, "
                                   f"which may not start load workers; start it with "
                                   f"DASK_DISTRIBUTED__WORKER__DAEMON=False (or dask worker --no-nanny)")
-            if described[node.name]["limits"]:
-                raise ConfigError(f"{node.name} ({node.host}): {described[node.name]['limits']}")
+            limits = self.client.run(node_limits, config, total, workers=[node.address])[node.address]
+            if limits:
+                raise ConfigError(f"{node.name} ({node.host}): {limits}")
         for spec in config.servers:
             away = [n for n in self.nodes if not n.same_host]
             if _LOOPBACK.match(spec.host) and away:
@@ -301,7 +310,7 @@ class Cluster:
 
     # -- the run ------------------------------------------------------------------------------------
 
-    def launch(self, plans_for: Callable[[int, int], Any], per_node: int, states: list[Any],
+    def launch(self, plans_for: Callable[[int, int], Any], states: list[Any],
                state_for: Callable[[int, Any, Any], Any]) -> tuple[ClusterSignal, ClusterSignal]:
         """Submit one task per node and append a WorkerState per remote worker to `states`.
 
@@ -318,19 +327,21 @@ class Cluster:
         start_at = Variable(f"{prefix}-start-at", client=self.client)
         start = ClusterSignal(Event(f"{prefix}-start", client=self.client), start_at)
         self.stop = ClusterSignal(Event(f"{prefix}-stop", client=self.client))
-        total = per_node * len(self.nodes)
-        for n, node in enumerate(self.nodes):
+        total = sum(n.count for n in self.nodes)
+        first = 0
+        for node in self.nodes:
             channel = NodeChannel(f"{prefix}-{node.name}", f"{prefix}-start", f"{prefix}-start-at", f"{prefix}-stop")
             node.queue = Queue(channel.queue, client=self.client)
-            plans = tuple(plans_for(n * per_node + k, total) for k in range(per_node))
+            plans = tuple(plans_for(first + k, total) for k in range(node.count))
             node.workers = [p.index for p in plans]
             for index in node.workers:
                 reader, writer = multiprocessing.Pipe(duplex=False)
                 process = RemoteProcess()
                 self._processes[index], self._writers[index] = process, writer
                 state = state_for(index, process, reader)
-                state.role = f"{node.name}/worker-{index - n * per_node}"
+                state.role = f"{node.name}/worker-{index - first}"
                 states.append(state)
+            first += node.count
             task = NodeTask(node.name, plans, node.clock_offset_s, channel)
             node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
                                              pure=False, key=f"{prefix}-{node.name}")

@@ -161,10 +161,11 @@ class _Interrupts:
             signal.signal(signum, handler)
 
 
-def auto_workers(config: RunConfig) -> int:
-    """One worker per core, but no more than an open target's `max_concurrency` can be shared by."""
-    caps = [t.max_concurrency for t in config.targets if isinstance(t, HttpTarget) and t.model == "open"]
-    return max(1, min([os.cpu_count() or 1, *caps]))
+def auto_workers(config: RunConfig, cores: int | None = None, nodes: int = 1) -> int:
+    """One worker per core (of this machine, or `cores` of a node), but no more than an open target's
+    `max_concurrency` can be shared by over `nodes` nodes."""
+    caps = [t.max_concurrency // nodes for t in config.targets if isinstance(t, HttpTarget) and t.model == "open"]
+    return max(1, min([cores or os.cpu_count() or 1, *caps]))
 
 
 def check_writable(run_dir: Path, where: str) -> None:
@@ -206,7 +207,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     interrupts.install()
     nodes_cluster = None
     try:
-        count = workers or config.workers or auto_workers(config)
+        count = workers or config.workers or auto_workers(config)  # a cluster's nodes: each its own cores
         if nodes is not None and cluster is None and not config.cluster:
             raise ConfigError("--nodes: applies only to a cluster run (--cluster tcp://HOST:PORT or local:N)")
         if (given := _cluster_address(cluster, config)) is not None:
@@ -215,7 +216,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
             nodes_cluster = Cluster.connect(*given)  # each node's limits are checked there, for its share
             interrupts.check()
             nodes_cluster.choose(nodes)
-            nodes_cluster.check(config, count)
+            nodes_cluster.check(config, workers or config.workers)
         else:
             check_limits(config, count)
         watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
@@ -286,11 +287,11 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
 
         if cluster is not None:  # each node starts its own workers; their messages come to local pipes
             reachable = cluster.reachable(addresses)
-            start, stop = cluster.launch(lambda k, total: worker_plan(config, reachable, k, total), count, states,
+            start, stop = cluster.launch(lambda k, total: worker_plan(config, reachable, k, total), states,
                                          lambda k, process, reader: WorkerState(k, process, reader))
             for node in cluster.nodes:
-                event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {count} worker"
-                      f"{'s' if count > 1 else ''}, clock offset {node.clock_offset_s * 1000:+.1f} ms")
+                event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
+                      f"{'s' if len(node.workers) > 1 else ''}, clock offset {node.clock_offset_s * 1000:+.1f} ms")
         else:
             ctx = multiprocessing.get_context("spawn")
             start, stop = ctx.Event(), ctx.Event()

@@ -55,27 +55,31 @@ class NodeTask:
     channel: NodeChannel
 
 
-def describe_node(config: Any, total_workers: int) -> dict[str, Any]:
-    """What the controller checks before it uses this node: version, host, clock, daemon, limits.
+def describe_node() -> dict[str, Any]:
+    """What the controller checks before it uses this node: version, host, clock, daemon, cores.
 
-    Runs inside the Dask worker process (client.run). `limits` is the sentence a local run would
-    have been refused with, for this node's share (descriptors, ports, source_ips), or "".
+    Runs inside the Dask worker process (client.run).
     """
-    from .limits import check_limits
-
-    limits = ""
-    try:
-        check_limits(config, total_workers)
-    except ConfigError as e:
-        limits = str(e)
     return {
         "version": __version__,
         "host": platform.node(),
         "time": time.time(),
         "daemon": multiprocessing.current_process().daemon,
         "pid": os.getpid(),
-        "limits": limits,
+        "cores": os.cpu_count() or 1,
     }
+
+
+def node_limits(config: Any, total_workers: int) -> str:
+    """The sentence a local run would be refused with on this node, for one worker's share of
+    `total_workers` (descriptors, ports, source_ips), or "" if its limits fit. Runs on the node."""
+    from .limits import check_limits
+
+    try:
+        check_limits(config, total_workers)
+    except ConfigError as e:
+        return str(e)
+    return ""
 
 
 def leave_interrupts_to_controller() -> None:

@@ -97,6 +97,11 @@ def test_two_nodes_count_exactly_what_the_server_served_and_the_reports_name_the
     # Seconds line up across nodes: every history second merged both nodes' snapshots (none counted twice).
     history = [r for r in read_csv(tmp_path / "r" / "history.csv") if r["Name"] == "home"]
     assert int(history[-1]["Total Request Count"]) == 3001
+    # report.html shows each node's requests and CPU seconds (its workers' own accounting).
+    page = (tmp_path / "r" / "report.html").read_text()
+    nodes_table = re.sub(r"<[^>]+>", " ", page[page.index("<h2>Nodes</h2>"):page.index("<h2>Workers</h2>")])
+    assert re.search(r"node-1\s+\S+\s+-?[\d.]+\s+1\s+1,501\s+[\d.]+\s+ok", nodes_table), nodes_table
+    assert re.search(r"node-2\s+\S+\s+-?[\d.]+\s+1\s+1,500\s+[\d.]+\s+ok", nodes_table), nodes_table
 
 
 def test_a_node_killed_mid_run_is_lost_named_and_its_counts_kept(tmp_path: Path) -> None:

@@ -185,6 +185,7 @@ class Cluster:
         self._processes: dict[int, RemoteProcess] = {}
         self._writers: dict[int, Any] = {}
         self.stop: ClusterSignal | None = None
+        self.on_resources: Callable[[list[Any]], None] = lambda samples: None  # a remote node's own samples
 
     # -- before the run -------------------------------------------------------------------------
 
@@ -342,7 +343,8 @@ class Cluster:
                 state.role = f"{node.name}/worker-{index - first}"
                 states.append(state)
             first += node.count
-            task = NodeTask(node.name, plans, node.clock_offset_s, channel)
+            roles = tuple(s.role for s in states[-node.count:])
+            task = NodeTask(node.name, plans, node.clock_offset_s, channel, not node.same_host, roles)
             node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
                                              pure=False, key=f"{prefix}-{node.name}")
         self._relay = threading.Thread(target=self._relay_loop, name="loadtest-node-relay", daemon=True)
@@ -382,7 +384,9 @@ class Cluster:
             return
         for blob in batches:
             for index, message in pickle.loads(blob):
-                if message[0] == "ended":
+                if index < 0:  # the node's own: its resources.csv rows
+                    self.on_resources(message[1])
+                elif message[0] == "ended":
                     self._processes[index].end(message[2])
                 elif self._processes[index].is_alive():
                     try:

@@ -319,6 +319,8 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         monitor.watch_workers([w.pid if cluster is None or cluster.same_host(w.index) else 0 for w in states],
                               [w.name for w in states])
         monitor.watch_pids(watched)
+        if cluster is not None:
+            cluster.on_resources = monitor.add_samples
         monitor.start()
         started = time.time()
         interrupts.running = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -49,11 +50,19 @@ class RunMonitor:
         self.sampler.register(CONTROLLER_ROLE, os.getpid())
         self._started = False
         self._problems_said = 0
+        self._write_lock = threading.Lock()  # this machine's sampler and a cluster's relay both write rows
+        self._closed = False  # stopped: rows from elsewhere that arrive late are dropped
         self._roles: list[str] | None = None  # each worker's role, if not worker-N (a cluster's node-N/worker-K)
 
     def _on_sample(self, samples: list[Sample]) -> None:
-        self.verdicts.add(samples)  # first: a resources.csv that cannot be written must not stop the verdicts
-        self.writer.write(samples)  # an OSError here is kept by the sampler (callback_error) and reported
+        with self._write_lock:
+            self.verdicts.add(samples)  # first: a resources.csv that cannot be written must not stop the verdicts
+            self.writer.write(samples)  # an OSError here is kept by the sampler (callback_error) and reported
+
+    def add_samples(self, samples: list[Sample]) -> None:
+        """Rows sampled elsewhere (a cluster node on another machine samples its own): verdicts and resources.csv."""
+        if self._started and not self._closed:
+            self._on_sample(samples)
 
     def problems(self) -> list[str]:
         """What went wrong with the run's own watch, one sentence each: for summary.json's problems."""
@@ -131,7 +140,9 @@ class RunMonitor:
     def stop(self) -> None:
         if self._started:
             self.sampler.stop()
-        self.writer.close()
+        with self._write_lock:
+            self._closed = True
+            self.writer.close()
         self._say_problems()
 
     def worker(self, k: int) -> RoleTotals:

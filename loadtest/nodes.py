@@ -31,6 +31,7 @@ from .worker import WorkerPlan
 
 FORWARD_S = 1.0  # snapshots go to the controller in one batch this often (each worker sends one a second)
 NODE_POLL_S = 0.25  # how often the node looks at the run's start and stop signals between its workers' messages
+RESOURCE_INTERVAL_S = 1.0  # a node on another machine samples its own workers and machine this often
 NODE_JOIN_S = 5.0  # after its workers are told to stop, how long they get to exit before they are killed
 STOP_AFTER_S = 15.0  # after the stop signal, the longest a worker may take to finish before it is killed
 
@@ -53,6 +54,8 @@ class NodeTask:
     plans: tuple[WorkerPlan, ...]
     clock_offset_s: float  # this node's clock minus the controller's, as measured before the run
     channel: NodeChannel
+    sample: bool = False  # sample its workers and machine here (the controller is on another machine)
+    roles: tuple[str, ...] = ()  # its workers' roles in resources.csv, in plan order
 
 
 def describe_node() -> dict[str, Any]:
@@ -111,6 +114,48 @@ def _start_workers(plans: tuple[WorkerPlan, ...]) -> tuple[Any, Any, list[tuple[
     return start, stop, children
 
 
+class _NodeSampler:
+    """resources.csv rows of a node on another machine, sampled there: its workers and its machine.
+
+    Rows go to the controller with the node's messages, as (-1, ("resources", samples)); their
+    timestamps are moved onto the controller's clock, and the machine row is named node-N/machine.
+    """
+
+    def __init__(self, task: NodeTask, pids: list[int]) -> None:
+        import threading
+
+        from .resources import ResourceSampler
+
+        self._task = task
+        self._rows: list[Any] = []
+        self._lock = threading.Lock()
+        self._sampler = ResourceSampler(RESOURCE_INTERVAL_S, on_sample=self._on_sample)
+        for role, pid in zip(task.roles, pids):
+            self._sampler.register(role, pid)
+
+    def _on_sample(self, samples: list[Any]) -> None:
+        from dataclasses import replace
+
+        from .resources import MACHINE_ROLE
+
+        moved = [replace(s, timestamp=s.timestamp - self._task.clock_offset_s,
+                         role=f"{self._task.name}/{MACHINE_ROLE}" if s.role == MACHINE_ROLE else s.role)
+                 for s in samples]
+        with self._lock:
+            self._rows.extend(moved)
+
+    def start(self) -> None:
+        self._sampler.start()
+
+    def stop(self) -> None:
+        self._sampler.stop()
+
+    def take(self) -> list[tuple[int, Any]]:
+        with self._lock:
+            rows, self._rows = self._rows, []
+        return [(-1, ("resources", rows))] if rows else []
+
+
 def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
@@ -133,6 +178,7 @@ def run_node(task: NodeTask) -> dict[str, Any]:
             batch = []
         last_forward = time.monotonic()
 
+    sampler = _NodeSampler(task, [process.pid for _, process, _ in children]) if task.sample else None
     running = {reader: (index, process) for index, process, reader in children}
     sentinels = {process.sentinel: (index, process, reader) for index, process, reader in children}
     exits: dict[int, int | None] = {}
@@ -170,6 +216,10 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                 due = start_at + task.clock_offset_s  # the same instant on every node
             if due is not None and not start.is_set() and time.time() >= due:
                 start.set()
+                if sampler is not None:
+                    sampler.start()
+            if sampler is not None:
+                batch.extend(sampler.take())
             if stopped_at is None and stop_event.is_set():
                 stop.set()
                 stopped_at = time.monotonic()
@@ -178,6 +228,9 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                     process.kill()
     finally:
         stop.set()
+        if sampler is not None:
+            sampler.stop()
+            batch.extend(sampler.take())
         for index, process, reader in children:
             process.join(NODE_JOIN_S if index not in exits else 0)
             if process.is_alive():

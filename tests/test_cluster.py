@@ -259,13 +259,17 @@ def test_a_node_on_another_host_cannot_reach_a_loopback_server_but_reaches_a_wil
     assert done.stderr == ("loadtest: servers: s listens on 127.0.0.1, which node-1 (other-host) on another machine "
                            "cannot reach; give it a listen address the nodes can reach (such as 0.0.0.0:PORT)\n")
     wildcard = COUNTED.replace("kind: http}", "kind: http, listen: '0.0.0.0:0'}").replace("3001", "500")
+    wildcard = wildcard.replace("requests: 500", "requests: 500\nduration: 30s").replace("concurrency: 3", "concurrency: 1, think: 5ms")
     done = loadtest(tmp_path, wildcard, "--cluster", address)
     assert done.returncode == 0, done.stderr
     summary = summary_of(tmp_path)
     assert summary["aggregated"]["requests"] == summary["servers"][0]["served"]["requests"] == 500
     assert [(n["host"], n["ended"]) for n in summary["nodes"]] == [("other-host", "ok")]
-    # Its worker's pid is another machine's: nothing here samples it.
-    assert "node-1/worker-0" not in {r["role"] for r in read_csv(tmp_path / "r" / "resources.csv")}
+    # Its worker's pid is another machine's: the node samples its own worker and machine and sends the rows.
+    rows = read_csv(tmp_path / "r" / "resources.csv")
+    assert {"node-1/worker-0", "node-1/machine"} <= {r["role"] for r in rows}
+    worker_pid = str(summary["workers"][0]["pid"])
+    assert {r["pid"] for r in rows if r["role"] == "node-1/worker-0"} == {worker_pid}
 
 
 def test_a_node_whose_limits_cannot_fit_its_share_is_refused(tmp_path: Path) -> None:

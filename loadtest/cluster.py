@@ -344,7 +344,7 @@ class Cluster:
                 states.append(state)
             first += node.count
             roles = tuple(s.role for s in states[-node.count:])
-            task = NodeTask(node.name, plans, node.clock_offset_s, channel, not node.same_host, roles)
+            task = NodeTask(node.name, plans, node.clock_offset_s, channel, self.client.id, not node.same_host, roles)
             node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
                                              pure=False, key=f"{prefix}-{node.name}")
         self._relay = threading.Thread(target=self._relay_loop, name="loadtest-node-relay", daemon=True)

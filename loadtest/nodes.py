@@ -33,6 +33,7 @@ FORWARD_S = 1.0  # snapshots go to the controller in one batch this often (each 
 NODE_POLL_S = 0.25  # how often the node looks at the run's start and stop signals between its workers' messages
 RESOURCE_INTERVAL_S = 1.0  # a node on another machine samples its own workers and machine this often
 NODE_JOIN_S = 5.0  # after its workers are told to stop, how long they get to exit before they are killed
+CONTROLLER_CHECK_S = 2.0  # how often the node asks the scheduler whether the controller's client is still there
 STOP_AFTER_S = 15.0  # after the stop signal, the longest a worker may take to finish before it is killed
 
 
@@ -54,6 +55,7 @@ class NodeTask:
     plans: tuple[WorkerPlan, ...]
     clock_offset_s: float  # this node's clock minus the controller's, as measured before the run
     channel: NodeChannel
+    controller: str = ""  # the controller's Dask client id: while the scheduler lists it, the run wants this node
     sample: bool = False  # sample its workers and machine here (the controller is on another machine)
     roles: tuple[str, ...] = ()  # its workers' roles in resources.csv, in plan order
 
@@ -156,6 +158,11 @@ class _NodeSampler:
         return [(-1, ("resources", rows))] if rows else []
 
 
+def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
+    """On the scheduler: is this client still connected? (A controller killed outright is not.)"""
+    return client_id in dask_scheduler.clients
+
+
 def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
@@ -163,9 +170,10 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     (index, message) pair exactly as the worker sent it; ("ended", index, exitcode) says a worker's
     process is gone. Returns how the node's workers ended.
     """
-    from distributed import Event, Queue, Variable
+    from distributed import Event, Queue, Variable, get_client
 
     queue = Queue(task.channel.queue)
+    client = get_client()
     start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
     start, stop, children = _start_workers(task.plans)
     batch: list[tuple[int, Any]] = []
@@ -184,6 +192,7 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     exits: dict[int, int | None] = {}
     due: float | None = None  # when this node starts its workers, on its own clock
     stopped_at: float | None = None
+    checked = time.monotonic()
     try:
         while sentinels:
             for handle in wait([*running, *sentinels], timeout=NODE_POLL_S):
@@ -220,7 +229,11 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                     sampler.start()
             if sampler is not None:
                 batch.extend(sampler.take())
-            if stopped_at is None and stop_event.is_set():
+            gone = False
+            if task.controller and time.monotonic() - checked >= CONTROLLER_CHECK_S:
+                checked = time.monotonic()  # Dask knows whether the controller is there: no heartbeat of our own
+                gone = not client.run_on_scheduler(_client_connected, task.controller)
+            if stopped_at is None and (gone or stop_event.is_set()):
                 stop.set()
                 stopped_at = time.monotonic()
             if stopped_at is not None and time.monotonic() - stopped_at > STOP_AFTER_S:

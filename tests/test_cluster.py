@@ -271,6 +271,23 @@ def test_a_node_on_another_host_cannot_reach_a_loopback_server_but_reaches_a_wil
     worker_pid = str(summary["workers"][0]["pid"])
     assert {r["pid"] for r in rows if r["role"] == "node-1/worker-0"} == {worker_pid}
 
+    # The controller killed outright: the node sees through the scheduler that its client is gone and stops
+    # its worker; nothing of the run is left on the node.
+    (tmp_path / "long.yaml").write_text(wildcard.replace("requests: 500\n", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "run", str(tmp_path / "long.yaml"), "--out",
+                             str(tmp_path / "r2"), "--cluster", address], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"worker started \(pids (\d+)\)", line):
+            break
+    else:
+        raise AssertionError(proc.stderr.read() if proc.stderr else "")
+    load_worker = psutil.Process(int(m.group(1)))
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert_all_gone([load_worker], within=10)
+
 
 def test_a_node_whose_limits_cannot_fit_its_share_is_refused(tmp_path: Path) -> None:
     import resource

@@ -57,7 +57,8 @@ _LOOPBACK = re.compile(r"^(127\.|localhost$|::1$|\[::1\]$)")
 
 
 def cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | None:
-    """The scheduler to use and where it was given: --cluster, then the config's `cluster:`, then DASK_SCHEDULER_ADDRESS."""
+    """The scheduler to use and where it was given: --cluster, then the config's `cluster:`, then
+    DASK_SCHEDULER_ADDRESS."""
     if option is not None:
         return option.strip(), "--cluster"
     if config.cluster:
@@ -344,7 +345,8 @@ class Cluster:
                 states.append(state)
             first += node.count
             roles = tuple(s.role for s in states[-node.count:])
-            task = NodeTask(node.name, plans, node.clock_offset_s, channel, self.client.id, not node.same_host, roles)
+            task = NodeTask(node.name, plans, node.clock_offset_s, channel, self.client.id,
+                            sample=not node.same_host, roles=roles)
             node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
                                              pure=False, key=f"{prefix}-{node.name}")
         self._relay = threading.Thread(target=self._relay_loop, name="loadtest-node-relay", daemon=True)

@@ -177,7 +177,8 @@ def test_without_dask_a_cluster_run_says_what_to_install_and_a_local_run_never_i
     # A local run: the same command without --cluster, then a look at what the process imported.
     probe = ("import sys, runpy\nsys.argv = ['loadtest', 'run', sys.argv[1], '--out', sys.argv[2], '-q']\n"
              "try:\n    runpy.run_module('loadtest', run_name='__main__')\nexcept SystemExit as e:\n"
-             "    print('exit', e.code, sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n")
+             "    print('exit', e.code,\n"
+             "          sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n")
     local = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "run.yaml"), str(tmp_path / "b")],
                            env=env(), capture_output=True, text=True, timeout=60)
     assert local.stdout.strip().endswith("exit 0 []"), local.stdout + local.stderr
@@ -259,7 +260,8 @@ def test_a_node_on_another_host_cannot_reach_a_loopback_server_but_reaches_a_wil
     assert done.stderr == ("loadtest: servers: s listens on 127.0.0.1, which node-1 (other-host) on another machine "
                            "cannot reach; give it a listen address the nodes can reach (such as 0.0.0.0:PORT)\n")
     wildcard = COUNTED.replace("kind: http}", "kind: http, listen: '0.0.0.0:0'}").replace("3001", "500")
-    wildcard = wildcard.replace("requests: 500", "requests: 500\nduration: 30s").replace("concurrency: 3", "concurrency: 1, think: 5ms")
+    wildcard = (wildcard.replace("requests: 500", "requests: 500\nduration: 30s")
+                .replace("concurrency: 3", "concurrency: 1, think: 5ms"))
     done = loadtest(tmp_path, wildcard, "--cluster", address)
     assert done.returncode == 0, done.stderr
     summary = summary_of(tmp_path)

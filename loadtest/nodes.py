@@ -29,8 +29,10 @@ from . import __version__
 from .config import ConfigError
 from .worker import WorkerPlan
 
-FORWARD_S = 1.0  # snapshots go to the controller in one batch this often (each worker sends one a second)
-NODE_POLL_S = 0.25  # how often the node looks at the run's start and stop signals between its workers' messages
+# Each worker sends a snapshot a second, all at about the same moment: what came within this window goes to the
+# controller as one batch. Short, because a node lost mid-run loses what it had not yet forwarded.
+FORWARD_WINDOW_S = 0.2
+NODE_POLL_S = 0.25  # how often the node asks the scheduler about the run's start and stop signals
 RESOURCE_INTERVAL_S = 1.0  # a node on another machine samples its own workers and machine this often
 NODE_JOIN_S = 5.0  # after its workers are told to stop, how long they get to exit before they are killed
 CONTROLLER_CHECK_S = 2.0  # how often the node asks the scheduler whether the controller's client is still there
@@ -166,7 +168,7 @@ def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
 def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
-    Messages go to the controller as they come, in batches at most FORWARD_S apart, each an
+    Messages go to the controller as they come, in batches at most FORWARD_WINDOW_S late, each an
     (index, message) pair exactly as the worker sent it; ("ended", index, exitcode) says a worker's
     process is gone. Returns how the node's workers ended.
     """
@@ -177,14 +179,14 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
     start, stop, children = _start_workers(task.plans)
     batch: list[tuple[int, Any]] = []
-    last_forward = time.monotonic()
+    pending_since: float | None = None  # when the oldest message of `batch` came
 
     def forward() -> None:
-        nonlocal batch, last_forward
+        nonlocal batch, pending_since
         if batch:
             queue.put(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
             batch = []
-        last_forward = time.monotonic()
+        pending_since = None
 
     sampler = _NodeSampler(task, [process.pid for _, process, _ in children]) if task.sample else None
     running = {reader: (index, process) for index, process, reader in children}
@@ -192,10 +194,15 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     exits: dict[int, int | None] = {}
     due: float | None = None  # when this node starts its workers, on its own clock
     stopped_at: float | None = None
-    checked = time.monotonic()
+    checked = polled = time.monotonic()
     try:
         while sentinels:
-            for handle in wait([*running, *sentinels], timeout=NODE_POLL_S):
+            timeout = NODE_POLL_S  # shorter when a batch is due, or the start instant is near: met on time
+            if pending_since is not None:
+                timeout = min(timeout, pending_since + FORWARD_WINDOW_S - time.monotonic())
+            if due is not None and not start.is_set():
+                timeout = min(timeout, due - time.time())
+            for handle in wait([*running, *sentinels], timeout=max(0.0, timeout)):
                 if handle in running:
                     index, _ = running[handle]
                     try:
@@ -204,6 +211,7 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                         del running[handle]
                         continue
                     batch.append((index, message))
+                    pending_since = pending_since or time.monotonic()
                     if message[0] != "snapshot":
                         forward()  # ready, stopping, done, error: the controller waits on these
                 elif handle in sentinels:
@@ -218,22 +226,26 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                     exits[index] = process.exitcode
                     batch.append((index, ("ended", index, process.exitcode)))
                     forward()
-            if time.monotonic() - last_forward >= FORWARD_S:
+            if pending_since is not None and time.monotonic() - pending_since >= FORWARD_WINDOW_S:
                 forward()
-            if due is None and not start.is_set() and start_event.is_set():
+            poll = time.monotonic() - polled >= NODE_POLL_S  # the scheduler is asked at most this often
+            if poll:
+                polled = time.monotonic()
+            if poll and due is None and not start.is_set() and start_event.is_set():
                 start_at = float(Variable(task.channel.start_at).get(timeout=5))
                 due = start_at + task.clock_offset_s  # the same instant on every node
             if due is not None and not start.is_set() and time.time() >= due:
                 start.set()
                 if sampler is not None:
                     sampler.start()
-            if sampler is not None:
-                batch.extend(sampler.take())
+            if sampler is not None and (rows := sampler.take()):
+                batch.extend(rows)
+                pending_since = pending_since or time.monotonic()
             gone = False
             if task.controller and time.monotonic() - checked >= CONTROLLER_CHECK_S:
                 checked = time.monotonic()  # Dask knows whether the controller is there: no heartbeat of our own
                 gone = not client.run_on_scheduler(_client_connected, task.controller)
-            if stopped_at is None and (gone or stop_event.is_set()):
+            if stopped_at is None and (gone or (poll and stop_event.is_set())):
                 stop.set()
                 stopped_at = time.monotonic()
             if stopped_at is not None and time.monotonic() - stopped_at > STOP_AFTER_S:

@@ -165,10 +165,19 @@ class ClusterSignal:
         self.at: float | None = None
 
     def set(self) -> None:
+        """Start: every node starts its workers START_LEAD_S from now. Stop: every node stops them.
+
+        A stop the scheduler cannot take (it is gone) is not an error: its nodes are lost already.
+        """
         if self._start_at is not None:
             self.at = time.time() + START_LEAD_S
             self._start_at.set(self.at)
-        self._event.set()
+            self._event.set()
+            return
+        try:
+            self._event.set()
+        except Exception:  # noqa: BLE001 - the scheduler is gone: the relay marks every node lost
+            pass
 
     def is_set(self) -> bool:
         return bool(self._event.is_set())
@@ -206,10 +215,15 @@ class Cluster:
             if isinstance(target, int):
                 # A daemon process may not start children, and each node starts its per-core workers.
                 with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
-                    local = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
-                                                     dashboard_address=None, silence_logs=logging.CRITICAL)
-                    client = distributed.Client(local, timeout=CONNECT_TIMEOUT_S)
-                    client.wait_for_workers(target, timeout=LOCAL_START_S)
+                    try:
+                        local = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
+                                                         dashboard_address=None, silence_logs=logging.CRITICAL)
+                        client = distributed.Client(local, timeout=CONNECT_TIMEOUT_S)
+                        client.wait_for_workers(target, timeout=LOCAL_START_S)
+                    except (OSError, TimeoutError, RuntimeError) as e:
+                        from .controller import RunError
+
+                        raise RunError(f"{where}: could not start {target} local nodes: {e}") from None
                 # A terminal's Ctrl-C reaches the whole process group, these nodes included.
                 client.run(leave_interrupts_to_controller)
                 return cls(client, local, where, text)

@@ -89,6 +89,14 @@ def _import_distributed(where: str) -> Any:
     return distributed
 
 
+def _quiet_dask_logs() -> None:
+    """Dask's own log lines (reconnect attempts, a worker that left) are not the run's output: the run
+    says what happened to a node in its own words."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @dataclass
 class Node:
     """One Dask worker used as a node: where it is, its clock, its workers and how it ended."""
@@ -227,13 +235,34 @@ class Cluster:
                 # A terminal's Ctrl-C reaches the whole process group, these nodes included.
                 client.run(leave_interrupts_to_controller)
                 return cls(client, local, where, text)
-            logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its retries are not the user's news
             try:
                 client = distributed.Client(target, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError) as e:
                 raise ConfigError(f"{where}: no Dask scheduler answered at {target} within {CONNECT_TIMEOUT_S:g} s "
                                   f"({type(e).__name__})") from None
-        return cls(client, None, where, text)
+        _quiet_dask_logs()
+        cluster = cls(client, None, where, text)
+        try:
+            cluster._check_scheduler()
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+    def _check_scheduler(self) -> None:
+        """The scheduler unpickles each node's task, so it needs loadtest too, at the controller's version."""
+        from .nodes import loadtest_version
+
+        try:
+            version = self.client.run_on_scheduler(loadtest_version)
+        except Exception as e:  # noqa: BLE001 - whatever it raised (no module loadtest), the sentence names it
+            raise ConfigError(f"{self.where}: the Dask scheduler at {self.address} cannot import loadtest "
+                              f"({type(e).__name__}: {e}); install loadtest {__version__} where it runs too "
+                              f"({INSTALL_HINT}=={__version__})") from None
+        if version != __version__:
+            raise ConfigError(f"{self.where}: the Dask scheduler at {self.address} has loadtest {version}, this "
+                              f"controller {__version__}; install the same version on the scheduler and every node "
+                              f"({INSTALL_HINT}=={__version__})")
 
     def choose(self, wanted: int | None) -> None:
         """Use `wanted` of the scheduler's workers (all of them if None), named node-1, node-2, ... by address."""
@@ -372,6 +401,10 @@ class Cluster:
         last_check = 0.0
         while not self._closing.is_set():
             active = [n for n in self.nodes if not n.lost and not self._all_ended(n)]
+            if active and self.client.status != "running":  # its connection to the scheduler closed
+                for node in active:
+                    self._lose(node, f"the Dask scheduler at {self.address} is gone")
+                continue
             for node in active:
                 self._drain(node)
             now = time.monotonic()

@@ -77,6 +77,12 @@ def describe_node() -> dict[str, Any]:
     }
 
 
+def loadtest_version(dask_scheduler: Any = None) -> str:
+    """This process's loadtest version: run on the scheduler (run_on_scheduler), which unpickles the
+    node tasks and so must import loadtest too."""
+    return __version__
+
+
 def node_limits(config: Any, total_workers: int) -> str:
     """The sentence a local run would be refused with on this node, for one worker's share of
     `total_workers` (descriptors, ports, source_ips), or "" if its limits fit. Runs on the node."""

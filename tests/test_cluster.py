@@ -184,13 +184,44 @@ def test_without_dask_a_cluster_run_says_what_to_install_and_a_local_run_never_i
     assert local.stdout.strip().endswith("exit 0 []"), local.stdout + local.stderr
 
 
+def start_scheduler(file: Path, pythonpath: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """A `dask scheduler` on a free loopback port that writes its address to `file`; in a group of its own."""
+    return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                             "0", "--no-dashboard", "--scheduler-file", str(file)], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(pythonpath)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_a_scheduler_without_loadtest_is_refused(tmp_path: Path) -> None:
+    """The scheduler unpickles each node's task: without loadtest it could not, and the run would fail late."""
+    file = tmp_path / "scheduler.json"
+    proc = start_scheduler(file, tmp_path, tmp_path)  # tmp_path holds no loadtest
+    try:
+        deadline = time.monotonic() + 30
+        while not file.exists():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.1)
+        time.sleep(0.2)
+        address = json.loads(file.read_text())["address"]
+        done = loadtest(tmp_path, COUNTED, "--cluster", address)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"loadtest: --cluster: the Dask scheduler at {address} cannot import loadtest "
+                                  f"(ModuleNotFoundError: No module named 'loadtest")
+    from loadtest import __version__
+
+    assert done.stderr.endswith(f"install loadtest {__version__} where it runs too "
+                                f"(pip install loadtest[cluster]=={__version__})\n")
+    assert done.stderr.count("\n") == 1
+
+
 @pytest.fixture
 def scheduler(tmp_path: Path):
     """A real `dask scheduler` on a free loopback port; yields (its address, a function that starts a worker)."""
     file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    procs = [start_scheduler(file, REPO, tmp_path)]
 
     def worker(pythonpath: Path, daemon: bool, hostname: str | None = None) -> None:
         """A `dask worker` (one node); with `hostname`, in a UTS namespace of its own: a node on another host."""

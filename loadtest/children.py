@@ -281,12 +281,12 @@ class ChildGroup:
         KeyboardInterrupt as soon as `interrupted()` is true; the children are left for the caller to stop.
         """
         deadline = time.monotonic() + timeout
-        readies: dict[int, Ready] = {}
+        readies: dict[Child, Ready] = {}
         while len(readies) < len(self.children):
             if interrupted is not None and interrupted():
                 raise KeyboardInterrupt
             remaining = deadline - time.monotonic()
-            waiting = [c for c in self.children if c.index not in readies]
+            waiting = [c for c in self.children if c not in readies]
             if remaining <= 0:
                 raise ReadyTimeout(len(waiting), len(self.children), timeout)
             handles: dict[Any, Child] = {}
@@ -295,17 +295,17 @@ class ChildGroup:
                 handles[child.sentinel] = child
             for handle in wait(list(handles), min(remaining, READY_POLL_S)):
                 child = handles[handle]
-                if child.index in readies:
+                if child in readies:
                     continue
                 message = _first_message(child)
                 if isinstance(message, Failed):
                     raise ChildFailed(child, message.error)
                 if isinstance(message, Ready):
-                    readies[child.index] = message
+                    readies[child] = message
                 elif handle is child.conn or not child.alive():  # its pipe closed, or its process ended, silent
                     child.join(KILL_TIMEOUT_S)
                     raise ChildExited(child, child.exitcode)
-        return [readies[c.index] for c in self.children]
+        return [readies[c] for c in self.children]
 
     def ended(self) -> list[tuple[int, int | None]]:
         """(pid, exit code) of each child that has ended; a negative code is the signal that killed it."""

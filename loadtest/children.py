@@ -28,7 +28,7 @@ here, by `ChildGroup.start(entry, args)`:
 
 Parent side:
 
-    group = ChildGroup.start("loadtest.worker:main", [(plan, start, stop) for plan in plans], "loadtest-worker")
+    group = ChildGroup.start("loadtest.workload:run_worker", [(plan, start, stop) for plan in plans], "loadtest-worker")
     readies = group.ready(timeout=60.0)       # raises ChildFailed, ChildExited or ReadyTimeout
     ... group.children[k].conn.recv() ...     # wait() on conn and sentinel of each child
     group.stop(timeout=5.0)                   # lifelines closed, then SIGKILL for what is left

@@ -10,7 +10,8 @@ from loadtest.config import parse_config
 from loadtest.messages import Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit, WorkerPlan
 from loadtest.stats import Snapshot, TargetRecorder
 
-CONFIG = {"name": "messages", "duration": "2s", "targets": [{"name": "home", "url": "http://127.0.0.1:9/", "concurrency": 1}]}
+CONFIG = {"name": "messages", "duration": "2s",
+          "targets": [{"name": "home", "url": "http://127.0.0.1:9/", "concurrency": 1}]}
 
 
 def every_message() -> list[object]:

@@ -68,7 +68,6 @@ MAX_CONFIG_BYTES = 10 * 1024 * 1024
 MAX_YAML_NODES = 1_000_000
 MAX_TEXT_DEPTH = 50  # nesting of mappings and lists a config may have
 RESERVED_NAMES = ("Aggregated",)  # the total row of every report
-SCHEMA_ID = "https://loadtest.invalid/loadtest.schema.json"  # names the schema; nothing is fetched from it
 _DOCUMENT = "<document>"  # stands for the file's path in what the YAML loader raises; load_config puts it in
 
 Target = HttpTarget | TcpTarget  # a validated target of any kind (loadtest.kinds)
@@ -114,7 +113,8 @@ class ServerModel(ConfigModel):
     name: Name = None
     kind: choice(SERVER_KINDS, default_given=False)  # type: ignore[valid-type]
     listen: Annotated[tuple[str, int], BeforeValidator(ip_address), WithJsonSchema(
-        {"type": "string", "description": "HOST:PORT to listen on; port 0: a free one"})] = ("127.0.0.1", 0)
+        {"type": "string", "description": "HOST:PORT to listen on; port 0: a free one", "default": DEFAULT_LISTEN}),
+                      Field(validate_default=True)] = DEFAULT_LISTEN  # type: ignore[assignment]
     workers: Annotated[int, BeforeValidator(lambda v: process_count(positive_int(v))),
                        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WORKERS})] = 1
     upper: Flag = False
@@ -201,7 +201,7 @@ class RunConfigModel(ConfigModel):
     out: Annotated[str, BeforeValidator(_out), WithJsonSchema({"type": "string", "minLength": 1})] = DEFAULT_OUT
     servers: Annotated[tuple[ServerModel, ...], BeforeValidator(_a_list("a list"))] = ()
     targets: Annotated[tuple[TargetModel, ...], BeforeValidator(_targets),  # type: ignore[valid-type]
-                       Field(min_length=1, validate_default=True)] = None
+                       Field(validate_default=True)] = None
     thresholds: Annotated[tuple[tuple[Any, bool], ...], BeforeValidator(
         lambda v: [_checked_item(_threshold, i, x) for i, x in enumerate(_a_list(
             "a list such as ['p99 < 50ms']")(v))]),
@@ -256,6 +256,7 @@ class RunConfigModel(ConfigModel):
     @classmethod
     def schema_extra(cls, schema: dict[str, Any]) -> None:
         schema["required"] = ["targets"]  # left out, it is refused with a sentence of its own (see _targets)
+        schema["properties"]["targets"]["minItems"] = 1
 
 
 def _checked_item(check: Any, index: int, value: Any) -> Any:
@@ -306,8 +307,7 @@ def _worded(error: ValidationError) -> ConfigError:
 def config_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a config file, as editors and `loadtest schema` use it."""
     schema = RunConfigModel.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            "title": "loadtest config", **{k: v for k, v in schema.items() if k != "title"}}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "loadtest config", **{k: v for k, v in schema.items() if k != "title"}}
 
 
 def _check_text(data: Any, where: str, depth: int = 0) -> None:

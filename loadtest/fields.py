@@ -372,12 +372,18 @@ Stages = Annotated[tuple[Stage, ...], BeforeValidator(stages), WithJsonSchema({
               "properties": {"duration": _DURATION_SCHEMA, "target": {"type": "number", "minimum": 0}}}})]
 
 
+_JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
+
+
 def _schema_extra(schema: dict[str, Any], model: Any) -> None:
-    """A field left out is not the same as one given as null: the schema does not claim null defaults.
+    """Defaults shown only where they are what a user would write: a field left out is not one given as null,
+    and a default held converted (a tuple for "listen: 127.0.0.1:0", bytes for a body) is left out.
     Then the model's own `schema_extra`, if it has one."""
     for prop in schema.get("properties", {}).values():
-        if prop.get("default", 0) is None:
-            del prop["default"]
+        if "default" in prop:
+            default, kind = prop["default"], _JSON_TYPES.get(prop.get("type", ""))
+            if default is None or default == [] or (kind is not None and not isinstance(default, kind)):
+                del prop["default"]
     extra = getattr(model, "schema_extra", None)
     if extra is not None:
         extra(schema)

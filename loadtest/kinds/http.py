@@ -199,7 +199,7 @@ def think_range(value: Any) -> tuple[float, float] | None:
     return (seconds, seconds)
 
 
-_URL_SCHEMA = {"type": "string", "pattern": "^(https?://|\\{)", "description": "http:// or https:// URL; "
+_URL_SCHEMA = {"type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://", "description": "http:// or https:// URL; "
                "{name} stands for the host:port of the server of that name"}
 _DURATION_TEXT = {"type": "string"}
 

@@ -41,6 +41,8 @@ from .fields import (  # noqa: F401 - the names the rest of the program imports 
     check_workers,
     choice,
     explain,
+    field_error,
+    Duration,
     ip_address,
     metrics_address,
     parse_address,
@@ -110,18 +112,19 @@ class RunConfig:
 class ServerModel(ConfigModel):
     """An embedded server as written in the config's `servers:` list."""
 
-    name: Name = None
-    kind: choice(SERVER_KINDS, default_given=False)  # type: ignore[valid-type]
+    name: Name = None  # type: ignore[assignment] # None (left out): named after its kind
+    kind: choice(SERVER_KINDS)  # type: ignore[valid-type]
     listen: Annotated[tuple[str, int], BeforeValidator(ip_address), WithJsonSchema(
         {"type": "string", "description": "HOST:PORT to listen on; port 0: a free one", "default": DEFAULT_LISTEN}),
                       Field(validate_default=True)] = DEFAULT_LISTEN  # type: ignore[assignment]
     workers: Annotated[int, BeforeValidator(lambda v: process_count(positive_int(v))),
                        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WORKERS})] = 1
     upper: Flag = False
-    max_connections: OptionalPositiveInt = None
-    idle_timeout: OptionalDuration = None
-    max_buffered: Annotated[int | None, BeforeValidator(fields.max_buffered), WithJsonSchema(
-        {"type": "integer", "minimum": 1, "description": "MiB one http server process buffers for its clients"})] = None
+    # 0 (left out): the server's own default
+    max_connections: Annotated[int, BeforeValidator(positive_int), WithJsonSchema({"type": "integer", "minimum": 1})] = 0
+    idle_timeout: Duration = 0.0
+    max_buffered: Annotated[int, BeforeValidator(fields.max_buffered), WithJsonSchema(
+        {"type": "integer", "minimum": 1, "description": "MiB one http server process buffers for its clients"})] = 0
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> ServerModel:
@@ -135,8 +138,8 @@ class ServerModel(ConfigModel):
     def spec(self) -> ServerSpec:
         return ServerSpec(name=self.name if self.name is not None else self.kind, kind=self.kind, host=self.listen[0],
                           port=self.listen[1], workers=self.workers, upper=self.upper,
-                          max_connections=self.max_connections or 0, idle_timeout=self.idle_timeout or 0.0,
-                          max_buffered=self.max_buffered or 0)
+                          max_connections=self.max_connections, idle_timeout=self.idle_timeout,
+                          max_buffered=self.max_buffered)
 
 
 class ThresholdModel(ConfigModel):
@@ -149,7 +152,10 @@ class ThresholdModel(ConfigModel):
 def _threshold(value: Any) -> tuple[Any, bool]:
     """A threshold as written: its text (checked once the target names are known) and abort_on_fail."""
     if isinstance(value, dict):
-        item = ThresholdModel.model_validate(value)
+        try:
+            item = ThresholdModel.model_validate(value)
+        except ValidationError as e:
+            raise field_error(e) from None
         text, abort = item.threshold, item.abort_on_fail
     else:
         text, abort = value, False
@@ -194,7 +200,7 @@ TargetModel = Annotated[Union[tuple(Annotated[m, Tag(m.__name__)] for m in MODEL
 class RunConfigModel(ConfigModel):
     """A whole run as written: what to load, how long, and what must hold."""
 
-    name: Name = None
+    name: Name = None  # type: ignore[assignment] # None (left out): the config file's name
     duration: OptionalDuration = None
     requests: OptionalPositiveInt = None
     workers: Workers = None

@@ -258,6 +258,18 @@ def optional(check: Any) -> Any:
     return maybe
 
 
+def field_error(error: ValidationError) -> FieldError:
+    """A model's first error, met while checking a value of a larger document, as that value's FieldError."""
+    sentence = str(explain(error))
+    path, _, message = sentence.partition(": ")
+    e = error.errors()[0]
+    cause = (e.get("ctx") or {}).get("error")
+    at_path = tuple(e["loc"]) + (cause.at if isinstance(cause, FieldError) else ())
+    if e["type"] == "extra_forbidden":
+        at_path = at_path[:-1]
+    return FieldError(message, at=at_path)
+
+
 def explain(error: ValidationError) -> ConfigError:
     """The first of pydantic's errors as one sentence naming the field, as the checks above word them."""
     e = error.errors()[0]
@@ -281,24 +293,21 @@ OptionalDuration = Annotated[float | None, BeforeValidator(optional(duration)), 
 PositiveInt = Annotated[int, BeforeValidator(positive_int), WithJsonSchema({"type": "integer", "minimum": 1})]
 OptionalPositiveInt = Annotated[int | None, BeforeValidator(optional(positive_int)),
                                 WithJsonSchema({"type": "integer", "minimum": 1})]
-PositiveNumber = Annotated[float | None, BeforeValidator(optional(positive_number)),
+PositiveNumber = Annotated[float, BeforeValidator(positive_number),
                            WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LEVEL})]
 NonNegativeNumber = Annotated[float, BeforeValidator(non_negative_number),
                               WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_LEVEL})]
 Flag = Annotated[bool, BeforeValidator(flag), WithJsonSchema({"type": "boolean"})]
-Name = Annotated[str | None, BeforeValidator(optional(name)),
+Name = Annotated[str, BeforeValidator(name),
                  WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS})]
 Workers = Annotated[int | None, BeforeValidator(workers), WithJsonSchema(
     {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_WORKERS}, {"const": "auto"}]})]
 Pid = Annotated[int, BeforeValidator(pid), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_PID})]
 
 
-def choice(choices: tuple[str, ...], default_given: bool = True) -> Any:
-    """A field that is one of `choices` (None while left out, if `default_given`)."""
-    check = one_of(choices)
-    return Annotated[str | None if default_given else str,
-                     BeforeValidator(optional(check) if default_given else check),
-                     WithJsonSchema({"enum": list(choices)})]
+def choice(choices: tuple[str, ...]) -> Any:
+    """A field that is one of `choices`."""
+    return Annotated[str, BeforeValidator(one_of(choices)), WithJsonSchema({"enum": list(choices)})]
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -375,14 +384,23 @@ Stages = Annotated[tuple[Stage, ...], BeforeValidator(stages), WithJsonSchema({
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
 
 
+def _fits(default: Any, prop: dict[str, Any]) -> bool:
+    """Whether a default is a value the property's own schema allows (0 for "left out" often is not)."""
+    kind = _JSON_TYPES.get(prop.get("type", ""))
+    if default is None or default == [] or (kind is not None and not isinstance(default, kind)):
+        return False
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        return default >= prop.get("minimum", default) and default > prop.get("exclusiveMinimum", default - 1)
+    return not isinstance(default, str) or len(default) >= prop.get("minLength", 0)
+
+
 def _schema_extra(schema: dict[str, Any], model: Any) -> None:
     """Defaults shown only where they are what a user would write: a field left out is not one given as null,
     and a default held converted (a tuple for "listen: 127.0.0.1:0", bytes for a body) is left out.
     Then the model's own `schema_extra`, if it has one."""
     for prop in schema.get("properties", {}).values():
         if "default" in prop:
-            default, kind = prop["default"], _JSON_TYPES.get(prop.get("type", ""))
-            if default is None or default == [] or (kind is not None and not isinstance(default, kind)):
+            if not _fits(prop["default"], prop):
                 del prop["default"]
     extra = getattr(model, "schema_extra", None)
     if extra is not None:
@@ -403,4 +421,9 @@ class ConfigModel(BaseModel):
         for key in data:
             if key not in known:
                 raise FieldError(f"unknown field {key!r} (known: {', '.join(sorted(known))})")
+        cls.check_written(data)
         return data
+
+    @classmethod
+    def check_written(cls, data: dict[str, Any]) -> None:
+        """Checks of the mapping as written that come before any field's (fields that exclude each other)."""

@@ -24,7 +24,7 @@ from ..fields import (
     check_at,
     Flag,
     Name,
-    OptionalDuration,
+    Duration,
     Stages,
     choice,
     duration,
@@ -207,9 +207,8 @@ _DURATION_TEXT = {"type": "string"}
 class HttpTargetModel(ConfigModel):
     """An HTTP target as written in the config: `url` (or `urls`) and `concurrency`, `rate` or `stages`."""
 
-    name: Name = None
-    url: Annotated[str | None, BeforeValidator(lambda v, info: None if v is None else url_text(v, info)),
-                   WithJsonSchema(_URL_SCHEMA)] = None
+    name: Name = None  # type: ignore[assignment] # None (left out): its first URL
+    url: Annotated[str | None, BeforeValidator(url_text), WithJsonSchema(_URL_SCHEMA)] = None
     urls: Annotated[tuple[str, ...] | None, BeforeValidator(url_list),
                     WithJsonSchema({"type": "array", "minItems": 1, "items": _URL_SCHEMA})] = None
     method: Annotated[str, BeforeValidator(method_name), WithJsonSchema({
@@ -217,11 +216,11 @@ class HttpTargetModel(ConfigModel):
     headers: Annotated[tuple[tuple[str, str], ...], BeforeValidator(header_pairs), WithJsonSchema({
         "type": "object", "additionalProperties": {"type": ["string", "number"]}})] = ()
     body: Annotated[bytes, BeforeValidator(body_bytes), WithJsonSchema({"type": "string"})] = b""
-    timeout: OptionalDuration = None
+    timeout: Duration = DEFAULT_TIMEOUT_S
     expect_status: Annotated[tuple[int, ...], BeforeValidator(statuses), WithJsonSchema({"anyOf": [
         {"type": "integer", "minimum": 100, "maximum": 599},
         {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 100, "maximum": 599}}]})] = ()
-    engine: choice(ENGINES) = None  # type: ignore[valid-type]
+    engine: choice(ENGINES) = DEFAULT_ENGINE  # type: ignore[valid-type]
     verify_tls: Flag = True
     stages: Stages = ()
     # concurrency, rate and their companions are checked together (after the fields above): what each
@@ -231,7 +230,7 @@ class HttpTargetModel(ConfigModel):
     rate: Annotated[Any, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 10_000_000,
                                          "description": "arrivals per second in all (open model)"})] = None
     max_concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 1})] = None
-    arrival: choice(ARRIVALS) = None  # type: ignore[valid-type]
+    arrival: choice(ARRIVALS) = DEFAULT_ARRIVAL  # type: ignore[valid-type]
     think: Annotated[tuple[float, float] | None, BeforeValidator(think_range), WithJsonSchema({"anyOf": [
         _DURATION_TEXT, {"type": "array", "minItems": 2, "maxItems": 2, "items": _DURATION_TEXT}]})] = None
 
@@ -246,8 +245,6 @@ class HttpTargetModel(ConfigModel):
     def target(self) -> HttpTarget:
         """The validated target."""
         given = self.model_fields_set
-        if "url" in given and "urls" in given:
-            raise FieldError("give url or urls, not both")
         if "rate" in given:
             model = "open"
             if "concurrency" in given:
@@ -263,10 +260,10 @@ class HttpTargetModel(ConfigModel):
                     raise FieldError(f"only the open model (rate) has {key}", at=(key,))
             rate = 0.0
             if self.stages:  # concurrency is where the ramp starts, and may be 0
-                concurrency = check_at("concurrency", non_negative_int, 0 if self.concurrency is None else self.concurrency)
+                concurrency = check_at("concurrency", non_negative_int, self.concurrency if "concurrency" in given else 0)
             else:
-                concurrency = check_at("concurrency", positive_int, 1 if self.concurrency is None else self.concurrency)
-        cap = self.max_concurrency if self.max_concurrency is not None else DEFAULT_MAX_CONCURRENCY
+                concurrency = check_at("concurrency", positive_int, self.concurrency if "concurrency" in given else 1)
+        cap = self.max_concurrency if "max_concurrency" in given else DEFAULT_MAX_CONCURRENCY
         target_urls = self.urls if self.urls is not None else (self.url,)
         target = HttpTarget(
             name=self.name if self.name is not None else str(target_urls[0]),
@@ -274,15 +271,15 @@ class HttpTargetModel(ConfigModel):
             method=self.method,
             headers=self.headers,
             body=self.body,
-            timeout=self.timeout if self.timeout is not None else DEFAULT_TIMEOUT_S,
+            timeout=self.timeout,
             expect_status=self.expect_status,
-            engine=self.engine or DEFAULT_ENGINE,
+            engine=self.engine,
             concurrency=concurrency,
             verify_tls=self.verify_tls,
             model=model,
             rate=rate,
             max_concurrency=check_at("max_concurrency", positive_int, cap),
-            arrival=self.arrival or DEFAULT_ARRIVAL,
+            arrival=self.arrival,
             stages=self.stages,
             think=self.think or (0.0, 0.0),
         )
@@ -297,6 +294,11 @@ class HttpTargetModel(ConfigModel):
     def claims(cls, data: dict[str, Any]) -> bool:
         """Whether a target as written is one of these: it has a url (or urls)."""
         return "url" in data or "urls" in data
+
+    @classmethod
+    def check_written(cls, data: dict[str, Any]) -> None:
+        if "url" in data and "urls" in data:
+            raise FieldError("give url or urls, not both")
 
     @classmethod
     def schema_extra(cls, schema: dict[str, Any]) -> None:

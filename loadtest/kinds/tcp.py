@@ -18,7 +18,7 @@ from ..fields import (
     FieldError,
     check_at,
     Name,
-    OptionalDuration,
+    Duration,
     PositiveNumber,
     Stages,
     address,
@@ -94,17 +94,13 @@ def tcp_address(value: Any, info: ValidationInfo) -> str:
     return value
 
 
-def message_bytes(value: Any) -> bytes | None:
-    if value is None:
-        return None
+def message_bytes(value: Any) -> bytes:
     if not isinstance(value, str) or not value:
         raise FieldError(f"must be non-empty text, got {value!r}")
     return value.encode("utf-8")
 
 
-def message_size(value: Any) -> int | None:
-    if value is None:
-        return None
+def message_size(value: Any) -> int:
     count = positive_int(value)
     if count > MAX_TCP_SIZE:
         raise FieldError(f"must be at most 16 MiB, got {count}")
@@ -140,19 +136,19 @@ _SOURCE_TEXT = {"type": "string", "description": "an IPv4 address or a range suc
 class TcpTargetModel(ConfigModel):
     """A TCP target as written in the config: `tcp: HOST:PORT`, with `connections` or `stages`."""
 
-    name: Name = None
+    name: Name = None  # type: ignore[assignment] # None (left out): its address
     tcp: Annotated[str, BeforeValidator(tcp_address), WithJsonSchema({
         "type": "string", "description": "HOST:PORT, or {name} for the server of that name"})]
     connections: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 0})] = None
-    message: Annotated[bytes | None, BeforeValidator(message_bytes), WithJsonSchema({"type": "string", "minLength": 1})] = None
-    size: Annotated[int | None, BeforeValidator(message_size), WithJsonSchema(
-        {"type": "integer", "minimum": 1, "maximum": MAX_TCP_SIZE})] = None
-    expect: choice(TCP_EXPECTS) = None  # type: ignore[valid-type]
-    rate: PositiveNumber = None
-    connect_rate: PositiveNumber = None
+    message: Annotated[bytes, BeforeValidator(message_bytes), WithJsonSchema({"type": "string", "minLength": 1})] = b""
+    size: Annotated[int, BeforeValidator(message_size), WithJsonSchema(
+        {"type": "integer", "minimum": 1, "maximum": MAX_TCP_SIZE})] = DEFAULT_TCP_SIZE
+    expect: choice(TCP_EXPECTS) = DEFAULT_TCP_EXPECT  # type: ignore[valid-type]
+    rate: PositiveNumber = 0.0  # 0 (left out): back to back
+    connect_rate: PositiveNumber = 0.0  # 0 (left out): as fast as possible
     source_ips: Annotated[tuple[str, ...], BeforeValidator(source_addresses), WithJsonSchema(
         {"anyOf": [_SOURCE_TEXT, {"type": "array", "items": _SOURCE_TEXT}]})] = ()
-    timeout: OptionalDuration = None
+    timeout: Duration = DEFAULT_TIMEOUT_S
     stages: Stages = ()
 
     needs: ClassVar[str] = "tcp for a TCP target"  # what a target lacking every kind's key needs
@@ -161,6 +157,11 @@ class TcpTargetModel(ConfigModel):
     def claims(cls, data: dict[str, Any]) -> bool:
         """Whether a target as written is one of these: it has `tcp`."""
         return "tcp" in data
+
+    @classmethod
+    def check_written(cls, data: dict[str, Any]) -> None:
+        if "message" in data and "size" in data:
+            raise FieldError("give message or size, not both")
 
     @model_validator(mode="after")
     def _checked_across_fields(self) -> TcpTargetModel:
@@ -171,25 +172,22 @@ class TcpTargetModel(ConfigModel):
     def target(self) -> TcpTarget:
         """The validated target."""
         given = self.model_fields_set
-        if "message" in given and "size" in given:
-            raise FieldError("give message or size, not both")
         if self.stages:  # connections is where the ramp starts, and may be 0
-            connections = check_at("connections", non_negative_int, 0 if self.connections is None else self.connections)
+            connections = check_at("connections", non_negative_int, self.connections if "connections" in given else 0)
             if peak_level(self.stages, connections) < 0.5:
                 raise FieldError("never reach a connection; give a stage a target of 1 or more", at=("stages",))
         else:
-            connections = check_at("connections", positive_int, 1 if self.connections is None else self.connections)
-        count = self.size or DEFAULT_TCP_SIZE
+            connections = check_at("connections", positive_int, self.connections if "connections" in given else 1)
         return TcpTarget(
             name=self.name if self.name is not None else self.tcp,
             address=self.tcp,
             connections=connections,
-            message=self.message if self.message is not None else bytes(_FILLER[i % 36] for i in range(count)),
-            expect=self.expect or DEFAULT_TCP_EXPECT,
-            rate=self.rate or 0.0,
-            connect_rate=self.connect_rate or 0.0,
+            message=self.message if "message" in given else bytes(_FILLER[i % 36] for i in range(self.size)),
+            expect=self.expect,
+            rate=self.rate,
+            connect_rate=self.connect_rate,
             source_ips=self.source_ips,
-            timeout=self.timeout if self.timeout is not None else DEFAULT_TIMEOUT_S,
+            timeout=self.timeout,
             stages=self.stages,
         )
 

@@ -21,15 +21,10 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, ValidationError
 
 from . import fields
 from .fields import (  # noqa: F401 - the names the rest of the program imports from here
-    DEFAULT_METRICS_HOST,
-    DEFAULT_TIMEOUT_S,
-    MAX_DURATION_S,
-    MAX_DURATION_TEXT,
-    MAX_LEVEL,
-    MAX_PID,
     MAX_WORKERS,
     ConfigError,
     ConfigModel,
+    Duration,
     FieldError,
     Flag,
     Name,
@@ -37,12 +32,12 @@ from .fields import (  # noqa: F401 - the names the rest of the program imports 
     OptionalPositiveInt,
     Pid,
     Workers,
+    check_at,
     check_ip,
     check_workers,
     choice,
     explain,
     field_error,
-    Duration,
     ip_address,
     metrics_address,
     parse_address,
@@ -57,7 +52,8 @@ from .fields import (  # noqa: F401 - the names the rest of the program imports 
     resolve,
     type_name,
 )
-from .kinds import MODELS, HttpTarget, TcpTarget, model_for, needs
+# HttpTarget and TcpTarget are imported from here by the protocols and the tests.
+from .kinds import MODELS, HttpTarget, Target, TcpTarget, model_for, needs  # noqa: F401
 from .schedule import stages_duration
 from .thresholds import Threshold, ThresholdError, parse_threshold
 
@@ -71,8 +67,6 @@ MAX_YAML_NODES = 1_000_000
 MAX_TEXT_DEPTH = 50  # nesting of mappings and lists a config may have
 RESERVED_NAMES = ("Aggregated",)  # the total row of every report
 _DOCUMENT = "<document>"  # stands for the file's path in what the YAML loader raises; load_config puts it in
-
-Target = HttpTarget | TcpTarget  # a validated target of any kind (loadtest.kinds)
 
 
 @dataclass(frozen=True)
@@ -107,8 +101,6 @@ class RunConfig:
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
-
-
 class ServerModel(ConfigModel):
     """An embedded server as written in the config's `servers:` list."""
 
@@ -121,7 +113,8 @@ class ServerModel(ConfigModel):
                        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WORKERS})] = 1
     upper: Flag = False
     # 0 (left out): the server's own default
-    max_connections: Annotated[int, BeforeValidator(positive_int), WithJsonSchema({"type": "integer", "minimum": 1})] = 0
+    max_connections: Annotated[int, BeforeValidator(positive_int),
+                               WithJsonSchema({"type": "integer", "minimum": 1})] = 0
     idle_timeout: Duration = 0.0
     max_buffered: Annotated[int, BeforeValidator(fields.max_buffered), WithJsonSchema(
         {"type": "integer", "minimum": 1, "description": "MiB one http server process buffers for its clients"})] = 0
@@ -209,7 +202,7 @@ class RunConfigModel(ConfigModel):
     targets: Annotated[tuple[TargetModel, ...], BeforeValidator(_targets),  # type: ignore[valid-type]
                        Field(validate_default=True)] = None
     thresholds: Annotated[tuple[tuple[Any, bool], ...], BeforeValidator(
-        lambda v: [_checked_item(_threshold, i, x) for i, x in enumerate(_a_list(
+        lambda v: [check_at(i, _threshold, x) for i, x in enumerate(_a_list(
             "a list such as ['p99 < 50ms']")(v))]),
         WithJsonSchema({"type": "array", "items": {"anyOf": [_THRESHOLD_TEXT, {
             "type": "object", "additionalProperties": False, "required": ["threshold"],
@@ -265,13 +258,6 @@ class RunConfigModel(ConfigModel):
         schema["properties"]["targets"]["minItems"] = 1
 
 
-def _checked_item(check: Any, index: int, value: Any) -> Any:
-    try:
-        return check(value)
-    except FieldError as e:
-        raise FieldError(e.message, at=(index, *e.at)) from None
-
-
 def _unique(names: list[str], where: str) -> None:
     seen: set[str] = set()
     for i, n in enumerate(names):
@@ -313,7 +299,8 @@ def _worded(error: ValidationError) -> ConfigError:
 def config_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a config file, as editors and `loadtest schema` use it."""
     schema = RunConfigModel.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "loadtest config", **{k: v for k, v in schema.items() if k != "title"}}
+    del schema["title"]  # the model's class name
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "loadtest config", **schema}
 
 
 def _check_text(data: Any, where: str, depth: int = 0) -> None:

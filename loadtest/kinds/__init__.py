@@ -19,6 +19,7 @@ KINDS: tuple[TargetKind, ...] = (Tcp(), HttpClosed(), HttpOpen())
 # In this order a target as written is offered to the kinds' config models (each model claims its own).
 MODELS: tuple[type[Any], ...] = (HttpTargetModel, TcpTargetModel)
 _BY_NAME = {k.name: k for k in KINDS}
+Target = HttpTarget | TcpTarget  # a validated target of any kind
 
 
 def kind_of(target: Any) -> TargetKind:
@@ -43,4 +44,4 @@ def needs() -> str:
 
 
 __all__ = ["KINDS", "MODELS", "ExtraRow", "HeldConnections", "HttpTarget", "HttpTargetModel", "Load", "TargetKind",
-           "TcpTarget", "TcpTargetModel", "kind_of", "model_for", "needs"]
+           "Target", "TcpTarget", "TcpTargetModel", "kind_of", "model_for", "needs"]

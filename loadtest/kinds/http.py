@@ -259,10 +259,9 @@ class HttpTargetModel(ConfigModel):
                 if key in given:
                     raise FieldError(f"only the open model (rate) has {key}", at=(key,))
             rate = 0.0
-            if self.stages:  # concurrency is where the ramp starts, and may be 0
-                concurrency = check_at("concurrency", non_negative_int, self.concurrency if "concurrency" in given else 0)
-            else:
-                concurrency = check_at("concurrency", positive_int, self.concurrency if "concurrency" in given else 1)
+            users = self.concurrency if "concurrency" in given else (0 if self.stages else 1)
+            # with stages, concurrency is where the ramp starts, and may be 0
+            concurrency = check_at("concurrency", non_negative_int if self.stages else positive_int, users)
         cap = self.max_concurrency if "max_concurrency" in given else DEFAULT_MAX_CONCURRENCY
         target_urls = self.urls if self.urls is not None else (self.url,)
         target = HttpTarget(

@@ -31,7 +31,6 @@ from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
 GRACE_POLL_S = 0.02  # how often the grace period looks for requests still in flight
-DEADLINE_SCAN_S = 0.1  # request timeouts are exact to this
 LEVEL_POLL_S = 0.1  # stages move the level this often
 MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
 START_WAIT_S = 120.0
@@ -114,8 +113,30 @@ def ramp(level: Level, stages: tuple[Stage, ...], start: float, t0: float, scale
         gevent.sleep(LEVEL_POLL_S)
 
 
+class Unsent:
+    """An open target's arrivals that were started (counted, handed to the pool) but whose greenlet has not run.
+
+    A greenlet killed before it first runs never runs at all, not even a `finally`, so an arrival
+    started just before the load stopped would end nowhere. The worker records what is left here as
+    cancelled once the pool is killed (`cancel`): every started arrival ends in exactly one place.
+    """
+
+    __slots__ = ("recorder", "waiting")
+
+    def __init__(self, recorder: TargetRecorder) -> None:
+        self.recorder = recorder
+        self.waiting = 0
+
+    def cancel(self) -> int:
+        """Record every arrival still waiting as cancelled; return how many."""
+        count, self.waiting = self.waiting, 0
+        for _ in range(count):
+            self.recorder.failure("cancelled", "the run stopped before this request was sent", None)
+        return count
+
+
 def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: TargetRecorder, pool: Pool,
-             schedule: ArrivalSchedule, first_ns: int, cap: int, sessions: list[Session]) -> None:
+             schedule: ArrivalSchedule, first_ns: int, cap: int, sessions: list[Session], unsent: Unsent) -> None:
     """Start requests on a schedule whatever their latency (open model).
 
     Each arrival is due at a planned time and its latency is measured from
@@ -123,9 +144,10 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
     omission corrected, as in wrk2). When `cap` requests are already in
     flight, arrivals wait for one to end and start late; an arrival that
     cannot start within `MAX_LATENESS_S` of its time is dropped and counted.
-    How late each arrival started is recorded too. Connections are reused:
-    a finished request hands its session back. Every session made is
-    appended to `sessions`, which the worker closes at the end. The first
+    How late each arrival started is recorded too (its count is the arrivals
+    started); one started but not yet running waits in `unsent`. Connections
+    are reused: a finished request hands its session back. Every session made
+    is appended to `sessions`, which the worker closes at the end. The first
     arrival is due at `first_ns`, the last before `schedule.until_ns` (the
     run's end, as a `perf_counter_ns` time).
     """
@@ -135,6 +157,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
     until_ns = schedule.until_ns
 
     def one(session: Session, due_ns: int) -> None:
+        unsent.waiting -= 1  # from here the request records its own end, a cancel included
         try:
             session.exchange(due_ns)
         finally:
@@ -168,6 +191,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                     sessions.append(session)
                 recorder.users += 1
                 recorder.lateness.record(late)
+                unsent.waiting += 1
                 pool.spawn(one, session, due)
             due = schedule.next_due(due)
         # The schedule has nothing more before the end (a last stage at rate 0, say): the run still
@@ -187,8 +211,10 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
 
 def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: WorkerPlan,
                  share: int, budget: Budget, recorder: TargetRecorder, t0: float,
-                 sessions: list[Session]) -> Level | None:
-    """Spawn one target's load into the worker's pool; return its level if it ramps or paces."""
+                 sessions: list[Session], unsent: list[Unsent]) -> Level | None:
+    """Spawn one target's load into the worker's pool; return its level if it ramps or paces.
+
+    An open target appends its `Unsent` arrivals to `unsent`."""
     k, workers = plan.index, plan.workers
     load = kind_of(target).load(target)
     if load.arrival is not None:  # arrivals on a schedule (open model), `load.start` per second
@@ -206,7 +232,9 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
         # instead of landing together
         first = schedule.next_due(start_ns, k / workers if load.arrival == "constant" else None)
-        pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions)
+        waiting = Unsent(recorder)
+        unsent.append(waiting)
+        pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting)
         return level
     if not load.stages:
         recorder.users = share
@@ -218,13 +246,6 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
     for index in range(share):
         pool.spawn(virtual_user, make, budget, index, level, load.think)
     return level
-
-
-def scan_deadlines(deadlines: Deadlines) -> None:
-    """Expire requests past their timeout, a few times a second, until killed."""
-    while True:
-        gevent.sleep(DEADLINE_SCAN_S)
-        deadlines.expire_late(time.perf_counter_ns())
 
 
 def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
@@ -250,9 +271,11 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     t0 = time.monotonic()
     pool = Pool()
     open_sessions: list[Session] = []
-    levels = [start_target(pool, t, factories[i], plan, plan.shares[i], budget, recorders[i], t0, open_sessions)
+    unsent: list[Unsent] = []
+    levels = [start_target(pool, t, factories[i], plan, plan.shares[i], budget, recorders[i], t0, open_sessions,
+                           unsent)
               for i, t in enumerate(targets)]
-    scan = gevent.spawn(scan_deadlines, deadlines)
+    scan = gevent.spawn(deadlines.scan)
 
     def snapshot(final_at: float | None = None) -> Snapshot:
         """This interval of every target; the final one ends when the load stopped, at `final_at`."""
@@ -308,6 +331,8 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
             break
     before = sum(r.failures["cancelled"] for r in recorders)
     pool.kill(block=True, timeout=CANCEL_WAIT_S)  # what is still in flight records itself as cancelled
+    for waiting in unsent:  # arrivals killed before their greenlet ran record nothing themselves
+        waiting.cancel()
     cancelled = sum(r.failures["cancelled"] for r in recorders) - before
     for session in open_sessions:
         session.close()

@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 
 from loadtest.config import parse_config
-from loadtest.protocols.http_fast import HttpSession, build_endpoints
+from loadtest.protocols.http_fast import MAX_HEAD_BYTES, HttpSession, build_endpoints
 from loadtest.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer, read_request
@@ -140,6 +140,27 @@ def test_garbage_is_a_protocol_failure(raw_server) -> None:
     snap = rec.snapshot()
     assert dict(snap.failures) == {"protocol": 1}
     assert "malformed response" in dict(snap.failure_samples)["protocol"]
+
+
+@pytest.mark.parametrize("header_bytes, kind", [(60 * 1024, None), (70 * 1024, "protocol")])
+def test_a_status_line_and_headers_over_64_kib_are_a_protocol_failure(raw_server, header_bytes: int,
+                                                                      kind: str | None) -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * header_bytes + b"\r\nContent-Length: 2\r\n\r\n"
+
+    def handle(conn: socket.socket) -> None:
+        while read_request(conn):
+            conn.sendall(head + b"ok")
+
+    server = raw_server(handle)
+    session, rec = session_for(server.port)
+    run(session, 2)
+    snap = rec.snapshot()
+    assert snap.requests == 2
+    if kind is None:  # a big but finite head is fine
+        assert not snap.failures and snap.content_bytes == 4
+    else:
+        assert dict(snap.failures) == {kind: 2}
+        assert dict(snap.failure_samples)[kind] == f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB"
 
 
 def test_status_codes_follow_expect_status(raw_server) -> None:

@@ -276,7 +276,7 @@ def test_the_connect_pacer_hands_out_slots_at_its_rate() -> None:
     started = time.monotonic()
     for _ in range(21):
         pacer.wait()
-    assert 0.09 <= time.monotonic() - started < 0.5
+    assert 0.09 <= time.monotonic() - started < 2.0  # at least its rate; a busy machine may only add to it
 
 
 def test_a_paced_connection_sends_on_its_schedule(raw_server) -> None:
@@ -335,7 +335,8 @@ def test_timeouts_and_cancellations_in_the_workers_each_end_once(tmp_path: Path,
     # the Deadlines scan ends each message of "short" by its timeout, then it reconnects and tries again
     assert short["failures_by_kind"].keys() == {"read_timeout"} and short["failures"] >= 8
     assert short["connections"]["opened"] == short["failures"]  # a failed connection is replaced only if needed
-    assert 300 <= short["latency_ms"]["min"] and short["latency_ms"]["max"] < 1000, short["latency_ms"]
+    # never early, to the histogram's precision (its min is its bucket's low edge: 299.893 for 300.0-300.15)
+    assert 299.7 <= short["latency_ms"]["min"] and short["latency_ms"]["max"] < 1000, short["latency_ms"]
     # "long" is still waiting when the run stops: each of its messages is cancelled, once
     assert long_["failures_by_kind"] == {"cancelled": 4} and long_["requests"] == 4
     assert sum(w["cancelled"] for w in summary["workers"]) == 4 and long_["latency_ms"] == {}

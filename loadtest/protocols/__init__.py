@@ -10,7 +10,8 @@ stops.
 Their sockets are `channel.Channel`s: non-blocking sockets driven straight
 from the gevent hub, which works in a patched worker and, for tests, in a
 plain process too. Request timeouts are `RequestTimer`s, enforced for a whole
-worker by one `Deadlines` scan.
+worker by one `Deadlines` scan (and by a fast session itself when a read
+wakes it after its deadline).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from __future__ import annotations
 from time import perf_counter_ns
 from typing import Any, Protocol
 
-from gevent import Timeout, getcurrent
+from gevent import Timeout, getcurrent, sleep
 from gevent.hub import get_hub
 
 from .channel import RequestTimeout
 
 
-NO_DEADLINE_NS = 1 << 62  # in flight, but never expired by the scan
+NO_DEADLINE_NS = 1 << 62  # in flight, but never expired by the scan (again)
+SCAN_PERIOD_S = 0.1  # the deadline scan runs at least this often
+SCAN_GAP_S = 0.02  # and, when deadlines fall due sooner, at most this often (each scan visits every session)
 
 
 class Session(Protocol):
@@ -42,13 +45,15 @@ class Session(Protocol):
 
 
 class Deadlines:
-    """Request timeouts for many sessions, enforced by one periodic scan.
+    """Request timeouts for many sessions, enforced by one scan.
 
     A gevent timeout arms and cancels a timer on every blocking read, which
     costs about a third of a fast request's CPU. Instead each session's
     `RequestTimer` notes when its request must end, and one greenlet of the
-    worker calls `expire_late` a few times a second: timeouts are exact to
-    that period.
+    worker (`scan`) expires the requests past their deadline. It wakes just
+    after the earliest deadline ahead (`SCAN_GAP_S` after the last scan at
+    the soonest, `SCAN_PERIOD_S` at the latest), so a timeout of 100 ms or
+    more fires at most `SCAN_GAP_S` late while the worker has CPU to run it.
     """
 
     def __init__(self) -> None:
@@ -59,10 +64,24 @@ class Deadlines:
         return any(t.deadline_ns for t in self.timers)
 
     def expire_late(self, now_ns: int) -> int:
-        late = [t for t in self.timers if 0 < t.deadline_ns <= now_ns]
-        for t in late:
-            t.expire()
-        return len(late)
+        """Expire every request past its deadline; return the earliest deadline still ahead."""
+        nearest = NO_DEADLINE_NS
+        for t in self.timers:  # expiring only queues a hub callback, so the set does not change here
+            deadline = t.deadline_ns
+            if deadline:
+                if deadline <= now_ns:
+                    t.expire()
+                elif deadline < nearest:
+                    nearest = deadline
+        return nearest
+
+    def scan(self) -> None:
+        """Expire requests past their timeout until killed: the body of one greenlet per worker."""
+        gap_ns, period_ns = int(SCAN_GAP_S * 1e9), int(SCAN_PERIOD_S * 1e9)
+        while True:
+            now = perf_counter_ns()
+            nearest = self.expire_late(now)
+            sleep(min(period_ns, max(gap_ns, nearest - now)) / 1e9)
 
 
 class RequestTimer:
@@ -96,10 +115,6 @@ class RequestTimer:
             seconds = max(0.0, (deadline_ns - perf_counter_ns()) / 1e9)
             self._fallback = Timeout.start_new(seconds, RequestTimeout)
 
-    def hold(self) -> None:
-        """Mark a request in flight that enforces its own timeout (the requests engine)."""
-        self.deadline_ns = NO_DEADLINE_NS
-
     def stop(self) -> None:
         self.deadline_ns = 0
         if self._fallback is not None:
@@ -107,7 +122,9 @@ class RequestTimer:
             self._fallback = None
 
     def expire(self) -> None:
+        """Abort the request in flight from the hub, once: the next scans leave it alone."""
         self._hub.loop.run_callback(self._expire_now, self._seq)
+        self.deadline_ns = NO_DEADLINE_NS  # still in flight, but never queued twice
 
     def _expire_now(self, seq: int) -> None:
         g = self._greenlet

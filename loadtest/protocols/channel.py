@@ -9,6 +9,14 @@ the hub. `TlsChannel` offers the same three calls over gevent's SSL socket.
 
 Timeouts are not armed per read: a session's request is aborted by
 `RequestTimeout` thrown into its greenlet (see `Deadlines` in this package).
+
+A peer that never stops sending would otherwise keep a greenlet running for
+ever: a read that finds data waiting never parks on the hub, so the worker's
+snapshots and its deadline scan would never run. So a channel that has read
+`YIELD_AFTER_BYTES` without waiting gives the hub one turn of its loop
+(`give_way`) before it reads on; parsing that much takes at most a few
+milliseconds (about 3 ms for 256 KiB of 1-byte chunks, the costliest shape for
+the HTTP parser).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from gevent.hub import get_hub
 
 READ = 1
 WRITE = 2
+YIELD_AFTER_BYTES = 256 * 1024  # read without waiting this much, then let the other greenlets run
 
 
 class RequestTimeout(Exception):
@@ -34,16 +43,34 @@ class ConnectTimeout(OSError):
     """No connection within the connect timeout."""
 
 
+def give_way() -> None:
+    """Wait for one turn of the hub's loop: ready sockets, due timers and ready greenlets all run first.
+
+    `gevent.sleep(0)` is not enough: it lets only other ready greenlets run,
+    and the hub runs up to 50 such callbacks (yielders queue themselves again)
+    before it polls sockets or fires timers, so a few busy readers could still
+    hold off the deadline scan for a quarter of a second. A timer of 0 s fires
+    only after the loop's next poll.
+    """
+    hub = get_hub()
+    timer = hub.loop.timer(0.0)
+    try:
+        hub.wait(timer)
+    finally:
+        timer.close()
+
+
 class Channel:
     """A connected non-blocking socket whose reads and writes wait on the gevent hub."""
 
-    __slots__ = ("sock", "_hub", "_read", "_write")
+    __slots__ = ("sock", "_hub", "_read", "_write", "_unwaited")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         self._hub = get_hub()
         self._read = self._hub.loop.io(sock.fileno(), READ)
         self._write: Any = None
+        self._unwaited = 0  # bytes read since this channel last gave the hub a turn
 
     @classmethod
     def connect(cls, family: int, sockaddr: tuple, timeout: float,  # type: ignore[type-arg]
@@ -98,17 +125,34 @@ class Channel:
         sock = self.sock
         while True:
             try:
-                return sock.recv(size)  # type: ignore[no-any-return]
+                data: bytes = sock.recv(size)
             except BlockingIOError:
                 self._hub.wait(self._read)
+                self._unwaited = 0
+                continue
+            self._unwaited += len(data)
+            if self._unwaited >= YIELD_AFTER_BYTES:
+                self._give_way()
+            return data
 
     def recv_into(self, buffer: Any) -> int:
+        """Read into `buffer`, waiting for bytes if need be; 0 when the peer has closed."""
         sock = self.sock
         while True:
             try:
-                return sock.recv_into(buffer)  # type: ignore[no-any-return]
+                got: int = sock.recv_into(buffer)
             except BlockingIOError:
                 self._hub.wait(self._read)
+                self._unwaited = 0
+                continue
+            self._unwaited += got
+            if self._unwaited >= YIELD_AFTER_BYTES:
+                self._give_way()
+            return got
+
+    def _give_way(self) -> None:
+        self._unwaited = 0
+        give_way()
 
     def close(self) -> None:
         self._read.close()
@@ -118,9 +162,14 @@ class Channel:
 
 
 class TlsChannel:
-    """The same three calls over gevent's SSL socket (slower; HTTPS only)."""
+    """The same three calls over gevent's SSL socket (slower; HTTPS only).
 
-    __slots__ = ("sock",)
+    gevent's SSL socket does not park either while decrypted bytes are
+    waiting, so reads yield to the hub after `YIELD_AFTER_BYTES` as a
+    `Channel`'s do.
+    """
+
+    __slots__ = ("sock", "_unwaited")
 
     def __init__(self, plain: Channel, context: Any, server_hostname: str, timeout: float) -> None:
         from gevent import socket as gsocket
@@ -128,6 +177,7 @@ class TlsChannel:
         plain._read.close()
         raw = plain.sock
         sock = gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        self._unwaited = 0
         try:
             sock.settimeout(timeout)
             self.sock = context.wrap_socket(sock, server_hostname=server_hostname)
@@ -140,10 +190,24 @@ class TlsChannel:
         self.sock.sendall(data)
 
     def recv(self, size: int) -> bytes:
-        return self.sock.recv(size)  # type: ignore[no-any-return]
+        """Some decrypted bytes, waiting for them if need be; b"" when the peer has closed."""
+        data: bytes = self.sock.recv(size)
+        self._count(len(data))
+        return data
 
     def recv_into(self, buffer: Any) -> int:
-        return self.sock.recv_into(buffer)  # type: ignore[no-any-return]
+        """Read decrypted bytes into `buffer`; 0 when the peer has closed."""
+        got: int = self.sock.recv_into(buffer)
+        self._count(got)
+        return got
+
+    def _count(self, size: int) -> None:
+        # gevent's SSL socket hides whether it waited, so count every byte: a TLS read costs far
+        # more than the occasional extra turn given to the hub
+        self._unwaited += size
+        if self._unwaited >= YIELD_AFTER_BYTES:
+            self._unwaited = 0
+            give_way()
 
     def close(self) -> None:
         self.sock.close()

@@ -5,7 +5,8 @@ Each request is one prebuilt byte string written with one `send` on a
 `Channel`; the response is fed to an llhttp parser whose only Python
 callbacks are headers-complete, body and message-complete, so a request
 costs a handful of microseconds of Python.
-Bodies are counted, never kept.
+Bodies are counted, never kept; a status line plus headers longer than
+`MAX_HEAD_BYTES` is a `protocol` failure (llhttp sets no limit of its own).
 
 Failure kinds: refused, connect_timeout, read_timeout, reset, closed, status,
 protocol, tls, error, cancelled.
@@ -33,6 +34,7 @@ from . import Deadlines, RequestTimer
 from .channel import Channel, ConnectTimeout, RequestTimeout, TlsChannel
 
 RECV_SIZE = 256 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # a status line plus headers longer than this is not a server speaking HTTP
 USER_AGENT = "loadtest/0.1"
 _STALE = ("closed", "reset")
 _LENGTH_OR_CHUNKED = re.compile(rb"\r\n(content-length|transfer-encoding)\s*:", re.IGNORECASE)
@@ -192,6 +194,7 @@ class HttpSession:
         channel = conn.channel
         response = conn.response
         parser = conn.parser
+        timer = self._timer
         received = 0
         head = b""
         try:
@@ -203,11 +206,21 @@ class HttpSession:
                         return None, "", received  # a body delimited by the server closing
                     return "closed", "the server closed the connection before the response ended", received
                 received += len(data)
-                if not response.headers_done:
+                heading = not response.headers_done
+                if heading:
                     head += data
                 parser.feed_data(data)
+                # Checked only while the head is arriving, and the search only when this much has come
+                # (a big response's first read): the head must end within MAX_HEAD_BYTES.
+                if heading and len(head) > MAX_HEAD_BYTES and head.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
+                    return ("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB",
+                            received)
                 if response.complete or (ep.head and response.headers_done):
                     return None, "", received
+                # A response still arriving notices its own deadline here, without waiting for the
+                # worker's scan: a dripping server wakes this greenlet often enough.
+                if perf_counter_ns() >= timer.deadline_ns:
+                    raise RequestTimeout
         except RequestTimeout:
             return "read_timeout", f"no complete response within {self.timeout:g} s", received
         except httptools.HttpParserError as e:

@@ -345,10 +345,6 @@ def check_ip(host: str, where: str) -> None:
     at(where, ip, host)
 
 
-def check_workers(count: int, where: str) -> int:
-    """A process count a machine can start: at most `MAX_WORKERS`."""
-    return int(at(where, process_count, count))
-
 
 def stages(value: Any) -> tuple[Stage, ...]:
     """Ramps of a target's level: ``[{duration: 30s, target: 200}, ...]``, lasting `MAX_DURATION_S` at most."""

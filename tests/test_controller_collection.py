@@ -17,6 +17,7 @@ from typing import Any
 
 from loadtest.config import parse_config
 from loadtest.controller import WorkerState, _Collection, _Interrupts, _ServerWatch
+from loadtest.kinds import kind_of
 from loadtest.monitor import RunMonitor
 from loadtest.reports import HistoryWriter
 from loadtest.run_files import AGGREGATED, HISTORY_NAME
@@ -62,7 +63,7 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     config = parse_config(CONFIG)
-    stats = RunStats([(t.name, t.row_type) for t in config.targets], len(hows))
+    stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(hows))
     states = []
     for k, how in enumerate(hows):
         reader, writer = ctx.Pipe(duplex=False)

@@ -18,6 +18,7 @@ from typing import Any
 from loadtest.children import ChildGroup, ParentLink
 from loadtest.config import parse_config
 from loadtest.controller import _Collection, _Interrupts, _ServerWatch
+from loadtest.kinds import kind_of
 from loadtest.messages import Done, SnapshotSent, Stopping, WorkerExit
 from loadtest.monitor import RunMonitor
 from loadtest.reports import HistoryWriter
@@ -64,7 +65,7 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     config = parse_config(CONFIG)
-    stats = RunStats([(t.name, t.row_type) for t in config.targets], len(hows))
+    stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(hows))
     children = ChildGroup.start("tests.test_controller_collection:fake_worker",
                                 [(k, stop, 2, how) for k, how in enumerate(hows)], "fake-worker")
     states = [WorkerState(c.index, c, pid=c.pid, ready=True) for c in children.children]

@@ -8,8 +8,8 @@ start children), limits that cannot fit a node's share, an embedded server
 on loopback with a node on another host. It also measures each node's clock
 offset. `Cluster.launch` then submits one long-running task per node
 (`loadtest.nodes.run_node`, pinned to it) and hands the controller one
-`WorkerState` per remote worker, each with a local pipe and a process
-stand-in (`RemoteProcess`): a relay thread reads each node's Dask Queue and
+`children.Child` per remote worker (`RemoteChild`: a local pipe and an
+end-of-process sentinel): a relay thread reads each node's Dask Queue and
 writes every message, unchanged, into the pipe of the worker that sent it.
 So the controller's collection loop and the stats core treat a node's
 workers exactly as local ones.
@@ -31,14 +31,21 @@ import os
 import pickle
 import platform
 import re
+import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from multiprocessing.connection import Connection
+
 from . import __version__
+from .children import Child, ChildGroup
 from .config import ConfigError, RunConfig
+from .messages import Failed, NodeSamples, Ready, WorkerEnded
 
 LOCAL_PREFIX = "local:"  # --cluster local:N starts N nodes on this machine
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -67,17 +74,25 @@ def cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | 
     return (env, ADDRESS_ENV) if env else None
 
 
-def parse_cluster_address(text: str, where: str) -> str | int:
-    """`tcp://HOST:PORT` (returned as is) or `local:N` (returned as N)."""
-    if text.startswith(LOCAL_PREFIX):
+def cluster_address_problem(value: object) -> str:
+    """What is wrong with a scheduler address as given (--cluster, cluster:), or "" if nothing is."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.startswith(LOCAL_PREFIX):
         count = text[len(LOCAL_PREFIX):]
         if not count.isdigit() or not 1 <= int(count) <= MAX_LOCAL_NODES:
-            raise ConfigError(f"{where}: local:N needs N from 1 to {MAX_LOCAL_NODES} nodes, got {text!r}")
-        return int(count)
-    if not _ADDRESS.fullmatch(text):
-        raise ConfigError(f"{where}: must be a Dask scheduler address such as tcp://HOST:8786, or local:N, "
-                          f"got {text!r}")
-    return text
+            return f"local:N needs N from 1 to {MAX_LOCAL_NODES} nodes, got {text!r}"
+        return ""
+    if not isinstance(text, str) or not _ADDRESS.fullmatch(text):
+        return f"must be a Dask scheduler address such as tcp://HOST:8786, or local:N, got {text!r}"
+    return ""
+
+
+def parse_cluster_address(text: str, where: str) -> str | int:
+    """`tcp://HOST:PORT` (returned as is) or `local:N` (returned as N)."""
+    problem = cluster_address_problem(text)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return int(text[len(LOCAL_PREFIX):]) if text.startswith(LOCAL_PREFIX) else text
 
 
 def _import_distributed(where: str) -> Any:
@@ -87,6 +102,17 @@ def _import_distributed(where: str) -> Any:
         raise ConfigError(f"{where}: a cluster run needs Dask distributed, which is not installed here; "
                           f"{INSTALL_HINT}") from None
     return distributed
+
+
+@contextmanager
+def _dask_threads_without_interrupts() -> Iterator[None]:
+    """Block Ctrl-C and SIGTERM in this thread while Dask starts its own: they inherit the mask, and so
+    the signals reach only the main thread, whose handler stops the run in order."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _quiet_dask_logs() -> None:
@@ -125,44 +151,68 @@ class Node:
                 "workers": list(self.workers), "ended": ended, "problem": self.lost or None}
 
 
-class RemoteProcess:
-    """A node's worker as the controller sees it: a `multiprocessing.Process` stand-in.
+class RemoteChild(Child):
+    """A node's worker as the controller sees it: a `children.Child` whose process is on the node.
 
-    `sentinel` is the read end of a pipe that becomes readable (end of file) when the node says
-    the worker's process ended, or when the node is lost; `kill` asks nothing of the node (its
-    task stops its workers when the run's stop signal is set) and only stops waiting for it.
+    `conn` is a local pipe the relay writes the worker's messages into; `sentinel` is the read end
+    of a pipe that becomes readable (end of file) when the node says the worker's process ended,
+    or when the node is lost. Stopping and killing ask nothing of the node (its task stops its
+    workers when the run's stop signal is set, and kills them if they do not stop); they only
+    stop waiting for it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, index: int, role: str, conn: Connection) -> None:  # noqa: D107 - no process here
+        self.index, self.role, self.conn = index, role, conn
+        self.pid = 0  # its pid on the node, from its Ready message (WorkerState.pid)
         self._read, self._write = os.pipe()
-        self.sentinel = self._read
-        self.exitcode: int | None = None
+        self._exitcode: int | None = None
         self._ended = threading.Event()
         self._lock = threading.Lock()
 
+    @property
+    def name(self) -> str:
+        return self.role
+
+    @property
+    def sentinel(self) -> int:
+        return self._read
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._exitcode
+
     def end(self, exitcode: int | None) -> None:
+        """The node said the process ended (or the node is gone): the sentinel becomes ready."""
         with self._lock:
             if self._ended.is_set():
                 return
-            self.exitcode = exitcode
+            self._exitcode = exitcode
             self._ended.set()
             os.close(self._write)
 
-    def kill(self) -> None:
-        self.end(self.exitcode)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._ended.wait(timeout)
-
-    def is_alive(self) -> bool:
+    def alive(self) -> bool:
         return not self._ended.is_set()
 
+    def join(self, timeout: float) -> None:
+        self._ended.wait(max(0.0, timeout))
+
+    def ask_to_stop(self) -> None:
+        pass  # the run's stop signal reaches its node
+
+    def kill(self) -> None:
+        self.end(self._exitcode)
+
+    def stop(self, grace: float = 0.0) -> None:
+        self.join(grace)
+        self.kill()
+
     def close(self) -> None:
-        self.end(self.exitcode)
-        try:
-            os.close(self._read)
-        except OSError:
-            pass
+        self.kill()
+        self.conn.close()
+        with self._lock:  # once: a number closed twice may by then be another file's
+            if self._read >= 0:
+                os.close(self._read)
+                self._read = -1
 
 
 class ClusterSignal:
@@ -200,8 +250,8 @@ class Cluster:
         self.run_id = uuid.uuid4().hex[:12]
         self._relay: threading.Thread | None = None
         self._closing = threading.Event()
-        self._processes: dict[int, RemoteProcess] = {}
-        self._writers: dict[int, Any] = {}
+        self._children: dict[int, RemoteChild] = {}
+        self._writers: dict[int, Connection] = {}
         self.stop: ClusterSignal | None = None
         self.on_resources: Callable[[list[Any]], None] = lambda samples: None  # a remote node's own samples
 
@@ -215,11 +265,10 @@ class Cluster:
         import dask
 
         from .nodes import leave_interrupts_to_controller
-        from .spawn import interrupts_held
 
         # Dask's own threads are made with Ctrl-C and SIGTERM blocked: the controller's main thread
         # alone handles them and stops the nodes in order.
-        with interrupts_held():
+        with _dask_threads_without_interrupts():
             if isinstance(target, int):
                 # A daemon process may not start children, and each node starts its per-core workers.
                 with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
@@ -355,12 +404,11 @@ class Cluster:
 
     # -- the run ------------------------------------------------------------------------------------
 
-    def launch(self, plans_for: Callable[[int, int], Any], states: list[Any],
-               state_for: Callable[[int, Any, Any], Any]) -> tuple[ClusterSignal, ClusterSignal]:
-        """Submit one task per node and append a WorkerState per remote worker to `states`.
+    def launch(self, plans_for: Callable[[int, int], Any]) -> tuple[ClusterSignal, ClusterSignal, ChildGroup]:
+        """Submit one task per node; the run's start and stop signals, and every node's workers as children.
 
-        `plans_for(index, total)` is the WorkerPlan of global worker `index` of `total`; `state_for`
-        makes the controller's WorkerState from (index, process, pipe reader).
+        `plans_for(index, total)` is the WorkerPlan of global worker `index` of `total`. The group's
+        `ready` waits for the remote workers' Ready messages as for local ones.
         """
         import multiprocessing
 
@@ -381,20 +429,17 @@ class Cluster:
             node.workers = [p.index for p in plans]
             for index in node.workers:
                 reader, writer = multiprocessing.Pipe(duplex=False)
-                process = RemoteProcess()
-                self._processes[index], self._writers[index] = process, writer
-                state = state_for(index, process, reader)
-                state.role = f"{node.name}/worker-{index - first}"
-                states.append(state)
+                self._children[index] = RemoteChild(index, f"{node.name}/worker-{index - first}", reader)
+                self._writers[index] = writer
             first += node.count
-            roles = tuple(s.role for s in states[-node.count:])
+            roles = tuple(self._children[i].role for i in node.workers)
             task = NodeTask(node.name, plans, node.clock_offset_s, channel, self.client.id,
                             sample=not node.same_host, roles=roles)
             node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
                                              pure=False, key=f"{prefix}-{node.name}")
         self._relay = threading.Thread(target=self._relay_loop, name="loadtest-node-relay", daemon=True)
         self._relay.start()
-        return start, self.stop
+        return start, self.stop, ChildGroup([self._children[i] for n in self.nodes for i in n.workers])
 
     def _relay_loop(self) -> None:
         """Each node's queue into its workers' pipes; a node the scheduler no longer has is lost."""
@@ -424,7 +469,7 @@ class Cluster:
             self._closing.wait(RELAY_POLL_S)
 
     def _all_ended(self, node: Node) -> bool:
-        return all(not self._processes[i].is_alive() for i in node.workers)
+        return all(not self._children[i].alive() for i in node.workers)
 
     def _drain(self, node: Node) -> None:
         try:
@@ -433,11 +478,13 @@ class Cluster:
             return
         for blob in batches:
             for index, message in pickle.loads(blob):
-                if index < 0:  # the node's own: its resources.csv rows
-                    self.on_resources(message[1])
-                elif message[0] == "ended":
-                    self._processes[index].end(message[2])
-                elif self._processes[index].is_alive():
+                if isinstance(message, NodeSamples):  # the node's own resources.csv rows
+                    self.on_resources(list(message.samples))
+                elif isinstance(message, WorkerEnded):
+                    self._children[index].end(message.exitcode)
+                elif self._children[index].alive():
+                    if isinstance(message, Ready):
+                        self._children[index].pid = message.pid  # its pid on the node, for messages that name it
                     try:
                         self._writers[index].send(message)
                     except OSError:
@@ -446,13 +493,13 @@ class Cluster:
     def _lose(self, node: Node, why: str) -> None:
         node.lost = f"{node.name} ({node.host}) was lost mid-run: {why}; counts up to its last snapshot are kept"
         for index in node.workers:
-            process = self._processes[index]
-            if process.is_alive():
+            child = self._children[index]
+            if child.alive():
                 try:
-                    self._writers[index].send(("error", index, node.lost))
+                    self._writers[index].send(Failed(node.lost))  # the controller keeps it as the worker's error
                 except OSError:
                     pass
-                process.end(None)
+                child.end(None)
 
     def summaries(self, states: list[Any]) -> list[dict[str, Any]]:
         """summary.json's `nodes`: each node's host, clock offset, workers and how it ended."""
@@ -485,8 +532,8 @@ class Cluster:
             pass
         for writer in self._writers.values():
             writer.close()
-        for process in self._processes.values():
-            process.close()
+        for child in self._children.values():
+            child.close()
         try:
             self.client.close(timeout=5)
         except Exception:  # noqa: BLE001

@@ -18,7 +18,7 @@ from .stats import aggregate, percentiles_ns
 from .verdicts import NO_CONDITION_FOUND, WORKER_SATURATED_PERCENT
 
 if TYPE_CHECKING:
-    from .controller import Frame, RunResult
+    from .run_result import Frame, RunResult
 
 
 MISSING = "—"  # a figure that does not exist, such as the latency of a second in which nothing got a response
@@ -161,7 +161,8 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"FAILED: {shortfall}\n")
     for problem in result.problems:
         out.write(f"problem: {problem}\n")
-    out.write(f"ran {result.stats.elapsed:.1f} s with {len(result.workers)} workers; "
+    count = len(result.workers)
+    out.write(f"ran {result.stats.elapsed:.1f} s with {count} worker{'' if count == 1 else 's'}; "
               f"reports in {result.run_dir}\n")
     out.write(f"{run_outcome(result)}\n")
     out.flush()

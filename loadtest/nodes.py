@@ -4,9 +4,9 @@ A node is one Dask worker. The controller (`loadtest.cluster`) first runs
 `describe_node` on every node (version, host, clock, whether it may start
 children, whether its limits fit its share), then submits one long-running
 `run_node` task per node, pinned to it. That task starts the node's per-core
-load workers through the same spawn path as a local run, forwards every
-message they send, unchanged, to the controller through the node's Dask
-Queue, starts them at the run's start instant and stops them when the
+load workers through the child-process owner (`loadtest.children`), exactly
+as a local run starts its own, forwards every message they send, unchanged,
+to the controller through the node's Dask Queue, starts them at the run's start instant and stops them when the
 controller sets the run's stop Event. Dask owns scheduling, heartbeats and
 the loss of a node; this task only runs and reports.
 
@@ -22,12 +22,12 @@ import pickle
 import platform
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from . import __version__
 from .config import ConfigError
-from .worker import WorkerPlan
+from .messages import NodeSamples, SnapshotSent, WorkerEnded, WorkerPlan
 
 # Each worker sends a snapshot a second, all at about the same moment: what came within this window goes to the
 # controller as one batch. Short, because a node lost mid-run loses what it had not yet forwarded.
@@ -101,27 +101,10 @@ def leave_interrupts_to_controller() -> None:
     Its process is in the controller's process group, so a terminal's Ctrl-C reaches it too; the
     controller alone handles it and stops the node's load in order through the stop signal.
     """
-    from .spawn import ignore_interrupts
+    import signal
 
-    ignore_interrupts()
-
-
-def _start_workers(plans: tuple[WorkerPlan, ...]) -> tuple[Any, Any, list[tuple[int, Any, Connection]]]:
-    """This node's load workers, started as a local run starts its own: spawned, patched, waiting for `start`."""
-    from .spawn import start_child
-    from .worker import main as worker_main
-
-    ctx = multiprocessing.get_context("spawn")
-    start, stop = ctx.Event(), ctx.Event()
-    children = []
-    for plan in plans:
-        reader, writer = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=worker_main, args=(plan, writer, start, stop),
-                              name=f"loadtest-worker-{plan.index}", daemon=True)
-        start_child(process)
-        writer.close()
-        children.append((plan.index, process, reader))
-    return start, stop, children
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class _NodeSampler:
@@ -163,7 +146,7 @@ class _NodeSampler:
     def take(self) -> list[tuple[int, Any]]:
         with self._lock:
             rows, self._rows = self._rows, []
-        return [(-1, ("resources", rows))] if rows else []
+        return [(-1, NodeSamples(tuple(rows)))] if rows else []
 
 
 def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
@@ -175,15 +158,21 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
     Messages go to the controller as they come, in batches at most FORWARD_WINDOW_S late, each an
-    (index, message) pair exactly as the worker sent it; ("ended", index, exitcode) says a worker's
-    process is gone. Returns how the node's workers ended.
+    (index, message) pair exactly as the worker sent it; WorkerEnded says a worker's process is
+    gone. Returns how the node's workers ended.
     """
     from distributed import Event, Queue, Variable, get_client
+
+    from .children import ChildGroup
+    from .controller import WORKER_ENTRY
 
     queue = Queue(task.channel.queue)
     client = get_client()
     start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
-    start, stop, children = _start_workers(task.plans)
+    ctx = multiprocessing.get_context("spawn")
+    start, stop = ctx.Event(), ctx.Event()
+    group = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in task.plans], "loadtest-worker")
+    index_of = {child: plan.index for child, plan in zip(group.children, task.plans)}
     batch: list[tuple[int, Any]] = []
     pending_since: float | None = None  # when the oldest message of `batch` came
 
@@ -194,9 +183,22 @@ def run_node(task: NodeTask) -> dict[str, Any]:
             batch = []
         pending_since = None
 
-    sampler = _NodeSampler(task, [process.pid for _, process, _ in children]) if task.sample else None
-    running = {reader: (index, process) for index, process, reader in children}
-    sentinels = {process.sentinel: (index, process, reader) for index, process, reader in children}
+    def receive(child: Any) -> bool:
+        """One message of `child` into the batch; False if its pipe is closed."""
+        nonlocal pending_since
+        try:
+            message = child.conn.recv()
+        except (EOFError, OSError):
+            return False
+        batch.append((index_of[child], message))
+        pending_since = pending_since or time.monotonic()
+        if not isinstance(message, SnapshotSent):
+            forward()  # ready, failed, stopping, done: the controller waits on these
+        return True
+
+    sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None
+    open_pipes = {c.conn: c for c in group.children}
+    sentinels = {c.sentinel: c for c in group.children}
     exits: dict[int, int | None] = {}
     due: float | None = None  # when this node starts its workers, on its own clock
     stopped_at: float | None = None
@@ -208,29 +210,19 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                 timeout = min(timeout, pending_since + FORWARD_WINDOW_S - time.monotonic())
             if due is not None and not start.is_set():
                 timeout = min(timeout, due - time.time())
-            for handle in wait([*running, *sentinels], timeout=max(0.0, timeout)):
-                if handle in running:
-                    index, _ = running[handle]
-                    try:
-                        message = handle.recv()  # type: ignore[union-attr]
-                    except (EOFError, OSError):
-                        del running[handle]
-                        continue
-                    batch.append((index, message))
-                    pending_since = pending_since or time.monotonic()
-                    if message[0] != "snapshot":
-                        forward()  # ready, stopping, done, error: the controller waits on these
+            for handle in wait([*open_pipes, *sentinels], timeout=max(0.0, timeout)):
+                if handle in open_pipes:
+                    if not receive(open_pipes[handle]):
+                        del open_pipes[handle]
                 elif handle in sentinels:
-                    index, process, reader = sentinels.pop(handle)  # type: ignore[arg-type]
-                    while reader in running and reader.poll():  # what it sent before it ended
-                        try:
-                            batch.append((index, reader.recv()))
-                        except (EOFError, OSError):
+                    child = sentinels.pop(handle)
+                    while child.conn in open_pipes and child.conn.poll():  # what it sent before it ended
+                        if not receive(child):
                             break
-                    running.pop(reader, None)
-                    process.join(1.0)
-                    exits[index] = process.exitcode
-                    batch.append((index, ("ended", index, process.exitcode)))
+                    open_pipes.pop(child.conn, None)
+                    child.join(1.0)
+                    exits[index_of[child]] = child.exitcode
+                    batch.append((index_of[child], WorkerEnded(child.exitcode)))
                     forward()
             if pending_since is not None and time.monotonic() - pending_since >= FORWARD_WINDOW_S:
                 forward()
@@ -255,18 +247,12 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                 stop.set()
                 stopped_at = time.monotonic()
             if stopped_at is not None and time.monotonic() - stopped_at > STOP_AFTER_S:
-                for _, process, _ in sentinels.values():
-                    process.kill()
+                group.kill()
     finally:
         stop.set()
         if sampler is not None:
             sampler.stop()
             batch.extend(sampler.take())
-        for index, process, reader in children:
-            process.join(NODE_JOIN_S if index not in exits else 0)
-            if process.is_alive():
-                process.kill()
-                process.join(NODE_JOIN_S)
-            reader.close()
+        group.stop(NODE_JOIN_S)  # what is still running: lifelines closed, then killed
         forward()
     return {"name": task.name, "exits": exits}

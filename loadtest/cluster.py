@@ -8,11 +8,10 @@ start children), limits that cannot fit a node's share, an embedded server
 on loopback with a node on another host. It also measures each node's clock
 offset. `Cluster.launch` then submits one long-running task per node
 (`loadtest.nodes.run_node`, pinned to it) and hands the controller one
-`children.Child` per remote worker (`RemoteChild`: a local pipe and an
-end-of-process sentinel): a relay thread reads each node's Dask Queue and
-writes every message, unchanged, into the pipe of the worker that sent it.
-So the controller's collection loop and the stats core treat a node's
-workers exactly as local ones.
+`children.Child` per remote worker (`relay.RemoteChild`): `relay.NodeRelay`
+writes every message a node forwards, unchanged, into the pipe of the worker
+that sent it. So the controller's collection loop and the stats core treat
+a node's workers exactly as local ones.
 
 Snapshots travel through one Dask Queue per node. A Queue is held by the
 scheduler until it is read, in order, so a snapshot sent a moment before the
@@ -28,11 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import platform
 import re
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,12 +37,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from multiprocessing.connection import Connection
-
 from . import __version__
-from .children import Child, ChildGroup
+from .children import ChildGroup
 from .config import ConfigError, RunConfig
-from .messages import Failed, NodeSamples, Ready, WorkerEnded
+from .relay import NodeRelay
 
 LOCAL_PREFIX = "local:"  # --cluster local:N starts N nodes on this machine
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -56,8 +51,6 @@ LOCAL_START_S = 60.0  # a LocalCluster's nodes must all be up within this long
 MAX_LOCAL_NODES = 64
 CLOCK_PROBES = 3  # clock offset: the probe with the shortest round trip of these
 START_LEAD_S = 1.0  # nodes start their load this far after the controller says go: time to hear it
-RELAY_POLL_S = 0.1  # how often each node's queue is read
-LIVENESS_S = 0.5  # how often the scheduler is asked which nodes it still has
 CLOSE_WAIT_S = 20.0  # at the end, how long node tasks get to return after the stop signal
 _ADDRESS = re.compile(r"(tcp|tls|ucx|inproc)://[^\s/]+:\d+")
 _LOOPBACK = re.compile(r"^(127\.|localhost$|::1$|\[::1\]$)")
@@ -151,70 +144,6 @@ class Node:
                 "workers": list(self.workers), "ended": ended, "problem": self.lost or None}
 
 
-class RemoteChild(Child):
-    """A node's worker as the controller sees it: a `children.Child` whose process is on the node.
-
-    `conn` is a local pipe the relay writes the worker's messages into; `sentinel` is the read end
-    of a pipe that becomes readable (end of file) when the node says the worker's process ended,
-    or when the node is lost. Stopping and killing ask nothing of the node (its task stops its
-    workers when the run's stop signal is set, and kills them if they do not stop); they only
-    stop waiting for it.
-    """
-
-    def __init__(self, index: int, role: str, conn: Connection) -> None:  # noqa: D107 - no process here
-        self.index, self.role, self.conn = index, role, conn
-        self.pid = 0  # its pid on the node, from its Ready message (WorkerState.pid)
-        self._read, self._write = os.pipe()
-        self._exitcode: int | None = None
-        self._ended = threading.Event()
-        self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self.role
-
-    @property
-    def sentinel(self) -> int:
-        return self._read
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._exitcode
-
-    def end(self, exitcode: int | None) -> None:
-        """The node said the process ended (or the node is gone): the sentinel becomes ready."""
-        with self._lock:
-            if self._ended.is_set():
-                return
-            self._exitcode = exitcode
-            self._ended.set()
-            os.close(self._write)
-
-    def alive(self) -> bool:
-        return not self._ended.is_set()
-
-    def join(self, timeout: float) -> None:
-        self._ended.wait(max(0.0, timeout))
-
-    def ask_to_stop(self) -> None:
-        pass  # the run's stop signal reaches its node
-
-    def kill(self) -> None:
-        self.end(self._exitcode)
-
-    def stop(self, grace: float = 0.0) -> None:
-        self.join(grace)
-        self.kill()
-
-    def close(self) -> None:
-        self.kill()
-        self.conn.close()
-        with self._lock:  # once: a number closed twice may by then be another file's
-            if self._read >= 0:
-                os.close(self._read)
-                self._read = -1
-
-
 class ClusterSignal:
     """The run's start or stop signal for every node: a Dask Event (and, for start, the instant)."""
 
@@ -248,10 +177,7 @@ class Cluster:
         self.client, self.local, self.where, self.address = client, local, where, address
         self.nodes: list[Node] = []
         self.run_id = uuid.uuid4().hex[:12]
-        self._relay: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._children: dict[int, RemoteChild] = {}
-        self._writers: dict[int, Connection] = {}
+        self.relay: NodeRelay | None = None
         self.stop: ClusterSignal | None = None
         self.on_resources: Callable[[list[Any]], None] = lambda samples: None  # a remote node's own samples
 
@@ -410,8 +336,6 @@ class Cluster:
         `plans_for(index, total)` is the WorkerPlan of global worker `index` of `total`. The group's
         `ready` waits for the remote workers' Ready messages as for local ones.
         """
-        import multiprocessing
-
         from distributed import Event, Queue, Variable
 
         from .nodes import NodeChannel, NodeTask, run_node
@@ -427,79 +351,15 @@ class Cluster:
             node.queue = Queue(channel.queue, client=self.client)
             plans = tuple(plans_for(first + k, total) for k in range(node.count))
             node.workers = [p.index for p in plans]
-            for index in node.workers:
-                reader, writer = multiprocessing.Pipe(duplex=False)
-                self._children[index] = RemoteChild(index, f"{node.name}/worker-{index - first}", reader)
-                self._writers[index] = writer
+            roles = tuple(f"{node.name}/worker-{k}" for k in range(node.count))
             first += node.count
-            roles = tuple(self._children[i].role for i in node.workers)
             task = NodeTask(node.name, plans, node.clock_offset_s, channel, self.client.id,
                             sample=not node.same_host, roles=roles)
             node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
                                              pure=False, key=f"{prefix}-{node.name}")
-        self._relay = threading.Thread(target=self._relay_loop, name="loadtest-node-relay", daemon=True)
-        self._relay.start()
-        return start, self.stop, ChildGroup([self._children[i] for n in self.nodes for i in n.workers])
-
-    def _relay_loop(self) -> None:
-        """Each node's queue into its workers' pipes; a node the scheduler no longer has is lost."""
-        last_check = 0.0
-        while not self._closing.is_set():
-            active = [n for n in self.nodes if not n.lost and not self._all_ended(n)]
-            if active and self.client.status != "running":  # its connection to the scheduler closed
-                for node in active:
-                    self._lose(node, f"the Dask scheduler at {self.address} is gone")
-                continue
-            for node in active:
-                self._drain(node)
-            now = time.monotonic()
-            if now - last_check >= LIVENESS_S and active:
-                last_check = now
-                try:
-                    present = self._worker_addresses()
-                except Exception:  # noqa: BLE001 - the scheduler itself is gone: every node is
-                    present = set()
-                for node in active:
-                    failed = node.future is not None and node.future.status == "error"
-                    if node.address not in present or failed:
-                        self._drain(node)
-                        why = (f"its task failed: {node.future.exception()}" if failed and node.address in present
-                               else f"its Dask worker {node.address} left the cluster")
-                        self._lose(node, why)
-            self._closing.wait(RELAY_POLL_S)
-
-    def _all_ended(self, node: Node) -> bool:
-        return all(not self._children[i].alive() for i in node.workers)
-
-    def _drain(self, node: Node) -> None:
-        try:
-            batches = node.queue.get(batch=True)
-        except Exception:  # noqa: BLE001 - unreachable now; the liveness check decides what that means
-            return
-        for blob in batches:
-            for index, message in pickle.loads(blob):
-                if isinstance(message, NodeSamples):  # the node's own resources.csv rows
-                    self.on_resources(list(message.samples))
-                elif isinstance(message, WorkerEnded):
-                    self._children[index].end(message.exitcode)
-                elif self._children[index].alive():
-                    if isinstance(message, Ready):
-                        self._children[index].pid = message.pid  # its pid on the node, for messages that name it
-                    try:
-                        self._writers[index].send(message)
-                    except OSError:
-                        pass  # the controller closed the pipe: it no longer waits for this worker
-
-    def _lose(self, node: Node, why: str) -> None:
-        node.lost = f"{node.name} ({node.host}) was lost mid-run: {why}; counts up to its last snapshot are kept"
-        for index in node.workers:
-            child = self._children[index]
-            if child.alive():
-                try:
-                    self._writers[index].send(Failed(node.lost))  # the controller keeps it as the worker's error
-                except OSError:
-                    pass
-                child.end(None)
+        self.relay = NodeRelay(self.nodes, self.address, lambda: self.client.status == "running",
+                               self._worker_addresses, lambda samples: self.on_resources(samples))
+        return start, self.stop, ChildGroup(self.relay.children)
 
     def summaries(self, states: list[Any]) -> list[dict[str, Any]]:
         """summary.json's `nodes`: each node's host, clock offset, workers and how it ended."""
@@ -514,9 +374,8 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every node's task, then the client (and the LocalCluster, with its node processes)."""
-        self._closing.set()
-        if self._relay is not None:
-            self._relay.join(5.0)
+        if self.relay is not None:
+            self.relay.stop()
         try:
             if self.stop is not None:
                 self.stop.set()
@@ -530,10 +389,8 @@ class Cluster:
                     node.future.cancel()
         except Exception:  # noqa: BLE001 - the scheduler may be gone; closing must go on
             pass
-        for writer in self._writers.values():
-            writer.close()
-        for child in self._children.values():
-            child.close()
+        if self.relay is not None:
+            self.relay.close()
         try:
             self.client.close(timeout=5)
         except Exception:  # noqa: BLE001

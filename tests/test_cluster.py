@@ -123,12 +123,16 @@ def test_a_node_killed_mid_run_is_lost_named_and_its_counts_kept(tmp_path: Path)
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_ctrl_c_to_the_group_stops_every_node_writes_the_reports_and_leaves_no_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGINT to the group", "SIGTERM to the controller"])
+def test_ctrl_c_or_sigterm_stops_every_node_writes_the_reports_and_leaves_no_process(tmp_path: Path, how: str) -> None:
     proc, nodes, workers = start_cluster_run(tmp_path, TIMED)
     wait_for_rows(tmp_path, 1)
     children = descendants(proc.pid)
     assert {*nodes.values(), *workers} <= {c.pid for c in children}
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: the nodes' processes get it too
+    if how == "SIGINT to the group":
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: the nodes' processes get it too
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     summary = summary_of(tmp_path)
@@ -160,6 +164,16 @@ def test_a_dead_scheduler_address_is_one_sentence_and_exit_2(tmp_path: Path) -> 
 def test_bad_cluster_options_are_one_sentence(tmp_path: Path, args: list[str], config: str, said: str) -> None:
     done = loadtest(tmp_path, config, *args)
     assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
+
+
+def test_dask_scheduler_address_from_the_environment_is_used_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text(COUNTED)
+    done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(tmp_path / "run.yaml"), "--out",
+                           str(tmp_path / "r")], env={**env(), "DASK_SCHEDULER_ADDRESS": "sched:8786"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == ("loadtest: DASK_SCHEDULER_ADDRESS: must be a Dask scheduler address such as "
+                           "tcp://HOST:8786, or local:N, got 'sched:8786'\n")
 
 
 def test_without_dask_a_cluster_run_says_what_to_install_and_a_local_run_never_imports_it(tmp_path: Path) -> None:

@@ -523,11 +523,12 @@ def _nodes_section(run: RunFolder) -> str:
     rows = []
     for n in nodes:
         own = [workers[k] for k in n.get("workers") or [] if k in workers]
-        cpu = [as_float(w.get("cpu_user_s")) for w in own] + [as_float(w.get("cpu_system_s")) for w in own]
+        cpu = [c for w in own for c in (as_float(w.get("cpu_user_s")), as_float(w.get("cpu_system_s")))
+               if c is not None]
         rows.append([td(_text(n.get("name")), "l"), td(_text(n.get("host")), "l"),
                      td(fmt_count(as_float(n.get("clock_offset_ms")), 1)), td(fmt_count(len(own))),
                      td(fmt_count(sum(as_float(w.get("requests")) or 0 for w in own))),
-                     td(fmt_count(sum(c for c in cpu if c is not None) if any(c is not None for c in cpu) else None, 2)),
+                     td(fmt_count(sum(cpu) if cpu else None, 2)),
                      td(_text(n.get("ended")), "l"), td(_text(n.get("problem")), "l name")])
     return ('<section><h2>Nodes</h2>' + table(
         ["Node", "Host", "Clock offset ms", "Workers", "Requests", "CPU s", "Ended", "Problem"],

@@ -301,3 +301,37 @@ def test_https_keep_alive(raw_server, certificate: tuple[str, str]) -> None:
     rec = TargetRecorder(0)
     run(HttpSession(strict, build_endpoints(strict, list(strict.urls)), rec), 1)
     assert dict(rec.snapshot().failures) == {"tls": 1}
+
+
+def test_late_replies_are_waited_for_before_reading_and_each_one_still_arrives(raw_server) -> None:
+    """A reply slower than the client switches its channel to park before reading (no recv that finds
+    nothing); every reply is still read whole, and a reply that is already waiting wakes it at once."""
+    from loadtest.protocols.channel import WAIT_FIRST_REPLIES
+
+    def slow(conn: socket.socket) -> None:
+        while read_request(conn):
+            time.sleep(0.005)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server: RawServer = raw_server(slow)
+    session, rec = session_for(server.port)
+    session.exchange()
+    channel = next(iter(session._conns.values())).channel
+    assert channel._wait_first == WAIT_FIRST_REPLIES  # type: ignore[union-attr]  # the first read missed
+    for _ in range(5):
+        session.exchange()
+    assert channel._wait_first == WAIT_FIRST_REPLIES - 5  # type: ignore[union-attr]  # these waited first
+    fast: RawServer = raw_server(keep_alive(b"ok"))
+    quick, quick_rec = session_for(fast.port)
+    quick.exchange()
+    quick_channel = next(iter(quick._conns.values())).channel
+    quick_channel._wait_first = 3  # type: ignore[union-attr]
+    started = time.monotonic()
+    for _ in range(3):
+        quick.exchange()  # each reply comes while the client parks: level-triggered, so it wakes
+    assert time.monotonic() - started < 2.0
+    session.close()
+    quick.close()
+    assert rec.snapshot().requests == 6 and not rec.failures
+    snap = quick_rec.snapshot()
+    assert snap.requests == 4 and not snap.failures and snap.content_bytes == 8

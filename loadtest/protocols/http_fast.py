@@ -199,6 +199,7 @@ class HttpSession:
         head = b""
         try:
             channel.send_all(ep.request)
+            channel.await_reply()
             while True:
                 data = channel.recv(RECV_SIZE)
                 if not data:

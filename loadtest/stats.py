@@ -181,7 +181,19 @@ class TargetRecorder:
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
         self.content_bytes += content
-        self.latency.record(latency_ns)
+        # `LatencyHistogram.record` inlined: this runs once per request, and the call is a tenth of it
+        h = self.latency
+        if latency_ns < LOWEST_NS:
+            latency_ns = LOWEST_NS
+        elif latency_ns > HIGHEST_NS:
+            latency_ns = HIGHEST_NS
+        bucket = (latency_ns | h._mask).bit_length() - h._shift
+        h._counts[((bucket + 1) << h._half_mag) + (latency_ns >> (bucket + h._unit)) - h._half] += 1
+        h.count += 1
+        if latency_ns < h.min:
+            h.min = latency_ns
+        if latency_ns > h.max:
+            h.max = latency_ns
 
     def failure(self, kind: str, message: str, latency_ns: int | None = None,
                 bytes_in: int = 0, bytes_out: int = 0, content: int = 0) -> None:

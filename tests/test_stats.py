@@ -40,6 +40,22 @@ def test_fast_record_matches_hdrhistogram_record_value() -> None:
     assert h.get_max_value() == reference.get_max_value()
 
 
+def test_recorder_success_records_exactly_as_hdrhistogram() -> None:
+    """`TargetRecorder.success` records inline on the hot path: same counts, min, max as `record_value`."""
+    rng = random.Random(11)
+    values = [rng.randint(1, 10**11) for _ in range(3000)] + [0, -3, 1, 2047, 2048, HIGHEST_NS * 2]
+    rec = TargetRecorder(0)
+    reference = new_histogram()
+    for v in values:
+        rec.success(v, 10, 5, 2)
+        reference.record_value(min(max(v, 1), HIGHEST_NS))
+    h = rec.latency.histogram()
+    assert list(h.counts) == list(reference.counts)
+    assert h.get_total_count() == len(values) == rec.requests
+    assert (h.get_min_value(), h.get_max_value()) == (reference.get_min_value(), reference.get_max_value())
+    assert (rec.bytes_in, rec.bytes_out, rec.content_bytes) == (10 * len(values), 5 * len(values), 2 * len(values))
+
+
 def test_values_out_of_range_are_clamped_not_lost() -> None:
     fast = LatencyHistogram()
     fast.record(0)

@@ -148,16 +148,22 @@ def _worker_processes(exclude: set[int]) -> list[Any]:
 
 
 def _cpu_s(processes: list[Any]) -> float:
+    return sum(_cpu_split(processes))
+
+
+def _cpu_split(processes: list[Any]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes so far."""
     import psutil
 
-    total = 0.0
+    user = system = 0.0
     for p in processes:
         try:
             times = p.cpu_times()
-            total += times.user + times.system
+            user += times.user
+            system += times.system
         except psutil.Error:
             pass
-    return total
+    return user, system
 
 
 def throughput_run(seconds: float, out: Path, name: str = "throughput", connections: int = THROUGHPUT_CONNECTIONS,
@@ -181,7 +187,7 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
             "targets": [{"name": name, "tcp": group.address, "connections": connections, "size": size,
                          **({"rate": rate, "connect_rate": PACED_CONNECT_RATE} if rate else {})}],
         })
-        samples: list[tuple[int, float, float]] = []  # messages so far, worker CPU s, server CPU s
+        samples: list[tuple[int, float, float, float]] = []  # messages so far, worker CPU s, server CPU s, user s
         counted = [0]
         workers: list[Any] = []
 
@@ -189,7 +195,8 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
             counted[0] += frame.interval.targets[0].requests
             if not workers:
                 workers.extend(_worker_processes(set(group.pids)))
-            samples.append((counted[0], _cpu_s(workers), _cpu_s(server)))
+            user, system = _cpu_split(workers)
+            samples.append((counted[0], user + system, _cpu_s(server), user))
 
         served_before = group.served()["messages"]
         server_before = _cpu_s(server)
@@ -221,8 +228,10 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
         d_msgs = steady[-1][0] - steady[0][0]
         d_cpu = steady[-1][1] - steady[0][1]
         d_srv = steady[-1][2] - steady[0][2]
+        d_user = steady[-1][3] - steady[0][3]
         print(f"    generator CPU per message:  {d_cpu / d_msgs * 1e6:.2f} µs over the steady seconds "
-              f"({d_msgs} messages; psutil)")
+              f"(user {d_user / d_msgs * 1e6:.2f}, system {(d_cpu - d_user) / d_msgs * 1e6:.2f}; "
+              f"{d_msgs} messages; psutil)")
         print(f"    server CPU per message:     {d_srv / d_msgs * 1e6:.2f} µs over the steady seconds")
     else:
         print("    (too few seconds for a steady-state figure; use --seconds 5 or more)")
@@ -230,6 +239,11 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
         print(f"    server messages per core:   {served / server_cpu:,.0f} per CPU-second "
               f"(server CPU {server_cpu:.2f} s over {wall:.1f} s of wall time, "
               f"{100 * server_cpu / elapsed:.0f}% of a core over the load)")
+    rss = max((w.get("peak_rss_bytes") or 0) for w in summary["workers"])
+    held = t.get("connections", {}).get("peak_open") or connections
+    print(f"    worker peak RSS:            {rss / 2**20:.1f} MiB for {held:,} connections = "
+          f"{rss / held / 1024:.1f} KiB a connection, interpreter included (subtract the {THROUGHPUT_CONNECTIONS}-"
+          f"connection run's RSS for the cost of a connection alone)")
     print(f"    CPU on the machine:         {machine}")
     print(f"    reports in {result.run_dir}")
 

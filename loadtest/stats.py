@@ -10,14 +10,19 @@ histogram's precision (3 significant digits), unlike averaged percentiles.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import Iterable, Sequence
 
+from hdrh.codec import PayloadHeader, ext_header_size, payload_header_size
 from hdrh.histogram import HdrHistogram
+from pyhdrh import add_array as _add_counts  # the C helpers hdrh itself uses
+from pyhdrh import decode as _decode_counts
 
 LOWEST_NS = 1
 HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to it
@@ -138,9 +143,54 @@ class Snapshot:
 HISTOGRAMS = ("latency", "connect_latency", "lateness", "uncorrected")  # a snapshot's encoded histograms
 
 
-def decode(snap: TargetSnapshot) -> dict[str, HdrHistogram]:
-    """A snapshot's non-empty histograms, decoded, by field name."""
-    return {name: decode_histogram(getattr(snap, name)) for name in HISTOGRAMS if getattr(snap, name)}
+class HistogramMerger:
+    """Adds encoded histograms into HdrHistograms without building a histogram per snapshot.
+
+    `HdrHistogram.decode` allocates a 270 KB counts array for every encoded
+    histogram and computes it in Python around the C decoder (about 96 µs,
+    then 27 µs to add it). This decodes each one into one scratch array,
+    reused, with the same C decoder and adds it with the same C adder: the
+    controller's cost per worker snapshot, which is what limits how many
+    workers one controller can merge.
+    """
+
+    def __init__(self) -> None:
+        self._template = new_histogram()
+        self._len = self._template.counts_len
+        self._scratch = (ctypes.c_int64 * self._len)()
+        self._dirty = (0, -1)  # the range of the scratch that holds counts from the last decode
+
+    def add(self, into: Sequence[HdrHistogram], encoded: bytes) -> None:
+        """Add `encoded` (from `encode()`, ours: same range and precision) into each of `into`."""
+        raw = base64.b64decode(encoded)
+        data = zlib.decompress(raw[ext_header_size:])
+        header = PayloadHeader.from_buffer_copy(data)
+        t = self._template
+        if (header.significant_figures, header.lowest_trackable_value, header.highest_trackable_value) != (
+                t.significant_figures, t.lowest_trackable_value, t.highest_trackable_value):
+            other = HdrHistogram.decode(encoded)  # not one of ours: the general path
+            for hist in into:
+                hist.add(other)
+            return
+        lo, hi = self._dirty
+        if hi >= lo:
+            ctypes.memset(ctypes.addressof(self._scratch) + lo * 8, 0, (hi - lo + 1) * 8)
+        found = _decode_counts(data, payload_header_size, ctypes.addressof(self._scratch), self._len, 8)
+        total, lo, hi = found["total"], found["min_nonzero_index"], found["max_nonzero_index"]
+        self._dirty = (max(lo, 0), hi)
+        if not total:
+            return
+        low = t.get_value_from_index(lo)
+        high = t.get_highest_equivalent_value(t.get_value_from_index(hi))
+        source = ctypes.addressof(self._scratch) + lo * 8
+        for hist in into:
+            # only the range that holds counts: a second's latencies fill a few hundred of 34,000 buckets
+            _add_counts(ctypes.addressof(hist.counts) + lo * 8, source, hi - lo + 1, 8)
+            if not hist.total_count or low < hist.min_value:
+                hist.min_value = low
+            if high > hist.max_value:
+                hist.max_value = high
+            hist.total_count += total
 
 
 class TargetRecorder:
@@ -291,8 +341,11 @@ class TargetTotals:
     def failure_count(self) -> int:
         return sum(self.failures.values())
 
-    def add(self, snap: TargetSnapshot, decoded: dict[str, HdrHistogram] | None = None) -> None:
-        """Add one interval; pass `decode(snap)` when the same snapshot is added twice."""
+    def add(self, snap: TargetSnapshot, decoded: dict[str, HdrHistogram] | None = None,
+            merger: HistogramMerger | None = None, histograms: bool = True) -> None:
+        """Add one interval; pass `decode(snap)` when the same snapshot is added twice, or a `merger`
+        to add its histograms without decoding each into a histogram of its own; `histograms=False`
+        adds only the counters."""
         self.requests += snap.requests
         self.failures.update(dict(snap.failures))
         self.bytes_in += snap.bytes_in
@@ -301,6 +354,14 @@ class TargetTotals:
         self.connects += snap.connects
         self.connect_failures.update(dict(snap.connect_failures))
         self.dropped += snap.dropped
+        if not histograms:
+            return
+        if merger is not None and decoded is None:
+            for name in HISTOGRAMS:
+                encoded = getattr(snap, name)
+                if encoded:
+                    merger.add((getattr(self, name),), encoded)
+            return
         for name, hist in (decoded if decoded is not None else decode(snap)).items():
             getattr(self, name).add(hist)
 
@@ -433,6 +494,7 @@ class RunStats:
         self._pending: dict[int, Interval] = {}
         self._failures: dict[tuple[int, str], FailureRecord] = {}
         self._next_seq = 0
+        self._merger = HistogramMerger()
 
     def add(self, snap: Snapshot) -> None:
         """Merge one worker's interval into the totals and into its second."""
@@ -445,9 +507,15 @@ class RunStats:
         interval.start = min(interval.start, snap.start)
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
-            decoded = decode(ts)  # once, for the totals and for the second
-            self.totals[ts.target].add(ts, decoded)
-            interval.targets[ts.target].add(ts, decoded)
+            # Each histogram is decoded once, into a scratch array, and added to the totals and to the
+            # second over only the buckets it fills (see `HistogramMerger`).
+            total, part = self.totals[ts.target], interval.targets[ts.target]
+            total.add(ts, histograms=False)
+            part.add(ts, histograms=False)
+            for name in HISTOGRAMS:
+                encoded = getattr(ts, name)
+                if encoded:
+                    self._merger.add((getattr(total, name), getattr(part, name)), encoded)
             self.worker_requests[w] += ts.requests
             failed = sum(c for _, c in ts.failures)
             self.worker_failures[w] += failed

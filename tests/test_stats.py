@@ -198,3 +198,25 @@ def test_peak_connections_add_up_within_a_second_never_across_seconds() -> None:
     stats.add(second(1, 1))
     stats.add(second(0, 1))
     assert stats.peak_open == [5]  # never ten at once
+
+
+def test_the_merger_adds_snapshots_exactly_as_hdrhistogram_does() -> None:
+    """`HistogramMerger` (one scratch array, adds over the filled buckets) equals decode-and-add."""
+    import random
+
+    from loadtest.stats import HistogramMerger, new_histogram
+
+    rng = random.Random(3)
+    merger = HistogramMerger()
+    fast, reference = new_histogram(), new_histogram()
+    for n in (500, 1, 3000, 0, 40):  # shrinking and growing ranges: the scratch is cleared between
+        rec = TargetRecorder(0)
+        for _ in range(n):
+            rec.success(int(rng.lognormvariate(12 + n % 5, 1.5)), 1, 1, 1)
+        encoded = rec.snapshot().latency
+        if encoded:
+            merger.add((fast,), encoded)
+            reference.add(decode_histogram(encoded))
+    assert list(fast.counts) == list(reference.counts)
+    assert (fast.get_total_count(), fast.get_min_value(), fast.get_max_value()) == (
+        reference.get_total_count(), reference.get_min_value(), reference.get_max_value())

@@ -495,6 +495,9 @@ class RunStats:
         self._failures: dict[tuple[int, str], FailureRecord] = {}
         self._next_seq = 0
         self._merger = HistogramMerger()
+        self._open_sum = [0] * len(targets)  # the sums over workers of the gauges above
+        self._users_sum = [0] * len(targets)
+        self._level_sum = [-1.0] * len(targets)
 
     def add(self, snap: Snapshot) -> None:
         """Merge one worker's interval into the totals and into its second."""
@@ -520,23 +523,30 @@ class RunStats:
             failed = sum(c for _, c in ts.failures)
             self.worker_failures[w] += failed
             self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
-            self.worker_open[w][ts.target] = ts.open_connections
-            interval.targets[ts.target].peak_open += ts.peak_open
-            self.worker_users[w][ts.target] = ts.users
-            self.worker_level[w][ts.target] = ts.level
+            # The gauges' sums over workers move by this worker's change: summing every worker's
+            # row on every snapshot made a second's merging grow with the square of the workers.
+            i = ts.target
+            self._open_sum[i] += ts.open_connections - self.worker_open[w][i]
+            self.worker_open[w][i] = ts.open_connections
+            interval.targets[i].peak_open += ts.peak_open
+            self._users_sum[i] += ts.users - self.worker_users[w][i]
+            self.worker_users[w][i] = ts.users
+            if ts.level != self.worker_level[w][i]:  # levels move only while stages ramp: summed exactly then
+                self.worker_level[w][i] = ts.level
+                levels = [row[i] for row in self.worker_level if row[i] >= 0]
+                self._level_sum[i] = sum(levels) if levels else -1.0
             if ts.held >= 0:
                 self.worker_held[w][ts.target] = ts.held
             self._note_failures(ts, snap.end)
         for i, total in enumerate(self.totals):
-            total.open_connections = sum(row[i] for row in self.worker_open)
+            total.open_connections = self._open_sum[i]
             # Each worker's most at once within the same second, added up: a peak between two seconds'
             # samples (the tip of a ramp, a run shorter than a second) is not missed. Workers' peaks
             # within one second need not coincide, so with connections that come and go this can
             # be a little more than were ever open at once.
             self.peak_open[i] = max(self.peak_open[i], total.open_connections, interval.targets[i].peak_open)
-            total.users = sum(row[i] for row in self.worker_users)
-            levels = [row[i] for row in self.worker_level if row[i] >= 0]
-            total.level = sum(levels) if levels else -1.0
+            total.users = self._users_sum[i]
+            total.level = self._level_sum[i]
             part = interval.targets[i]
             part.open_connections, part.users, part.level = total.open_connections, total.users, total.level
         self.worker_seq[w] = max(self.worker_seq[w], snap.seq)

@@ -7,11 +7,12 @@ pool of closed-model virtual users, one `Deadlines` scan, every request
 recorded in the target's histogram) for a fixed number of requests against
 nginx on loopback (the embedded HTTP server without nginx), in this one
 process. It prints this process's user and system CPU per request, which is
-far less sensitive than requests/s to other work on the machine. With
-`--profile` the same run goes under cProfile and the breakdown by function
-group is printed (cProfile inflates every Python call, so read its shares,
-not its absolute times). The server runs in its own process and is not
-counted.
+far less sensitive than requests/s to other work on the machine. `--parts`
+then times each piece of a request on its own (parsing, recording, the
+request timer, a recv that finds nothing, a park on the hub) and leaves the
+rest of the user time to the Python glue and the hub's loop. `--profile` runs
+the same load under cProfile (CPU clock) and prints its top rows. The server
+runs in its own process and is not counted.
 """
 
 from gevent import monkey
@@ -41,22 +42,6 @@ from loadtest.protocols import Deadlines  # noqa: E402
 from loadtest.protocols.http_fast import HttpSession, build_endpoints  # noqa: E402
 from loadtest.stats import TargetRecorder  # noqa: E402
 from loadtest.workload import Budget, virtual_user  # noqa: E402
-
-# Which profile rows make up each part of a request, by function name (file:line(name) in pstats).
-GROUPS = (
-    ("recv / send system calls", ("method 'recv' of '_socket.socket'", "method 'recv_into' of '_socket.socket'",
-                                  "method 'send' of '_socket.socket'")),
-    ("greenlet switches (hub wait, switch)", ("wait", "switch", "method 'switch' of", "_switch_to_hub")),
-    ("parsing (httptools feed_data and callbacks)", ("feed_data", "on_headers_complete", "on_body",
-                                                     "on_message_complete", "should_keep_alive",
-                                                     "get_status_code")),
-    ("recording (success, histogram record)", ("success", "record", "failure")),
-    ("timers and deadlines (RequestTimer, scan)", ("start", "stop", "expire_late", "scan")),
-    ("clock (perf_counter_ns)", ("perf_counter_ns",)),
-    ("session logic (exchange, _roundtrip, recv wrappers)", ("exchange", "_roundtrip", "recv", "recv_into",
-                                                              "send_all", "virtual_user", "take")),
-)
-
 
 def http_target(url: str) -> HttpTarget:
     from loadtest.config import parse_config
@@ -158,26 +143,6 @@ def parts(url: str, n: int = 200_000) -> list[tuple[str, float]]:
     return out
 
 
-def breakdown(stats: pstats.Stats) -> list[tuple[str, float]]:
-    """Own (tottime) seconds per group; what no group claims is 'other'."""
-    rows = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in rows.values())
-    claimed: dict[str, float] = {g: 0.0 for g, _ in GROUPS}
-    other = 0.0
-    for (filename, _, name), v in rows.items():
-        label = name if filename == "~" else name
-        for group, names in GROUPS:
-            if any(label == n or (n.startswith("method") and label.startswith(n)) or
-                   (n.startswith("<") and label == n) for n in names) or any(
-                       n in label and "method" in n for n in names):
-                claimed[group] += v[2]
-                break
-        else:
-            other += v[2]
-    out = sorted(claimed.items(), key=lambda kv: -kv[1]) + [("other", other)]
-    return [(g, s / total if total else 0.0) for g, s in out]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200_000, help="requests in all (default 200000)")
@@ -213,15 +178,15 @@ def main() -> None:
         print("\nwhat each piece costs on its own (CPU µs, in isolation):")
         for name, us in pieces:
             print(f"  {us:6.2f}  {name}")
-        print(f"  {user / ended * 1e6 - sum(us for n, us in pieces if 'recv' not in n):6.2f}  the rest of the user time: "
-              f"Python glue (exchange, the read loop, the user loop), the hub's loop and epoll bookkeeping")
+        if prof is None:  # under cProfile the user time is mostly the profiler's
+            print(f"  {user / ended * 1e6 - sum(us for n, us in pieces if 'recv' not in n):6.2f}  the rest of the "
+                  f"user time: Python glue (exchange, the read loop, the user loop), the hub's loop and epoll "
+                  f"bookkeeping")
+
     if prof is not None:
-        stats = pstats.Stats(prof)
-        print("\nown time by part of a request (cProfile's shares):")
-        for group, share in breakdown(stats):
-            print(f"  {share * 100:5.1f}%  {group}")
-        print()
-        stats.sort_stats("tottime").print_stats(args.top)
+        print("\ncProfile, own CPU time (it cannot see greenlet switches or the hub's C loop: their time lands in "
+              "whichever Python frame was running; --parts is the fairer breakdown)")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
 
 
 if __name__ == "__main__":

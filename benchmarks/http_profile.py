@@ -50,6 +50,9 @@ def http_target(url: str) -> HttpTarget:
     return cfg.targets[0]  # type: ignore[return-value]
 
 
+faults = [0]  # minor page faults in the last run: a buffer mapped and unmapped per read shows here
+
+
 def run(url: str, requests: int, concurrency: int) -> tuple[int, float, float, float, TargetRecorder]:
     """Send `requests` requests with `concurrency` users; (ended, user s, system s, wall s, recorder)."""
     target = http_target(url)
@@ -71,6 +74,7 @@ def run(url: str, requests: int, concurrency: int) -> tuple[int, float, float, f
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF)
     scan.kill()
+    faults[0] = after.ru_minflt - before.ru_minflt
     return (recorder.requests, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, wall, recorder)
 
 
@@ -173,7 +177,8 @@ def main() -> None:
     print(f"target: {target.name}; {ended} requests ({failed} failed, {recorder.latency.count} in the histogram), "
           f"{args.concurrency} users, {wall:.2f} s, {ended / wall:,.0f} req/s{' (under cProfile)' if prof else ''}")
     print(f"generator CPU per request: {(user + system) / ended * 1e6:.2f} µs "
-          f"(user {user / ended * 1e6:.2f} µs, system {system / ended * 1e6:.2f} µs); pid {os.getpid()}")
+          f"(user {user / ended * 1e6:.2f} µs, system {system / ended * 1e6:.2f} µs); "
+          f"{faults[0] / ended:.2f} page faults per request; pid {os.getpid()}")
     if pieces:
         print("\nwhat each piece costs on its own (CPU µs, in isolation):")
         for name, us in pieces:

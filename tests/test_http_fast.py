@@ -335,3 +335,45 @@ def test_late_replies_are_waited_for_before_reading_and_each_one_still_arrives(r
     assert rec.snapshot().requests == 6 and not rec.failures
     snap = quick_rec.snapshot()
     assert snap.requests == 4 and not snap.failures and snap.content_bytes == 8
+
+
+FAULTS_SCRIPT = """
+import ctypes, resource, sys
+# glibc's threshold at its start value, kept there: a process that has freed nothing large yet
+ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+from loadtest.config import parse_config
+from loadtest.protocols.http_fast import HttpSession, build_endpoints
+from loadtest.stats import TargetRecorder
+url = sys.argv[1]
+target = parse_config({"duration": "1s", "targets": [{"url": url, "concurrency": 1}]}).targets[0]
+rec = TargetRecorder(0)
+session = HttpSession(target, build_endpoints(target, [url]), rec)
+for _ in range(50):
+    session.exchange()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(1000):
+    session.exchange()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+session.close()
+print(rec.requests, sum(rec.failures.values()), faults)
+"""
+
+
+def test_a_fresh_process_does_not_map_a_buffer_per_response(raw_server) -> None:
+    """Each read allocates its size and shrinks it; a read size over glibc's first mmap threshold was
+    mapped and unmapped on every response (two page faults each) in a process that had not yet freed
+    anything that large."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    if sys.platform != "linux" or "libc.so.6" not in (ctypes.util.find_library("c") or ""):
+        pytest.skip("glibc's malloc only")
+
+    server: RawServer = raw_server(keep_alive(b"hello world\n"))
+    done = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, f"http://127.0.0.1:{server.port}/"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    requests, failed, faults = (int(x) for x in done.stdout.split())
+    assert requests == 1050 and failed == 0
+    assert faults < 200, faults  # was about 2000: two per response

@@ -9,7 +9,6 @@ rest, so every request started ends as exactly one success or failure.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import random
@@ -38,11 +37,6 @@ GRACE_POLL_S = 0.02  # how often the grace period looks for requests still in fl
 LEVEL_POLL_S = 0.1  # stages move the level this often
 MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
 START_WAIT_S = 120.0
-# The hot path's objects are freed by their reference counts; the cyclic collector, at Python's
-# default (a collection every 700 allocations, a full one every 100 of those), traversed thousands of
-# greenlets and their frames over and over: 17% of a paced TCP worker's samples were in it. Collect
-# far less often; what forms cycles (a parser and its callbacks, a caught exception) is still freed.
-GC_THRESHOLDS = (50_000, 50, 100)
 
 
 class Budget:
@@ -271,7 +265,6 @@ def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], 
 def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     """Run this worker's share of the load and report to the controller over `conn`."""
     raise_nofile_limit()
-    gc.set_threshold(*GC_THRESHOLDS)
     parent = os.getppid()
     targets = plan.config.targets
     recorders = [TargetRecorder(i) for i in range(len(targets))]

@@ -472,38 +472,3 @@ def test_a_tcp_target_that_cannot_hold_its_connections_fails_loudly(tmp_path: Pa
     # again, instead of reconnecting in a loop (6,000-10,000 connects in 2 s, and looking held meanwhile)
     assert summary["targets"][0]["connections"]["opened"] <= 80 + 30 * 4
 
-
-def test_paced_connections_share_one_wake_up_timer_and_never_send_before_their_turn(
-        echo_servers: dict[bool, ServerGroup]) -> None:
-    """Paced sessions of one target wait in one `Turns` heap: every message is sent at or after its
-    scheduled time, every reply is checked, and nobody is left waiting."""
-    import gevent
-
-    from loadtest.protocols.tcp import Turns
-
-    group = echo_servers[False]
-    config = parse_config({"duration": "1s", "targets": [{"tcp": group.address, "connections": 4, "rate": 40}]})
-    target = config.targets[0]
-    assert isinstance(target, TcpTarget)
-    recorder = TargetRecorder(0)
-    make = tcp_session_factory(target, group.address, recorder)
-    sessions = [make() for _ in range(4)]
-    turns = sessions[0].turns
-    assert isinstance(turns, Turns) and all(s.turns is turns for s in sessions)
-    sent: list[tuple[int, int]] = []  # (scheduled, actually started) per message
-
-    def user(session: TcpSession) -> None:
-        for _ in range(4):
-            slot = session.next_send_ns
-            session.exchange()
-            sent.append((slot, time.perf_counter_ns()))
-
-    greenlets = [gevent.spawn(user, s) for s in sessions]
-    gevent.joinall(greenlets, timeout=10)
-    for s in sessions:
-        s.close()
-    snap = recorder.snapshot()
-    assert snap.requests == 16 and not snap.failures
-    assert all(done >= slot for slot, done in sent)
-    assert not turns._heap
-

@@ -25,17 +25,15 @@ connect_timeout, reset, resources, error).
 
 from __future__ import annotations
 
-import heapq
 import random
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
-from itertools import count, cycle
+from itertools import cycle
 from time import perf_counter_ns
 
 import gevent
-from gevent import GreenletExit, getcurrent
-from gevent.hub import get_hub
+from gevent import GreenletExit
 
 from ..config import TcpTarget
 from ..stats import TargetRecorder
@@ -69,59 +67,6 @@ class ConnectPacer:
             gevent.sleep((slot - now) / 1e9)
 
 
-class Turns:
-    """Paced connections waiting for their next send, woken by one timer (one per target in a worker).
-
-    `gevent.sleep` makes, starts and closes a libev timer per call: with
-    thousands of paced connections that is a timer per message. Here each
-    waiting connection is one entry in a heap, and one timer, armed for the
-    earliest entry, wakes them: its callback runs in the hub and switches
-    into every connection whose turn has come, one after another (each
-    switches back to the hub when it next waits), so messages due together
-    share one wake-up. A connection is never woken before its turn.
-    """
-
-    __slots__ = ("_heap", "_order", "_hub", "_timer", "_armed_ns")
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Any]] = []
-        self._order = count()  # ties in due time keep their order, and greenlets are never compared
-        self._hub: Any = None
-        self._timer: Any = None
-        self._armed_ns = 0  # when the armed timer fires; 0: none armed
-
-    def wait_until(self, due_ns: int) -> None:
-        """Park the calling greenlet until `due_ns` (a `perf_counter_ns` time)."""
-        hub = self._hub
-        if hub is None:
-            hub = self._hub = get_hub()
-        heapq.heappush(self._heap, (due_ns, next(self._order), getcurrent()))
-        if not self._armed_ns or due_ns < self._armed_ns:
-            self._arm(due_ns)
-        hub.switch()
-
-    def _arm(self, due_ns: int) -> None:
-        if self._timer is not None:
-            self._timer.close()
-        self._armed_ns = due_ns
-        self._timer = self._hub.loop.timer(max(0.0, (due_ns - perf_counter_ns()) / 1e9))
-        self._timer.start(self._wake)
-
-    def _wake(self) -> None:
-        """The timer's callback, in the hub: run every connection whose turn has come."""
-        self._timer.close()
-        self._timer = None
-        self._armed_ns = 0
-        heap = self._heap
-        now = perf_counter_ns()
-        while heap and heap[0][0] <= now:
-            g = heapq.heappop(heap)[2]
-            if not g.dead:  # a connection killed while it waited (the run stopped) is skipped
-                g.switch()
-        if heap and not self._armed_ns:
-            self._arm(heap[0][0])
-
-
 def split_address(address: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` as (host, port)."""
     host, _, port = address.rpartition(":")
@@ -142,9 +87,7 @@ def tcp_session_factory(target: TcpTarget, address: str, recorder: TargetRecorde
     family, _, _, _, remote = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     pacer = ConnectPacer(target.connect_rate / workers) if target.connect_rate > 0 else None
     sources = cycle(target.source_ips) if target.source_ips else None
-    turns = Turns() if target.rate > 0 else None
-    return lambda: TcpSession(target, family, remote, recorder, pacer, sources, deadlines, reconnect_pause, stop,
-                              turns)
+    return lambda: TcpSession(target, family, remote, recorder, pacer, sources, deadlines, reconnect_pause, stop)
 
 
 def _write_all(channel: Channel, message: bytes) -> OSError | None:
@@ -161,12 +104,12 @@ class TcpSession:
 
     __slots__ = ("target", "family", "remote", "recorder", "pacer", "sources", "message", "size", "expected",
                  "buffer", "view", "channel", "timer", "timeout", "timeout_ns", "interval_ns", "next_send_ns",
-                 "retry_at_ns", "pause_ns", "stop", "answered", "turns")
+                 "retry_at_ns", "pause_ns", "stop", "answered")
 
     def __init__(self, target: TcpTarget, family: int, remote: tuple, recorder: TargetRecorder,  # type: ignore[type-arg]
                  pacer: ConnectPacer | None = None, sources: Iterator[str] | None = None,
                  deadlines: Deadlines | None = None, reconnect_pause: float = RECONNECT_PAUSE_S,
-                 stop: Any = None, turns: Turns | None = None) -> None:
+                 stop: Any = None) -> None:
         self.target = target
         self.family = family
         self.remote = remote
@@ -189,7 +132,6 @@ class TcpSession:
         self.pause_ns = int(reconnect_pause * 1e9)
         self.stop = stop
         self.answered = False  # has this connection had a whole reply yet?
-        self.turns = turns  # paced: the target's shared wake-ups (None: a timer per wait)
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         channel = self.channel
@@ -281,10 +223,7 @@ class TcpSession:
         self.next_send_ns = slot + self.interval_ns
         delay = slot - perf_counter_ns()
         if delay > 0:
-            if self.turns is not None:
-                self.turns.wait_until(slot)
-            else:
-                gevent.sleep(delay / 1e9)
+            gevent.sleep(delay / 1e9)
         return slot
 
     def _connect(self) -> Channel | None:

@@ -15,7 +15,7 @@ import ctypes
 import sys
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress
 from typing import Iterable, Sequence
 
@@ -479,7 +479,9 @@ class RunStats:
 
     def __init__(self, targets: Sequence[tuple[str, str]], workers: int) -> None:
         self.names = [n for n, _ in targets]
-        self.totals = [TargetTotals(name=n, type=t) for n, t in targets]
+        # Counters are added per snapshot; histograms per second, when the second is handed over
+        # (see `totals`).
+        self._totals = [TargetTotals(name=n, type=t) for n, t in targets]
         self.worker_requests = [0] * workers
         self.worker_failures = [0] * workers
         self.worker_bytes = [0] * workers
@@ -506,19 +508,20 @@ class RunStats:
         if interval is None:
             interval = self._pending[snap.seq] = Interval(
                 snap.seq, snap.start, snap.end,
-                [TargetTotals(name=t.name, type=t.type) for t in self.totals])
+                [TargetTotals(name=t.name, type=t.type) for t in self._totals])
         interval.start = min(interval.start, snap.start)
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
-            # Each histogram is decoded once, into a scratch array, and added to the totals and to the
-            # second over only the buckets it fills (see `HistogramMerger`).
-            total, part = self.totals[ts.target], interval.targets[ts.target]
+            # Each histogram is decoded once, into a scratch array, and added to its second over only
+            # the buckets it fills (see `HistogramMerger`); the second's histograms join the totals'
+            # once, when it is handed over: one add per target a second, not one per worker.
+            total, part = self._totals[ts.target], interval.targets[ts.target]
             total.add(ts, histograms=False)
             part.add(ts, histograms=False)
             for name in HISTOGRAMS:
                 encoded = getattr(ts, name)
                 if encoded:
-                    self._merger.add((getattr(total, name), getattr(part, name)), encoded)
+                    self._merger.add((getattr(part, name),), encoded)
             self.worker_requests[w] += ts.requests
             failed = sum(c for _, c in ts.failures)
             self.worker_failures[w] += failed
@@ -538,7 +541,7 @@ class RunStats:
             if ts.held >= 0:
                 self.worker_held[w][ts.target] = ts.held
             self._note_failures(ts, snap.end)
-        for i, total in enumerate(self.totals):
+        for i, total in enumerate(self._totals):
             total.open_connections = self._open_sum[i]
             # Each worker's most at once within the same second, added up: a peak between two seconds'
             # samples (the tip of a ramp, a run shorter than a second) is not missed. Workers' peaks
@@ -580,6 +583,39 @@ class RunStats:
         waiting = [s for w, s in enumerate(self.worker_seq) if not self.worker_final[w] and w not in gone]
         upto = max(self._pending, default=-1) if flush or not waiting else min(waiting)
         out = [self._pending.pop(seq) for seq in sorted(self._pending) if seq <= upto]
+        for interval in out:
+            for total, part in zip(self._totals, interval.targets):
+                for name in HISTOGRAMS:
+                    hist = getattr(part, name)
+                    if hist.total_count:
+                        getattr(total, name).add(hist)
+        return out
+
+    @property
+    def totals(self) -> list[TargetTotals]:
+        """Every target's totals over the run so far: every snapshot added, handed over or not.
+
+        While seconds are still pending, their histograms are added to copies of the totals' (the
+        controller reads these right after handing a second over, when little or nothing is
+        pending, so this is rare and small); once every second is handed over, the totals
+        themselves.
+        """
+        pending = [iv for iv in self._pending.values()
+                   if any(getattr(t, name).total_count for t in iv.targets for name in HISTOGRAMS)]
+        if not pending:
+            return self._totals
+        out = []
+        for i, total in enumerate(self._totals):
+            copies = {}
+            for name in HISTOGRAMS:
+                parts = [getattr(iv.targets[i], name) for iv in pending if getattr(iv.targets[i], name).total_count]
+                if parts:
+                    merged = new_histogram()
+                    for hist in (getattr(total, name), *parts):
+                        if hist.total_count:
+                            merged.add(hist)
+                    copies[name] = merged
+            out.append(replace(total, **copies) if copies else total)
         return out
 
     def aggregated(self) -> TargetTotals:

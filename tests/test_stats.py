@@ -220,3 +220,30 @@ def test_the_merger_adds_snapshots_exactly_as_hdrhistogram_does() -> None:
     assert list(fast.counts) == list(reference.counts)
     assert (fast.get_total_count(), fast.get_min_value(), fast.get_max_value()) == (
         reference.get_total_count(), reference.get_min_value(), reference.get_max_value())
+
+
+def test_totals_read_mid_second_include_it_and_reading_them_changes_nothing() -> None:
+    """Histograms join the totals when their second is handed over; totals read before then include
+    the pending seconds all the same, and reading them does not count anything twice."""
+    stats = RunStats([("t", "GET")], 2)
+
+    def snap(worker: int, seq: int, latencies: list[int]) -> Snapshot:
+        rec = TargetRecorder(0)
+        for v in latencies:
+            rec.success(v, 1, 1, 1)
+        return Snapshot(worker, seq, float(seq), float(seq + 1), (rec.snapshot(),))
+
+    stats.add(snap(0, 0, [1_000, 2_000]))
+    assert stats.totals[0].latency.get_total_count() == 2  # second 0 pending: worker 1 has not sent it
+    stats.add(snap(1, 0, [3_000]))
+    assert [iv.seq for iv in stats.ready_intervals()] == [0]
+    stats.add(snap(0, 1, [4_000_000]))
+    mid = stats.totals[0]
+    assert mid.latency.get_total_count() == 4 and mid.requests == 4
+    assert mid.latency.get_max_value() == pytest.approx(4_000_000, rel=0.001)
+    assert stats.totals[0].latency.get_total_count() == 4  # reading twice adds nothing
+    stats.add(snap(1, 1, [5_000]))
+    stats.ready_intervals(flush=True)
+    final = stats.totals[0]
+    assert final.latency.get_total_count() == final.requests == 5
+    assert final.latency.get_min_value() == pytest.approx(1_000, rel=0.001)

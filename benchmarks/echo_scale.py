@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/echo_scale.py --duration 20s --only scale
     .venv/bin/python benchmarks/echo_scale.py --only throughput --seconds 10
     .venv/bin/python benchmarks/echo_scale.py --only paced
+    .venv/bin/python benchmarks/echo_scale.py --only memory        # (b) and (c): RSS per held connection
     .venv/bin/python benchmarks/echo_scale.py --wait-quiet 300   # on a shared machine
 
 (a) scale: configs/echo.yaml as it stands (30,000 connections from one worker
@@ -167,8 +168,10 @@ def _cpu_split(processes: list[Any]) -> tuple[float, float]:
 
 
 def throughput_run(seconds: float, out: Path, name: str = "throughput", connections: int = THROUGHPUT_CONNECTIONS,
-                   size: int = THROUGHPUT_SIZE, rate: float = 0.0) -> None:
-    """Connections sending messages back to back (or at `rate` in all), one worker against one echo process."""
+                   size: int = THROUGHPUT_SIZE, rate: float = 0.0) -> tuple[int, int]:
+    """Connections sending messages back to back (or at `rate` in all), one worker against one echo process.
+
+    Returns the connections held at peak and the worker's peak RSS in bytes."""
     import psutil
 
     from loadtest.config import ServerSpec, parse_config
@@ -246,6 +249,7 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
           f"connection run's RSS for the cost of a connection alone)")
     print(f"    CPU on the machine:         {machine}")
     print(f"    reports in {result.run_dir}")
+    return held, rss
 
 
 def wait_until_quiet(limit_s: float, busy_percent: float = 15.0) -> None:
@@ -266,19 +270,25 @@ def main() -> int:
     parser.add_argument("--duration", default=DEFAULT_SCALE_DURATION, help="scale run length (default 60s)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_THROUGHPUT_S, help="throughput run length, s")
     parser.add_argument("--workers", type=int, default=None, help="scale run workers (default: one per core)")
-    parser.add_argument("--only", choices=("scale", "throughput", "paced"), help="run only one of the three")
+    parser.add_argument("--only", choices=("scale", "throughput", "paced", "memory"),
+                        help="run only one of the three; memory: throughput and paced, and the RSS a connection adds")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: a temporary one)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each run, wait up to S seconds for the machine to be under 15%% busy")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="echo-scale-"))
     ok = True
-    if args.only in (None, "throughput"):
+    few = many = None
+    if args.only in (None, "throughput", "memory"):
         wait_until_quiet(args.wait_quiet)
-        throughput_run(args.seconds, out)
-    if args.only in (None, "paced"):
+        few = throughput_run(args.seconds, out)
+    if args.only in (None, "paced", "memory"):
         wait_until_quiet(args.wait_quiet)
-        throughput_run(args.seconds, out, "paced", PACED_CONNECTIONS, PACED_SIZE, PACED_RATE)
+        many = throughput_run(args.seconds, out, "paced", PACED_CONNECTIONS, PACED_SIZE, PACED_RATE)
+    if few is not None and many is not None and many[0] > few[0]:
+        per = (many[1] - few[1]) / (many[0] - few[0])
+        print(f"(memory) a held, paced connection costs {per / 1024:.1f} KiB of worker RSS "
+              f"({many[1] / 2**20:.1f} MiB at {many[0]:,} connections, {few[1] / 2**20:.1f} MiB at {few[0]:,})")
     if args.only in (None, "scale"):
         wait_until_quiet(args.wait_quiet)
         ok = scale_run(args.duration, out, args.workers)

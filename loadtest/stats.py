@@ -193,6 +193,11 @@ class HistogramMerger:
             hist.total_count += total
 
 
+def decode(snap: TargetSnapshot) -> dict[str, HdrHistogram]:
+    """A snapshot's non-empty histograms, decoded, by field name."""
+    return {name: decode_histogram(getattr(snap, name)) for name in HISTOGRAMS if getattr(snap, name)}
+
+
 class TargetRecorder:
     """A worker's counters for one target over the current interval."""
 

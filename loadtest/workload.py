@@ -18,7 +18,9 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import gevent
+from gevent import getcurrent
 from gevent.event import Event
+from gevent.hub import get_hub
 from gevent.pool import Pool
 
 from .children import ParentLink
@@ -157,15 +159,36 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
     max_late_ns = int(MAX_LATENESS_S * 1e9)
     slot_free = Event()
     until_ns = schedule.until_ns
+    # A greenlet per arrival cost a spawn, a start and a death per request; instead a runner that
+    # has sent its request parks and is handed the next arrival (no greenlet is made while one waits).
+    waiting: list[Any] = []  # parked runners
+    hub = get_hub()
+    ended = [False]  # no more arrivals: runners end instead of parking
 
-    def one(session: Session, due_ns: int) -> None:
-        unsent.waiting -= 1  # from here the request records its own end, a cancel included
-        try:
-            session.exchange(due_ns)
-        finally:
-            recorder.users -= 1
-            idle.append(session)
-            slot_free.set()
+    def runner(session: Session, due_ns: int) -> None:
+        me = getcurrent()
+        while True:
+            unsent.waiting -= 1  # from here the request records its own end, a cancel included
+            try:
+                session.exchange(due_ns)
+            finally:
+                recorder.users -= 1
+                idle.append(session)
+                slot_free.set()
+            if ended[0]:
+                return
+            waiting.append(me)
+            job = hub.switch()  # the next (session, due) from `start`, or None when arrivals end
+            if job is None:
+                return
+            session, due_ns = job
+
+    def start(session: Session, due_ns: int) -> None:
+        unsent.waiting += 1  # handed over: counted as cancelled if its runner is killed before it runs
+        if waiting:
+            hub.loop.run_callback(waiting.pop().switch, (session, due_ns))
+        else:
+            pool.spawn(runner, session, due_ns)
 
     due = first_ns
     spent = False
@@ -193,8 +216,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                     sessions.append(session)
                 recorder.users += 1
                 recorder.lateness.record(late)
-                unsent.waiting += 1
-                pool.spawn(one, session, due)
+                start(session, due)
             due = schedule.next_due(due)
         # The schedule has nothing more before the end (a last stage at rate 0, say): the run still
         # lasts its duration, unless the other targets spend the `requests:` total first.
@@ -203,6 +225,9 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             gevent.sleep(min(LEVEL_POLL_S, (until_ns - now) / 1e9))
             now = time.perf_counter_ns()
     finally:
+        ended[0] = True
+        while waiting:  # parked runners end now, so the pool can finish
+            hub.loop.run_callback(waiting.pop().switch, None)
         # The load stopped (or this greenlet was killed with it): arrivals already due that never
         # started were dropped too.
         end = min(time.perf_counter_ns(), until_ns)

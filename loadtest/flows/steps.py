@@ -150,7 +150,6 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
     url = raw.get("url")
     if not isinstance(url, str) or not url:
         raise FlowError(f"{at}.url: a request step needs a URL such as http://{{server}}/path, got {url!r}")
-    _check(lambda: compile_template(url, known, columns), f"{at}.url")
     probe = SERVER_REF.sub("127.0.0.1:1", url)
     if not re.match(r"^https?://[^/\s]+", probe):
         raise FlowError(f"{at}.url: must start with http:// or https:// and a host, got {url!r}")
@@ -158,6 +157,7 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
     if host and "${" in host.group(1):
         raise FlowError(f"{at}.url: the host:port may not hold a ${{...}} placeholder (it is resolved once), "
                         f"got {url!r}")
+    _check(lambda: compile_template(url, known, columns), f"{at}.url")
     for ref in SERVER_REF.findall(url):
         if ref not in servers:
             names = ", ".join(sorted(servers)) or "none are configured"

@@ -317,6 +317,17 @@ def report_command(
     typer.echo(str(path))
 
 
+@app.command("schema", cls=_Command, epilog="Example: loadtest schema > loadtest.schema.json, then start a config "
+                                              "with # yaml-language-server: $schema=loadtest.schema.json")
+def schema_command(version: bool = _version_option()) -> None:
+    """Print the JSON Schema of a config file (draft 2020-12), for editors and other tools."""
+    import json
+
+    from .config import config_schema
+
+    typer.echo(json.dumps(config_schema(), indent=2))
+
+
 @app.command("compare", cls=_Command,
              epilog="Exit status: 0 nothing got worse beyond the tolerance and the runs' noise; "
                     "1 something did, or a target of A is missing from B; 2 bad input.")

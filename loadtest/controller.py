@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import psutil
 
-from .config import ConfigError, HttpTarget, RunConfig, TcpTarget
+from .config import ConfigError, RunConfig
+from .kinds import kind_of
 from .limits import check_limits
 from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
@@ -130,7 +131,7 @@ class _Interrupts:
 
 def auto_workers(config: RunConfig) -> int:
     """One worker per core, but no more than an open target's `max_concurrency` can be shared by."""
-    caps = [t.max_concurrency for t in config.targets if isinstance(t, HttpTarget) and t.model == "open"]
+    caps = [cap for t in config.targets if (cap := kind_of(t).most_workers(t)) is not None]
     return max(1, min([os.cpu_count() or 1, *caps]))
 
 
@@ -225,7 +226,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
             writer.close()
             states.append(WorkerState(k, process, reader))
 
-        stats = RunStats([(t.name, t.row_type) for t in config.targets], count)
+        stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], count)
         _await_ready(states)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,22 +284,9 @@ def totals_for(stats: RunStats, target: str | None) -> TargetTotals:
 
 
 def connection_shortfalls(config: RunConfig, stats: RunStats) -> list[str]:
-    """Each tcp target that did not hold all its connections, at peak or when the load stopped.
-
-    A staged target is held to the highest level its stages reached up to a second before the load
-    stopped (a connection gets that second to open), and not checked at the end, where it may be
-    ramping down.
-    """
-    out = []
-    for i, t in enumerate(config.targets):
-        if isinstance(t, TcpTarget):
-            held = stats.held_at_end(i)
-            peak = max(stats.peak_open[i], held)  # the seconds' samples can miss a peak at the very end
-            asked = t.asked_at_peak(stats.elapsed)
-            if peak < asked or (not t.stages and held < asked):
-                out.append(f"{t.name}: held {peak:,} connections at peak and {held:,} when the load stopped, "
-                           f"fewer than the {asked:,} asked")
-    return out
+    """How the run fell short of what each target asked for, as its kind judges it (a tcp target that did not
+    hold all its connections)."""
+    return [text for i, t in enumerate(config.targets) if (text := kind_of(t).shortfall(t, stats, i))]
 
 
 def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
@@ -329,7 +317,7 @@ class _AbortCheck:
 
 def _users(target: Any) -> int:
     """Virtual users (closed), the cap on requests in flight (open) or connections (tcp) in all."""
-    return target.peak_connections if isinstance(target, TcpTarget) else target.peak_users
+    return kind_of(target).load(target).users
 
 
 def _await_ready(states: list[WorkerState]) -> None:

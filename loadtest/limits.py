@@ -13,7 +13,8 @@ import resource
 import socket
 from collections import defaultdict
 
-from .config import MAX_WORKERS, ConfigError, HttpTarget, RunConfig, TcpTarget
+from .config import MAX_WORKERS, ConfigError, RunConfig
+from .kinds import HeldConnections, kind_of
 
 FD_RESERVE = 64  # descriptors a process needs besides its connections
 PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
@@ -62,19 +63,14 @@ def check_limits(config: RunConfig, workers: int) -> None:
     """Raise ConfigError if the run's connections cannot fit this machine's limits, or its
     requests in flight cannot be shared by its workers."""
     for t in config.targets:
-        if isinstance(t, HttpTarget) and t.model == "open" and t.max_concurrency < workers:
-            raise ConfigError(
-                f"targets: {t.name} has max_concurrency {t.max_concurrency}, fewer than the {workers} workers "
-                f"that share it (each needs at least one request in flight); use --workers {t.max_concurrency} "
-                f"or a larger max_concurrency")
+        problem = kind_of(t).check_workers(t, workers)
+        if problem:
+            raise ConfigError(f"targets: {problem}")
     hard = nofile_hard_limit()
     per_worker = 0
     for t in config.targets:
-        if isinstance(t, TcpTarget):
-            per_worker += math.ceil(t.peak_connections / workers)
-        elif isinstance(t, HttpTarget):
-            origins = len({u.split("/")[2] for u in t.urls})
-            per_worker += math.ceil(t.peak_users / workers) * origins
+        kind = kind_of(t)
+        per_worker += math.ceil(kind.load(t).users / workers) * kind.descriptors_per_user(t)
     if per_worker + FD_RESERVE > hard:
         advice = _descriptor_advice(per_worker * workers, per_worker, hard, "use at least {n} workers (--workers {n})")
         raise ConfigError(f"targets: each worker would hold {per_worker} connections but the open-file limit is "
@@ -83,10 +79,9 @@ def check_limits(config: RunConfig, workers: int) -> None:
     ports = ephemeral_ports()
     by_destination: dict[str, int] = defaultdict(int)
     sources: dict[str, int] = {}
-    for t in config.targets:
-        if isinstance(t, TcpTarget):
-            by_destination[t.address] += t.peak_connections
-            sources[t.address] = max(sources.get(t.address, 1), len(t.source_ips) or 1)
+    for held in _held_connections(config):
+        by_destination[held.address] += held.count
+        sources[held.address] = max(sources.get(held.address, 1), len(held.sources) or 1)
     for address, connections in by_destination.items():
         if connections > ports * sources[address]:
             need = math.ceil(connections / ports)
@@ -96,8 +91,7 @@ def check_limits(config: RunConfig, workers: int) -> None:
                 f"(for example 127.0.0.1-{ipaddress.IPv4Address('127.0.0.1') + need - 1})")
 
     for spec in config.servers:
-        load = sum(t.peak_connections for t in config.targets
-                   if isinstance(t, TcpTarget) and t.address == "{" + spec.name + "}")
+        load = sum(held.count for held in _held_connections(config) if held.address == "{" + spec.name + "}")
         per_process = math.ceil(load / spec.workers)
         if load and per_process + FD_RESERVE > hard:
             advice = _descriptor_advice(load, per_process, hard, "give it at least {n} workers")
@@ -105,6 +99,11 @@ def check_limits(config: RunConfig, workers: int) -> None:
                               f"open-file limit is {hard}; {advice}")
 
     check_source_ips(config)
+
+
+def _held_connections(config: RunConfig) -> list[HeldConnections]:
+    """The connections every target holds to fixed addresses (a tcp target's), as its kind says."""
+    return [held for t in config.targets for held in kind_of(t).held_connections(t)]
 
 
 def _descriptor_advice(connections: int, per_process: int, hard: int, more_processes: str) -> str:
@@ -129,9 +128,7 @@ def check_source_ips(config: RunConfig) -> None:
     bind((ip, 0)) on each address up front costs microseconds and names the address instead.
     """
     for i, t in enumerate(config.targets):
-        if not isinstance(t, TcpTarget):
-            continue
-        for ip in t.source_ips:
+        for ip in dict.fromkeys(ip for held in kind_of(t).held_connections(t) for ip in held.sources):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 try:
                     probe.bind((ip, 0))

@@ -20,20 +20,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .config import HttpTarget, RunConfig, TcpTarget
+from .config import RunConfig
+from .kinds import KINDS, kind_of
 from .run_files import (
     CONNECT_TYPE,
     FAILURES_HEADER,
     FAILURES_NAME,
     HISTOGRAMS_NAME,
     HISTORY_HEADER,
-    LATENESS_TYPE,
     NO_FIGURE,
     PERCENTILE_COLUMNS,
     STATS_HEADER,
     STATS_NAME,
     SUMMARY_NAME,
-    UNCORRECTED_TYPE,
     WORKERS_HEADER,
     WORKERS_NAME,
     WorkerSummary,
@@ -98,21 +97,14 @@ def histogram_row(t: TargetTotals, row_type: str, hist: Any, requests: int, fail
 
 
 def stats_rows(config: RunConfig, totals: list[TargetTotals], elapsed: float) -> list[list[str]]:
-    """Every target's row; then CONNECT rows (tcp: connection set-up), LATENESS rows (open model: how late
-    arrivals started; Failure Count is the dropped ones) and UNCORRECTED rows (open model: latency from the
-    actual send rather than the scheduled start: the same as the corrected row while sends leave on time,
-    lower only when arrivals start late, at max_concurrency); then Aggregated."""
+    """Every target's row; then the rows of its other histograms that its kind adds (CONNECT for tcp, LATENESS
+    and UNCORRECTED for the open model), grouped by kind in the registry's order; then Aggregated."""
     rows = [stats_row(t, elapsed) for t in totals]
-    for t, target in zip(totals, config.targets):
-        if isinstance(target, TcpTarget):
-            rows.append(histogram_row(t, CONNECT_TYPE, t.connect_latency,
-                                      t.connects + sum(t.connect_failures.values()), t.connect_failures, elapsed))
-    for t, target in zip(totals, config.targets):
-        if isinstance(target, HttpTarget) and target.model == "open":
-            started = t.lateness.get_total_count()
-            rows.append(histogram_row(t, LATENESS_TYPE, t.lateness, started + t.dropped,
-                                      Counter(dropped=t.dropped) if t.dropped else Counter(), elapsed))
-            rows.append(histogram_row(t, UNCORRECTED_TYPE, t.uncorrected, t.requests, t.failures, elapsed))
+    for kind in KINDS:
+        for t, target in zip(totals, config.targets):
+            if kind_of(target) is kind:
+                rows.extend(histogram_row(t, extra.type, extra.histogram, extra.requests, extra.failures, elapsed)
+                            for extra in kind.extra_rows(target, t))
     rows.append(stats_row(aggregate(totals), elapsed, row_type=""))
     return rows
 
@@ -127,7 +119,7 @@ class HistoryWriter:
     def __init__(self, path: Path, config: RunConfig) -> None:
         self.path = path
         self.config = config
-        self.totals = [TargetTotals(name=t.name, type=t.row_type) for t in config.targets]
+        self.totals = [TargetTotals(name=t.name, type=kind_of(t).row_type(t)) for t in config.targets]
         self._file = open(path, "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
         self._csv.writerow(HISTORY_HEADER)
@@ -189,7 +181,8 @@ def latency_summary(hist: Any) -> dict[str, float]:
     return out
 
 
-def target_summary(t: TargetTotals, elapsed: float, connections: bool) -> dict[str, Any]:
+def target_summary(t: TargetTotals, elapsed: float) -> dict[str, Any]:
+    """A target's (or the aggregate's) entry in summary.json: the keys every target has."""
     seconds = elapsed if elapsed > 0 else 1.0
     out: dict[str, Any] = {
         "name": t.name,
@@ -204,14 +197,6 @@ def target_summary(t: TargetTotals, elapsed: float, connections: bool) -> dict[s
         "content_bytes": t.content_bytes,
         "latency_ms": latency_summary(t.latency),
     }
-    if connections:
-        out["connections"] = {
-            "opened": t.connects,
-            "failed": sum(t.connect_failures.values()),
-            "failed_by_kind": dict(sorted(t.connect_failures.items())),
-            "open_at_end": t.open_connections,
-            "connect_latency_ms": latency_summary(t.connect_latency),
-        }
     return out
 
 
@@ -244,20 +229,8 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
     workers = worker_rows(result)
     write_atomic(run_dir / WORKERS_NAME, csv_text(WORKERS_HEADER, [[str(v) if v is not None else "" for v in w.values()]
                                                                    for w in workers]))
-    targets = [target_summary(t, elapsed, isinstance(c, TcpTarget)) for t, c in zip(stats.totals, config.targets)]
-    for summary, t, c in zip(targets, stats.totals, config.targets):
-        if isinstance(c, HttpTarget) and c.model == "open":
-            summary["open_model"] = {
-                "rate": c.rate, "arrival": c.arrival, "max_concurrency": c.max_concurrency,
-                "started": t.lateness.get_total_count(), "dropped": t.dropped,
-                "lateness_ms": latency_summary(t.lateness),
-                "uncorrected_latency_ms": latency_summary(t.uncorrected),
-            }
-    for i, (summary, peak) in enumerate(zip(targets, stats.peak_open)):
-        if "connections" in summary:
-            summary["connections"]["peak_open"] = max(peak, stats.held_at_end(i))
-            summary["connections"]["held_at_end"] = stats.held_at_end(i)
-            summary["connections"]["asked"] = config.targets[i].asked_at_peak(stats.elapsed)  # type: ignore[union-attr]
+    targets = [{**target_summary(t, elapsed), **kind_of(c).summary(c, t, stats, i)}
+               for i, (t, c) in enumerate(zip(stats.totals, config.targets))]
     summary = {
         "name": config.name,
         "started": datetime.fromtimestamp(result.started).isoformat(timespec="seconds"),
@@ -276,7 +249,7 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "servers": result.servers,
         "workers": workers,
         "targets": targets,
-        "aggregated": target_summary(stats.aggregated(), elapsed, connections=False),
+        "aggregated": target_summary(stats.aggregated(), elapsed),
     }
     write_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     write_atomic(run_dir / HISTOGRAMS_NAME, json.dumps(histograms(stats.totals), indent=1) + "\n")
@@ -305,7 +278,7 @@ def failure_rows(result: RunResult, config: RunConfig) -> list[list[str]]:
     Method is the Type of the stats.csv row the failure counts in: the target's method (or TCP), and
     CONNECT for a tcp connection that failed to open (kind `connect:<kind>`).
     """
-    types = {t.name: t.row_type for t in config.targets}
+    types = {t.name: kind_of(t).row_type(t) for t in config.targets}
     return [[CONNECT_TYPE if r.kind.startswith("connect:") else types.get(r.target, ""), r.target, r.message,
              str(r.occurrences), r.kind, f"{r.first_seen:.3f}", f"{r.last_seen:.3f}"]
             for r in result.stats.failures()]

@@ -15,14 +15,13 @@ import random
 import resource
 import time
 from dataclasses import replace
-from itertools import cycle
 from typing import Any, Callable
 
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from .config import HttpTarget, TcpTarget, resolve
+from .kinds import kind_of
 from .limits import raise_nofile_limit
 from .protocols import Deadlines, Session
 from .schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share, zero_until
@@ -54,26 +53,10 @@ class Budget:
         return True
 
 
-def session_factory(target: HttpTarget | TcpTarget, plan: WorkerPlan, recorder: TargetRecorder,
-                    deadlines: Deadlines, budget: Budget) -> Callable[[], Session]:
-    """A function that makes one virtual user's session; resolves addresses once."""
-    if isinstance(target, TcpTarget):
-        from .protocols.tcp import tcp_session_factory
-
-        return tcp_session_factory(target, resolve(target.address, plan.addresses), recorder, plan.workers,
-                                   deadlines, stop=budget)
-    urls = [resolve(u, plan.addresses) for u in target.urls]
-    if target.engine == "requests":
-        from .protocols.http_requests import RequestsSession
-
-        shared_urls = cycle(urls)
-        return lambda: RequestsSession(target, urls, recorder, shared_urls, deadlines)
-    from .protocols.http_fast import HttpSession, build_endpoints, tls_context
-
-    endpoints = build_endpoints(target, urls)
-    shared_endpoints = cycle(endpoints)  # every user visits the next URL, as a crawler does
-    tls = tls_context(target) if any(ep.origin[0] == "https" for ep in endpoints) else None
-    return lambda: HttpSession(target, endpoints, recorder, shared_endpoints, tls, deadlines)
+def session_factory(target: Any, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
+                    budget: Budget) -> Callable[[], Session]:
+    """A function that makes one virtual user's session, as the target's kind makes it."""
+    return kind_of(target).session_factory(target, plan, recorder, deadlines, budget)
 
 
 class Level:
@@ -201,39 +184,38 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             due = schedule.next_due(due)
 
 
-def start_target(pool: Pool, target: HttpTarget | TcpTarget, make: Callable[[], Session], plan: WorkerPlan,
+def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: WorkerPlan,
                  share: int, budget: Budget, recorder: TargetRecorder, t0: float,
                  sessions: list[Session]) -> Level | None:
     """Spawn one target's load into the worker's pool; return its level if it ramps or paces."""
     k, workers = plan.index, plan.workers
-    if isinstance(target, HttpTarget) and target.model == "open":
-        level = Level(target.rate / workers)
+    load = kind_of(target).load(target)
+    if load.arrival is not None:  # arrivals on a schedule (open model), `load.start` per second
+        level = Level(load.start / workers)
         now_ns = time.perf_counter_ns()
         start_ns = now_ns - int((time.monotonic() - t0) * 1e9)  # t0 on the perf_counter clock
         until_ns = start_ns + plan.duration * 1e9 if plan.duration else float("inf")
-        stages, rate = target.stages, target.rate
+        stages, rate = load.stages, load.start
         if stages:
             pool.spawn(ramp, level, stages, rate, t0, lambda total: total / workers, budget)
         schedule = ArrivalSchedule(
-            target.arrival, k * 7919 + recorder.target,  # seeds differ per worker and target
+            load.arrival, k * 7919 + recorder.target,  # seeds differ per worker and target
             lambda t: level_at(stages, rate, (t - start_ns) / 1e9) / workers, bool(stages), until_ns,
             lambda t: start_ns + zero_until(stages, rate, (t - start_ns) / 1e9) * 1e9)
         # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
         # instead of landing together
-        first = schedule.next_due(start_ns, k / workers if target.arrival == "constant" else None)
+        first = schedule.next_due(start_ns, k / workers if load.arrival == "constant" else None)
         pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions)
         return level
-    think = target.think if isinstance(target, HttpTarget) else (0.0, 0.0)
-    if not target.stages:
+    if not load.stages:
         recorder.users = share
         for _ in range(share):
-            pool.spawn(virtual_user, make, budget, think=think)
+            pool.spawn(virtual_user, make, budget, think=load.think)
         return None
-    start = float(target.connections if isinstance(target, TcpTarget) else target.concurrency)
-    level = Level(worker_share(start, workers, k))
-    pool.spawn(ramp, level, target.stages, start, t0, lambda total: worker_share(total, workers, k), budget)
+    level = Level(worker_share(load.start, workers, k))
+    pool.spawn(ramp, level, load.stages, load.start, t0, lambda total: worker_share(total, workers, k), budget)
     for index in range(share):
-        pool.spawn(virtual_user, make, budget, index, level, think)
+        pool.spawn(virtual_user, make, budget, index, level, load.think)
     return level
 
 
@@ -269,7 +251,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         for recorder, level, target in zip(recorders, levels, targets):
             if level is not None:
                 recorder.level = level.value
-                if not (isinstance(target, HttpTarget) and target.model == "open"):
+                if kind_of(target).load(target).arrival is None:  # users, not arrivals: the level is users
                     recorder.users = min(int(level.value), plan.shares[recorder.target])
         final = final_at is not None
         end = (final_at if final_at is not None else time.monotonic()) - t0

@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 
 from hdrh.histogram import HdrHistogram
 
+from .run_files import NOT_AGGREGATED_TYPES
+
 LOWEST_NS = 1
 HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to it
 SIGNIFICANT_DIGITS = 3
@@ -384,10 +386,12 @@ def counts_at_or_below(hist: HdrHistogram, bounds_ns: Sequence[int]) -> list[int
 
 
 def aggregate(totals: Sequence[TargetTotals], name: str = AGGREGATED) -> TargetTotals:
-    """All targets' totals merged into one."""
+    """All targets' totals merged into one: every request sent, so not the rows that count something else (a flow's
+    own row counts passes through its steps, whose rows count their requests)."""
     out = TargetTotals(name=name, type="")
     for t in totals:
-        out.merge(t)
+        if t.type not in NOT_AGGREGATED_TYPES:
+            out.merge(t)
     return out
 
 
@@ -436,9 +440,9 @@ class RunStats:
             decoded = decode(ts)  # once, for the totals and for the second
             self.totals[ts.target].add(ts, decoded)
             interval.targets[ts.target].add(ts, decoded)
-            self.worker_requests[w] += ts.requests
-            failed = sum(c for _, c in ts.failures)
-            self.worker_failures[w] += failed
+            if self.totals[ts.target].type not in NOT_AGGREGATED_TYPES:  # a worker's requests, as Aggregated's
+                self.worker_requests[w] += ts.requests
+                self.worker_failures[w] += sum(c for _, c in ts.failures)
             self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
             self.worker_open[w][ts.target] = ts.open_connections
             interval.targets[ts.target].peak_open += ts.peak_open

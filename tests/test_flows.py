@@ -14,9 +14,10 @@ import pytest
 from loadtest.config import ServerSpec
 from loadtest.flows.data import DataError, DataTable, RowDealer, check_unique, read_data
 from loadtest.flows.extract import ExtractError, parse_capture, parse_expect
-from loadtest.flows.script import ScriptError, load_function
+from loadtest.flows.source import ScriptError, load_function
+from loadtest.flows.spec import FlowSpec, flow_rows, scan_script
 from loadtest.flows.steps import FlowError, parse_steps
-from loadtest.flows.target import FlowSpec, flow_factory, flow_rows, scan_script
+from loadtest.flows.target import flow_factory
 from loadtest.flows.template import Context, MissingValue, TemplateError, compile_json, compile_template
 from loadtest.protocols import Deadlines
 from loadtest.servers import ServerGroup

@@ -37,9 +37,12 @@ from .template import Context, MissingValue, Template, compile_json, compile_tem
 NO_ROW_WAIT_S = 0.01  # unique data: a pass that finds every row held waits this long and looks again
 
 
-class StepFailed(BaseException):
-    """Ends a pass: a step failed (already recorded in its row). A BaseException so that a script's
-    `except Exception:` does not swallow it."""
+class PassEnded(BaseException):
+    """Ends a pass early. A BaseException so that a script's `except Exception:` does not swallow it."""
+
+
+class StepFailed(PassEnded):
+    """Ends a pass: a step failed (already recorded in its row)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(kind, message)
@@ -87,6 +90,7 @@ class FlowSession:
         flow_rec = shared.rows.flow
         self.client = FlowClient(shared.timeout, shared.deadlines, shared.tls, flow_rec.connected, flow_rec.disconnected)
         self.ctx = Context(shared.next_user(), shared.rng)
+        self.cancelled_in_flight = False
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         shared = self.shared
@@ -114,7 +118,8 @@ class FlowSession:
         except _Abandoned:
             pass
         except GreenletExit:
-            rec.failure("cancelled", "the run stopped while this flow was under way", None)
+            if self.cancelled_in_flight:  # killed in think time or between requests: the pass is not recorded
+                rec.failure("cancelled", "the run stopped while this flow was under way", None)
             raise
         else:
             rec.success(perf_counter_ns() - started, totals.received, totals.sent, totals.content)
@@ -134,13 +139,14 @@ class FlowSession:
             return self.client.send(address, request, head, keep)
         except GreenletExit:
             rec.failure("cancelled", "the run stopped while this request was in flight", None)
+            self.cancelled_in_flight = True
             raise
 
     def close(self) -> None:
         self.client.close()
 
 
-class _Abandoned(Exception):
+class _Abandoned(PassEnded):
     """The run is stopping: the pass ends between two requests, unrecorded."""
 
 

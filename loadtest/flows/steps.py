@@ -25,10 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..run_files import FLOW_TYPE  # the Type of a flow's own row (the whole journey); its steps' have their method
 from .extract import Capture, Expect, ExtractError, Needs, parse_capture, parse_expect
 from .template import SERVER_REF, TemplateError, compile_json, compile_template
-
-FLOW_TYPE = "FLOW"  # the Type column of a flow's own row (the whole journey); its steps' rows have their method
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_REPEAT = 10_000
 MAX_STEPS = 1000

@@ -103,6 +103,29 @@ class FlowStepRow:
     stages: tuple[Stage, ...] = ()
 
 
+_TEXT = {"type": "string"}
+_THINK = {"anyOf": [_TEXT, {"type": "number", "minimum": 0},
+                    {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [_TEXT, {"type": "number"}]}}]}
+_STEP_SCHEMA = {"anyOf": [
+    {"type": "object", "additionalProperties": False, "required": ["think"], "properties": {"think": _THINK}},
+    {"type": "object", "additionalProperties": False, "required": ["url"], "properties": {
+        "name": _TEXT,
+        "method": _TEXT,
+        "url": {"type": "string", "description": "http:// or https:// URL; {server} is a server's host:port, "
+                                                 "${name} a captured value or data column"},
+        "headers": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+        "json": {"description": "a JSON body; its strings may hold ${...} placeholders"},
+        "body": _TEXT,
+        "capture": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^(json|header|regex):"},
+                    "description": "variable: json:PATH | header:NAME | regex:EXPR"},
+        "expect": {"type": "object", "additionalProperties": False, "properties": {
+            "status": {"anyOf": [{"type": "integer", "minimum": 100, "maximum": 599},
+                                 {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}}]},
+            "body_contains": {"type": "string", "minLength": 1}}},
+        "repeat": {"type": "integer", "minimum": 1},
+    }}]}
+
+
 def _script_ref(value: Any) -> tuple[str, str]:
     if not isinstance(value, str) or value.count(":") != 1:
         raise FieldError(f"must be FILE.py:FUNCTION, such as flows.py:shop, got {value!r}")
@@ -127,9 +150,8 @@ class FlowTargetModel(ConfigModel):
     """A flow target as written: `flow:` steps or `script: FILE.py:FUNCTION`, and concurrency, rate or stages."""
 
     name: Name
-    flow: Annotated[Any, WithJsonSchema({"type": "array", "minItems": 1, "items": {"type": "object"},
-                                         "description": "steps: {name, method, url, headers, json | body, "
-                                                        "capture, expect, repeat} or {think: DURATION}"})] = None
+    flow: Annotated[Any, WithJsonSchema({"type": "array", "minItems": 1, "items": _STEP_SCHEMA,
+                                         "description": "steps in order: requests, or {think: DURATION}"})] = None
     script: Annotated[tuple[str, str] | None, BeforeValidator(lambda v: None if v is None else _script_ref(v)),
                       WithJsonSchema({"type": "string", "pattern": r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$",
                                       "description": "FILE.py:FUNCTION, the file relative to the config"})] = None
@@ -150,7 +172,7 @@ class FlowTargetModel(ConfigModel):
     think: Annotated[tuple[float, float] | None, BeforeValidator(think_range), WithJsonSchema({"anyOf": [
         {"type": "string"}, {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "string"}}]})] = None
 
-    needs: ClassVar[str] = "flow (steps) or script for a flow"
+    needs: ClassVar[str] = "flow or script for a flow"
     _target: FlowTarget | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")

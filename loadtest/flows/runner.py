@@ -27,7 +27,7 @@ from gevent import GreenletExit
 from ..protocols import Deadlines
 from ..protocols.channel import give_way
 from ..protocols.http_fast import USER_AGENT
-from ..protocols.http_flow import Address, FlowClient, Reply, resolve_origin
+from ..protocols.http_flow import Address, FlowClient, Reply, parse_head, resolve_origin
 from ..stats import TargetRecorder
 from .data import RowDealer
 from .extract import Capture, Expect
@@ -166,6 +166,7 @@ class FlowShared:
         self._user_step = user_step
         self.rng = random.Random(seed)
         self._addresses: dict[tuple[str, str], Address] = {}
+        self.routes: dict[str, Any] = {}  # a Python flow's URLs as given, and where they go (see script.py)
 
     def next_user(self) -> int:
         """The next virtual user's number: worker k of W numbers its users k, k + W, ... so they differ over workers."""
@@ -200,6 +201,7 @@ class CompiledStep:
     body: Template | None
     content_type: str | None
     request: bytes | None  # the whole request when nothing in it varies
+    head: bool  # a HEAD request: its response has no body
     keep: bool
     captures: tuple[Capture, ...]
     expect: Expect
@@ -247,7 +249,7 @@ def compile_step(step: RequestStep, row: str, rec: TargetRecorder, shared: FlowS
     elif step.body is not None:
         body = compile_template(step.body)
     compiled = CompiledStep(step.name, row, rec, step.method, address, path, "".join(head), varying, body,
-                            content_type, None, step.needs.body or bool(step.needs.headers), step.captures,
+                            content_type, None, step.method == "HEAD", step.needs.body or bool(step.needs.headers), step.captures,
                             step.expect, step.repeat)
     if path.static is not None and not varying and (body is None or body.static is not None):
         ctx = Context(0, random.Random(0))
@@ -261,6 +263,45 @@ class YamlFlowSession(FlowSession):
     def __init__(self, shared: FlowShared, steps: tuple[CompiledStep | ThinkStep, ...]) -> None:
         super().__init__(shared)
         self.steps = steps
+        # A flow with nothing to fill in, read or wait for -- no data, no placeholders, no captures or checks of
+        # the body, no think -- runs each pass on the short path: it costs what a plain target's requests do.
+        self.plain = shared.dealer is None and all(
+            isinstance(s, CompiledStep) and s.request is not None and not s.keep for s in steps)
+
+    def exchange(self, scheduled_ns: int = 0) -> None:
+        if not self.plain:
+            return super().exchange(scheduled_ns)
+        started = scheduled_ns or perf_counter_ns()
+        client = self.client
+        budget = self.shared.budget
+        flow = self.shared.rows.flow
+        received = sent = content = 0
+        self.ctx.iteration += 1
+        for s in self.steps:
+            rec = s.rec  # type: ignore[union-attr]
+            ok = s.expect.status  # type: ignore[union-attr]
+            for _ in range(s.repeat):  # type: ignore[union-attr]
+                if budget.stopping:
+                    return
+                try:
+                    r = client.send(s.address, s.request, s.head, False)  # type: ignore[union-attr,arg-type]
+                except GreenletExit:
+                    rec.failure("cancelled", "the run stopped while this request was in flight", None)
+                    flow.failure("cancelled", "the run stopped while this flow was under way", None)
+                    raise
+                received += r.received
+                sent += r.sent
+                content += r.content
+                status = r.status
+                if r.kind is not None or not ((status in ok) if ok else (200 <= status < 400)):
+                    kind, message = (r.kind, r.message) if r.kind is not None else ("status", f"HTTP {status}")
+                    rec.failure(kind, message, r.latency, r.received, r.sent, r.content)
+                    flow.failure(kind, f"{s.row}: {message}", perf_counter_ns() - started,  # type: ignore[union-attr]
+                                 received, sent, content)
+                    give_way()
+                    return
+                rec.success(r.latency, r.received, r.sent, r.content)  # type: ignore[arg-type]
+        flow.success(perf_counter_ns() - started, received, sent, content)
 
     def run_pass(self, totals: Pass) -> None:
         ctx = self.ctx
@@ -279,7 +320,7 @@ class YamlFlowSession(FlowSession):
                     request = s.build(ctx)
                 except MissingValue as missing:
                     raise StepFailed("capture", f"{s.row}: no value for ${{{missing.args[0]}}}") from None
-                r = self.send(s.address, request, s.method == "HEAD", s.keep, rec)
+                r = self.send(s.address, request, s.head, s.keep, rec)
                 record_reply(rec, r, s.row, s.expect.status_ok(r.status), totals)
                 if s.keep:
                     self._read(s, r)
@@ -289,7 +330,7 @@ class YamlFlowSession(FlowSession):
         """Take the step's captures and run its body check; a miss is recorded in the step's row and ends the pass."""
         body = r.body.decode("utf-8", "replace") if s.expect.body_contains is not None or any(
             c.source != "header" for c in s.captures) else None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(r.headers)}
+        headers = parse_head(r.head) if any(c.source == "header" for c in s.captures) else {}
         parsed: list[Any] = []
         for c in s.captures:
             value = c.take(body, parsed, headers)

@@ -32,7 +32,9 @@ from urllib.parse import urlencode, urlsplit
 
 import gevent
 
-from ..protocols.http_flow import request_bytes
+from ..protocols.http_fast import USER_AGENT
+from ..protocols.http_flow import Address, parse_head
+from ..stats import TargetRecorder
 from .runner import FlowShared, FlowSession, Pass, PassEnded, StepFailed, record_reply
 from .source import OTHER_ROW, load_function, where_raised
 
@@ -41,14 +43,22 @@ from .source import OTHER_ROW, load_function, where_raised
 class Response:
     """A response as a script sees it: `status`, `headers` (any case), `text`, `content`, `json()`."""
 
-    __slots__ = ("status", "headers", "content", "truncated", "_text")
+    __slots__ = ("status", "content", "truncated", "_head", "_headers", "_text")
 
-    def __init__(self, status: int, headers: dict[str, str], content: bytes, truncated: bool) -> None:
+    def __init__(self, status: int, head: bytes, content: bytes, truncated: bool) -> None:
         self.status = status
-        self.headers = _Headers(headers)
         self.content = content  # at most MAX_KEPT_BODY bytes
         self.truncated = truncated  # the body was longer than what was kept
+        self._head = head
+        self._headers: _Headers | None = None
         self._text: str | None = None
+
+    @property
+    def headers(self) -> _Headers:
+        """The response's headers, read from its head when first asked for."""
+        if self._headers is None:
+            self._headers = _Headers(parse_head(self._head))
+        return self._headers
 
     @property
     def text(self) -> str:
@@ -133,6 +143,12 @@ class FlowUser:
             raise StepFailed("check", message)
 
 
+MAX_ROUTES = 10_000  # URLs a worker remembers the address and request line of
+_AGENT_LINE = f"User-Agent: {USER_AGENT}\r\n"
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+_dumps = json_module.JSONEncoder(separators=(", ", ": ")).encode
+
+
 class ScriptFlowSession(FlowSession):
     """A virtual user of a Python flow."""
 
@@ -145,6 +161,7 @@ class ScriptFlowSession(FlowSession):
         self.script = script
         self.user = FlowUser(self)
         self._totals = Pass()
+        self._rows: dict[str, TargetRecorder] = {}  # by request name
 
     def run_pass(self, totals: Pass) -> None:
         self._totals = totals
@@ -157,6 +174,58 @@ class ScriptFlowSession(FlowSession):
 
     def request(self, method: str, url: str, name: str | None, headers: Mapping[str, str] | None, json: Any,
                 data: str | bytes | None, params: Mapping[str, Any] | None, expect: Any) -> Response:
+        routes = self.shared.routes
+        route = routes.get(url)
+        if route is None:
+            if len(routes) >= MAX_ROUTES:  # URLs made up per request: keep memory flat
+                routes.clear()
+            route = routes[url] = self._route(url)
+        address, line_rest, path = route
+        if params:
+            line_rest = self._with_query(url, params)
+        rec = self._rows.get(name or path)
+        if rec is None:
+            rec = self._row(name or path)
+        parts = [method, line_rest]
+        body = b""
+        typed = agent = False
+        if headers:
+            for k, v in headers.items():
+                parts.append(f"{k}: {v}\r\n")
+                low = k.lower()
+                typed = typed or low == "content-type"
+                agent = agent or low == "user-agent"
+        if not agent:
+            parts.append(_AGENT_LINE)
+        if json is not None:
+            body = _dumps(json).encode()
+            if not typed:
+                parts.append("Content-Type: application/json\r\n")
+        elif data is not None:
+            body = data.encode() if isinstance(data, str) else bytes(data)
+        if body or method in _BODY_METHODS:
+            parts.append(f"Content-Length: {len(body)}\r\n")
+        parts.append("\r\n")
+        request = "".join(parts).encode("latin-1")
+        if body:
+            request += body
+        r = self.send(address, request, method == "HEAD", True, rec)
+        status = r.status
+        if expect is None:
+            ok = 200 <= status < 400
+        else:
+            ok = status in (expect if isinstance(expect, (list, tuple, set, frozenset)) else (expect,))
+        if r.kind is not None or not ok:
+            record_reply(rec, r, f"{self.flow}/{name or path}", ok, self._totals)
+        totals = self._totals
+        totals.received += r.received
+        totals.sent += r.sent
+        totals.content += r.content
+        rec.success(r.latency, r.received, r.sent, r.content)  # type: ignore[arg-type]
+        return Response(status, r.head, r.body, r.truncated)
+
+    def _route(self, url: str) -> tuple[Address, str, str]:
+        """Where a URL goes, what follows the method on the request line (and the Host line), and its path."""
         if "://" not in url:
             if self.base is None:
                 raise ValueError(f"{url!r} is a path, but the target has no url: to join it to")
@@ -164,40 +233,25 @@ class ScriptFlowSession(FlowSession):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        target = parts.path or "/"
-        query = parts.query
-        if params:
-            query = (query + "&" if query else "") + urlencode(params, doseq=True)
-        if query:
-            target += "?" + query
-        rows = self.shared.rows.steps
-        row = f"{self.flow}/{name or parts.path or '/'}"
-        rec = rows.get(row)
-        if rec is None:
-            row = f"{self.flow}/{OTHER_ROW}"
-            rec = rows.get(row)
-            if rec is None:
-                raise ValueError(f"request name {name or parts.path!r} is not in the script's source as a literal, "
-                                 f"so it has no stats row; pass name=\"...\" as text")
-        given = list((headers or {}).items())
-        body = b""
-        if json is not None:
-            body = json_module.dumps(json).encode()
-            if not any(k.lower() == "content-type" for k, _ in given):
-                given.append(("Content-Type", "application/json"))
-        elif data is not None:
-            body = data.encode() if isinstance(data, str) else bytes(data)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         address = self.shared.address(parts.scheme, parts.netloc)
-        request = request_bytes(method, target, address.host_header, given, body)
-        r = self.send(address, request, method == "HEAD", True, rec)
-        if expect is None:
-            ok = 200 <= r.status < 400
-        else:
-            ok = r.status in (expect if isinstance(expect, (list, tuple, set, frozenset)) else (expect,))
-        record_reply(rec, r, row, ok, self._totals)
-        rec.success(r.latency, r.received, r.sent, r.content)  # type: ignore[arg-type]
-        return Response(r.status, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(r.headers)},
-                        r.body, r.truncated)
+        return address, f" {target} HTTP/1.1\r\nHost: {address.host_header}\r\n", parts.path or "/"
+
+    def _with_query(self, url: str, params: Mapping[str, Any]) -> str:
+        address, line_rest, _ = self.shared.routes[url]
+        target = line_rest[1:line_rest.index(" HTTP/1.1")]
+        target += ("&" if "?" in target else "?") + urlencode(params, doseq=True)
+        return f" {target} HTTP/1.1\r\nHost: {address.host_header}\r\n"
+
+    def _row(self, name: str) -> TargetRecorder:
+        """The recorder of the row named `name` (``<flow>/<name>``), else of ``<flow>/other``."""
+        steps = self.shared.rows.steps
+        rec = steps.get(f"{self.flow}/{name}") or steps.get(f"{self.flow}/{OTHER_ROW}")
+        if rec is None:
+            raise ValueError(f"request name {name!r} is not in the script's source as a literal, so it has no stats "
+                             f"row; pass name=\"...\" as text")
+        self._rows[name] = rec
+        return rec
 
 
 def script_flow_factory(flow: str, script: Path, function: str, base: str | None,

@@ -91,24 +91,20 @@ class _Counting:
 
 
 class _Keeping(_Counting):
-    """Parser callbacks that also keep the headers and the body (up to MAX_KEPT_BODY bytes)."""
+    """Parser callbacks that also keep the body (up to MAX_KEPT_BODY bytes). The headers are read from the head's
+    bytes when asked for (`parse_head`): a Python callback per header would cost more than most flows read."""
 
-    __slots__ = ("headers", "chunks", "kept")
+    __slots__ = ("chunks", "kept")
 
     def __init__(self) -> None:
         super().__init__()
-        self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.kept = 0
 
     def reset(self) -> None:
         super().reset()
-        self.headers = []
         self.chunks = []
         self.kept = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
 
     def on_body(self, chunk: bytes) -> None:
         self.body += len(chunk)
@@ -154,7 +150,7 @@ class _Connection:
 class Reply:
     """How one request ended: a failure kind and message, or a status (and what was kept of the response)."""
 
-    __slots__ = ("kind", "message", "latency", "received", "sent", "content", "status", "headers", "body",
+    __slots__ = ("kind", "message", "latency", "received", "sent", "content", "status", "head", "body",
                  "truncated")
 
     def __init__(self) -> None:
@@ -165,9 +161,22 @@ class Reply:
         self.sent = 0
         self.content = 0
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head = b""  # kept: the status line and headers (and maybe the start of the body)
         self.body = b""
         self.truncated = False
+
+
+def parse_head(head: bytes) -> dict[str, str]:
+    """The headers of a response head, by lower-case name (the first of a name repeated)."""
+    out: dict[str, str] = {}
+    end = head.find(b"\r\n\r\n")
+    for line in head[:end if end >= 0 else len(head)].split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            key = name.strip().lower().decode("latin-1")
+            if key not in out:
+                out[key] = value.strip().decode("latin-1")
+    return out
 
 
 class FlowClient:
@@ -184,14 +193,23 @@ class FlowClient:
         self.timeout_ns = int(timeout * 1e9)
         self._conns: dict[Origin, _Connection] = {}
         self._timer = RequestTimer(deadlines)
+        self._reply = Reply()
         self._tls = tls
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
 
     def send(self, address: Address, request: bytes, head: bool, keep: bool) -> Reply:
         """Send `request` and read its whole response; `keep` keeps its headers and body. Never raises for the
-        network's doing; a GreenletExit (the run stopping) is re-raised after the connection is dropped."""
-        out = Reply()
+        network's doing; a GreenletExit (the run stopping) is re-raised after the connection is dropped.
+
+        The Reply is this client's one, filled again by its next request: read it before sending another."""
+        out = self._reply
+        out.kind = None
+        out.latency = None
+        out.received = out.sent = out.content = out.status = 0
+        if out.truncated or out.head:
+            out.head = out.body = b""
+            out.truncated = False
         origin = address.origin
         conn = self._conns.get(origin)
         if conn is None:
@@ -205,7 +223,7 @@ class FlowClient:
         sent = len(request)
         try:
             callbacks = conn.callbacks(keep)
-            kind, message, received = self._roundtrip(conn, callbacks, request, head)
+            kind, message, received, heading = self._roundtrip(conn, callbacks, request, head)
             if kind in _STALE and received == 0 and conn.reused:
                 # The server closed an idle keep-alive connection: reconnect once, as browsers do.
                 self._drop(origin)
@@ -216,7 +234,7 @@ class FlowClient:
                 conn = new
                 callbacks = conn.callbacks(keep)
                 timer.start(deadline)
-                kind, message, received = self._roundtrip(conn, callbacks, request, head)
+                kind, message, received, heading = self._roundtrip(conn, callbacks, request, head)
                 sent += len(request)
             conn.reused = True
         except GreenletExit:
@@ -235,7 +253,7 @@ class FlowClient:
         out.content = callbacks.body
         if keep:
             kept: _Keeping = callbacks  # type: ignore[assignment]
-            out.headers = kept.headers
+            out.head = heading
             out.body = b"".join(kept.chunks)
             out.truncated = kept.body > kept.kept
         if not callbacks.keep_alive:
@@ -247,8 +265,9 @@ class FlowClient:
         return out
 
     def _roundtrip(self, conn: _Connection, response: _Counting, request: bytes,
-                   head: bool) -> tuple[str | None, str, int]:
-        """Write the request, read one whole response: (failure kind or None, message, bytes read)."""
+                   head: bool) -> tuple[str | None, str, int, bytes]:
+        """Write the request, read one whole response: (failure kind or None, message, bytes read, the bytes that
+        held the head)."""
         channel = conn.channel
         parser = response.parser
         timer = self._timer
@@ -260,8 +279,8 @@ class FlowClient:
                 data = channel.recv(RECV_SIZE)
                 if not data:
                     if response.headers_done and not _LENGTH_OR_CHUNKED.search(heading):
-                        return None, "", received  # a body delimited by the server closing
-                    return "closed", "the server closed the connection before the response ended", received
+                        return None, "", received, heading  # a body delimited by the server closing
+                    return "closed", "the server closed the connection before the response ended", received, heading
                 received += len(data)
                 in_head = not response.headers_done
                 if in_head:
@@ -269,21 +288,21 @@ class FlowClient:
                 parser.feed_data(data)
                 if in_head and len(heading) > MAX_HEAD_BYTES and heading.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
                     return ("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB",
-                            received)
+                            received, b"")
                 if response.complete or (head and response.headers_done):
-                    return None, "", received
+                    return None, "", received, heading
                 if perf_counter_ns() >= timer.deadline_ns:
                     raise RequestTimeout
         except RequestTimeout:
-            return "read_timeout", f"no complete response within {self.timeout:g} s", received
+            return "read_timeout", f"no complete response within {self.timeout:g} s", received, b""
         except httptools.HttpParserError as e:
-            return "protocol", f"malformed response: {e}", received
+            return "protocol", f"malformed response: {e}", received, b""
         except ssl.SSLError as e:
-            return "tls", f"TLS error: {e.reason or e}", received
+            return "tls", f"TLS error: {e.reason or e}", received, b""
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
-            return "reset", f"connection reset: {e.strerror or e}", received
+            return "reset", f"connection reset: {e.strerror or e}", received, b""
         except OSError as e:
-            return "error", f"socket error: {e.strerror or e}", received
+            return "error", f"socket error: {e.strerror or e}", received, b""
 
     def _connect(self, address: Address, out: Reply) -> _Connection | None:
         started = perf_counter_ns()

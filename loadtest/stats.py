@@ -443,7 +443,7 @@ class RunStats:
             if self.totals[ts.target].type not in NOT_AGGREGATED_TYPES:  # a worker's requests, as Aggregated's
                 self.worker_requests[w] += ts.requests
                 self.worker_failures[w] += sum(c for _, c in ts.failures)
-            self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
+                self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
             self.worker_open[w][ts.target] = ts.open_connections
             interval.targets[ts.target].peak_open += ts.peak_open
             self.worker_users[w][ts.target] = ts.users

@@ -115,7 +115,7 @@ class FlowSession:
             rec.failure(failed.kind, failed.message, perf_counter_ns() - started, totals.received, totals.sent,
                         totals.content)
             give_way()  # a pass that fails at once must not keep the worker's clock from running
-        except _Abandoned:
+        except RunStopping:
             pass
         except GreenletExit:
             if self.cancelled_in_flight:  # killed in think time or between requests: the pass is not recorded
@@ -134,7 +134,7 @@ class FlowSession:
     def send(self, address: Address, request: bytes, head: bool, keep: bool, rec: TargetRecorder) -> Reply:
         """Send one request of a step (whose row is `rec`); the run stopping records it as cancelled there."""
         if self.shared.budget.stopping:
-            raise _Abandoned
+            raise RunStopping
         try:
             return self.client.send(address, request, head, keep)
         except GreenletExit:
@@ -146,7 +146,7 @@ class FlowSession:
         self.client.close()
 
 
-class _Abandoned(PassEnded):
+class RunStopping(PassEnded):
     """The run is stopping: the pass ends between two requests, unrecorded."""
 
 
@@ -310,7 +310,7 @@ class YamlFlowSession(FlowSession):
             if step.__class__ is ThinkStep:
                 lo, hi = step.lo, step.hi  # type: ignore[union-attr]
                 if self.shared.budget.stopping:
-                    raise _Abandoned
+                    raise RunStopping
                 gevent.sleep(lo if lo == hi else rng.uniform(lo, hi))
                 continue
             s: CompiledStep = step  # type: ignore[assignment]

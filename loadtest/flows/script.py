@@ -35,7 +35,7 @@ import gevent
 from ..protocols.http_fast import USER_AGENT
 from ..protocols.http_flow import Address, parse_head
 from ..stats import TargetRecorder
-from .runner import FlowShared, FlowSession, Pass, PassEnded, StepFailed, record_reply
+from .runner import FlowShared, FlowSession, Pass, PassEnded, StepFailed, RunStopping, record_reply
 from .source import OTHER_ROW, load_function, where_raised
 
 
@@ -115,23 +115,30 @@ class FlowUser:
         """Send one request and return its response; a failure ends the pass (see the module's docstring)."""
         return self._session.request(method.upper(), url, name, headers, json, data, params, expect)
 
-    def get(self, url: str, **kw: Any) -> Response:
-        return self.request("GET", url, **kw)
+    # Each calls the session itself, not request(): a call less per request on the hot path.
+    def get(self, url: str, *, name: str | None = None, headers: Mapping[str, str] | None = None, json: Any = None,
+            data: str | bytes | None = None, params: Mapping[str, Any] | None = None, expect: Any = None) -> Response:
+        return self._session.request("GET", url, name, headers, json, data, params, expect)
 
-    def post(self, url: str, **kw: Any) -> Response:
-        return self.request("POST", url, **kw)
+    def post(self, url: str, *, name: str | None = None, headers: Mapping[str, str] | None = None, json: Any = None,
+            data: str | bytes | None = None, params: Mapping[str, Any] | None = None, expect: Any = None) -> Response:
+        return self._session.request("POST", url, name, headers, json, data, params, expect)
 
-    def put(self, url: str, **kw: Any) -> Response:
-        return self.request("PUT", url, **kw)
+    def put(self, url: str, *, name: str | None = None, headers: Mapping[str, str] | None = None, json: Any = None,
+            data: str | bytes | None = None, params: Mapping[str, Any] | None = None, expect: Any = None) -> Response:
+        return self._session.request("PUT", url, name, headers, json, data, params, expect)
 
-    def patch(self, url: str, **kw: Any) -> Response:
-        return self.request("PATCH", url, **kw)
+    def patch(self, url: str, *, name: str | None = None, headers: Mapping[str, str] | None = None, json: Any = None,
+            data: str | bytes | None = None, params: Mapping[str, Any] | None = None, expect: Any = None) -> Response:
+        return self._session.request("PATCH", url, name, headers, json, data, params, expect)
 
-    def delete(self, url: str, **kw: Any) -> Response:
-        return self.request("DELETE", url, **kw)
+    def delete(self, url: str, *, name: str | None = None, headers: Mapping[str, str] | None = None, json: Any = None,
+            data: str | bytes | None = None, params: Mapping[str, Any] | None = None, expect: Any = None) -> Response:
+        return self._session.request("DELETE", url, name, headers, json, data, params, expect)
 
-    def head(self, url: str, **kw: Any) -> Response:
-        return self.request("HEAD", url, **kw)
+    def head(self, url: str, *, name: str | None = None, headers: Mapping[str, str] | None = None, json: Any = None,
+            data: str | bytes | None = None, params: Mapping[str, Any] | None = None, expect: Any = None) -> Response:
+        return self._session.request("HEAD", url, name, headers, json, data, params, expect)
 
     def think(self, seconds: float) -> None:
         """Pause this user for `seconds`."""
@@ -209,7 +216,14 @@ class ScriptFlowSession(FlowSession):
         request = "".join(parts).encode("latin-1")
         if body:
             request += body
-        r = self.send(address, request, method == "HEAD", True, rec)
+        if self.shared.budget.stopping:
+            raise RunStopping
+        try:
+            r = self.client.send(address, request, method == "HEAD", True)
+        except gevent.GreenletExit:
+            rec.failure("cancelled", "the run stopped while this request was in flight", None)
+            self.cancelled_in_flight = True
+            raise
         status = r.status
         if expect is None:
             ok = 200 <= status < 400

@@ -222,7 +222,7 @@ class FlowClient:
         timer.start(deadline)
         sent = len(request)
         try:
-            callbacks = conn.callbacks(keep)
+            callbacks = conn.callbacks(keep) if keep else conn.counting
             kind, message, received, heading = self._roundtrip(conn, callbacks, request, head)
             if kind in _STALE and received == 0 and conn.reused:
                 # The server closed an idle keep-alive connection: reconnect once, as browsers do.
@@ -258,8 +258,11 @@ class FlowClient:
             out.truncated = kept.body > kept.kept
         if not callbacks.keep_alive:
             self._drop(origin)
-        else:
+        elif keep:
             callbacks.reset()
+        else:
+            callbacks.body = 0
+            callbacks.complete = callbacks.headers_done = False
             if head:
                 conn.fresh(callbacks)
         return out

@@ -85,7 +85,8 @@ class HoldingServer:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
-def run_rows(tmp_path: Path, rows_count: int, users: int, mode: str) -> tuple[HoldingServer, subprocess.CompletedProcess[str]]:
+def run_rows(tmp_path: Path, rows_count: int, users: int,
+             mode: str) -> tuple[HoldingServer, subprocess.CompletedProcess[str]]:
     server = HoldingServer()
     (tmp_path / "rows.csv").write_text("row\n" + "".join(f"r{i}\n" for i in range(rows_count)))
     (tmp_path / "rows.yaml").write_text(f"""

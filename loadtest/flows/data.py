@@ -81,7 +81,8 @@ def read_data(path: Path) -> DataTable:
 
 
 def check_unique(table: DataTable, users: int, workers: int) -> str | None:
-    """Why `users` virtual users (at peak, in all) over `workers` workers cannot each hold a row of their own, or None."""
+    """Why `users` virtual users (at peak, in all) over `workers` workers cannot each hold a row of their own (a
+    sentence), or None."""
     for k in range(workers):
         have = len(table.rows[k::workers])
         need = users // workers + (1 if k < users % workers else 0)

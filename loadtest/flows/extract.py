@@ -1,6 +1,6 @@
 """Captures and checks: what a flow step reads from its response, and only that.
 
-    capture: {token: "json:token", id: "json:items[0].id", next: "header:Location", csrf: "regex:name=\"csrf\" value=\"([^\"]+)\""}
+    capture: {token: "json:token", next: "header:Location", csrf: 'regex:csrf" value="([a-z0-9]+)'}
     expect:  {status: [200, 201], body_contains: "token"}
 
 `json:PATH` reads a dotted path (`a.b[0].c`) of the JSON body; `header:NAME` a
@@ -111,7 +111,8 @@ def parse_capture(name: str, spec: Any) -> Capture:
 
 @dataclass(frozen=True)
 class Expect:
-    """What a step's response must be: a status among `status` (empty: 2xx or 3xx), a body containing `body_contains`."""
+    """What a step's response must be: a status among `status` (empty: 2xx or 3xx), and a body that contains
+    `body_contains` (if given)."""
 
     status: tuple[int, ...] = ()
     body_contains: str | None = None

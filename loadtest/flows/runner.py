@@ -88,7 +88,8 @@ class FlowSession:
     def __init__(self, shared: FlowShared) -> None:
         self.shared = shared
         flow_rec = shared.rows.flow
-        self.client = FlowClient(shared.timeout, shared.deadlines, shared.tls, flow_rec.connected, flow_rec.disconnected)
+        self.client = FlowClient(shared.timeout, shared.deadlines, shared.tls, flow_rec.connected,
+                                 flow_rec.disconnected)
         self.ctx = Context(shared.next_user(), shared.rng)
         self.cancelled_in_flight = False
 
@@ -249,7 +250,8 @@ def compile_step(step: RequestStep, row: str, rec: TargetRecorder, shared: FlowS
     elif step.body is not None:
         body = compile_template(step.body)
     compiled = CompiledStep(step.name, row, rec, step.method, address, path, "".join(head), varying, body,
-                            content_type, None, step.method == "HEAD", step.needs.body or bool(step.needs.headers), step.captures,
+                            content_type, None, step.method == "HEAD", step.needs.body or bool(step.needs.headers),
+                            step.captures,
                             step.expect, step.repeat)
     if path.static is not None and not varying and (body is None or body.static is not None):
         ctx = Context(0, random.Random(0))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .data import DEFAULT_DATA_MODE, DataTable
 from .source import OTHER_ROW, REQUEST_TYPE, script_rows
-from .steps import FLOW_TYPE, Step, step_rows
+from ..run_files import FLOW_TYPE
+from .steps import Step, step_rows
 
 DEFAULT_FLOW_TIMEOUT_S = 10.0  # each request's, as a plain target's
 

@@ -25,7 +25,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..run_files import FLOW_TYPE  # the Type of a flow's own row (the whole journey); its steps' have their method
 from .extract import Capture, Expect, ExtractError, Needs, parse_capture, parse_expect
 from .template import SERVER_REF, TemplateError, compile_json, compile_template
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

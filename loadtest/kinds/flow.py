@@ -44,7 +44,8 @@ from ..fields import (
 from ..flows.data import DATA_MODES, DEFAULT_DATA_MODE, DataError, check_unique, read_data
 from ..flows.source import ScriptError, load_function
 from ..flows.spec import FlowSpec, flow_rows, scan_script
-from ..flows.steps import FLOW_TYPE, FlowError, parse_steps
+from ..flows.steps import FlowError, parse_steps
+from ..run_files import FLOW_TYPE
 from ..schedule import Stage, peak_level
 from .base import Load, TargetKind
 from .http import ARRIVALS, DEFAULT_ARRIVAL, DEFAULT_MAX_CONCURRENCY, think_range, url_text
@@ -90,17 +91,17 @@ class FlowTarget:
 
 @dataclass(frozen=True)
 class FlowStepRow:
-    """One step's stats row of a flow: a target of the run with no users of its own (the flow's users record into it)."""
+    """One step's stats row of a flow: a target of the run with no users of its own (its flow's users record
+    into it)."""
 
     name: str  # flow/step
     method: str  # the Type column
     flow: str
+    stages: tuple[Stage, ...] = ()  # none: the run's length is its flow's business
 
     @property
     def kind(self) -> str:
         return FlowStepKind.name
-
-    stages: tuple[Stage, ...] = ()
 
 
 _TEXT = {"type": "string"}

@@ -201,3 +201,31 @@ targets:
     message = bad_input(tmp_path, config)
     assert message.startswith("loadtest: targets[0].flow[0].headers.Authorization: ${token} is not captured by an "
                               "earlier step")
+
+
+def test_an_open_model_flow_starts_passes_on_schedule(tmp_path: Path) -> None:
+    config = tmp_path / "open.yaml"
+    config.write_text("""
+duration: 1s
+servers:
+  - {name: site, kind: http, listen: "127.0.0.1:0", workers: 1}
+targets:
+  - name: shop
+    rate: 100
+    max_concurrency: 20
+    flow:
+      - {name: login, method: POST, url: "http://{site}/login", json: {user: "u${user}", password: x},
+         capture: {token: "json:token", type: "header:Content-Type"}}
+      - {name: me, url: "http://{site}/me", headers: {Authorization: "Bearer ${token}", X-Type: "${type}"},
+         expect: {status: [200], body_contains: '"user"'}}
+""")
+    out = tmp_path / "out"
+    done = cli("run", str(config), "--workers", "1", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stats = [(r["Type"], r["Name"], int(r["Request Count"]), int(r["Failure Count"])) for r in rows(out, "stats.csv")]
+    passes = stats[0][2]
+    assert stats[0][:2] == ("FLOW", "shop") and 80 <= passes <= 101, stats
+    assert stats[1:3] == [("POST", "shop/login", passes, 0), ("GET", "shop/me", passes, 0)]
+    assert ("LATENESS", "shop") == stats[3][:2] and stats[3][2] >= passes
+    served = summary(out)["servers"][0]["served"]
+    assert served["/login"] == served["/me"] == passes

@@ -269,6 +269,9 @@ class YamlFlowSession(FlowSession):
         # the body, no think -- runs each pass on the short path: it costs what a plain target's requests do.
         self.plain = shared.dealer is None and all(
             isinstance(s, CompiledStep) and s.request is not None and not s.keep for s in steps)
+        # the short path's steps, each sent `repeat` times: (row, recorder, statuses, address, request, HEAD?)
+        self._sends = tuple((s.row, s.rec, s.expect.status, s.address, s.request, s.head)
+                            for s in steps if isinstance(s, CompiledStep) for _ in range(s.repeat))
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         if not self.plain:
@@ -279,30 +282,26 @@ class YamlFlowSession(FlowSession):
         flow = self.shared.rows.flow
         received = sent = content = 0
         self.ctx.iteration += 1
-        for s in self.steps:
-            rec = s.rec  # type: ignore[union-attr]
-            ok = s.expect.status  # type: ignore[union-attr]
-            for _ in range(s.repeat):  # type: ignore[union-attr]
-                if budget.stopping:
-                    return
-                try:
-                    r = client.send(s.address, s.request, s.head, False)  # type: ignore[union-attr,arg-type]
-                except GreenletExit:
-                    rec.failure("cancelled", "the run stopped while this request was in flight", None)
-                    flow.failure("cancelled", "the run stopped while this flow was under way", None)
-                    raise
-                received += r.received
-                sent += r.sent
-                content += r.content
-                status = r.status
-                if r.kind is not None or not ((status in ok) if ok else (200 <= status < 400)):
-                    kind, message = (r.kind, r.message) if r.kind is not None else ("status", f"HTTP {status}")
-                    rec.failure(kind, message, r.latency, r.received, r.sent, r.content)
-                    flow.failure(kind, f"{s.row}: {message}", perf_counter_ns() - started,  # type: ignore[union-attr]
-                                 received, sent, content)
-                    give_way()
-                    return
-                rec.success(r.latency, r.received, r.sent, r.content)  # type: ignore[arg-type]
+        for row, rec, ok, address, request, head in self._sends:
+            if budget.stopping:
+                return
+            try:
+                r = client.send(address, request, head, False)  # type: ignore[arg-type]
+            except GreenletExit:
+                rec.failure("cancelled", "the run stopped while this request was in flight", None)
+                flow.failure("cancelled", "the run stopped while this flow was under way", None)
+                raise
+            received += r.received
+            sent += r.sent
+            content += r.content
+            status = r.status
+            if r.kind is not None or not ((status in ok) if ok else (200 <= status < 400)):
+                kind, message = (r.kind, r.message) if r.kind is not None else ("status", f"HTTP {status}")
+                rec.failure(kind, message, r.latency, r.received, r.sent, r.content)
+                flow.failure(kind, f"{row}: {message}", perf_counter_ns() - started, received, sent, content)
+                give_way()
+                return
+            rec.success(r.latency, r.received, r.sent, r.content)  # type: ignore[arg-type]
         flow.success(perf_counter_ns() - started, received, sent, content)
 
     def run_pass(self, totals: Pass) -> None:

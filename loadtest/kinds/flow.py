@@ -20,6 +20,7 @@ into them. The flow's row is left out of Aggregated, which adds up requests.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Sequence
@@ -47,12 +48,12 @@ from ..flows.spec import FlowSpec, flow_rows, scan_script
 from ..flows.steps import FlowError, parse_steps
 from ..run_files import FLOW_TYPE
 from ..schedule import Stage, peak_level
-from .base import Load, TargetKind
+from .base import ExtraRow, Load, TargetKind
 from .http import ARRIVALS, DEFAULT_ARRIVAL, DEFAULT_MAX_CONCURRENCY, think_range, url_text
 
 if TYPE_CHECKING:
     from ..protocols import Deadlines, Session
-    from ..stats import TargetRecorder
+    from ..stats import TargetRecorder, TargetTotals
     from ..worker import WorkerPlan
     from ..workload import Budget
 
@@ -324,6 +325,16 @@ class FlowKind(TargetKind):
             if problem is not None:
                 return f"{target.name}: {problem}"
         return None
+
+    def extra_rows(self, target: FlowTarget, totals: TargetTotals) -> list[ExtraRow]:
+        """Open model: LATENESS, how late passes started against their schedule (Failure Count: the dropped ones)."""
+        if target.model != "open":
+            return []
+        from ..run_files import LATENESS_TYPE
+
+        started = totals.lateness.get_total_count()
+        return [ExtraRow(LATENESS_TYPE, totals.lateness, started + totals.dropped,
+                         Counter(dropped=totals.dropped) if totals.dropped else Counter())]
 
     def session_factory(self, target: FlowTarget, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
                         budget: Budget) -> Callable[[], Session]:

@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -88,6 +89,11 @@ def run_locust(url: str, concurrency: int, duration: float, workdir: Path) -> Re
     return Result("Locust FastHttpUser (1 process)", requests, requests / float(agg["Requests/s"]), cpu)
 
 
+def _ratios(ours: Result, base: Result) -> tuple[float, float]:
+    """Ours over base: requests per second, and requests per CPU second."""
+    return ours.rps / base.rps, base.cpu_us_per_request / ours.cpu_us_per_request
+
+
 def table(results: list[Result], base: Result) -> None:
     print(f"{'tool':44} {'requests':>10} {'req/s':>10} {'CPU s':>7} {'CPU µs/req':>11} {'÷ first req/s':>14} "
           f"{'÷ first CPU/req':>16}")
@@ -100,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
     parser.add_argument("--concurrency", type=int, default=50, help="virtual users (default 50)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each pair this many times, alternating, and judge by the median ratio (default 1)")
     parser.add_argument("--skip-locust", action="store_true")
     args = parser.parse_args()
     if not 0 < args.duration <= 600:
@@ -111,19 +119,30 @@ def main() -> None:
         url, c, d = target.url.rstrip("/"), args.concurrency, args.duration
         try:
             print(f"target: {target.name} at {url}; {c} virtual users, {d:g} s each")
-            plain = run_loadtest("plain target GET / (1 worker)",
-                                 f"  - {{name: home, url: '{url}/', concurrency: {c}}}\n", d, workdir, "plain")
-            step = run_loadtest("one-step YAML flow GET / (1 worker)",
-                                f"  - {{name: home, concurrency: {c}, flow: [{{name: home, url: '{url}/'}}]}}\n",
-                                d, workdir, "onestep")
-            print("\n1. one-step YAML flow vs the plain target")
-            table([plain, step], plain)
-            locust = None if args.skip_locust else run_locust(url, c, d, workdir)
-            python = run_loadtest("three-step Python flow (1 worker)",
-                                  f"  - {{name: shop, concurrency: {c}, url: '{url}', script: 'shopflow.py:shop'}}\n",
-                                  d, workdir, "python")
-            print("\n2. three-step Python flow vs Locust FastHttpUser (login, me, home)")
-            table([r for r in (locust, python) if r is not None], locust or python)
+            ratios: dict[str, list[tuple[float, float]]] = {"one-step": [], "python": []}
+            for _ in range(args.repeat):
+                plain = run_loadtest("plain target GET / (1 worker)",
+                                     f"  - {{name: home, url: '{url}/', concurrency: {c}}}\n", d, workdir, "plain")
+                step = run_loadtest("one-step YAML flow GET / (1 worker)",
+                                    f"  - {{name: home, concurrency: {c}, flow: [{{name: home, url: '{url}/'}}]}}\n",
+                                    d, workdir, "onestep")
+                print("\n1. one-step YAML flow vs the plain target")
+                table([plain, step], plain)
+                ratios["one-step"].append(_ratios(step, plain))
+                locust = None if args.skip_locust else run_locust(url, c, d, workdir)
+                python = run_loadtest(
+                    "three-step Python flow (1 worker)",
+                    f"  - {{name: shop, concurrency: {c}, url: '{url}', script: 'shopflow.py:shop'}}\n",
+                    d, workdir, "python")
+                print("\n2. three-step Python flow vs Locust FastHttpUser (login, me, home)")
+                table([r for r in (locust, python) if r is not None], locust or python)
+                if locust is not None:
+                    ratios["python"].append(_ratios(python, locust))
+            print(f"\nmedian of {args.repeat} (req/s ratio, CPU-per-request ratio):")
+            for key, goal in (("one-step", "0.9x the plain target"), ("python", "5x Locust")):
+                if ratios[key]:
+                    rps, cpu = (statistics.median(r[i] for r in ratios[key]) for i in (0, 1))
+                    print(f"  {key:8} {rps:5.2f}x req/s  {cpu:5.2f}x CPU/request   (goal: {goal})")
         finally:
             target.stop()
 

@@ -9,8 +9,10 @@ k, k + W, k + 2W, ...), so two workers never hand out the same row.
 - `unique` (the default): a row is held by one virtual user at a time. A user
   takes the next free row of its worker's slice when it starts a pass of the
   flow and gives it back when the pass ends, so the rows go round in turn.
-  A target needs at least as many rows in each worker's slice as that worker
-  has users at peak: `check_unique` says so before the run.
+  A closed-model target needs at least as many rows in each worker's slice as
+  that worker has users at peak: `check_unique` says so before the run. In the
+  open model a pass that finds every row held waits for one (its latency, from
+  when it was due, shows the wait).
 - `cycle`: every pass takes the next row of the slice, whether or not another
   user holds it; any number of rows serves any number of users.
 

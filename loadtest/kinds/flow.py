@@ -320,7 +320,8 @@ class FlowKind(TargetKind):
             return (f"{target.name} has max_concurrency {target.max_concurrency}, fewer than the {workers} workers "
                     f"that share it; use --workers {target.max_concurrency} or a larger max_concurrency")
         data = target.spec.data
-        if data is not None and target.spec.data_mode == "unique":
+        # Open model: a pass that finds every row of its worker held waits for one, late (and measured so).
+        if data is not None and target.spec.data_mode == "unique" and target.model == "closed":
             problem = check_unique(data, target.peak_users, workers)
             if problem is not None:
                 return f"{target.name}: {problem}"

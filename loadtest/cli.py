@@ -26,8 +26,8 @@ DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape
 EXIT_CODES = f"""Exit status: {EXIT_OK} the run completed and every threshold passed;
 {EXIT_THRESHOLD} a threshold failed (with none in the config: a request failed), or a tcp target held too few;
 {EXIT_BAD_INPUT} bad input (config file or options);
-{EXIT_RUN_FAILED} the run itself failed (a worker was lost, a server could not start);
-{EXIT_INTERRUPTED} stopped by Ctrl-C (reports are still written)."""
+{EXIT_RUN_FAILED} the run itself failed (a worker was lost, a server could not start or died);
+{EXIT_INTERRUPTED} stopped by Ctrl-C or SIGTERM (once the load started, reports are still written)."""
 
 RUN_EXAMPLES = """Examples: loadtest run configs/sites.yaml;
 loadtest run http://127.0.0.1:8080/ -c 50 -d 10s (one target, no file, as wrk or hey);
@@ -123,6 +123,12 @@ DAMAGE = (TypeError, AttributeError, KeyError, IndexError, OverflowError, Recurs
 
 def damaged(where: str, e: BaseException) -> str:
     return f"{where}: a report file is damaged and cannot be read ({type(e).__name__}: {e})"
+
+
+def on_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while a command has nothing to save (loading, reading): one line, status 130."""
+    sys.stderr.write("loadtest: interrupted\n")
+    raise SystemExit(EXIT_INTERRUPTED)
 
 
 def fail(message: str, status: int) -> None:
@@ -229,10 +235,16 @@ def run_command(
     # during interpreter shutdown (Python resets handled signals to the default there) with status -2.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+
+    def on_event(text: str) -> None:
+        if text.startswith("error:"):  # the run has failed (a server died): said on stderr at once
+            typer.echo(f"loadtest: {text}", err=True)
+        elif live is not None:
+            live.event(text)
+
     try:
         result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval,
-                     watch_pids=pids, on_interval=on_interval if shows else None,
-                     on_event=live.event if live else None)
+                     watch_pids=pids, on_interval=on_interval if shows else None, on_event=on_event)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RunError as e:
@@ -432,4 +444,7 @@ def serve_echo(
 
 
 def main() -> None:
+    """The console script: Ctrl-C and SIGTERM exit 130 without a traceback, then the commands run."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_interrupt)
     app()

@@ -42,14 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from .html_report import fmt_count, fmt_ms, page, table, td
-from .run_folder import (
+from .run_files import (
     AGGREGATED,
     HISTOGRAMS_NAME,
     HISTORY_NAME,
-    MAX_FIGURE,
     OTHER_HISTOGRAM_TYPES,
     RESOURCES_NAME,
     SUMMARY_NAME,
+)
+from .run_folder import (
+    MAX_FIGURE,
     RunFolder,
     RunFolderError,
     as_float,

@@ -33,7 +33,7 @@ from .reports import HistoryWriter, write_reports
 from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
 from .run_folder import RunFolderError, make_run_folder, release_run_folder
 from .schedule import worker_share
-from .spawn import main_script_hidden
+from .spawn import start_child
 from .stats import Interval, RunStats, TargetTotals
 from .thresholds import Outcome, check, check_all
 from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
@@ -44,6 +44,12 @@ WAIT_S = 0.25
 SILENT_WORKER_S = 5.0  # a worker that sends nothing for this long is lost (hung or stopped)
 STOP_TIMEOUT_S = 15.0  # after a stop request, how long workers get before they are terminated
 JOIN_TIMEOUT_S = 5.0
+START_POLL_S = 0.1  # while starting, how often the run asks whether it was interrupted
+# Signals this close together are one interrupt: `timeout` sends its signal to the command and then to the
+# whole process group, so the controller gets it twice within microseconds. A person pressing Ctrl-C
+# again, after the "interrupt again" line, takes longer than this.
+SAME_INTERRUPT_S = 0.5
+SECOND_INTERRUPT = "killed by a second interrupt"
 
 
 class RunError(Exception):
@@ -62,8 +68,14 @@ class WorkerState:
     exit: WorkerExit | None = None
     last_heard: float = 0.0
     stopping: bool = False  # it said the load stopped: it may be quiet while it lets requests end
+    killed: bool = False  # stopped at once by a second interrupt, as asked: not a failure
     error: str = ""
     exitcode: int | None = None
+
+    @property
+    def ended(self) -> str:
+        """How it ended, as workers.csv and summary.json say: ok, lost, killed (a second interrupt) or unknown."""
+        return "lost" if self.lost else "ok" if self.done else "killed" if self.killed else "unknown"
 
 
 @dataclass
@@ -102,15 +114,20 @@ class Frame:
 class _Interrupts:
     """Ctrl-C and SIGTERM, counted by a signal handler rather than raised at whatever line is running.
 
-    Before the load starts an interrupt raises KeyboardInterrupt: there is nothing to save. Once it
-    runs, the main loop reads the count: the first interrupt asks the workers to stop (in-flight
-    requests end as cancelled), the second stops them at once, and the reports are written either way.
+    Before the load starts, the start-up asks (`check`) between steps and while it waits, and an
+    interrupt raises KeyboardInterrupt there, where every process started so far is known and is
+    stopped: there is nothing to save. Once the load runs, the main loop reads the count: the first
+    interrupt asks the workers to stop (in-flight requests end as cancelled), the second (at least
+    SAME_INTERRUPT_S later) stops them at once, and the reports are written either way. The children
+    ignore both signals (see `loadtest.spawn`), so a signal sent to the whole process group (a
+    terminal's Ctrl-C, `timeout`, systemd) acts exactly as one sent to this process.
     """
 
     def __init__(self) -> None:
         self.count = 0
         self.running = False
         self._previous: dict[int, Any] = {}
+        self._last = -SAME_INTERRUPT_S
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -120,8 +137,18 @@ class _Interrupts:
                 pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if not self.running:
+        now = time.monotonic()
+        if now - self._last >= SAME_INTERRUPT_S:
+            self.count += 1
+        self._last = now
+
+    def pending(self) -> bool:
+        """True if an interrupt came before the load started."""
+        return bool(self.count) and not self.running
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if an interrupt came before the load started."""
+        if self.pending():
             raise KeyboardInterrupt
 
     def restore(self) -> None:
@@ -162,29 +189,34 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         overwrite: bool = False, on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = ()) -> RunResult:
-    """Run a load test as configured and write its reports. Raises RunError if it cannot start."""
-    count = workers or config.workers or auto_workers(config)
-    check_limits(config, count)
-    watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
-    for pid in watched:
-        if not psutil.pid_exists(pid):
-            raise ConfigError(f"monitor: there is no process {pid} to watch (from monitor: or --watch-pid)")
-    event = on_event or (lambda text: None)
-    now = datetime.now()
-    run_dir = run_dir_for(config, out_dir, now)
-    check_writable(run_dir, "--out" if out_dir is not None else "out")
-    try:  # made now, exclusively, so that a second run started in the same second gets a folder of its own
-        run_dir, made = make_run_folder(run_dir, exact=out_dir is not None, overwrite=overwrite)
-    except RunFolderError as e:
-        raise ConfigError(f"{'--out' if out_dir is not None else 'out'}: {e}") from None
+    """Run a load test as configured and write its reports.
 
+    Raises RunError if it cannot start, KeyboardInterrupt if interrupted (Ctrl-C, SIGTERM) before the
+    load started; an interrupt after that ends the run early, with its reports.
+    """
     interrupts = _Interrupts()
     interrupts.install()
     try:
-        return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts)
-    except BaseException:
-        release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
-        raise
+        count = workers or config.workers or auto_workers(config)
+        check_limits(config, count)
+        watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
+        for pid in watched:
+            if not psutil.pid_exists(pid):
+                raise ConfigError(f"monitor: there is no process {pid} to watch (from monitor: or --watch-pid)")
+        event = on_event or (lambda text: None)
+        now = datetime.now()
+        run_dir = run_dir_for(config, out_dir, now)
+        check_writable(run_dir, "--out" if out_dir is not None else "out")
+        try:  # made now, exclusively, so that a second run started in the same second gets a folder of its own
+            run_dir, made = make_run_folder(run_dir, exact=out_dir is not None, overwrite=overwrite)
+        except RunFolderError as e:
+            raise ConfigError(f"{'--out' if out_dir is not None else 'out'}: {e}") from None
+        try:
+            interrupts.check()
+            return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts)
+        except BaseException:
+            release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
+            raise
     finally:
         interrupts.restore()  # only once the reports are written: a late Ctrl-C must not cut them short
 
@@ -195,12 +227,14 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
+    server_watch = _ServerWatch(groups, event)
     try:
         if config.servers:
             from .servers import ServerError, ServerGroup
         try:
             for spec in config.servers:
-                groups.append(ServerGroup.start(spec))
+                interrupts.check()
+                groups.append(ServerGroup.start(spec, interrupted=interrupts.pending))
                 event(f"server {spec.name} ({spec.kind}) listening on {groups[-1].address}")
         except ServerError as e:
             raise RunError(str(e)) from None
@@ -209,6 +243,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         ctx = multiprocessing.get_context("spawn")
         start, stop = ctx.Event(), ctx.Event()
         for k in range(count):
+            interrupts.check()
             plan = WorkerPlan(
                 index=k,
                 workers=count,
@@ -221,13 +256,13 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
             reader, writer = ctx.Pipe(duplex=False)
             process = ctx.Process(target=worker_main, args=(plan, writer, start, stop),
                                   name=f"loadtest-worker-{k}", daemon=True)
-            with main_script_hidden():
-                process.start()
+            start_child(process)
             writer.close()
             states.append(WorkerState(k, process, reader))
 
         stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], count)
-        _await_ready(states)
+        _await_ready(states, interrupts)
+        interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -244,10 +279,11 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         event(f"{count} worker{'s' if count > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
         collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor,
-                                 interrupts)
+                                 interrupts, server_watch)
         interrupted = collection.collect()
         history.close()
         _await_exit(states, monitor)
+        server_watch.check()  # up to the moment they are stopped: the run's last requests needed them
         monitor.stop()
     except BaseException:
         if monitor is not None:
@@ -264,7 +300,8 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         servers.append({"name": g.spec.name, "kind": g.spec.kind, "address": g.address,
                         "workers": g.spec.workers, "pids": list(g.pids), "served": served,
                         "cost": monitor.server_cost(g.spec.name, served)})
-    problems = [f"worker {w.index} was lost: {w.error}" for w in states if w.lost]
+    problems = ([f"worker {w.index} was lost: {w.error}" for w in states if w.lost] + server_watch.problems
+                + monitor.problems())
     outcomes = check_thresholds(config, stats)
     # Connections are held to the end of a timed run; a run that ended by spending its `requests:`
     # total, or was interrupted, let them go early on purpose.
@@ -315,19 +352,46 @@ class _AbortCheck:
                 return
 
 
+class _ServerWatch:
+    """The run's embedded servers: a process of one that ends before the run does fails the run.
+
+    The load goes on (the server's other processes, if any, still share its port), but its figures
+    are no longer the server's, and the exit status says so.
+    """
+
+    def __init__(self, groups: list[Any], event: Callable[[str], None]) -> None:
+        self.groups, self.event = groups, event
+        self.problems: list[str] = []
+        self._seen: set[int] = set()
+
+    def check(self) -> None:
+        for g in self.groups:
+            for pid, code in g.ended():
+                if pid in self._seen:
+                    continue
+                self._seen.add(pid)
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                problem = (f"server {g.spec.name} ({g.spec.kind}) process {pid} exited during the run ({how}); "
+                           f"requests to it failed from then on")
+                self.problems.append(problem)
+                self.event(f"error: {problem}")
+
+
 def _users(target: Any) -> int:
     """Virtual users (closed), the cap on requests in flight (open) or connections (tcp) in all."""
     return kind_of(target).load(target).users
 
 
-def _await_ready(states: list[WorkerState]) -> None:
+def _await_ready(states: list[WorkerState], interrupts: _Interrupts) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not all(w.ready for w in states):
+        interrupts.check()
         left = deadline - time.monotonic()
         if left <= 0:
             raise RunError(f"workers did not start within {READY_TIMEOUT_S:g} s")
         waiting = {w.conn: w for w in states if not w.ready}
-        for conn in wait(list(waiting) + [w.process.sentinel for w in waiting.values()], timeout=left):
+        handles = list(waiting) + [w.process.sentinel for w in waiting.values()]
+        for conn in wait(handles, timeout=min(left, START_POLL_S)):
             w = waiting.get(conn) if isinstance(conn, Connection) else None
             if w is None:  # a sentinel: that process ended before it was ready
                 dead = next(s for s in waiting.values() if s.process.sentinel == conn)
@@ -368,13 +432,14 @@ class _Collection:
 
     def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
                  started: float, on_interval: Callable[[Frame], None] | None, event: Callable[[str], None],
-                 abort: Callable[[], None], monitor: RunMonitor, interrupts: _Interrupts) -> None:
+                 abort: Callable[[], None], monitor: RunMonitor, interrupts: _Interrupts,
+                 servers: _ServerWatch) -> None:
         self.states, self.stats, self.stop, self.history = states, stats, stop, history
         self.started, self.on_interval, self.event, self.abort = started, on_interval, event, abort
-        self.monitor, self.interrupts = monitor, interrupts
+        self.monitor, self.interrupts, self.servers = monitor, interrupts, servers
 
     def flush(self, final: bool = False) -> None:
-        lost = [w.index for w in self.states if w.lost]
+        lost = [w.index for w in self.states if w.lost or w.killed]
         for interval in self.stats.ready_intervals(lost, flush=final):
             self.history.write(interval, self.started)
             if self.on_interval is not None:
@@ -397,6 +462,17 @@ class _Collection:
         self.monitor.worker_gone(w.pid)
         _mark_lost(w, self.stats, self.event)
 
+    def kill_now(self, w: WorkerState) -> None:
+        """Stop a worker at once, as a second interrupt asks; keep what it sent before it died."""
+        w.process.kill()
+        w.process.join(JOIN_TIMEOUT_S)
+        while not w.done and w.conn.poll() and self.receive(w):
+            pass
+        if not w.done:
+            w.killed, w.error, w.exitcode = True, SECOND_INTERRUPT, w.process.exitcode
+            self.event(f"worker {w.index} (pid {w.pid}) {SECOND_INTERRUPT}; counts up to its last snapshot are kept")
+        self.monitor.worker_gone(w.pid)
+
     def collect(self) -> bool:
         """True if the run was interrupted."""
         interrupted = False
@@ -407,9 +483,10 @@ class _Collection:
             active = [w for w in self.states if not w.done and not w.lost]
             if not active:
                 break
-            if self.interrupts.count >= 2:  # a second Ctrl-C: stop at once
+            if self.interrupts.count >= 2:  # a second Ctrl-C: stop at once, as asked; not a failure
+                interrupted = True
                 for w in active:
-                    self.lose(w, "killed by a second interrupt", kill=True)
+                    self.kill_now(w)
                 break
             if self.interrupts.count and not interrupted:
                 interrupted = True
@@ -433,6 +510,7 @@ class _Collection:
                         pass
                     if not w.done:
                         self.lose(w)
+            self.servers.check()
             now = time.monotonic()
             for w in active:
                 allowed = SILENT_WORKER_S + (GRACEFUL_STOP_S + CANCEL_WAIT_S if w.stopping else 0.0)

@@ -43,7 +43,7 @@ _BARE_NUMBER = re.compile(r"^\s*[-+]?\d+(?:\.\d*)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)\s*$"  # the same as _DURATION, for the JSON Schema
 
-Path = tuple[str | int, ...]
+FieldPath = tuple[str | int, ...]  # where a value is: keys and list indexes
 
 
 class ConfigError(ValueError):
@@ -54,7 +54,7 @@ class FieldError(ValueError):
     """What is wrong with one value, without its path; `at` is where below the value's own field it is
     (``("headers", "X")``), for a check that looks inside a mapping or list."""
 
-    def __init__(self, message: str, at: Path = ()) -> None:
+    def __init__(self, message: str, at: FieldPath = ()) -> None:
         super().__init__(message)
         self.message = message
         self.at = at

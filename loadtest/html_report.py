@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from .run_files import (
+    AGGREGATED,
+    CONNECT_TYPE,
     FAILURES_HEADER,
     LATENESS_TYPE,
     OPEN_MODEL_MEANING,
@@ -31,7 +33,6 @@ from .run_files import (
     WorkerSummary,
 )
 from .run_folder import (
-    AGGREGATED,
     RunFolder,
     as_float,
     downsample,
@@ -377,7 +378,7 @@ def _summary_section(run: RunFolder) -> str:
             opened, failed = as_float(conn.get("opened")) or 0, as_float(conn.get("failed")) or 0
             c = {"requests": opened + failed, "failures": failed,
                  "requests_per_s": None}
-            rows.append(_summary_row("CONNECT", name, c, conn.get("connect_latency_ms") or {},
+            rows.append(_summary_row(CONNECT_TYPE, name, c, conn.get("connect_latency_ms") or {},
                                      failed / (opened + failed) if opened + failed else None))
             classes.append("")
         open_model = t.get("open_model")

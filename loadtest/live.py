@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import RunConfig
 from .reports import LOCUST_NO_LATENCY, run_outcome, stats_rows
-from .run_files import NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
+from .run_files import AGGREGATED, NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
 from .stats import aggregate, percentiles_ns
-from .verdicts import NO_CONDITION_FOUND
+from .verdicts import NO_CONDITION_FOUND, WORKER_SATURATED_PERCENT
 
 if TYPE_CHECKING:
     from .controller import Frame, RunResult
@@ -98,9 +98,9 @@ class RichLive:
         for target, part in [*rows, (None, aggregate(interval.targets))]:
             p50, p95, p99 = _latency_ms(part.latency, (50.0, 95.0, 99.0))
             failures = str(part.failure_count) if not part.failure_count else f"[red]{part.failure_count}[/red]"
-            table.add_row(part.name if target is not None else "[bold]Aggregated", part.type,
+            table.add_row(part.name if target is not None else f"[bold]{AGGREGATED}", part.type,
                           f"{part.requests / length:,.0f}", p50, p95, p99, failures)
-        hot = [v for v in frame.worker_cpu if v is not None and v > 90]
+        hot = [v for v in frame.worker_cpu if v is not None and v > WORKER_SATURATED_PERCENT]
         cpu = _cpu(frame.worker_cpu)
         machine = f"{frame.machine_cpu:.0f}%" if frame.machine_cpu is not None else "-"
         line = f"workers CPU {'[red]' if hot else ''}{cpu}{'[/red]' if hot else ''}   machine CPU {machine}"

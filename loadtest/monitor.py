@@ -4,15 +4,19 @@ The controller makes one `RunMonitor` per run: it registers the controller,
 every worker, every embedded server process and any `--watch-pid`, samples
 them with a `ResourceSampler` thread, appends resources.csv, feeds the
 `Verdicts`, and at the end answers for workers.csv, the verdicts and each
-embedded server's cost per request and per connection.
+embedded server's cost per request and per connection. A resources.csv that
+cannot be written (a full disk) is one of the run's `problems()`, and said
+on stderr when first seen; the sampling and the verdicts go on without it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .run_files import RESOURCES_NAME
 from .resources import (
     CONTROLLER_ROLE,
     DEFAULT_SAMPLE_INTERVAL_S,
@@ -40,14 +44,32 @@ class RunMonitor:
                  event: Callable[[str], None] = lambda text: None) -> None:
         self.event = event
         self.verdicts = Verdicts()
-        self.writer = ResourcesWriter(run_dir / "resources.csv")
+        self.writer = ResourcesWriter(run_dir / RESOURCES_NAME)
         self.sampler = ResourceSampler(interval, on_sample=self._on_sample)
         self.sampler.register(CONTROLLER_ROLE, os.getpid())
         self._started = False
+        self._problems_said = 0
 
     def _on_sample(self, samples: list[Sample]) -> None:
-        self.writer.write(samples)
-        self.verdicts.add(samples)
+        self.verdicts.add(samples)  # first: a resources.csv that cannot be written must not stop the verdicts
+        self.writer.write(samples)  # an OSError here is kept by the sampler (callback_error) and reported
+
+    def problems(self) -> list[str]:
+        """What went wrong with the run's own watch, one sentence each: for summary.json's problems."""
+        error = self.sampler.callback_error or self.writer.error
+        if error is None:
+            return []
+        what = error.strerror if isinstance(error, OSError) and error.strerror else repr(error)
+        if isinstance(error, OSError):
+            return [f"{self.writer.path.name} could not be written ({what}): its rows stop there"]
+        return [f"resource sampling's callback failed ({what}): {self.writer.path.name} may stop there"]
+
+    def _say_problems(self) -> None:
+        """Each problem on stderr once, when first seen, even with the live view off (--quiet)."""
+        problems = self.problems()
+        for problem in problems[self._problems_said:]:
+            print(f"problem: {problem}", file=sys.stderr, flush=True)
+        self._problems_said = len(problems)
 
     def watch_workers(self, pids: Iterable[int]) -> None:
         for k, pid in enumerate(pids):
@@ -81,6 +103,7 @@ class RunMonitor:
     def say_new_verdicts(self) -> None:
         for verdict in self.verdicts.new():
             self.event(f"warning: {verdict['what']}")
+        self._say_problems()
 
     def worker_cpu(self, workers: int) -> list[float | None]:
         """Each worker's CPU % of one core at the latest sample."""
@@ -102,6 +125,7 @@ class RunMonitor:
         if self._started:
             self.sampler.stop()
         self.writer.close()
+        self._say_problems()
 
     def worker(self, k: int) -> RoleTotals:
         return self.sampler.totals(worker_role(k))

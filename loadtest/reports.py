@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .config import RunConfig
 from .kinds import KINDS, kind_of
 from .run_files import (
+    AGGREGATED,
     CONNECT_TYPE,
     FAILURES_HEADER,
     FAILURES_NAME,
@@ -38,7 +39,6 @@ from .run_files import (
     WorkerSummary,
 )
 from .stats import (
-    AGGREGATED,
     PERCENTILES,
     Interval,
     TargetTotals,
@@ -303,7 +303,7 @@ def worker_rows(result: RunResult) -> list[WorkerSummary]:
             (e.max_rss_kib * 1024 if e else None),
             "peak_connections": r.peak_connections if r is not None else None,
             "cancelled": e.cancelled if e else None,
-            "ended": "lost" if w.lost else ("ok" if w.done else "unknown"),
+            "ended": w.ended,
             "exit_code": w.exitcode, "problem": w.error or None,
         }))
     return rows

@@ -6,13 +6,17 @@ seconds as the OS accounts them, and % of one core over the last interval),
 RSS, threads, open fds, TCP connections and context switches, plus one
 `machine` row: CPU per core, memory in use, network bytes. Rows go to an
 `on_sample` callback as they come (the controller appends resources.csv);
-the sampler keeps only running aggregates, so memory stays flat.
+the sampler keeps only running aggregates, so memory stays flat. An error
+raised by the callback (a full disk) does not stop the sampling: the first
+one is kept in `callback_error` for the run to report.
 
 Cost. Everything but the connection count is O(processes): a few /proc reads
 each (the fd count is the size of /proc/<pid>/fd, O(1) on Linux >= 6.2).
-Counting a process's TCP connections means a stat per open fd, about 5 µs
-each: 70 ms for a process holding 14,000 sockets, and psutil's
-`net_connections` is five times that. So exact counts run under a CPU budget
+Counting a process's TCP connections means a stat per open fd, so its cost
+grows with the sockets the process holds: `benchmarks/sampling_cost.py
+--sockets 14000 --workers 2` measured 59 ms of CPU for a first sample whose
+server held 14,000 sockets, and 177 ms for one psutil `net_connections` of
+that server (2 cores). So exact counts run under a CPU budget
 (`connections_budget`, a share of one core, measured with `thread_time`):
 the stalest process is counted first, and a process not counted in a sample
 is estimated as its last count plus the change in its open fds since, which
@@ -42,18 +46,14 @@ from typing import Any
 
 import psutil
 
+from .run_files import RESOURCES_HEADER
+
 DEFAULT_SAMPLE_INTERVAL_S = 1.0
 DEFAULT_CONNECTIONS_BUDGET = 0.003  # share of one core for exact connection counts
 CONNECTIONS_CREDIT_CAP_S = 0.05  # unused budget saved up, at most (CPU seconds)
 
 CONTROLLER_ROLE = "controller"
 MACHINE_ROLE = "machine"
-RESOURCES_HEADER = [
-    "timestamp", "elapsed_s", "role", "pid", "status", "cpu_percent", "cpu_user_s", "cpu_system_s",
-    "rss_bytes", "threads", "fds", "tcp_connections", "connections_age_s",
-    "ctx_switches_voluntary", "ctx_switches_involuntary",
-    "cpu_per_core", "memory_used_bytes", "net_lo_bytes_sent", "net_lo_bytes_recv", "net_bytes_sent", "net_bytes_recv",
-]
 _GROUP = re.compile(r"(.+)-\d+")
 
 
@@ -179,7 +179,7 @@ class ResourceSampler:
         self.connections_budget = connections_budget
         self.own_cpu_s = 0.0  # CPU time spent sampling, callbacks included
         self.samples = 0  # rounds of every process and the machine
-        self.callback_error: BaseException | None = None
+        self.callback_error: BaseException | None = None  # the first error on_sample raised; read by RunMonitor
         self._lock = threading.RLock()
         self._stop_event = threading.Event()
         self._tracked: dict[int, _Tracked] = {}
@@ -483,21 +483,42 @@ def _net_bytes() -> tuple[int, int, int, int]:
 
 
 class ResourcesWriter:
-    """resources.csv: appended and flushed at each sample; its `write` is an `on_sample` callback."""
+    """resources.csv: appended and flushed at each sample; its `write` is an `on_sample` callback.
+
+    The header goes out with the first rows, so a file that cannot be written fails in `write` (which
+    raises, for the sampler to keep) rather than while the run is being set up. After a failed write the
+    file is left as it is: later rows are not appended after a gap. `error` is the first failure.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.error: OSError | None = None
         self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 -- open for the whole run
         self._csv = csv.writer(self._file)
-        self._csv.writerow(RESOURCES_HEADER)
-        self._file.flush()
+        self._header_due = True
 
     def write(self, samples: list[Sample]) -> None:
-        self._csv.writerows(s.csv_row() for s in samples)
-        self._file.flush()
+        if self.error is not None:
+            return
+        try:
+            if self._header_due:
+                self._csv.writerow(RESOURCES_HEADER)
+                self._header_due = False
+            self._csv.writerows(s.csv_row() for s in samples)
+            self._file.flush()
+        except OSError as e:
+            self.error = e
+            raise
 
     def close(self) -> None:
-        self._file.close()
+        if self._file.closed:  # the controller stops its monitor again when the run fails
+            return
+        try:
+            if self._header_due and self.error is None:  # a run too short for one sample still gets its header
+                self._csv.writerow(RESOURCES_HEADER)
+            self._file.close()
+        except OSError as e:  # flushing what a failed write left buffered; the file is closed all the same
+            self.error = self.error or e
 
 
 # -- server cost ---------------------------------------------------------------------------------

@@ -1,9 +1,16 @@
 """The run folder's contract: file names, CSV headers, row types and the keys of summary.json's parts.
 
-reports.py writes these and html_report.py reads them; both import them from
-here, so a writer and a reader cannot disagree on a name. (The Workers table
-of report.html once read `index` and `max_rss_kib` while the summary held
-`worker` and `peak_rss_bytes`: every cell came out empty.)
+Every writer (reports.py, resources.py's ResourcesWriter, monitor.py) and
+every reader (run_folder.py, html_report.py, compare.py, live.py) imports
+these names from here, so a writer and a reader cannot disagree on one. (The
+Workers table of report.html once read `index` and `max_rss_kib` while the
+summary held `worker` and `peak_rss_bytes`: every cell came out empty.)
+
+summary.json's keys are listed here in the order written (SUMMARY_KEYS,
+TARGET_SUMMARY_KEYS, LATENCY_SUMMARY_KEYS, WorkerSummary); tests/test_run_files.py
+reads a real run's folder and fails when the written keys and these differ.
+
+This module imports nothing from the package, so any module may import it.
 """
 
 from __future__ import annotations
@@ -15,8 +22,15 @@ HISTORY_NAME = "history.csv"
 FAILURES_NAME = "failures.csv"
 WORKERS_NAME = "workers.csv"
 SUMMARY_NAME = "summary.json"
+RESOURCES_NAME = "resources.csv"
 HISTOGRAMS_NAME = "histograms.json"
 REPORT_NAME = "report.html"
+# Every file a run writes into its folder: what --overwrite removes first, so that no file of an earlier run
+# is left to be read as this run's.
+RUN_FILES = (SUMMARY_NAME, STATS_NAME, HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, WORKERS_NAME,
+             HISTOGRAMS_NAME, REPORT_NAME)
+
+AGGREGATED = "Aggregated"  # the Name of the row that totals every target, in every file
 
 PERCENTILE_COLUMNS = ["50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%"]
 STATS_HEADER = [  # Locust's stats.csv header, exactly
@@ -34,6 +48,12 @@ HISTORY_HEADER = [  # Locust's stats_history.csv header, then ours
 # message), then ours: the failure kind and when it was first and last seen, in seconds into the run.
 LOCUST_FAILURES_HEADER = ["Method", "Name", "Error", "Occurrences"]
 FAILURES_HEADER = [*LOCUST_FAILURES_HEADER, "Kind", "First Seen", "Last Seen"]
+RESOURCES_HEADER = [  # resources.csv: one row per process (role) per sample, and one "machine" row
+    "timestamp", "elapsed_s", "role", "pid", "status", "cpu_percent", "cpu_user_s", "cpu_system_s",
+    "rss_bytes", "threads", "fds", "tcp_connections", "connections_age_s",
+    "ctx_switches_voluntary", "ctx_switches_involuntary",
+    "cpu_per_core", "memory_used_bytes", "net_lo_bytes_sent", "net_lo_bytes_recv", "net_bytes_sent", "net_bytes_recv",
+]
 NO_FIGURE = "N/A"  # what Locust writes in a percentile column of a row that has no response times
 
 CONNECT_TYPE = "CONNECT"  # tcp: connection set-up latency
@@ -42,11 +62,23 @@ UNCORRECTED_TYPE = "UNCORRECTED"  # open model: latency from the actual send, no
 FLOW_TYPE = "FLOW"  # a flow's own row: one request is one pass through its steps, whose rows follow it
 NOT_AGGREGATED_TYPES = (FLOW_TYPE,)  # rows left out of Aggregated, which adds up requests sent
 OPEN_MODEL_TYPES = (LATENESS_TYPE, UNCORRECTED_TYPE)
+OTHER_HISTOGRAM_TYPES = (CONNECT_TYPE, *OPEN_MODEL_TYPES)  # rows of a target's histograms other than its latency
 OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the terminal, report.html
     f"{LATENESS_TYPE}: how late each arrival started against its schedule (Failures: arrivals dropped, not "
     f"started within 1 s). {UNCORRECTED_TYPE}: latency from the actual send instead of the scheduled start; "
     f"it equals the corrected row whenever sends leave on time, and is lower only when arrivals start late, "
     f"which happens when max_concurrency requests are already in flight.")
+
+# summary.json: its top-level keys, a target's (and "aggregated"'s) keys, and a latency figure's keys (ms).
+SUMMARY_KEYS = ("name", "started", "duration_s", "exit_status", "outcome", "interrupted", "problems",
+                "thresholds", "verdicts", "shortfalls", "aborted_by_threshold", "config", "as_run", "machine",
+                "servers", "workers", "targets", "aggregated")
+TARGET_SUMMARY_KEYS = ("name", "type", "requests", "failures", "failures_by_kind", "requests_per_s", "error_rate",
+                       "bytes_in", "bytes_out", "content_bytes", "latency_ms")
+CONNECTIONS_KEY = "connections"  # a tcp target's extra part: opened, failed, … connect_latency_ms
+OPEN_MODEL_KEY = "open_model"  # an open-model target's extra part: rate, started, dropped, lateness_ms, …
+SUMMARY_PERCENTILE_KEYS = tuple(f"p{c[:-1]}" for c in PERCENTILE_COLUMNS)  # p50 … p99.99, p100
+LATENCY_SUMMARY_KEYS = (*SUMMARY_PERCENTILE_KEYS, "mean", "min", "max")
 
 
 class WorkerSummary(TypedDict):

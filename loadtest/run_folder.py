@@ -43,16 +43,19 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-SUMMARY_NAME = "summary.json"
-HISTORY_NAME = "history.csv"
-FAILURES_NAME = "failures.csv"
-RESOURCES_NAME = "resources.csv"
-HISTOGRAMS_NAME = "histograms.json"
-OPTIONAL_FILES = (HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, HISTOGRAMS_NAME)
-# Every file a run writes into its folder: what --overwrite removes first, so that no file of an earlier run
-# is left to be read as this run's.
-RUN_FILES = (SUMMARY_NAME, "stats.csv", HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, "workers.csv",
-             HISTOGRAMS_NAME, "report.html")
+from .run_files import (
+    AGGREGATED,
+    FAILURES_NAME,
+    HISTOGRAMS_NAME,
+    HISTORY_NAME,
+    OTHER_HISTOGRAM_TYPES,
+    RESOURCES_NAME,
+    RUN_FILES,
+    SUMMARY_NAME,
+    SUMMARY_PERCENTILE_KEYS,
+)
+
+OPTIONAL_FILES = (HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, HISTOGRAMS_NAME)  # read as empty when missing
 MAX_FOLDER_SUFFIX = 1000  # <name>-<stamp>-2 … -1000: past that, something is making folders in a loop
 # Size caps, far above what runs write (a 10-target run's summary.json is ~30 KB; its history.csv grows
 # ~3 KB a second, so 64 MiB is ~6 hours; a 16-worker run's resources.csv ~3 KB a second): bigger files are
@@ -69,9 +72,7 @@ MAX_FIGURE = 1e15  # larger numbers in a run's files are damage, not measurement
 MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
 SPECTRUM_STEPS_PER_DECADE = 24
 SPECTRUM_DECADES = 6  # up to the 99.9999th percentile
-AGGREGATED = "Aggregated"
-OTHER_HISTOGRAM_TYPES = ("CONNECT", "LATENESS", "UNCORRECTED")  # rows of a target's other histograms
-SUMMARY_PERCENTILES = ("p50", "p66", "p75", "p80", "p90", "p95", "p98", "p99", "p99.9", "p99.99")
+SUMMARY_PERCENTILES = SUMMARY_PERCENTILE_KEYS[:-1]  # p50 … p99.99; p100 is the maximum, read as "max"
 
 Point = tuple[float, float]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress
@@ -19,24 +20,39 @@ from typing import Iterable, Sequence
 
 from hdrh.histogram import HdrHistogram
 
-from .run_files import NOT_AGGREGATED_TYPES
+from .run_files import AGGREGATED, NOT_AGGREGATED_TYPES
 
 LOWEST_NS = 1
 HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to it
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 66.0, 75.0, 80.0, 90.0, 95.0, 98.0, 99.0, 99.9, 99.99, 100.0)
-AGGREGATED = "Aggregated"
 FAILURE_KINDS = ("refused", "connect_timeout", "read_timeout", "reset", "closed", "status", "protocol", "tls",
                  "resources", "error", "cancelled", "mismatch", "redirects")
 
 
+def _freed_when_dropped(hist: HdrHistogram) -> HdrHistogram:
+    """`hist` with its encoder pointing back at it weakly, so reference counting frees it.
+
+    hdrh's histogram and its encoder refer to each other: a cycle, which only the
+    cycle collector frees. That collector counts objects, not bytes, and a
+    histogram is a handful of objects holding a 270 KB counts array, so the
+    controller, which decodes several a second per worker and target, grew by
+    megabytes a second (55 -> 305 MiB in 60 s of configs/sites.yaml). The
+    encoder only uses its histogram while the histogram itself is being encoded
+    or added to, so a weak reference is always alive when it is used.
+    """
+    hist.encoder.histogram = weakref.proxy(hist)
+    return hist
+
+
 def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_NS, HIGHEST_NS, SIGNIFICANT_DIGITS)
+    """An empty latency histogram (ns), freed as soon as it is dropped."""
+    return _freed_when_dropped(HdrHistogram(LOWEST_NS, HIGHEST_NS, SIGNIFICANT_DIGITS))
 
 
 def decode_histogram(encoded: bytes) -> HdrHistogram:
-    """A histogram from `encode()` output; an empty one from b""."""
-    return HdrHistogram.decode(encoded) if encoded else new_histogram()
+    """A histogram from `encode()` output; an empty one from b"". Freed as soon as it is dropped."""
+    return _freed_when_dropped(HdrHistogram.decode(encoded)) if encoded else new_histogram()
 
 
 class LatencyHistogram:
@@ -45,6 +61,14 @@ class LatencyHistogram:
     `HdrHistogram.record_value` costs about 1.4 µs in pure Python; this
     computes the same counts index inline (a test checks they agree) and
     settles count, min and max only when the interval is encoded.
+
+    This reaches into hdrhistogram's attributes, which are not its public
+    API (and so does `_recorded`): `counts` (a ctypes array of 64-bit counts,
+    zeroed in place with memset), `sub_bucket_mask`, `unit_magnitude`,
+    `sub_bucket_half_count_magnitude`, `sub_bucket_half_count`, and
+    `total_count`, `min_value`, `max_value` (set, not only read).
+    pyproject.toml pins the tested range (0.10.x); tests/test_stats.py fails
+    by name if any of these changes.
     """
 
     __slots__ = ("_hist", "_counts", "_mask", "_shift", "_half_mag", "_half", "_unit", "count", "min", "max")
@@ -138,6 +162,10 @@ class Snapshot:
 
 
 HISTOGRAMS = ("latency", "connect_latency", "lateness", "uncorrected")  # a snapshot's encoded histograms
+# What a second (Interval) keeps of them: history.csv and the live view read only its latency. Each histogram
+# is a 270 KB counts array and seconds wait for the slowest worker, so with 20 targets a pending second costs
+# 5.4 MB this way instead of 22 (the whole run's totals keep all four).
+SECOND_HISTOGRAMS = ("latency",)
 
 
 def decode(snap: TargetSnapshot) -> dict[str, HdrHistogram]:
@@ -395,9 +423,27 @@ def aggregate(totals: Sequence[TargetTotals], name: str = AGGREGATED) -> TargetT
     return out
 
 
+class _NotKept(HdrHistogram):
+    """Stands for a histogram a second does not keep (see SECOND_HISTOGRAMS): always empty, one for all."""
+
+    def add(self, other_hist: HdrHistogram) -> None:
+        raise TypeError("a second of the run keeps only its latency histogram")
+
+    def record_value(self, value: int, count: int = 1) -> bool:
+        raise TypeError("a second of the run keeps only its latency histogram")
+
+
+NOT_KEPT = _freed_when_dropped(_NotKept(LOWEST_NS, HIGHEST_NS, SIGNIFICANT_DIGITS))
+
+
+def second_totals(name: str, type: str) -> TargetTotals:
+    """A target's totals over one second: counters and latency; its other histograms are `NOT_KEPT`."""
+    return TargetTotals(name=name, type=type, connect_latency=NOT_KEPT, lateness=NOT_KEPT, uncorrected=NOT_KEPT)
+
+
 @dataclass
 class Interval:
-    """One second of the run, merged over every worker that reported it."""
+    """One second of the run, merged over every worker that reported it (`second_totals` per target)."""
 
     seq: int
     start: float
@@ -424,7 +470,6 @@ class RunStats:
         self.elapsed = 0.0
         self._pending: dict[int, Interval] = {}
         self._failures: dict[tuple[int, str], FailureRecord] = {}
-        self._next_seq = 0
 
     def add(self, snap: Snapshot) -> None:
         """Merge one worker's interval into the totals and into its second."""
@@ -432,14 +477,13 @@ class RunStats:
         interval = self._pending.get(snap.seq)
         if interval is None:
             interval = self._pending[snap.seq] = Interval(
-                snap.seq, snap.start, snap.end,
-                [TargetTotals(name=t.name, type=t.type) for t in self.totals])
+                snap.seq, snap.start, snap.end, [second_totals(t.name, t.type) for t in self.totals])
         interval.start = min(interval.start, snap.start)
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
             decoded = decode(ts)  # once, for the totals and for the second
             self.totals[ts.target].add(ts, decoded)
-            interval.targets[ts.target].add(ts, decoded)
+            interval.targets[ts.target].add(ts, {k: h for k, h in decoded.items() if k in SECOND_HISTOGRAMS})
             if self.totals[ts.target].type not in NOT_AGGREGATED_TYPES:  # a worker's requests, as Aggregated's
                 self.worker_requests[w] += ts.requests
                 self.worker_failures[w] += sum(c for _, c in ts.failures)

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from .run_files import AGGREGATED
 from .run_folder import (
-    AGGREGATED,
     SPECTRUM_DECADES,
     Point,
     spectrum_x,

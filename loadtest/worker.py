@@ -1,8 +1,9 @@
 """A worker process's entry point and the plan it is given.
 
 The controller starts each worker with the multiprocessing ``spawn`` context
-and `main` as its target. Its first statement patches the standard library
-for gevent; only then is the load code (which imports sockets) imported.
+and `main` as its target. Its first statement leaves Ctrl-C and SIGTERM to
+the controller (`spawn.ignore_interrupts`), its next patches the standard
+library for gevent; only then is the load code (which imports sockets) imported.
 Nothing at the top of this module imports gevent or opens a socket, so the
 parent, which imports this module to name the target, is never patched.
 """
@@ -46,14 +47,19 @@ class WorkerExit:
 
 
 def main(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
-    """Worker process entry: patch, then run this worker's share of the load."""
+    """Worker process entry: leave signals to the controller, patch, then run this worker's share of the load.
+
+    Ctrl-C and SIGTERM reach the whole process group; the controller stops the
+    workers in order through `stop` (in-flight requests end as cancelled and
+    are reported), and a worker whose controller is gone stops by itself.
+    """
+    from .spawn import ignore_interrupts
+
+    ignore_interrupts()  # before the heavy imports: a Ctrl-C during them is no traceback
+
     from gevent import monkey
 
     monkey.patch_all()
-
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the controller, which stops us in order
 
     from .workload import run_worker
 

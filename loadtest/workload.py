@@ -107,8 +107,30 @@ def ramp(level: Level, stages: tuple[Stage, ...], start: float, t0: float, scale
         gevent.sleep(LEVEL_POLL_S)
 
 
+class Unsent:
+    """An open target's arrivals that were started (counted, handed to the pool) but whose greenlet has not run.
+
+    A greenlet killed before it first runs never runs at all, not even a `finally`, so an arrival
+    started just before the load stopped would end nowhere. The worker records what is left here as
+    cancelled once the pool is killed (`cancel`): every started arrival ends in exactly one place.
+    """
+
+    __slots__ = ("recorder", "waiting")
+
+    def __init__(self, recorder: TargetRecorder) -> None:
+        self.recorder = recorder
+        self.waiting = 0
+
+    def cancel(self) -> int:
+        """Record every arrival still waiting as cancelled; return how many."""
+        count, self.waiting = self.waiting, 0
+        for _ in range(count):
+            self.recorder.failure("cancelled", "the run stopped before this request was sent", None)
+        return count
+
+
 def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: TargetRecorder, pool: Pool,
-             schedule: ArrivalSchedule, first_ns: int, cap: int, sessions: list[Session]) -> None:
+             schedule: ArrivalSchedule, first_ns: int, cap: int, sessions: list[Session], unsent: Unsent) -> None:
     """Start requests on a schedule whatever their latency (open model).
 
     Each arrival is due at a planned time and its latency is measured from
@@ -116,9 +138,10 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
     omission corrected, as in wrk2). When `cap` requests are already in
     flight, arrivals wait for one to end and start late; an arrival that
     cannot start within `MAX_LATENESS_S` of its time is dropped and counted.
-    How late each arrival started is recorded too. Connections are reused:
-    a finished request hands its session back. Every session made is
-    appended to `sessions`, which the worker closes at the end. The first
+    How late each arrival started is recorded too (its count is the arrivals
+    started); one started but not yet running waits in `unsent`. Connections
+    are reused: a finished request hands its session back. Every session made
+    is appended to `sessions`, which the worker closes at the end. The first
     arrival is due at `first_ns`, the last before `schedule.until_ns` (the
     run's end, as a `perf_counter_ns` time).
     """
@@ -128,6 +151,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
     until_ns = schedule.until_ns
 
     def one(session: Session, due_ns: int) -> None:
+        unsent.waiting -= 1  # from here the request records its own end, a cancel included
         try:
             session.exchange(due_ns)
         finally:
@@ -161,6 +185,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                     sessions.append(session)
                 recorder.users += 1
                 recorder.lateness.record(late)
+                unsent.waiting += 1
                 pool.spawn(one, session, due)
             due = schedule.next_due(due)
         # The schedule has nothing more before the end (a last stage at rate 0, say): the run still
@@ -180,8 +205,10 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
 
 def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: WorkerPlan,
                  share: int, budget: Budget, recorder: TargetRecorder, t0: float,
-                 sessions: list[Session]) -> Level | None:
-    """Spawn one target's load into the worker's pool; return its level if it ramps or paces."""
+                 sessions: list[Session], unsent: list[Unsent]) -> Level | None:
+    """Spawn one target's load into the worker's pool; return its level if it ramps or paces.
+
+    An open target appends its `Unsent` arrivals to `unsent`."""
     k, workers = plan.index, plan.workers
     load = kind_of(target).load(target)
     if load.arrival is not None:  # arrivals on a schedule (open model), `load.start` per second
@@ -199,7 +226,9 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
         # instead of landing together
         first = schedule.next_due(start_ns, k / workers if load.arrival == "constant" else None)
-        pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions)
+        waiting = Unsent(recorder)
+        unsent.append(waiting)
+        pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting)
         return level
     if not load.stages:
         recorder.users = share
@@ -237,7 +266,9 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
     t0 = time.monotonic()
     pool = Pool()
     open_sessions: list[Session] = []
-    levels = [start_target(pool, t, factories[i], plan, plan.shares[i], budget, recorders[i], t0, open_sessions)
+    unsent: list[Unsent] = []
+    levels = [start_target(pool, t, factories[i], plan, plan.shares[i], budget, recorders[i], t0, open_sessions,
+                           unsent)
               for i, t in enumerate(targets)]
     scan = gevent.spawn(deadlines.scan)
 
@@ -295,6 +326,8 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
             break
     before = sum(r.failures["cancelled"] for r in recorders)
     pool.kill(block=True, timeout=CANCEL_WAIT_S)  # what is still in flight records itself as cancelled
+    for waiting in unsent:  # arrivals killed before their greenlet ran record nothing themselves
+        waiting.cancel()
     cancelled = sum(r.failures["cancelled"] for r in recorders) - before
     for session in open_sessions:
         session.close()

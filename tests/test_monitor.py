@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadtest.config import parse_config
 from loadtest.controller import run
 from loadtest.reports import WORKERS_HEADER
-from loadtest.resources import RESOURCES_HEADER
+from loadtest.monitor import RunMonitor
+from loadtest.run_files import RESOURCES_HEADER, RESOURCES_NAME
 
 from .test_run import read_csv, site_config
 
@@ -104,3 +107,26 @@ def test_on_a_terminal_the_live_view_is_a_progress_bar_and_a_table(tmp_path: Pat
     assert "\x1b[" in text  # drawn, not printed line by line
     assert "workers CPU" in text and "p99 ms" in text and "home" in text
     assert "reports in" in text and "Traceback" not in text
+
+
+def test_a_resources_csv_that_cannot_be_written_is_a_problem_said_on_stderr(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / RESOURCES_NAME).symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    monitor = RunMonitor(tmp_path, interval=0.1)
+    monitor.start()
+    monitor.stop()  # takes one final sample: its write fails
+    monitor.stop()  # a failed run stops its monitor twice: said once, not raised
+    problems = monitor.problems()
+    assert problems == [f"{RESOURCES_NAME} could not be written (No space left on device): its rows stop there"]
+    assert capsys.readouterr().err == f"problem: {problems[0]}\n"
+
+
+def test_a_monitor_with_resources_csv_written_has_no_problems(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monitor = RunMonitor(tmp_path, interval=0.1)
+    monitor.start()
+    monitor.say_new_verdicts()
+    monitor.stop()
+    assert monitor.problems() == [] and capsys.readouterr().err == ""
+    rows = read_csv(tmp_path / RESOURCES_NAME)
+    assert {r["role"] for r in rows} == {"controller", "machine"}

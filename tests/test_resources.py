@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import subprocess
 import sys
@@ -17,7 +18,6 @@ import pytest
 from loadtest.resources import (
     CONTROLLER_ROLE,
     MACHINE_ROLE,
-    RESOURCES_HEADER,
     ResourceSampler,
     ResourcesWriter,
     Sample,
@@ -25,6 +25,7 @@ from loadtest.resources import (
     rss_per_connection,
     worker_role,
 )
+from loadtest.run_files import RESOURCES_HEADER
 from loadtest.verdicts import NO_CONDITION_FOUND, Verdicts
 
 FAST = 0.2  # sampling interval of these tests, seconds
@@ -267,3 +268,26 @@ def test_server_cost_figures() -> None:
     assert rss_per_connection(60_000_000, 10_000, baseline_rss_bytes=20_000_000) == pytest.approx(4000)
     assert rss_per_connection(20_000_000, 0) is None
     assert rss_per_connection(10, 5, baseline_rss_bytes=20) == 0.0
+
+
+def test_a_resources_csv_that_cannot_be_written_is_kept_as_an_error_not_raised_twice(tmp_path: Path) -> None:
+    full = tmp_path / "resources.csv"
+    full.symlink_to("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+    writer = ResourcesWriter(full)  # opening it works; the header goes out with the first rows
+    sampler = ResourceSampler(FAST, on_sample=writer.write)
+    sampler.register(CONTROLLER_ROLE, os.getpid())
+    sampler.sample_now()
+    sampler.sample_now()  # the sampling goes on after a failed write; the writer does not try again
+    assert sampler.samples == 2 and sampler.last(CONTROLLER_ROLE) is not None
+    assert isinstance(sampler.callback_error, OSError) and sampler.callback_error.errno == errno.ENOSPC
+    assert writer.error is sampler.callback_error
+    writer.close()  # what the failed write left buffered is dropped, not raised at the end of the run
+    assert writer.error is sampler.callback_error
+
+
+def test_a_run_too_short_for_a_sample_still_writes_the_header(tmp_path: Path) -> None:
+    writer = ResourcesWriter(tmp_path / "resources.csv")
+    writer.close()
+    writer.close()  # the controller stops its monitor again when a run fails: no error the second time
+    assert (tmp_path / "resources.csv").read_text().splitlines() == [",".join(RESOURCES_HEADER)]
+    assert writer.error is None

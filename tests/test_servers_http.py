@@ -386,7 +386,7 @@ def test_unfinished_header_sections_count_against_max_buffered() -> None:
 
 def test_max_buffered_in_a_config_and_on_the_command_line() -> None:
     def config(server: dict[str, object]) -> Any:
-        return parse_config({"servers": [server], "duration": "1s", "targets": [{"url": "http://127.0.0.1:1/"}]})
+        return parse_config({"servers": [server], "duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", "concurrency": 1}]})
 
     assert config({"kind": "http", "max_buffered": 64}).servers[0].max_buffered == 64 * 2**20
     assert config({"kind": "http"}).servers[0].max_buffered == 0  # the server's default

@@ -1,26 +1,28 @@
-"""The life of one server process: listen on the shared port, serve, stop cleanly on SIGTERM.
+"""The life of one server process: listen on the shared port, serve, stop cleanly when the parent says.
 
 Imported only inside a server process, after `monkey.patch_all()` (see
 `group._server_process_main`). The parent learns how start-up went from one
-message on `report`: ("ready", pid) or ("error", sentence).
+message on `report`: ("ready", pid) or ("error", sentence). It stops the
+process by closing its end of `lifeline`; a parent that dies closes it too.
+Signals do not stop it: Ctrl-C and SIGTERM sent to the whole process group
+are the parent's to act on (see `loadtest.spawn`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 from typing import Any
 
 import gevent
 from gevent.event import Event
+from gevent.socket import wait_read
 
 from loadtest.config import ServerSpec
 from loadtest.limits import raise_nofile_limit
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
-PARENT_CHECK_INTERVAL_S = 1.0
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -57,8 +59,8 @@ def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any
     return EchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout)
 
 
-def run(spec: ServerSpec, port: int, counts: Any, report: Any, parent_pid: int) -> None:
-    """Serve `spec` on `port` until SIGTERM, or until the parent process is gone (SIGINT is ignored)."""
+def run(spec: ServerSpec, port: int, counts: Any, report: Any, lifeline: Any) -> None:
+    """Serve `spec` on `port` until the parent closes `lifeline` (or is gone, which closes it)."""
     raise_nofile_limit()
     address = f"[{spec.host}]:{port}" if ":" in spec.host else f"{spec.host}:{port}"
     try:
@@ -68,17 +70,14 @@ def run(spec: ServerSpec, port: int, counts: Any, report: Any, parent_pid: int) 
         return
     server = _build_server(spec, listener, counts)
     stopping = Event()
-    # Only SIGTERM: Ctrl-C reaches the whole process group, and the parent (a run, or
-    # `loadtest serve`) decides when servers stop, after the workers during a run.
-    gevent.signal_handler(signal.SIGTERM, stopping.set)
 
-    def watch_parent() -> None:
-        # A parent killed with SIGKILL cannot stop us: notice, and stop ourselves.
-        while os.getppid() == parent_pid:
-            gevent.sleep(PARENT_CHECK_INTERVAL_S)
+    def watch_lifeline() -> None:
+        # The parent never writes to it: it becomes readable (end of file) when the parent closes its end
+        # to stop us, or when the parent is gone, killed outright included.
+        wait_read(lifeline.fileno())
         stopping.set()
 
-    watcher = gevent.spawn(watch_parent)
+    watcher = gevent.spawn(watch_lifeline)
     server.start()
     report.send(("ready", os.getpid()))
     stopping.wait()

@@ -58,10 +58,6 @@ def fitting_cap(wanted: int) -> int:
     return max(1, min(wanted, limit - _open_descriptors() - FD_SPARE))
 
 
-class IdleTimeout(Exception):
-    """Thrown into a connection's handler when it made no progress within the idle timeout."""
-
-
 class Connection(Protocol):
     mark: float
 

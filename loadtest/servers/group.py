@@ -6,6 +6,11 @@ statement of its entry, then imports the server code. Counts live in shared
 memory, one slot per process, written by the process as it serves: `served()`
 reads them at any time, `stop()` after the processes have ended.
 
+A server process ignores Ctrl-C and SIGTERM (`spawn.ignore_interrupts`): they
+reach the whole process group, and during a run the servers must outlive the
+workers' last requests. It stops when the group closes its end of the
+process's lifeline pipe; a parent that dies, however it dies, closes it too.
+
     group = ServerGroup.start(spec)      # returns once every process listens
     ...                                  # load group.address
     counts = group.stop()                # {"requests": n} or {"messages", "bytes", "connections"}
@@ -22,22 +27,22 @@ from __future__ import annotations
 import errno
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import Any, Self, TextIO
+from typing import Any, Callable, Self, TextIO
 
 from loadtest.config import ServerSpec
 from loadtest.servers.routes import ROUTE_NAMES
-from loadtest.spawn import main_script_hidden
+from loadtest.spawn import start_child
 
 DEFAULT_START_TIMEOUT_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 KILL_TIMEOUT_S = 2.0
 FOREGROUND_POLL_S = 0.5
+START_POLL_S = 0.1  # how often a starting group asks whether it was interrupted
 # The counts each server process keeps, by name: http, requests answered and then requests per route
 # (named as routes.ROUTE_NAMES: "/login", "/me", ..., "other" for 404s); echo, messages, bytes, connections.
 COUNT_NAMES = {"http": ("requests", *ROUTE_NAMES), "echo": ("messages", "bytes", "connections")}
@@ -49,17 +54,19 @@ class ServerError(Exception):
 
 
 def _server_process_main(spec: ServerSpec, index: int, port: int, counts: Any, report: Any,
-                         parent_pid: int) -> None:
-    """Entry of a server process: patch first, then import and run the server."""
+                         lifeline: Any) -> None:
+    """Entry of a server process: leave signals to the parent, patch, then import and run the server."""
+    from loadtest.spawn import ignore_interrupts
+
+    ignore_interrupts()  # before the heavy imports: a Ctrl-C during them is no traceback
     from gevent import monkey
 
     monkey.patch_all()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with SIGTERM
     from loadtest.servers import child
 
     view = memoryview(counts).cast("B").cast("q")[index * COUNT_SLOTS:(index + 1) * COUNT_SLOTS]
     try:
-        child.run(spec, port, view, report, parent_pid)
+        child.run(spec, port, view, report, lifeline)
     except Exception as error:  # noqa: BLE001 -- any failure becomes one sentence; the parent raises ServerError
         report.send(("error", f"failed: {type(error).__name__}: {error}"))
 
@@ -101,12 +108,14 @@ def _os_reason(error: OSError) -> str:
 class ServerGroup:
     """The running processes of one embedded server, all listening on `host:port`."""
 
-    def __init__(self, spec: ServerSpec, port: int, processes: list[Any], counts: Any, where: str) -> None:
+    def __init__(self, spec: ServerSpec, port: int, processes: list[Any], lifelines: list[Any], counts: Any,
+                 where: str) -> None:
         self.spec = spec
         self.host = spec.host
         self.port = port
         self.pids: list[int] = [p.pid for p in processes]
         self._processes = processes
+        self._lifelines = lifelines  # our ends of each process's lifeline: closing one stops that process
         self._counts = counts
         self._where = where
         self._final: dict[str, int] | None = None
@@ -117,11 +126,13 @@ class ServerGroup:
         return _format_address(self.host, self.port)
 
     @classmethod
-    def start(cls, spec: ServerSpec, timeout: float = DEFAULT_START_TIMEOUT_S, where: str = "") -> ServerGroup:
+    def start(cls, spec: ServerSpec, timeout: float = DEFAULT_START_TIMEOUT_S, where: str = "",
+              interrupted: Callable[[], bool] | None = None) -> ServerGroup:
         """Start `spec.workers` processes; return once every one listens.
 
         `where` names the server in errors (e.g. "servers[0]"); by default its name.
-        Raises ServerError, with every process already stopped, if any cannot listen.
+        Raises ServerError, with every process already stopped, if any cannot listen,
+        and KeyboardInterrupt, likewise, as soon as `interrupted()` is true while it waits.
         """
         label = f"{where or 'server ' + repr(spec.name)} ({spec.kind})"
         try:
@@ -133,44 +144,51 @@ class ServerGroup:
             raise ServerError(f"{label}: cannot listen on {spec.host!r}:{spec.port}: {error}") from None
         context = mp.get_context("spawn")
         processes: list[Any] = []
+        lifelines: list[Any] = []
         reports: dict[Any, Any] = {}
         try:
             port = holder.getsockname()[1]
             counts = context.RawArray("q", spec.workers * COUNT_SLOTS)
             for index in range(spec.workers):
                 receiver, sender = context.Pipe(duplex=False)
+                child_end, lifeline = context.Pipe(duplex=False)  # the child reads, we only ever close
                 process = context.Process(
                     target=_server_process_main,
-                    args=(spec, index, port, counts, sender, os.getpid()),
+                    args=(spec, index, port, counts, sender, child_end),
                     name=f"loadtest-server-{spec.name}-{index}",
                     daemon=True,
                 )
-                with main_script_hidden():
-                    process.start()
+                start_child(process)
                 sender.close()
+                child_end.close()
                 processes.append(process)
+                lifelines.append(lifeline)
                 reports[receiver] = process
-            group = cls(spec, port, processes, counts, label)
-            group._await_ready(reports, timeout)
+            group = cls(spec, port, processes, lifelines, counts, label)
+            group._await_ready(reports, timeout, interrupted)
             return group
         except BaseException:
-            _end_processes(processes, KILL_TIMEOUT_S)
+            _end_processes(processes, lifelines, KILL_TIMEOUT_S)
             raise
         finally:
             holder.close()
             for receiver in reports:
                 receiver.close()
 
-    def _await_ready(self, reports: dict[Any, Any], timeout: float) -> None:
+    def _await_ready(self, reports: dict[Any, Any], timeout: float,
+                     interrupted: Callable[[], bool] | None) -> None:
         deadline = time.monotonic() + timeout
         waiting = dict(reports)
         while waiting:
+            if interrupted is not None and interrupted():
+                raise KeyboardInterrupt
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ServerError(f"{self._where}: {len(waiting)} of {len(reports)} processes "
                                   f"did not listen within {timeout:g} s")
             sentinels = {process.sentinel: receiver for receiver, process in waiting.items()}
-            for ready in multiprocessing.connection.wait([*waiting, *sentinels], remaining):
+            ready_now = multiprocessing.connection.wait([*waiting, *sentinels], min(remaining, START_POLL_S))
+            for ready in ready_now:
                 receiver = sentinels.get(ready, ready)
                 if receiver not in waiting:
                     continue
@@ -199,15 +217,19 @@ class ServerGroup:
         return {name: sum(values[slot::COUNT_SLOTS]) for slot, name in enumerate(names)}
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> dict[str, int]:
-        """Stop every process (SIGTERM, then SIGKILL after `timeout`); return the counts served."""
+        """Stop every process (lifeline closed, then SIGKILL after `timeout`); return the counts served."""
         if self._final is None:
-            _end_processes(self._processes, timeout)
+            _end_processes(self._processes, self._lifelines, timeout)
             self._final = self._read_counts()
         return dict(self._final)
 
     def exited(self) -> list[int]:
         """The pids of the processes that have ended."""
-        return [p.pid for p in self._processes if not p.is_alive()]
+        return [pid for pid, _ in self.ended()]
+
+    def ended(self) -> list[tuple[int, int | None]]:
+        """(pid, exit code) of each process that has ended; a negative code is the signal that killed it."""
+        return [(p.pid, p.exitcode) for p in self._processes if not p.is_alive()]
 
     def __enter__(self) -> Self:
         return self
@@ -216,13 +238,10 @@ class ServerGroup:
         self.stop()
 
 
-def _end_processes(processes: list[Any], timeout: float) -> None:
-    for process in processes:
-        if process.is_alive():
-            try:
-                os.kill(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+def _end_processes(processes: list[Any], lifelines: list[Any], timeout: float) -> None:
+    """Close every lifeline (each process stops serving and exits), then kill what is left after `timeout`."""
+    for lifeline in lifelines:
+        lifeline.close()
     deadline = time.monotonic() + timeout
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,117 @@
+"""controller._Collection, the run's main loop, driven directly by real child processes that speak the
+worker's pipe protocol (snapshots, stopping, done) without loading anything.
+
+What it must do: merge every snapshot into the run's stats and history.csv, end when every worker is
+done or lost, keep the counts of a worker that died without finishing (and name how it ended), and on
+a first interrupt ask the workers to stop and say so.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from loadtest.config import parse_config
+from loadtest.controller import WorkerState, _Collection, _Interrupts, _ServerWatch
+from loadtest.kinds import kind_of
+from loadtest.monitor import RunMonitor
+from loadtest.reports import HistoryWriter
+from loadtest.run_files import AGGREGATED, HISTORY_NAME
+from loadtest.stats import RunStats, Snapshot, TargetRecorder
+from loadtest.worker import WorkerExit
+
+from .test_run import read_csv
+
+REQUESTS_PER_SECOND = 7  # each fake worker's requests in each of its snapshots
+CONFIG = {"name": "collect", "duration": "2s", "targets": [{"name": "home", "url": "http://127.0.0.1:9/", "concurrency": 1}]}
+
+
+def fake_worker(index: int, conn: Connection, stop: Any, seconds: int, how: str) -> None:
+    """A worker process as the controller sees it: `seconds` snapshots, then
+    - "done": a final snapshot and its exit report;
+    - "die": exit 3 without either;
+    - "until_stopped": snapshots each 0.1 s until `stop` is set, then the final ones."""
+    recorder = TargetRecorder(0)
+
+    def snapshot(seq: int, final: bool = False) -> None:
+        for _ in range(REQUESTS_PER_SECOND):
+            recorder.success(1_000_000 + index, 100, 50, 100)
+        conn.send(("snapshot", Snapshot(index, seq, float(seq), seq + 1.0, (recorder.snapshot(),), final)))
+
+    seq = 0
+    for seq in range(seconds):
+        snapshot(seq)
+    if how == "die":
+        os._exit(3)
+    if how == "until_stopped":
+        deadline = time.monotonic() + 10.0  # bounded: the test fails, it does not hang
+        while not stop.wait(0.1) and time.monotonic() < deadline:
+            pass
+    conn.send(("stopping", index))
+    snapshot(seq + 1, final=True)
+    conn.send(("done", WorkerExit(index, os.getpid(), 0.0, 0.0, 0, 0)))
+    conn.close()
+
+
+def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool, list[WorkerState], RunStats,
+                                                                              list[str]]:
+    """Start one fake worker per entry of `hows` and run _Collection over them until it returns."""
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    config = parse_config(CONFIG)
+    stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(hows))
+    states = []
+    for k, how in enumerate(hows):
+        reader, writer = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=fake_worker, args=(k, writer, stop, 2, how), daemon=True)
+        process.start()
+        writer.close()
+        states.append(WorkerState(k, process, reader, pid=process.pid, ready=True))
+    history = HistoryWriter(tmp_path / HISTORY_NAME, config)
+    monitor = RunMonitor(tmp_path)
+    events: list[str] = []
+    flag = _Interrupts()
+    flag.count = interrupts
+    try:
+        interrupted = _Collection(states, stats, stop, history, time.time(), None, events.append, lambda: None,
+                                  monitor, flag, _ServerWatch([], events.append)).collect()
+    finally:
+        history.close()
+        monitor.stop()
+        for w in states:
+            w.process.join(5)
+            if w.process.is_alive():
+                w.process.kill()
+    return interrupted, states, stats, events
+
+
+def test_every_snapshot_is_merged_and_history_totals_match(tmp_path: Path) -> None:
+    interrupted, states, stats, _ = collect(tmp_path, ["done", "done"])
+    assert not interrupted and all(w.done and not w.lost for w in states)
+    assert [w.exit.index for w in states if w.exit] == [0, 1]
+    sent = 2 * 3 * REQUESTS_PER_SECOND  # two workers, two seconds and a final snapshot each
+    assert stats.totals[0].requests == sent and stats.worker_requests == [sent // 2, sent // 2]
+    history = read_csv(tmp_path / HISTORY_NAME)
+    last = [r for r in history if r["Name"] == AGGREGATED][-1]
+    assert last["Total Request Count"] == str(sent)
+
+
+def test_a_worker_that_dies_is_lost_named_and_its_counts_kept(tmp_path: Path) -> None:
+    interrupted, states, stats, events = collect(tmp_path, ["done", "die"])
+    survivor, dead = states
+    assert survivor.done and not survivor.lost
+    assert dead.lost and not dead.done and dead.exitcode == 3
+    assert "exit code 3" in dead.error and "counts up to its last snapshot are kept" in dead.error
+    assert stats.totals[0].requests == 3 * REQUESTS_PER_SECOND + 2 * REQUESTS_PER_SECOND
+    assert not interrupted and any("worker 1" in e for e in events), events
+
+
+def test_a_first_interrupt_asks_the_workers_to_stop_and_says_so(tmp_path: Path) -> None:
+    interrupted, states, stats, events = collect(tmp_path, ["until_stopped"], interrupts=1)
+    assert interrupted and states[0].done and not states[0].lost
+    assert any(e.startswith("stopping:") for e in events), events
+    assert stats.totals[0].requests == 3 * REQUESTS_PER_SECOND

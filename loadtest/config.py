@@ -34,7 +34,6 @@ from .fields import (  # noqa: F401 - the names the rest of the program imports 
     Workers,
     check_at,
     check_ip,
-    check_workers,
     choice,
     explain,
     field_error,

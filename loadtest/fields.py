@@ -287,9 +287,9 @@ def explain(error: ValidationError) -> ConfigError:
 
 # The types the models are made of: a check, and what an editor is told about the value.
 
-_DURATION_SCHEMA = {"type": "string", "pattern": DURATION_PATTERN, "description": "a duration: 250ms, 10s, 2m, 1h"}
-Duration = Annotated[float, BeforeValidator(duration), WithJsonSchema(_DURATION_SCHEMA)]
-OptionalDuration = Annotated[float | None, BeforeValidator(optional(duration)), WithJsonSchema(_DURATION_SCHEMA)]
+DURATION_SCHEMA = {"type": "string", "pattern": DURATION_PATTERN, "description": "a duration: 250ms, 10s, 2m, 1h"}
+Duration = Annotated[float, BeforeValidator(duration), WithJsonSchema(DURATION_SCHEMA)]
+OptionalDuration = Annotated[float | None, BeforeValidator(optional(duration)), WithJsonSchema(DURATION_SCHEMA)]
 PositiveInt = Annotated[int, BeforeValidator(positive_int), WithJsonSchema({"type": "integer", "minimum": 1})]
 OptionalPositiveInt = Annotated[int | None, BeforeValidator(optional(positive_int)),
                                 WithJsonSchema({"type": "integer", "minimum": 1})]
@@ -345,10 +345,6 @@ def check_ip(host: str, where: str) -> None:
     at(where, ip, host)
 
 
-def check_workers(count: int, where: str) -> int:
-    """A process count a machine can start: at most `MAX_WORKERS`."""
-    return int(at(where, process_count, count))
-
 
 def stages(value: Any) -> tuple[Stage, ...]:
     """Ramps of a target's level: ``[{duration: 30s, target: 200}, ...]``, lasting `MAX_DURATION_S` at most."""
@@ -378,7 +374,7 @@ def stages(value: Any) -> tuple[Stage, ...]:
 Stages = Annotated[tuple[Stage, ...], BeforeValidator(stages), WithJsonSchema({
     "type": "array", "minItems": 1, "description": "ramps of the level, as k6's stages",
     "items": {"type": "object", "additionalProperties": False, "required": ["duration", "target"],
-              "properties": {"duration": _DURATION_SCHEMA, "target": {"type": "number", "minimum": 0}}}})]
+              "properties": {"duration": DURATION_SCHEMA, "target": {"type": "number", "minimum": 0}}}})]
 
 
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}

@@ -161,7 +161,8 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"FAILED: {shortfall}\n")
     for problem in result.problems:
         out.write(f"problem: {problem}\n")
-    out.write(f"ran {result.stats.elapsed:.1f} s with {len(result.workers)} workers; "
+    count = len(result.workers)
+    out.write(f"ran {result.stats.elapsed:.1f} s with {count} worker{'' if count == 1 else 's'}; "
               f"reports in {result.run_dir}\n")
     out.write(f"{run_outcome(result)}\n")
     out.flush()

@@ -19,6 +19,8 @@ from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_vali
 
 from ..fields import (
     DEFAULT_TIMEOUT_S,
+    DURATION_SCHEMA,
+    MAX_LEVEL,
     ConfigModel,
     FieldError,
     check_at,
@@ -201,7 +203,6 @@ def think_range(value: Any) -> tuple[float, float] | None:
 
 _URL_SCHEMA = {"type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://", "description": "http:// or https:// URL; "
                "{name} stands for the host:port of the server of that name"}
-_DURATION_TEXT = {"type": "string"}
 
 
 class HttpTargetModel(ConfigModel):
@@ -227,17 +228,17 @@ class HttpTargetModel(ConfigModel):
     # may be depends on which model the target is and whether it has stages.
     concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 0,
                                                 "description": "virtual users (closed model)"})] = None
-    rate: Annotated[Any, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 10_000_000,
+    rate: Annotated[Any, WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_LEVEL,
                                          "description": "arrivals per second in all (open model)"})] = None
     max_concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 1})] = None
     arrival: choice(ARRIVALS) = DEFAULT_ARRIVAL  # type: ignore[valid-type]
     think: Annotated[tuple[float, float] | None, BeforeValidator(think_range), WithJsonSchema({"anyOf": [
-        _DURATION_TEXT, {"type": "array", "minItems": 2, "maxItems": 2, "items": _DURATION_TEXT}]})] = None
+        DURATION_SCHEMA, {"type": "array", "minItems": 2, "maxItems": 2, "items": DURATION_SCHEMA}]})] = None
 
     needs: ClassVar[str] = "url (or urls) for an HTTP target"  # what a target lacking every kind's key needs
 
     @model_validator(mode="after")
-    def _one_model(self) -> HttpTargetModel:
+    def _checked_across_fields(self) -> HttpTargetModel:
         self.target  # noqa: B018 - built now, so that a mistake across fields is raised while validating
         return self
 

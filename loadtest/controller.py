@@ -1,12 +1,10 @@
 """The controller: starts servers and workers, merges their snapshots, ends the run.
 
 Runs in the parent process, which is never monkey-patched and uses plain
-threads. Workers are started with the ``spawn`` context: the parent may have
-threads, and a fork would copy them half-way. Each worker has its own pipe
-rather than a share of one queue: a queue is one pipe written under a shared
-lock, and a worker killed while holding that lock would wedge every other
-worker. Waiting on every pipe and every process sentinel at once also tells
-the parent the moment a worker dies.
+threads. Workers are started, handshaken and stopped by `loadtest.children`
+(each reports on its own pipe, in the typed messages of `loadtest.messages`).
+Waiting on every pipe and every process sentinel at once tells the parent the
+moment a worker dies.
 """
 
 from __future__ import annotations
@@ -17,27 +15,27 @@ import re
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
+from .children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from .config import ConfigError, RunConfig
 from .kinds import kind_of
 from .limits import check_limits
+from .messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, Done, Failed, Ready, SnapshotSent, Stopping, WorkerMessage,
+                       WorkerPlan)
 from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
-from .resources import DEFAULT_SAMPLE_INTERVAL_S, RoleTotals
+from .resources import DEFAULT_SAMPLE_INTERVAL_S
+from .run_result import Frame, RunResult, WorkerState
 from .run_folder import RunFolderError, make_run_folder, release_run_folder
 from .schedule import worker_share
-from .spawn import start_child
-from .stats import Interval, RunStats, TargetTotals
+from .stats import RunStats, TargetTotals
 from .thresholds import Outcome, check, check_all
-from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
-from .worker import main as worker_main
 
 READY_TIMEOUT_S = 60.0
 WAIT_S = 0.25
@@ -50,65 +48,11 @@ START_POLL_S = 0.1  # while starting, how often the run asks whether it was inte
 # again, after the "interrupt again" line, takes longer than this.
 SAME_INTERRUPT_S = 0.5
 SECOND_INTERRUPT = "killed by a second interrupt"
+WORKER_ENTRY = "loadtest.workload:run_worker"  # a worker's entry, imported only in the worker (patched)
 
 
 class RunError(Exception):
     """The run itself failed: a server could not start, no worker could run."""
-
-
-@dataclass
-class WorkerState:
-    index: int
-    process: Any
-    conn: Connection
-    pid: int = 0
-    ready: bool = False
-    done: bool = False
-    lost: bool = False
-    exit: WorkerExit | None = None
-    last_heard: float = 0.0
-    stopping: bool = False  # it said the load stopped: it may be quiet while it lets requests end
-    killed: bool = False  # stopped at once by a second interrupt, as asked: not a failure
-    error: str = ""
-    exitcode: int | None = None
-
-    @property
-    def ended(self) -> str:
-        """How it ended, as workers.csv and summary.json say: ok, lost, killed (a second interrupt) or unknown."""
-        return "lost" if self.lost else "ok" if self.done else "killed" if self.killed else "unknown"
-
-
-@dataclass
-class RunResult:
-    """What a run produced: where the reports are, the merged stats, how it ended."""
-
-    run_dir: Path
-    stats: RunStats
-    workers: list[WorkerState]
-    servers: list[dict[str, Any]]
-    started: float  # wall clock
-    interrupted: bool
-    exit_status: int
-    problems: list[str] = field(default_factory=list)
-    thresholds: list[Outcome] = field(default_factory=list)
-    aborted: str = ""  # the abort_on_fail threshold that stopped the run, if one did
-    verdicts: list[dict[str, Any]] = field(default_factory=list)
-    worker_resources: list[RoleTotals] = field(default_factory=list)
-    shortfalls: list[str] = field(default_factory=list)  # tcp targets that held fewer connections than asked
-
-    @property
-    def lost(self) -> list[int]:
-        return [w.index for w in self.workers if w.lost]
-
-
-@dataclass
-class Frame:
-    """What the live view shows each second."""
-
-    interval: Interval
-    stats: RunStats
-    worker_cpu: list[float | None]  # % of one core, per worker, at the latest sample
-    machine_cpu: float | None  # % over all cores
 
 
 class _Interrupts:
@@ -119,7 +63,7 @@ class _Interrupts:
     stopped: there is nothing to save. Once the load runs, the main loop reads the count: the first
     interrupt asks the workers to stop (in-flight requests end as cancelled), the second (at least
     SAME_INTERRUPT_S later) stops them at once, and the reports are written either way. The children
-    ignore both signals (see `loadtest.spawn`), so a signal sent to the whole process group (a
+    ignore both signals (see `loadtest.children`), so a signal sent to the whole process group (a
     terminal's Ctrl-C, `timeout`, systemd) acts exactly as one sent to this process.
     """
 
@@ -242,26 +186,21 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
 
         ctx = multiprocessing.get_context("spawn")
         start, stop = ctx.Event(), ctx.Event()
-        for k in range(count):
-            interrupts.check()
-            plan = WorkerPlan(
-                index=k,
-                workers=count,
-                config=config,
-                addresses=addresses,
-                shares=tuple(worker_share(_users(t), count, k) for t in config.targets),
-                requests=worker_share(config.requests, count, k) if config.requests is not None else None,
-                duration=config.duration,
-            )
-            reader, writer = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=worker_main, args=(plan, writer, start, stop),
-                                  name=f"loadtest-worker-{k}", daemon=True)
-            start_child(process)
-            writer.close()
-            states.append(WorkerState(k, process, reader))
+        plans = [WorkerPlan(
+            index=k,
+            workers=count,
+            config=config,
+            addresses=addresses,
+            shares=tuple(worker_share(_users(t), count, k) for t in config.targets),
+            requests=worker_share(config.requests, count, k) if config.requests is not None else None,
+            duration=config.duration,
+        ) for k in range(count)]
+        children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
+                                    interrupts.pending)
+        states.extend(WorkerState(c.index, c) for c in children.children)
 
         stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], count)
-        _await_ready(states, interrupts)
+        _await_ready(children, states, interrupts)
         interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -382,48 +321,38 @@ def _users(target: Any) -> int:
     return kind_of(target).load(target).users
 
 
-def _await_ready(states: list[WorkerState], interrupts: _Interrupts) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not all(w.ready for w in states):
-        interrupts.check()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise RunError(f"workers did not start within {READY_TIMEOUT_S:g} s")
-        waiting = {w.conn: w for w in states if not w.ready}
-        handles = list(waiting) + [w.process.sentinel for w in waiting.values()]
-        for conn in wait(handles, timeout=min(left, START_POLL_S)):
-            w = waiting.get(conn) if isinstance(conn, Connection) else None
-            if w is None:  # a sentinel: that process ended before it was ready
-                dead = next(s for s in waiting.values() if s.process.sentinel == conn)
-                if dead.conn.poll():
-                    _receive(dead)
-                if not dead.ready:
-                    raise RunError(dead.error or f"worker {dead.index} exited before it started "
-                                   f"(exit code {dead.process.exitcode})")
-                continue
-            _receive(w)
-            if w.error:
-                raise RunError(w.error)
+def _await_ready(children: ChildGroup, states: list[WorkerState], interrupts: _Interrupts) -> None:
+    """Wait for every worker's ready message (it resolved its targets); RunError naming the first that failed."""
+    try:
+        readies = children.ready(READY_TIMEOUT_S, interrupts.pending)
+    except ChildFailed as e:
+        raise RunError(e.error) from None
+    except ChildExited as e:
+        raise RunError(f"worker {e.child.index} exited before it started (exit code {e.exitcode})") from None
+    except ReadyTimeout:
+        raise RunError(f"workers did not start within {READY_TIMEOUT_S:g} s") from None
+    for w, ready in zip(states, readies):
+        w.ready, w.pid = True, ready.pid
 
 
-def _receive(w: WorkerState, stats: RunStats | None = None) -> tuple[Any, ...] | None:
+def _receive(w: WorkerState, stats: RunStats | None = None) -> WorkerMessage | None:
     """Read one message from a worker; None if its pipe is closed."""
     try:
-        message: tuple[Any, ...] = w.conn.recv()
+        message: WorkerMessage = w.child.conn.recv()
     except (EOFError, OSError):
         return None
     w.last_heard = time.monotonic()
-    kind = message[0]
-    if kind == "snapshot" and stats is not None:
-        stats.add(message[1])
-    elif kind == "ready":
-        w.ready, w.pid = True, message[2]
-    elif kind == "done":
-        w.exit, w.done = message[1], True
-    elif kind == "stopping":
+    if isinstance(message, SnapshotSent):
+        if stats is not None:
+            stats.add(message.snapshot)
+    elif isinstance(message, Done):
+        w.exit, w.done = message.exit, True
+    elif isinstance(message, Stopping):
         w.stopping = True
-    elif kind == "error":
-        w.error = message[2]
+    elif isinstance(message, Ready):
+        w.ready, w.pid = True, message.pid
+    elif isinstance(message, Failed):
+        w.error = message.error
     return message
 
 
@@ -450,13 +379,13 @@ class _Collection:
 
     def receive(self, w: WorkerState) -> bool:
         message = _receive(w, self.stats)
-        if message is not None and message[0] == "snapshot":
-            self.monitor.note_snapshot(message[1])
+        if isinstance(message, SnapshotSent):
+            self.monitor.note_snapshot(message.snapshot)
         return message is not None
 
     def lose(self, w: WorkerState, error: str = "", kill: bool = False) -> None:
         if kill:
-            w.process.kill()
+            w.child.kill()
         if error:
             w.error = error
         self.monitor.worker_gone(w.pid)
@@ -464,12 +393,12 @@ class _Collection:
 
     def kill_now(self, w: WorkerState) -> None:
         """Stop a worker at once, as a second interrupt asks; keep what it sent before it died."""
-        w.process.kill()
-        w.process.join(JOIN_TIMEOUT_S)
-        while not w.done and w.conn.poll() and self.receive(w):
+        w.child.kill()
+        w.child.join(JOIN_TIMEOUT_S)
+        while not w.done and w.child.conn.poll() and self.receive(w):
             pass
         if not w.done:
-            w.killed, w.error, w.exitcode = True, SECOND_INTERRUPT, w.process.exitcode
+            w.killed, w.error, w.exitcode = True, SECOND_INTERRUPT, w.child.exitcode
             self.event(f"worker {w.index} (pid {w.pid}) {SECOND_INTERRUPT}; counts up to its last snapshot are kept")
         self.monitor.worker_gone(w.pid)
 
@@ -496,17 +425,17 @@ class _Collection:
                            "(interrupt again to stop at once)")
             by_handle: dict[Any, WorkerState] = {}
             for w in active:
-                by_handle[w.conn] = w
-                by_handle[w.process.sentinel] = w
+                by_handle[w.child.conn] = w
+                by_handle[w.child.sentinel] = w
             for handle in wait(list(by_handle), timeout=WAIT_S):
                 w = by_handle[handle]
                 if w.done or w.lost:
                     continue
-                if handle is w.conn:
+                if handle is w.child.conn:
                     if not self.receive(w):
                         self.lose(w)
                 else:  # the process ended: read what it sent before it did
-                    while not w.done and w.conn.poll() and self.receive(w):
+                    while not w.done and w.child.conn.poll() and self.receive(w):
                         pass
                     if not w.done:
                         self.lose(w)
@@ -527,7 +456,7 @@ class _Collection:
 
 def _await_exit(states: list[WorkerState], monitor: RunMonitor) -> None:
     """Wait for finished workers to exit, without reaping them, so their last sample has exact CPU times."""
-    waiting = {w.process.sentinel: w for w in states if not w.lost}
+    waiting = {w.child.sentinel: w for w in states if not w.lost}
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     while waiting and time.monotonic() < deadline:
         for sentinel in wait(list(waiting), timeout=max(0.0, deadline - time.monotonic())):
@@ -536,8 +465,8 @@ def _await_exit(states: list[WorkerState], monitor: RunMonitor) -> None:
 
 def _mark_lost(w: WorkerState, stats: RunStats, event: Callable[[str], None]) -> None:
     w.lost = True
-    w.process.join(0.5)
-    w.exitcode = w.process.exitcode
+    w.child.join(0.5)
+    w.exitcode = w.child.exitcode
     if not w.error:
         code = w.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -546,11 +475,9 @@ def _mark_lost(w: WorkerState, stats: RunStats, event: Callable[[str], None]) ->
 
 
 def _terminate(states: list[WorkerState]) -> None:
+    """Let finished workers exit (up to JOIN_TIMEOUT_S), kill the others at once, and close their pipes."""
     for w in states:
-        w.process.join(JOIN_TIMEOUT_S if w.done else 0)
-        if w.process.is_alive():
-            w.process.kill()
-            w.process.join(JOIN_TIMEOUT_S)
+        w.child.stop(JOIN_TIMEOUT_S if w.done else 0)
         if w.exitcode is None:
-            w.exitcode = w.process.exitcode
-        w.conn.close()
+            w.exitcode = w.child.exitcode
+        w.child.close()

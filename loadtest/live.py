@@ -18,7 +18,7 @@ from .stats import aggregate, percentiles_ns
 from .verdicts import NO_CONDITION_FOUND, WORKER_SATURATED_PERCENT
 
 if TYPE_CHECKING:
-    from .controller import Frame, RunResult
+    from .run_result import Frame, RunResult
 
 
 MISSING = "—"  # a figure that does not exist, such as the latency of a second in which nothing got a response

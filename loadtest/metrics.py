@@ -45,7 +45,7 @@ from .config import ConfigError
 from .stats import RunStats, TargetTotals, counts_at_or_below, mean_ns, percentiles_ns
 
 if TYPE_CHECKING:
-    from .controller import Frame
+    from .run_result import Frame
 
 INTERVAL_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

@@ -50,7 +50,7 @@ from .stats import (
 from .thresholds import failures_text, outcome_line
 
 if TYPE_CHECKING:
-    from .controller import RunResult
+    from .run_result import RunResult
 
 LOCUST_NO_LATENCY = {  # what Locust writes in these columns for a row without response times
     "Median Response Time": "0", "Average Response Time": "0.0", "Min Response Time": "0", "Max Response Time": "0",

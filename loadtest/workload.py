@@ -21,12 +21,14 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
+from .children import ParentLink
 from .kinds import kind_of
 from .limits import raise_nofile_limit
+from .messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit,
+                       WorkerPlan)
 from .protocols import Deadlines, Session
 from .schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share, zero_until
 from .stats import Snapshot, TargetRecorder
-from .worker import CANCEL_WAIT_S, GRACEFUL_STOP_S, WorkerExit, WorkerPlan
 
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
@@ -242,10 +244,15 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
     return level
 
 
-def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
-    """Run this worker's share of the load and report to the controller over `conn`."""
+def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> None:
+    """A worker process's entry (``"loadtest.workload:run_worker"``, started patched by `children.ChildGroup`):
+    run this worker's share of the load and report to the controller over `link`.
+
+    Ctrl-C and SIGTERM are ignored here; the controller stops the workers in order through `stop`
+    (in-flight requests end as cancelled and are reported), and a worker whose controller is gone
+    (its lifeline closed) stops by itself.
+    """
     raise_nofile_limit()
-    parent = os.getppid()
     targets = plan.config.targets
     recorders = [TargetRecorder(i) for i in range(len(targets))]
     deadlines = Deadlines()
@@ -254,13 +261,13 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         factories = [kind_of(t).rows_session_factory(t, plan, recorders[i:], deadlines, budget)
                      for i, t in enumerate(targets)]
     except OSError as e:
-        conn.send(("error", plan.index, f"worker {plan.index} cannot resolve a target: {e}"))
+        link.send(Failed(f"worker {plan.index} cannot resolve a target: {e}"))
         return
-    conn.send(("ready", plan.index, os.getpid()))
+    link.send(Ready(os.getpid()))
     waited = 0.0
     while not start.wait(POLL_S):
         waited += POLL_S
-        if stop.is_set() or os.getppid() != parent or waited > START_WAIT_S:
+        if stop.is_set() or link.gone() or waited > START_WAIT_S:
             return
 
     t0 = time.monotonic()
@@ -299,7 +306,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         now = time.monotonic()
         finished = pool.join(timeout=max(0.0, min(POLL_S, next_tick - now, deadline - now)))
         now = time.monotonic()
-        if stop.is_set() or os.getppid() != parent:
+        if stop.is_set() or link.gone():
             grace = 0.0  # stopped from outside: cancel what is in flight now
             break
         if finished or now >= deadline:
@@ -307,7 +314,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
             break
         if now >= next_tick:
             snap = snapshot()
-            conn.send(("snapshot", snap))
+            link.send(SnapshotSent(snap))
             seq = snap.seq
             interval_start = snap.end
             next_tick += SNAPSHOT_INTERVAL_S
@@ -316,7 +323,7 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
 
     stopped_at = time.monotonic()
     held = [r.open_connections for r in recorders]  # connections held when the load stopped
-    conn.send(("stopping", plan.index))  # the controller allows for the grace period and the cancelling
+    link.send(Stopping(plan.index))  # the controller allows for the grace period and the cancelling
     budget.stopping = True
     # Requests in flight may finish within the grace period; greenlets with nothing in flight (think
     # time, a paced connection waiting for its turn, a parked user, a ramp) are not waited for.
@@ -333,8 +340,8 @@ def run_worker(plan: WorkerPlan, conn: Any, start: Any, stop: Any) -> None:
         session.close()
     scan.kill()
     final = snapshot(final_at=stopped_at)
-    conn.send(("snapshot", replace(final, targets=tuple(replace(ts, held=h) for ts, h in zip(final.targets, held)))))
+    link.send(SnapshotSent(replace(final, targets=tuple(replace(ts, held=h) for ts, h in zip(final.targets, held)))))
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    conn.send(("done", WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,
-                                  usage.ru_maxrss, cancelled, spent=spent)))
+    link.send(Done(WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,
+                              usage.ru_maxrss, cancelled, spent=spent)))
     gevent.sleep(0)

@@ -1,5 +1,6 @@
-"""controller._Collection, the run's main loop, driven directly by real child processes that speak the
-worker's pipe protocol (snapshots, stopping, done) without loading anything.
+"""controller._Collection, the run's main loop, driven directly by real child processes, started by
+`children.ChildGroup` as workers are, that speak the worker's messages (SnapshotSent, Stopping, Done)
+without loading anything.
 
 What it must do: merge every snapshot into the run's stats and history.csv, end when every worker is
 done or lost, keep the counts of a worker that died without finishing (and name how it ended), and on
@@ -11,18 +12,19 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from loadtest.children import ChildGroup, ParentLink
 from loadtest.config import parse_config
-from loadtest.controller import WorkerState, _Collection, _Interrupts, _ServerWatch
+from loadtest.controller import _Collection, _Interrupts, _ServerWatch
 from loadtest.kinds import kind_of
+from loadtest.messages import Done, SnapshotSent, Stopping, WorkerExit
 from loadtest.monitor import RunMonitor
 from loadtest.reports import HistoryWriter
 from loadtest.run_files import AGGREGATED, HISTORY_NAME
+from loadtest.run_result import WorkerState
 from loadtest.stats import RunStats, Snapshot, TargetRecorder
-from loadtest.worker import WorkerExit
 
 from .test_run import read_csv
 
@@ -30,7 +32,7 @@ REQUESTS_PER_SECOND = 7  # each fake worker's requests in each of its snapshots
 CONFIG = {"name": "collect", "duration": "2s", "targets": [{"name": "home", "url": "http://127.0.0.1:9/", "concurrency": 1}]}
 
 
-def fake_worker(index: int, conn: Connection, stop: Any, seconds: int, how: str) -> None:
+def fake_worker(link: ParentLink, index: int, stop: Any, seconds: int, how: str) -> None:
     """A worker process as the controller sees it: `seconds` snapshots, then
     - "done": a final snapshot and its exit report;
     - "die": exit 3 without either;
@@ -40,7 +42,7 @@ def fake_worker(index: int, conn: Connection, stop: Any, seconds: int, how: str)
     def snapshot(seq: int, final: bool = False) -> None:
         for _ in range(REQUESTS_PER_SECOND):
             recorder.success(1_000_000 + index, 100, 50, 100)
-        conn.send(("snapshot", Snapshot(index, seq, float(seq), seq + 1.0, (recorder.snapshot(),), final)))
+        link.send(SnapshotSent(Snapshot(index, seq, float(seq), seq + 1.0, (recorder.snapshot(),), final)))
 
     seq = 0
     for seq in range(seconds):
@@ -51,10 +53,10 @@ def fake_worker(index: int, conn: Connection, stop: Any, seconds: int, how: str)
         deadline = time.monotonic() + 10.0  # bounded: the test fails, it does not hang
         while not stop.wait(0.1) and time.monotonic() < deadline:
             pass
-    conn.send(("stopping", index))
+    link.send(Stopping(index))
     snapshot(seq + 1, final=True)
-    conn.send(("done", WorkerExit(index, os.getpid(), 0.0, 0.0, 0, 0)))
-    conn.close()
+    link.send(Done(WorkerExit(index, os.getpid(), 0.0, 0.0, 0, 0)))
+    link.close()
 
 
 def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool, list[WorkerState], RunStats,
@@ -64,13 +66,9 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     stop = ctx.Event()
     config = parse_config(CONFIG)
     stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(hows))
-    states = []
-    for k, how in enumerate(hows):
-        reader, writer = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=fake_worker, args=(k, writer, stop, 2, how), daemon=True)
-        process.start()
-        writer.close()
-        states.append(WorkerState(k, process, reader, pid=process.pid, ready=True))
+    children = ChildGroup.start("tests.test_controller_collection:fake_worker",
+                                [(k, stop, 2, how) for k, how in enumerate(hows)], "fake-worker")
+    states = [WorkerState(c.index, c, pid=c.pid, ready=True) for c in children.children]
     history = HistoryWriter(tmp_path / HISTORY_NAME, config)
     monitor = RunMonitor(tmp_path)
     events: list[str] = []
@@ -82,10 +80,7 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     finally:
         history.close()
         monitor.stop()
-        for w in states:
-            w.process.join(5)
-            if w.process.is_alive():
-                w.process.kill()
+        children.stop(5)
     return interrupted, states, stats, events
 
 

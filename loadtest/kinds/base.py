@@ -19,7 +19,7 @@ from ..schedule import Stage
 if TYPE_CHECKING:
     from ..protocols import Deadlines, Session
     from ..stats import RunStats, TargetRecorder, TargetTotals
-    from ..worker import WorkerPlan
+    from ..messages import WorkerPlan
     from ..workload import Budget
 
 

@@ -35,7 +35,7 @@ from .base import ExtraRow, HeldConnections, Load, TargetKind
 if TYPE_CHECKING:
     from ..protocols import Deadlines, Session
     from ..stats import RunStats, TargetRecorder, TargetTotals
-    from ..worker import WorkerPlan
+    from ..messages import WorkerPlan
     from ..workload import Budget
 
 DEFAULT_TCP_EXPECT = "echo"

@@ -1,11 +1,11 @@
 """The life of one server process: listen on the shared port, serve, stop cleanly when the parent says.
 
-Imported only inside a server process, after `monkey.patch_all()` (see
-`group._server_process_main`). The parent learns how start-up went from one
-message on `report`: ("ready", pid) or ("error", sentence). It stops the
-process by closing its end of `lifeline`; a parent that dies closes it too.
-Signals do not stop it: Ctrl-C and SIGTERM sent to the whole process group
-are the parent's to act on (see `loadtest.spawn`).
+Imported only inside a server process, after `monkey.patch_all()`: the
+server group starts `main` through `loadtest.children.ChildGroup`. The parent
+learns how start-up went from one message, `messages.Ready` or
+`messages.Failed`. It stops the process by closing its lifeline; a parent
+that dies closes it too. Signals do not stop it: Ctrl-C and SIGTERM sent to
+the whole process group are the parent's to act on (see `loadtest.children`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import Any
 
 import gevent
 from gevent.event import Event
-from gevent.socket import wait_read
 
+from loadtest.children import ParentLink
 from loadtest.config import ServerSpec
 from loadtest.limits import raise_nofile_limit
+from loadtest.messages import Failed, Ready
+from loadtest.servers.group import COUNT_SLOTS
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
@@ -59,28 +61,35 @@ def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any
     return EchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout)
 
 
-def run(spec: ServerSpec, port: int, counts: Any, report: Any, lifeline: Any) -> None:
-    """Serve `spec` on `port` until the parent closes `lifeline` (or is gone, which closes it)."""
+def main(link: ParentLink, spec: ServerSpec, index: int, port: int, counts: Any) -> None:
+    """A server process's entry: serve `spec` on `port`, counting into slot `index` of the shared `counts`."""
+    view = memoryview(counts).cast("B").cast("q")[index * COUNT_SLOTS:(index + 1) * COUNT_SLOTS]
+    try:
+        run(spec, port, view, link)
+    except Exception as error:  # noqa: BLE001 -- any failure becomes one sentence; the parent raises ServerError
+        link.send(Failed(f"failed: {type(error).__name__}: {error}"))
+
+
+def run(spec: ServerSpec, port: int, counts: Any, link: ParentLink) -> None:
+    """Serve `spec` on `port` until the parent closes the lifeline (or is gone, which closes it)."""
     raise_nofile_limit()
     address = f"[{spec.host}]:{port}" if ":" in spec.host else f"{spec.host}:{port}"
     try:
         listener = listen(spec.host, port)
     except OSError as error:
-        report.send(("error", f"cannot listen on {address}: {describe_os_error(error)}"))
+        link.send(Failed(f"cannot listen on {address}: {describe_os_error(error)}"))
         return
     server = _build_server(spec, listener, counts)
     stopping = Event()
 
     def watch_lifeline() -> None:
-        # The parent never writes to it: it becomes readable (end of file) when the parent closes its end
-        # to stop us, or when the parent is gone, killed outright included.
-        wait_read(lifeline.fileno())
+        link.wait_gone()
         stopping.set()
 
     watcher = gevent.spawn(watch_lifeline)
     server.start()
-    report.send(("ready", os.getpid()))
+    link.send(Ready(os.getpid()))
     stopping.wait()
     watcher.kill(block=False)
     server.stop()
-    report.close()
+    link.close()

@@ -1,12 +1,12 @@
 """A group of server processes for one `ServerSpec`, sharing one port with SO_REUSEPORT.
 
-The caller (the controller) uses threads and is never monkey-patched, so the
-processes start with the `spawn` context; each one patches gevent as the first
-statement of its entry, then imports the server code. Counts live in shared
+The processes are started, handshaken, watched and stopped by
+`loadtest.children.ChildGroup` (spawned, patched first, then the server code
+imported: the caller is never patched). Counts live in shared
 memory, one slot per process, written by the process as it serves: `served()`
 reads them at any time, `stop()` after the processes have ended.
 
-A server process ignores Ctrl-C and SIGTERM (`spawn.ignore_interrupts`): they
+A server process ignores Ctrl-C and SIGTERM (see `loadtest.children`): they
 reach the whole process group, and during a run the servers must outlive the
 workers' last requests. It stops when the group closes its end of the
 process's lifeline pipe; a parent that dies, however it dies, closes it too.
@@ -26,23 +26,20 @@ from __future__ import annotations
 
 import errno
 import multiprocessing as mp
-import multiprocessing.connection
 import signal
 import socket
 import sys
 import threading
-import time
 from typing import Any, Callable, Self, TextIO
 
+from loadtest.children import KILL_TIMEOUT_S, ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.config import ServerSpec
 from loadtest.servers.routes import ROUTE_NAMES
-from loadtest.spawn import start_child
 
 DEFAULT_START_TIMEOUT_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
-KILL_TIMEOUT_S = 2.0
 FOREGROUND_POLL_S = 0.5
-START_POLL_S = 0.1  # how often a starting group asks whether it was interrupted
+SERVER_ENTRY = "loadtest.servers.child:main"  # a server process's entry, imported only in the process
 # The counts each server process keeps, by name: http, requests answered and then requests per route
 # (named as routes.ROUTE_NAMES: "/login", "/me", ..., "other" for 404s); echo, messages, bytes, connections.
 COUNT_NAMES = {"http": ("requests", *ROUTE_NAMES), "echo": ("messages", "bytes", "connections")}
@@ -51,24 +48,6 @@ COUNT_SLOTS = max(len(names) for names in COUNT_NAMES.values())  # per process
 
 class ServerError(Exception):
     """An embedded server could not start, or died: one sentence naming the server."""
-
-
-def _server_process_main(spec: ServerSpec, index: int, port: int, counts: Any, report: Any,
-                         lifeline: Any) -> None:
-    """Entry of a server process: leave signals to the parent, patch, then import and run the server."""
-    from loadtest.spawn import ignore_interrupts
-
-    ignore_interrupts()  # before the heavy imports: a Ctrl-C during them is no traceback
-    from gevent import monkey
-
-    monkey.patch_all()
-    from loadtest.servers import child
-
-    view = memoryview(counts).cast("B").cast("q")[index * COUNT_SLOTS:(index + 1) * COUNT_SLOTS]
-    try:
-        child.run(spec, port, view, report, lifeline)
-    except Exception as error:  # noqa: BLE001 -- any failure becomes one sentence; the parent raises ServerError
-        report.send(("error", f"failed: {type(error).__name__}: {error}"))
 
 
 def _format_address(host: str, port: int) -> str:
@@ -108,14 +87,12 @@ def _os_reason(error: OSError) -> str:
 class ServerGroup:
     """The running processes of one embedded server, all listening on `host:port`."""
 
-    def __init__(self, spec: ServerSpec, port: int, processes: list[Any], lifelines: list[Any], counts: Any,
-                 where: str) -> None:
+    def __init__(self, spec: ServerSpec, port: int, children: ChildGroup, counts: Any, where: str) -> None:
         self.spec = spec
         self.host = spec.host
         self.port = port
-        self.pids: list[int] = [p.pid for p in processes]
-        self._processes = processes
-        self._lifelines = lifelines  # our ends of each process's lifeline: closing one stops that process
+        self.pids: list[int] = [c.pid for c in children.children]
+        self._children = children
         self._counts = counts
         self._where = where
         self._final: dict[str, int] | None = None
@@ -142,68 +119,29 @@ class ServerGroup:
             raise ServerError(f"{label}: cannot listen on {address}: {_os_reason(error)}") from None
         except (OverflowError, ValueError, TypeError) as error:
             raise ServerError(f"{label}: cannot listen on {spec.host!r}:{spec.port}: {error}") from None
-        context = mp.get_context("spawn")
-        processes: list[Any] = []
-        lifelines: list[Any] = []
-        reports: dict[Any, Any] = {}
+        children: ChildGroup | None = None
         try:
             port = holder.getsockname()[1]
-            counts = context.RawArray("q", spec.workers * COUNT_SLOTS)
-            for index in range(spec.workers):
-                receiver, sender = context.Pipe(duplex=False)
-                child_end, lifeline = context.Pipe(duplex=False)  # the child reads, we only ever close
-                process = context.Process(
-                    target=_server_process_main,
-                    args=(spec, index, port, counts, sender, child_end),
-                    name=f"loadtest-server-{spec.name}-{index}",
-                    daemon=True,
-                )
-                start_child(process)
-                sender.close()
-                child_end.close()
-                processes.append(process)
-                lifelines.append(lifeline)
-                reports[receiver] = process
-            group = cls(spec, port, processes, lifelines, counts, label)
-            group._await_ready(reports, timeout, interrupted)
-            return group
+            counts = mp.get_context("spawn").RawArray("q", spec.workers * COUNT_SLOTS)
+            children = ChildGroup.start(SERVER_ENTRY, [(spec, index, port, counts) for index in range(spec.workers)],
+                                        f"loadtest-server-{spec.name}", interrupted)
+            try:
+                children.ready(timeout, interrupted)
+            except ChildFailed as error:
+                raise ServerError(f"{label}: {error.error}") from None
+            except ChildExited as error:
+                raise ServerError(f"{label}: process {error.child.pid} exited with status "
+                                  f"{error.exitcode} before it listened") from None
+            except ReadyTimeout as error:
+                raise ServerError(f"{label}: {error.waiting} of {error.total} processes "
+                                  f"did not listen within {timeout:g} s") from None
+            return cls(spec, port, children, counts, label)
         except BaseException:
-            _end_processes(processes, lifelines, KILL_TIMEOUT_S)
+            if children is not None:
+                children.stop(KILL_TIMEOUT_S)
             raise
         finally:
             holder.close()
-            for receiver in reports:
-                receiver.close()
-
-    def _await_ready(self, reports: dict[Any, Any], timeout: float,
-                     interrupted: Callable[[], bool] | None) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = dict(reports)
-        while waiting:
-            if interrupted is not None and interrupted():
-                raise KeyboardInterrupt
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServerError(f"{self._where}: {len(waiting)} of {len(reports)} processes "
-                                  f"did not listen within {timeout:g} s")
-            sentinels = {process.sentinel: receiver for receiver, process in waiting.items()}
-            ready_now = multiprocessing.connection.wait([*waiting, *sentinels], min(remaining, START_POLL_S))
-            for ready in ready_now:
-                receiver = sentinels.get(ready, ready)
-                if receiver not in waiting:
-                    continue
-                process = waiting[receiver]
-                try:
-                    message = receiver.recv() if receiver.poll() else None
-                except (EOFError, OSError):
-                    message = None
-                if message is None:
-                    process.join(KILL_TIMEOUT_S)
-                    raise ServerError(f"{self._where}: process {process.pid} exited with status "
-                                      f"{process.exitcode} before it listened")
-                if message[0] == "error":
-                    raise ServerError(f"{self._where}: {message[1]}")
-                del waiting[receiver]
 
     def served(self) -> dict[str, int]:
         """The counts served so far, summed over the processes."""
@@ -219,7 +157,7 @@ class ServerGroup:
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> dict[str, int]:
         """Stop every process (lifeline closed, then SIGKILL after `timeout`); return the counts served."""
         if self._final is None:
-            _end_processes(self._processes, self._lifelines, timeout)
+            self._children.stop(timeout)
             self._final = self._read_counts()
         return dict(self._final)
 
@@ -229,26 +167,13 @@ class ServerGroup:
 
     def ended(self) -> list[tuple[int, int | None]]:
         """(pid, exit code) of each process that has ended; a negative code is the signal that killed it."""
-        return [(p.pid, p.exitcode) for p in self._processes if not p.is_alive()]
+        return self._children.ended()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def _end_processes(processes: list[Any], lifelines: list[Any], timeout: float) -> None:
-    """Close every lifeline (each process stops serving and exits), then kill what is left after `timeout`."""
-    for lifeline in lifelines:
-        lifeline.close()
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join(KILL_TIMEOUT_S)
 
 
 def _describe(group: ServerGroup) -> str:

@@ -25,7 +25,7 @@ from hdrh.histogram import HdrHistogram
 from pyhdrh import add_array as _add_counts  # the C helpers hdrh itself uses
 from pyhdrh import decode as _decode_counts
 
-from .run_files import AGGREGATED
+from .run_files import AGGREGATED, NOT_AGGREGATED_TYPES
 
 LOWEST_NS = 1
 HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to it
@@ -492,10 +492,12 @@ def counts_at_or_below(hist: HdrHistogram, bounds_ns: Sequence[int]) -> list[int
 
 
 def aggregate(totals: Sequence[TargetTotals], name: str = AGGREGATED) -> TargetTotals:
-    """All targets' totals merged into one."""
+    """All targets' totals merged into one: every request sent, so not the rows that count something else (a flow's
+    own row counts passes through its steps, whose rows count their requests)."""
     out = TargetTotals(name=name, type="")
     for t in totals:
-        out.merge(t)
+        if t.type not in NOT_AGGREGATED_TYPES:
+            out.merge(t)
     return out
 
 
@@ -574,10 +576,10 @@ class RunStats:
                 encoded = getattr(ts, name)
                 if encoded:
                     self._merger.add((getattr(part if name in SECOND_HISTOGRAMS else total, name),), encoded)
-            self.worker_requests[w] += ts.requests
-            failed = sum(c for _, c in ts.failures)
-            self.worker_failures[w] += failed
-            self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
+            if total.type not in NOT_AGGREGATED_TYPES:  # a worker's requests, as Aggregated's
+                self.worker_requests[w] += ts.requests
+                self.worker_failures[w] += sum(c for _, c in ts.failures)
+                self.worker_bytes[w] += ts.bytes_in + ts.bytes_out
             # The gauges' sums over workers move by this worker's change: summing every worker's
             # row on every snapshot made a second's merging grow with the square of the workers.
             i = ts.target

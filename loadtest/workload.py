@@ -57,12 +57,6 @@ class Budget:
         return True
 
 
-def session_factory(target: Any, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
-                    budget: Budget) -> Callable[[], Session]:
-    """A function that makes one virtual user's session, as the target's kind makes it."""
-    return kind_of(target).session_factory(target, plan, recorder, deadlines, budget)
-
-
 class Level:
     """This worker's current level of a staged target: virtual users (closed) or arrivals/s (open)."""
 
@@ -289,7 +283,8 @@ def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> Non
     deadlines = Deadlines()
     budget = Budget(plan.requests)
     try:
-        factories = [session_factory(t, plan, recorders[i], deadlines, budget) for i, t in enumerate(targets)]
+        factories = [kind_of(t).rows_session_factory(t, plan, recorders[i:], deadlines, budget)
+                     for i, t in enumerate(targets)]
     except OSError as e:
         link.send(Failed(f"worker {plan.index} cannot resolve a target: {e}"))
         return

@@ -1,8 +1,7 @@
 """Sockets driven straight from the gevent hub: the I/O under every fast session.
 
-gevent's socket class is pure Python around each call; on loopback against
-nginx it roughly halved this client's request rate (a one-off comparison with
-the same 50 greenlets, not a script kept in benchmarks/). A `Channel` keeps a non-blocking
+gevent's socket class is pure Python around each call, which costs CPU on
+every read and write. A `Channel` keeps a non-blocking
 socket and one read watcher for the connection's life: a read is one
 `recv` call, and only when the kernel has nothing does the greenlet park on
 the hub; a client whose replies come later than it reads parks first
@@ -15,8 +14,9 @@ A peer that never stops sending would otherwise keep a greenlet running for
 ever: a read that finds data waiting never parks on the hub, so the worker's
 snapshots and its deadline scan would never run. So a channel that has read
 `YIELD_AFTER_BYTES` without waiting gives the hub one turn of its loop
-(`give_way`) before it reads on; parsing that much takes at most a few
-milliseconds (about 3 ms for 256 KiB of 1-byte chunks, the costliest shape for
+(`give_way`) before it reads on, so the hub gets its turn after a bounded
+amount of parsing work (`tests/test_hostile_peers.py` holds a worker to its
+once-a-second snapshot against endless 1-byte chunks, the costliest shape for
 the HTTP parser).
 """
 

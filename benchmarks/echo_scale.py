@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/echo_scale.py --duration 20s --only scale
     .venv/bin/python benchmarks/echo_scale.py --only throughput --seconds 10
     .venv/bin/python benchmarks/echo_scale.py --only paced
+    .venv/bin/python benchmarks/echo_scale.py --only memory        # (b) and (c): RSS per held connection
     .venv/bin/python benchmarks/echo_scale.py --wait-quiet 300   # on a shared machine
 
 (a) scale: configs/echo.yaml as it stands (30,000 connections from one worker
@@ -148,21 +149,29 @@ def _worker_processes(exclude: set[int]) -> list[Any]:
 
 
 def _cpu_s(processes: list[Any]) -> float:
+    return sum(_cpu_split(processes))
+
+
+def _cpu_split(processes: list[Any]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes so far."""
     import psutil
 
-    total = 0.0
+    user = system = 0.0
     for p in processes:
         try:
             times = p.cpu_times()
-            total += times.user + times.system
+            user += times.user
+            system += times.system
         except psutil.Error:
             pass
-    return total
+    return user, system
 
 
 def throughput_run(seconds: float, out: Path, name: str = "throughput", connections: int = THROUGHPUT_CONNECTIONS,
-                   size: int = THROUGHPUT_SIZE, rate: float = 0.0) -> None:
-    """Connections sending messages back to back (or at `rate` in all), one worker against one echo process."""
+                   size: int = THROUGHPUT_SIZE, rate: float = 0.0) -> tuple[int, int]:
+    """Connections sending messages back to back (or at `rate` in all), one worker against one echo process.
+
+    Returns the connections held at peak and the worker's peak RSS in bytes."""
     import psutil
 
     from loadtest.config import ServerSpec, parse_config
@@ -181,7 +190,7 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
             "targets": [{"name": name, "tcp": group.address, "connections": connections, "size": size,
                          **({"rate": rate, "connect_rate": PACED_CONNECT_RATE} if rate else {})}],
         })
-        samples: list[tuple[int, float, float]] = []  # messages so far, worker CPU s, server CPU s
+        samples: list[tuple[int, float, float, float]] = []  # messages so far, worker CPU s, server CPU s, user s
         counted = [0]
         workers: list[Any] = []
 
@@ -189,7 +198,8 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
             counted[0] += frame.interval.targets[0].requests
             if not workers:
                 workers.extend(_worker_processes(set(group.pids)))
-            samples.append((counted[0], _cpu_s(workers), _cpu_s(server)))
+            user, system = _cpu_split(workers)
+            samples.append((counted[0], user + system, _cpu_s(server), user))
 
         served_before = group.served()["messages"]
         server_before = _cpu_s(server)
@@ -221,8 +231,10 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
         d_msgs = steady[-1][0] - steady[0][0]
         d_cpu = steady[-1][1] - steady[0][1]
         d_srv = steady[-1][2] - steady[0][2]
+        d_user = steady[-1][3] - steady[0][3]
         print(f"    generator CPU per message:  {d_cpu / d_msgs * 1e6:.2f} µs over the steady seconds "
-              f"({d_msgs} messages; psutil)")
+              f"(user {d_user / d_msgs * 1e6:.2f}, system {(d_cpu - d_user) / d_msgs * 1e6:.2f}; "
+              f"{d_msgs} messages; psutil)")
         print(f"    server CPU per message:     {d_srv / d_msgs * 1e6:.2f} µs over the steady seconds")
     else:
         print("    (too few seconds for a steady-state figure; use --seconds 5 or more)")
@@ -230,8 +242,14 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
         print(f"    server messages per core:   {served / server_cpu:,.0f} per CPU-second "
               f"(server CPU {server_cpu:.2f} s over {wall:.1f} s of wall time, "
               f"{100 * server_cpu / elapsed:.0f}% of a core over the load)")
+    rss = max((w.get("peak_rss_bytes") or 0) for w in summary["workers"])
+    held = t.get("connections", {}).get("peak_open") or connections
+    print(f"    worker peak RSS:            {rss / 2**20:.1f} MiB for {held:,} connections = "
+          f"{rss / held / 1024:.1f} KiB a connection, interpreter included (subtract the {THROUGHPUT_CONNECTIONS}-"
+          f"connection run's RSS for the cost of a connection alone)")
     print(f"    CPU on the machine:         {machine}")
     print(f"    reports in {result.run_dir}")
+    return held, rss
 
 
 def wait_until_quiet(limit_s: float, busy_percent: float = 15.0) -> None:
@@ -252,19 +270,25 @@ def main() -> int:
     parser.add_argument("--duration", default=DEFAULT_SCALE_DURATION, help="scale run length (default 60s)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_THROUGHPUT_S, help="throughput run length, s")
     parser.add_argument("--workers", type=int, default=None, help="scale run workers (default: one per core)")
-    parser.add_argument("--only", choices=("scale", "throughput", "paced"), help="run only one of the three")
+    parser.add_argument("--only", choices=("scale", "throughput", "paced", "memory"),
+                        help="run only one of the three; memory: throughput and paced, and the RSS a connection adds")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: a temporary one)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each run, wait up to S seconds for the machine to be under 15%% busy")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="echo-scale-"))
     ok = True
-    if args.only in (None, "throughput"):
+    few = many = None
+    if args.only in (None, "throughput", "memory"):
         wait_until_quiet(args.wait_quiet)
-        throughput_run(args.seconds, out)
-    if args.only in (None, "paced"):
+        few = throughput_run(args.seconds, out)
+    if args.only in (None, "paced", "memory"):
         wait_until_quiet(args.wait_quiet)
-        throughput_run(args.seconds, out, "paced", PACED_CONNECTIONS, PACED_SIZE, PACED_RATE)
+        many = throughput_run(args.seconds, out, "paced", PACED_CONNECTIONS, PACED_SIZE, PACED_RATE)
+    if few is not None and many is not None and many[0] > few[0]:
+        per = (many[1] - few[1]) / (many[0] - few[0])
+        print(f"(memory) a held, paced connection costs {per / 1024:.1f} KiB of worker RSS "
+              f"({many[1] / 2**20:.1f} MiB at {many[0]:,} connections, {few[1] / 2**20:.1f} MiB at {few[0]:,})")
     if args.only in (None, "scale"):
         wait_until_quiet(args.wait_quiet)
         ok = scale_run(args.duration, out, args.workers)

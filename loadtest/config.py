@@ -52,7 +52,7 @@ from .fields import (  # noqa: F401 - the names the rest of the program imports 
     type_name,
 )
 # HttpTarget and TcpTarget are imported from here by the protocols and the tests.
-from .kinds import MODELS, HttpTarget, Target, TcpTarget, model_for, needs  # noqa: F401
+from .kinds import MODELS, HttpTarget, Target, TcpTarget, kind_of, model_for, needs  # noqa: F401
 from .schedule import stages_duration
 from .thresholds import Threshold, ThresholdError, parse_threshold
 
@@ -237,7 +237,8 @@ class RunConfigModel(ConfigModel):
         """The servers, targets, thresholds and duration, checked across each other."""
         servers = tuple(s.spec for s in self.servers)
         _unique([s.name for s in servers], "servers")
-        targets = tuple(t.target for t in self.targets)
+        # One target per stats row: most kinds' targets stand for one, a flow for one more per step.
+        targets = tuple(row for t in self.targets for row in kind_of(t.target).row_targets(t.target))
         _unique([t.name for t in targets], "targets")
         for i, t in enumerate(targets):
             if t.name in RESERVED_NAMES:
@@ -280,8 +281,9 @@ def _unique(names: list[str], where: str) -> None:
         seen.add(n)
 
 
-def parse_config(data: Any, default_name: str = "run") -> RunConfig:
-    """Validate an already-parsed YAML document."""
+def parse_config(data: Any, default_name: str = "run", base: str | os.PathLike[str] | None = None) -> RunConfig:
+    """Validate an already-parsed YAML document; files it names (a flow's script and data) are relative to the
+    folder `base` (the config file's; None: the working directory)."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: must be a mapping of fields, got {type_name(data)}")
     _check_text(data, "config")
@@ -289,7 +291,7 @@ def parse_config(data: Any, default_name: str = "run") -> RunConfig:
     names = {str(s.get("name", s.get("kind"))) for s in servers if isinstance(s, dict)} \
         if isinstance(servers, list) else set()
     try:
-        model = RunConfigModel.model_validate(data, context={"servers": names})
+        model = RunConfigModel.model_validate(data, context={"servers": names, "base": base})
     except ValidationError as e:
         raise _worded(e) from None
     return model.run_config(default_name, data)
@@ -372,7 +374,7 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except Exception:  # noqa: BLE001 - yaml raises odd types on odd bytes
         raise ConfigError(f"{path}: is not valid YAML") from None
     default_name = os.path.splitext(os.path.basename(str(path)))[0] or "run"
-    return parse_config(data, default_name=default_name)
+    return parse_config(data, default_name=default_name, base=os.path.dirname(os.path.abspath(path)))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

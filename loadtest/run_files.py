@@ -59,6 +59,8 @@ NO_FIGURE = "N/A"  # what Locust writes in a percentile column of a row that has
 CONNECT_TYPE = "CONNECT"  # tcp: connection set-up latency
 LATENESS_TYPE = "LATENESS"  # open model: how late arrivals started; Failure Count = dropped
 UNCORRECTED_TYPE = "UNCORRECTED"  # open model: latency from the actual send, not the scheduled start
+FLOW_TYPE = "FLOW"  # a flow's own row: one request is one pass through its steps, whose rows follow it
+NOT_AGGREGATED_TYPES = (FLOW_TYPE,)  # rows left out of Aggregated, which adds up requests sent
 OPEN_MODEL_TYPES = (LATENESS_TYPE, UNCORRECTED_TYPE)
 OTHER_HISTOGRAM_TYPES = (CONNECT_TYPE, *OPEN_MODEL_TYPES)  # rows of a target's histograms other than its latency
 OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the terminal, report.html

@@ -18,7 +18,9 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import gevent
+from gevent import getcurrent
 from gevent.event import Event
+from gevent.hub import get_hub
 from gevent.pool import Pool
 
 from .children import ParentLink
@@ -53,12 +55,6 @@ class Budget:
         if self.left > 0:
             self.left -= 1
         return True
-
-
-def session_factory(target: Any, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
-                    budget: Budget) -> Callable[[], Session]:
-    """A function that makes one virtual user's session, as the target's kind makes it."""
-    return kind_of(target).session_factory(target, plan, recorder, deadlines, budget)
 
 
 class Level:
@@ -157,15 +153,36 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
     max_late_ns = int(MAX_LATENESS_S * 1e9)
     slot_free = Event()
     until_ns = schedule.until_ns
+    # A greenlet per arrival cost a spawn, a start and a death per request; instead a runner that
+    # has sent its request parks and is handed the next arrival (no greenlet is made while one waits).
+    waiting: list[Any] = []  # parked runners
+    hub = get_hub()
+    ended = [False]  # no more arrivals: runners end instead of parking
 
-    def one(session: Session, due_ns: int) -> None:
-        unsent.waiting -= 1  # from here the request records its own end, a cancel included
-        try:
-            session.exchange(due_ns)
-        finally:
-            recorder.users -= 1
-            idle.append(session)
-            slot_free.set()
+    def runner(session: Session, due_ns: int) -> None:
+        me = getcurrent()
+        while True:
+            unsent.waiting -= 1  # from here the request records its own end, a cancel included
+            try:
+                session.exchange(due_ns)
+            finally:
+                recorder.users -= 1
+                idle.append(session)
+                slot_free.set()
+            if ended[0]:
+                return
+            waiting.append(me)
+            job = hub.switch()  # the next (session, due) from `start`, or None when arrivals end
+            if job is None:
+                return
+            session, due_ns = job
+
+    def start(session: Session, due_ns: int) -> None:
+        unsent.waiting += 1  # handed over: counted as cancelled if its runner is killed before it runs
+        if waiting:
+            hub.loop.run_callback(waiting.pop().switch, (session, due_ns))
+        else:
+            pool.spawn(runner, session, due_ns)
 
     due = first_ns
     spent = False
@@ -193,8 +210,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                     sessions.append(session)
                 recorder.users += 1
                 recorder.lateness.record(late)
-                unsent.waiting += 1
-                pool.spawn(one, session, due)
+                start(session, due)
             due = schedule.next_due(due)
         # The schedule has nothing more before the end (a last stage at rate 0, say): the run still
         # lasts its duration, unless the other targets spend the `requests:` total first.
@@ -203,6 +219,9 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             gevent.sleep(min(LEVEL_POLL_S, (until_ns - now) / 1e9))
             now = time.perf_counter_ns()
     finally:
+        ended[0] = True
+        while waiting:  # parked runners end now, so the pool can finish
+            hub.loop.run_callback(waiting.pop().switch, None)
         # The load stopped (or this greenlet was killed with it): arrivals already due that never
         # started were dropped too.
         end = min(time.perf_counter_ns(), until_ns)
@@ -264,7 +283,8 @@ def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> Non
     deadlines = Deadlines()
     budget = Budget(plan.requests)
     try:
-        factories = [session_factory(t, plan, recorders[i], deadlines, budget) for i, t in enumerate(targets)]
+        factories = [kind_of(t).rows_session_factory(t, plan, recorders[i:], deadlines, budget)
+                     for i, t in enumerate(targets)]
     except OSError as e:
         link.send(Failed(f"worker {plan.index} cannot resolve a target: {e}"))
         return

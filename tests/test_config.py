@@ -21,6 +21,7 @@ from loadtest.config import (
     parse_duration,
     resolve,
 )
+from loadtest.kinds import FlowTarget
 from loadtest.limits import check_limits
 
 GOOD = {
@@ -145,7 +146,7 @@ BAD = [
      "targets[0].source_ips: must be addresses such as"),
     (target(body=5), "targets[0].body: must be text"),
     (target(speed=3), "targets[0]: unknown field 'speed'"),
-    ({"duration": "1s", "targets": [{"name": "x"}]}, "targets[0]: needs url"),
+    ({"duration": "1s", "targets": [{"name": "x"}]}, "targets[0]: needs flow or script for a flow, url"),
     ({"duration": "1s", "targets": ["http://127.0.0.1/"]}, "targets[0]: must be a mapping"),
     ({"duration": "1s", "targets": [{"url": "http://127.0.0.1:1/", "name": "a", "concurrency": 1},
                                     {"url": "http://127.0.0.1:1/", "name": "a", "concurrency": 1}]},
@@ -230,8 +231,15 @@ def test_the_shipped_configs_load() -> None:
         config = load_config(path)
         assert config.targets
         for t in config.targets:  # every load the project ships goes to loopback
-            address = t.address if isinstance(t, TcpTarget) else t.urls[0].split("/")[2]
-            assert address.startswith(("127.", "{", "[::1]", "localhost")), (path, address)
+            if isinstance(t, FlowTarget):
+                urls = [s.url for s in t.spec.steps if hasattr(s, "url")] + [t.spec.base_url or ""]
+                addresses = [u.split("/")[2] for u in urls if u]
+            elif isinstance(t, (TcpTarget, HttpTarget)):
+                addresses = [t.address if isinstance(t, TcpTarget) else t.urls[0].split("/")[2]]
+            else:
+                continue  # a flow's step row: its URL is its flow's
+            for address in addresses:
+                assert address.startswith(("127.", "{", "[::1]", "localhost")), (path, address)
         yaml.safe_load(path.read_text())
 
 

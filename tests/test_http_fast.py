@@ -301,3 +301,79 @@ def test_https_keep_alive(raw_server, certificate: tuple[str, str]) -> None:
     rec = TargetRecorder(0)
     run(HttpSession(strict, build_endpoints(strict, list(strict.urls)), rec), 1)
     assert dict(rec.snapshot().failures) == {"tls": 1}
+
+
+def test_late_replies_are_waited_for_before_reading_and_each_one_still_arrives(raw_server) -> None:
+    """A reply slower than the client switches its channel to park before reading (no recv that finds
+    nothing); every reply is still read whole, and a reply that is already waiting wakes it at once."""
+    from loadtest.protocols.channel import WAIT_FIRST_REPLIES
+
+    def slow(conn: socket.socket) -> None:
+        while read_request(conn):
+            time.sleep(0.005)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server: RawServer = raw_server(slow)
+    session, rec = session_for(server.port)
+    session.exchange()
+    channel = next(iter(session._conns.values())).channel
+    assert channel._wait_first == WAIT_FIRST_REPLIES  # type: ignore[union-attr]  # the first read missed
+    for _ in range(5):
+        session.exchange()
+    assert channel._wait_first == WAIT_FIRST_REPLIES - 5  # type: ignore[union-attr]  # these waited first
+    fast: RawServer = raw_server(keep_alive(b"ok"))
+    quick, quick_rec = session_for(fast.port)
+    quick.exchange()
+    quick_channel = next(iter(quick._conns.values())).channel
+    quick_channel._wait_first = 3  # type: ignore[union-attr]
+    started = time.monotonic()
+    for _ in range(3):
+        quick.exchange()  # each reply comes while the client parks: level-triggered, so it wakes
+    assert time.monotonic() - started < 2.0
+    session.close()
+    quick.close()
+    assert rec.snapshot().requests == 6 and not rec.failures
+    snap = quick_rec.snapshot()
+    assert snap.requests == 4 and not snap.failures and snap.content_bytes == 8
+
+
+FAULTS_SCRIPT = """
+import ctypes, resource, sys
+# glibc's threshold at its start value, kept there: a process that has freed nothing large yet
+ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+from loadtest.config import parse_config
+from loadtest.protocols.http_fast import HttpSession, build_endpoints
+from loadtest.stats import TargetRecorder
+url = sys.argv[1]
+target = parse_config({"duration": "1s", "targets": [{"url": url, "concurrency": 1}]}).targets[0]
+rec = TargetRecorder(0)
+session = HttpSession(target, build_endpoints(target, [url]), rec)
+for _ in range(50):
+    session.exchange()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(1000):
+    session.exchange()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+session.close()
+print(rec.requests, sum(rec.failures.values()), faults)
+"""
+
+
+def test_a_fresh_process_does_not_map_a_buffer_per_response(raw_server) -> None:
+    """Each read allocates its size and shrinks it; a read size over glibc's first mmap threshold was
+    mapped and unmapped on every response (two page faults each) in a process that had not yet freed
+    anything that large."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    if sys.platform != "linux" or "libc.so.6" not in (ctypes.util.find_library("c") or ""):
+        pytest.skip("glibc's malloc only")
+
+    server: RawServer = raw_server(keep_alive(b"hello world\n"))
+    done = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, f"http://127.0.0.1:{server.port}/"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    requests, failed, faults = (int(x) for x in done.stdout.split())
+    assert requests == 1050 and failed == 0
+    assert faults < 200, faults  # was about 2000: two per response

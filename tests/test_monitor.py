@@ -35,7 +35,9 @@ def test_every_process_is_sampled_and_worker_cpu_matches_the_os(tmp_path: Path) 
         assert e is not None
         sampled = float(w["CPU User s"]) + float(w["CPU System s"])
         own = e.cpu_user + e.cpu_system  # the worker's own getrusage, just before it exits
-        assert sampled > 0.1 and abs(sampled - own) <= max(0.05 * own, 0.05), (sampled, own)
+        # The OS's figure is read after the worker exits, its own getrusage just before: what runs in
+        # between (the interpreter's shutdown) takes longer on a machine busy with other work.
+        assert sampled > 0.1 and abs(sampled - own) <= max(0.05 * own, 0.1), (sampled, own)
         assert int(w["Peak RSS Bytes"]) > 10_000_000 and int(w["Peak Connections"]) >= 5
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     cost = summary["servers"][0]["cost"]

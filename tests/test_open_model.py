@@ -246,3 +246,53 @@ def test_coordinated_omission_a_stall_shows_in_the_open_model_only(tmp_path: Pat
     stats = {(r["Type"], r["Name"]): r for r in rows(tmp_path / "co" / "stats.csv")}
     assert float(stats[("UNCORRECTED", "open-capped")]["99%"]) < 100.0
     assert float(stats[("GET", "open-capped")]["99%"]) >= 500.0
+
+
+def test_arrivals_reuse_parked_runners_and_release_them_when_the_schedule_ends(raw_server) -> None:
+    """Open-model arrivals hand each request to a runner greenlet that has finished its last one,
+    rather than a new greenlet per arrival; every arrival is recorded once, and when the schedule
+    ends the parked runners end too, so the worker's pool finishes."""
+    import gevent
+    from gevent.pool import Pool
+
+    from loadtest.protocols import Deadlines
+    from loadtest.protocols.http_fast import HttpSession, build_endpoints
+    from loadtest.schedule import ArrivalSchedule
+    from loadtest.stats import TargetRecorder
+    from loadtest.workload import Budget, Unsent, arrivals
+
+    from .conftest import read_request
+
+    def answer(conn: socket.socket) -> None:
+        while read_request(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = raw_server(answer)
+    url = f"http://127.0.0.1:{server.port}/"
+    target = parse_config({"duration": "1s", "targets": [{"url": url, "rate": 400}]}).targets[0]
+    endpoints = build_endpoints(target, [url])
+    recorder, deadlines = TargetRecorder(0), Deadlines()
+    spawned = [0]
+
+    class CountingPool(Pool):
+        def spawn(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            spawned[0] += 1
+            return super().spawn(*args, **kwargs)
+
+    pool = CountingPool()
+    start = time.perf_counter_ns()
+    until = start + 500_000_000  # 0.5 s at 400/s: 200 arrivals
+    schedule = ArrivalSchedule("constant", 1, lambda t: 400.0, False, until)
+    sessions: list[HttpSession] = []
+    unsent = Unsent(recorder)
+    pool.spawn(arrivals, lambda: HttpSession(target, endpoints, recorder, None, None, deadlines), Budget(None),
+               recorder, pool, schedule, schedule.next_due(start, 0.0), 50, sessions, unsent)
+    scan = gevent.spawn(deadlines.scan)
+    assert pool.join(timeout=10), "runners left parked after the schedule ended"
+    scan.kill()
+    for s in sessions:
+        s.close()
+    snap = recorder.snapshot()
+    assert 190 <= snap.requests <= 201 and not snap.failures and snap.dropped == 0
+    assert recorder.users == 0 and unsent.waiting == 0  # every arrival handed over ran
+    assert spawned[0] - 1 <= 10, spawned[0]  # the arrivals greenlet, and a few runners, not one per request

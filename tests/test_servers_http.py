@@ -579,10 +579,11 @@ def test_counts_equal_requests_sent(session: requests.Session) -> None:
             assert session.get(f"http://{group.address}/bytes/{i}", timeout=TIMEOUT).status_code == 200
         exchange(group, request("/") * 10, responses=10)
         exchange(group, request("/nope", "HEAD"), head=True)
-        assert group.served() == {"requests": 51}
+        assert group.served()["requests"] == 51
     finally:
         counts = group.stop()
-    assert counts == {"requests": 51}
+    # per route too: 40 /bytes/N, 10 /, one 404 (a HEAD of an unknown path)
+    assert {k: v for k, v in counts.items() if v} == {"requests": 51, "/bytes": 40, "/": 10, "other": 1}
     assert group.served() == counts
     assert not any(psutil.pid_exists(pid) for pid in group.pids)
 
@@ -638,3 +639,31 @@ def test_serve_foreground_runs_until_sigterm() -> None:
     assert stopped.startswith("stopped http on http://127.0.0.1:")
     assert stopped.endswith(": 1 requests served")
     assert status == [0]
+
+
+def test_login_gives_a_token_that_me_accepts(server: ServerGroup, session: requests.Session) -> None:
+    base = f"http://{server.address}"
+    r = session.post(f"{base}/login", json={"user": "ann", "password": "pw"}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    token = r.json()["token"]
+    assert r.json()["user"] == "ann"
+    # the token is derived from the user: the same user gets the same token, another user another
+    again = session.post(f"{base}/login", json={"user": "ann", "password": "other"}, timeout=TIMEOUT).json()["token"]
+    bob = session.post(f"{base}/login", json={"user": "bob", "password": "pw"}, timeout=TIMEOUT).json()["token"]
+    assert again == token != bob
+    me = session.get(f"{base}/me", headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
+    assert me.status_code == 200 and me.json() == {"user": "ann"}
+    assert session.get(f"{base}/me", headers={"Authorization": f"Bearer {bob}"}, timeout=TIMEOUT).json() == {
+        "user": "bob"}
+    # /me is never answered from the byte cache: without a token, or with a forged one, it is 401
+    assert session.get(f"{base}/me", timeout=TIMEOUT).status_code == 401
+    forged = token.split(".")[0] + "." + "0" * 32
+    assert session.get(f"{base}/me", headers={"Authorization": f"Bearer {forged}"}, timeout=TIMEOUT).status_code == 401
+    assert session.get(f"{base}/me", headers={"Authorization": f"Basic {token}"}, timeout=TIMEOUT).status_code == 401
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b'{"user": ""}', b'{"user": "a"}', b'["a"]',
+                                  b'{"user": "a", "password": 5}'])
+def test_login_without_user_and_password_is_400(server: ServerGroup, session: requests.Session, body: bytes) -> None:
+    r = session.post(f"http://{server.address}/login", data=body, timeout=TIMEOUT)
+    assert r.status_code == 400 and "user" in r.json()["error"]

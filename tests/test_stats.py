@@ -66,6 +66,22 @@ def test_fast_record_matches_hdrhistogram_record_value() -> None:
     assert h.get_max_value() == reference.get_max_value()
 
 
+def test_recorder_success_records_exactly_as_hdrhistogram() -> None:
+    """`TargetRecorder.success` records inline on the hot path: same counts, min, max as `record_value`."""
+    rng = random.Random(11)
+    values = [rng.randint(1, 10**11) for _ in range(3000)] + [0, -3, 1, 2047, 2048, HIGHEST_NS * 2]
+    rec = TargetRecorder(0)
+    reference = new_histogram()
+    for v in values:
+        rec.success(v, 10, 5, 2)
+        reference.record_value(min(max(v, 1), HIGHEST_NS))
+    h = rec.latency.histogram()
+    assert list(h.counts) == list(reference.counts)
+    assert h.get_total_count() == len(values) == rec.requests
+    assert (h.get_min_value(), h.get_max_value()) == (reference.get_min_value(), reference.get_max_value())
+    assert (rec.bytes_in, rec.bytes_out, rec.content_bytes) == (10 * len(values), 5 * len(values), 2 * len(values))
+
+
 def test_values_out_of_range_are_clamped_not_lost() -> None:
     fast = LatencyHistogram()
     fast.record(0)
@@ -267,3 +283,52 @@ def test_a_second_waiting_for_a_slow_worker_keeps_one_histogram_per_target() -> 
     assert stats.totals[3].lateness.get_total_count() == pending  # the run's totals keep every histogram
     second = stats.ready_intervals(flush=True)[0].targets[3]
     assert second.latency.get_total_count() == 1 and second.lateness.get_total_count() == 0
+
+
+def test_the_merger_adds_snapshots_exactly_as_hdrhistogram_does() -> None:
+    """`HistogramMerger` (one scratch array, adds over the filled buckets) equals decode-and-add."""
+    import random
+
+    from loadtest.stats import HistogramMerger, new_histogram
+
+    rng = random.Random(3)
+    merger = HistogramMerger()
+    fast, reference = new_histogram(), new_histogram()
+    for n in (500, 1, 3000, 0, 40):  # shrinking and growing ranges: the scratch is cleared between
+        rec = TargetRecorder(0)
+        for _ in range(n):
+            rec.success(int(rng.lognormvariate(12 + n % 5, 1.5)), 1, 1, 1)
+        encoded = rec.snapshot().latency
+        if encoded:
+            merger.add((fast,), encoded)
+            reference.add(decode_histogram(encoded))
+    assert list(fast.counts) == list(reference.counts)
+    assert (fast.get_total_count(), fast.get_min_value(), fast.get_max_value()) == (
+        reference.get_total_count(), reference.get_min_value(), reference.get_max_value())
+
+
+def test_totals_read_mid_second_include_it_and_reading_them_changes_nothing() -> None:
+    """Histograms join the totals when their second is handed over; totals read before then include
+    the pending seconds all the same, and reading them does not count anything twice."""
+    stats = RunStats([("t", "GET")], 2)
+
+    def snap(worker: int, seq: int, latencies: list[int]) -> Snapshot:
+        rec = TargetRecorder(0)
+        for v in latencies:
+            rec.success(v, 1, 1, 1)
+        return Snapshot(worker, seq, float(seq), float(seq + 1), (rec.snapshot(),))
+
+    stats.add(snap(0, 0, [1_000, 2_000]))
+    assert stats.totals[0].latency.get_total_count() == 2  # second 0 pending: worker 1 has not sent it
+    stats.add(snap(1, 0, [3_000]))
+    assert [iv.seq for iv in stats.ready_intervals()] == [0]
+    stats.add(snap(0, 1, [4_000_000]))
+    mid = stats.totals[0]
+    assert mid.latency.get_total_count() == 4 and mid.requests == 4
+    assert mid.latency.get_max_value() == pytest.approx(4_000_000, rel=0.001)
+    assert stats.totals[0].latency.get_total_count() == 4  # reading twice adds nothing
+    stats.add(snap(1, 1, [5_000]))
+    stats.ready_intervals(flush=True)
+    final = stats.totals[0]
+    assert final.latency.get_total_count() == final.requests == 5
+    assert final.latency.get_min_value() == pytest.approx(1_000, rel=0.001)

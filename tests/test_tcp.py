@@ -471,3 +471,4 @@ def test_a_tcp_target_that_cannot_hold_its_connections_fails_loudly(tmp_path: Pa
     # the 30 over the cap are closed at once by the server: each waits RECONNECT_PAUSE_S before trying
     # again, instead of reconnecting in a loop (6,000-10,000 connects in 2 s, and looking held meanwhile)
     assert summary["targets"][0]["connections"]["opened"] <= 80 + 30 * 4
+

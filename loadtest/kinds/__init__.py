@@ -10,16 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from .base import ExtraRow, HeldConnections, Load, TargetKind
+from .flow import FlowKind, FlowStepKind, FlowStepRow, FlowTarget, FlowTargetModel
 from .http import HttpClosed, HttpOpen, HttpTarget, HttpTargetModel
 from .tcp import Tcp, TcpTarget, TcpTargetModel
 
 # In this order extra stats.csv rows are grouped: tcp's CONNECT rows, then the open model's LATENESS and
 # UNCORRECTED rows.
-KINDS: tuple[TargetKind, ...] = (Tcp(), HttpClosed(), HttpOpen())
-# In this order a target as written is offered to the kinds' config models (each model claims its own).
-MODELS: tuple[type[Any], ...] = (HttpTargetModel, TcpTargetModel)
+KINDS: tuple[TargetKind, ...] = (Tcp(), HttpClosed(), HttpOpen(), FlowKind(), FlowStepKind())
+# In this order a target as written is offered to the kinds' config models (each model claims its own): a flow
+# first, since a Python flow's base url would look like an HTTP target's.
+MODELS: tuple[type[Any], ...] = (FlowTargetModel, HttpTargetModel, TcpTargetModel)
 _BY_NAME = {k.name: k for k in KINDS}
-Target = HttpTarget | TcpTarget  # a validated target of any kind
+Target = HttpTarget | TcpTarget | FlowTarget | FlowStepRow  # a validated target of any kind (or a flow's step row)
 
 
 def kind_of(target: Any) -> TargetKind:
@@ -43,5 +45,5 @@ def needs() -> str:
     return ", or ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + ", or " + parts[-1]
 
 
-__all__ = ["KINDS", "MODELS", "ExtraRow", "HeldConnections", "HttpTarget", "HttpTargetModel", "Load", "TargetKind",
+__all__ = ["KINDS", "MODELS", "ExtraRow", "FlowTarget", "HeldConnections", "HttpTarget", "HttpTargetModel", "Load", "TargetKind",
            "Target", "TcpTarget", "TcpTargetModel", "kind_of", "model_for", "needs"]

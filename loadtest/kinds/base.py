@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from ..schedule import Stage
 
@@ -71,6 +71,17 @@ class TargetKind:
                         budget: Budget) -> Callable[[], Session]:
         """In a worker (patched): a function that makes one virtual user's session; resolves addresses once."""
         raise NotImplementedError
+
+    def row_targets(self, target: Any) -> tuple[Any, ...]:
+        """The targets of the run that this target stands for, one per stats row: itself, unless its kind has
+        rows of its parts (a flow: one more per step). They follow each other in the config's targets."""
+        return (target,)
+
+    def rows_session_factory(self, target: Any, plan: WorkerPlan, recorders: Sequence[TargetRecorder],
+                             deadlines: Deadlines, budget: Budget) -> Callable[[], Session]:
+        """`session_factory` given the worker's recorders from the target's own on (those of its `row_targets`
+        come first): what a kind with rows of its parts overrides."""
+        return self.session_factory(target, plan, recorders[0], deadlines, budget)
 
     def descriptors_per_user(self, target: Any) -> int:
         """Open files one user (or connection) of the target holds at once."""

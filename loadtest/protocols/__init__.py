@@ -47,8 +47,8 @@ class Session(Protocol):
 class Deadlines:
     """Request timeouts for many sessions, enforced by one scan.
 
-    A gevent timeout arms and cancels a timer on every blocking read, which
-    costs about a third of a fast request's CPU. Instead each session's
+    A gevent timeout arms and cancels a timer on every blocking read, a cost
+    paid by every request. Instead each session's
     `RequestTimer` notes when its request must end, and one greenlet of the
     worker (`scan`) expires the requests past their deadline. It wakes just
     after the earliest deadline ahead (`SCAN_GAP_S` after the last scan at

@@ -1,11 +1,11 @@
 """Sockets driven straight from the gevent hub: the I/O under every fast session.
 
-gevent's socket class is pure Python around each call; on loopback against
-nginx it roughly halved this client's request rate (a one-off comparison with
-the same 50 greenlets, not a script kept in benchmarks/). A `Channel` keeps a non-blocking
+gevent's socket class is pure Python around each call, which costs CPU on
+every read and write. A `Channel` keeps a non-blocking
 socket and one read watcher for the connection's life: a read is one
 `recv` call, and only when the kernel has nothing does the greenlet park on
-the hub. `TlsChannel` offers the same three calls over gevent's SSL socket.
+the hub; a client whose replies come later than it reads parks first
+(`await_reply`) rather than make a `recv` that would find nothing. `TlsChannel` offers the same calls over gevent's SSL socket.
 
 Timeouts are not armed per read: a session's request is aborted by
 `RequestTimeout` thrown into its greenlet (see `Deadlines` in this package).
@@ -14,8 +14,9 @@ A peer that never stops sending would otherwise keep a greenlet running for
 ever: a read that finds data waiting never parks on the hub, so the worker's
 snapshots and its deadline scan would never run. So a channel that has read
 `YIELD_AFTER_BYTES` without waiting gives the hub one turn of its loop
-(`give_way`) before it reads on; parsing that much takes at most a few
-milliseconds (about 3 ms for 256 KiB of 1-byte chunks, the costliest shape for
+(`give_way`) before it reads on, so the hub gets its turn after a bounded
+amount of parsing work (`tests/test_hostile_peers.py` holds a worker to its
+once-a-second snapshot against endless 1-byte chunks, the costliest shape for
 the HTTP parser).
 """
 
@@ -33,6 +34,7 @@ from gevent.hub import get_hub
 READ = 1
 WRITE = 2
 YIELD_AFTER_BYTES = 256 * 1024  # read without waiting this much, then let the other greenlets run
+WAIT_FIRST_REPLIES = 16  # after a read that found nothing, wait before reading this many replies
 
 
 class RequestTimeout(Exception):
@@ -63,7 +65,7 @@ def give_way() -> None:
 class Channel:
     """A connected non-blocking socket whose reads and writes wait on the gevent hub."""
 
-    __slots__ = ("sock", "_hub", "_read", "_write", "_unwaited")
+    __slots__ = ("sock", "_hub", "_read", "_write", "_unwaited", "_wait_first")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
@@ -71,6 +73,7 @@ class Channel:
         self._read = self._hub.loop.io(sock.fileno(), READ)
         self._write: Any = None
         self._unwaited = 0  # bytes read since this channel last gave the hub a turn
+        self._wait_first = 0  # replies still to wait for before reading (see `await_reply`)
 
     @classmethod
     def connect(cls, family: int, sockaddr: tuple, timeout: float,  # type: ignore[type-arg]
@@ -120,6 +123,24 @@ class Channel:
             except BlockingIOError:
                 self._hub.wait(self._write)
 
+    def await_reply(self) -> None:
+        """Called just after a request is written: park first if replies have been arriving late.
+
+        A `recv` that finds nothing costs a system call and a raised
+        `BlockingIOError`. When the peer answers more slowly than this worker
+        writes (one connection, a paced message, a server on another core),
+        the first read of every reply would find nothing, so after one such
+        miss the next `WAIT_FIRST_REPLIES` replies are waited for before they
+        are read. When replies are usually there already (many busy
+        connections), reading at once saves a turn of the hub: the first miss
+        is the probe that switches modes. libev's watchers are
+        level-triggered, so bytes already waiting wake a parked reader at once.
+        """
+        if self._wait_first:
+            self._wait_first -= 1
+            self._hub.wait(self._read)
+            self._unwaited = 0
+
     def recv(self, size: int) -> bytes:
         """Some bytes, waiting for them if need be; b"" when the peer has closed."""
         sock = self.sock
@@ -127,6 +148,7 @@ class Channel:
             try:
                 data: bytes = sock.recv(size)
             except BlockingIOError:
+                self._wait_first = WAIT_FIRST_REPLIES
                 self._hub.wait(self._read)
                 self._unwaited = 0
                 continue
@@ -142,6 +164,7 @@ class Channel:
             try:
                 got: int = sock.recv_into(buffer)
             except BlockingIOError:
+                self._wait_first = WAIT_FIRST_REPLIES
                 self._hub.wait(self._read)
                 self._unwaited = 0
                 continue
@@ -188,6 +211,9 @@ class TlsChannel:
 
     def send_all(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def await_reply(self) -> None:
+        """Nothing: gevent's SSL socket waits inside its reads (and may hold decrypted bytes already)."""
 
     def recv(self, size: int) -> bytes:
         """Some decrypted bytes, waiting for them if need be; b"" when the peer has closed."""

@@ -161,6 +161,7 @@ class TcpSession:
             else:
                 channel.send_all(self.message)
                 sent = size
+                channel.await_reply()
             while received < size:
                 got = recv_into(view[received:] if received else view)
                 if not got:

@@ -34,13 +34,16 @@ from typing import Any, Callable, Self, TextIO
 
 from loadtest.children import KILL_TIMEOUT_S, ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.config import ServerSpec
+from loadtest.servers.routes import ROUTE_NAMES
 
 DEFAULT_START_TIMEOUT_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 FOREGROUND_POLL_S = 0.5
 SERVER_ENTRY = "loadtest.servers.child:main"  # a server process's entry, imported only in the process
-COUNT_SLOTS = 3  # per process; http: requests. echo: messages, bytes, connections
-COUNT_NAMES = {"http": ("requests",), "echo": ("messages", "bytes", "connections")}
+# The counts each server process keeps, by name: http, requests answered and then requests per route
+# (named as routes.ROUTE_NAMES: "/login", "/me", ..., "other" for 404s); echo, messages, bytes, connections.
+COUNT_NAMES = {"http": ("requests", *ROUTE_NAMES), "echo": ("messages", "bytes", "connections")}
+COUNT_SLOTS = max(len(names) for names in COUNT_NAMES.values())  # per process
 
 
 class ServerError(Exception):

@@ -10,6 +10,8 @@ Runs inside a server process (monkey-patched; see `group.py`). Routes:
                   clock, when it answers as that stall ends (a server that freezes for
                   S ms every P ms, as in wrk2's coordinated-omission demonstration)
     /echo         the request body, back
+    /login        POST {"user": U, "password": P} (JSON): 200 {"token": T, "user": U}, T signed for U
+    /me           200 {"user": U} with "Authorization: Bearer T" from /login, else 401
     /site/K       a page that looks like a site's home page (K = 0..99), 2 KiB to 120 KiB
     anything else 404
 
@@ -18,7 +20,10 @@ close`, HTTP/1.0, HEAD, chunked request bodies and `Expect: 100-continue` work.
 Headers over 16 KiB get 431, bodies over 10 MiB get 413, a request not complete
 within the idle timeout gets 408; each then closes the connection.
 
-Memory: only /echo keeps a request body (other routes count it and drop it).
+Counts: requests answered, and requests per route (`routes.ROUTE_NAMES`), shared
+with the parent, which reports them (summary.json `servers[].served`).
+
+Memory: only /echo and /login keep a request body (other routes count it and drop it).
 What one process holds for its clients in all -- bodies kept for /echo, echo
 answers and joined batches not yet sent, unfinished header sections -- is
 capped (`max_buffered`, 256 MiB by default): a request that would pass the cap
@@ -51,8 +56,8 @@ import httptools
 
 from loadtest.servers import sites
 from loadtest.servers.connections import CallbackServer, fitting_cap
-from loadtest.servers.routes import (CACHE_MAX_RESPONSE, CLOSE, ECHO_PATHS, KEEP_ALIVE_10, KEEP_ALIVE_11, TEXT, Reply,
-                                     reason, response_head, route)
+from loadtest.servers.routes import (BODY_PATHS, CACHE_MAX_RESPONSE, CLOSE, KEEP_ALIVE_10, KEEP_ALIVE_11, TEXT, Reply,
+                                     ROUTE_NAMES, reason, response_head, route, route_slot)
 
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 10_000  # lowered to fit the open-file limit (see connections.py)
@@ -122,7 +127,8 @@ class HttpConnection:
         self.header_bytes = 0
         self.expect_continue = False
         self.content_length = 0
-        self.keep_body = False  # this request's route reads its body (/echo)
+        self.keep_body = False  # this request's route reads its body (/echo, /login)
+        self.authorization = b""  # this request's Authorization header (only /me reads it)
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.held_body = 0
@@ -141,6 +147,7 @@ class HttpConnection:
         self.header_bytes = 0
         self.content_length = 0
         self.body_bytes = 0
+        self.authorization = b""
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -160,11 +167,13 @@ class HttpConnection:
                     raise _Reject(413)
         elif size == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
             self.expect_continue = True
+        elif size == 13 and name.lower() == b"authorization":
+            self.authorization = value
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
         self.path = self.url.partition(b"?")[0]  # the routes ignore the query
-        self.keep_body = self.path in ECHO_PATHS
+        self.keep_body = self.path in BODY_PATHS
         if self.keep_body and self.content_length > self.server.max_buffered - self.server.buffered:
             raise _Reject(503)  # the body could not be kept: say so before the client sends it
         if self.expect_continue:
@@ -195,6 +204,7 @@ class HttpConnection:
         head = parser.get_method() == b"HEAD"
         self.served += 1
         server = self.server
+        server.route_counts[route_slot(self.path)] += 1
         slot = mode * 2 + head
         cache = server.caches[slot]
         path = self.path
@@ -207,7 +217,7 @@ class HttpConnection:
             self.body = []
             self.held_out += self.held_body
             self.held_body = 0
-        reply = route(path, body)
+        reply = route(path, body, self.authorization)
         response_bytes = server.render(reply, mode, head, self.out)
         if reply.cacheable and response_bytes is not None:
             size = len(response_bytes)
@@ -440,7 +450,9 @@ class HttpServer(CallbackServer):
 
     def __init__(self, listener: Any, counts: Any, max_connections: int = 0, idle_timeout: float = 0.0,
                  max_buffered: int = 0) -> None:
-        self.counts = counts  # counts[0]: requests answered (shared with the parent)
+        self.counts = counts  # [requests answered, then one per route of ROUTE_NAMES] (shared with the parent)
+        # Counts given without the route slots (a server run on its own) count routes privately.
+        self.route_counts = counts[1:] if len(counts) > len(ROUTE_NAMES) else [0] * len(ROUTE_NAMES)
         self.caches: list[dict[bytes, bytes]] = [{} for _ in range(6)]  # [mode * 2 + is_head]
         self.cache_bytes = [0] * 6
         # One receive buffer for every connection: each read is parsed at once, and the parser copies.

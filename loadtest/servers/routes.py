@@ -7,6 +7,10 @@ same bytes every time, so the server can cache a whole response.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 from http import HTTPStatus
 
@@ -15,7 +19,16 @@ from loadtest.servers import sites
 MAX_BYTES = 100 * 1024 * 1024
 MAX_DELAY_MS = 60_000
 CACHE_MAX_RESPONSE = 256 * 1024  # larger responses are built per request from the pattern
-ECHO_PATHS = (b"/echo", b"/echo/")  # the only routes that read the request body
+ECHO_PATHS = (b"/echo", b"/echo/")  # the routes that send the request body back
+BODY_PATHS = (*ECHO_PATHS, b"/login")  # the only routes that read the request body
+MAX_LOGIN_BODY = 4096  # a /login body longer than this is refused (400): it is a user name and a password
+# The key /login signs its tokens with: fixed, so that every server process (and every run) accepts the
+# tokens of the others. A demo credential, not a secret.
+TOKEN_KEY = b"loadtest-embedded-server"
+# The routes the server counts requests of, each its own slot (`route_slot`); "other" is every 404.
+ROUTE_NAMES = ("/", "/bytes", "/delay", "/stall", "/status", "/echo", "/site", "/login", "/me", "other")
+_ROUTE_SLOTS = {name[1:].encode(): slot for slot, name in enumerate(ROUTE_NAMES) if name != "other"}
+JSON = b"application/json"
 
 # Connection modes: what a response says about the connection. Index = mode.
 KEEP_ALIVE_11, KEEP_ALIVE_10, CLOSE = 0, 1, 2
@@ -72,6 +85,52 @@ class Reply:
         self.cacheable = cacheable
 
 
+def route_slot(path: bytes) -> int:
+    """The index in `ROUTE_NAMES` of the route that answers `path` (query string removed): cheap, for counting."""
+    return _ROUTE_SLOTS.get(path[1:].partition(b"/")[0], len(ROUTE_NAMES) - 1)
+
+
+def login_token(user: str) -> str:
+    """The token /login gives `user`: the user's name and a signature of it, so any server process can check it."""
+    name = base64.urlsafe_b64encode(user.encode()).rstrip(b"=").decode()
+    mac = hmac.new(TOKEN_KEY, user.encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{name}.{mac}"
+
+
+def token_user(token: bytes) -> str | None:
+    """The user a /login token names, or None if it is not one /login gave."""
+    name, _, mac = token.partition(b".")
+    try:
+        user = base64.urlsafe_b64decode(name + b"=" * (-len(name) % 4)).decode()
+    except ValueError:  # bad base64 or bad UTF-8
+        return None
+    good = hmac.new(TOKEN_KEY, user.encode(), hashlib.sha256).hexdigest()[:32].encode()
+    return user if hmac.compare_digest(mac, good) else None
+
+
+def _login(body: list[bytes]) -> Reply:
+    """POST /login: a JSON body {"user": "...", "password": "..."} gets 200 {"token": "..."}."""
+    data = b"".join(body)
+    try:
+        fields = json.loads(data) if len(data) <= MAX_LOGIN_BODY else None
+    except ValueError:
+        fields = None
+    user = fields.get("user") if isinstance(fields, dict) else None
+    if not isinstance(user, str) or not user or not isinstance(fields.get("password"), str):  # type: ignore[union-attr]
+        return Reply(400, b'{"error": "send a JSON body {\\"user\\": \\"...\\", \\"password\\": \\"...\\"}"}\n',
+                     JSON, cacheable=False)
+    return Reply(200, json.dumps({"token": login_token(user), "user": user}).encode() + b"\n", JSON, cacheable=False)
+
+
+def _me(authorization: bytes) -> Reply:
+    """GET /me: the user a valid `Authorization: Bearer <token>` names, else 401."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    user = token_user(token.strip()) if scheme.lower() == b"bearer" else None
+    if user is None:
+        return Reply(401, b'{"error": "send Authorization: Bearer <token from /login>"}\n', JSON, cacheable=False)
+    return Reply(200, json.dumps({"user": user}).encode() + b"\n", JSON, cacheable=False)
+
+
 def _number(text: bytes) -> int | None:
     return int(text) if text.isdigit() and len(text) <= 10 else None
 
@@ -80,13 +139,18 @@ def _bad(why: str) -> Reply:
     return Reply(400, why.encode() + b"\n")
 
 
-def route(path: bytes, body: list[bytes]) -> Reply:
-    """The reply to a request for `path` (query string removed) carrying `body` (its chunks; only /echo reads it)."""
+def route(path: bytes, body: list[bytes], authorization: bytes = b"") -> Reply:
+    """The reply to a request for `path` (query string removed) carrying `body` (its chunks; only /echo and /login
+    read it) and an `Authorization` header (only /me reads it)."""
     if path == b"/":
         return Reply(200, sites.INDEX_PAGE, HTML)
     kind, _, arg = path[1:].partition(b"/")
     if kind == b"echo" and not arg:  # ECHO_PATHS
         return Reply(200, body, OCTETS, cacheable=False)
+    if kind == b"login" and not arg:
+        return _login(body)
+    if kind == b"me" and not arg:
+        return _me(authorization)
     n = _number(arg)
     if kind == b"bytes":
         if n is None or n > MAX_BYTES:

@@ -1,0 +1,338 @@
+"""HTTP for flows: one virtual user's keep-alive connections, requests built per step, responses kept on demand.
+
+The fast engine (`http_fast`) sends one prebuilt request per target and keeps
+nothing of the answer. A flow's steps differ: each has its own request (often
+filled in from captured values) and some must read the answer. So a
+`FlowClient` sends any request bytes on the same pieces -- `Channel`s, the
+llhttp parser, `RequestTimer` under the worker's `Deadlines`, the same
+failure kinds and the same one reconnect after a keep-alive connection the
+server closed -- and keeps of the response only what the caller asks for: the
+headers, the body up to `MAX_KEPT_BODY` bytes, or nothing (then a request
+costs what a plain target's does).
+
+Failure kinds: refused, connect_timeout, read_timeout, reset, closed,
+protocol, tls, resources, error (and cancelled, recorded by the caller).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any, Callable
+
+import httptools
+from gevent import GreenletExit
+
+from ..flows.extract import MAX_KEPT_BODY
+from . import Deadlines, RequestTimer
+from .channel import Channel, RequestTimeout, TlsChannel
+from .http_fast import _LENGTH_OR_CHUNKED, MAX_HEAD_BYTES, RECV_SIZE, USER_AGENT, connect_failure
+
+_STALE = ("closed", "reset")
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where an origin's connections go, resolved once."""
+
+    origin: Origin
+    family: int
+    sockaddr: tuple  # type: ignore[type-arg]
+    host_header: str
+
+
+def resolve_origin(scheme: str, host: str, port: int, host_header: str) -> Address:
+    """Resolve one origin; raises OSError if its host does not resolve."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    return Address((scheme, host, port), family, sockaddr, host_header)
+
+
+def request_bytes(method: str, target: str, host_header: str, headers: list[tuple[str, str]] | tuple[
+        tuple[str, str], ...], body: bytes) -> bytes:
+    """One HTTP/1.1 request: request line, Host, User-Agent (unless given), the headers, Content-Length, body."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}"]
+    if not any(k.lower() == "user-agent" for k, _ in headers):
+        lines.append(f"User-Agent: {USER_AGENT}")
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _Counting:
+    """Parser callbacks that count the body and keep nothing."""
+
+    __slots__ = ("body", "complete", "headers_done", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.body = 0
+        self.complete = False
+        self.headers_done = False
+        self.keep_alive = False
+        self.parser: Any = None
+
+    def reset(self) -> None:
+        self.body = 0
+        self.complete = False
+        self.headers_done = False
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body += len(chunk)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Keeping(_Counting):
+    """Parser callbacks that also keep the body (up to MAX_KEPT_BODY bytes). The headers are read from the head's
+    bytes when asked for (`parse_head`): a Python callback per header would cost more than most flows read."""
+
+    __slots__ = ("chunks", "kept")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
+        self.kept = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.chunks = []
+        self.kept = 0
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body += len(chunk)
+        room = MAX_KEPT_BODY - self.kept
+        if room > 0:
+            piece = chunk if len(chunk) <= room else chunk[:room]
+            self.chunks.append(piece)
+            self.kept += len(piece)
+
+
+class _Connection:
+    __slots__ = ("channel", "reused", "counting", "keeping")
+
+    def __init__(self, channel: Channel | TlsChannel) -> None:
+        self.channel = channel
+        self.reused = False
+        self.counting = self._parse(_Counting())
+        self.keeping: _Keeping | None = None
+
+    @staticmethod
+    def _parse(callbacks: Any) -> Any:
+        callbacks.parser = httptools.HttpResponseParser(callbacks)
+        return callbacks
+
+    def callbacks(self, keep: bool) -> _Counting:
+        if not keep:
+            return self.counting
+        if self.keeping is None:
+            self.keeping = self._parse(_Keeping())
+        return self.keeping
+
+    def fresh(self, callbacks: _Counting) -> None:
+        """A new parser for `callbacks` (after HEAD, whose response llhttp would wait for a body of)."""
+        self._parse(callbacks)
+
+    def close(self) -> None:
+        for c in (self.counting, self.keeping):
+            if c is not None:
+                c.parser = None  # parser and callbacks refer to each other
+        self.channel.close()
+
+
+class Reply:
+    """How one request ended: a failure kind and message, or a status (and what was kept of the response)."""
+
+    __slots__ = ("kind", "message", "latency", "received", "sent", "content", "status", "head", "body",
+                 "truncated")
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.message = ""
+        self.latency: int | None = None
+        self.received = 0
+        self.sent = 0
+        self.content = 0
+        self.status = 0
+        self.head = b""  # kept: the status line and headers (and maybe the start of the body)
+        self.body = b""
+        self.truncated = False
+
+
+def parse_head(head: bytes) -> dict[str, str]:
+    """The headers of a response head, by lower-case name (the first of a name repeated)."""
+    out: dict[str, str] = {}
+    end = head.find(b"\r\n\r\n")
+    for line in head[:end if end >= 0 else len(head)].split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            key = name.strip().lower().decode("latin-1")
+            if key not in out:
+                out[key] = value.strip().decode("latin-1")
+    return out
+
+
+class FlowClient:
+    """One virtual user's keep-alive connections, one per origin, for any requests its flow sends.
+
+    `on_connect(latency_ns)` and `on_disconnect()` report the connections it
+    opens and closes (to the flow's own stats row); a connect that fails is
+    the request's failure.
+    """
+
+    def __init__(self, timeout: float, deadlines: Deadlines | None, tls: Callable[[], ssl.SSLContext],
+                 on_connect: Callable[[int], None], on_disconnect: Callable[[], None]) -> None:
+        self.timeout = timeout
+        self.timeout_ns = int(timeout * 1e9)
+        self._conns: dict[Origin, _Connection] = {}
+        self._timer = RequestTimer(deadlines)
+        self._reply = Reply()
+        self._tls = tls
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+
+    def send(self, address: Address, request: bytes, head: bool, keep: bool) -> Reply:
+        """Send `request` and read its whole response; `keep` keeps its headers and body. Never raises for the
+        network's doing; a GreenletExit (the run stopping) is re-raised after the connection is dropped.
+
+        The Reply is this client's one, filled again by its next request: read it before sending another."""
+        out = self._reply
+        out.kind = None
+        out.latency = None
+        out.received = out.sent = out.content = out.status = 0
+        if out.truncated or out.head:
+            out.head = out.body = b""
+            out.truncated = False
+        origin = address.origin
+        conn = self._conns.get(origin)
+        if conn is None:
+            conn = self._connect(address, out)
+            if conn is None:
+                return out
+        timer = self._timer
+        sending = perf_counter_ns()
+        deadline = sending + self.timeout_ns
+        timer.start(deadline)
+        sent = len(request)
+        try:
+            callbacks = conn.callbacks(keep) if keep else conn.counting
+            kind, message, received, heading = self._roundtrip(conn, callbacks, request, head)
+            if kind in _STALE and received == 0 and conn.reused:
+                # The server closed an idle keep-alive connection: reconnect once, as browsers do.
+                self._drop(origin)
+                timer.stop()
+                new = self._connect(address, out)
+                if new is None:
+                    return out
+                conn = new
+                callbacks = conn.callbacks(keep)
+                timer.start(deadline)
+                kind, message, received, heading = self._roundtrip(conn, callbacks, request, head)
+                sent += len(request)
+            conn.reused = True
+        except GreenletExit:
+            timer.stop()
+            self._drop(origin)
+            raise
+        timer.stop()
+        out.latency = perf_counter_ns() - sending
+        out.received = received
+        out.sent = sent
+        if kind is not None:
+            self._drop(origin)
+            out.kind, out.message = kind, message
+            return out
+        out.status = callbacks.parser.get_status_code()
+        out.content = callbacks.body
+        if keep:
+            kept: _Keeping = callbacks  # type: ignore[assignment]
+            out.head = heading
+            out.body = b"".join(kept.chunks)
+            out.truncated = kept.body > kept.kept
+        if not callbacks.keep_alive:
+            self._drop(origin)
+        elif keep:
+            callbacks.reset()
+        else:
+            callbacks.body = 0
+            callbacks.complete = callbacks.headers_done = False
+            if head:
+                conn.fresh(callbacks)
+        return out
+
+    def _roundtrip(self, conn: _Connection, response: _Counting, request: bytes,
+                   head: bool) -> tuple[str | None, str, int, bytes]:
+        """Write the request, read one whole response: (failure kind or None, message, bytes read, the bytes that
+        held the head)."""
+        channel = conn.channel
+        parser = response.parser
+        timer = self._timer
+        received = 0
+        heading = b""
+        try:
+            channel.send_all(request)
+            while True:
+                data = channel.recv(RECV_SIZE)
+                if not data:
+                    if response.headers_done and not _LENGTH_OR_CHUNKED.search(heading):
+                        return None, "", received, heading  # a body delimited by the server closing
+                    return "closed", "the server closed the connection before the response ended", received, heading
+                received += len(data)
+                in_head = not response.headers_done
+                if in_head:
+                    heading += data
+                parser.feed_data(data)
+                if in_head and len(heading) > MAX_HEAD_BYTES and heading.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
+                    return ("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB",
+                            received, b"")
+                if response.complete or (head and response.headers_done):
+                    return None, "", received, heading
+                if perf_counter_ns() >= timer.deadline_ns:
+                    raise RequestTimeout
+        except RequestTimeout:
+            return "read_timeout", f"no complete response within {self.timeout:g} s", received, b""
+        except httptools.HttpParserError as e:
+            return "protocol", f"malformed response: {e}", received, b""
+        except ssl.SSLError as e:
+            return "tls", f"TLS error: {e.reason or e}", received, b""
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
+            return "reset", f"connection reset: {e.strerror or e}", received, b""
+        except OSError as e:
+            return "error", f"socket error: {e.strerror or e}", received, b""
+
+    def _connect(self, address: Address, out: Reply) -> _Connection | None:
+        started = perf_counter_ns()
+        try:
+            plain = Channel.connect(address.family, address.sockaddr, self.timeout)
+            channel: Channel | TlsChannel = plain
+            if address.origin[0] == "https":
+                channel = TlsChannel(plain, self._tls(), address.origin[1], self.timeout)
+        except GreenletExit:
+            raise
+        except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
+            out.kind, out.message = connect_failure(e, self.timeout)
+            return None
+        self._on_connect(perf_counter_ns() - started)
+        conn = self._conns[address.origin] = _Connection(channel)
+        return conn
+
+    def _drop(self, origin: Origin) -> None:
+        conn = self._conns.pop(origin, None)
+        if conn is not None:
+            conn.close()
+            self._on_disconnect()
+
+    def in_flight(self) -> bool:
+        return bool(self._timer.deadline_ns)
+
+    def close(self) -> None:
+        for origin in list(self._conns):
+            self._drop(origin)
+        self._timer.close()

@@ -145,7 +145,13 @@ def run_command(
     # --workers and --watch-pid are taken as text and checked by the config's own rules, so a bad value is
     # one sentence with exit status 2 like any other bad input, not click's usage box.
     workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
-                                               help="Worker processes (default: one per core)."),
+                                               help="Worker processes (default: one per core; per node on a cluster)."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", metavar="ADDRESS",
+        help="Run on the nodes of this Dask scheduler (tcp://HOST:8786), or on local:N nodes started here "
+             "(default: the config's cluster:, then DASK_SCHEDULER_ADDRESS). Needs pip install loadtest[cluster]."),
+    nodes_text: Optional[str] = typer.Option(None, "--nodes", metavar="N",
+                                             help="With --cluster: use N of its nodes (default: all)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR",
                                       help="Write the report folder exactly here (a new or empty folder)."),
     overwrite: bool = typer.Option(False, "--overwrite",
@@ -191,6 +197,7 @@ def run_command(
     endpoint: MetricsEndpoint | None = None
     try:  # the options first, then the file: a mistake on the command line is named before one in the file
         workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
+        nodes = _positive_count(nodes_text, "--nodes") if nodes_text is not None else None
         pids = tuple(parse_pid(pid, "--watch-pid") for pid in watch_pid)
         if out is not None and not out.strip():
             raise ConfigError("--out: must be a folder path, got ''")
@@ -244,7 +251,8 @@ def run_command(
 
     try:
         result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval,
-                     watch_pids=pids, on_interval=on_interval if shows else None, on_event=on_event)
+                     watch_pids=pids, on_interval=on_interval if shows else None, on_event=on_event,
+                     cluster=cluster, nodes=nodes)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RunError as e:
@@ -272,6 +280,15 @@ def run_command(
     if endpoint is not None:
         linger_for_scrape(endpoint, linger)
     raise typer.Exit(result.exit_status)
+
+
+def _positive_count(text: str, where: str) -> int:
+    """A whole number of at least 1, given as text (--nodes)."""
+    from .config import ConfigError
+
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"{where}: must be a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def linger_for_scrape(endpoint: Any, seconds: float) -> None:

@@ -97,6 +97,7 @@ class RunConfig:
     thresholds: tuple[Threshold, ...] = ()
     monitor: tuple[int, ...] = ()  # pids of processes the run did not start, sampled too
     metrics: tuple[str, int] | None = None  # (host, port) to serve live Prometheus metrics on; port 0: any free
+    cluster: str | None = None  # a Dask scheduler (tcp://HOST:PORT) or local:N: run on its nodes (loadtest.cluster)
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -177,6 +178,18 @@ def _targets(value: Any) -> Any:
     return value
 
 
+def _cluster(value: Any) -> str | None:
+    """`cluster:`, checked as `--cluster` is (loadtest.cluster owns the address's form)."""
+    if value is None:
+        return None
+    from .cluster import cluster_address_problem
+
+    problem = cluster_address_problem(value)
+    if problem:
+        raise FieldError(problem)
+    return str(value).strip()
+
+
 def _out(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise FieldError(f"must be a folder path, got {value!r}")
@@ -211,6 +224,8 @@ class RunConfigModel(ConfigModel):
                        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535},
                                                  {"type": "string"}],
                                        "description": "HOST:PORT, :PORT or PORT for live Prometheus metrics"})] = None
+    cluster: Annotated[str | None, BeforeValidator(_cluster), WithJsonSchema(
+        {"type": "string", "description": "a Dask scheduler (tcp://HOST:8786) or local:N: run on its nodes"})] = None
 
     @model_validator(mode="after")
     def _checked_across_fields(self) -> RunConfigModel:
@@ -250,7 +265,7 @@ class RunConfigModel(ConfigModel):
         return RunConfig(name=self.name if self.name is not None else default_name, targets=targets,
                          duration=duration, requests=self.requests, workers=self.workers, out=self.out,
                          servers=servers, thresholds=thresholds, monitor=self.monitor, metrics=self.metrics,
-                         source=source)
+                         cluster=self.cluster, source=source)
 
     @classmethod
     def schema_extra(cls, schema: dict[str, Any]) -> None:

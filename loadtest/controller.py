@@ -100,10 +100,11 @@ class _Interrupts:
             signal.signal(signum, handler)
 
 
-def auto_workers(config: RunConfig) -> int:
-    """One worker per core, but no more than an open target's `max_concurrency` can be shared by."""
-    caps = [cap for t in config.targets if (cap := kind_of(t).most_workers(t)) is not None]
-    return max(1, min([os.cpu_count() or 1, *caps]))
+def auto_workers(config: RunConfig, cores: int | None = None, nodes: int = 1) -> int:
+    """One worker per core (of this machine, or `cores` of a node), but no more than an open target's
+    `max_concurrency` can be shared by over `nodes` nodes."""
+    caps = [cap // nodes for t in config.targets if (cap := kind_of(t).most_workers(t)) is not None]
+    return max(1, min([cores or os.cpu_count() or 1, *caps]))
 
 
 def check_writable(run_dir: Path, where: str) -> None:
@@ -132,17 +133,31 @@ def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: 
 def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
         overwrite: bool = False, on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
-        sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = ()) -> RunResult:
+        sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = (),
+        cluster: str | None = None, nodes: int | None = None) -> RunResult:
     """Run a load test as configured and write its reports.
 
-    Raises RunError if it cannot start, KeyboardInterrupt if interrupted (Ctrl-C, SIGTERM) before the
-    load started; an interrupt after that ends the run early, with its reports.
+    `cluster` (or the config's `cluster:`, or DASK_SCHEDULER_ADDRESS) runs it on `nodes` Dask workers
+    (default: all), `workers` per node (see loadtest.cluster). Raises RunError if it cannot start,
+    KeyboardInterrupt if interrupted (Ctrl-C, SIGTERM) before the load started; an interrupt after
+    that ends the run early, with its reports.
     """
     interrupts = _Interrupts()
     interrupts.install()
+    nodes_cluster = None
     try:
-        count = workers or config.workers or auto_workers(config)
-        check_limits(config, count)
+        count = workers or config.workers or auto_workers(config)  # a cluster's nodes: each its own cores
+        if nodes is not None and cluster is None and not config.cluster:
+            raise ConfigError("--nodes: applies only to a cluster run (--cluster tcp://HOST:PORT or local:N)")
+        if (given := _cluster_address(cluster, config)) is not None:
+            from .cluster import Cluster
+
+            nodes_cluster = Cluster.connect(*given)  # each node's limits are checked there, for its share
+            interrupts.check()
+            nodes_cluster.choose(nodes)
+            nodes_cluster.check(config, workers or config.workers)
+        else:
+            check_limits(config, count)
         watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
         for pid in watched:
             if not psutil.pid_exists(pid):
@@ -157,17 +172,42 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
             raise ConfigError(f"{'--out' if out_dir is not None else 'out'}: {e}") from None
         try:
             interrupts.check()
-            return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts)
+            return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts,
+                        nodes_cluster)
         except BaseException:
             release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
             raise
     finally:
+        if nodes_cluster is not None:
+            nodes_cluster.close()
         interrupts.restore()  # only once the reports are written: a late Ctrl-C must not cut them short
+
+
+def _cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | None:
+    """Where a cluster run's scheduler was given, without importing the cluster code (nor Dask) for a local run."""
+    if option is None and not config.cluster and not os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip():
+        return None
+    from .cluster import cluster_address
+
+    return cluster_address(option, config)
+
+
+def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count: int) -> WorkerPlan:
+    """Worker `index` of `count`: its exact share of every target's load and of the `requests:` total."""
+    return WorkerPlan(
+        index=index,
+        workers=count,
+        config=config,
+        addresses=addresses,
+        shares=tuple(worker_share(_users(t), count, index) for t in config.targets),
+        requests=worker_share(config.requests, count, index) if config.requests is not None else None,
+        duration=config.duration,
+    )
 
 
 def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...], event: Callable[[str], None],
          on_interval: Callable[[Frame], None] | None, sample_interval: float,
-         interrupts: _Interrupts) -> RunResult:
+         interrupts: _Interrupts, cluster: Any = None) -> RunResult:
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
@@ -184,22 +224,22 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
             raise RunError(str(e)) from None
         addresses = {g.spec.name: g.address for g in groups}
 
-        ctx = multiprocessing.get_context("spawn")
-        start, stop = ctx.Event(), ctx.Event()
-        plans = [WorkerPlan(
-            index=k,
-            workers=count,
-            config=config,
-            addresses=addresses,
-            shares=tuple(worker_share(_users(t), count, k) for t in config.targets),
-            requests=worker_share(config.requests, count, k) if config.requests is not None else None,
-            duration=config.duration,
-        ) for k in range(count)]
-        children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
-                                    interrupts.pending)
-        states.extend(WorkerState(c.index, c) for c in children.children)
+        if cluster is not None:  # each node starts its own workers; their messages come to local pipes
+            reachable = cluster.reachable(addresses)
+            start, stop, children = cluster.launch(lambda k, total: worker_plan(config, reachable, k, total))
+            states.extend(WorkerState(c.index, c, role=c.role) for c in children.children)
+            for node in cluster.nodes:
+                event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
+                      f"{'s' if len(node.workers) > 1 else ''}, clock offset {node.clock_offset_s * 1000:+.1f} ms")
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            start, stop = ctx.Event(), ctx.Event()
+            plans = [worker_plan(config, addresses, k, count) for k in range(count)]
+            children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
+                                        interrupts.pending)
+            states.extend(WorkerState(c.index, c) for c in children.children)
 
-        stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], count)
+        stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(states))
         _await_ready(children, states, interrupts)
         interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
         try:
@@ -209,13 +249,19 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         history = HistoryWriter(run_dir / "history.csv", config)
         monitor = RunMonitor(run_dir, sample_interval, event)
         monitor.watch_servers(groups)
-        monitor.watch_workers(w.pid for w in states)
+        # A node on another machine samples its own workers (their pids are that machine's) and sends the rows.
+        monitor.watch_workers([w.pid if cluster is None or cluster.same_host(w.index) else 0 for w in states],
+                              [w.name for w in states])
         monitor.watch_pids(watched)
+        if cluster is not None:
+            cluster.on_resources = monitor.add_samples
         monitor.start()
         started = time.time()
         interrupts.running = True
         start.set()
-        event(f"{count} worker{'s' if count > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
+        started = getattr(start, "at", None) or started  # a cluster's nodes start together a moment from now
+        total = len(states)
+        event(f"{total} worker{'s' if total > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
         collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor,
                                  interrupts, server_watch)
@@ -250,7 +296,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     status = 3 if problems else (130 if interrupted else (1 if failed else 0))
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
-                       shortfalls)
+                       shortfalls, cluster.summaries(states) if cluster is not None else [])
     write_reports(result, config)
     return result
 

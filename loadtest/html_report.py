@@ -514,6 +514,27 @@ def _workers_section(run: RunFolder) -> str:
         rows, left=(0, 1, 7, 8)) + "</section>")
 
 
+def _nodes_section(run: RunFolder) -> str:
+    """A cluster run's nodes: host, clock offset, how each ended, and its workers' requests and CPU seconds."""
+    nodes = [n for n in run.summary.get("nodes") or [] if isinstance(n, dict)]
+    if not nodes:
+        return ""
+    workers = {w.get("worker"): w for w in run.summary.get("workers") or [] if isinstance(w, dict)}
+    rows = []
+    for n in nodes:
+        own = [workers[k] for k in n.get("workers") or [] if k in workers]
+        cpu = [c for w in own for c in (as_float(w.get("cpu_user_s")), as_float(w.get("cpu_system_s")))
+               if c is not None]
+        rows.append([td(_text(n.get("name")), "l"), td(_text(n.get("host")), "l"),
+                     td(fmt_count(as_float(n.get("clock_offset_ms")), 1)), td(fmt_count(len(own))),
+                     td(fmt_count(sum(as_float(w.get("requests")) or 0 for w in own))),
+                     td(fmt_count(sum(cpu) if cpu else None, 2)),
+                     td(_text(n.get("ended")), "l"), td(_text(n.get("problem")), "l name")])
+    return ('<section><h2>Nodes</h2>' + table(
+        ["Node", "Host", "Clock offset ms", "Workers", "Requests", "CPU s", "Ended", "Problem"],
+        rows, left=(0, 1, 6, 7)) + "</section>")
+
+
 def redact(value: Any) -> Any:
     """The config with secret-looking header and field values hidden: a report gets pasted into tickets."""
     if isinstance(value, dict):
@@ -549,7 +570,8 @@ def _setup_section(run: RunFolder) -> str:
 def render_report(run: RunFolder) -> str:
     """The report page of a run, as HTML text."""
     body = "".join([_header(run), _checks_section(run), _summary_section(run), _over_time_section(run),
-                    _spectrum_section(run), _resources_section(run), _workers_section(run), _setup_section(run)])
+                    _spectrum_section(run), _resources_section(run), _nodes_section(run), _workers_section(run),
+                    _setup_section(run)])
     return page(f"loadtest report: {run.name}", body)
 
 

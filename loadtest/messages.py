@@ -8,6 +8,7 @@ never by position:
     child start-up (any child)  Ready(pid) | Failed(error)   the ready handshake (`children.ChildGroup.ready`)
     a worker, once a second     SnapshotSent(snapshot)      merged by the controller
     a worker, when it stops     Stopping(index), then a final SnapshotSent, then Done(exit)
+    a cluster node              each worker's messages unchanged, and WorkerEnded(exitcode), NodeSamples(rows)
 
 Nothing here imports gevent or opens a socket: the parent imports this module.
 """
@@ -15,7 +16,7 @@ Nothing here imports gevent or opens a socket: the parent imports this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Any, Mapping, Union
 
 from .config import RunConfig
 from .stats import Snapshot
@@ -84,6 +85,20 @@ class Done:
     """A worker's last message: it sent its final snapshot and is about to exit."""
 
     exit: WorkerExit
+
+
+@dataclass(frozen=True)
+class WorkerEnded:
+    """A cluster node says one of its workers' processes is gone (loadtest.nodes to loadtest.cluster)."""
+
+    exitcode: int | None  # a negative code is the signal that killed it
+
+
+@dataclass(frozen=True)
+class NodeSamples:
+    """A cluster node on another machine: its own resources.csv rows (resources.Sample), sampled there."""
+
+    samples: tuple[Any, ...]
 
 
 StartMessage = Union[Ready, Failed]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -49,10 +50,19 @@ class RunMonitor:
         self.sampler.register(CONTROLLER_ROLE, os.getpid())
         self._started = False
         self._problems_said = 0
+        self._write_lock = threading.Lock()  # this machine's sampler and a cluster's relay both write rows
+        self._closed = False  # stopped: rows from elsewhere that arrive late are dropped
+        self._roles: list[str] | None = None  # each worker's role, if not worker-N (a cluster's node-N/worker-K)
 
     def _on_sample(self, samples: list[Sample]) -> None:
-        self.verdicts.add(samples)  # first: a resources.csv that cannot be written must not stop the verdicts
-        self.writer.write(samples)  # an OSError here is kept by the sampler (callback_error) and reported
+        with self._write_lock:
+            self.verdicts.add(samples)  # first: a resources.csv that cannot be written must not stop the verdicts
+            self.writer.write(samples)  # an OSError here is kept by the sampler (callback_error) and reported
+
+    def add_samples(self, samples: list[Sample]) -> None:
+        """Rows sampled elsewhere (a cluster node on another machine samples its own): verdicts and resources.csv."""
+        if self._started and not self._closed:
+            self._on_sample(samples)
 
     def problems(self) -> list[str]:
         """What went wrong with the run's own watch, one sentence each: for summary.json's problems."""
@@ -71,9 +81,15 @@ class RunMonitor:
             print(f"problem: {problem}", file=sys.stderr, flush=True)
         self._problems_said = len(problems)
 
-    def watch_workers(self, pids: Iterable[int]) -> None:
+    def watch_workers(self, pids: Iterable[int], roles: list[str] | None = None) -> None:
+        """Sample worker k's pid as `roles[k]` (default worker-k); a pid of 0 is a worker on another machine."""
+        self._roles = roles
         for k, pid in enumerate(pids):
-            self.sampler.register(worker_role(k), pid)
+            if pid > 0:
+                self.sampler.register(self._role(k), pid)
+
+    def _role(self, k: int) -> str:
+        return self._roles[k] if self._roles and k < len(self._roles) else worker_role(k)
 
     def watch_servers(self, groups: Iterable[Any]) -> None:
         for g in groups:
@@ -109,7 +125,7 @@ class RunMonitor:
         """Each worker's CPU % of one core at the latest sample."""
         out: list[float | None] = []
         for k in range(workers):
-            sample = self.sampler.last(worker_role(k))
+            sample = self.sampler.last(self._role(k))
             out.append(sample.cpu_percent if sample is not None else None)
         return out
 
@@ -124,11 +140,13 @@ class RunMonitor:
     def stop(self) -> None:
         if self._started:
             self.sampler.stop()
-        self.writer.close()
+        with self._write_lock:
+            self._closed = True
+            self.writer.close()
         self._say_problems()
 
     def worker(self, k: int) -> RoleTotals:
-        return self.sampler.totals(worker_role(k))
+        return self.sampler.totals(self._role(k))
 
     def server_cost(self, name: str, served: dict[str, int]) -> dict[str, Any]:
         """An embedded server's CPU per 1,000 requests (or messages) and memory per connection."""

@@ -248,6 +248,7 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "machine": machine(),
         "servers": result.servers,
         "workers": workers,
+        "nodes": result.nodes,  # a cluster run's nodes: host, clock offset, workers, how each ended
         "targets": targets,
         "aggregated": target_summary(stats.aggregated(), elapsed),
     }
@@ -294,7 +295,7 @@ def worker_rows(result: RunResult) -> list[WorkerSummary]:
         user = r.cpu_user_s if r is not None and r.pids else (e.cpu_user if e else None)
         system = r.cpu_system_s if r is not None and r.pids else (e.cpu_system if e else None)
         rows.append(WorkerSummary({
-            "worker": w.index, "pid": w.pid, "share": f"1/{len(result.workers)}",
+            "worker": w.index, "role": w.name, "pid": w.pid, "share": f"1/{len(result.workers)}",
             "requests": stats.worker_requests[w.index], "failures": stats.worker_failures[w.index],
             "bytes": stats.worker_bytes[w.index],
             "cpu_user_s": round(user, 3) if user is not None else None,

@@ -70,7 +70,12 @@ def watch_role(pid: int) -> str:
 
 
 def _keys(role: str) -> tuple[str, ...]:
-    """A role and its group: "worker-3" counts for "worker-3" and "worker"."""
+    """A role and its groups: "worker-3" counts for "worker-3" and "worker"; a node's "node-1/worker-0"
+    for itself, "worker" and "node-1"."""
+    node, _, own = role.rpartition("/")
+    if node:
+        m = _GROUP.fullmatch(own)
+        return (role, m.group(1), node) if m else (role, node)
     m = _GROUP.fullmatch(role)
     return (role, m.group(1)) if m else (role,)
 

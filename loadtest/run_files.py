@@ -72,7 +72,7 @@ OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the termi
 # summary.json: its top-level keys, a target's (and "aggregated"'s) keys, and a latency figure's keys (ms).
 SUMMARY_KEYS = ("name", "started", "duration_s", "exit_status", "outcome", "interrupted", "problems",
                 "thresholds", "verdicts", "shortfalls", "aborted_by_threshold", "config", "as_run", "machine",
-                "servers", "workers", "targets", "aggregated")
+                "servers", "workers", "nodes", "targets", "aggregated")
 TARGET_SUMMARY_KEYS = ("name", "type", "requests", "failures", "failures_by_kind", "requests_per_s", "error_rate",
                        "bytes_in", "bytes_out", "content_bytes", "latency_ms")
 CONNECTIONS_KEY = "connections"  # a tcp target's extra part: opened, failed, … connect_latency_ms
@@ -85,6 +85,7 @@ class WorkerSummary(TypedDict):
     """One worker in summary.json's "workers" list (and, in this order, a row of workers.csv)."""
 
     worker: int  # its index, 0 … workers-1
+    role: str  # worker-N, or node-N/worker-K on a cluster: its role in resources.csv
     pid: int
     share: str
     requests: int
@@ -100,6 +101,6 @@ class WorkerSummary(TypedDict):
     problem: str | None
 
 
-WORKERS_HEADER = ["Worker", "PID", "Share", "Requests", "Failures", "Bytes", "CPU User s", "CPU System s",
+WORKERS_HEADER = ["Worker", "Role", "PID", "Share", "Requests", "Failures", "Bytes", "CPU User s", "CPU System s",
                   "Peak RSS Bytes", "Peak Connections", "Cancelled", "Ended", "Exit Code", "Problem"]
 assert len(WORKERS_HEADER) == len(WorkerSummary.__annotations__)  # one column per key, in order

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .messages import WorkerExit
-from .resources import RoleTotals
+from .resources import RoleTotals, worker_role
 from .stats import Interval, RunStats
 from .thresholds import Outcome
 
@@ -35,6 +35,11 @@ class WorkerState:
     killed: bool = False  # stopped at once by a second interrupt, as asked: not a failure
     error: str = ""
     exitcode: int | None = None
+    role: str = ""  # its name in the reports: worker-N, or node-N/worker-K on a cluster (loadtest.cluster)
+
+    @property
+    def name(self) -> str:
+        return self.role or worker_role(self.index)
 
     @property
     def ended(self) -> str:
@@ -59,6 +64,7 @@ class RunResult:
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     worker_resources: list[RoleTotals] = field(default_factory=list)
     shortfalls: list[str] = field(default_factory=list)  # tcp targets that held fewer connections than asked
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # a cluster run's nodes (loadtest.cluster)
 
     @property
     def lost(self) -> list[int]:

@@ -57,7 +57,7 @@ class Verdicts:
     def add(self, samples: Iterable[Sample]) -> None:
         with self._lock:
             for s in samples:
-                if s.role.startswith("worker-"):
+                if s.role.rpartition("/")[2].startswith("worker-"):  # worker-N, or node-N/worker-K
                     self._streak("worker_saturated", s, s.cpu_percent > WORKER_SATURATED_PERCENT)
                 elif s.role == MACHINE_ROLE:
                     self._streak("machine_saturated", s, s.cpu_percent >= MACHINE_SATURATED_PERCENT)

@@ -209,7 +209,14 @@ def start_scheduler(file: Path, pythonpath: Path, cwd: Path) -> subprocess.Popen
 def test_a_scheduler_without_loadtest_is_refused(tmp_path: Path) -> None:
     """The scheduler unpickles each node's task: without loadtest it could not, and the run would fail late."""
     file = tmp_path / "scheduler.json"
-    proc = start_scheduler(file, tmp_path, tmp_path)  # tmp_path holds no loadtest
+    # The test's own environment has loadtest installed (an editable install is importable from anywhere),
+    # so the scheduler is given a folder first on its path where `import loadtest` fails as it does on a
+    # machine without it.
+    shadow = tmp_path / "without-loadtest"
+    (shadow / "loadtest").mkdir(parents=True)
+    (shadow / "loadtest" / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'loadtest\'", name="loadtest")\n')
+    proc = start_scheduler(file, shadow, shadow)
     try:
         deadline = time.monotonic() + 30
         while not file.exists():

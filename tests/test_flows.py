@@ -255,6 +255,30 @@ def test_failed_checks_and_captures_end_the_pass(site: ServerGroup) -> None:
     assert rows["shop/me"].failures == {"status": 2} and rows["shop"].samples["status"] == "shop/me: HTTP 401"
 
 
+def test_a_one_request_flow_records_each_request_in_both_rows_exactly(site: ServerGroup) -> None:
+    # A flow of one request with nothing to fill in or read takes the short path (`_exchange_one`): the step's
+    # row and the flow's must still each hold every request, with its bytes, and failures keep their kind.
+    steps = parse_steps([{"name": "home", "url": "http://{site}/site/3"}], "flow", frozenset(), {"site"})
+    before = site.served()
+    rows = run_passes(site, FlowSpec(steps=steps), passes=30, users=3)
+    after = site.served()
+    step, flow = rows["shop/home"], rows["shop"]
+    assert after["/site"] - before["/site"] == 90
+    assert (step.requests, flow.requests, step.latency.count, flow.latency.count) == (90, 90, 90, 90)
+    assert step.failures == {} and flow.failures == {}
+    assert step.content_bytes > 90 * 1024 and flow.content_bytes == step.content_bytes
+    assert (flow.bytes_in, flow.bytes_out) == (step.bytes_in, step.bytes_out) and step.bytes_out > 0
+    assert flow.latency.min >= step.latency.min  # the pass holds its one request
+    steps = parse_steps([{"name": "gone", "url": "http://{site}/status/503"}], "flow", frozenset(), {"site"})
+    rows = run_passes(site, FlowSpec(steps=steps), passes=4)
+    assert rows["shop/gone"].failures == {"status": 4} and rows["shop"].failures == {"status": 4}
+    assert rows["shop"].samples["status"] == "shop/gone: HTTP 503"
+    steps = parse_steps([{"name": "gone", "url": "http://{site}/status/503", "expect": {"status": [503]}}], "flow",
+                        frozenset(), {"site"})
+    rows = run_passes(site, FlowSpec(steps=steps), passes=4)
+    assert rows["shop/gone"].failures == {} and rows["shop"].requests == 4 and rows["shop"].failures == {}
+
+
 def test_a_step_that_cannot_connect_keeps_its_kind(site: ServerGroup) -> None:
     import socket
 

@@ -197,6 +197,11 @@ class FlowClient:
         self._tls = tls
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        # what the last `_roundtrip` read: bytes, the bytes that held the head, a failure's message (left here
+        # rather than returned in a tuple: one fewer allocation per request on the hot path)
+        self._received = 0
+        self._heading = b""
+        self._message = ""
 
     def send(self, address: Address, request: bytes, head: bool, keep: bool) -> Reply:
         """Send `request` and read its whole response; `keep` keeps its headers and body. Never raises for the
@@ -204,9 +209,7 @@ class FlowClient:
 
         The Reply is this client's one, filled again by its next request: read it before sending another."""
         out = self._reply
-        out.kind = None
-        out.latency = None
-        out.received = out.sent = out.content = out.status = 0
+        # Every field is set on each way out (a failed connect sets them in `_connect`): none is cleared here.
         if out.truncated or out.head:
             out.head = out.body = b""
             out.truncated = False
@@ -223,8 +226,8 @@ class FlowClient:
         sent = len(request)
         try:
             callbacks = conn.callbacks(keep) if keep else conn.counting
-            kind, message, received, heading = self._roundtrip(conn, callbacks, request, head)
-            if kind in _STALE and received == 0 and conn.reused:
+            kind = self._roundtrip(conn, callbacks, request, head)
+            if kind is not None and kind in _STALE and self._received == 0 and conn.reused:
                 # The server closed an idle keep-alive connection: reconnect once, as browsers do.
                 self._drop(origin)
                 timer.stop()
@@ -234,7 +237,7 @@ class FlowClient:
                 conn = new
                 callbacks = conn.callbacks(keep)
                 timer.start(deadline)
-                kind, message, received, heading = self._roundtrip(conn, callbacks, request, head)
+                kind = self._roundtrip(conn, callbacks, request, head)
                 sent += len(request)
             conn.reused = True
         except GreenletExit:
@@ -243,17 +246,19 @@ class FlowClient:
             raise
         timer.stop()
         out.latency = perf_counter_ns() - sending
-        out.received = received
+        out.received = self._received
         out.sent = sent
         if kind is not None:
             self._drop(origin)
-            out.kind, out.message = kind, message
+            out.kind, out.message = kind, self._message
+            out.status = out.content = 0
             return out
+        out.kind = None
         out.status = callbacks.parser.get_status_code()
         out.content = callbacks.body
         if keep:
             kept: _Keeping = callbacks  # type: ignore[assignment]
-            out.head = heading
+            out.head = self._heading
             out.body = b"".join(kept.chunks)
             out.truncated = kept.body > kept.kept
         if not callbacks.keep_alive:
@@ -267,45 +272,51 @@ class FlowClient:
                 conn.fresh(callbacks)
         return out
 
-    def _roundtrip(self, conn: _Connection, response: _Counting, request: bytes,
-                   head: bool) -> tuple[str | None, str, int, bytes]:
-        """Write the request, read one whole response: (failure kind or None, message, bytes read, the bytes that
-        held the head)."""
+    def _roundtrip(self, conn: _Connection, response: _Counting, request: bytes, head: bool) -> str | None:
+        """Write the request, read one whole response: the failure kind, or None. The bytes read are left in
+        `_received`, the bytes that held the head in `_heading` and a failure's message in `_message`."""
         channel = conn.channel
         parser = response.parser
         timer = self._timer
-        received = 0
-        heading = b""
+        self._received = received = 0
+        self._heading = heading = b""
         try:
             channel.send_all(request)
+            channel.await_reply()  # park first when replies come late: a recv that finds nothing costs a raise
             while True:
                 data = channel.recv(RECV_SIZE)
                 if not data:
                     if response.headers_done and not _LENGTH_OR_CHUNKED.search(heading):
-                        return None, "", received, heading  # a body delimited by the server closing
-                    return "closed", "the server closed the connection before the response ended", received, heading
+                        return None  # a body delimited by the server closing
+                    return self._fail("closed", "the server closed the connection before the response ended")
                 received += len(data)
+                self._received = received
                 in_head = not response.headers_done
                 if in_head:
                     heading += data
+                    self._heading = heading
                 parser.feed_data(data)
                 if in_head and len(heading) > MAX_HEAD_BYTES and heading.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
-                    return ("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB",
-                            received, b"")
+                    return self._fail("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB")
                 if response.complete or (head and response.headers_done):
-                    return None, "", received, heading
+                    return None
                 if perf_counter_ns() >= timer.deadline_ns:
                     raise RequestTimeout
         except RequestTimeout:
-            return "read_timeout", f"no complete response within {self.timeout:g} s", received, b""
+            return self._fail("read_timeout", f"no complete response within {self.timeout:g} s")
         except httptools.HttpParserError as e:
-            return "protocol", f"malformed response: {e}", received, b""
+            return self._fail("protocol", f"malformed response: {e}")
         except ssl.SSLError as e:
-            return "tls", f"TLS error: {e.reason or e}", received, b""
+            return self._fail("tls", f"TLS error: {e.reason or e}")
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
-            return "reset", f"connection reset: {e.strerror or e}", received, b""
+            return self._fail("reset", f"connection reset: {e.strerror or e}")
         except OSError as e:
-            return "error", f"socket error: {e.strerror or e}", received, b""
+            return self._fail("error", f"socket error: {e.strerror or e}")
+
+    def _fail(self, kind: str, message: str) -> str:
+        self._heading = b""
+        self._message = message
+        return kind
 
     def _connect(self, address: Address, out: Reply) -> _Connection | None:
         started = perf_counter_ns()
@@ -318,6 +329,8 @@ class FlowClient:
             raise
         except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
             out.kind, out.message = connect_failure(e, self.timeout)
+            out.latency = None  # it never connected: no latency
+            out.received = out.sent = out.content = out.status = 0
             return None
         self._on_connect(perf_counter_ns() - started)
         conn = self._conns[address.origin] = _Connection(channel)

@@ -79,6 +79,19 @@ def build_endpoints(target: HttpTarget, urls: list[str]) -> list[Endpoint]:
     return out
 
 
+def read_failure(e: BaseException, timeout: float) -> tuple[str, str]:
+    """The failure kind and message of an exception raised while a request was written or its response read."""
+    if isinstance(e, RequestTimeout):
+        return "read_timeout", f"no complete response within {timeout:g} s"
+    if isinstance(e, httptools.HttpParserError):
+        return "protocol", f"malformed response: {e}"
+    if isinstance(e, ssl.SSLError):
+        return "tls", f"TLS error: {e.reason or e}"
+    if isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return "reset", f"connection reset: {e.strerror or e}"
+    return "error", f"socket error: {getattr(e, 'strerror', None) or e}"
+
+
 class _Response:
     """The parser's callback object: counts body bytes, notes completion."""
 
@@ -233,16 +246,8 @@ class HttpSession:
                 # worker's scan: a dripping server wakes this greenlet often enough.
                 if perf_counter_ns() >= timer.deadline_ns:
                     raise RequestTimeout
-        except RequestTimeout:
-            return self._fail("read_timeout", f"no complete response within {self.timeout:g} s")
-        except httptools.HttpParserError as e:
-            return self._fail("protocol", f"malformed response: {e}")
-        except ssl.SSLError as e:
-            return self._fail("tls", f"TLS error: {e.reason or e}")
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
-            return self._fail("reset", f"connection reset: {e.strerror or e}")
-        except OSError as e:
-            return self._fail("error", f"socket error: {e.strerror or e}")
+        except (RequestTimeout, httptools.HttpParserError, OSError) as e:
+            return self._fail(*read_failure(e, self.timeout))
 
     def _fail(self, kind: str, message: str) -> str:
         self._message = message

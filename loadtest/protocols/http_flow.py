@@ -28,7 +28,7 @@ from gevent import GreenletExit
 from ..flows.extract import MAX_KEPT_BODY
 from . import Deadlines, RequestTimer
 from .channel import Channel, RequestTimeout, TlsChannel
-from .http_fast import _LENGTH_OR_CHUNKED, MAX_HEAD_BYTES, RECV_SIZE, USER_AGENT, connect_failure
+from .http_fast import _LENGTH_OR_CHUNKED, MAX_HEAD_BYTES, RECV_SIZE, USER_AGENT, connect_failure, read_failure
 
 _STALE = ("closed", "reset")
 Origin = tuple[str, str, int]  # scheme, host, port
@@ -302,16 +302,8 @@ class FlowClient:
                     return None
                 if perf_counter_ns() >= timer.deadline_ns:
                     raise RequestTimeout
-        except RequestTimeout:
-            return self._fail("read_timeout", f"no complete response within {self.timeout:g} s")
-        except httptools.HttpParserError as e:
-            return self._fail("protocol", f"malformed response: {e}")
-        except ssl.SSLError as e:
-            return self._fail("tls", f"TLS error: {e.reason or e}")
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
-            return self._fail("reset", f"connection reset: {e.strerror or e}")
-        except OSError as e:
-            return self._fail("error", f"socket error: {e.strerror or e}")
+        except (RequestTimeout, httptools.HttpParserError, OSError) as e:
+            return self._fail(*read_failure(e, self.timeout))
 
     def _fail(self, kind: str, message: str) -> str:
         self._heading = b""

@@ -27,32 +27,29 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import re
 import signal
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import __version__
 from .children import ChildGroup
 from .config import ConfigError, RunConfig
-from .relay import NodeRelay
+from .fields import ADDRESS_ENV, LOCAL_PREFIX, cluster_address_problem
+from .limits import auto_workers
+from .relay import Node, NodeRelay
+from .run_result import RunError
 
-LOCAL_PREFIX = "local:"  # --cluster local:N starts N nodes on this machine
-ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 INSTALL_HINT = "pip install loadtest[cluster]"
 CONNECT_TIMEOUT_S = 5.0  # no scheduler answering within this long: refused
 NODES_WAIT_S = 3.0  # how long the scheduler gets to list as many nodes as --nodes asks
 LOCAL_START_S = 60.0  # a LocalCluster's nodes must all be up within this long
-MAX_LOCAL_NODES = 64
 CLOCK_PROBES = 3  # clock offset: the probe with the shortest round trip of these
 START_LEAD_S = 1.0  # nodes start their load this far after the controller says go: time to hear it
 CLOSE_WAIT_S = 20.0  # at the end, how long node tasks get to return after the stop signal
-_ADDRESS = re.compile(r"(tcp|tls|ucx|inproc)://[^\s/]+:\d+")
 _LOOPBACK = re.compile(r"^(127\.|localhost$|::1$|\[::1\]$)")
 
 
@@ -65,19 +62,6 @@ def cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | 
         return config.cluster, "cluster"
     env = os.environ.get(ADDRESS_ENV, "").strip()
     return (env, ADDRESS_ENV) if env else None
-
-
-def cluster_address_problem(value: object) -> str:
-    """What is wrong with a scheduler address as given (--cluster, cluster:), or "" if nothing is."""
-    text = value.strip() if isinstance(value, str) else value
-    if isinstance(text, str) and text.startswith(LOCAL_PREFIX):
-        count = text[len(LOCAL_PREFIX):]
-        if not count.isdigit() or not 1 <= int(count) <= MAX_LOCAL_NODES:
-            return f"local:N needs N from 1 to {MAX_LOCAL_NODES} nodes, got {text!r}"
-        return ""
-    if not isinstance(text, str) or not _ADDRESS.fullmatch(text):
-        return f"must be a Dask scheduler address such as tcp://HOST:8786, or local:N, got {text!r}"
-    return ""
 
 
 def parse_cluster_address(text: str, where: str) -> str | int:
@@ -114,34 +98,6 @@ def _quiet_dask_logs() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name == "distributed" or name.startswith("distributed."):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-@dataclass
-class Node:
-    """One Dask worker used as a node: where it is, its clock, its workers and how it ended."""
-
-    name: str  # node-1, node-2, ...
-    address: str  # the Dask worker's address
-    host: str = ""
-    pid: int = 0  # the Dask worker's process on its host
-    clock_offset_s: float = 0.0  # its clock minus the controller's
-    clock_rtt_s: float = 0.0  # round trip of the probe the offset came from: the offset is good to half of it
-    cores: int = 0
-    count: int = 0  # how many load workers it runs: --workers / workers:, or one per core of its own
-    workers: list[int] = field(default_factory=list)  # global worker indexes
-    lost: str = ""  # why it was lost, if it was
-    future: Any = None
-    queue: Any = None
-
-    @property
-    def same_host(self) -> bool:
-        return self.host == platform.node()
-
-    def summary(self, ended: str) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address, "host": self.host, "pid": self.pid,
-                "clock_offset_ms": round(self.clock_offset_s * 1000, 3),
-                "clock_rtt_ms": round(self.clock_rtt_s * 1000, 3),
-                "workers": list(self.workers), "ended": ended, "problem": self.lost or None}
 
 
 class ClusterSignal:
@@ -204,7 +160,6 @@ class Cluster:
                         client = distributed.Client(local, timeout=CONNECT_TIMEOUT_S)
                         client.wait_for_workers(target, timeout=LOCAL_START_S)
                     except (OSError, TimeoutError, RuntimeError) as e:
-                        from .controller import RunError
 
                         raise RunError(f"{where}: could not start {target} local nodes: {e}") from None
                 # A terminal's Ctrl-C reaches the whole process group, these nodes included.
@@ -261,7 +216,6 @@ class Cluster:
 
         `per_node` workers on every node, or (None) one per core of each node, as a local run has.
         """
-        from .controller import auto_workers
         from .nodes import describe_node, node_limits
 
         described: dict[str, dict[str, Any]] = {}

@@ -35,6 +35,7 @@ from .fields import (  # noqa: F401 - the names the rest of the program imports 
     check_at,
     check_ip,
     choice,
+    cluster_address_problem,
     explain,
     field_error,
     ip_address,
@@ -182,7 +183,6 @@ def _cluster(value: Any) -> str | None:
     """`cluster:`, checked as `--cluster` is (loadtest.cluster owns the address's form)."""
     if value is None:
         return None
-    from .cluster import cluster_address_problem
 
     problem = cluster_address_problem(value)
     if problem:

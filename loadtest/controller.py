@@ -24,14 +24,15 @@ import psutil
 
 from .children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from .config import ConfigError, RunConfig
+from .fields import ADDRESS_ENV
 from .kinds import kind_of
-from .limits import check_limits
-from .messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, Done, Failed, Ready, SnapshotSent, Stopping, WorkerMessage,
-                       WorkerPlan)
+from .limits import auto_workers, check_limits
+from .messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, WORKER_ENTRY, Done, Failed, Ready, SnapshotSent, Stopping,
+                       WorkerMessage, WorkerPlan)
 from .monitor import RunMonitor
 from .reports import HistoryWriter, write_reports
 from .resources import DEFAULT_SAMPLE_INTERVAL_S
-from .run_result import Frame, RunResult, WorkerState
+from .run_result import Frame, RunError, RunResult, WorkerState
 from .run_folder import RunFolderError, make_run_folder, release_run_folder
 from .schedule import worker_share
 from .stats import RunStats, TargetTotals
@@ -48,11 +49,6 @@ START_POLL_S = 0.1  # while starting, how often the run asks whether it was inte
 # again, after the "interrupt again" line, takes longer than this.
 SAME_INTERRUPT_S = 0.5
 SECOND_INTERRUPT = "killed by a second interrupt"
-WORKER_ENTRY = "loadtest.workload:run_worker"  # a worker's entry, imported only in the worker (patched)
-
-
-class RunError(Exception):
-    """The run itself failed: a server could not start, no worker could run."""
 
 
 class _Interrupts:
@@ -98,13 +94,6 @@ class _Interrupts:
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-def auto_workers(config: RunConfig, cores: int | None = None, nodes: int = 1) -> int:
-    """One worker per core (of this machine, or `cores` of a node), but no more than an open target's
-    `max_concurrency` can be shared by over `nodes` nodes."""
-    caps = [cap // nodes for t in config.targets if (cap := kind_of(t).most_workers(t)) is not None]
-    return max(1, min([cores or os.cpu_count() or 1, *caps]))
 
 
 def check_writable(run_dir: Path, where: str) -> None:
@@ -185,7 +174,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
 
 def _cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | None:
     """Where a cluster run's scheduler was given, without importing the cluster code (nor Dask) for a local run."""
-    if option is None and not config.cluster and not os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip():
+    if option is None and not config.cluster and not os.environ.get(ADDRESS_ENV, "").strip():
         return None
     from .cluster import cluster_address
 

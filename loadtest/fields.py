@@ -423,3 +423,24 @@ class ConfigModel(BaseModel):
     @classmethod
     def check_written(cls, data: dict[str, Any]) -> None:
         """Checks of the mapping as written that come before any field's (fields that exclude each other)."""
+
+
+# A cluster's scheduler address (--cluster, cluster:): checked here, with the config's other fields, so that
+# the config need not import the cluster module, which imports the config.
+LOCAL_PREFIX = "local:"  # --cluster local:N starts N nodes on this machine
+ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"  # where Dask's own tools look for the scheduler
+MAX_LOCAL_NODES = 64
+_CLUSTER_ADDRESS = re.compile(r"(tcp|tls|ucx|inproc)://[^\s/]+:\d+")
+
+
+def cluster_address_problem(value: object) -> str:
+    """What is wrong with a scheduler address as given (--cluster, cluster:), or "" if nothing is."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.startswith(LOCAL_PREFIX):
+        count = text[len(LOCAL_PREFIX):]
+        if not count.isdigit() or not 1 <= int(count) <= MAX_LOCAL_NODES:
+            return f"local:N needs N from 1 to {MAX_LOCAL_NODES} nodes, got {text!r}"
+        return ""
+    if not isinstance(text, str) or not _CLUSTER_ADDRESS.fullmatch(text):
+        return f"must be a Dask scheduler address such as tcp://HOST:8786, or local:N, got {text!r}"
+    return ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import resource
 import socket
 from collections import defaultdict
@@ -137,3 +138,10 @@ def check_source_ips(config: RunConfig) -> None:
                         f"targets[{i}].source_ips: {ip} is not an address of this machine, so no connection "
                         f"can start from it ({e.strerror}); give addresses of its own interfaces "
                         f"(127.0.0.1-127.0.0.4 towards loopback)") from None
+
+
+def auto_workers(config: RunConfig, cores: int | None = None, nodes: int = 1) -> int:
+    """One worker per core (of this machine, or `cores` of a node), but no more than an open target's
+    `max_concurrency` can be shared by over `nodes` nodes."""
+    caps = [cap // nodes for t in config.targets if (cap := kind_of(t).most_workers(t)) is not None]
+    return max(1, min([cores or os.cpu_count() or 1, *caps]))

@@ -24,6 +24,8 @@ from .stats import Snapshot
 GRACEFUL_STOP_S = 2.0  # a worker's in-flight requests may finish this long after the deadline
 CANCEL_WAIT_S = 5.0  # then what is still in flight is cancelled, within this long
 
+WORKER_ENTRY = "loadtest.workload:run_worker"  # a worker's entry, imported only in the worker (patched)
+
 
 @dataclass(frozen=True)
 class WorkerPlan:

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError
-from .messages import NodeSamples, SnapshotSent, WorkerEnded, WorkerPlan
+from .messages import WORKER_ENTRY, NodeSamples, SnapshotSent, WorkerEnded, WorkerPlan
 
 # Each worker sends a snapshot a second, all at about the same moment: what came within this window goes to the
 # controller as one batch. Short, because a node lost mid-run loses what it had not yet forwarded.
@@ -164,7 +164,6 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     from distributed import Event, Queue, Variable, get_client
 
     from .children import ChildGroup
-    from .controller import WORKER_ENTRY
 
     queue = Queue(task.channel.queue)
     client = get_client()

@@ -23,17 +23,44 @@ import pickle
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Callable
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .children import Child
 from .messages import Failed, NodeSamples, Ready, WorkerEnded
 
-if TYPE_CHECKING:
-    from .cluster import Node
-
 RELAY_POLL_S = 0.1  # how often each node's queue is read
 LIVENESS_S = 0.5  # how often the scheduler is asked which nodes it still has
 STOP_WAIT_S = 5.0  # how long the relay thread gets to finish its last read
+
+
+@dataclass
+class Node:
+    """One Dask worker used as a node: where it is, its clock, its workers and how it ended."""
+
+    name: str  # node-1, node-2, ...
+    address: str  # the Dask worker's address
+    host: str = ""
+    pid: int = 0  # the Dask worker's process on its host
+    clock_offset_s: float = 0.0  # its clock minus the controller's
+    clock_rtt_s: float = 0.0  # round trip of the probe the offset came from: the offset is good to half of it
+    cores: int = 0
+    count: int = 0  # how many load workers it runs: --workers / workers:, or one per core of its own
+    workers: list[int] = field(default_factory=list)  # global worker indexes
+    lost: str = ""  # why it was lost, if it was
+    future: Any = None
+    queue: Any = None
+
+    @property
+    def same_host(self) -> bool:
+        return self.host == platform.node()
+
+    def summary(self, ended: str) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "host": self.host, "pid": self.pid,
+                "clock_offset_ms": round(self.clock_offset_s * 1000, 3),
+                "clock_rtt_ms": round(self.clock_rtt_s * 1000, 3),
+                "workers": list(self.workers), "ended": ended, "problem": self.lost or None}
 
 
 class RemoteChild(Child):

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from .children import Child
 
 
+class RunError(Exception):
+    """The run itself failed: a server could not start, no worker could run."""
+
+
 @dataclass
 class WorkerState:
     """One worker process as the controller follows it through a run."""

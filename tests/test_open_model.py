@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from loadtest.config import parse_config
-from loadtest.controller import RunResult, auto_workers, run
+from loadtest.controller import RunResult, run
+from loadtest.limits import auto_workers
 
 from .test_run import site_config
 

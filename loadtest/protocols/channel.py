@@ -5,7 +5,8 @@ every read and write. A `Channel` keeps a non-blocking
 socket and one read watcher for the connection's life: a read is one
 `recv` call, and only when the kernel has nothing does the greenlet park on
 the hub; a client whose replies come later than it reads parks first
-(`await_reply`) rather than make a `recv` that would find nothing. `TlsChannel` offers the same calls over gevent's SSL socket.
+(`await_reply`) rather than make a `recv` that would find nothing.
+`TlsChannel` offers the same calls over gevent's SSL socket.
 
 Timeouts are not armed per read: a session's request is aborted by
 `RequestTimeout` thrown into its greenlet (see `Deadlines` in this package).

@@ -21,7 +21,7 @@ import ssl
 from dataclasses import dataclass
 from itertools import cycle
 from time import perf_counter_ns
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import httptools
@@ -126,7 +126,65 @@ class _Connection:
         self.parser = self.response.parser = httptools.HttpResponseParser(self.response)
 
 
-class HttpSession:
+class ReplyReader:
+    """Writes one request and reads its whole response over a keep-alive connection: the read loop the
+    fast engine and the flow client share.
+
+    A subclass sets `timeout` and `_timer` (its `RequestTimer`). What the last `_read_reply` read is left on
+    the object rather than returned in a tuple (one fewer allocation per request on the hot path): the
+    bytes read in `_received`, the bytes that held the status line and headers in `_heading`, a failure's
+    message in `_message`.
+    """
+
+    timeout: float
+    _timer: RequestTimer
+    _received = 0
+    _heading = b""
+    _message = ""
+
+    def _read_reply(self, channel: Channel | TlsChannel, response: Any, parser: Any, request: bytes,
+                    head: bool) -> str | None:
+        """Write `request`, read one whole response into `parser` (whose callbacks are `response`): the
+        failure kind, or None."""
+        timer = self._timer
+        self._received = received = 0
+        self._heading = heading = b""
+        try:
+            channel.send_all(request)
+            channel.await_reply()  # park first when replies come late: a recv that finds nothing costs a raise
+            while True:
+                data = channel.recv(RECV_SIZE)
+                if not data:
+                    if response.headers_done and not _LENGTH_OR_CHUNKED.search(heading):
+                        return None  # a body delimited by the server closing
+                    return self._fail("closed", "the server closed the connection before the response ended")
+                received += len(data)
+                self._received = received
+                in_head = not response.headers_done
+                if in_head:
+                    heading += data
+                    self._heading = heading
+                parser.feed_data(data)
+                # Checked only while the head is arriving, and the search only when this much has come
+                # (a big response's first read): the head must end within MAX_HEAD_BYTES.
+                if in_head and len(heading) > MAX_HEAD_BYTES and heading.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
+                    return self._fail("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB")
+                if response.complete or (head and response.headers_done):
+                    return None
+                # A response still arriving notices its own deadline here, without waiting for the
+                # worker's scan: a dripping server wakes this greenlet often enough.
+                if perf_counter_ns() >= timer.deadline_ns:
+                    raise RequestTimeout
+        except (RequestTimeout, httptools.HttpParserError, OSError) as e:
+            return self._fail(*read_failure(e, self.timeout))
+
+    def _fail(self, kind: str, message: str) -> str:
+        self._heading = b""
+        self._message = message
+        return kind
+
+
+class HttpSession(ReplyReader):
     """One virtual user's keep-alive connections to an HTTP target."""
 
     def __init__(self, target: HttpTarget, endpoints: list[Endpoint], recorder: TargetRecorder,
@@ -142,8 +200,6 @@ class HttpSession:
         self._conns: dict[tuple[str, str, int], _Connection] = {}
         self._tls = tls
         self._timer = RequestTimer(deadlines)
-        self._received = 0  # bytes of the response read by the last `_roundtrip`
-        self._message = ""  # and its failure's message
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         ep = self._single or next(self._urls)
@@ -164,7 +220,7 @@ class HttpSession:
         timer.start(deadline)
         sent = len(ep.request)
         try:
-            kind = self._roundtrip(conn, ep)
+            kind = self._read_reply(conn.channel, conn.response, conn.parser, ep.request, ep.head)
             if kind is not None and kind in _STALE and self._received == 0 and conn.reused:
                 # The server closed an idle keep-alive connection: reconnect once, as browsers do.
                 self._drop(ep.origin)
@@ -174,7 +230,7 @@ class HttpSession:
                     return
                 conn = new
                 timer.start(deadline)
-                kind = self._roundtrip(conn, ep)
+                kind = self._read_reply(conn.channel, conn.response, conn.parser, ep.request, ep.head)
                 sent += len(ep.request)
             conn.reused = True
         except GreenletExit:
@@ -207,51 +263,6 @@ class HttpSession:
         else:
             self._drop(ep.origin)
             rec.failure(kind, self._message, latency, received, sent)
-
-    def _roundtrip(self, conn: _Connection, ep: Endpoint) -> str | None:
-        """Write the request, read one whole response: the failure kind, or None.
-
-        The bytes read are left in `_received` and a failure's message in
-        `_message`: no tuple is built per request on the hot path.
-        """
-        channel = conn.channel
-        response = conn.response
-        parser = conn.parser
-        timer = self._timer
-        self._received = received = 0
-        head = b""
-        try:
-            channel.send_all(ep.request)
-            channel.await_reply()
-            while True:
-                data = channel.recv(RECV_SIZE)
-                if not data:
-                    if response.headers_done and not _LENGTH_OR_CHUNKED.search(head):
-                        return None  # a body delimited by the server closing
-                    return self._fail("closed", "the server closed the connection before the response ended")
-                received += len(data)
-                self._received = received
-                heading = not response.headers_done
-                if heading:
-                    head += data
-                parser.feed_data(data)
-                # Checked only while the head is arriving, and the search only when this much has come
-                # (a big response's first read): the head must end within MAX_HEAD_BYTES.
-                if heading and len(head) > MAX_HEAD_BYTES and head.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
-                    return self._fail("protocol",
-                                      f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB")
-                if response.complete or (ep.head and response.headers_done):
-                    return None
-                # A response still arriving notices its own deadline here, without waiting for the
-                # worker's scan: a dripping server wakes this greenlet often enough.
-                if perf_counter_ns() >= timer.deadline_ns:
-                    raise RequestTimeout
-        except (RequestTimeout, httptools.HttpParserError, OSError) as e:
-            return self._fail(*read_failure(e, self.timeout))
-
-    def _fail(self, kind: str, message: str) -> str:
-        self._message = message
-        return kind
 
     def _connect(self, ep: Endpoint) -> _Connection | None:
         rec = self.recorder

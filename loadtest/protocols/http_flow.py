@@ -27,8 +27,8 @@ from gevent import GreenletExit
 
 from ..flows.extract import MAX_KEPT_BODY
 from . import Deadlines, RequestTimer
-from .channel import Channel, RequestTimeout, TlsChannel
-from .http_fast import _LENGTH_OR_CHUNKED, MAX_HEAD_BYTES, RECV_SIZE, USER_AGENT, connect_failure, read_failure
+from .channel import Channel, TlsChannel
+from .http_fast import USER_AGENT, ReplyReader, connect_failure
 
 _STALE = ("closed", "reset")
 Origin = tuple[str, str, int]  # scheme, host, port
@@ -179,7 +179,7 @@ def parse_head(head: bytes) -> dict[str, str]:
     return out
 
 
-class FlowClient:
+class FlowClient(ReplyReader):
     """One virtual user's keep-alive connections, one per origin, for any requests its flow sends.
 
     `on_connect(latency_ns)` and `on_disconnect()` report the connections it
@@ -197,11 +197,6 @@ class FlowClient:
         self._tls = tls
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
-        # what the last `_roundtrip` read: bytes, the bytes that held the head, a failure's message (left here
-        # rather than returned in a tuple: one fewer allocation per request on the hot path)
-        self._received = 0
-        self._heading = b""
-        self._message = ""
 
     def send(self, address: Address, request: bytes, head: bool, keep: bool) -> Reply:
         """Send `request` and read its whole response; `keep` keeps its headers and body. Never raises for the
@@ -226,7 +221,7 @@ class FlowClient:
         sent = len(request)
         try:
             callbacks = conn.callbacks(keep) if keep else conn.counting
-            kind = self._roundtrip(conn, callbacks, request, head)
+            kind = self._read_reply(conn.channel, callbacks, callbacks.parser, request, head)
             if kind is not None and kind in _STALE and self._received == 0 and conn.reused:
                 # The server closed an idle keep-alive connection: reconnect once, as browsers do.
                 self._drop(origin)
@@ -237,7 +232,7 @@ class FlowClient:
                 conn = new
                 callbacks = conn.callbacks(keep)
                 timer.start(deadline)
-                kind = self._roundtrip(conn, callbacks, request, head)
+                kind = self._read_reply(conn.channel, callbacks, callbacks.parser, request, head)
                 sent += len(request)
             conn.reused = True
         except GreenletExit:
@@ -271,44 +266,6 @@ class FlowClient:
             if head:
                 conn.fresh(callbacks)
         return out
-
-    def _roundtrip(self, conn: _Connection, response: _Counting, request: bytes, head: bool) -> str | None:
-        """Write the request, read one whole response: the failure kind, or None. The bytes read are left in
-        `_received`, the bytes that held the head in `_heading` and a failure's message in `_message`."""
-        channel = conn.channel
-        parser = response.parser
-        timer = self._timer
-        self._received = received = 0
-        self._heading = heading = b""
-        try:
-            channel.send_all(request)
-            channel.await_reply()  # park first when replies come late: a recv that finds nothing costs a raise
-            while True:
-                data = channel.recv(RECV_SIZE)
-                if not data:
-                    if response.headers_done and not _LENGTH_OR_CHUNKED.search(heading):
-                        return None  # a body delimited by the server closing
-                    return self._fail("closed", "the server closed the connection before the response ended")
-                received += len(data)
-                self._received = received
-                in_head = not response.headers_done
-                if in_head:
-                    heading += data
-                    self._heading = heading
-                parser.feed_data(data)
-                if in_head and len(heading) > MAX_HEAD_BYTES and heading.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
-                    return self._fail("protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB")
-                if response.complete or (head and response.headers_done):
-                    return None
-                if perf_counter_ns() >= timer.deadline_ns:
-                    raise RequestTimeout
-        except (RequestTimeout, httptools.HttpParserError, OSError) as e:
-            return self._fail(*read_failure(e, self.timeout))
-
-    def _fail(self, kind: str, message: str) -> str:
-        self._heading = b""
-        self._message = message
-        return kind
 
     def _connect(self, address: Address, out: Reply) -> _Connection | None:
         started = perf_counter_ns()

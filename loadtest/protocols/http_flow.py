@@ -28,7 +28,7 @@ from gevent import GreenletExit
 from ..flows.extract import MAX_KEPT_BODY
 from . import Deadlines, RequestTimer
 from .channel import Channel, TlsChannel
-from .http_fast import USER_AGENT, ReplyReader, connect_failure
+from .http_fast import ReplyReader, connect_failure
 
 _STALE = ("closed", "reset")
 Origin = tuple[str, str, int]  # scheme, host, port
@@ -48,18 +48,6 @@ def resolve_origin(scheme: str, host: str, port: int, host_header: str) -> Addre
     """Resolve one origin; raises OSError if its host does not resolve."""
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     return Address((scheme, host, port), family, sockaddr, host_header)
-
-
-def request_bytes(method: str, target: str, host_header: str, headers: list[tuple[str, str]] | tuple[
-        tuple[str, str], ...], body: bytes) -> bytes:
-    """One HTTP/1.1 request: request line, Host, User-Agent (unless given), the headers, Content-Length, body."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}"]
-    if not any(k.lower() == "user-agent" for k, _ in headers):
-        lines.append(f"User-Agent: {USER_AGENT}")
-    lines.extend(f"{k}: {v}" for k, v in headers)
-    if body or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class _Counting:

@@ -227,5 +227,13 @@ targets:
     assert stats[0][:2] == ("FLOW", "shop") and 80 <= passes <= 101, stats
     assert stats[1:3] == [("POST", "shop/login", passes, 0), ("GET", "shop/me", passes, 0)]
     assert ("LATENESS", "shop") == stats[3][:2] and stats[3][2] >= passes
+    # UNCORRECTED: each pass from when it actually began, not from its schedule; never longer than the corrected
+    assert stats[4] == ("UNCORRECTED", "shop", passes, 0), stats
+    by_type = {(r["Type"], r["Name"]): r for r in rows(out, "stats.csv")}
+    assert float(by_type[("UNCORRECTED", "shop")]["Max Response Time"]) <= \
+        float(by_type[("FLOW", "shop")]["Max Response Time"])
+    open_model = summary(out)["targets"][0]["open_model"]
+    assert open_model["rate"] == 100 and open_model["started"] == stats[3][2] and open_model["dropped"] == 0
+    assert open_model["uncorrected_latency_ms"]["p50"] > 0
     served = summary(out)["servers"][0]["served"]
     assert served["/login"] == served["/me"] == passes

@@ -96,7 +96,8 @@ class FlowSession:
     def exchange(self, scheduled_ns: int = 0) -> None:
         shared = self.shared
         rec = shared.rows.flow
-        started = scheduled_ns or perf_counter_ns()
+        began = perf_counter_ns()
+        started = scheduled_ns or began
         ctx = self.ctx
         ctx.values = {}
         dealer = shared.dealer
@@ -113,7 +114,10 @@ class FlowSession:
         try:
             self.run_pass(totals)
         except StepFailed as failed:
-            rec.failure(failed.kind, failed.message, perf_counter_ns() - started, totals.received, totals.sent,
+            ended = perf_counter_ns()
+            if scheduled_ns:  # open model: also what a closed-loop tool would have measured
+                rec.uncorrected.record(ended - began)
+            rec.failure(failed.kind, failed.message, ended - started, totals.received, totals.sent,
                         totals.content)
             give_way()  # a pass that fails at once must not keep the worker's clock from running
         except RunStopping:
@@ -123,7 +127,10 @@ class FlowSession:
                 rec.failure("cancelled", "the run stopped while this flow was under way", None)
             raise
         else:
-            rec.success(perf_counter_ns() - started, totals.received, totals.sent, totals.content)
+            ended = perf_counter_ns()
+            if scheduled_ns:
+                rec.uncorrected.record(ended - began)
+            rec.success(ended - started, totals.received, totals.sent, totals.content)
         finally:
             ctx.iteration += 1
             if row is not None:

@@ -20,7 +20,6 @@ into them. The flow's row is left out of Aggregated, which adds up requests.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Sequence
@@ -49,12 +48,13 @@ from ..flows.steps import FlowError, parse_steps
 from ..run_files import FLOW_TYPE
 from ..schedule import Stage, peak_level
 from .base import ExtraRow, Load, TargetKind
-from .http import ARRIVALS, DEFAULT_ARRIVAL, DEFAULT_MAX_CONCURRENCY, think_range, url_text
+from .http import (ARRIVALS, DEFAULT_ARRIVAL, DEFAULT_MAX_CONCURRENCY, open_model_rows, open_model_summary,
+                   think_range, url_text)
 
 if TYPE_CHECKING:
     from ..protocols import Deadlines, Session
-    from ..stats import TargetRecorder, TargetTotals
-    from ..worker import WorkerPlan
+    from ..messages import WorkerPlan
+    from ..stats import RunStats, TargetRecorder, TargetTotals
     from ..workload import Budget
 
 SCRIPT_DESCRIPTORS = 2  # a Python flow's user may talk to any origins: assume two connections at once
@@ -328,14 +328,12 @@ class FlowKind(TargetKind):
         return None
 
     def extra_rows(self, target: FlowTarget, totals: TargetTotals) -> list[ExtraRow]:
-        """Open model: LATENESS, how late passes started against their schedule (Failure Count: the dropped ones)."""
-        if target.model != "open":
-            return []
-        from ..run_files import LATENESS_TYPE
+        """Open model: LATENESS, how late passes started against their schedule (Failure Count: the dropped
+        ones), and UNCORRECTED, each pass's time from its actual start rather than its scheduled one."""
+        return open_model_rows(totals) if target.model == "open" else []
 
-        started = totals.lateness.get_total_count()
-        return [ExtraRow(LATENESS_TYPE, totals.lateness, started + totals.dropped,
-                         Counter(dropped=totals.dropped) if totals.dropped else Counter())]
+    def summary(self, target: FlowTarget, totals: TargetTotals, stats: RunStats, index: int) -> dict[str, Any]:
+        return open_model_summary(target, totals) if target.model == "open" else {}
 
     def session_factory(self, target: FlowTarget, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
                         budget: Budget) -> Callable[[], Session]:

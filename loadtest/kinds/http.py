@@ -360,22 +360,31 @@ class HttpOpen(HttpClosed):
                 f"or a larger max_concurrency")
 
     def extra_rows(self, target: HttpTarget, totals: TargetTotals) -> list[ExtraRow]:
-        """LATENESS: how late arrivals started (Failure Count: the dropped ones); UNCORRECTED: latency from the
-        actual send rather than the scheduled start (lower than the corrected row only when arrivals start
-        late, at max_concurrency)."""
-        from ..run_files import LATENESS_TYPE, UNCORRECTED_TYPE
-
-        started = totals.lateness.get_total_count()
-        return [ExtraRow(LATENESS_TYPE, totals.lateness, started + totals.dropped,
-                         Counter(dropped=totals.dropped) if totals.dropped else Counter()),
-                ExtraRow(UNCORRECTED_TYPE, totals.uncorrected, totals.requests, totals.failures)]
+        return open_model_rows(totals)
 
     def summary(self, target: HttpTarget, totals: TargetTotals, stats: RunStats, index: int) -> dict[str, Any]:
-        from ..reports import latency_summary
+        return open_model_summary(target, totals)
 
-        return {"open_model": {
-            "rate": target.rate, "arrival": target.arrival, "max_concurrency": target.max_concurrency,
-            "started": totals.lateness.get_total_count(), "dropped": totals.dropped,
-            "lateness_ms": latency_summary(totals.lateness),
-            "uncorrected_latency_ms": latency_summary(totals.uncorrected),
-        }}
+
+def open_model_rows(totals: TargetTotals) -> list[ExtraRow]:
+    """An open-model target's other rows (HTTP arrivals and flow passes alike). LATENESS: how late arrivals
+    started (Failure Count: the dropped ones); UNCORRECTED: latency from the actual start rather than the
+    scheduled one (lower than the corrected row only when arrivals start late, at max_concurrency)."""
+    from ..run_files import LATENESS_TYPE, UNCORRECTED_TYPE
+
+    started = totals.lateness.get_total_count()
+    return [ExtraRow(LATENESS_TYPE, totals.lateness, started + totals.dropped,
+                     Counter(dropped=totals.dropped) if totals.dropped else Counter()),
+            ExtraRow(UNCORRECTED_TYPE, totals.uncorrected, totals.requests, totals.failures)]
+
+
+def open_model_summary(target: Any, totals: TargetTotals) -> dict[str, Any]:
+    """summary.json's `open_model` entry of an open-model target (one with rate, arrival, max_concurrency)."""
+    from ..reports import latency_summary
+
+    return {"open_model": {
+        "rate": target.rate, "arrival": target.arrival, "max_concurrency": target.max_concurrency,
+        "started": totals.lateness.get_total_count(), "dropped": totals.dropped,
+        "lateness_ms": latency_summary(totals.lateness),
+        "uncorrected_latency_ms": latency_summary(totals.uncorrected),
+    }}

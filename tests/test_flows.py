@@ -181,6 +181,8 @@ def test_unique_rows_are_never_held_twice_and_cycle_rows_go_round() -> None:
     ([{"url": "http://{site}/", "wait": 1}], "unknown key 'wait'"),
     ([{"url": "http://{site}/", "json": {}, "body": "x"}], "not both"),
     ([{"think": "soon"}, {"url": "http://{site}/"}], r"flow\[0\].think: must be a duration"),
+    ([{"url": "http://{site}/", "expect": {"body_contains": "${later}"}}],
+     r"flow\[0\].expect.body_contains: \$\{later\} is not captured"),
 ])
 def test_bad_steps_name_their_field(steps: list[Any], message: str) -> None:
     with pytest.raises(FlowError, match=message):
@@ -253,6 +255,20 @@ def test_failed_checks_and_captures_end_the_pass(site: ServerGroup) -> None:
     steps = parse_steps([{**ME, "headers": {"Authorization": "Bearer junk"}}], "flow", frozenset(), {"site"})
     rows = run_passes(site, FlowSpec(steps=steps), passes=2)
     assert rows["shop/me"].failures == {"status": 2} and rows["shop"].samples["status"] == "shop/me: HTTP 401"
+
+
+def test_body_contains_is_filled_in_per_user(site: ServerGroup) -> None:
+    login = {"name": "login", "method": "POST", "url": "http://{site}/login",
+             "json": {"user": "u${user}", "password": "x"}, "capture": {"token": "json:token"}}
+    me = {**ME, "expect": {"body_contains": 'u${user}"'}}
+    rows = run_passes(site, FlowSpec(steps=parse_steps([login, me], "flow", frozenset(), {"site"})), passes=2,
+                      users=3)
+    assert rows["shop/me"].requests == 6 and rows["shop/me"].failures == {}
+    wrong = {**ME, "expect": {"body_contains": "x${user}-${token}"}}
+    rows = run_passes(site, FlowSpec(steps=parse_steps([login, wrong], "flow", frozenset(), {"site"})), passes=1)
+    assert rows["shop/me"].failures == {"check": 1}
+    assert rows["shop/me"].samples["check"].startswith("the response body does not contain 'x0-")  # filled in
+    assert "${" not in rows["shop/me"].samples["check"]
 
 
 def test_a_one_request_flow_records_each_request_in_both_rows_exactly(site: ServerGroup) -> None:

@@ -124,12 +124,14 @@ class Expect:
     def status_ok(self, status: int) -> bool:
         return status in self.status if self.status else 200 <= status < 400
 
-    def body_problem(self, body: str | None, truncated: bool) -> str | None:
-        """Why the body fails the check (a sentence), or None."""
-        if self.body_contains is None or (body is not None and self.body_contains in body):
+    def body_problem(self, body: str | None, truncated: bool, needle: str | None = None) -> str | None:
+        """Why the body fails the check (a sentence), or None. `needle`: `body_contains` with its placeholders
+        filled in, when it has any."""
+        wanted = needle if needle is not None else self.body_contains
+        if wanted is None or (body is not None and wanted in body):
             return None
         cut = f" (in its first {MAX_KEPT_BODY // 1024} KiB)" if truncated else ""
-        return f"the response body does not contain {self.body_contains!r}{cut}"
+        return f"the response body does not contain {wanted!r}{cut}"
 
 
 def parse_expect(spec: Any) -> Expect:

@@ -214,6 +214,7 @@ class CompiledStep:
     captures: tuple[Capture, ...]
     expect: Expect
     repeat: int
+    contains: Template | None = None  # expect.body_contains when it has placeholders, filled in per response
 
     def build(self, ctx: Context) -> bytes:
         """The request bytes, filled in from `ctx`; raises MissingValue."""
@@ -258,8 +259,9 @@ def compile_step(step: RequestStep, row: str, rec: TargetRecorder, shared: FlowS
         body = compile_template(step.body)
     compiled = CompiledStep(step.name, row, rec, step.method, address, path, "".join(head), varying, body,
                             content_type, None, step.method == "HEAD", step.needs.body or bool(step.needs.headers),
-                            step.captures,
-                            step.expect, step.repeat)
+                            step.captures, step.expect, step.repeat,
+                            compile_template(step.expect.body_contains)
+                            if step.expect.body_contains is not None and "${" in step.expect.body_contains else None)
     if path.static is not None and not varying and (body is None or body.static is not None):
         ctx = Context(0, random.Random(0))
         compiled = replace(compiled, request=compiled.build(ctx))
@@ -381,7 +383,15 @@ class YamlFlowSession(FlowSession):
                 s.rec.failure("capture", message, r.latency, r.received, r.sent, r.content)
                 raise StepFailed("capture", f"{s.row}: {message}")
             self.ctx.values[c.name] = value
-        problem = s.expect.body_problem(body, r.truncated)
+        needle = None
+        if s.contains is not None:
+            try:
+                needle = s.contains.render(self.ctx)
+            except MissingValue as missing:
+                message = f"no value for ${{{missing.args[0]}}} in expect.body_contains"
+                s.rec.failure("capture", message, r.latency, r.received, r.sent, r.content)
+                raise StepFailed("capture", f"{s.row}: {message}") from None
+        problem = s.expect.body_problem(body, r.truncated, needle)
         if problem is not None:
             s.rec.failure("check", problem, r.latency, r.received, r.sent, r.content)
             raise StepFailed("check", f"{s.row}: {problem}")

@@ -192,6 +192,9 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
                             f"iteration or data)")
         captures.append(_check(lambda k=k, v=v: parse_capture(k, v), f"{at}.capture.{k}"))
     expect = _check(lambda: parse_expect(raw.get("expect")), f"{at}.expect")
+    if expect.body_contains is not None:  # checked after this step's captures: they may fill it in too
+        here = known | {c.name for c in captures}
+        _check(lambda: compile_template(expect.body_contains, here, columns), f"{at}.expect.body_contains")
     repeat = raw.get("repeat", 1)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= MAX_REPEAT:
         raise FlowError(f"{at}.repeat: must be a whole number from 1 to {MAX_REPEAT}, got {repeat!r}")

@@ -120,6 +120,33 @@ def test_ctrl_c_to_the_group_during_start_up_exits_130_without_a_traceback(tmp_p
     assert_all_gone(children)
 
 
+# Interrupts itself at the moment the console script starts importing the command line (typer, rich, pydantic:
+# most of a run's start-up), then lets the import go on slowly: deterministic where a sleep would be luck.
+INTERRUPTED_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys, time
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "loadtest.cli":
+            os.kill(os.getpid(), signal.SIG{sig})
+            time.sleep(0.2)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["loadtest", "run", "nothing.yaml"]
+from loadtest.console import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["INT", "TERM"])
+def test_the_console_script_handles_an_interrupt_while_it_imports(tmp_path: Path, sig: str) -> None:
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_WHILE_IMPORTING.format(sig=sig)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, (done.stdout, done.stderr)
+    assert done.stderr == "loadtest: interrupted\n"  # one line: no traceback, and the run never started
+
+
 def sampled_pid(tmp_path: Path, role: str) -> int:
     """The pid of `role` as resources.csv names it, once the sampler has written a row for it."""
     deadline = time.monotonic() + 30

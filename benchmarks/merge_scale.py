@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtest.config import parse_config  # noqa: E402
+from loadtest.kinds import kind_of  # noqa: E402
 from loadtest.reports import HistoryWriter  # noqa: E402
 from loadtest.stats import RunStats, Snapshot, TargetRecorder, TargetSnapshot  # noqa: E402
 
@@ -66,7 +67,7 @@ def main() -> None:
     distinct = [worker_snapshots(min(args.workers, 8), args.targets, args.values, seq, rng) for seq in range(2)]
     config = parse_config({"duration": f"{args.seconds}s", "targets": [
         {"name": f"t{t}", "url": f"http://127.0.0.1:9/{t}", "concurrency": 1} for t in range(args.targets)]})
-    stats = RunStats([(t.name, t.row_type) for t in config.targets], args.workers)
+    stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], args.workers)
     snapshots = args.workers * args.seconds
     add_s = flush_s = 0.0
     with tempfile.TemporaryDirectory(prefix="merge-scale-") as tmp:

@@ -294,9 +294,14 @@ class HistogramMerger:
     """
 
     def __init__(self) -> None:
-        self._scratch = _numpy().zeros(COUNTS_LEN, dtype=_numpy().int64)
+        np = self._np = _numpy()
+        self._scratch = np.zeros(COUNTS_LEN, dtype=np.int64)
         self._address = self._scratch.ctypes.data
         self._template = new_histogram()
+        # each bucket's lowest and highest value, looked up rather than computed per snapshot (2 x 270 KB)
+        ranges = [bucket_range(i) for i in range(COUNTS_LEN)]
+        self._lowest = [low for low, _ in ranges]
+        self._highest = [high for _, high in ranges]
 
     def add(self, into: Sequence[HdrHistogram], encoded: bytes) -> None:
         """Add `encoded` (what a worker ships, or HdrHistogram's `encode()`) into each of `into`."""
@@ -329,10 +334,16 @@ class HistogramMerger:
             return
         lo, hi = first + found["min_nonzero_index"], first + found["max_nonzero_index"]
         part = self._scratch[lo:hi + 1]
+        low, high = self._lowest[lo], self._highest[hi]
         for hist in into:
-            view = counts_view(hist)[lo:hi + 1]
+            view = self._np.frombuffer(hist.counts, dtype=self._np.int64)[lo:hi + 1]
             view += part
-            _settle(hist, lo, hi, total)
+            # count, min and max as HdrHistogram's own `add` settles them (see `_settle`)
+            if not hist.total_count or low < hist.min_value:
+                hist.min_value = low
+            if high > hist.max_value:
+                hist.max_value = high
+            hist.total_count += total
         part.fill(0)
 
 
@@ -495,12 +506,19 @@ class TargetTotals:
         to add its histograms without decoding each into a histogram of its own; `histograms=False`
         adds only the counters."""
         self.requests += snap.requests
-        self.failures.update(dict(snap.failures))
+        # a loop, not Counter.update: this runs per worker snapshot, and update's Mapping check costs more than
+        # adding the one or two kinds a snapshot has
+        failures = self.failures
+        for kind, count in snap.failures:
+            failures[kind] += count
         self.bytes_in += snap.bytes_in
         self.bytes_out += snap.bytes_out
         self.content_bytes += snap.content_bytes
         self.connects += snap.connects
-        self.connect_failures.update(dict(snap.connect_failures))
+        if snap.connect_failures:
+            connect_failures = self.connect_failures
+            for kind, count in snap.connect_failures:
+                connect_failures[kind] += count
         self.dropped += snap.dropped
         if not histograms:
             return

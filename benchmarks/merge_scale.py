@@ -11,13 +11,16 @@ over (`ready_intervals`), and the history row (`HistoryWriter.write`: the
 percentiles of every target and of Aggregated, once per second). Prints the
 CPU µs per snapshot per target, the once-a-second cost, and the number of
 workers × targets one controller could merge each second within half a core.
-In-process and CPU-timed (`time.process_time`), so a busy machine changes
-little.
+Then what the pipe adds: a worker-second's pickled size and the CPU to
+unpickle it (`pickle.loads`, as `Connection.recv` does), and the capacity
+with that counted too. In-process and CPU-timed (`time.process_time`), so a
+busy machine changes little.
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import random
 import sys
 import tempfile
@@ -99,6 +102,19 @@ def main() -> None:
     need = (1000 * 10 * per_snapshot_target + per_second)
     print(f"  1,000 workers × 10 targets would take {need:.2f} CPU-s each second "
           f"({'within' if need <= HALF_CORE else 'over'} half a core)")
+    pickled = [pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL) for snap in distinct[1]]
+    t0 = time.process_time()
+    rounds = max(1, 2000 // len(pickled))
+    for _ in range(rounds):
+        for data in pickled:
+            pickle.loads(data)
+    unpickle = (time.process_time() - t0) / (rounds * len(pickled) * args.targets)
+    all_in = per_snapshot_target + unpickle
+    capacity = budget / all_in if budget > 0 else 0.0
+    print(f"  the pipe: {sum(map(len, pickled)) / len(pickled) / 1024:,.1f} KiB a worker-second, unpickled in "
+          f"{unpickle * 1e6:.1f} µs CPU per snapshot per target")
+    print(f"  all in ({all_in * 1e6:.1f} µs):                {capacity:,.0f} worker-targets within half a core "
+          f"= {capacity / args.targets:,.0f} workers at {args.targets} targets")
 
 
 if __name__ == "__main__":

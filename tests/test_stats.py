@@ -332,3 +332,184 @@ def test_totals_read_mid_second_include_it_and_reading_them_changes_nothing() ->
     final = stats.totals[0]
     assert final.latency.get_total_count() == final.requests == 5
     assert final.latency.get_min_value() == pytest.approx(1_000, rel=0.001)
+
+
+def recorded_reference(values: list[int]) -> HdrHistogram:
+    """HdrHistogram's own record_value, nothing of ours: what merged counts must equal."""
+    reference = new_histogram()
+    for v in values:
+        reference.record_value(min(max(v, 1), HIGHEST_NS))
+    return reference
+
+
+def test_bucket_index_and_range_are_hdrhistogram_own_for_every_bucket() -> None:
+    from loadtest.stats import COUNTS_LEN, bucket_range, counts_index
+
+    h = new_histogram()
+    assert COUNTS_LEN == h.counts_len
+    for i in range(COUNTS_LEN):
+        low, high = bucket_range(i)
+        assert (low, high) == (h.get_value_from_index(i), h.get_highest_equivalent_value(h.get_value_from_index(i))), i
+        if low >= 1:
+            assert counts_index(low) == counts_index(high) == h.get_counts_array_index(low) == i
+
+
+def test_a_shipped_histogram_is_its_bucket_range_and_decodes_to_hdrhistogram_own_counts() -> None:
+    """A worker ships the filled range uncompressed (SPARSE_FORMAT); decoded, it is what record_value makes, and
+    the same as HdrHistogram's own encode and decode of it."""
+    from loadtest.stats import SPARSE_FORMAT
+
+    rng = random.Random(5)
+    for values in ([1], [HIGHEST_NS], [1, HIGHEST_NS], [rng.randint(1, 10**10) for _ in range(4000)],
+                   [int(rng.lognormvariate(14.5, 0.8)) for _ in range(2000)]):
+        rec = TargetRecorder(0)
+        for v in values:
+            rec.success(v, 1, 1, 1)
+        shipped = rec.snapshot().latency
+        assert shipped[0] == SPARSE_FORMAT
+        reference = recorded_reference(values)
+        got = decode_histogram(shipped)
+        assert list(got.counts) == list(reference.counts)
+        via_hdrh = HdrHistogram.decode(reference.encode())
+        assert (got.get_total_count(), got.get_min_value(), got.get_max_value()) == (
+            via_hdrh.get_total_count(), via_hdrh.get_min_value(), via_hdrh.get_max_value()) == (
+            len(values), reference.get_min_value(), reference.get_max_value())
+
+
+def test_the_merger_adds_both_wire_forms_exactly_and_the_sum_is_what_workers_recorded() -> None:
+    """Shipped ranges (what workers send now) and HdrHistogram's base64 `encode()` (what they sent before) add
+    into the same counts as recording every value into one histogram."""
+    from loadtest.stats import HistogramMerger
+
+    rng = random.Random(9)
+    merger = HistogramMerger()
+    merged = new_histogram()
+    everything: list[int] = []
+    for n in (2000, 1, 0, 300, 5000, 7):
+        values = [int(rng.lognormvariate(10 + n % 7, 2)) + 1 for _ in range(n)]
+        everything += values
+        rec = TargetRecorder(0)
+        for v in values:
+            rec.success(v, 1, 1, 1)
+        if n % 2:
+            encoded = recorded_reference(values).encode() if values else b""  # the old wire form
+        else:
+            encoded = rec.snapshot().latency
+        if encoded:
+            merger.add((merged,), encoded)
+    reference = recorded_reference(everything)
+    assert list(merged.counts) == list(reference.counts)
+    assert (merged.get_total_count(), merged.get_min_value(), merged.get_max_value()) == (
+        reference.get_total_count(), reference.get_min_value(), reference.get_max_value())
+    assert percentiles_ns(merged) == [reference.get_max_value() if p == 100 else reference.get_value_at_percentile(p)
+                                      for p in PERCENTILES]
+
+
+def test_a_shipped_histogram_starting_past_the_last_bucket_is_refused_and_merging_stays_exact() -> None:
+    from loadtest.stats import COUNTS_LEN, SPARSE_FORMAT, SPARSE_HEADER, HistogramMerger
+
+    merger = HistogramMerger()
+    merged = new_histogram()
+    bad = SPARSE_HEADER.pack(SPARSE_FORMAT, COUNTS_LEN) + b"\x02"
+    with pytest.raises(ValueError, match="past the last"):
+        merger.add((merged,), bad)
+    with pytest.raises(ValueError, match="past the last"):
+        decode_histogram(bad)
+    rec = TargetRecorder(0)
+    rec.success(5_000_000, 1, 1, 1)
+    merger.add((merged,), rec.snapshot().latency)
+    assert list(merged.counts) == list(recorded_reference([5_000_000]).counts)
+
+
+def test_add_histogram_is_hdrhistogram_add() -> None:
+    """The numpy add gives HdrHistogram.add's counts, count, min and max, into an empty histogram or not; a second's
+    histogram it does not keep still refuses."""
+    from loadtest.stats import NOT_KEPT, add_histogram
+
+    rng = random.Random(13)
+    ours, theirs = new_histogram(), new_histogram()
+    for n in (3, 0, 1000, 1):
+        part = recorded_reference([rng.randint(1, 10**9) for _ in range(n)])
+        add_histogram(ours, part)
+        if n:  # (HdrHistogram.add of an empty histogram sets min to 0; ours leaves it, and nothing here adds one)
+            theirs.add(part)
+        assert list(ours.counts) == list(theirs.counts)
+        assert (ours.total_count, ours.get_min_value(), ours.get_max_value()) == (
+            theirs.total_count, theirs.get_min_value(), theirs.get_max_value())
+    with pytest.raises(TypeError):
+        add_histogram(NOT_KEPT, ours)
+
+
+def test_cumulative_counts_equal_a_walk_over_hdrhistogram_buckets() -> None:
+    from loadtest.stats import counts_at_or_below
+
+    rng = random.Random(17)
+    values = [int(rng.lognormvariate(13, 2)) + 1 for _ in range(5000)]
+    h = recorded_reference(values)
+    bounds = [0, 1, 1000, 10**5, 10**6, 5 * 10**6, 10**8, 10**12, HIGHEST_NS * 2]
+    want = []
+    for bound in bounds:
+        want.append(sum(h.counts[i] for i in range(h.counts_len)
+                        if h.counts[i] and h.get_highest_equivalent_value(h.get_value_from_index(i)) <= bound))
+    assert counts_at_or_below(h, bounds) == want
+    assert counts_at_or_below(new_histogram(), bounds) == [0] * len(bounds)
+
+
+def test_the_merged_run_is_the_sum_of_what_every_worker_recorded_bucket_for_bucket() -> None:
+    """Many workers and seconds, some handed over and the last one pending: the totals' counts are exactly those
+    of one histogram that recorded every value sent, and so are Aggregated's and the seconds' summed."""
+    from loadtest.stats import aggregate
+
+    rng = random.Random(21)
+    workers, seconds = 12, 4
+    stats = RunStats([("a", "GET"), ("b", "GET")], workers)
+    sent: dict[int, list[int]] = {0: [], 1: []}
+    handed = [new_histogram(), new_histogram()]
+    for seq in range(seconds):
+        for w in range(workers):
+            if seq == seconds - 1 and w == 0:
+                continue  # worker 0 never sends its last second: that second stays pending
+            recs = [TargetRecorder(0), TargetRecorder(1)]
+            for t, rec in enumerate(recs):
+                for _ in range(rng.choice([0, 1, 50, 400])):
+                    v = int(rng.lognormvariate(13 + t, 1.5)) + 1
+                    sent[t].append(v)
+                    rec.success(v, 1, 1, 1)
+            stats.add(Snapshot(w, seq, float(seq), seq + 1.0, tuple(r.snapshot() for r in recs)))
+        for interval in stats.ready_intervals():
+            for t in (0, 1):
+                handed[t].add(interval.targets[t].latency)
+    assert [iv.seq for iv in stats._pending.values()] == [seconds - 1]
+    totals = stats.totals
+    for t in (0, 1):
+        reference = recorded_reference(sent[t])
+        assert list(totals[t].latency.counts) == list(reference.counts)
+        assert totals[t].requests == len(sent[t])
+        assert (totals[t].latency.get_min_value(), totals[t].latency.get_max_value()) == (
+            reference.get_min_value(), reference.get_max_value())
+    everything = recorded_reference(sent[0] + sent[1])
+    assert list(aggregate(totals).latency.counts) == list(everything.counts)
+    last = stats.ready_intervals(flush=True)[0]
+    for t in (0, 1):
+        handed[t].add(last.targets[t].latency)
+        assert list(handed[t].counts) == list(stats.totals[t].latency.counts)
+
+
+def test_a_worker_records_and_ships_without_importing_numpy() -> None:
+    """numpy is the controller's (13 MB and 0.1 s a process): a worker's imports, recording and snapshot never load it."""
+    import subprocess
+    import sys
+
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import sys, loadtest.workload\n"
+        "from loadtest.stats import TargetRecorder\n"
+        "rec = TargetRecorder(0)\n"
+        "rec.success(1_500_000, 10, 10, 10); rec.connected(20_000); rec.lateness.record(5_000)\n"
+        "snap = rec.snapshot()\n"
+        "assert snap.latency and snap.connect_latency and snap.lateness\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import functools
 import struct
 import sys
+import threading
 import weakref
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from hdrh.codec import PayloadHeader, ext_header_size, payload_header_size
 from hdrh.histogram import HdrHistogram
@@ -166,7 +168,7 @@ class LatencyHistogram:
     settles count, min and max only when the interval is encoded.
 
     This reaches into hdrhistogram's attributes, which are not its public
-    API (and so does `_recorded`): `counts` (a ctypes array of 64-bit counts,
+    API (and so does `counts_view`): `counts` (a ctypes array of 64-bit counts,
     zeroed in place with memset), `sub_bucket_mask`, `unit_magnitude`,
     `sub_bucket_half_count_magnitude`, `sub_bucket_half_count`, and
     `total_count`, `min_value`, `max_value` (set, not only read).
@@ -298,10 +300,9 @@ class HistogramMerger:
         self._scratch = np.zeros(COUNTS_LEN, dtype=np.int64)
         self._address = self._scratch.ctypes.data
         self._template = new_histogram()
-        # each bucket's lowest and highest value, looked up rather than computed per snapshot (2 x 270 KB)
-        ranges = [bucket_range(i) for i in range(COUNTS_LEN)]
-        self._lowest = [low for low, _ in ranges]
-        self._highest = [high for _, high in ranges]
+        # each bucket's lowest and highest value, looked up rather than computed per snapshot
+        lowest, highest, _ = _bucket_tables()
+        self._lowest, self._highest = lowest.tolist(), highest.tolist()
 
     def add(self, into: Sequence[HdrHistogram], encoded: bytes) -> None:
         """Add `encoded` (what a worker ships, or HdrHistogram's `encode()`) into each of `into`."""
@@ -548,45 +549,73 @@ class TargetTotals:
                 add_histogram(getattr(self, name), hist)
 
 
-def _recorded(hist: HdrHistogram) -> tuple[Any, Any, Any]:
-    """(counts, lowest values, highest values) of every non-empty bucket, in value order, as numpy arrays.
+@functools.lru_cache(maxsize=1)
+def _bucket_tables() -> tuple[Any, Any, Any]:
+    """Every bucket's lowest value, highest value and midpoint (ns), as numpy arrays in index (= value) order.
 
-    HdrHistogram's own iterators call several Python methods per bucket and walk all ~34,000 of them; numpy
-    finds the non-empty ones and computes their value ranges as `bucket_range` does (a test checks they agree).
+    Built once, in the controller, from `bucket_range` (a test checks it against HdrHistogram for every bucket):
+    percentiles, means and cumulative counts then read whole counts arrays with numpy instead of walking the
+    ~34,000 buckets in Python as HdrHistogram's iterators do (about 2 ms a percentile).
     """
     np = _numpy()
-    counts = counts_view(hist)
-    index = np.flatnonzero(counts)
-    bucket = (index >> _HALF_MAG) - 1
-    sub = (index & (_HALF - 1)) + _HALF
-    first = bucket < 0
-    sub[first] -= _HALF
-    bucket[first] = 0
-    shift = bucket + _UNIT
-    lowest = sub << shift
-    return counts[index], lowest, lowest + (np.int64(1) << shift) - 1
+    ranges = np.array([bucket_range(i) for i in range(COUNTS_LEN)], dtype=np.int64)
+    lowest, highest = ranges[:, 0].copy(), ranges[:, 1].copy()
+    return lowest, highest, lowest + ((highest - lowest + 1) >> 1)
 
 
 def percentiles_ns(hist: HdrHistogram, points: Iterable[float] = PERCENTILES) -> list[int]:
     """Latency at each percentile from the cumulative bucket counts; 100 is the exact maximum recorded.
 
-    The same values as `HdrHistogram.get_value_at_percentile`, which walks every bucket in Python once per
-    percentile (about 2 ms each): the highest value of the first bucket whose cumulative count reaches the rank.
+    The same values as `HdrHistogram.get_value_at_percentile`: the highest value of the first bucket whose
+    cumulative count reaches the rank.
     """
+    return _percentiles(counts_view(hist), 0, hist.get_total_count(), hist.get_max_value(), points)
+
+
+def shipped_percentiles_ns(encoded: bytes, points: Iterable[float]) -> list[int]:
+    """`percentiles_ns` of a histogram as a worker ships it (`LatencyHistogram.encode`), without building an
+    HdrHistogram (about 0.5 ms): the controller reads a lateness percentile from every open-model snapshot."""
+    if not encoded or encoded[0] != SPARSE_FORMAT:
+        return percentiles_ns(decode_histogram(encoded), points)
+    _, first = SPARSE_HEADER.unpack_from(encoded)
+    if first >= COUNTS_LEN:
+        raise ValueError(f"a shipped histogram starts at bucket {first}, past the last ({COUNTS_LEN - 1})")
+    scratch = getattr(_SCRATCH, "counts", None)
+    if scratch is None:
+        np = _numpy()
+        scratch = _SCRATCH.counts = np.zeros(COUNTS_LEN, dtype=np.int64)
+    counts = scratch[first:]
+    end = len(counts)  # until the decode says how far it wrote
+    try:
+        found = _decode_counts(encoded, SPARSE_HEADER.size, counts.ctypes.data, COUNTS_LEN - first, _WORD)
+        if not found["total"]:
+            return [0 for _ in points]
+        end = found["max_nonzero_index"] + 1
+        largest = int(_bucket_tables()[1][first + end - 1])
+        return _percentiles(counts[:end], first, found["total"], largest, points)
+    finally:
+        counts[:end].fill(0)
+
+
+_SCRATCH = threading.local()  # a reused, zeroed counts array per thread for `shipped_percentiles_ns`
+
+
+def _percentiles(counts: Any, first: int, total: int, largest: int, points: Iterable[float]) -> list[int]:
+    """Each percentile of `total` values, the largest `largest`, counted in `counts` (numpy; element 0 is bucket
+    `first`'s)."""
     points = list(points)
-    total = hist.get_total_count()
     if not total:
         return [0 for _ in points]
-    out = [hist.get_max_value()] * len(points)
+    out = [largest] * len(points)
     wanted = [(k, max(1, int(p * total / 100.0 + 0.5))) for k, p in enumerate(points) if p < 100.0]
     if wanted:
         np = _numpy()
-        counts, _, highest = _recorded(hist)
+        highest = _bucket_tables()[1]
         cumulative = np.cumsum(counts)
         at = np.searchsorted(cumulative, [rank for _, rank in wanted]).tolist()
         for (k, _), j in zip(wanted, at):
-            if j < len(highest):  # (a rank past the counts, were they short of the total, keeps the maximum)
-                out[k] = int(highest[j])
+            if j < len(cumulative):  # (a rank past the counts, were they short of the total, keeps the maximum)
+                out[k] = int(highest[first + j])
     return out
 
 
@@ -600,11 +629,12 @@ def mean_ns(hist: HdrHistogram) -> float:
     total = hist.get_total_count()
     if not total:
         return 0.0
-    counts, lowest, highest = _recorded(hist)
-    middle = lowest + ((highest - lowest + 1) >> 1)
-    if total * (int(highest[-1]) + 1) < _EXACT_INT64:
-        return int((counts * middle).sum()) / total
-    return sum(c * m for c, m in zip(counts.tolist(), middle.tolist())) / total
+    counts = counts_view(hist)
+    middle = _bucket_tables()[2]
+    if total * (hist.get_max_value() + 1) < _EXACT_INT64:
+        return int(counts @ middle) / total
+    index = _numpy().flatnonzero(counts)
+    return sum(c * m for c, m in zip(counts[index].tolist(), middle[index].tolist())) / total
 
 
 def min_ns(hist: HdrHistogram) -> int:
@@ -619,9 +649,9 @@ def counts_at_or_below(hist: HdrHistogram, bounds_ns: Sequence[int]) -> list[int
     if not hist.get_total_count():
         return [0] * len(bounds_ns)
     np = _numpy()
-    counts, _, highest = _recorded(hist)
-    cumulative = np.concatenate(([0], np.cumsum(counts)))
-    return [int(v) for v in cumulative[np.searchsorted(highest, list(bounds_ns), side="right")]]
+    cumulative = np.concatenate(([0], np.cumsum(counts_view(hist))))
+    below = np.searchsorted(_bucket_tables()[1], list(bounds_ns), side="right")  # buckets wholly at or below
+    return [int(v) for v in cumulative[below]]
 
 
 def aggregate(totals: Sequence[TargetTotals], name: str = AGGREGATED) -> TargetTotals:

@@ -513,3 +513,20 @@ def test_a_worker_records_and_ships_without_importing_numpy() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_percentile_read_from_a_shipped_histogram_is_hdrhistogram_own() -> None:
+    """The controller reads each open-model snapshot's p99 lateness without decoding it into a histogram."""
+    from loadtest.stats import shipped_percentiles_ns
+
+    rng = random.Random(23)
+    for n in (1, 2, 50, 2000, 20000):
+        rec = TargetRecorder(0)
+        for _ in range(n):
+            rec.lateness.record(int(rng.expovariate(1 / 200_000)) + rng.choice([1, 10**9]))
+        shipped = rec.snapshot().lateness
+        reference = decode_histogram(shipped)
+        want = [reference.get_max_value() if p == 100 else reference.get_value_at_percentile(p) for p in PERCENTILES]
+        assert shipped_percentiles_ns(shipped, PERCENTILES) == want == percentiles_ns(reference)
+        assert shipped_percentiles_ns(reference.encode(), PERCENTILES) == want  # HdrHistogram's own form too
+    assert shipped_percentiles_ns(b"", (99.0,)) == [0]

@@ -37,12 +37,12 @@ LOWEST_NS = 1
 HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to it
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 66.0, 75.0, 80.0, 90.0, 95.0, 98.0, 99.0, 99.9, 99.99, 100.0)
-# How a worker ships a histogram: this byte, the index of the first bucket shipped (uint32), then the buckets from
-# there to the last non-empty one as HdrHistogram's V2 varint stream (zero runs as one number), neither zlib'd nor
-# base64'd. The controller decodes it in C and adds only the buckets it spans. Anything else is HdrHistogram's own
-# `encode()` form (base64, never starts with this byte) and takes the general path.
+# How a worker ships a histogram: this byte, the indices of its first and last non-empty buckets (uint32 each),
+# then the buckets from first to last as HdrHistogram's V2 varint stream (zero runs as one number), neither zlib'd
+# nor base64'd. The controller decodes it in C and adds only the buckets it spans. Anything else is HdrHistogram's
+# own `encode()` form (base64, never starts with this byte) and takes the general path.
 SPARSE_FORMAT = 1
-SPARSE_HEADER = struct.Struct("<BI")
+SPARSE_HEADER = struct.Struct("<BII")
 _WORD = 8  # bytes per bucket count: HdrHistogram's default word size, which every histogram here has
 FAILURE_KINDS = ("refused", "connect_timeout", "read_timeout", "reset", "closed", "status", "protocol", "tls",
                  "resources", "error", "cancelled", "mismatch", "redirects")
@@ -69,7 +69,8 @@ def new_histogram() -> HdrHistogram:
 
 
 def _layout() -> tuple[int, int, int, int, int]:
-    """(counts length, sub-bucket half count magnitude, half count, unit magnitude, sub-bucket mask) of our histograms."""
+    """(counts length, sub-bucket half count magnitude, half count, unit magnitude, sub-bucket mask) of our
+    histograms."""
     h = new_histogram()
     return h.counts_len, h.sub_bucket_half_count_magnitude, h.sub_bucket_half_count, h.unit_magnitude, h.sub_bucket_mask
 
@@ -121,6 +122,24 @@ def _settle(hist: HdrHistogram, lo: int, hi: int, total: int) -> None:
     hist.total_count += total
 
 
+def shipped_span(encoded: bytes) -> tuple[int, int]:
+    """The first and last bucket a shipped histogram (SPARSE_FORMAT) counts in; ValueError if outside the range."""
+    _, first, last = SPARSE_HEADER.unpack_from(encoded)
+    if not first <= last < COUNTS_LEN:
+        raise ValueError(f"a shipped histogram spans buckets {first}..{last}, not within 0..{COUNTS_LEN - 1}")
+    return first, last
+
+
+def shipped_max_ns(encoded: bytes) -> int:
+    """The largest value a shipped histogram (or HdrHistogram's `encode()`) holds, as `get_max_value` gives it;
+    0 if empty. From the header alone for what workers ship."""
+    if not encoded:
+        return 0
+    if encoded[0] != SPARSE_FORMAT:
+        return decode_histogram(encoded).get_max_value()
+    return bucket_range(shipped_span(encoded)[1])[1]
+
+
 def decode_histogram(encoded: bytes) -> HdrHistogram:
     """A histogram from what a worker ships (`LatencyHistogram.encode`) or from HdrHistogram's `encode()`;
     an empty one from b"". Freed as soon as it is dropped."""
@@ -128,13 +147,11 @@ def decode_histogram(encoded: bytes) -> HdrHistogram:
         return new_histogram()
     if encoded[0] != SPARSE_FORMAT:
         return _freed_when_dropped(HdrHistogram.decode(encoded))
-    _, first = SPARSE_HEADER.unpack_from(encoded)
-    if first >= COUNTS_LEN:
-        raise ValueError(f"a shipped histogram starts at bucket {first}, past the last ({COUNTS_LEN - 1})")
+    first, last = shipped_span(encoded)
     hist = new_histogram()
     # the counts are zero: the varint stream decodes straight into them (it writes only non-zero buckets)
     found = _decode_counts(encoded, SPARSE_HEADER.size, ctypes.addressof(hist.counts) + first * _WORD,
-                           COUNTS_LEN - first, _WORD)
+                           last - first + 1, _WORD)
     if found["total"]:
         _settle(hist, first + found["min_nonzero_index"], first + found["max_nonzero_index"], found["total"])
     return hist
@@ -226,7 +243,7 @@ class LatencyHistogram:
         span = last - first + 1
         size = SPARSE_HEADER.size + span * (_WORD + 1)  # the varint stream's worst case: 9 bytes a count
         buf = ctypes.create_string_buffer(size)
-        SPARSE_HEADER.pack_into(buf, 0, SPARSE_FORMAT, first)
+        SPARSE_HEADER.pack_into(buf, 0, SPARSE_FORMAT, first, last)
         used = _encode_counts(ctypes.addressof(self._counts) + first * _WORD, span, _WORD,
                               ctypes.addressof(buf) + SPARSE_HEADER.size, size - SPARSE_HEADER.size)
         return ctypes.string_at(buf, SPARSE_HEADER.size + used)
@@ -307,7 +324,8 @@ class HistogramMerger:
     def add(self, into: Sequence[HdrHistogram], encoded: bytes) -> None:
         """Add `encoded` (what a worker ships, or HdrHistogram's `encode()`) into each of `into`."""
         if encoded[0] == SPARSE_FORMAT:
-            self._add_varints(into, encoded, SPARSE_HEADER.size, SPARSE_HEADER.unpack_from(encoded)[1])
+            first, last = shipped_span(encoded)
+            self._add_varints(into, encoded, SPARSE_HEADER.size, first, last - first + 1)
             return
         # HdrHistogram's own encoding (base64 of zlib'd varints), as workers shipped it before SPARSE_FORMAT
         data = zlib.decompress(base64.b64decode(encoded)[ext_header_size:])
@@ -319,14 +337,12 @@ class HistogramMerger:
             for hist in into:
                 hist.add(other)
             return
-        self._add_varints(into, data, payload_header_size, 0)
+        self._add_varints(into, data, payload_header_size, 0, COUNTS_LEN)
 
-    def _add_varints(self, into: Sequence[HdrHistogram], data: bytes, offset: int, first: int) -> None:
-        """Add the varint stream at `data[offset:]`, whose first count is bucket `first`'s."""
-        if first >= COUNTS_LEN:
-            raise ValueError(f"a shipped histogram starts at bucket {first}, past the last ({COUNTS_LEN - 1})")
+    def _add_varints(self, into: Sequence[HdrHistogram], data: bytes, offset: int, first: int, span: int) -> None:
+        """Add the varint stream at `data[offset:]`: at most `span` counts, the first of them bucket `first`'s."""
         try:
-            found = _decode_counts(data, offset, self._address + first * _WORD, COUNTS_LEN - first, _WORD)
+            found = _decode_counts(data, offset, self._address + first * _WORD, span, _WORD)
         except BaseException:
             self._scratch.fill(0)  # a stream cut short may have written part of itself
             raise
@@ -577,9 +593,7 @@ def shipped_percentiles_ns(encoded: bytes, points: Iterable[float]) -> list[int]
     HdrHistogram (about 0.5 ms): the controller reads a lateness percentile from every open-model snapshot."""
     if not encoded or encoded[0] != SPARSE_FORMAT:
         return percentiles_ns(decode_histogram(encoded), points)
-    _, first = SPARSE_HEADER.unpack_from(encoded)
-    if first >= COUNTS_LEN:
-        raise ValueError(f"a shipped histogram starts at bucket {first}, past the last ({COUNTS_LEN - 1})")
+    first, last = shipped_span(encoded)
     scratch = getattr(_SCRATCH, "counts", None)
     if scratch is None:
         np = _numpy()
@@ -587,7 +601,7 @@ def shipped_percentiles_ns(encoded: bytes, points: Iterable[float]) -> list[int]
     counts = scratch[first:]
     end = len(counts)  # until the decode says how far it wrote
     try:
-        found = _decode_counts(encoded, SPARSE_HEADER.size, counts.ctypes.data, COUNTS_LEN - first, _WORD)
+        found = _decode_counts(encoded, SPARSE_HEADER.size, counts.ctypes.data, last - first + 1, _WORD)
         if not found["total"]:
             return [0 for _ in points]
         end = found["max_nonzero_index"] + 1

@@ -405,16 +405,23 @@ def test_the_merger_adds_both_wire_forms_exactly_and_the_sum_is_what_workers_rec
                                       for p in PERCENTILES]
 
 
-def test_a_shipped_histogram_starting_past_the_last_bucket_is_refused_and_merging_stays_exact() -> None:
+def test_a_shipped_histogram_outside_the_buckets_is_refused_and_merging_stays_exact() -> None:
     from loadtest.stats import COUNTS_LEN, SPARSE_FORMAT, SPARSE_HEADER, HistogramMerger
 
     merger = HistogramMerger()
     merged = new_histogram()
-    bad = SPARSE_HEADER.pack(SPARSE_FORMAT, COUNTS_LEN) + b"\x02"
-    with pytest.raises(ValueError, match="past the last"):
-        merger.add((merged,), bad)
-    with pytest.raises(ValueError, match="past the last"):
-        decode_histogram(bad)
+    for first, last in ((COUNTS_LEN, COUNTS_LEN), (5, COUNTS_LEN), (9, 8)):
+        bad = SPARSE_HEADER.pack(SPARSE_FORMAT, first, last) + b"\x02"
+        with pytest.raises(ValueError, match="not within"):
+            merger.add((merged,), bad)
+        with pytest.raises(ValueError, match="not within"):
+            decode_histogram(bad)
+    # a stream longer than its header says is refused by the C decoder before it writes past the last bucket named,
+    # and the scratch it half filled is cleared: the next add below is exact
+    spill = SPARSE_HEADER.pack(SPARSE_FORMAT, 100, 101) + b"\x02" * 50
+    with pytest.raises(IndexError):
+        merger.add((merged,), spill)
+    assert merged.get_total_count() == 0 and not any(merged.counts)
     rec = TargetRecorder(0)
     rec.success(5_000_000, 1, 1, 1)
     merger.add((merged,), rec.snapshot().latency)
@@ -496,7 +503,8 @@ def test_the_merged_run_is_the_sum_of_what_every_worker_recorded_bucket_for_buck
 
 
 def test_a_worker_records_and_ships_without_importing_numpy() -> None:
-    """numpy is the controller's (13 MB and 0.1 s a process): a worker's imports, recording and snapshot never load it."""
+    """numpy is the controller's (13 MB and 0.1 s a process): a worker's imports, recording and snapshot never
+    load it."""
     import subprocess
     import sys
 
@@ -530,3 +538,17 @@ def test_a_percentile_read_from_a_shipped_histogram_is_hdrhistogram_own() -> Non
         assert shipped_percentiles_ns(shipped, PERCENTILES) == want == percentiles_ns(reference)
         assert shipped_percentiles_ns(reference.encode(), PERCENTILES) == want  # HdrHistogram's own form too
     assert shipped_percentiles_ns(b"", (99.0,)) == [0]
+
+
+def test_the_largest_value_of_a_shipped_histogram_comes_from_its_header() -> None:
+    from loadtest.stats import shipped_max_ns
+
+    for values in ([1], [7, 3_000_000], [HIGHEST_NS, 5]):
+        rec = TargetRecorder(0)
+        for v in values:
+            rec.lateness.record(v)
+        shipped = rec.snapshot().lateness
+        assert shipped_max_ns(shipped) == decode_histogram(shipped).get_max_value() == recorded_reference(
+            values).get_max_value()
+        assert shipped_max_ns(recorded_reference(values).encode()) == recorded_reference(values).get_max_value()
+    assert shipped_max_ns(b"") == 0

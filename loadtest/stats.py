@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from hdrh.codec import PayloadHeader, ext_header_size, payload_header_size
 from hdrh.histogram import HdrHistogram
-from pyhdrh import add_array as _add_counts  # the C helpers hdrh itself uses
-from pyhdrh import decode as _decode_counts
+from pyhdrh import decode as _decode_counts  # the C helpers hdrh itself uses
 from pyhdrh import encode as _encode_counts
 
 from .run_files import AGGREGATED, NOT_AGGREGATED_TYPES
@@ -588,6 +587,9 @@ def percentiles_ns(hist: HdrHistogram, points: Iterable[float] = PERCENTILES) ->
     return _percentiles(counts_view(hist), 0, hist.get_total_count(), hist.get_max_value(), points)
 
 
+_SCRATCH = threading.local()  # a reused, zeroed counts array per thread for `shipped_percentiles_ns`
+
+
 def shipped_percentiles_ns(encoded: bytes, points: Iterable[float]) -> list[int]:
     """`percentiles_ns` of a histogram as a worker ships it (`LatencyHistogram.encode`), without building an
     HdrHistogram (about 0.5 ms): the controller reads a lateness percentile from every open-model snapshot."""
@@ -609,9 +611,6 @@ def shipped_percentiles_ns(encoded: bytes, points: Iterable[float]) -> list[int]
         return _percentiles(counts[:end], first, found["total"], largest, points)
     finally:
         counts[:end].fill(0)
-
-
-_SCRATCH = threading.local()  # a reused, zeroed counts array per thread for `shipped_percentiles_ns`
 
 
 def _percentiles(counts: Any, first: int, total: int, largest: int, points: Iterable[float]) -> list[int]:

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .histograms import shipped_max_ns, shipped_percentiles_ns
 from .run_files import RESOURCES_NAME
 from .resources import (
     CONTROLLER_ROLE,
@@ -32,7 +33,7 @@ from .resources import (
     watch_role,
     worker_role,
 )
-from .stats import Snapshot, shipped_max_ns, shipped_percentiles_ns
+from .stats import Snapshot
 from .verdicts import Verdicts
 
 BEHIND_LATENESS_S = 0.1  # an open-model worker whose arrivals start later than this (p99) is behind

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import RunConfig
+from .histograms import PERCENTILES, mean_ns, min_ns, percentiles_ns
 from .kinds import KINDS, kind_of
 from .run_files import (
     AGGREGATED,
@@ -38,15 +39,7 @@ from .run_files import (
     WORKERS_NAME,
     WorkerSummary,
 )
-from .stats import (
-    PERCENTILES,
-    Interval,
-    TargetTotals,
-    aggregate,
-    mean_ns,
-    min_ns,
-    percentiles_ns,
-)
+from .stats import Interval, TargetTotals, aggregate
 from .thresholds import failures_text, outcome_line
 
 if TYPE_CHECKING:

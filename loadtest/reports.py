@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import RunConfig
+from .histograms import PERCENTILES, mean_ns, min_ns, percentiles_ns
 from .kinds import KINDS, kind_of
 from .run_files import (
     AGGREGATED,
@@ -38,15 +39,7 @@ from .run_files import (
     WORKERS_NAME,
     WorkerSummary,
 )
-from .stats import (
-    PERCENTILES,
-    Interval,
-    TargetTotals,
-    aggregate,
-    mean_ns,
-    min_ns,
-    percentiles_ns,
-)
+from .stats import Interval, TargetTotals, aggregate
 from .thresholds import failures_text, outcome_line
 
 if TYPE_CHECKING:
@@ -113,13 +106,16 @@ class HistoryWriter:
     """history.csv, one row per second per target and Aggregated, flushed as it goes.
 
     Its "Total" columns are the sums of the rows written so far, so the last
-    second's totals equal stats.csv's.
+    second's totals equal stats.csv's. Each second adds each target's merged
+    second once, and Aggregated's merged second once, to the running totals:
+    never a worker's snapshot, and never all the targets' totals again.
     """
 
     def __init__(self, path: Path, config: RunConfig) -> None:
         self.path = path
         self.config = config
         self.totals = [TargetTotals(name=t.name, type=kind_of(t).row_type(t)) for t in config.targets]
+        self.aggregated = TargetTotals(name=AGGREGATED, type="")  # the sum of every second's Aggregated row
         self._file = open(path, "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
         self._csv.writerow(HISTORY_HEADER)
@@ -131,8 +127,10 @@ class HistoryWriter:
         for total, part in zip(self.totals, interval.targets):
             total.merge(part)
             total.open_connections, total.users, total.level = part.open_connections, part.users, part.level
+        second = aggregate(interval.targets)
+        self.aggregated.merge(second)  # what aggregate(self.totals) would be, in one add instead of one per target
         rows = list(zip(self.totals, interval.targets))
-        rows.append((aggregate(self.totals), aggregate(interval.targets)))
+        rows.append((self.aggregated, second))
         for total, part in rows:
             self._csv.writerow(self._row(stamp, interval, length, total, part))
         self._file.flush()

@@ -6,127 +6,38 @@ every snapshot into a `RunStats`, which keeps the totals (counters and an
 HdrHistogram per target) and hands back each second once every live worker
 has reported it. Percentiles of merged histograms are exact to the
 histogram's precision (3 significant digits), unlike averaged percentiles.
+The histograms themselves (their layout, the form a worker ships, exact
+adds and percentiles) are `loadtest.histograms`'.
 """
 
 from __future__ import annotations
 
-import base64
-import ctypes
-import sys
-import weakref
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from itertools import compress
 from typing import Iterable, Sequence
 
-from hdrh.codec import PayloadHeader, ext_header_size, payload_header_size
 from hdrh.histogram import HdrHistogram
-from pyhdrh import add_array as _add_counts  # the C helpers hdrh itself uses
-from pyhdrh import decode as _decode_counts
 
+from .histograms import (  # noqa: F401 - PERCENTILES and the readers below are the stats core's API too
+    HIGHEST_NS,
+    LOWEST_NS,
+    PERCENTILES,
+    SIGNIFICANT_DIGITS,
+    HistogramMerger,
+    LatencyHistogram,
+    add_histogram,
+    counts_at_or_below,
+    decode_histogram,
+    freed_when_dropped,
+    mean_ns,
+    min_ns,
+    new_histogram,
+    percentiles_ns,
+)
 from .run_files import AGGREGATED, NOT_AGGREGATED_TYPES
 
-LOWEST_NS = 1
-HIGHEST_NS = 3600 * 1_000_000_000  # one hour; longer latencies are clamped to it
-SIGNIFICANT_DIGITS = 3
-PERCENTILES = (50.0, 66.0, 75.0, 80.0, 90.0, 95.0, 98.0, 99.0, 99.9, 99.99, 100.0)
 FAILURE_KINDS = ("refused", "connect_timeout", "read_timeout", "reset", "closed", "status", "protocol", "tls",
                  "resources", "error", "cancelled", "mismatch", "redirects")
-
-
-def _freed_when_dropped(hist: HdrHistogram) -> HdrHistogram:
-    """`hist` with its encoder pointing back at it weakly, so reference counting frees it.
-
-    hdrh's histogram and its encoder refer to each other: a cycle, which only the
-    cycle collector frees. That collector counts objects, not bytes, and a
-    histogram is a handful of objects holding a 270 KB counts array, so the
-    controller, which decodes several a second per worker and target, grew by
-    megabytes a second (55 -> 305 MiB in 60 s of configs/sites.yaml). The
-    encoder only uses its histogram while the histogram itself is being encoded
-    or added to, so a weak reference is always alive when it is used.
-    """
-    hist.encoder.histogram = weakref.proxy(hist)
-    return hist
-
-
-def new_histogram() -> HdrHistogram:
-    """An empty latency histogram (ns), freed as soon as it is dropped."""
-    return _freed_when_dropped(HdrHistogram(LOWEST_NS, HIGHEST_NS, SIGNIFICANT_DIGITS))
-
-
-def decode_histogram(encoded: bytes) -> HdrHistogram:
-    """A histogram from `encode()` output; an empty one from b"". Freed as soon as it is dropped."""
-    return _freed_when_dropped(HdrHistogram.decode(encoded)) if encoded else new_histogram()
-
-
-class LatencyHistogram:
-    """An HdrHistogram with a fast `record` for the hot path.
-
-    `HdrHistogram.record_value` costs about 1.4 µs in pure Python; this
-    computes the same counts index inline (a test checks they agree) and
-    settles count, min and max only when the interval is encoded.
-
-    This reaches into hdrhistogram's attributes, which are not its public
-    API (and so does `_recorded`): `counts` (a ctypes array of 64-bit counts,
-    zeroed in place with memset), `sub_bucket_mask`, `unit_magnitude`,
-    `sub_bucket_half_count_magnitude`, `sub_bucket_half_count`, and
-    `total_count`, `min_value`, `max_value` (set, not only read).
-    pyproject.toml pins the tested range (0.10.x); tests/test_stats.py fails
-    by name if any of these changes.
-    """
-
-    __slots__ = ("_hist", "_counts", "_mask", "_shift", "_half_mag", "_half", "_unit", "count", "min", "max")
-
-    def __init__(self) -> None:
-        h = new_histogram()
-        self._hist = h
-        self._counts = h.counts
-        self._mask = h.sub_bucket_mask
-        self._unit = h.unit_magnitude
-        self._shift = h.unit_magnitude + h.sub_bucket_half_count_magnitude + 1
-        self._half_mag = h.sub_bucket_half_count_magnitude
-        self._half = h.sub_bucket_half_count
-        self.count = 0
-        self.min = HIGHEST_NS
-        self.max = 0
-
-    def record(self, value: int) -> None:
-        if value < LOWEST_NS:
-            value = LOWEST_NS
-        elif value > HIGHEST_NS:
-            value = HIGHEST_NS
-        bucket = (value | self._mask).bit_length() - self._shift
-        sub = value >> (bucket + self._unit)
-        self._counts[((bucket + 1) << self._half_mag) + sub - self._half] += 1
-        self.count += 1
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
-
-    def histogram(self) -> HdrHistogram:
-        """The underlying HdrHistogram with its count, min and max settled."""
-        h = self._hist
-        h.total_count = self.count
-        if self.count:
-            h.min_value = self.min
-            h.max_value = self.max
-        return h
-
-    def encode(self) -> bytes:
-        return self.histogram().encode() if self.count else b""
-
-    def clear(self) -> None:
-        """Empty it in place: a new 270 KB counts array each second would fragment the heap."""
-        if self.count:
-            ctypes.memset(ctypes.addressof(self._counts), 0, ctypes.sizeof(self._counts))
-            self._hist.total_count = 0
-            self._hist.min_value = sys.maxsize
-            self._hist.max_value = 0
-        self.count = 0
-        self.min = HIGHEST_NS
-        self.max = 0
 
 
 @dataclass(frozen=True)
@@ -171,56 +82,6 @@ HISTOGRAMS = ("latency", "connect_latency", "lateness", "uncorrected")  # a snap
 # is a 270 KB counts array and seconds wait for the slowest worker, so with 20 targets a pending second costs
 # 5.4 MB this way instead of 22 (the whole run's totals keep all four).
 SECOND_HISTOGRAMS = ("latency",)
-
-
-class HistogramMerger:
-    """Adds encoded histograms into HdrHistograms without building a histogram per snapshot.
-
-    `HdrHistogram.decode` allocates a 270 KB counts array for every encoded
-    histogram and computes it in Python around the C decoder (about 96 µs,
-    then 27 µs to add it). This decodes each one into one scratch array,
-    reused, with the same C decoder and adds it with the same C adder: the
-    controller's cost per worker snapshot, which is what limits how many
-    workers one controller can merge.
-    """
-
-    def __init__(self) -> None:
-        self._template = new_histogram()
-        self._len = self._template.counts_len
-        self._scratch = (ctypes.c_int64 * self._len)()
-        self._dirty = (0, -1)  # the range of the scratch that holds counts from the last decode
-
-    def add(self, into: Sequence[HdrHistogram], encoded: bytes) -> None:
-        """Add `encoded` (from `encode()`, ours: same range and precision) into each of `into`."""
-        raw = base64.b64decode(encoded)
-        data = zlib.decompress(raw[ext_header_size:])
-        header = PayloadHeader.from_buffer_copy(data)
-        t = self._template
-        if (header.significant_figures, header.lowest_trackable_value, header.highest_trackable_value) != (
-                t.significant_figures, t.lowest_trackable_value, t.highest_trackable_value):
-            other = HdrHistogram.decode(encoded)  # not one of ours: the general path
-            for hist in into:
-                hist.add(other)
-            return
-        lo, hi = self._dirty
-        if hi >= lo:
-            ctypes.memset(ctypes.addressof(self._scratch) + lo * 8, 0, (hi - lo + 1) * 8)
-        found = _decode_counts(data, payload_header_size, ctypes.addressof(self._scratch), self._len, 8)
-        total, lo, hi = found["total"], found["min_nonzero_index"], found["max_nonzero_index"]
-        self._dirty = (max(lo, 0), hi)
-        if not total:
-            return
-        low = t.get_value_from_index(lo)
-        high = t.get_highest_equivalent_value(t.get_value_from_index(hi))
-        source = ctypes.addressof(self._scratch) + lo * 8
-        for hist in into:
-            # only the range that holds counts: a second's latencies fill a few hundred of 34,000 buckets
-            _add_counts(ctypes.addressof(hist.counts) + lo * 8, source, hi - lo + 1, 8)
-            if not hist.total_count or low < hist.min_value:
-                hist.min_value = low
-            if high > hist.max_value:
-                hist.max_value = high
-            hist.total_count += total
 
 
 def decode(snap: TargetSnapshot) -> dict[str, HdrHistogram]:
@@ -382,12 +243,19 @@ class TargetTotals:
         to add its histograms without decoding each into a histogram of its own; `histograms=False`
         adds only the counters."""
         self.requests += snap.requests
-        self.failures.update(dict(snap.failures))
+        # a loop, not Counter.update: this runs per worker snapshot, and update's Mapping check costs more than
+        # adding the one or two kinds a snapshot has
+        failures = self.failures
+        for kind, count in snap.failures:
+            failures[kind] += count
         self.bytes_in += snap.bytes_in
         self.bytes_out += snap.bytes_out
         self.content_bytes += snap.content_bytes
         self.connects += snap.connects
-        self.connect_failures.update(dict(snap.connect_failures))
+        if snap.connect_failures:
+            connect_failures = self.connect_failures
+            for kind, count in snap.connect_failures:
+                connect_failures[kind] += count
         self.dropped += snap.dropped
         if not histograms:
             return
@@ -398,7 +266,7 @@ class TargetTotals:
                     merger.add((getattr(self, name),), encoded)
             return
         for name, hist in (decoded if decoded is not None else decode(snap)).items():
-            getattr(self, name).add(hist)
+            add_histogram(getattr(self, name), hist)
 
     def merge(self, other: TargetTotals) -> None:
         self.requests += other.requests
@@ -414,82 +282,7 @@ class TargetTotals:
         for name in HISTOGRAMS:
             hist = getattr(other, name)
             if hist.get_total_count():
-                getattr(self, name).add(hist)
-
-
-def _recorded(hist: HdrHistogram) -> list[tuple[int, int, int]]:
-    """(count, lowest value, width) of every non-empty bucket, in value order.
-
-    HdrHistogram's own iterators call several Python methods per bucket and
-    walk all ~34,000 of them; this finds the non-empty ones in C and computes
-    each bucket's value range inline (a test checks both agree).
-    """
-    counts = memoryview(hist.counts).cast("B").cast("Q").tolist()
-    half_mag, half, unit = hist.sub_bucket_half_count_magnitude, hist.sub_bucket_half_count, hist.unit_magnitude
-    out = []
-    for i in compress(range(len(counts)), counts):
-        bucket = (i >> half_mag) - 1
-        sub = (i & (half - 1)) + half
-        if bucket < 0:
-            sub -= half
-            bucket = 0
-        out.append((counts[i], sub << (bucket + unit), 1 << (bucket + unit)))
-    return out
-
-
-def percentiles_ns(hist: HdrHistogram, points: Iterable[float] = PERCENTILES) -> list[int]:
-    """Latency at each percentile, in one pass over the buckets; 100 is the exact maximum recorded.
-
-    The same values as `HdrHistogram.get_value_at_percentile`, which walks
-    every bucket in Python once per percentile (about 2 ms each).
-    """
-    points = list(points)
-    total = hist.get_total_count()
-    if not total:
-        return [0 for _ in points]
-    wanted = sorted((max(1, int(p * total / 100.0 + 0.5)), k) for k, p in enumerate(points) if p < 100.0)
-    out = [hist.get_max_value()] * len(points)
-    j = 0
-    seen = 0
-    for count, lowest, width in _recorded(hist):
-        seen += count
-        while j < len(wanted) and seen >= wanted[j][0]:
-            out[wanted[j][1]] = lowest + width - 1  # the bucket's highest equivalent value
-            j += 1
-        if j == len(wanted):
-            break
-    return out
-
-
-def mean_ns(hist: HdrHistogram) -> float:
-    """The mean as HdrHistogram computes it (each bucket counted at its midpoint)."""
-    total = hist.get_total_count()
-    if not total:
-        return 0.0
-    return sum(count * (lowest + (width >> 1)) for count, lowest, width in _recorded(hist)) / total
-
-
-def min_ns(hist: HdrHistogram) -> int:
-    return hist.get_min_value() if hist.get_total_count() else 0
-
-
-def counts_at_or_below(hist: HdrHistogram, bounds_ns: Sequence[int]) -> list[int]:
-    """How many values are at or below each bound (ascending, ns): the cumulative buckets of a histogram.
-
-    A value counts by its bucket's highest equivalent value, as `percentiles_ns` reports it.
-    """
-    out = [0] * len(bounds_ns)
-    j = 0
-    seen = 0
-    for count, lowest, width in _recorded(hist):
-        while j < len(bounds_ns) and lowest + width - 1 > bounds_ns[j]:
-            out[j] = seen
-            j += 1
-        seen += count
-    for k in range(j, len(bounds_ns)):
-        out[k] = seen
-    return out
-
+                add_histogram(getattr(self, name), hist)
 
 def aggregate(totals: Sequence[TargetTotals], name: str = AGGREGATED) -> TargetTotals:
     """All targets' totals merged into one: every request sent, so not the rows that count something else (a flow's
@@ -511,7 +304,7 @@ class _NotKept(HdrHistogram):
         raise TypeError("a second of the run keeps only its latency histogram")
 
 
-NOT_KEPT = _freed_when_dropped(_NotKept(LOWEST_NS, HIGHEST_NS, SIGNIFICANT_DIGITS))
+NOT_KEPT = freed_when_dropped(_NotKept(LOWEST_NS, HIGHEST_NS, SIGNIFICANT_DIGITS))
 
 
 def second_totals(name: str, type: str) -> TargetTotals:
@@ -642,7 +435,7 @@ class RunStats:
                 for name in HISTOGRAMS:
                     hist = getattr(part, name)
                     if hist.total_count:
-                        getattr(total, name).add(hist)
+                        add_histogram(getattr(total, name), hist)
         return out
 
     @property
@@ -667,7 +460,7 @@ class RunStats:
                     merged = new_histogram()
                     for hist in (getattr(total, name), *parts):
                         if hist.total_count:
-                            merged.add(hist)
+                            add_histogram(merged, hist)
                     copies[name] = merged
             out.append(replace(total, **copies) if copies else total)
         return out

@@ -332,3 +332,73 @@ def test_totals_read_mid_second_include_it_and_reading_them_changes_nothing() ->
     final = stats.totals[0]
     assert final.latency.get_total_count() == final.requests == 5
     assert final.latency.get_min_value() == pytest.approx(1_000, rel=0.001)
+
+
+
+def recorded_reference(values: list[int]) -> HdrHistogram:
+    """HdrHistogram's own record_value, nothing of ours: what merged counts must equal."""
+    reference = new_histogram()
+    for v in values:
+        reference.record_value(min(max(v, 1), HIGHEST_NS))
+    return reference
+
+
+def test_the_merged_run_is_the_sum_of_what_every_worker_recorded_bucket_for_bucket() -> None:
+    """Many workers and seconds, some handed over and the last one pending: the totals' counts are exactly those
+    of one histogram that recorded every value sent, and so are Aggregated's and the seconds' summed."""
+    from loadtest.stats import aggregate
+
+    rng = random.Random(21)
+    workers, seconds = 12, 4
+    stats = RunStats([("a", "GET"), ("b", "GET")], workers)
+    sent: dict[int, list[int]] = {0: [], 1: []}
+    handed = [new_histogram(), new_histogram()]
+    for seq in range(seconds):
+        for w in range(workers):
+            if seq == seconds - 1 and w == 0:
+                continue  # worker 0 never sends its last second: that second stays pending
+            recs = [TargetRecorder(0), TargetRecorder(1)]
+            for t, rec in enumerate(recs):
+                for _ in range(rng.choice([0, 1, 50, 400])):
+                    v = int(rng.lognormvariate(13 + t, 1.5)) + 1
+                    sent[t].append(v)
+                    rec.success(v, 1, 1, 1)
+            stats.add(Snapshot(w, seq, float(seq), seq + 1.0, tuple(r.snapshot() for r in recs)))
+        for interval in stats.ready_intervals():
+            for t in (0, 1):
+                handed[t].add(interval.targets[t].latency)
+    assert [iv.seq for iv in stats._pending.values()] == [seconds - 1]
+    totals = stats.totals
+    for t in (0, 1):
+        reference = recorded_reference(sent[t])
+        assert list(totals[t].latency.counts) == list(reference.counts)
+        assert totals[t].requests == len(sent[t])
+        assert (totals[t].latency.get_min_value(), totals[t].latency.get_max_value()) == (
+            reference.get_min_value(), reference.get_max_value())
+    everything = recorded_reference(sent[0] + sent[1])
+    assert list(aggregate(totals).latency.counts) == list(everything.counts)
+    last = stats.ready_intervals(flush=True)[0]
+    for t in (0, 1):
+        handed[t].add(last.targets[t].latency)
+        assert list(handed[t].counts) == list(stats.totals[t].latency.counts)
+
+
+def test_a_worker_records_and_ships_without_importing_numpy() -> None:
+    """numpy is the controller's (13 MB and 0.1 s a process): a worker's imports, recording and snapshot never
+    load it."""
+    import subprocess
+    import sys
+
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import sys, loadtest.workload\n"
+        "from loadtest.stats import TargetRecorder\n"
+        "rec = TargetRecorder(0)\n"
+        "rec.success(1_500_000, 10, 10, 10); rec.connected(20_000); rec.lateness.record(5_000)\n"
+        "snap = rec.snapshot()\n"
+        "assert snap.latency and snap.connect_latency and snap.lateness\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

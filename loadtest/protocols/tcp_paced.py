@@ -11,11 +11,12 @@ Here one `PacedTcp` holds all of a worker's connections of a target as small
   schedule as `TcpSession._wait_turn`); one libev timer, armed for the
   earliest send or timeout, sends every message due with a non-blocking
   `send` (a partial send finishes from a write watcher);
-- a read watcher per connection, started while a message is in flight, whose
-  callback reads at most the rest of the reply (a reply that arrives early
-  stays queued for the next message, as in `TcpSession`) and checks each
-  chunk against the expected bytes where it falls (`bytes.startswith` with
-  an offset: no reply buffer);
+- a read watcher per connection, started while it is open (restarting it
+  per message would cost an `epoll_ctl` each time), whose callback reads at
+  most the rest of the reply (a reply that arrives early stays queued for the
+  next message, as in `TcpSession`) and checks each chunk against the
+  expected bytes where it falls (`bytes.startswith` with an offset: no reply
+  buffer);
 - a FIFO of in-flight deadlines: the timeout is the same for every message
   and messages start in time order, so the oldest live entry is the next to
   expire;
@@ -76,7 +77,7 @@ class PacedConnection:
     def __init__(self, index: int) -> None:
         self.index = index  # its place: open while below the (staged) level
         self.sock: Any = None
-        self.reader: Any = None  # libev read watcher, started while a message is in flight
+        self.reader: Any = None  # libev read watcher, started while open (stopped by bytes no message asked for)
         self.writer: Any = None  # libev write watcher, made on the first partial send
         self.serial = 0  # this connection's number in the driver; 0 while closed (its heap entries are stale)
         self.slot_ns = 0  # the scheduled send time of the message in flight
@@ -262,7 +263,10 @@ class PacedTcp:
     def _attach(self, conn: PacedConnection, sock: Any, now: int) -> None:
         """A new connection in its place: its first turn at a random phase within the interval."""
         conn.sock = sock
-        conn.reader = self.loop.io(sock.fileno(), READ)
+        conn.reader = reader = self.loop.io(sock.fileno(), READ)
+        # Started for the connection's life, not per message: each restart costs an epoll_ctl. Bytes
+        # that come between messages stop it until the next message (see `_on_readable`).
+        reader.start(self._readable, conn)
         self.serial += 1
         conn.serial = self.serial
         conn.answered = False
@@ -371,7 +375,9 @@ class PacedTcp:
             if deadline < self.armed_ns:
                 self._arm(deadline)
         self.in_flight += 1
-        conn.reader.start(self._readable, conn)
+        reader = conn.reader
+        if not reader.active:
+            reader.start(self._readable, conn)
         size = self.size
         try:
             sent = conn.sock.send(self.message)
@@ -414,6 +420,10 @@ class PacedTcp:
         """Read what has come of the reply (never past its end) and check it where it falls."""
         try:
             received = conn.received
+            if received == self.size or not conn.deadline_ns:
+                # bytes (or a close) no message asked for: they wait for the next message, as in TcpSession
+                conn.reader.stop()
+                return
             try:
                 data = conn.sock.recv(self.size - received)
             except BlockingIOError:
@@ -433,7 +443,6 @@ class PacedTcp:
             received += len(data)
             conn.received = received
             if received == self.size:
-                conn.reader.stop()
                 if conn.sent == received:
                     self._complete(conn)
         except Exception as e:  # noqa: BLE001 - see _on_tick

@@ -354,3 +354,19 @@ def test_bytes_between_messages_wait_for_the_next_message_and_nothing_escapes_th
     assert snap.connects - 2 <= snap.requests - failures["mismatch"] <= snap.connects
     assert "got b'!abcdefg'" in dict(snap.failure_samples)["mismatch"]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_paced_messages_in_flight_at_the_end_finish_within_the_grace_period(tmp_path: Path, raw_server) -> None:
+    def handle(conn: socket.socket) -> None:
+        while data := read_exact(conn, 8):
+            time.sleep(0.4)
+            conn.sendall(data)
+
+    server = raw_server(handle)
+    # each connection sends every 500 ms and waits 400 ms for its reply: at the end of the second, most are
+    # in flight; the worker lets them finish (the grace period is 2 s) instead of cancelling them
+    _, summary = tcp_run(tmp_path, [{"name": "slow", "tcp": f"127.0.0.1:{server.port}", "connections": 8,
+                                     "rate": 16, "size": 8}], duration="1.2s", workers=1)
+    target = summary["targets"][0]
+    assert target["failures"] == 0 and 8 <= target["requests"] <= 24, target
+    assert target["latency_ms"]["min"] >= 399

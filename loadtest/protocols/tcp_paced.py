@@ -271,7 +271,7 @@ class PacedTcp:
         conn.serial = self.serial
         conn.answered = False
         conn.late_slot_ns = 0
-        if self.budget.stopping or conn.index >= self.open_below:
+        if self.closed or self.budget.stopping or conn.index >= self.open_below:  # (closed: a kill raced it)
             self._close(conn)
             return
         slot = now + int(random.random() * self.interval_ns)

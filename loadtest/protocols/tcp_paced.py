@@ -437,9 +437,13 @@ class PacedTcp:
             if not data:
                 self._fail(conn, "closed", "")
                 return
-            expected = self.expected
-            if expected is not None and conn.wrong is None and not expected.startswith(data, received):
-                conn.wrong = (expected[:received] + data)[:_SAMPLE_BYTES]
+            wrong = conn.wrong
+            if wrong is None:
+                expected = self.expected
+                if expected is not None and not expected.startswith(data, received):
+                    conn.wrong = (expected[:received] + data)[:_SAMPLE_BYTES]
+            elif len(wrong) < _SAMPLE_BYTES:  # the failure quotes the reply's start, as a session's does
+                conn.wrong = (wrong + data)[:_SAMPLE_BYTES]
             received += len(data)
             conn.received = received
             if received == self.size:

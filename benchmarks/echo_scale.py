@@ -21,7 +21,12 @@
 
 (c) paced: 5,000 connections, 64-byte messages at 10,000 messages/s in all
     (each connection every 0.5 s), otherwise as (b): what a paced message
-    costs, which is what sizes a run like configs/echo.yaml.
+    costs, which is what sizes a run like configs/echo.yaml. Paced connections
+    are driven from one greenlet per target per worker (loadtest/protocols/
+    tcp_paced.py); the last line gives the figure against its goal.
+
+(memory) (b) then (c): the worker RSS a held, paced connection adds, (c)'s
+    peak RSS less (b)'s over the connections it adds; the last line.
 
 Loopback only; every run is bounded by its duration. Reports go to --out (a
 temporary folder by default).
@@ -48,6 +53,8 @@ PACED_CONNECTIONS = 5000
 PACED_SIZE = 64
 PACED_RATE = 10_000.0
 PACED_CONNECT_RATE = 5000.0
+PACED_GOAL_US = 18.0  # issue 15: generator CPU per paced message
+MEMORY_GOAL_KIB = 4.0  # issue 15: worker RSS per held, paced connection
 DEFAULT_SCALE_DURATION = "60s"
 DEFAULT_THROUGHPUT_S = 10.0
 
@@ -168,10 +175,11 @@ def _cpu_split(processes: list[Any]) -> tuple[float, float]:
 
 
 def throughput_run(seconds: float, out: Path, name: str = "throughput", connections: int = THROUGHPUT_CONNECTIONS,
-                   size: int = THROUGHPUT_SIZE, rate: float = 0.0) -> tuple[int, int]:
+                   size: int = THROUGHPUT_SIZE, rate: float = 0.0) -> tuple[int, int, float | None]:
     """Connections sending messages back to back (or at `rate` in all), one worker against one echo process.
 
-    Returns the connections held at peak and the worker's peak RSS in bytes."""
+    Returns the connections held at peak, the worker's peak RSS in bytes and its CPU µs per message over
+    the steady seconds (None if the run was too short for them)."""
     import psutil
 
     from loadtest.config import ServerSpec, parse_config
@@ -227,11 +235,13 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
           f"start-up included; {100 * worker_cpu / elapsed:.0f}% of a core)")
     # the steady seconds: leave out the first two intervals (start-up, connects) and the last (the stop)
     steady = samples[2:-1]
+    steady_us = None
     if len(steady) >= 2 and steady[-1][0] > steady[0][0]:
         d_msgs = steady[-1][0] - steady[0][0]
         d_cpu = steady[-1][1] - steady[0][1]
         d_srv = steady[-1][2] - steady[0][2]
         d_user = steady[-1][3] - steady[0][3]
+        steady_us = d_cpu / d_msgs * 1e6
         print(f"    generator CPU per message:  {d_cpu / d_msgs * 1e6:.2f} µs over the steady seconds "
               f"(user {d_user / d_msgs * 1e6:.2f}, system {(d_cpu - d_user) / d_msgs * 1e6:.2f}; "
               f"{d_msgs} messages; psutil)")
@@ -249,7 +259,7 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
           f"connection run's RSS for the cost of a connection alone)")
     print(f"    CPU on the machine:         {machine}")
     print(f"    reports in {result.run_dir}")
-    return held, rss
+    return held, rss, steady_us
 
 
 def wait_until_quiet(limit_s: float, busy_percent: float = 15.0) -> None:
@@ -285,10 +295,14 @@ def main() -> int:
     if args.only in (None, "paced", "memory"):
         wait_until_quiet(args.wait_quiet)
         many = throughput_run(args.seconds, out, "paced", PACED_CONNECTIONS, PACED_SIZE, PACED_RATE)
+        if many[2] is not None:
+            print(f"(paced) a paced {PACED_SIZE}-byte message costs {many[2]:.2f} µs of generator CPU over the "
+                  f"steady seconds (goal <= {PACED_GOAL_US:g} µs: {'met' if many[2] <= PACED_GOAL_US else 'NOT met'})")
     if few is not None and many is not None and many[0] > few[0]:
         per = (many[1] - few[1]) / (many[0] - few[0])
         print(f"(memory) a held, paced connection costs {per / 1024:.1f} KiB of worker RSS "
-              f"({many[1] / 2**20:.1f} MiB at {many[0]:,} connections, {few[1] / 2**20:.1f} MiB at {few[0]:,})")
+              f"({many[1] / 2**20:.1f} MiB at {many[0]:,} connections, {few[1] / 2**20:.1f} MiB at {few[0]:,}; "
+              f"goal <= {MEMORY_GOAL_KIB:g} KiB: {'met' if per / 1024 <= MEMORY_GOAL_KIB else 'NOT met'})")
     if args.only in (None, "scale"):
         wait_until_quiet(args.wait_quiet)
         ok = scale_run(args.duration, out, args.workers)

@@ -257,6 +257,16 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         unsent.append(waiting)
         pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting)
         return level
+    drive = kind_of(target).driver(target, make)
+    if drive is not None:  # one greenlet runs all this worker's users of the target
+        level = Level(worker_share(load.start, workers, k)) if load.stages else None
+        if level is not None:
+            pool.spawn(ramp, level, load.stages, load.start, t0, lambda total: worker_share(total, workers, k),
+                       budget)
+        else:
+            recorder.users = share
+        pool.spawn(drive, pool, share, level)
+        return level
     if not load.stages:
         recorder.users = share
         for _ in range(share):

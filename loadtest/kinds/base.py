@@ -17,10 +17,16 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 from ..schedule import Stage
 
 if TYPE_CHECKING:
+    from gevent.pool import Pool
+
     from ..protocols import Deadlines, Session
     from ..stats import RunStats, TargetRecorder, TargetTotals
     from ..messages import WorkerPlan
-    from ..workload import Budget
+    from ..workload import Budget, Level
+
+# A driver runs all of one worker's users of a target from one greenlet (with hub callbacks): given the
+# worker's pool, its share of the users and its staged level (None: not staged), it returns when the load ends.
+Driver = Callable[["Pool", int, "Level | None"], None]
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,11 @@ class TargetKind:
                         budget: Budget) -> Callable[[], Session]:
         """In a worker (patched): a function that makes one virtual user's session; resolves addresses once."""
         raise NotImplementedError
+
+    def driver(self, target: Any, make: Callable[[], Session]) -> Driver | None:
+        """In a worker: the driver that runs all the worker's users of the target at once, given the session
+        factory `session_factory` made; None (the default): a greenlet per virtual user."""
+        return None
 
     def row_targets(self, target: Any) -> tuple[Any, ...]:
         """The targets of the run that this target stands for, one per stats row: itself, unless its kind has

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..stats import RunStats, TargetRecorder, TargetTotals
     from ..messages import WorkerPlan
     from ..workload import Budget
+    from .base import Driver
 
 DEFAULT_TCP_EXPECT = "echo"
 DEFAULT_TCP_SIZE = 64
@@ -210,10 +211,21 @@ class Tcp(TargetKind):
 
     def session_factory(self, target: TcpTarget, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
                         budget: Budget) -> Callable[[], Session]:
-        from ..protocols.tcp import tcp_session_factory
+        """Paced targets (`rate:`) with messages up to `WRITE_ALONGSIDE_BYTES` get a `PacedTcp`, which drives
+        all the worker's connections from one greenlet (see `driver`); the others a session per connection."""
+        from ..protocols.tcp import WRITE_ALONGSIDE_BYTES, tcp_session_factory
 
-        return tcp_session_factory(target, resolve(target.address, plan.addresses), recorder, plan.workers,
-                                   deadlines, stop=budget)
+        address = resolve(target.address, plan.addresses)
+        if target.rate > 0 and len(target.message) <= WRITE_ALONGSIDE_BYTES:
+            from ..protocols.tcp_paced import PacedTcp
+
+            return PacedTcp(target, address, recorder, budget, plan.workers, deadlines)
+        return tcp_session_factory(target, address, recorder, plan.workers, deadlines, stop=budget)
+
+    def driver(self, target: TcpTarget, make: Callable[[], Session]) -> Driver | None:
+        from ..protocols.tcp_paced import PacedTcp
+
+        return make.drive if isinstance(make, PacedTcp) else None
 
     def extra_rows(self, target: TcpTarget, totals: TargetTotals) -> list[ExtraRow]:
         """CONNECT: connection set-up; Request Count is the connections tried, Failure Count the failed ones."""

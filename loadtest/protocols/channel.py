@@ -63,6 +63,37 @@ def give_way() -> None:
         timer.close()
 
 
+def connect_socket(family: int, sockaddr: tuple, timeout: float,  # type: ignore[type-arg]
+                   source: tuple[str, int] | None = None) -> Any:
+    """A connected non-blocking TCP socket with TCP_NODELAY (optionally bound to a source address), the
+    calling greenlet waiting on the hub for the handshake; raises OSError subclasses."""
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        if source is not None:
+            # Let the kernel pick the port per destination, so one source address
+            # serves ~28,000 connections to each destination rather than in all.
+            sock.setsockopt(_socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind(source)
+        err = sock.connect_ex(sockaddr)
+        if err in (errno.EINPROGRESS, errno.EAGAIN):
+            hub = get_hub()
+            watcher = hub.loop.io(sock.fileno(), WRITE)
+            try:
+                with Timeout(timeout, ConnectTimeout(errno.ETIMEDOUT, "connect timed out")):
+                    hub.wait(watcher)
+            finally:
+                watcher.close()
+            err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Channel:
     """A connected non-blocking socket whose reads and writes wait on the gevent hub."""
 
@@ -80,31 +111,7 @@ class Channel:
     def connect(cls, family: int, sockaddr: tuple, timeout: float,  # type: ignore[type-arg]
                 source: tuple[str, int] | None = None) -> Channel:
         """Open a TCP connection (optionally from a source address); raises OSError subclasses."""
-        sock = _socket.socket(family, _socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            if source is not None:
-                # Let the kernel pick the port per destination, so one source address
-                # serves ~28,000 connections to each destination rather than in all.
-                sock.setsockopt(_socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind(source)
-            err = sock.connect_ex(sockaddr)
-            if err in (errno.EINPROGRESS, errno.EAGAIN):
-                hub = get_hub()
-                watcher = hub.loop.io(sock.fileno(), WRITE)
-                try:
-                    with Timeout(timeout, ConnectTimeout(errno.ETIMEDOUT, "connect timed out")):
-                        hub.wait(watcher)
-                finally:
-                    watcher.close()
-                err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock)
+        return cls(connect_socket(family, sockaddr, timeout, source))
 
     def send_all(self, data: bytes) -> None:
         sock = self.sock

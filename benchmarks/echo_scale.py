@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/echo_scale.py --duration 20s --only scale
     .venv/bin/python benchmarks/echo_scale.py --only throughput --seconds 10
     .venv/bin/python benchmarks/echo_scale.py --only paced
-    .venv/bin/python benchmarks/echo_scale.py --only memory        # (b) and (c): RSS per held connection
+    .venv/bin/python benchmarks/echo_scale.py --only memory        # paced at 100 and at 5,000: RSS per held connection
     .venv/bin/python benchmarks/echo_scale.py --wait-quiet 300   # on a shared machine
 
 (a) scale: configs/echo.yaml as it stands (30,000 connections from one worker
@@ -25,8 +25,9 @@
     are driven from one greenlet per target per worker (loadtest/protocols/
     tcp_paced.py); the last line gives the figure against its goal.
 
-(memory) (b) then (c): the worker RSS a held, paced connection adds, (c)'s
-    peak RSS less (b)'s over the connections it adds; the last line.
+(memory) (c) with 100 connections (at the same 2 messages/s each), then (c):
+    the worker RSS a held, paced connection adds, (c)'s peak RSS less the
+    100-connection run's over the connections it adds; the last line.
 
 Loopback only; every run is bounded by its duration. Reports go to --out (a
 temporary folder by default).
@@ -255,8 +256,8 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
     rss = max((w.get("peak_rss_bytes") or 0) for w in summary["workers"])
     held = t.get("connections", {}).get("peak_open") or connections
     print(f"    worker peak RSS:            {rss / 2**20:.1f} MiB for {held:,} connections = "
-          f"{rss / held / 1024:.1f} KiB a connection, interpreter included (subtract the {THROUGHPUT_CONNECTIONS}-"
-          f"connection run's RSS for the cost of a connection alone)")
+          f"{rss / held / 1024:.1f} KiB a connection, interpreter included (--only memory subtracts a "
+          f"{THROUGHPUT_CONNECTIONS}-connection paced run's RSS for the cost of a connection alone)")
     print(f"    CPU on the machine:         {machine}")
     print(f"    reports in {result.run_dir}")
     return held, rss, steady_us
@@ -281,7 +282,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=DEFAULT_THROUGHPUT_S, help="throughput run length, s")
     parser.add_argument("--workers", type=int, default=None, help="scale run workers (default: one per core)")
     parser.add_argument("--only", choices=("scale", "throughput", "paced", "memory"),
-                        help="run only one of the three; memory: throughput and paced, and the RSS a connection adds")
+                        help="run only one of them; memory: paced at 100 and at 5,000 connections, and the RSS a connection adds")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: a temporary one)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each run, wait up to S seconds for the machine to be under 15%% busy")
@@ -289,9 +290,13 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="echo-scale-"))
     ok = True
     few = many = None
-    if args.only in (None, "throughput", "memory"):
+    if args.only in (None, "throughput"):
         wait_until_quiet(args.wait_quiet)
-        few = throughput_run(args.seconds, out)
+        throughput_run(args.seconds, out)
+    if args.only in (None, "memory"):  # the baseline: the same paced run with few connections
+        wait_until_quiet(args.wait_quiet)
+        few = throughput_run(args.seconds, out, "paced-few", THROUGHPUT_CONNECTIONS, PACED_SIZE,
+                             PACED_RATE * THROUGHPUT_CONNECTIONS / PACED_CONNECTIONS)
     if args.only in (None, "paced", "memory"):
         wait_until_quiet(args.wait_quiet)
         many = throughput_run(args.seconds, out, "paced", PACED_CONNECTIONS, PACED_SIZE, PACED_RATE)

@@ -42,15 +42,32 @@ def peak_level(stages: tuple[Stage, ...], start: float) -> float:
     return max([start, *(s.target for s in stages)])
 
 
-def peak_level_until(stages: tuple[Stage, ...], start: float, t: float) -> float:
-    """The highest level the stages reach in the first `t` seconds (the ramps are straight lines)."""
-    peak, elapsed = start, 0.0
+def sustained_level_until(stages: tuple[Stage, ...], start: float, t: float, hold: float) -> float:
+    """The highest level the stages stay at or above for `hold` seconds in a row, from a moment in the first
+    `t` seconds: a plateau's level, but less than the tip of a ramp that turns at once (up then straight
+    down), which no load that follows the level ten times a second can be held to exactly.
+
+    The ramps are straight lines, so the lowest level in a window is at its ends or at a stage boundary
+    inside it, and the best window starts within `hold` before a boundary; those starts are tried on a fine
+    grid (the answer is low by at most a 1/64 of what the level moves in `hold`)."""
+    if not stages:
+        return start
+    t = max(t, 0.0)
+    bounds = [0.0]
     for stage in stages:
-        if elapsed >= t:
-            break
-        elapsed += stage.duration
-        peak = max(peak, level_at(stages, start, min(t, elapsed)))
-    return peak
+        bounds.append(bounds[-1] + stage.duration)
+
+    def lowest(w: float) -> float:
+        low = min(level_at(stages, start, w), level_at(stages, start, w + hold))
+        for b in bounds:
+            if w < b < w + hold:
+                low = min(low, level_at(stages, start, b))
+        return low
+
+    starts = {0.0, t}
+    for b in bounds:
+        starts.update(b - hold * i / 64 for i in range(65))
+    return max(lowest(w) for w in starts if 0.0 <= w <= t)
 
 
 def worker_share(total: float, workers: int, index: int) -> int:

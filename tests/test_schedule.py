@@ -11,8 +11,8 @@ from loadtest.schedule import (
     Stage,
     level_at,
     peak_level,
-    peak_level_until,
     stages_duration,
+    sustained_level_until,
     worker_share,
     zero_until,
 )
@@ -31,9 +31,20 @@ def test_duration_and_peak() -> None:
 
 
 @pytest.mark.parametrize("t, peak", [(0, 20), (5, 60), (10, 100), (18, 100), (99, 100)])
-def test_the_peak_reached_so_far(t: float, peak: float) -> None:
-    assert peak_level_until(RAMP, 20.0, t) == pytest.approx(peak)
-    assert peak_level_until((Stage(4.0, 0.0),), 40.0, t) == 40.0  # a ramp down peaks at its start
+def test_the_level_held_a_while_so_far(t: float, peak: float) -> None:
+    # a ramp up is held to where a window starting by `t` starts; a plateau to its level
+    assert sustained_level_until(RAMP, 20.0, t, 0.25) == pytest.approx(peak)
+    # a ramp down from 40 to 0 in 4 s: at or above 37.5 for the first quarter second, no higher for longer
+    assert sustained_level_until((Stage(4.0, 0.0),), 40.0, t, 0.25) == pytest.approx(37.5)
+
+
+def test_a_ramp_that_turns_at_once_is_held_to_less_than_its_tip() -> None:
+    # Up from 10 to 200 in 1 s, then straight down to 50 in 1 s: 200 lasts an instant. The best quarter
+    # second straddles the turn where both sides are equal: 200 - 190x = 200 - 150(0.25 - x), about 179.
+    triangle = (Stage(1.0, 200.0), Stage(1.0, 50.0))
+    held = sustained_level_until(triangle, 10.0, 1.0, 0.25)
+    assert 178.5 <= held <= 179.05
+    assert sustained_level_until(triangle, 10.0, 0.5, 0.25) == pytest.approx(105.0)  # ramping up: 10 + 190 * 0.5
 
 
 def test_tcp_stages_ramp_the_connections_held() -> None:
@@ -44,7 +55,9 @@ def test_tcp_stages_ramp_the_connections_held() -> None:
     assert config.duration == 5.0
     assert conns.connections == 0 and conns.peak_connections == 50
     assert conns.asked_at_peak(2.5) == 38  # the level at 1.5 s: the ramp has a second to be held
-    assert conns.asked_at_peak(60.0) == 50
+    # 50 lasts an instant (up at 25/s, then down at 15/s): held to the most it keeps for a quarter second,
+    # 50 - 25x = 50 - 15(0.25 - x) at x = 0.094 s, 47.7
+    assert conns.asked_at_peak(60.0) == 48
     fixed = parse_config({"duration": "1s", "targets": [{"tcp": "127.0.0.1:9", "connections": 7}]}).targets[0]
     assert fixed.peak_connections == fixed.asked_at_peak(0.5) == 7
 

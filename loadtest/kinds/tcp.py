@@ -29,7 +29,7 @@ from ..fields import (
     positive_int,
     resolve,
 )
-from ..schedule import Stage, peak_level, peak_level_until
+from ..schedule import Stage, peak_level, sustained_level_until
 from .base import ExtraRow, HeldConnections, Load, TargetKind
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ DEFAULT_TCP_SIZE = 64
 MAX_TCP_SIZE = 16 * 1024 * 1024
 TCP_EXPECTS = ("echo", "upper", "any")
 STAGE_LAG_S = 1.0  # a staged tcp target has this long to open the connections a ramp asks for
+# ... and is held to the highest level its stages keep for this long: the level is followed ten times a
+# second, so the tip of a ramp that turns at once (up, then straight down) is never held exactly
+STAGE_HOLD_S = 0.25
 _FILLER = b"abcdefghijklmnopqrstuvwxyz0123456789"  # a `size:` message repeats these
 
 
@@ -75,11 +78,12 @@ class TcpTarget:
     def asked_at_peak(self, elapsed: float) -> int:
         """The connections to have held at the peak of a run whose load lasted `elapsed` seconds.
 
-        With stages, the highest level they reached up to `STAGE_LAG_S` before the load stopped.
+        With stages, the highest level they kept for `STAGE_HOLD_S`, from a moment up to `STAGE_LAG_S`
+        before the load stopped.
         """
         if not self.stages:
             return self.connections
-        return int(round(peak_level_until(self.stages, self.connections, elapsed - STAGE_LAG_S)))
+        return int(round(sustained_level_until(self.stages, self.connections, elapsed - STAGE_LAG_S, STAGE_HOLD_S)))
 
 
 def tcp_address(value: Any, info: ValidationInfo) -> str:
@@ -252,8 +256,9 @@ class Tcp(TargetKind):
     def shortfall(self, target: TcpTarget, stats: RunStats, index: int) -> str | None:
         """Fewer connections held than asked, at peak or when the load stopped.
 
-        A staged target is held to the highest level its stages reached up to `STAGE_LAG_S` before the load
-        stopped (a connection gets that long to open), and not checked at the end, where it may be ramping down.
+        A staged target is held to the highest level its stages kept for `STAGE_HOLD_S`, from a moment up to
+        `STAGE_LAG_S` before the load stopped (a connection gets that long to open), and not checked at the end,
+        where it may be ramping down.
         """
         held = stats.held_at_end(index)
         peak = max(stats.peak_open[index], held)  # the seconds' samples can miss a peak at the very end

@@ -14,13 +14,13 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
+from .console import EXIT_INTERRUPTED, check_interrupted, on_interrupt
 from .quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
 
 EXIT_OK = 0
 EXIT_THRESHOLD = 1
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
-EXIT_INTERRUPTED = 130
 DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape comes within it
 
 EXIT_CODES = f"""Exit status: {EXIT_OK} the run completed and every threshold passed;
@@ -123,12 +123,6 @@ DAMAGE = (TypeError, AttributeError, KeyError, IndexError, OverflowError, Recurs
 
 def damaged(where: str, e: BaseException) -> str:
     return f"{where}: a report file is damaged and cannot be read ({type(e).__name__}: {e})"
-
-
-def on_interrupt(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM while a command has nothing to save (loading, reading): one line, status 130."""
-    sys.stderr.write("loadtest: interrupted\n")
-    raise SystemExit(EXIT_INTERRUPTED)
 
 
 def fail(message: str, status: int) -> None:
@@ -240,6 +234,7 @@ def run_command(
     # run() counts interrupts while it runs and puts back what it found when it returns. What it finds is
     # "ignore": once the reports are written a late Ctrl-C must not kill the exit half-way, which it would
     # during interpreter shutdown (Python resets handled signals to the default there) with status -2.
+    check_interrupted()  # a Ctrl-C while the config loaded whose exit compile() swallowed: start nothing
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
 
@@ -415,6 +410,7 @@ def _serve(kind: str, listen: str, workers_text: Optional[str], upper: bool = Fa
         fail(str(e), EXIT_BAD_INPUT)
     spec = ServerSpec(name=kind, kind=kind, host=host, port=port, workers=workers, upper=upper,
                       max_connections=max_connections, idle_timeout=idle, max_buffered=buffered)
+    check_interrupted()
     try:
         status = serve_foreground(spec)
     except ServerError as e:
@@ -461,7 +457,8 @@ def serve_echo(
 
 
 def main() -> None:
-    """The console script: Ctrl-C and SIGTERM exit 130 without a traceback, then the commands run."""
+    """The command line: Ctrl-C and SIGTERM exit 130 without a traceback (`console.on_interrupt`, installed
+    again here for callers that import this module first), then the commands run."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_interrupt)
     app()

@@ -56,6 +56,11 @@ class Budget:
             self.left -= 1
         return True
 
+    def give_back(self) -> None:
+        """Return a unit taken for a request that was never started (a counted budget only)."""
+        if self.left >= 0:
+            self.left += 1
+
 
 class Level:
     """This worker's current level of a staged target: virtual users (closed) or arrivals/s (open)."""

@@ -147,6 +147,35 @@ def test_the_console_script_handles_an_interrupt_while_it_imports(tmp_path: Path
     assert done.stderr == "loadtest: interrupted\n"  # one line: no traceback, and the run never started
 
 
+# CPython runs a signal handler inside compile() too and drops what it raises: an interrupt that lands
+# while a module compiles (PYTHONDONTWRITEBYTECODE, or a first run) prints its line and is lost. This
+# stands in for that, deterministically: the handler's SystemExit is swallowed, then the command goes on.
+SWALLOWED_INTERRUPT = """
+import os, signal, sys
+from loadtest import console
+signal.signal(signal.SIGINT, console.on_interrupt)
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):
+        pass  # the handler runs at a bytecode boundary here
+except SystemExit:
+    pass  # as compile() does
+sys.argv = ["loadtest", "run", "run.yaml", "--out", "out"]
+from loadtest.cli import main
+main()
+"""
+
+
+def test_an_interrupt_whose_exit_was_swallowed_still_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("duration: 2s\nworkers: 1\nservers: [{name: s, kind: http}]\n"
+                                       "targets: [{url: 'http://{s}/', concurrency: 1}]\n")
+    done = subprocess.run([sys.executable, "-c", SWALLOWED_INTERRUPT], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 130, (done.stdout, done.stderr)
+    assert done.stderr == "loadtest: interrupted\n" and done.stdout == ""
+    assert not (tmp_path / "out").exists()  # no server, no worker, no report folder
+
+
 def sampled_pid(tmp_path: Path, role: str) -> int:
     """The pid of `role` as resources.csv names it, once the sampler has written a row for it."""
     deadline = time.monotonic() + 30

@@ -222,6 +222,45 @@ def test_the_requests_budget_is_exact_and_the_driver_ends_by_itself(echo: Server
     assert snap.requests == 37 and not snap.failures and echo.served()["messages"] - before == 37
 
 
+def test_a_place_a_ramp_closes_before_its_first_message_gives_its_budget_unit_back(echo: ServerGroup) -> None:
+    # A connect takes a unit of `requests:` for the connection's first message. A ramp down that closes the
+    # place before that message gives the unit back: it was never a request (it was lost before: 74 of 150
+    # sent, the run ended early as spent).
+    before = echo.served()["messages"]
+    level = Level(40.0)
+    run = Driven(echo.port, share=40, level=level, connections=40, rate=40, size=16, requests=60)
+    run.run(0.1)  # connected, most first turns (random phases over a second) still ahead
+    level.value = 0.0
+    run.run(0.3)  # the ramp closes them all
+    assert run.recorder.open_connections == 0 and run.budget.left > 20  # the unsent ones' units are back
+    level.value = 40.0
+    run.run(8.0)  # the budget is spent by messages, and the driver returns by itself
+    assert run.driver.dead
+    assert run.stop() == 0
+    snap = run.recorder.snapshot()
+    assert snap.requests == 60 and not snap.failures and echo.served()["messages"] - before == 60
+
+
+def test_a_message_stuck_until_its_timeout_does_not_keep_the_finished_ones_queued(raw_server) -> None:
+    first = [True]
+
+    def handle(conn: socket.socket) -> None:
+        silent, first[0] = first[0], False
+        while data := read_exact(conn, 8):
+            if not silent:  # the first connection never answers; the others echo
+                conn.sendall(data)
+
+    server = raw_server(handle)
+    run = Driven(server.port, connections=20, rate=2000, size=8, timeout="30s")
+    run.run(1.0)
+    fifo, in_flight = len(run.paced.fifo), run.paced.in_flight
+    run.stop(grace=0.0)
+    snap = run.recorder.snapshot()
+    assert snap.requests - dict(snap.failures).get("cancelled", 0) > 1000  # the others went on meanwhile
+    # bounded by what is in flight, not by the ~2,000 messages that ended behind the stuck one
+    assert fifo <= 2 * in_flight + 64 + 1, (fifo, in_flight)
+
+
 def test_a_failed_connect_takes_from_the_budget_and_is_retried_after_the_pause() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -32,7 +32,8 @@ stop behave as in `TcpSession`; a stop that kills the driver records every
 message still in flight as `cancelled`. The worker's grace period sees the
 driver's messages in flight through a `RequestTimer` it holds in flight while
 any is. An exception in a hub callback never escapes into gevent: it is
-counted in `callback_errors` and ends the message as an `error`.
+counted in `callback_errors`; in a read or write callback it ends the
+message as an `error`, in the timer's it is said once on stderr.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import math
 import random
 import socket
+import sys
 from collections import deque
 from heapq import heappop, heappush
 from itertools import cycle
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 MAX_CONNECTORS = 64  # connects in progress at once: start-up in parallel, without a greenlet per connection
 LEVEL_POLL_S = 0.1  # the driver follows a staged level, and notices the end of the load, this often
 _SAMPLE_BYTES = 32  # of a wrong reply, quoted in the failure message
+FIFO_SLACK = 64  # ended messages the deadline queue may hold beyond twice those in flight before it is compacted
 _FAR_NS = 1 << 62  # no timer armed
 _RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
@@ -130,7 +133,7 @@ class PacedTcp:
         self.timer: Any = None
         self.armed_ns = _FAR_NS
         self.closed = False
-        self.callback_errors = 0  # exceptions caught in hub callbacks (each ended its message as an error)
+        self.callback_errors = 0  # exceptions caught in hub callbacks
         self.pool: Pool | None = None
         self.loop: Any = None
         # bound once: a bound method made per message would be an allocation per message
@@ -243,7 +246,7 @@ class PacedTcp:
                     self._drop_ticket(conn)
                     raise
                 except Exception as e:  # noqa: BLE001 - every failure is counted, none escapes
-                    self._drop_ticket(conn)  # spent: a failed connect counts against a `requests:` total
+                    self._drop_ticket(conn, spent=True)  # a failed connect counts against a `requests:` total
                     kind, message = connect_failure(e, self.timeout)
                     rec.connect_failed(kind, message)
                     conn.retry_at_ns = perf_counter_ns() + self.pause_ns
@@ -255,10 +258,15 @@ class PacedTcp:
         finally:
             self.connectors -= 1
 
-    def _drop_ticket(self, conn: PacedConnection) -> None:
+    def _drop_ticket(self, conn: PacedConnection, spent: bool = False) -> None:
+        """Let go of the budget unit a connection took before it connected: given back to the budget (a ramp
+        closed the place before its first message, or the load is stopping), or `spent` by a failed connect,
+        as a virtual user's failed connect spends its turn."""
         if conn.ticket:
             conn.ticket = False
             self.tickets -= 1
+            if not spent:
+                self.budget.give_back()
 
     def _attach(self, conn: PacedConnection, sock: Any, now: int) -> None:
         """A new connection in its place: its first turn at a random phase within the interval."""
@@ -335,8 +343,11 @@ class PacedTcp:
                     conn.late_slot_ns = slot
                     continue
                 send(conn, slot, now)
-        except Exception:  # noqa: BLE001 - a callback's exception would be printed by gevent, not counted
+        except Exception as e:  # noqa: BLE001 - a callback's exception would be printed by gevent, not counted
             self.callback_errors += 1
+            if self.callback_errors == 1:  # no message of its own to end: said once, on the worker's stderr
+                sys.stderr.write(f"loadtest: worker: {self.target.name}: the paced driver's timer failed "
+                                 f"({type(e).__name__}: {e}); its sends may stall\n")
         finally:
             self._rearm()
 
@@ -369,7 +380,10 @@ class PacedTcp:
         conn.wrong = None
         deadline = now + self.timeout_ns  # from the first byte written, even when the turn came late
         conn.deadline_ns = deadline
-        self.fifo.append((deadline, conn))
+        fifo = self.fifo
+        fifo.append((deadline, conn))
+        if len(fifo) > 2 * self.in_flight + FIFO_SLACK:
+            self._compact_fifo()
         if not self.in_flight:
             self.flight.deadline_ns = NO_DEADLINE_NS
             if deadline < self.armed_ns:
@@ -394,6 +408,15 @@ class PacedTcp:
             if conn.writer is None:
                 conn.writer = self.loop.io(conn.sock.fileno(), WRITE)
             conn.writer.start(self._writable, conn)
+
+    def _compact_fifo(self) -> None:
+        """Drop the entries of messages that already ended. The tick pops them only from the front, so one
+        message waiting for its timeout would keep every later, finished one queued behind it (rate ×
+        timeout entries: 16 MB at 15,000 messages/s and a 10 s timeout)."""
+        fifo = self.fifo
+        live = [entry for entry in fifo if entry[1].deadline_ns == entry[0]]
+        fifo.clear()
+        fifo.extend(live)
 
     def _on_writable(self, conn: PacedConnection) -> None:
         """The rest of a message the socket buffer did not take at once."""

@@ -81,7 +81,7 @@ class ServerSpec:
     upper: bool = False
     max_connections: int = 0  # 0: the server's own default
     idle_timeout: float = 0.0  # 0: the server's own default
-    max_buffered: int = 0  # http: bytes one process holds for its clients in all; 0: the server's own default
+    max_buffered: int = 0  # bytes one process holds for its clients in all; 0: the server's own default
 
 
 @dataclass(frozen=True)
@@ -118,14 +118,12 @@ class ServerModel(ConfigModel):
                                WithJsonSchema({"type": "integer", "minimum": 1})] = 0
     idle_timeout: Duration = 0.0
     max_buffered: Annotated[int, BeforeValidator(fields.max_buffered), WithJsonSchema(
-        {"type": "integer", "minimum": 1, "description": "MiB one http server process buffers for its clients"})] = 0
+        {"type": "integer", "minimum": 1, "description": "MiB one server process buffers for its clients in all"})] = 0
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> ServerModel:
         if self.kind != "echo" and self.upper:
             raise FieldError("only an echo server can upper-case", at=("upper",))
-        if self.kind != "http" and "max_buffered" in self.model_fields_set:
-            raise FieldError("only an http server buffers requests", at=("max_buffered",))
         return self
 
     @property

@@ -230,7 +230,7 @@ def metrics_address(value: Any) -> tuple[str, int]:
 
 
 def max_buffered(value: Any) -> int:
-    """An HTTP server's `max_buffered`, given in MiB (a whole number), in bytes."""
+    """A server's `max_buffered`, given in MiB (a whole number), in bytes."""
     mib = positive_int(value, "a whole number of MiB")
     if mib > MAX_BUFFERED_MIB:
         raise FieldError(f"must be at most {MAX_BUFFERED_MIB} MiB, got {mib}")
@@ -336,7 +336,7 @@ def parse_metrics_address(value: Any, where: str) -> tuple[str, int]:
 
 
 def parse_max_buffered(value: Any, where: str) -> int:
-    """An HTTP server's `max_buffered`, given in MiB (a whole number), in bytes."""
+    """A server's `max_buffered`, given in MiB (a whole number), in bytes."""
     return int(at(where, max_buffered, value))
 
 

@@ -58,7 +58,7 @@ def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any
         return HttpServer(listener, counts, spec.max_connections, spec.idle_timeout, spec.max_buffered)
     from loadtest.servers.echo import EchoServer
 
-    return EchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout)
+    return EchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout, spec.max_buffered)
 
 
 def main(link: ParentLink, spec: ServerSpec, index: int, port: int, counts: Any) -> None:

@@ -10,7 +10,11 @@ few hundred bytes each.
 
 Bounded: a read takes at most 64 KiB, and while any of it is still unsent the
 connection stops reading, so a client that does not read stalls only itself
-(TCP flow control does the rest). A connection cap closes extra connections at
+(TCP flow control does the rest). What a process holds unsent in all is
+capped too (`max_buffered`, 256 MiB by default): a connection whose unsent
+echo would pass it is closed (said once on stderr), so 20,000 clients that
+send and never read cannot make a process hold 20,000 × 64 KiB, and the
+clients that read their echoes are not held back by them. A connection cap closes extra connections at
 once (by default it fits the open-file limit; see connections.py); an idle
 timeout closes connections that send nothing.
 
@@ -26,6 +30,7 @@ from loadtest.servers.connections import CallbackServer, fitting_cap
 
 DEFAULT_MAX_CONNECTIONS = 50_000  # lowered to fit the open-file limit (see connections.py)
 DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024  # unsent bytes one process holds for its clients in all
 READ_SIZE = 64 * 1024
 _READ, _WRITE = 1, 2  # event loop watcher events
 
@@ -70,6 +75,12 @@ class EchoConnection:
             self.expire()
             return
         if sent < len(data):  # the client reads slower than it sends: stop reading until this is out
+            left = len(data) - sent
+            if server.buffered + left > server.max_buffered:
+                server.over_cap(left)
+                self.expire()
+                return
+            server.buffered += left
             self.unsent = memoryview(data)[sent:]
             self.reader.stop()
             if self.writer is None:
@@ -87,6 +98,7 @@ class EchoConnection:
             self.expire()
             return
         self.mark = time.monotonic()
+        self.server.buffered -= sent
         if sent < len(unsent):
             self.unsent = unsent[sent:]
             return
@@ -96,6 +108,9 @@ class EchoConnection:
 
     def expire(self) -> None:
         """Close the connection (end of stream, error, idle timeout, server stop)."""
+        if self.unsent is not None:  # what it held is freed with it
+            self.server.buffered -= len(self.unsent)
+            self.unsent = None
         self.reader.stop()
         self.reader.close()
         if self.writer is not None:
@@ -111,11 +126,19 @@ class EchoServer(CallbackServer):
     kind = "echo"
 
     def __init__(self, listener: Any, counts: Any, upper: bool = False, max_connections: int = 0,
-                 idle_timeout: float = 0.0) -> None:
+                 idle_timeout: float = 0.0, max_buffered: int = 0) -> None:
         self.counts = counts  # [messages (reads echoed), bytes, connections], shared with the parent
         self.upper = upper
+        self.max_buffered = max_buffered or DEFAULT_MAX_BUFFERED
+        self.buffered = 0  # bytes read and not yet sent back, all connections together
         super().__init__(listener, max_connections or fitting_cap(DEFAULT_MAX_CONNECTIONS),
                          idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
+
+    def over_cap(self, unsent: int) -> None:
+        self._say_once("buffered", (
+            f"its clients' unsent echoes would pass {self.max_buffered // 2**20} MiB ({self.buffered:,} bytes held, "
+            f"{unsent:,} more), its cap: connections that do not read their echoes are closed until they do "
+            f"(the cap is max_buffered)."))
 
     def serve(self, sock: Any) -> None:
         self.counts[2] += 1

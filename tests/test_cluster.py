@@ -356,3 +356,17 @@ def test_a_node_whose_limits_cannot_fit_its_share_is_refused(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert re.fullmatch(rf"loadtest: node-1 \(.+\): targets: each worker would hold {users // 2} connections but the "
                         rf"open-file limit is {hard} per process; .+\n", done.stderr), done.stderr
+
+
+def test_unique_data_rows_are_dealt_apart_across_nodes(tmp_path: Path) -> None:
+    # Two nodes of one worker each: worker k of 2 deals rows k, k+2, ... whichever node it runs on, so no row
+    # is held by two users at once anywhere, and every row is used.
+    from .test_flow_runs import run_rows
+
+    server, done = run_rows(tmp_path, rows_count=6, users=6, mode="unique",
+                            where=("--workers", "1", "--cluster", "local:2"))
+    assert done.returncode == 0, done.stderr
+    assert server.overlaps == 0
+    assert set(server.seen) == {f"r{i}" for i in range(6)} and min(server.seen.values()) >= 5
+    nodes = json.loads((tmp_path / "out-unique" / "summary.json").read_text())["nodes"]
+    assert len(nodes) == 2

@@ -85,8 +85,8 @@ class HoldingServer:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
-def run_rows(tmp_path: Path, rows_count: int, users: int,
-             mode: str) -> tuple[HoldingServer, subprocess.CompletedProcess[str]]:
+def run_rows(tmp_path: Path, rows_count: int, users: int, mode: str,
+             where: tuple[str, ...] = ("--workers", "2")) -> tuple[HoldingServer, subprocess.CompletedProcess[str]]:
     server = HoldingServer()
     (tmp_path / "rows.csv").write_text("row\n" + "".join(f"r{i}\n" for i in range(rows_count)))
     (tmp_path / "rows.yaml").write_text(f"""
@@ -100,8 +100,7 @@ targets:
       - {{name: hold, url: "http://127.0.0.1:{server.server.port}/u/${{data.row}}"}}
 """)
     try:
-        done = cli("run", str(tmp_path / "rows.yaml"), "--workers", "2", "--out", str(tmp_path / f"out-{mode}"),
-                   cwd=tmp_path)
+        done = cli("run", str(tmp_path / "rows.yaml"), *where, "--out", str(tmp_path / f"out-{mode}"), cwd=tmp_path)
     finally:
         server.server.close()
     return server, done

@@ -46,7 +46,7 @@ RECONNECT_PAUSE_S = 1.0  # after a failed connect, so a dead server does not spi
 # server stops reading while its reply is unsent, so write-then-read would deadlock once the
 # message outgrows the socket buffers on the way (16 MiB does on loopback).
 WRITE_ALONGSIDE_BYTES = 64 * 1024
-_SAMPLE_BYTES = 32  # of a wrong reply, quoted in the failure message
+SAMPLE_BYTES = 32  # of a wrong reply, quoted in the failure message
 
 
 class ConnectPacer:
@@ -65,6 +65,34 @@ class ConnectPacer:
         self.next_ns = slot + self.interval_ns
         if slot > now:
             gevent.sleep((slot - now) / 1e9)
+
+
+RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)  # a failure of kind `reset`
+
+
+def failure_message(target: TcpTarget, kind: str, detail: str, got: bytes = b"") -> str:
+    """What a message's failure says, for a session and the paced driver alike; `got`: a wrong reply's start."""
+    if kind == "mismatch":
+        expected = {"echo": target.message, "upper": target.message.upper()}.get(target.expect, b"")
+        return (f"the reply is not the {target.expect} of the message: got {got[:SAMPLE_BYTES]!r}, "
+                f"expected {expected[:SAMPLE_BYTES]!r}")
+    if kind == "closed":
+        return "the server closed the connection before the whole reply arrived"
+    if kind == "read_timeout":
+        return f"no whole reply within {target.timeout:g} s"
+    if kind == "reset":
+        return f"connection reset: {detail}"
+    return f"socket error: {detail}"
+
+
+def wait_to_connect(retry_at_ns: int, pacer: ConnectPacer | None) -> None:
+    """Before a connect: wait out a reconnect pause (`retry_at_ns`, 0 for none), then take a pacer's slot."""
+    if retry_at_ns:
+        delay = retry_at_ns - perf_counter_ns()
+        if delay > 0:
+            gevent.sleep(delay / 1e9)
+    if pacer is not None:
+        pacer.wait()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -182,7 +210,7 @@ class TcpSession:
             raise
         except RequestTimeout:
             kind = "read_timeout"
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
+        except RESET_ERRORS as e:
             kind = "reset"
             detail = e.strerror or str(e)
         except OSError as e:
@@ -199,23 +227,10 @@ class TcpSession:
                 rec.success(latency, received, sent, received)
                 return
             kind = "mismatch"
-        rec.failure(kind, self._failure_message(kind, detail), latency, received, sent)
+        rec.failure(kind, failure_message(self.target, kind, detail, bytes(self.buffer)), latency, received, sent)
         if not self.answered:  # failed before any reply: pause as after a failed connect
             self.retry_at_ns = perf_counter_ns() + self.pause_ns
         self._drop()
-
-    def _failure_message(self, kind: str, detail: str) -> str:
-        if kind == "mismatch":
-            got = bytes(self.buffer[:_SAMPLE_BYTES])
-            want = (self.expected or b"")[:_SAMPLE_BYTES]
-            return f"the reply is not the {self.target.expect} of the message: got {got!r}, expected {want!r}"
-        if kind == "closed":
-            return "the server closed the connection before the whole reply arrived"
-        if kind == "read_timeout":
-            return f"no whole reply within {self.timeout:g} s"
-        if kind == "reset":
-            return f"connection reset: {detail}"
-        return f"socket error: {detail}"
 
     def _wait_turn(self) -> int:
         """Sleep until this connection's next send time and return it (ns); the schedule never drifts."""
@@ -227,13 +242,8 @@ class TcpSession:
         return slot
 
     def _connect(self) -> Channel | None:
-        if self.retry_at_ns:
-            delay = self.retry_at_ns - perf_counter_ns()
-            if delay > 0:
-                gevent.sleep(delay / 1e9)
-            self.retry_at_ns = 0
-        if self.pacer is not None:
-            self.pacer.wait()
+        wait_to_connect(self.retry_at_ns, self.pacer)
+        self.retry_at_ns = 0
         started = perf_counter_ns()
         try:
             source = (next(self.sources), 0) if self.sources is not None else None

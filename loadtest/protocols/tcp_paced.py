@@ -56,7 +56,8 @@ from ..stats import TargetRecorder
 from . import NO_DEADLINE_NS, Deadlines, RequestTimer
 from .channel import READ, WRITE, connect_socket
 from .http_fast import connect_failure
-from .tcp import RECONNECT_PAUSE_S, ConnectPacer, TcpSession, split_address, tcp_session_factory
+from .tcp import (RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES, ConnectPacer, TcpSession, failure_message, split_address,
+                  tcp_session_factory, wait_to_connect)
 
 if TYPE_CHECKING:
     from gevent.pool import Pool
@@ -65,10 +66,9 @@ if TYPE_CHECKING:
 
 MAX_CONNECTORS = 64  # connects in progress at once: start-up in parallel, without a greenlet per connection
 LEVEL_POLL_S = 0.1  # the driver follows a staged level, and notices the end of the load, this often
-_SAMPLE_BYTES = 32  # of a wrong reply, quoted in the failure message
 FIFO_SLACK = 64  # ended messages the deadline queue may hold beyond twice those in flight before it is compacted
 _FAR_NS = 1 << 62  # no timer armed
-_RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_DRIVER_ERROR = "paced tcp driver"  # starts the message of a failure the driver's own bug caused
 
 
 class PacedConnection:
@@ -228,13 +228,8 @@ class PacedTcp:
                     return
                 conn.ticket = True
                 self.tickets += 1
-                if conn.retry_at_ns:
-                    delay = conn.retry_at_ns - perf_counter_ns()
-                    if delay > 0:
-                        gevent.sleep(delay / 1e9)
-                    conn.retry_at_ns = 0
-                if self.pacer is not None:
-                    self.pacer.wait()
+                wait_to_connect(conn.retry_at_ns, self.pacer)
+                conn.retry_at_ns = 0
                 if budget.stopping or conn.index >= self.open_below:
                     self._drop_ticket(conn)
                     continue
@@ -397,11 +392,8 @@ class PacedTcp:
             sent = conn.sock.send(self.message)
         except BlockingIOError:
             sent = 0
-        except _RESET_ERRORS as e:
-            self._fail(conn, "reset", e.strerror or str(e))
-            return
         except OSError as e:
-            self._fail(conn, "error", e.strerror or str(e))
+            self._socket_failed(conn, e)
             return
         conn.sent = sent
         if sent < size:
@@ -425,11 +417,8 @@ class PacedTcp:
                 sent = conn.sock.send(memoryview(self.message)[conn.sent:])
             except BlockingIOError:
                 return
-            except _RESET_ERRORS as e:
-                self._fail(conn, "reset", e.strerror or str(e))
-                return
             except OSError as e:
-                self._fail(conn, "error", e.strerror or str(e))
+                self._socket_failed(conn, e)
                 return
             conn.sent += sent
             if conn.sent == self.size:
@@ -451,11 +440,8 @@ class PacedTcp:
                 data = conn.sock.recv(self.size - received)
             except BlockingIOError:
                 return
-            except _RESET_ERRORS as e:
-                self._fail(conn, "reset", e.strerror or str(e))
-                return
             except OSError as e:
-                self._fail(conn, "error", e.strerror or str(e))
+                self._socket_failed(conn, e)
                 return
             if not data:
                 self._fail(conn, "closed", "")
@@ -464,9 +450,9 @@ class PacedTcp:
             if wrong is None:
                 expected = self.expected
                 if expected is not None and not expected.startswith(data, received):
-                    conn.wrong = (expected[:received] + data)[:_SAMPLE_BYTES]
-            elif len(wrong) < _SAMPLE_BYTES:  # the failure quotes the reply's start, as a session's does
-                conn.wrong = (wrong + data)[:_SAMPLE_BYTES]
+                    conn.wrong = (expected[:received] + data)[:SAMPLE_BYTES]
+            elif len(wrong) < SAMPLE_BYTES:  # the failure quotes the reply's start, as a session's does
+                conn.wrong = (wrong + data)[:SAMPLE_BYTES]
             received += len(data)
             conn.received = received
             if received == self.size:
@@ -502,8 +488,9 @@ class PacedTcp:
             self.in_flight -= 1
             if not self.in_flight:
                 self.flight.deadline_ns = 0
-        self.recorder.failure(kind, self._failure_message(kind, detail, conn), now - conn.slot_ns,
-                              conn.received, conn.sent)
+        message = detail if detail.startswith(_DRIVER_ERROR) else failure_message(self.target, kind, detail,
+                                                                                  conn.wrong or b"")
+        self.recorder.failure(kind, message, now - conn.slot_ns, conn.received, conn.sent)
         if not conn.answered:  # failed before any reply: pause as after a failed connect
             conn.retry_at_ns = now + self.pause_ns
         self._close(conn)
@@ -511,25 +498,14 @@ class PacedTcp:
         if conn.index < self.open_below and not budget.stopping and budget.left != 0:
             self._want(conn)
 
+    def _socket_failed(self, conn: PacedConnection, e: OSError) -> None:
+        """A send or a read failed: `reset` for a reset or a broken pipe, `error` for anything else."""
+        self._fail(conn, "reset" if isinstance(e, RESET_ERRORS) else "error", e.strerror or str(e))
+
     def _internal_error(self, conn: PacedConnection, e: Exception) -> None:
         self.callback_errors += 1
         try:
             if conn.deadline_ns:
-                self._fail(conn, "error", f"paced tcp driver: {type(e).__name__}: {e}")
+                self._fail(conn, "error", f"{_DRIVER_ERROR}: {type(e).__name__}: {e}")
         except Exception:  # noqa: BLE001 - counted above; nothing may escape into the hub
             pass
-
-    def _failure_message(self, kind: str, detail: str, conn: PacedConnection) -> str:
-        if kind == "mismatch":
-            want = (self.expected or b"")[:_SAMPLE_BYTES]
-            return (f"the reply is not the {self.target.expect} of the message: got {conn.wrong!r}, "
-                    f"expected {want!r}")
-        if kind == "closed":
-            return "the server closed the connection before the whole reply arrived"
-        if kind == "read_timeout":
-            return f"no whole reply within {self.timeout:g} s"
-        if kind == "reset":
-            return f"connection reset: {detail}"
-        if kind == "error" and detail.startswith("paced tcp driver"):
-            return detail
-        return f"socket error: {detail}"

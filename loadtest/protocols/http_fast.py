@@ -92,8 +92,9 @@ def read_failure(e: BaseException, timeout: float) -> tuple[str, str]:
     return "error", f"socket error: {getattr(e, 'strerror', None) or e}"
 
 
-class _Response:
-    """The parser's callback object: counts body bytes, notes completion."""
+class BodyCounter:
+    """The parser's callback object: counts body bytes, notes completion (the fast engine's and the flow
+    client's, which keeps bodies in a subclass)."""
 
     __slots__ = ("body", "complete", "headers_done", "keep_alive", "parser")
 
@@ -103,6 +104,12 @@ class _Response:
         self.headers_done = False
         self.keep_alive = False
         self.parser: httptools.HttpResponseParser | None = None
+
+    def reset(self) -> None:
+        """Ready for the next response on the same connection."""
+        self.body = 0
+        self.complete = False
+        self.headers_done = False
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -122,7 +129,7 @@ class _Connection:
     def __init__(self, channel: Channel | TlsChannel) -> None:
         self.channel = channel
         self.reused = False
-        self.response = _Response()
+        self.response = BodyCounter()
         self.parser = self.response.parser = httptools.HttpResponseParser(self.response)
 
 

@@ -28,7 +28,7 @@ from gevent import GreenletExit
 from ..flows.extract import MAX_KEPT_BODY
 from . import Deadlines, RequestTimer
 from .channel import Channel, TlsChannel
-from .http_fast import ReplyReader, connect_failure
+from .http_fast import BodyCounter, ReplyReader, connect_failure
 
 _STALE = ("closed", "reset")
 Origin = tuple[str, str, int]  # scheme, host, port
@@ -50,35 +50,7 @@ def resolve_origin(scheme: str, host: str, port: int, host_header: str) -> Addre
     return Address((scheme, host, port), family, sockaddr, host_header)
 
 
-class _Counting:
-    """Parser callbacks that count the body and keep nothing."""
-
-    __slots__ = ("body", "complete", "headers_done", "keep_alive", "parser")
-
-    def __init__(self) -> None:
-        self.body = 0
-        self.complete = False
-        self.headers_done = False
-        self.keep_alive = False
-        self.parser: Any = None
-
-    def reset(self) -> None:
-        self.body = 0
-        self.complete = False
-        self.headers_done = False
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
-
-    def on_body(self, chunk: bytes) -> None:
-        self.body += len(chunk)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
-class _Keeping(_Counting):
+class _Keeping(BodyCounter):
     """Parser callbacks that also keep the body (up to MAX_KEPT_BODY bytes). The headers are read from the head's
     bytes when asked for (`parse_head`): a Python callback per header would cost more than most flows read."""
 
@@ -109,7 +81,7 @@ class _Connection:
     def __init__(self, channel: Channel | TlsChannel) -> None:
         self.channel = channel
         self.reused = False
-        self.counting = self._parse(_Counting())
+        self.counting = self._parse(BodyCounter())
         self.keeping: _Keeping | None = None
 
     @staticmethod
@@ -117,14 +89,14 @@ class _Connection:
         callbacks.parser = httptools.HttpResponseParser(callbacks)
         return callbacks
 
-    def callbacks(self, keep: bool) -> _Counting:
+    def callbacks(self, keep: bool) -> BodyCounter:
         if not keep:
             return self.counting
         if self.keeping is None:
             self.keeping = self._parse(_Keeping())
         return self.keeping
 
-    def fresh(self, callbacks: _Counting) -> None:
+    def fresh(self, callbacks: BodyCounter) -> None:
         """A new parser for `callbacks` (after HEAD, whose response llhttp would wait for a body of)."""
         self._parse(callbacks)
 

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .console import EXIT_INTERRUPTED, check_interrupted, on_interrupt
+from .interrupts import EXIT_INTERRUPTED, check_interrupted, on_interrupt
 from .quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
 
 EXIT_OK = 0
@@ -187,6 +187,7 @@ def run_command(
     from .quick import OneLine, one_line_config
     from .resources import DEFAULT_SAMPLE_INTERVAL_S
 
+    check_interrupted()  # an interrupt while these imported waited for them to finish
     one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
     endpoint: MetricsEndpoint | None = None
     try:  # the options first, then the file: a mistake on the command line is named before one in the file
@@ -332,6 +333,7 @@ def report_command(
 
     from .html_report import RunFolderError, write_html_report
 
+    check_interrupted()
     try:
         path = write_html_report(Path(run_dir), Path(out) if out else None)
     except RunFolderError as e:
@@ -349,6 +351,7 @@ def schema_command(version: bool = _version_option()) -> None:
 
     from .config import config_schema
 
+    check_interrupted()
     typer.echo(json.dumps(config_schema(), indent=2))
 
 
@@ -378,6 +381,7 @@ def compare_command(
     )
     from .run_folder import RunFolderError
 
+    check_interrupted()
     formats = {"table": format_table, "csv": format_csv, "json": format_json}
     if output not in formats:
         fail(f"--format: must be one of table, csv, json, got {output!r}", EXIT_BAD_INPUT)
@@ -459,7 +463,7 @@ def serve_echo(
 
 
 def main() -> None:
-    """The command line: Ctrl-C and SIGTERM exit 130 without a traceback (`console.on_interrupt`, installed
+    """The command line: Ctrl-C and SIGTERM exit 130 without a traceback (`interrupts.on_interrupt`, installed
     again here for callers that import this module first), then the commands run."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_interrupt)

@@ -152,8 +152,8 @@ def test_the_console_script_handles_an_interrupt_while_it_imports(tmp_path: Path
 # stands in for that, deterministically: the handler's SystemExit is swallowed, then the command goes on.
 SWALLOWED_INTERRUPT = """
 import os, signal, sys
-from loadtest import console
-signal.signal(signal.SIGINT, console.on_interrupt)
+from loadtest import interrupts
+signal.signal(signal.SIGINT, interrupts.on_interrupt)
 try:
     os.kill(os.getpid(), signal.SIGINT)
     for _ in range(1000):

@@ -32,6 +32,9 @@ from .messages import Failed, NodeSamples, Ready, WorkerEnded
 
 RELAY_POLL_S = 0.1  # how often each node's queue is read
 LIVENESS_S = 0.5  # how often the scheduler is asked which nodes it still has
+# A node is lost once the scheduler has not listed it for this long: one answer without it, or an asking that
+# failed, on a machine busy enough to delay the scheduler, is not a lost node (a killed one stays unlisted)
+ABSENT_S = 2.0
 STOP_WAIT_S = 5.0  # how long the relay thread gets to finish its last read
 
 
@@ -49,6 +52,7 @@ class Node:
     count: int = 0  # how many load workers it runs: --workers / workers:, or one per core of its own
     workers: list[int] = field(default_factory=list)  # global worker indexes
     lost: str = ""  # why it was lost, if it was
+    absent_since: float = 0.0  # monotonic time of the first liveness check that did not list it; 0: listed
     future: Any = None
     queue: Any = None
 
@@ -163,16 +167,20 @@ class NodeRelay:
             if now - last_check >= LIVENESS_S and active:
                 last_check = now
                 try:
-                    present = self._present()
-                except Exception:  # noqa: BLE001 - the scheduler itself is gone: every node is
-                    present = set()
+                    present: set[str] | None = self._present()
+                except Exception:  # noqa: BLE001 - no answer this time; a scheduler that is gone is `connected`'s
+                    present = None
                 for node in active:
-                    failed = node.future is not None and node.future.status == "error"
-                    if node.address not in present or failed:
+                    if node.future is not None and node.future.status == "error":
                         self._drain(node)
-                        why = (f"its task failed: {node.future.exception()}" if failed and node.address in present
-                               else f"its Dask worker {node.address} left the cluster")
-                        self._lose(node, why)
+                        self._lose(node, f"its task failed: {node.future.exception()}")
+                    elif present is not None and node.address in present:
+                        node.absent_since = 0.0
+                    elif present is not None and not node.absent_since:
+                        node.absent_since = now
+                    elif node.absent_since and now - node.absent_since >= ABSENT_S:
+                        self._drain(node)
+                        self._lose(node, f"its Dask worker {node.address} left the cluster")
             self._closing.wait(RELAY_POLL_S)
 
     def _all_ended(self, node: Node) -> bool:

@@ -467,4 +467,11 @@ def main() -> None:
     again here for callers that import this module first), then the commands run."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_interrupt)
-    app()
+    try:
+        app()
+    finally:
+        # An interrupt that typer's own late imports deferred (help, a usage error) ends as 130 too; one in
+        # the last instant, as the interpreter shuts down, would print "Exception ignored": none is taken now.
+        check_interrupted()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)

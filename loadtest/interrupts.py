@@ -2,9 +2,10 @@
 
 CPython runs a signal handler at any bytecode boundary, and in the import machinery what it raises may be
 dropped: `compile()` swallows it (every import whose bytecode is not cached), and a module lock's weakref
-callback prints it as "Exception ignored" with a traceback. So during an import the handler only notes
-that it ran (and says its line); `check_interrupted`, called once the command's imports are done and
-before it starts anything that would have to be stopped, exits then. Elsewhere it exits at once.
+callback prints it as "Exception ignored" with a traceback. So when it interrupts the import machinery's
+own code the handler only notes that it ran (and says its line); `check_interrupted`, called once the
+command's imports are done and before it starts anything that would have to be stopped (and as the
+command line returns), exits then. Anywhere else, a module's own top-level code included, it exits at once.
 Imports nothing of the package's own: the console script installs the handler before anything else loads.
 """
 
@@ -28,13 +29,15 @@ def on_interrupt(signum: int, frame: Any) -> None:
         raise SystemExit(EXIT_INTERRUPTED)
 
 
+def noted() -> bool:
+    """Whether an interrupt came (its exit may be on its way, or have been swallowed)."""
+    return _seen
+
+
 def _importing(frame: Any) -> bool:
-    """Whether the interrupted code runs inside the import machinery."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
+    """Whether the interrupted code is the import machinery's own (where what the handler raises may be
+    dropped), not the code of a module being imported, which runs as any other code does."""
+    return frame is not None and frame.f_code.co_filename.startswith("<frozen importlib")
 
 
 def check_interrupted() -> None:

@@ -193,6 +193,24 @@ def test_an_interrupt_whose_exit_was_swallowed_still_stops_the_run_before_it_sta
     assert not (tmp_path / "out").exists()  # no server, no worker, no report folder
 
 
+def test_ctrl_c_while_a_flow_script_imports_stops_at_once(tmp_path: Path) -> None:
+    # The script's top level runs under the import machinery: an interrupt there is the script's code
+    # interrupted, not the machinery's, and must end the command at once (it waited for the import before).
+    (tmp_path / "flows.py").write_text("import time\ntime.sleep(20)\n\ndef shop(user):\n    user.get('/')\n")
+    (tmp_path / "run.yaml").write_text("duration: 2s\nservers: [{name: s, kind: http}]\n"
+                                       "targets: [{name: shop, url: 'http://{s}/', script: flows.py:shop, concurrency: 1}]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "run", "run.yaml", "--out", "r"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    handles_sigterm(proc.pid)
+    time.sleep(1.5)  # the command line is imported; the script sleeps at its top level
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert time.monotonic() - sent < 5  # not at the end of the script's 20 s
+    assert err == "loadtest: interrupted\n", err
+
+
 def sampled_pid(tmp_path: Path, role: str) -> int:
     """The pid of `role` as resources.csv names it, once the sampler has written a row for it."""
     deadline = time.monotonic() + 30

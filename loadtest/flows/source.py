@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
+
+from .. import interrupts
 
 OTHER_ROW = "other"  # the row of requests whose name the script's source does not show
 _METHODS = {"get": "GET", "post": "POST", "put": "PUT", "patch": "PATCH", "delete": "DELETE", "head": "HEAD",
@@ -40,6 +43,10 @@ def load_function(path: Path, function: str) -> Callable[[Any], Any]:
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise ScriptError(f"{path} line {e.lineno}: {e.msg}") from None
+    except (KeyboardInterrupt, SystemExit):
+        if interrupts.noted() or sys.exc_info()[0] is KeyboardInterrupt:  # Ctrl-C or SIGTERM while it imported
+            raise
+        raise ScriptError(f"{path} failed to import: it called sys.exit()") from None
     except BaseException as e:  # noqa: BLE001 - whatever the script's top level raised is one sentence
         raise ScriptError(f"{path} failed to import: {type(e).__name__}: {e}{where_raised(e, path)}") from None
     func = getattr(module, function, None)

@@ -454,7 +454,7 @@ def serve_echo(
     upper: bool = typer.Option(False, "--upper", help="Reply upper-cased instead of unchanged."),
     max_connections: int = typer.Option(0, "--max-connections", min=0, metavar="N", show_default=False, help=MAX_CONNECTIONS_HELP),
     idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", metavar="DURATION", help="Close connections idle this long (10s, 2m)."),
-    max_buffered: int = typer.Option(0, "--max-buffered", min=0, metavar="MIB", show_default=False, help="MiB of unsent echoes a process holds in all; past it, no connection is read until half is sent (default: 256)."),
+    max_buffered: int = typer.Option(0, "--max-buffered", min=0, metavar="MIB", show_default=False, help="MiB of unsent echoes a process holds in all; past it, the connections longest without reading theirs are closed (default: 256)."),
     version: bool = _version_option(),
 ) -> None:
     """The embedded TCP echo server, one process per core sharing the port."""

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -193,6 +194,15 @@ def test_unsent_echoes_are_capped_per_process_and_clients_that_read_are_served()
             for i in range(20):  # a client that reads its echoes is not held back by the hogs
                 steady.sendall(b"ping%02d" % i)
                 assert read_exactly(steady, 6) == b"ping%02d" % i
+            # nor is one that sends far more than the cap while it reads, slower than it sends: the cap is full
+            # of hogs, and room is made by closing those that went longest without reading, not the reader
+            big = b"r" * (8 * 2**20)
+            got: list[bytes] = []
+            reader = threading.Thread(target=lambda: got.append(read_exactly(steady, len(big))))
+            reader.start()
+            steady.sendall(big)
+            reader.join(TIMEOUT * 4)
+            assert got == [big]
             grown = server.memory_info().rss - rss_before
             closed = sum(is_closed(hog, within=0.05) for hog in hogs)
             for hog in hogs:

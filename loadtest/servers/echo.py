@@ -11,10 +11,11 @@ few hundred bytes each.
 Bounded: a read takes at most 64 KiB, and while any of it is still unsent the
 connection stops reading, so a client that does not read stalls only itself
 (TCP flow control does the rest). What a process holds unsent in all is
-capped too (`max_buffered`, 256 MiB by default): a connection whose unsent
-echo would pass it is closed (said once on stderr), so 20,000 clients that
-send and never read cannot make a process hold 20,000 × 64 KiB, and the
-clients that read their echoes are not held back by them. A connection cap closes extra connections at
+capped too (`max_buffered`, 256 MiB by default): an unsent echo that would
+pass it makes room by closing the connections that have gone longest without
+taking any of theirs (said once on stderr), so 20,000 clients that send and
+never read cannot make a process hold 20,000 × 64 KiB, and clients that read
+their echoes, slowly or not, are not held back by them. A connection cap closes extra connections at
 once (by default it fits the open-file limit; see connections.py); an idle
 timeout closes connections that send nothing.
 
@@ -76,11 +77,11 @@ class EchoConnection:
             return
         if sent < len(data):  # the client reads slower than it sends: stop reading until this is out
             left = len(data) - sent
-            if server.buffered + left > server.max_buffered:
-                server.over_cap(left)
+            if server.buffered + left > server.max_buffered and not server.make_room(left):
                 self.expire()
                 return
             server.buffered += left
+            server.stalled[self] = None
             self.unsent = memoryview(data)[sent:]
             self.reader.stop()
             if self.writer is None:
@@ -98,9 +99,12 @@ class EchoConnection:
             self.expire()
             return
         self.mark = time.monotonic()
-        self.server.buffered -= sent
+        server = self.server
+        server.buffered -= sent
+        del server.stalled[self]
         if sent < len(unsent):
             self.unsent = unsent[sent:]
+            server.stalled[self] = None  # it took some: the last to be closed for room now
             return
         self.unsent = None
         self.writer.stop()
@@ -110,6 +114,7 @@ class EchoConnection:
         """Close the connection (end of stream, error, idle timeout, server stop)."""
         if self.unsent is not None:  # what it held is freed with it
             self.server.buffered -= len(self.unsent)
+            self.server.stalled.pop(self, None)
             self.unsent = None
         self.reader.stop()
         self.reader.close()
@@ -131,14 +136,23 @@ class EchoServer(CallbackServer):
         self.upper = upper
         self.max_buffered = max_buffered or DEFAULT_MAX_BUFFERED
         self.buffered = 0  # bytes read and not yet sent back, all connections together
+        # the connections holding unsent bytes, the one that has gone longest without taking any first
+        self.stalled: dict[EchoConnection, None] = {}
         super().__init__(listener, max_connections or fitting_cap(DEFAULT_MAX_CONNECTIONS),
                          idle_timeout or DEFAULT_IDLE_TIMEOUT_S)
 
-    def over_cap(self, unsent: int) -> None:
-        self._say_once("buffered", (
-            f"its clients' unsent echoes would pass {self.max_buffered // 2**20} MiB ({self.buffered:,} bytes held, "
-            f"{unsent:,} more), its cap: connections that do not read their echoes are closed until they do "
-            f"(the cap is max_buffered)."))
+    def make_room(self, wanted: int) -> bool:
+        """Close the connections that have gone longest without taking any of their unsent echo until `wanted`
+        more bytes fit under the cap; False if they do not even then."""
+        stalled = self.stalled
+        if stalled:
+            self._say_once("buffered", (
+                f"its clients' unsent echoes reached {self.max_buffered // 2**20} MiB, its cap: the connections "
+                f"that have gone longest without reading their echoes are closed to make room (the cap is "
+                f"max_buffered)."))
+        while stalled and self.buffered + wanted > self.max_buffered:
+            next(iter(stalled)).expire()
+        return self.buffered + wanted <= self.max_buffered
 
     def serve(self, sock: Any) -> None:
         self.counts[2] += 1

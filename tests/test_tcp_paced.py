@@ -241,6 +241,26 @@ def test_a_place_a_ramp_closes_before_its_first_message_gives_its_budget_unit_ba
     assert snap.requests == 60 and not snap.failures and echo.served()["messages"] - before == 60
 
 
+def test_a_unit_given_back_after_the_budget_ran_out_is_still_sent(echo: ServerGroup, monkeypatch) -> None:
+    # Place 0 sends first and spends the last unit it can; place 1 opens (taking a unit for its first message)
+    # and is closed by the ramp before its turn, giving that unit back while place 0, the only one open, has
+    # already found the budget spent. Place 0 must take its turn again, or the unit is never sent and the
+    # driver never ends by itself.
+    phases = iter([0.0, 0.9] + [0.5] * 100)  # each connection's first turn, as a share of the interval
+    monkeypatch.setattr("random.random", lambda: next(phases))
+    before = echo.served()["messages"]
+    level = Level(1.0)
+    run = Driven(echo.port, share=2, level=level, connections=2, rate=2, size=16, requests=2)
+    run.run(0.3)  # place 0 sent at once; its next turn is a second later
+    level.value = 2.0
+    run.run(0.8)  # place 1 opened; its turn is at 0.9 of a second; place 0's turn at 1 s finds nothing left
+    level.value = 1.0
+    run.run(3.0)
+    assert run.driver.dead, (run.budget.left, run.paced.tickets)
+    assert run.stop() == 0
+    assert echo.served()["messages"] - before == 2
+
+
 def test_a_message_stuck_until_its_timeout_does_not_keep_the_finished_ones_queued(raw_server) -> None:
     first = [True]
 

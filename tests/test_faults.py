@@ -31,8 +31,8 @@ LONG_RUN = ("duration: 60s\nworkers: 2\nservers: [{name: s, kind: http}]\n"
             "targets: [{name: home, url: 'http://{s}/', concurrency: 4}]\n")
 
 
-def start_run(tmp_path: Path, text: str = LONG_RUN, session: bool = False) -> tuple[subprocess.Popen[str], list[int]]:
-    """Start `loadtest run` and return it with its worker pids once the load has begun.
+def launch_run(tmp_path: Path, text: str, session: bool = False) -> subprocess.Popen[str]:
+    """`loadtest run` of the config `text` (written to tmp_path/run.yaml), reports in tmp_path/r, output piped.
 
     `session`: in a process group of its own (its pid is the group's), to signal the whole group.
     """
@@ -42,6 +42,15 @@ def start_run(tmp_path: Path, text: str = LONG_RUN, session: bool = False) -> tu
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=session)
     assert proc.stdout is not None
+    return proc
+
+
+def start_run(tmp_path: Path, text: str = LONG_RUN, session: bool = False) -> tuple[subprocess.Popen[str], list[int]]:
+    """Start `loadtest run` and return it with its worker pids once the load has begun.
+
+    `session`: in a process group of its own (its pid is the group's), to signal the whole group.
+    """
+    proc = launch_run(tmp_path, text, session)
     deadline = time.monotonic() + 30
     for line in proc.stdout:
         m = re.search(r"workers? started \(pids ([\d, ]+)\)", line)

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .test_faults import LONG_RUN, assert_all_gone, descendants, start_run, wait_for_seconds
+from .test_faults import LONG_RUN, assert_all_gone, descendants, launch_run, start_run, wait_for_seconds
 from .test_run import read_csv
 
 SHORT_RUN = LONG_RUN.replace("60s", "3s").replace("workers: 2", "workers: 1")
@@ -92,11 +92,7 @@ def run_until(tmp_path: Path, moment: str) -> tuple[subprocess.Popen[str], list[
     ("servers+0.2"), which is printed just before the workers are started: their interpreters are then
     starting and importing, where a Ctrl-C used to print a KeyboardInterrupt traceback from each.
     """
-    config = tmp_path / "run.yaml"
-    config.write_text(LONG_RUN)
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest", "run", str(config), "--out", str(tmp_path / "r")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = launch_run(tmp_path, LONG_RUN, session=True)
     assert proc.stdout is not None
     if moment.startswith("servers+"):
         line = proc.stdout.readline()

@@ -25,10 +25,16 @@ SUMMARY_NAME = "summary.json"
 RESOURCES_NAME = "resources.csv"
 HISTOGRAMS_NAME = "histograms.json"
 REPORT_NAME = "report.html"
+CAPACITY_NAME = "capacity.json"  # a capacity search's answer and steps (loadtest capacity)
+CAPACITY_CSV_NAME = "capacity.csv"  # ... one row per step
 # Every file a run writes into its folder: what --overwrite removes first, so that no file of an earlier run
 # is left to be read as this run's.
+CAPACITY_FILES = (CAPACITY_NAME, CAPACITY_CSV_NAME)  # what a capacity search's run writes besides a run's files
 RUN_FILES = (SUMMARY_NAME, STATS_NAME, HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, WORKERS_NAME,
-             HISTOGRAMS_NAME, REPORT_NAME)
+             HISTOGRAMS_NAME, REPORT_NAME, *CAPACITY_FILES)
+CAPACITY_KEYS = ("max_rate", "limited_by", "slo", "steps")  # capacity.json, in the order written
+# capacity.json's steps[] keys, in order, and capacity.csv's header
+CAPACITY_STEP_KEYS = ("rate", "achieved_rate", "p50_ms", "p99_ms", "error_rate", "generator_cpu", "met", "why")
 
 AGGREGATED = "Aggregated"  # the Name of the row that totals every target, in every file
 

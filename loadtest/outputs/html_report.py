@@ -32,6 +32,7 @@ from loadtest.core.run_files import (
     UNCORRECTED_TYPE,
     WorkerSummary,
 )
+from loadtest.outputs.capacity_report import capacity_section
 from loadtest.outputs.run_folder import (
     RunFolder,
     as_float,
@@ -569,7 +570,8 @@ def _setup_section(run: RunFolder) -> str:
 
 def render_report(run: RunFolder) -> str:
     """The report page of a run, as HTML text."""
-    body = "".join([_header(run), _checks_section(run), _summary_section(run), _over_time_section(run),
+    body = "".join([_header(run), capacity_section(run), _checks_section(run), _summary_section(run),
+                    _over_time_section(run),
                     _spectrum_section(run), _resources_section(run), _nodes_section(run), _workers_section(run),
                     _setup_section(run)])
     return page(f"loadtest report: {run.name}", body)

@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .stats import TargetTotals, counts_at_or_below, percentiles_ns
-from .thresholds import Threshold, ThresholdError, check, failed_count, parse_threshold
-from .verdicts import WORKER_SATURATED_PERCENT
+from loadtest.core.stats import TargetTotals, counts_at_or_below, percentiles_ns
+from loadtest.core.thresholds import Threshold, ThresholdError, check, failed_count, parse_threshold
+from loadtest.core.verdicts import WORKER_SATURATED_PERCENT
 
 DEFAULT_START = 10.0  # arrivals per second of the first step
 DEFAULT_STEP_S = 10.0  # how long each step holds its rate, warm-up included
@@ -57,6 +57,7 @@ def parse_slo(text: str, targets: Sequence[str] = ()) -> Threshold:
 
     The thresholds' syntax, limited to what an SLO is: an upper bound on a latency percentile or max
     (ms by default, or us or s) or on the error rate (`errors`, in %, or `error_rate`)."""
+    written = text.strip()
     errors = _ERRORS.match(text)
     if errors:
         if not text.rstrip().endswith("%"):
@@ -70,7 +71,7 @@ def parse_slo(text: str, targets: Sequence[str] = ()) -> Threshold:
         raise SloError(f"--slo {text!r}: an SLO bounds {_SLO_FIGURES}, not {slo.figure}")
     if slo.op not in ("<", "<="):
         raise SloError(f"--slo {text!r}: an SLO is an upper bound; use < or <=, not {slo.op}")
-    return slo
+    return replace(slo, text=written)
 
 
 def _slo_words(message: str) -> str:
@@ -376,8 +377,9 @@ def exit_status(result: SearchResult) -> int:
 
 
 def step_seconds(step_s: float, warmup_s: float) -> tuple[int, int]:
-    """A step's warm-up and judged seconds, in whole snapshot intervals: the interval in which the rate changed is
-    the first of the warm-up, which is at least one interval; at least one interval is judged."""
+    """A step's warm-up and judged seconds, in whole snapshot intervals. A step of N seconds is the second in which
+    the rate changed (old and new mixed, always left out), then the warm-up's whole seconds, then the judged ones
+    (at least one)."""
     total = max(2, int(round(step_s)))
-    warm = min(max(1, int(math.ceil(warmup_s - 1e-9))), total - 1)
-    return warm, total - warm
+    warm = min(max(0, int(math.ceil(warmup_s - 1e-9))), total - 2)
+    return warm, total - 1 - warm

@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .capacity import (GENERATOR, MET, MISSED, CAP_SHARE, CapacitySearch, StepFigures, StepResult, certain_miss,
+from loadtest.core.capacity import (GENERATOR, MET, MISSED, CAP_SHARE, CapacitySearch, StepFigures, StepResult, certain_miss,
                        judge_step)
-from .resources import worker_role
-from .stats import TargetTotals, aggregate
-from .thresholds import Threshold, check
+from loadtest.execution.resources import worker_role
+from loadtest.core.stats import TargetTotals, aggregate
+from loadtest.core.thresholds import Threshold, check
 
 CHANGE_SLACK_S = 0.05  # workers' seconds begin a few ms apart: a second that began this close after a change is clean
 DRAIN_SHARE = 0.5  # after a miss, drain at this share of the highest met rate ...

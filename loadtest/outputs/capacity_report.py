@@ -1,0 +1,128 @@
+"""A capacity search's files and its part of report.html.
+
+capacity.json holds the answer and every step (`run_files.CAPACITY_KEYS`,
+`CAPACITY_STEP_KEYS`); capacity.csv one row per step, in the same columns.
+The report's section draws latency against rate, with the knee (the rate
+found) and each latency SLO marked, from capacity.json alone, like the rest
+of the page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from loadtest.core.capacity import SearchResult, StepResult, rate_text
+from loadtest.core.run_files import CAPACITY_CSV_NAME, CAPACITY_KEYS, CAPACITY_NAME, CAPACITY_STEP_KEYS
+from loadtest.core.thresholds import Threshold
+from loadtest.outputs.reports import csv_text, write_atomic
+from loadtest.outputs.run_folder import RunFolder, as_float
+from loadtest.outputs.svg_chart import FAILURE_COLOR, PERCENTILE_COLORS, Series, chart_svg, figure, linear_scale, log_scale
+
+LOG_Y_RATIO = 30.0  # latencies spanning more than this get a log axis (an overloaded step dwarfs the rest)
+KNEE_COLOR = "#16a34a"
+
+
+def capacity_document(result: SearchResult, slos: Sequence[Threshold], steps: Sequence[StepResult]) -> dict[str, Any]:
+    """capacity.json's content."""
+    document = {"max_rate": round(result.max_rate, 3), "limited_by": result.limited_by,
+                "slo": [s.text for s in slos], "steps": [s.as_dict() for s in steps]}
+    assert tuple(document) == CAPACITY_KEYS
+    return document
+
+
+def write_capacity_files(run_dir: Path, document: dict[str, Any]) -> None:
+    """capacity.json and capacity.csv into the run folder."""
+    write_atomic(run_dir / CAPACITY_NAME, json.dumps(document, indent=2) + "\n")
+    rows = [[_cell(step.get(k)) for k in CAPACITY_STEP_KEYS] for step in document["steps"]]
+    write_atomic(run_dir / CAPACITY_CSV_NAME, csv_text(list(CAPACITY_STEP_KEYS), rows))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def read_capacity(run: RunFolder) -> dict[str, Any] | None:
+    """capacity.json of a run folder, or None when the run was not a capacity search (or the file is unreadable)."""
+    path = run.path / CAPACITY_NAME
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) and isinstance(document.get("steps"), list) else None
+
+
+def _slo_limits_ms(slos: Sequence[Any]) -> list[tuple[float, str]]:
+    """(limit in ms, label) of each latency SLO written in capacity.json's `slo`."""
+    from loadtest.core.capacity import SloError, parse_slo
+
+    out = []
+    for text in slos:
+        try:
+            slo = parse_slo(str(text).split(":", 1)[-1] if ":" in str(text) else str(text))
+        except SloError:
+            continue
+        if slo.is_latency:
+            out.append((slo.value / 1e6, f"SLO {text}"))
+    return out
+
+
+def capacity_section(run: RunFolder) -> str:
+    """The report's capacity section: the answer, latency against rate, and each step; "" for another run."""
+    document = read_capacity(run)
+    if document is None:
+        return ""
+    steps = [s for s in document["steps"] if isinstance(s, dict) and as_float(s.get("rate")) is not None]
+    max_rate = as_float(document.get("max_rate")) or 0.0
+    limited = str(document.get("limited_by", ""))
+    ordered = sorted(steps, key=lambda s: as_float(s.get("rate")) or 0.0)
+    series = []
+    for key, label in (("p99_ms", "p99"), ("p50_ms", "p50")):
+        points = [(as_float(s["rate"]) or 0.0, v) for s in ordered if (v := as_float(s.get(key))) is not None]
+        series.append(Series(f"{label} latency", points, PERCENTILE_COLORS[label]))
+    refs = _slo_limits_ms(document.get("slo") or [])
+    ys = [p[1] for s in series for p in s.points] + [v for v, _ in refs]
+    positive = [v for v in ys if v > 0]
+    use_log = bool(positive) and max(positive) / min(positive) > LOG_Y_RATIO
+    y = log_scale(ys) if use_log else linear_scale(ys)
+    if max_rate > 0:
+        series.append(Series(f"knee: {rate_text(max_rate)} ({limited}-limited)", [(max_rate, y.lo), (max_rate, y.hi)],
+                             KNEE_COLOR, dashed=True))
+    missed = [(as_float(s["rate"]) or 0.0, as_float(s.get("p99_ms")) or y.lo) for s in ordered if not s.get("met")]
+    if missed:
+        series.append(Series("missed or not judged (p99)", missed, FAILURE_COLOR, dashed=True, width=0.8))
+    xs = [p[0] for s in series for p in s.points]
+    svg = chart_svg("Latency against rate", series, linear_scale(xs), y, x_title="rate asked, per second",
+                    y_title="latency, ms" + (" (log scale)" if use_log else ""), refs=refs)
+    chart = figure("Latency against rate", series, svg)
+    rows = "".join(
+        f'<tr><td>{k}</td><td>{escape(_fmt(s.get("rate")))}</td><td>{escape(_fmt(s.get("achieved_rate")))}</td>'
+        f'<td>{escape(_fmt(s.get("p50_ms"), 3))}</td><td>{escape(_fmt(s.get("p99_ms"), 3))}</td>'
+        f'<td>{escape(_pct(s.get("error_rate")))}</td><td>{escape(_fmt(s.get("generator_cpu"), 0))}</td>'
+        f'<td class="{"good" if s.get("met") else "bad"}">{"met" if s.get("met") else "no"}</td>'
+        f'<td class="l">{escape(str(s.get("why") or ""))}</td></tr>'
+        for k, s in enumerate(steps, 1))
+    table = ('<table><thead><tr><th>Step</th><th>Rate/s</th><th>Achieved/s</th><th>p50 ms</th><th>p99 ms</th>'
+             '<th>Errors</th><th>Worker CPU %</th><th>Met</th><th class="l">Why not</th></tr></thead>'
+             f'<tbody>{rows}</tbody></table>')
+    answer = (f"{rate_text(max_rate)} within {' and '.join(str(s) for s in document.get('slo') or [])}, "
+              f"limited by the {limited}" if max_rate > 0 else "no rate met the SLO")
+    return (f'<section id="capacity"><h2>Capacity</h2><p><strong id="capacity-answer">{escape(answer)}</strong></p>'
+            f'{chart}{table}</section>')
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    v = as_float(value)
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    v = as_float(value)
+    return "—" if v is None else f"{v * 100:.2f}%"

@@ -1,0 +1,215 @@
+"""Capacity search, the pure part: SLOs parse or are refused, steps are judged, the search finds the knee."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.core.capacity import (
+    GENERATOR,
+    LIMITED_GENERATOR,
+    LIMITED_MAX_RATE,
+    LIMITED_TARGET,
+    MET,
+    MISSED,
+    CapacitySearch,
+    SloError,
+    StepFigures,
+    certain_miss,
+    exit_status,
+    judge_step,
+    parse_slo,
+    step_seconds,
+    verdict_sentence,
+)
+from loadtest.core.stats import TargetRecorder, TargetTotals, aggregate
+
+NAMES = ["home"]
+
+
+def totals(latencies_ms: list[float], failures: int = 0, lateness_ms: list[float] = (), dropped: int = 0,
+           name: str = "home") -> TargetTotals:
+    rec = TargetRecorder(0)
+    for ms in latencies_ms:
+        rec.success(int(ms * 1e6), 100, 10, 90)
+    for _ in range(failures):
+        rec.failure("status", "HTTP 500", None)
+    for ms in lateness_ms:
+        rec.lateness.record(int(ms * 1e6))
+    rec.dropped = dropped
+    t = TargetTotals(name=name, type="GET")
+    t.add(rec.snapshot())
+    return t
+
+
+def figures(t: TargetTotals, rate: float = 100.0, seconds: float = 1.0, cpu: dict[str, float] | None = None,
+            cap: bool = False) -> StepFigures:
+    arrivals = t.lateness.get_total_count() if t.lateness.get_total_count() else None
+    return StepFigures(rate=rate, seconds=seconds, targets=[t], aggregated=aggregate([t]), arrivals=arrivals,
+                       cpu=cpu or {}, cap_reached=cap)
+
+
+@pytest.mark.parametrize("text, figure, value", [
+    ("p99<50ms", "p99", 50e6), ("p99.9 <= 0.2s", "p99.9", 0.2e9), ("p50<800us", "p50", 800e3), ("max<1s", "max", 1e9),
+    ("p90<20", "p90", 20e6), ("errors<1%", "error_rate", 0.01), ("errors <= 0.5%", "error_rate", 0.005),
+    ("error_rate<0.02", "error_rate", 0.02), ("home: p95<10ms", "p95", 10e6),
+])
+def test_an_slo_uses_the_thresholds_syntax(text: str, figure: str, value: float) -> None:
+    slo = parse_slo(text, NAMES)
+    assert (slo.figure, slo.value) == (figure, pytest.approx(value))
+    assert slo.target == ("home" if text.startswith("home") else None)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("p99 50ms", "must look like 'p99<50ms'"),
+    ("p99>50ms", "upper bound"),
+    ("avg<5ms", "an SLO bounds"),
+    ("rps<100", "an SLO bounds"),
+    ("requests<5", "an SLO bounds"),
+    ("errors<1", "give errors in %"),
+    ("p99<5%", "is a latency"),
+    ("nowhere: p99<5ms", "no target has that name"),
+    ("fast", "must look like"),
+])
+def test_an_slo_that_does_not_parse_is_one_sentence(text: str, says: str) -> None:
+    with pytest.raises(SloError) as e:
+        parse_slo(text, NAMES)
+    message = str(e.value)
+    assert message.startswith(f"--slo {text!r}: ") and says in message and "\n" not in message
+
+
+def search_against(capacity: float, search: CapacitySearch, generator_above: float = float("inf")) -> list[float]:
+    """Run a search against a target that meets every rate up to `capacity`; returns the rates held."""
+    held = []
+    while (rate := search.next_rate()) is not None:
+        held.append(rate)
+        search.record(GENERATOR if rate > generator_above else MET if rate <= capacity else MISSED)
+    return held
+
+
+@pytest.mark.parametrize("capacity", [13.0, 100.0, 999.0, 1000.0, 1234.5, 70_000.0])
+def test_the_search_ends_within_the_precision_below_the_knee(capacity: float) -> None:
+    search = CapacitySearch(10.0, precision=0.05)
+    held = search_against(capacity, search)
+    result = search.result()
+    assert result.limited_by == LIMITED_TARGET and result.confirmed
+    assert capacity / 1.05 <= result.max_rate <= capacity
+    assert held[-1] == result.max_rate and search.steps[-1][1] == "confirm"  # one more hold of the found rate
+    assert held[:3] == [10.0, 20.0, 40.0] or capacity < 40  # bracketed by doubling
+    assert len(held) <= 20
+
+
+def test_the_search_stops_at_max_rate_and_says_so() -> None:
+    search = CapacitySearch(100.0, max_rate=500.0)
+    assert search_against(10_000.0, search) == [100.0, 200.0, 400.0, 500.0, 500.0]
+    assert (search.result().max_rate, search.result().limited_by) == (500.0, LIMITED_MAX_RATE)
+
+
+def test_a_generator_limited_step_ends_the_search_with_a_lower_bound() -> None:
+    search = CapacitySearch(100.0)
+    held = search_against(10_000.0, search, generator_above=1000.0)
+    assert held == [100.0, 200.0, 400.0, 800.0, 1600.0]
+    result = search.result()
+    assert (result.max_rate, result.limited_by) == (800.0, LIMITED_GENERATOR)
+    assert exit_status(result) == 0
+
+
+def test_even_start_missing_is_no_capacity() -> None:
+    search = CapacitySearch(100.0)
+    assert search_against(50.0, search) == [100.0]
+    assert search.result().max_rate == 0.0 and exit_status(search.result()) == 1
+
+
+def test_a_failed_confirmation_searches_again_below() -> None:
+    search = CapacitySearch(100.0, precision=0.05)
+    first_confirm = None
+    while (rate := search.next_rate()) is not None:
+        if search.phase == "confirm" and first_confirm is None:
+            first_confirm = rate
+            search.record(MISSED)  # it met once by luck: held again, it misses
+        else:
+            search.record(MET if rate <= 180 else MISSED)
+    result = search.result()
+    assert first_confirm is not None and result.confirmed
+    assert first_confirm / 1.05 <= result.max_rate < first_confirm
+    assert [p for _, p, _ in search.steps].count("confirm") == 2
+
+
+@pytest.mark.parametrize("start, max_rate", [(0.0, None), (100.0, 50.0)])
+def test_a_search_refuses_impossible_bounds(start: float, max_rate: float | None) -> None:
+    with pytest.raises(ValueError):
+        CapacitySearch(start, max_rate)
+
+
+def test_a_step_is_met_when_every_slo_holds() -> None:
+    slos = [parse_slo("p99<50ms"), parse_slo("errors<1%")]
+    step = judge_step(slos, figures(totals([5.0] * 995 + [60.0] * 5, failures=5, lateness_ms=[0.5] * 1000), 1000.0),
+                      NAMES)
+    assert step.met and step.outcome == MET and step.why == ""
+    assert step.p50_ms == pytest.approx(5.0, rel=0.01) and step.error_rate == pytest.approx(5 / 1005)
+    assert step.achieved_rate == 1000.0
+    assert step.as_dict().keys() == {"rate", "achieved_rate", "p50_ms", "p99_ms", "error_rate", "generator_cpu",
+                                     "met", "why"}
+
+
+def test_a_step_misses_on_the_slo_it_breaks() -> None:
+    slos = [parse_slo("p99<50ms"), parse_slo("errors<1%")]
+    step = judge_step(slos, figures(totals([5.0] * 90 + [80.0] * 10, lateness_ms=[0.5] * 100)), NAMES)
+    assert not step.met and step.outcome == MISSED
+    assert step.why.startswith("p99<50ms (measured 80") and "errors" not in step.why
+    step = judge_step(slos, figures(totals([5.0] * 90, failures=10, lateness_ms=[0.5] * 100)), NAMES)
+    assert step.outcome == MISSED and step.why.startswith("error_rate<1%")
+
+
+@pytest.mark.parametrize("t, cpu, says", [
+    (totals([5.0] * 100, lateness_ms=[0.5] * 100), {"worker-0": 50.0, "worker-1": 97.0}, "worker-1 at 97% CPU"),
+    (totals([5.0] * 100, lateness_ms=[0.5] * 100, dropped=3), {}, "3 arrivals dropped"),
+    (totals([40.0] * 100, lateness_ms=[30.0] * 100), {}, "arrivals started late (p99 30"),
+    (totals([5.0] * 80, lateness_ms=[0.5] * 80), {}, "arrivals started at 80.0/s of 100.0/s"),
+])
+def test_a_step_the_generator_did_not_deliver_is_never_an_slo_miss(t: TargetTotals, cpu: dict[str, float],
+                                                                    says: str) -> None:
+    step = judge_step([parse_slo("p99<50ms")], figures(t, cpu=cpu), NAMES)
+    assert not step.met and step.outcome == GENERATOR
+    assert step.why.startswith("generator: ") and says in step.why
+
+
+def test_late_arrivals_behind_a_full_max_concurrency_are_the_targets_doing() -> None:
+    t = totals([900.0] * 80, lateness_ms=[400.0] * 80, dropped=20)
+    step = judge_step([parse_slo("p99<50ms")], figures(t, cap=True), NAMES)
+    assert step.outcome == MISSED and step.why.startswith("p99<50ms")
+    # a saturated worker still counts: its latencies measure the generator
+    step = judge_step([parse_slo("p99<50ms")], figures(t, cap=True, cpu={"worker-0": 99.0}), NAMES)
+    assert step.outcome == GENERATOR
+
+
+def test_a_step_with_no_response_is_missed() -> None:
+    step = judge_step([parse_slo("errors<1%")], figures(totals([], lateness_ms=[0.1] * 100)), NAMES)
+    assert step.outcome == MISSED and step.p99_ms is None
+
+
+def test_a_miss_is_certain_once_more_requests_are_above_the_bound_than_the_step_could_allow() -> None:
+    slo = [parse_slo("p99<50ms")]
+    # 1 s of 8: 100 requests so far, at most ~1,000 in all; 10 above is 1%, not yet more than 1% of 1,000
+    assert certain_miss(slo, figures(totals([5.0] * 90 + [80.0] * 10)), NAMES, 8.0) == ""
+    assert "requests above it" in certain_miss(slo, figures(totals([5.0] * 80 + [80.0] * 20)), NAMES, 8.0)
+    assert "1 requests above" in certain_miss([parse_slo("max<50ms")], figures(totals([5.0] * 99 + [80.0])),
+                                              NAMES, 8.0)
+    assert "failed already" in certain_miss([parse_slo("errors<1%")], figures(totals([5.0] * 80, failures=20)),
+                                            NAMES, 8.0)
+
+
+def test_the_verdict_is_one_sentence_for_each_ending() -> None:
+    met = judge_step([parse_slo("p99<50ms")], figures(totals([5.0] * 100, lateness_ms=[0.1] * 100)), NAMES)
+    missed = judge_step([parse_slo("p99<50ms")], figures(totals([80.0] * 200, lateness_ms=[0.1] * 200), 200.0),
+                        NAMES)
+    search = CapacitySearch(100.0, precision=0.5)
+    search_against(150.0, search)
+    text = verdict_sentence(search.result(), ["p99<50ms"], [met, missed])
+    assert text.startswith("Capacity: 150/s (requests) within p99<50ms") and "200/s missed" in text
+    assert text.count(". ") == 0 and text.endswith(".")
+
+
+@pytest.mark.parametrize("step, warmup, expected", [(10, 2, (2, 7)), (3, 1, (1, 1)), (2, 5, (0, 1)), (10, 0, (0, 9))])
+def test_a_step_is_the_mixed_second_then_the_warm_up_then_judged_seconds(step: float, warmup: float,
+                                                                           expected: tuple[int, int]) -> None:
+    assert step_seconds(step, warmup) == expected

@@ -24,6 +24,7 @@ import psutil
 
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import ConfigError, RunConfig
+from loadtest.execution.control import Inbox, Steering
 from loadtest.model.fields import ADDRESS_ENV
 from loadtest.model.kinds import kind_of
 from loadtest.execution.limits import auto_workers, check_limits
@@ -123,11 +124,14 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         overwrite: bool = False, on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = (),
-        cluster: str | None = None, nodes: int | None = None) -> RunResult:
+        cluster: str | None = None, nodes: int | None = None, inbox: Inbox | None = None,
+        wait: bool = False) -> RunResult:
     """Run a load test as configured and write its reports.
 
     `cluster` (or the config's `cluster:`, or DASK_SCHEDULER_ADDRESS) runs it on `nodes` Dask workers
-    (default: all), `workers` per node (see loadtest.execution.cluster). Raises RunError if it cannot start,
+    (default: all), `workers` per node (see loadtest.execution.cluster). `inbox` steers the running test (level
+    changes, pause, resume, stop: see loadtest.execution.control); with `wait` the load starts only when the inbox
+    gets Resume (or Stop). Raises RunError if it cannot start,
     KeyboardInterrupt if interrupted (Ctrl-C, SIGTERM) before the load started; an interrupt after
     that ends the run early, with its reports.
     """
@@ -162,7 +166,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         try:
             interrupts.check()
             return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts,
-                        nodes_cluster)
+                        nodes_cluster, inbox, wait)
         except BaseException:
             release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
             raise
@@ -181,7 +185,8 @@ def _cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] |
     return cluster_address(option, config)
 
 
-def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count: int) -> WorkerPlan:
+def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count: int, steered: bool = False,
+                wait: bool = False) -> WorkerPlan:
     """Worker `index` of `count`: its exact share of every target's load and of the `requests:` total."""
     return WorkerPlan(
         index=index,
@@ -191,16 +196,21 @@ def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count:
         shares=tuple(worker_share(_users(t), count, index) for t in config.targets),
         requests=worker_share(config.requests, count, index) if config.requests is not None else None,
         duration=config.duration,
+        steered=steered,
+        wait_for_start=wait,
     )
 
 
 def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...], event: Callable[[str], None],
          on_interval: Callable[[Frame], None] | None, sample_interval: float,
-         interrupts: _Interrupts, cluster: Any = None) -> RunResult:
+         interrupts: _Interrupts, cluster: Any = None, inbox: Inbox | None = None,
+         wait: bool = False) -> RunResult:
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
     server_watch = _ServerWatch(groups, event)
+    steered = inbox is not None
+    steering: Steering | None = None
     try:
         if config.servers:
             from loadtest.servers import ServerError, ServerGroup
@@ -215,7 +225,8 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
 
         if cluster is not None:  # each node starts its own workers; their messages come to local pipes
             reachable = cluster.reachable(addresses)
-            start, stop, children = cluster.launch(lambda k, total: worker_plan(config, reachable, k, total))
+            start, stop, children = cluster.launch(lambda k, total: worker_plan(config, reachable, k, total,
+                                                                                steered, wait))
             states.extend(WorkerState(c.index, c, role=c.role) for c in children.children)
             for node in cluster.nodes:
                 event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
@@ -223,12 +234,14 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         else:
             ctx = multiprocessing.get_context("spawn")
             start, stop = ctx.Event(), ctx.Event()
-            plans = [worker_plan(config, addresses, k, count) for k in range(count)]
+            plans = [worker_plan(config, addresses, k, count, steered, wait) for k in range(count)]
             children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
                                         interrupts.pending)
             states.extend(WorkerState(c.index, c) for c in children.children)
 
         stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(states))
+        if inbox is not None:
+            steering = Steering(config, inbox, children.command, event)
         _await_ready(children, states, interrupts)
         interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
         try:
@@ -245,6 +258,8 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         if cluster is not None:
             cluster.on_resources = monitor.add_samples
         monitor.start()
+        if steering is not None and wait:
+            steering.hold(interrupts.pending)
         started = time.time()
         interrupts.running = True
         start.set()
@@ -252,8 +267,10 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         total = len(states)
         event(f"{total} worker{'s' if total > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
+        if steering is not None:
+            steering.status.started = started
         collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor,
-                                 interrupts, server_watch)
+                                 interrupts, server_watch, steering)
         interrupted = collection.collect()
         history.close()
         _await_exit(states, monitor)
@@ -280,13 +297,19 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     # Connections are held to the end of a timed run; a run that ended by spending its `requests:`
     # total, or was interrupted, let them go early on purpose.
     spent = bool(states) and all(w.exit is not None and w.exit.spent for w in states)
-    shortfalls = [] if interrupted or spent else connection_shortfalls(config, stats)
+    # A target whose level was changed, or a run that was paused, asked for other connections than the config.
+    shortfalls = [] if interrupted or spent or (steering is not None and steering.paused_ever) else \
+        connection_shortfalls(config, stats, set(steering.set) if steering is not None else set())
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
     status = 3 if problems else (130 if interrupted else (1 if failed else 0))
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
-                       shortfalls, cluster.summaries(states) if cluster is not None else [])
+                       shortfalls, cluster.summaries(states) if cluster is not None else [],
+                       steering.stopped_summary() if steering is not None else None,
+                       [c.as_dict() for c in steering.status.changes] if steering is not None else [])
     write_reports(result, config)
+    if steering is not None:
+        steering.finish()
     return result
 
 
@@ -294,10 +317,11 @@ def totals_for(stats: RunStats, target: str | None) -> TargetTotals:
     return stats.aggregated() if target is None else stats.totals[stats.names.index(target)]
 
 
-def connection_shortfalls(config: RunConfig, stats: RunStats) -> list[str]:
+def connection_shortfalls(config: RunConfig, stats: RunStats, skip: set[str] | None = None) -> list[str]:
     """How the run fell short of what each target asked for, as its kind judges it (a tcp target that did not
-    hold all its connections)."""
-    return [text for i, t in enumerate(config.targets) if (text := kind_of(t).shortfall(t, stats, i))]
+    hold all its connections); the targets named in `skip` (their level was changed mid-run) are not judged."""
+    return [text for i, t in enumerate(config.targets)
+            if t.name not in (skip or ()) and (text := kind_of(t).shortfall(t, stats, i))]
 
 
 def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
@@ -397,10 +421,11 @@ class _Collection:
     def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
                  started: float, on_interval: Callable[[Frame], None] | None, event: Callable[[str], None],
                  abort: Callable[[], None], monitor: RunMonitor, interrupts: _Interrupts,
-                 servers: _ServerWatch) -> None:
+                 servers: _ServerWatch, steering: Steering | None = None) -> None:
         self.states, self.stats, self.stop, self.history = states, stats, stop, history
         self.started, self.on_interval, self.event, self.abort = started, on_interval, event, abort
         self.monitor, self.interrupts, self.servers = monitor, interrupts, servers
+        self.steering = steering
 
     def flush(self, final: bool = False) -> None:
         lost = [w.index for w in self.states if w.lost or w.killed]
@@ -475,6 +500,9 @@ class _Collection:
                     if not w.done:
                         self.lose(w)
             self.servers.check()
+            if self.steering is not None:  # the control inbox: level changes, pause, resume, stop
+                self.steering.take(time.time() - self.started,
+                                   ending=interrupted or any(w.stopping or w.done for w in self.states))
             now = time.monotonic()
             for w in active:
                 allowed = SILENT_WORKER_S + (GRACEFUL_STOP_S + CANCEL_WAIT_S if w.stopping else 0.0)

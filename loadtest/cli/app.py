@@ -475,3 +475,6 @@ def main() -> None:
         check_interrupted()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
+
+
+from loadtest.cli import capacity as _capacity  # noqa: E402,F401 - registers `loadtest capacity` (its own module)

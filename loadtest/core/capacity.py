@@ -143,11 +143,13 @@ def totals_for(slo: Threshold, figures: StepFigures, names: Sequence[str]) -> Ta
     return figures.aggregated if slo.target is None else figures.targets[list(names).index(slo.target)]
 
 
-def delivery_failure(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str]) -> str:
+def delivery_failure(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str], missed: bool) -> str:
     """Why the generator did not deliver the step's load (a phrase), or "" if it did.
 
-    A saturated worker CPU always counts. Dropped or late arrivals and a short achieved rate count
-    unless requests in flight reached the targets' max_concurrency: then the target held them."""
+    A saturated worker CPU always counts (its latencies measure the generator). Dropped arrivals and
+    a short achieved rate count unless requests in flight reached the targets' max_concurrency (the
+    target held them). Late arrivals count only in a step that `missed`: the latency is measured from
+    each arrival's intended start, so it carries their lateness, and a step that met its SLO anyway met it."""
     cpu = figures.generator_cpu
     if cpu is not None and cpu > WORKER_SATURATED_PERCENT:
         worker = max(figures.cpu, key=lambda k: figures.cpu[k])
@@ -157,12 +159,9 @@ def delivery_failure(slos: Sequence[Threshold], figures: StepFigures, names: Seq
     dropped = sum(t.dropped for t in figures.targets)
     if dropped:
         return f"{dropped:,} arrivals dropped (could not start within 1 s of their time)"
-    late = _late(slos, figures, names)
-    if late:
-        return late
     if figures.arrivals is not None and figures.achieved_rate < figures.rate * (1 - SHORT_DELIVERY):
         return f"arrivals started at {figures.achieved_rate:,.1f}/s of {figures.rate:,.1f}/s asked"
-    return ""
+    return _late(slos, figures, names) if missed else ""
 
 
 def _late(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str]) -> str:
@@ -186,20 +185,20 @@ def _late(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str])
 
 
 def judge_step(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str], phase: str = "") -> StepResult:
-    """Met, missed, or generator-limited: the delivery is judged first, then every SLO."""
+    """Met, missed, or generator-limited: every SLO, then whether the generator delivered the load (a step it
+    did not deliver is generator-limited, whatever the SLOs said)."""
     agg = figures.aggregated
     hist = agg.latency
     p50, p99 = (percentiles_ns(hist, (50.0, 99.0)) if hist.get_total_count() else (None, None))
     errors = failed_count(agg.failures) / agg.requests if agg.requests else 0.0
-    failure = delivery_failure(slos, figures, names)
+    missed = [o for o in (check(s, totals_for(s, figures, names), figures.seconds) for s in slos) if not o.passed]
+    outcome = MISSED if missed else MET
+    why = "; ".join(f"{o.threshold.text} (measured {o.measured_text})" for o in missed)
+    if not missed and not agg.requests:
+        outcome, why = MISSED, "no request ended in the judged seconds"
+    failure = delivery_failure(slos, figures, names, outcome == MISSED)
     if failure:
         outcome, why = GENERATOR, f"generator: {failure}"
-    else:
-        missed = [o for o in (check(s, totals_for(s, figures, names), figures.seconds) for s in slos) if not o.passed]
-        outcome = MISSED if missed else MET
-        why = "; ".join(f"{o.threshold.text} (measured {o.measured_text})" for o in missed)
-        if not missed and not agg.requests:
-            outcome, why = MISSED, "no request ended in the judged seconds"
     return StepResult(figures.rate, figures.achieved_rate, p50 / 1e6 if p50 is not None else None,
                       p99 / 1e6 if p99 is not None else None, errors, figures.generator_cpu, outcome == MET, why,
                       outcome, phase)
@@ -366,7 +365,7 @@ def verdict_sentence(result: SearchResult, slo_texts: Sequence[str], steps: Sequ
     if result.limited_by == LIMITED_MAX_RATE:
         return (f"{met_at} ({unit}), the --max-rate, held within {slo}: the target's limit is at or above it.")
     lowest_miss = min(missed, key=lambda s: s.rate) if missed else None
-    beyond = f"; {rate_text(lowest_miss.rate)} missed ({lowest_miss.why})" if lowest_miss else ""
+    beyond = f"; {rate_text(lowest_miss.rate)} missed {lowest_miss.why}" if lowest_miss else ""
     unconfirmed = "" if result.confirmed else " (not confirmed by a second hold)"
     return f"Capacity: {met_at} ({unit}) within {slo}{unconfirmed}, limited by the target{beyond}."
 

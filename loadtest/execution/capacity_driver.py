@@ -1,10 +1,11 @@
 """The capacity search's step driver: watches each merged second of a run and moves its rate.
 
 Controller side (no gevent, no sockets): it is given every merged second
-(`add(frame)`, as an output is) and two ways to act on the run, `set_rates`
-(each rated target's new rate) and `stop`. A step is:
+(`add(frame)`, as an output is) and two ways to act on the run, `set_rate`
+(the search's rate in all; the caller splits it over the rated targets) and
+`stop`. A step is:
 
-    the second in which the rate changed   left out (old and new rate mixed)
+    the second in which the rate changed   left out (old and new rate mixed; the run's first second too)
     `warm` whole seconds                   left out (the warm-up)
     `judged` whole seconds                 merged and judged (`capacity.judge_step`)
 
@@ -18,7 +19,7 @@ the run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,7 +29,9 @@ from loadtest.execution.resources import worker_role
 from loadtest.core.stats import TargetTotals, aggregate
 from loadtest.core.thresholds import Threshold, check
 
-CHANGE_SLACK_S = 0.05  # workers' seconds begin a few ms apart: a second that began this close after a change is clean
+# A change posted while the controller hands over second k lands in the second after the last one it has heard of
+# (k+1, or later if the controller lags): a second that begins at least this long after the end of that one is clean.
+CHANGE_LANDS_S = 0.5
 DRAIN_SHARE = 0.5  # after a miss, drain at this share of the highest met rate ...
 DRAIN_MOST_STEPS = 3.0  # ... for at most this many steps' length; a target that never recovers ends the search
 
@@ -48,14 +51,17 @@ class CapacityDriver:
     """Holds each step's rate, judges it from the merged seconds, and asks the search for the next."""
 
     def __init__(self, slos: Sequence[Threshold], rows: Sequence[tuple[str, str]], rated: Sequence[RatedTarget],
-                 search: CapacitySearch, warm: int, judged: int, set_rates: Callable[[Mapping[str, float]], None],
+                 search: CapacitySearch, warm: int, judged: int, set_rate: Callable[[float], None],
                  stop: Callable[[], None], on_step: Callable[[int, StepResult], None] = lambda n, step: None,
-                 on_event: Callable[[str], None] = lambda text: None) -> None:
+                 on_event: Callable[[str], None] = lambda text: None,
+                 asked: Callable[[float], float] = lambda rate: rate) -> None:
+        """`asked(rate)` is what the levels at the search's `rate` really ask (whole tcp connections)."""
         self.slos, self.rated, self.search = list(slos), list(rated), search
         self.rows = list(rows)  # each target's (name, row type): a flow's own row is left out of Aggregated
         self.names = [name for name, _ in self.rows]
         self.warm, self.judged = warm, judged
-        self.set_rates, self.stop, self.on_step, self.on_event = set_rates, stop, on_step, on_event
+        self.set_rate, self.stop, self.on_step, self.on_event = set_rate, stop, on_step, on_event
+        self.asked = asked
         self.steps: list[StepResult] = []
         self.over = False
         self.stopped_why = ""  # why the search ended before the search itself said so (a target that never drained)
@@ -70,18 +76,15 @@ class CapacityDriver:
         self._cpu: dict[str, list[float]] = {}
         self._cap = False
 
-    def rates_for(self, rate: float) -> dict[str, float]:
-        """Each rated target's rate when the search holds `rate` in all."""
-        return {t.name: rate * t.share for t in self.rated}
-
-    def start(self, at: float = 0.0) -> None:
-        """The run starts at the first step's rate (its config says so): the first second is the mixed one."""
-        self._begin(self._rate, at, post=False)
+    def start(self) -> None:
+        """The run starts at the first step's rate (its config says so); its first second (connections opening,
+        workers starting) is left out as a change's would be."""
+        self._begin(self._rate, 0.0, post=False)
 
     def _begin(self, rate: float, at: float, post: bool = True, draining: bool = False) -> None:
         if post:
-            self.set_rates(self.rates_for(rate))
-        self._changed_at, self._clean, self._draining = at, 0, draining
+            self.set_rate(rate)
+        self._changed_at, self._clean, self._draining = at + CHANGE_LANDS_S, 0, draining
         if not draining:
             self._rate = rate
             self._window = [TargetTotals(name=n, type=t) for n, t in self.rows]
@@ -92,10 +95,10 @@ class CapacityDriver:
         if self.over:
             return
         interval = frame.interval
-        if interval.start < self._changed_at - CHANGE_SLACK_S:
-            return  # began before the change: old and new rate mixed
+        if interval.start < self._changed_at:
+            return  # began before the change landed: old and new rate mixed
         self._clean += 1
-        elapsed = max(frame.stats.elapsed, interval.end)
+        elapsed = max(frame.stats.elapsed, interval.end)  # the end of the latest second heard of
         if self._draining:
             self._drain(interval, elapsed)
             return
@@ -125,7 +128,7 @@ class CapacityDriver:
     def _figures(self) -> StepFigures:
         counted = all(t.counts_arrivals for t in self.rated)
         return StepFigures(
-            rate=self._rate, seconds=self._seconds, targets=self._window, aggregated=aggregate(self._window),
+            rate=self.asked(self._rate), seconds=self._seconds, targets=self._window, aggregated=aggregate(self._window),
             arrivals=self._arrivals if counted else None,
             cpu={k: sum(v) / len(v) for k, v in self._cpu.items() if v}, cap_reached=self._cap)
 

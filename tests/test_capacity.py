@@ -27,8 +27,10 @@ NAMES = ["home"]
 
 
 def totals(latencies_ms: list[float], failures: int = 0, lateness_ms: list[float] = (), dropped: int = 0,
-           name: str = "home") -> TargetTotals:
+           name: str = "home", uncorrected_ms: list[float] = ()) -> TargetTotals:
     rec = TargetRecorder(0)
+    for ms in uncorrected_ms:
+        rec.uncorrected.record(int(ms * 1e6))
     for ms in latencies_ms:
         rec.success(int(ms * 1e6), 100, 10, 90)
     for _ in range(failures):
@@ -163,7 +165,8 @@ def test_a_step_misses_on_the_slo_it_breaks() -> None:
 @pytest.mark.parametrize("t, cpu, says", [
     (totals([5.0] * 100, lateness_ms=[0.5] * 100), {"worker-0": 50.0, "worker-1": 97.0}, "worker-1 at 97% CPU"),
     (totals([5.0] * 100, lateness_ms=[0.5] * 100, dropped=3), {}, "3 arrivals dropped"),
-    (totals([60.0] * 100, lateness_ms=[30.0] * 100), {}, "arrivals started late (p99 30"),
+    (totals([60.0] * 100, lateness_ms=[30.0] * 100, uncorrected_ms=[30.0] * 100), {},
+     "arrivals started late (p99 30.0 ms); from the actual sends the target's p99 was 30.0 ms"),
     (totals([5.0] * 80, lateness_ms=[0.5] * 80), {}, "arrivals started at 80.0/s of 100.0/s"),
 ])
 def test_a_step_the_generator_did_not_deliver_is_never_an_slo_miss(t: TargetTotals, cpu: dict[str, float],
@@ -177,6 +180,15 @@ def test_late_arrivals_do_not_spoil_a_step_that_met_the_slo_anyway() -> None:
     # the latency counts from each arrival's intended start, so it carries the lateness: a met SLO stands
     step = judge_step([parse_slo("p99<50ms")], figures(totals([40.0] * 100, lateness_ms=[30.0] * 100)), NAMES)
     assert step.outcome == MET
+
+
+def test_late_arrivals_do_not_excuse_a_target_slow_on_its_own() -> None:
+    t = totals([890.0] * 100, lateness_ms=[395.0] * 100, uncorrected_ms=[495.0] * 100)
+    step = judge_step([parse_slo("p99<50ms")], figures(t), NAMES)
+    assert step.outcome == MISSED and step.why.startswith("p99<50ms (measured 890")
+    # nor a miss of the error rate
+    t = totals([40.0] * 90, failures=10, lateness_ms=[395.0] * 100, uncorrected_ms=[5.0] * 90)
+    assert judge_step([parse_slo("p99<50ms"), parse_slo("errors<1%")], figures(t), NAMES).outcome == MISSED
 
 
 def test_late_arrivals_behind_a_full_max_concurrency_are_the_targets_doing() -> None:

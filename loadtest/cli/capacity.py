@@ -97,7 +97,7 @@ def capacity_command(
         if is_url(target):
             config = one_line_config(OneLine(target, rate=start, duration="1s"))
         else:
-            config = load_config(target)
+            config = load_config(target, defaults={"duration": "1s"})  # the search sets the run's length
         names = [t.name for t in config.targets]
         slos = tuple(parse_slo(text, names) for text in slo)
         rated, paces, unit = rated_targets(config)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 from loadtest.core.stats import TargetTotals, counts_at_or_below, percentiles_ns
@@ -143,13 +144,12 @@ def totals_for(slo: Threshold, figures: StepFigures, names: Sequence[str]) -> Ta
     return figures.aggregated if slo.target is None else figures.targets[list(names).index(slo.target)]
 
 
-def delivery_failure(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str], missed: bool) -> str:
+def delivery_failure(figures: StepFigures) -> str:
     """Why the generator did not deliver the step's load (a phrase), or "" if it did.
 
     A saturated worker CPU always counts (its latencies measure the generator). Dropped arrivals and
     a short achieved rate count unless requests in flight reached the targets' max_concurrency (the
-    target held them). Late arrivals count only in a step that `missed`: the latency is measured from
-    each arrival's intended start, so it carries their lateness, and a step that met its SLO anyway met it."""
+    target held them). Late arrivals are judged apart (`late_miss`)."""
     cpu = figures.generator_cpu
     if cpu is not None and cpu > WORKER_SATURATED_PERCENT:
         worker = max(figures.cpu, key=lambda k: figures.cpu[k])
@@ -161,27 +161,38 @@ def delivery_failure(slos: Sequence[Threshold], figures: StepFigures, names: Seq
         return f"{dropped:,} arrivals dropped (could not start within 1 s of their time)"
     if figures.arrivals is not None and figures.achieved_rate < figures.rate * (1 - SHORT_DELIVERY):
         return f"arrivals started at {figures.achieved_rate:,.1f}/s of {figures.rate:,.1f}/s asked"
-    return _late(slos, figures, names) if missed else ""
-
-
-def _late(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str]) -> str:
-    """Arrivals that started late by a large share of a latency SLO, at its own percentile."""
-    lateness = [t.lateness for t in figures.targets if t.lateness.get_total_count()]
-    if not lateness:
-        return ""
-    for slo in slos:
-        if not slo.is_latency:
-            continue
-        hists = lateness if slo.target is None else [
-            h for h in [totals_for(slo, figures, names).lateness] if h.get_total_count()]
-        for h in hists:
-            p = percentile_of(slo)
-            late_ns = h.get_max_value() if p >= 100 else percentiles_ns(h, (p,))[0]
-            bound_ns = min(slo.value * LATE_SHARE, LATE_MOST_S * 1e9)
-            if late_ns > bound_ns:
-                return (f"arrivals started late ({slo.figure} {late_ns / 1e6:,.1f} ms, more than "
-                        f"{bound_ns / 1e6:,.1f} ms)")
     return ""
+
+
+def _at(hist: Any, slo: Threshold) -> int:
+    p = percentile_of(slo)
+    return int(hist.get_max_value() if p >= 100 else percentiles_ns(hist, (p,))[0])
+
+
+_UPPER = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+
+
+def late_miss(missed: Sequence[Threshold], figures: StepFigures, names: Sequence[str]) -> str:
+    """A miss the generator's late sends made (a phrase), or "".
+
+    That is: every missed SLO bounds a latency, arrivals started late by a large share of it (at its
+    percentile), and the latency from the actual sends (uncorrected: the target's own time) met it. The
+    latency counts from each arrival's intended start, so it carries the lateness: a step that met its
+    SLO anyway met it, and one whose target was slow on its own missed it."""
+    if not missed or not all(s.is_latency for s in missed) or figures.cap_reached:
+        return ""
+    for slo in missed:
+        totals = totals_for(slo, figures, names)
+        late, own = totals.lateness, totals.uncorrected
+        if not late.get_total_count() or not own.get_total_count():
+            return ""
+        if (_at(late, slo) <= min(slo.value * LATE_SHARE, LATE_MOST_S * 1e9)
+                or not _UPPER[slo.op](_at(own, slo), slo.value)):
+            return ""
+    slo = missed[0]
+    totals = totals_for(slo, figures, names)
+    return (f"arrivals started late ({slo.figure} {_at(totals.lateness, slo) / 1e6:,.1f} ms); from the actual "
+            f"sends the target's {slo.figure} was {_at(totals.uncorrected, slo) / 1e6:,.1f} ms")
 
 
 def judge_step(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[str], phase: str = "") -> StepResult:
@@ -196,7 +207,7 @@ def judge_step(slos: Sequence[Threshold], figures: StepFigures, names: Sequence[
     why = "; ".join(f"{o.threshold.text} (measured {o.measured_text})" for o in missed)
     if not missed and not agg.requests:
         outcome, why = MISSED, "no request ended in the judged seconds"
-    failure = delivery_failure(slos, figures, names, outcome == MISSED)
+    failure = delivery_failure(figures) or late_miss([o.threshold for o in missed], figures, names)
     if failure:
         outcome, why = GENERATOR, f"generator: {failure}"
     return StepResult(figures.rate, figures.achieved_rate, p50 / 1e6 if p50 is not None else None,

@@ -79,10 +79,13 @@ class Snapshot:
 
 HISTOGRAMS = ("latency", "connect_latency", "lateness", "uncorrected")  # a snapshot's encoded histograms
 # What a second (Interval) keeps of them: history.csv and the live view read only its latency, a capacity
-# search its lateness too (were its arrivals on time?). Each histogram is a 270 KB counts array and seconds
-# wait for the slowest worker, so with 20 targets a pending second costs 5.4 MB this way instead of 22 (the
-# whole run's totals keep all four); a second's lateness is made only for a target that sent one (open model).
-SECOND_HISTOGRAMS = ("latency", "lateness")
+# search an open target's lateness and uncorrected latency too (were its arrivals on time, and was the target
+# within its SLO without their lateness?). Each histogram is a 270 KB counts array and seconds wait for the
+# slowest worker, so with 20 closed targets a pending second costs 5.4 MB this way instead of 22 (the whole
+# run's totals keep all four); a second's lateness and uncorrected latency are made only for a target that sent
+# them (the open model).
+SECOND_HISTOGRAMS = ("latency", "lateness", "uncorrected")
+MADE_WHEN_SENT = ("lateness", "uncorrected")  # of SECOND_HISTOGRAMS: a second's is made when a worker sends one
 
 
 def decode(snap: TargetSnapshot) -> dict[str, HdrHistogram]:
@@ -310,7 +313,7 @@ NOT_KEPT = freed_when_dropped(_NotKept(LOWEST_NS, HIGHEST_NS, SIGNIFICANT_DIGITS
 
 def second_totals(name: str, type: str) -> TargetTotals:
     """A target's totals over one second: counters and latency; its other histograms are `NOT_KEPT` (lateness
-    until a worker sends one: `RunStats.add` makes it then)."""
+    and uncorrected latency until a worker sends one: `RunStats.add` makes it then)."""
     return TargetTotals(name=name, type=type, connect_latency=NOT_KEPT, lateness=NOT_KEPT, uncorrected=NOT_KEPT)
 
 
@@ -361,14 +364,15 @@ class RunStats:
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
             # Each histogram is decoded once, into a scratch array, and added over only the buckets it
-            # fills (see `HistogramMerger`). A second keeps only its latency and lateness (SECOND_HISTOGRAMS),
+            # fills (see `HistogramMerger`). A second keeps only its latency, lateness and uncorrected (SECOND_HISTOGRAMS),
             # which join the totals' once, when the second is handed over: one add per target a second, not
             # one per worker; the other histograms go to the totals at once.
             total, part = self._totals[ts.target], interval.targets[ts.target]
             total.add(ts, histograms=False)
             part.add(ts, histograms=False)
-            if ts.lateness and part.lateness is NOT_KEPT:
-                part.lateness = new_histogram()
+            for name in MADE_WHEN_SENT:
+                if getattr(ts, name) and getattr(part, name) is NOT_KEPT:
+                    setattr(part, name, new_histogram())
             for name in HISTOGRAMS:
                 encoded = getattr(ts, name)
                 if encoded:

@@ -335,8 +335,9 @@ def _check_text(data: Any, where: str, depth: int = 0) -> None:
             _check_text(item, f"{where}[{i}]", depth + 1)
 
 
-def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read and validate a YAML config file."""
+def load_config(path: str | os.PathLike[str], defaults: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML config file; `defaults` fill top-level keys it leaves out (a capacity search
+    runs until its search ends, so it needs no `duration:` of the file's)."""
     try:
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
@@ -372,6 +373,8 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except Exception:  # noqa: BLE001 - yaml raises odd types on odd bytes
         raise ConfigError(f"{path}: is not valid YAML") from None
     default_name = os.path.splitext(os.path.basename(str(path)))[0] or "run"
+    if defaults and isinstance(data, dict):
+        data = {**defaults, **data}
     return parse_config(data, default_name=default_name, base=os.path.dirname(os.path.abspath(path)))
 
 

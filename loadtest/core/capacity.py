@@ -36,6 +36,7 @@ DEFAULT_PRECISION = 0.05  # bisect until the missed rate is within 5% above the 
 GROWTH = 2.0  # the bracket multiplies the rate by this each met step
 MAX_STEPS = 40  # a search never holds more steps than this (a bound on its time)
 MAX_CONFIRMS = 3  # a found rate that fails its confirmation is searched again below, this many times at most
+GENERATOR_RETRIES = 2  # a generator-limited step is held again this many times before the search believes it
 LATE_SHARE = 0.5  # arrivals late by more than this share of a latency SLO (at its percentile) fail the delivery
 LATE_MOST_S = 0.1  # ... or by more than this (the run's own "behind schedule" line, monitor.BEHIND_LATENESS_S)
 SHORT_DELIVERY = 0.05  # arrivals started more than 5% below the asked rate fail the delivery
@@ -256,7 +257,13 @@ class CapacitySearch:
     """Which rate to hold next, from the outcomes of the steps so far.
 
     `next_rate()` is the next step's rate (None when the search is over), `record(outcome)` that step's
-    outcome (met, missed or generator), `result()` the answer."""
+    outcome (met, missed or generator), `result()` the answer.
+
+    One bad step is not believed at once: a missed step is held again (a stall of a second on a busy
+    machine breaks any p99, and a search that believed it would answer far too low), and counts as
+    missed only if it misses again; a generator-limited step is held again up to GENERATOR_RETRIES times
+    (a generator that cannot deliver a rate fails it every time; a passing stall does not). `phase` says
+    which hold a step is: bracket, bisect, confirm, or again."""
 
     def __init__(self, start: float, max_rate: float | None = None, precision: float = DEFAULT_PRECISION,
                  growth: float = GROWTH, max_steps: int = MAX_STEPS) -> None:
@@ -264,7 +271,6 @@ class CapacitySearch:
             raise ValueError("start > 0, max_rate >= start, precision > 0 and growth > 1")
         self.start, self.max_rate, self.precision, self.growth = start, max_rate, precision, growth
         self.max_steps = max_steps
-        self.phase = "bracket"
         self.lo: float | None = None  # highest met
         self.hi: float | None = None  # lowest missed
         self.limited_by = LIMITED_TARGET
@@ -272,6 +278,17 @@ class CapacitySearch:
         self.steps: list[tuple[float, str, str]] = []  # (rate, phase, outcome)
         self._next: float | None = start
         self._confirms = 0
+        self._stage = "bracket"  # bracket, bisect or confirm; `phase` is "again" while a step is held again
+        self._again = ""  # the outcome a step is being held again for: missed or generator
+        self._generator_tries = 0
+
+    @property
+    def phase(self) -> str:
+        return "again" if self._again else self._stage
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._stage = value
 
     @property
     def done(self) -> bool:
@@ -285,10 +302,21 @@ class CapacitySearch:
         if rate is None:
             raise RuntimeError("the search is over")
         self.steps.append((rate, self.phase, outcome))
-        if outcome == GENERATOR:
-            self.limited_by, self._next = LIMITED_GENERATOR, None
+        if len(self.steps) >= self.max_steps:
+            self._next = None
             return
-        if self.phase == "confirm":
+        if outcome == GENERATOR:
+            self._generator_tries += 1
+            if self._generator_tries > GENERATOR_RETRIES:
+                self.limited_by, self._next = LIMITED_GENERATOR, None
+            self._again = GENERATOR
+            return
+        self._generator_tries = 0
+        if outcome == MISSED and self._stage != "confirm" and self._again != MISSED:
+            self._again = MISSED  # held again before it is believed
+            return
+        self._again = ""
+        if self._stage == "confirm":
             self._after_confirm(rate, outcome == MET)
         elif outcome == MET:
             self.lo = rate
@@ -296,11 +324,9 @@ class CapacitySearch:
         else:
             self.hi = rate if self.hi is None else min(self.hi, rate)
             self._narrow()
-        if self._next is not None and len(self.steps) >= self.max_steps:
-            self._next = None
 
     def _after_met(self, rate: float) -> None:
-        if self.phase == "bracket" and self.hi is None:
+        if self._stage == "bracket" and self.hi is None:
             if self.max_rate is not None and rate >= self.max_rate:
                 self._confirm(LIMITED_MAX_RATE)
             else:

@@ -69,7 +69,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_the_search_finds_a_known_capacity_and_writes_its_answer(fifo: FixedRate, tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = capacity(f"http://{fifo.address}/", "--slo", "p99<50ms", "--slo", "errors<1%", "--start", "60",
-                    "--step", "3s", "--warmup", "1s", "--precision", "10%", "--workers", "1", "--out", str(out),
+                    "--step", "2s", "--warmup", "0s", "--precision", "10%", "--workers", "1", "--out", str(out),
                     "--json", cwd=tmp_path)
     served = fifo.stop()
     assert done.returncode == 0, done.stderr
@@ -80,8 +80,10 @@ def test_the_search_finds_a_known_capacity_and_writes_its_answer(fifo: FixedRate
     assert KNOWN_CAPACITY * 0.85 <= answer["max_rate"] <= KNOWN_CAPACITY * 1.02, done.stderr
     steps = answer["steps"]
     assert all(tuple(s) == CAPACITY_STEP_KEYS for s in steps)
-    assert [s["rate"] for s in steps[:3]] == [60.0, 120.0, 240.0]  # doubling until a step misses
-    assert not steps[2]["met"] and steps[2]["why"].startswith("p99<50ms (measured ")
+    assert list(dict.fromkeys(s["rate"] for s in steps))[:3] == [60.0, 120.0, 240.0]  # doubling until a miss
+    over = [s for s in steps if s["rate"] == 240.0]
+    assert len(over) == 2 and not any(s["met"] for s in over)  # a miss is held again before it is believed
+    assert over[0]["why"].startswith("p99<50ms (measured ")
     assert steps[-1]["met"] and steps[-1]["rate"] == answer["max_rate"]  # the answer held once more
     assert all(abs(s["achieved_rate"] - s["rate"]) <= 0.05 * s["rate"] for s in steps)
     rows = read_csv(out / "capacity.csv")

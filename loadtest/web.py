@@ -1,0 +1,486 @@
+"""The live web page and its JSON control API: `loadtest run ... --web HOST:PORT`.
+
+Runs in the controller's process, on threads, with the standard library's
+`http.server.ThreadingHTTPServer` (no gevent here). Two parts:
+
+- `LivePage`, an output: given each merged second (`add(frame)`), it keeps
+  the figures the page and the API show, and each second's rate,
+  percentiles and level for the charts (the last `MAX_POINTS`); given the
+  result (`stop(result)`), the links to the run's report and files.
+- `WebServer`, the HTTP side: the page (`/`, its script and style, served
+  from the package with a strict Content-Security-Policy), the API, and the
+  run's files once it has ended. The API posts to the control inbox
+  (`loadtest.control`) and never touches the run itself:
+
+      GET  /api/run              {"state", "elapsed_s", "targets": [...], "aggregated": {...}, ...}
+      POST /api/targets/NAME     {"users": N} or {"rate": R}: 404 unknown target, 400 a bad level
+      POST /api/pause, /api/resume, /api/stop
+      GET  /api/events           server-sent events: the /api/run document once a second
+      GET  /api/series           each second's figures so far, for the charts
+      GET  /files/NAME           the run's files, once it has ended
+
+Off by default; loopback unless asked. On any other address every request
+needs the token (`Authorization: Bearer TOKEN` or `?token=TOKEN`), else 401.
+Nothing sent can crash or stall the run: request bodies are bounded, slow
+clients time out, connections and event streams are capped, a cross-site
+POST is refused, and the run only ever reads a published snapshot.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .config import ConfigError, RunConfig
+from .control import (ControlError, Inbox, Pause, Resume, SetLevel, Stop, level_command, steerable_targets,
+                      target_model)
+from .reports import stopped_text
+from .run_files import RUN_FILES
+from .run_result import Frame, RunResult
+from .stats import TargetTotals, aggregate, percentiles_ns
+
+MAX_BODY_BYTES = 16 * 1024  # a request body larger than this is refused (413)
+CLIENT_TIMEOUT_S = 10.0  # a client that sends or reads nothing for this long is dropped
+MAX_CONNECTIONS = 64  # connections served at once; more are closed at once
+MAX_EVENT_STREAMS = 16  # /api/events streams at once; more get 503
+EVENT_INTERVAL_S = 1.0
+WEB_LINGER_S = 60.0  # after the run, the page (and the files it links to) is served this long at most while open
+MAX_POINTS = 3600  # seconds of chart data kept (an hour); older seconds are dropped
+MIN_TOKEN_CHARS = 8
+TOKEN_BYTES = 18  # a generated token: 24 URL-safe characters
+PAGE_FILES = {"/": ("live.html", "text/html; charset=utf-8"),
+              "/live.js": ("live.js", "text/javascript; charset=utf-8"),
+              "/live.css": ("live.css", "text/css; charset=utf-8")}
+# The page loads its script and style from this server and nothing else: no inline script, no other origin.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"  # report.html's
+FILE_TYPES = {".csv": "text/csv; charset=utf-8", ".json": "application/json", ".html": "text/html; charset=utf-8"}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(token: str | None, where: str = "--web-token") -> str | None:
+    """A token as given on the command line, checked: ConfigError for one too short or with spaces."""
+    if token is None:
+        return None
+    if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(f"{where}: must be at least {MIN_TOKEN_CHARS} printable characters without spaces")
+    return token
+
+
+def _ms(ns: float) -> float | None:
+    return round(ns / 1e6, 3)
+
+
+def _figures(total: TargetTotals, second: TargetTotals | None, length: float) -> dict[str, Any]:
+    """requests, failures (so far), rps (the last second), p50_ms and p99_ms (so far)."""
+    p50 = p99 = None
+    if total.latency.get_total_count():
+        p50, p99 = (_ms(v) for v in percentiles_ns(total.latency, (50.0, 99.0)))
+    rps = round(second.requests / length, 3) if second is not None and length > 0 else 0.0
+    return {"requests": total.requests, "failures": total.failure_count, "rps": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def _point(second: TargetTotals, length: float) -> dict[str, Any]:
+    """One second of one target for the charts: rate, failure rate and percentiles of that second."""
+    p50 = p90 = p99 = None
+    if second.latency.get_total_count():
+        p50, p90, p99 = (_ms(v) for v in percentiles_ns(second.latency, (50.0, 90.0, 99.0)))
+    return {"rps": round(second.requests / length, 3), "fps": round(second.failure_count / length, 3),
+            "p50": p50, "p90": p90, "p99": p99}
+
+
+class LivePage:
+    """The run as the page and the API show it: fed each merged second by the controller, read by HTTP threads.
+
+    `add` never blocks on a reader: it builds the new figures and swaps them in under a lock held for a
+    moment; readers copy what they need under the same lock.
+    """
+
+    def __init__(self, config: RunConfig, inbox: Inbox) -> None:
+        self.config, self.inbox = config, inbox
+        steerable = steerable_targets(config)
+        self.models = {t.name: target_model(t) for t in steerable}
+        self.names = [t.name for t in config.targets]
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.elapsed = 0.0
+        self.targets: list[dict[str, Any]] = [self._empty(n) for n in self.names]
+        self.aggregated: dict[str, Any] = {"requests": 0, "failures": 0, "rps": 0.0, "p50_ms": None,
+                                           "p99_ms": None}
+        self.failures: list[dict[str, Any]] = []
+        self.series: deque[dict[str, Any]] = deque(maxlen=MAX_POINTS)
+        self.result: dict[str, Any] | None = None
+        self.run_dir: Path | None = None
+        self.version = 0  # counts the seconds added (and the end), for event streams to wait on
+
+    def _empty(self, name: str) -> dict[str, Any]:
+        return {"name": name, "model": self.models.get(name, "closed"), "requests": 0, "failures": 0, "rps": 0.0,
+                "p50_ms": None, "p99_ms": None}
+
+    # -- the output side (the controller's thread) -------------------------------------------------
+
+    def start(self, plan: Any = None) -> None:
+        pass
+
+    def add(self, frame: Frame) -> None:
+        """One more merged second."""
+        interval, stats = frame.interval, frame.stats
+        length = max(interval.end - interval.start, 1e-9)
+        targets = []
+        point: dict[str, Any] = {"t": round(interval.end, 3), "targets": {}}
+        levels = dict(self.inbox.status.levels)
+        for name, total, second in zip(self.names, stats.totals, interval.targets):
+            row = {"name": name, "model": self.models.get(name, "closed"), **_figures(total, second, length)}
+            p = _point(second, length)
+            if name in levels:
+                p["level"] = levels[name]
+                row["users" if row["model"] == "closed" else "rate"] = levels[name]
+            if row["model"] == "closed":
+                p["users"] = second.users
+            targets.append(row)
+            point["targets"][name] = p
+        agg_second = aggregate(interval.targets)
+        aggregated = _figures(stats.aggregated(), agg_second, length)
+        point["aggregated"] = _point(agg_second, length)
+        failures = [{"target": r.target, "kind": r.kind, "message": r.message, "count": r.occurrences,
+                     "first_s": round(r.first_seen, 3), "last_s": round(r.last_seen, 3)}
+                    for r in stats.failures()[:100]]
+        with self._lock:
+            self.elapsed = interval.end
+            self.targets, self.aggregated, self.failures = targets, aggregated, failures
+            self.series.append(point)
+            self.version += 1
+            self._changed.notify_all()
+
+    def stop(self, result: RunResult) -> None:
+        """The run has ended and its reports are written: the page links to them."""
+        files = [name for name in RUN_FILES if (result.run_dir / name).is_file()]
+        with self._lock:
+            self.run_dir = result.run_dir
+            self.elapsed = result.stats.elapsed
+            self.result = {"run_dir": str(result.run_dir), "exit_status": result.exit_status,
+                           "files": [{"name": n, "url": f"/files/{n}"} for n in files],
+                           "report": "/files/report.html" if "report.html" in files else None,
+                           "stopped": stopped_text(result.stopped) if result.stopped else None}
+            self.version += 1
+            self._changed.notify_all()
+
+    # -- the readers' side (HTTP threads) ----------------------------------------------------------
+
+    def document(self) -> dict[str, Any]:
+        """GET /api/run (and each server-sent event)."""
+        status = self.inbox.status
+        levels = dict(status.levels)
+        with self._lock:
+            targets = [dict(t) for t in self.targets]
+            doc: dict[str, Any] = {"state": "done" if self.result is not None else status.state,
+                                   "elapsed_s": round(self.elapsed, 3), "targets": targets,
+                                   "aggregated": dict(self.aggregated), "failures": list(self.failures),
+                                   "point": self.series[-1] if self.series else None}
+            result = self.result
+        for t in targets:
+            if t["name"] in levels:  # the level as set now, not as of the last second
+                t["users" if t["model"] == "closed" else "rate"] = levels[t["name"]]
+        doc["level_changes"] = [c.as_dict() for c in list(status.changes)]
+        doc["stopped"] = status.stopped
+        doc["result"] = result
+        return doc
+
+    def chart_series(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.series)
+
+    def wait(self, version: int, timeout: float) -> int:
+        """Wait until a second newer than `version` is added (or `timeout`); the version now."""
+        with self._lock:
+            if self.version == version:
+                self._changed.wait(timeout)
+            return self.version
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 32
+
+    def __init__(self, address: tuple[str, int], web: WebServer, family: int) -> None:
+        self.address_family = family
+        self.web = web
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):  # too many connections: this one is closed at once
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away mid-answer is not the run's problem, nor worth a traceback
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = CLIENT_TIMEOUT_S  # socket timeout: a slow sender or reader is dropped
+    protocol_version = "HTTP/1.1"
+    server_version = "loadtest"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, value: Any) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def _error(self, status: int, sentence: str) -> None:
+        self._json(status, {"error": sentence})
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _authorized(self, query: dict[str, list[str]]) -> bool:
+        token = self.server.web.token
+        if token is None:
+            return True
+        given = ""
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):].strip()
+        elif query.get("token"):
+            given = query["token"][0]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _route(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        path = parts.path
+        if not self._authorized(query):
+            self._error(401, "this page needs its token: add ?token=TOKEN to the address, or send "
+                             "Authorization: Bearer TOKEN")
+            return
+        web = self.server.web
+        if method in ("GET", "HEAD"):
+            if path in PAGE_FILES:
+                name, content_type = PAGE_FILES[path]
+                self._send(200, web.page_file(name), content_type, {"Content-Security-Policy": PAGE_CSP})
+            elif path == "/api/run":
+                self._json(200, web.page.document())
+            elif path == "/api/series":
+                self._json(200, web.page.chart_series())
+            elif path == "/api/events":
+                self._events()
+            elif path.startswith("/files/"):
+                self._file(unquote(path[len("/files/"):]))
+            elif path.startswith("/api/targets/") or path in ("/api/pause", "/api/resume", "/api/stop"):
+                self._error(405, f"{path} takes POST")
+            else:
+                self._error(404, f"there is nothing at {path}")
+            return
+        if method != "POST":
+            self._error(405, f"{method} is not served here")
+            return
+        origin = self.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != self.headers.get("Host", ""):
+            self._error(403, "a request from another site's page is refused")
+            return
+        body = self._body()
+        if body is None:
+            return
+        try:
+            if path.startswith("/api/targets/"):
+                name = unquote(path[len("/api/targets/"):])
+                try:
+                    value = json.loads(body) if body.strip() else None
+                except (ValueError, UnicodeDecodeError):
+                    raise ControlError(400, 'the body is not JSON: send {"users": N} or {"rate": R}') from None
+                command = web.level_command(name, value)
+                web.inbox.post(command)
+                key = "users" if command.users is not None else "rate"
+                self._json(200, {"target": name, key: command.users if key == "users" else command.rate})
+            elif path in ("/api/pause", "/api/resume", "/api/stop"):
+                cls = {"/api/pause": Pause, "/api/resume": Resume, "/api/stop": Stop}[path]
+                web.inbox.post(cls())
+                self._json(200, {"ok": True, "posted": path.rsplit("/", 1)[1]})
+            else:
+                self._error(404, f"there is nothing at {path}")
+        except ControlError as e:
+            self._error(e.status, e.message)
+
+    def _body(self) -> bytes | None:
+        """The request body, at most MAX_BODY_BYTES; None (and the answer sent) if it cannot be read."""
+        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
+            self._error(411, "send the body with a Content-Length")
+            return None
+        text = self.headers.get("Content-Length", "0") or "0"
+        if not text.isdigit():
+            self._error(400, f"Content-Length must be a whole number, got {text!r}")
+            return None
+        length = int(text)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._error(413, f"the body must be at most {MAX_BODY_BYTES} bytes, got {length}")
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _events(self) -> None:
+        """Server-sent events: the /api/run document once a second (sooner after a new second), until the
+        client goes away or the run's page is closed."""
+        web = self.server.web
+        if not web.streams.acquire(blocking=False):
+            self._error(503, f"at most {MAX_EVENT_STREAMS} event streams are served at once")
+            return
+        web.watched(+1)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.end_headers()
+            self.close_connection = True
+            version = -1
+            while not web.closing.is_set():
+                self.wfile.write(b"data: " + json.dumps(web.page.document()).encode() + b"\n\n")
+                self.wfile.flush()
+                version = web.page.wait(version, EVENT_INTERVAL_S)
+        except OSError:
+            pass  # the client went away, or stopped reading for CLIENT_TIMEOUT_S
+        finally:
+            web.watched(-1)
+            web.streams.release()
+
+    def _file(self, name: str) -> None:
+        run_dir = self.server.web.page.run_dir
+        if run_dir is None:
+            self._error(404, "the run's files are served once it has ended")
+            return
+        if name not in RUN_FILES or not (run_dir / name).is_file():
+            self._error(404, f"the run has no file {name!r}")
+            return
+        data = (run_dir / name).read_bytes()
+        self._send(200, data, FILE_TYPES.get(Path(name).suffix, "application/octet-stream"),
+                   {"Content-Security-Policy": REPORT_CSP})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's names
+        self._route("GET")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._route("HEAD")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._route("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._route("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._route("PATCH")
+
+
+class WebServer:
+    """The live page's HTTP server, on a thread of the controller's process."""
+
+    def __init__(self, page: LivePage, inbox: Inbox, token: str | None = None) -> None:
+        self.page, self.inbox, self.token = page, inbox, token
+        self.streams = threading.BoundedSemaphore(MAX_EVENT_STREAMS)
+        self.watching = 0  # event streams open now
+        self._watching_lock = threading.Lock()
+        self.closing = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._files: dict[str, bytes] = {}
+        self.url = ""
+
+    def watched(self, change: int) -> None:
+        with self._watching_lock:
+            self.watching += change
+
+    def level_command(self, name: str, body: Any) -> SetLevel:
+        return level_command(self.page.config, name, body)
+
+    def page_file(self, name: str) -> bytes:
+        if name not in self._files:
+            self._files[name] = (resources.files("loadtest") / "webpage" / name).read_bytes()
+        return self._files[name]
+
+    def start(self, host: str, port: int, where: str = "--web") -> str:
+        """Listen on host:port (0: a free port); the page's address. A non-loopback address needs a token:
+        one is made if none was given. ConfigError if it cannot listen."""
+        if not is_loopback(host) and self.token is None:
+            self.token = secrets.token_urlsafe(TOKEN_BYTES)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            self._server = _Server((host, port), self, family)
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot listen on {host}:{port} ({e.strerror or e})") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="loadtest-web", daemon=True)
+        self._thread.start()
+        bound = self._server.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}/" + (f"?token={self.token}" if self.token else "")
+        return self.url
+
+    def linger(self, seconds: float, released: threading.Event) -> None:
+        """After the run: keep serving while a page watches (its event stream is open), at most `seconds`,
+        so that it can follow the links to the report; `released` (Ctrl-C) ends it at once."""
+        deadline = time.monotonic() + seconds
+        while self.watching and time.monotonic() < deadline and not released.is_set():
+            released.wait(0.2)
+
+    def stop(self) -> None:
+        self.closing.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None

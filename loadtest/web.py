@@ -32,6 +32,7 @@ import hmac
 import ipaddress
 import json
 import secrets
+import select
 import socket
 import threading
 import time
@@ -56,6 +57,7 @@ CLIENT_TIMEOUT_S = 10.0  # a client that sends or reads nothing for this long is
 MAX_CONNECTIONS = 64  # connections served at once; more are closed at once
 MAX_EVENT_STREAMS = 16  # /api/events streams at once; more get 503
 EVENT_INTERVAL_S = 1.0
+STREAM_CHECK_S = 0.2  # an event stream looks this often whether its client has gone
 WEB_LINGER_S = 60.0  # after the run, the page (and the files it links to) is served this long at most while open
 MAX_POINTS = 3600  # seconds of chart data kept (an hour); older seconds are dropped
 MIN_TOKEN_CHARS = 8
@@ -386,12 +388,25 @@ class _Handler(BaseHTTPRequestHandler):
             while not web.closing.is_set():
                 self.wfile.write(b"data: " + json.dumps(web.page.document()).encode() + b"\n\n")
                 self.wfile.flush()
-                version = web.page.wait(version, EVENT_INTERVAL_S)
+                due = time.monotonic() + EVENT_INTERVAL_S
+                seen = version
+                while version == seen and time.monotonic() < due and not web.closing.is_set():
+                    if self._hung_up():
+                        return
+                    version = web.page.wait(version, min(STREAM_CHECK_S, max(0.0, due - time.monotonic())))
         except OSError:
             pass  # the client went away, or stopped reading for CLIENT_TIMEOUT_S
         finally:
             web.watched(-1)
             web.streams.release()
+
+    def _hung_up(self) -> bool:
+        """True once an event stream's client has closed its end (it sends nothing after its request)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
     def _file(self, name: str) -> None:
         run_dir = self.server.web.page.run_dir

@@ -65,6 +65,7 @@ function buildTable(doc) {
     if (steerable) {
       const form = document.createElement("form");
       form.dataset.target = t.name;
+      form.noValidate = true;  // the API judges the level and says what is wrong in its own words
       const input = document.createElement("input");
       input.type = "number";
       input.min = "0";

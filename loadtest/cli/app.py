@@ -402,7 +402,7 @@ def _serve(kind: str, listen: str, workers_text: Optional[str], upper: bool = Fa
            idle_timeout: Optional[str] = None, max_buffered: int = 0) -> None:
     from loadtest.model.config import (ConfigError, ServerSpec, check_ip, parse_address, parse_duration, parse_max_buffered,
                          parse_workers)
-    from loadtest.servers import ServerError, serve_foreground
+    from loadtest.execution.servers import ServerError, serve_foreground
 
     try:
         host, port = parse_address(listen, "--listen")

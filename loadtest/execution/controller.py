@@ -203,7 +203,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     server_watch = _ServerWatch(groups, event)
     try:
         if config.servers:
-            from loadtest.servers import ServerError, ServerGroup
+            from loadtest.execution.servers import ServerError, ServerGroup
         try:
             for spec in config.servers:
                 interrupts.check()

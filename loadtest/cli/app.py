@@ -14,20 +14,14 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from loadtest import __version__
+from loadtest.core import exits
 from loadtest.model.interrupts import EXIT_INTERRUPTED, check_interrupted, on_interrupt
 from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
 
-EXIT_OK = 0
-EXIT_THRESHOLD = 1
-EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 3
+EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_RUN_FAILED = exits.OK, exits.FAILED, exits.BAD_INPUT, exits.RUN_FAILED
 DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape comes within it
 
-EXIT_CODES = f"""Exit status: {EXIT_OK} the run completed and every threshold passed;
-{EXIT_THRESHOLD} a threshold failed (with none in the config: a request failed), or a tcp target held too few;
-{EXIT_BAD_INPUT} bad input (config file or options);
-{EXIT_RUN_FAILED} the run itself failed (a worker was lost, a server could not start or died);
-{EXIT_INTERRUPTED} stopped by Ctrl-C or SIGTERM (once the load started, reports are still written)."""
+EXIT_CODES = exits.help_text()
 
 RUN_EXAMPLES = """Examples: loadtest run configs/sites.yaml;
 loadtest run http://127.0.0.1:8080/ -c 50 -d 10s (one target, no file, as wrk or hey);

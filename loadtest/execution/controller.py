@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import psutil
 
+from loadtest.core import exits
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import ConfigError, RunConfig
 from loadtest.model.fields import ADDRESS_ENV
@@ -282,7 +283,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     spent = bool(states) and all(w.exit is not None and w.exit.spent for w in states)
     shortfalls = [] if interrupted or spent else connection_shortfalls(config, stats)
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
-    status = 3 if problems else (130 if interrupted else (1 if failed else 0))
+    status = exits.run_status(bool(problems), interrupted, failed)
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
                        shortfalls, cluster.summaries(states) if cluster is not None else [])

@@ -18,9 +18,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from loadtest.config import parse_config
-from loadtest.control import MAX_USERS, ControlError, Inbox, SetLevel
-from loadtest.web import MAX_BODY_BYTES, MAX_EVENT_STREAMS, LivePage, WebServer
+from loadtest.model.config import parse_config
+from loadtest.execution.control import MAX_USERS, ControlError, Inbox, SetLevel
+from loadtest.execution.web import MAX_BODY_BYTES, MAX_EVENT_STREAMS, WebServer
+from loadtest.outputs.live_page import LivePage
 
 from .web_runs import SITE, WebRun, env, target
 
@@ -203,7 +204,7 @@ def test_the_inbox_refuses_what_the_api_refuses_before_any_run() -> None:
 def test_a_non_loopback_address_gets_a_token_made_and_needs_it() -> None:
     config = parse_config({"targets": [{"name": "a", "url": "http://127.0.0.1:1/", "rate": 5}], "duration": "1s"})
     inbox = Inbox(config)
-    server = WebServer(LivePage(config, inbox), inbox)
+    server = WebServer(LivePage(config, inbox.status), inbox)
     url = server.start("0.0.0.0", 0)
     try:
         assert server.token and len(server.token) >= 20 and url.endswith(f"?token={server.token}")

@@ -94,6 +94,7 @@ def test_the_page_shows_the_run_follows_a_level_set_on_it_and_stops_it(tmp_path:
         assert fetched.status == 200 and json.loads(fetched.text())["stopped"]["origin"] == "api"
         report = page.request.get(web.url.split("?")[0].rstrip("/") + "/files/report.html")
         assert report.status == 200 and b"<svg" in report.body()
+        assert b'class="mark"' in report.body()  # the level change, marked on the report's charts
         page.close()  # the page's event stream closes: the command ends at once
         code, out, err = web.finish()
         assert code == 0, err

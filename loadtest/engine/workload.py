@@ -6,7 +6,7 @@ once a second, watches for the stop signal and the deadline, and at the end
 lets in-flight requests finish (up to a grace period) before cancelling the
 rest, so every request started ends as exactly one success or failure.
 
-A steered run (one with a control inbox, `loadtest.control`) also reads the
+A steered run (one with a control inbox, `loadtest.execution.control`) also reads the
 controller's commands (`messages.Command`) each time it looks at the clock: a
 level change replaces a target's stages from then on (closed: virtual users
 or connections, more of them spawned if needed; open: arrivals per second),

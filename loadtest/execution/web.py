@@ -8,7 +8,7 @@ Runs in the controller's process, on threads, with the standard library's
 - `WebServer`, here, the HTTP side: the page (`/`, its script and style, served
   from the package with a strict Content-Security-Policy), the API, and the
   run's files once it has ended. The API posts to the control inbox
-  (`loadtest.control`) and never touches the run itself:
+  (`loadtest.execution.control`) and never touches the run itself:
 
       GET  /api/run              {"state", "elapsed_s", "targets": [...], "aggregated": {...}, ...}
       POST /api/targets/NAME     {"users": N} or {"rate": R}: 404 unknown target, 400 a bad level

@@ -10,7 +10,7 @@ never by position:
     a worker, when it stops     Stopping(index), then a final SnapshotSent, then Done(exit)
     a cluster node              each worker's messages unchanged, and WorkerEnded(exitcode), NodeSamples(rows)
 
-A run steered from its control inbox (`loadtest.control`) also sends every worker, down its
+A run steered from its control inbox (`loadtest.execution.control`) also sends every worker, down its
 control pipe (and through each cluster node), one of a small set of commands (`Command`):
 
     ChangeLevel(target, level)  the target's level in all, from now on instead of its stages

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.execution.children import ChildGroup, ParentLink
+from loadtest.execution.children import ChildGroup
+from loadtest.model.link import ParentLink
 from loadtest.model.config import parse_config
 from loadtest.execution.controller import _Collection, _Interrupts, _ServerWatch
 from loadtest.model.kinds import kind_of

@@ -7,6 +7,7 @@ import re
 import shlex
 import signal
 import sys
+import threading
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -14,20 +15,14 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from loadtest import __version__
+from loadtest.core import exits
 from loadtest.model.interrupts import EXIT_INTERRUPTED, check_interrupted, on_interrupt
 from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
 
-EXIT_OK = 0
-EXIT_THRESHOLD = 1
-EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 3
+EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_RUN_FAILED = exits.OK, exits.FAILED, exits.BAD_INPUT, exits.RUN_FAILED
 DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape comes within it
 
-EXIT_CODES = f"""Exit status: {EXIT_OK} the run completed and every threshold passed;
-{EXIT_THRESHOLD} a threshold failed (with none in the config: a request failed), or a tcp target held too few;
-{EXIT_BAD_INPUT} bad input (config file or options);
-{EXIT_RUN_FAILED} the run itself failed (a worker was lost, a server could not start or died);
-{EXIT_INTERRUPTED} stopped by Ctrl-C or SIGTERM (once the load started, reports are still written)."""
+EXIT_CODES = exits.help_text()
 
 RUN_EXAMPLES = """Examples: loadtest run configs/sites.yaml;
 loadtest run http://127.0.0.1:8080/ -c 50 -d 10s (one target, no file, as wrk or hey);
@@ -177,6 +172,16 @@ def run_command(
         None, "--metrics-linger", metavar="DURATION",
         help=f"After the run, serve the final metrics until a scrape reads them, at most this long "
              f"(default {DEFAULT_METRICS_LINGER_S:g}s; 0: stop at once)."),
+    web: Optional[str] = typer.Option(
+        None, "--web", metavar="HOST:PORT",
+        help="Serve a live page and a JSON control API here: watch the run, change each target's users or rate, "
+             "pause, resume, stop (PORT alone: on 127.0.0.1; any other address than loopback needs a token)."),
+    web_token: Optional[str] = typer.Option(
+        None, "--web-token", metavar="TOKEN",
+        help="--web: the token every request must carry (?token= or Authorization: Bearer); made and printed "
+             "if a non-loopback address is given without one."),
+    wait: bool = typer.Option(False, "--wait", help="--web: start the run paused, until Start is pressed on the "
+                                                    "page (or POST /api/resume)."),
     version: bool = _version_option(),
 ) -> None:
     """Run the load a config file describes, or one URL's, and write its reports."""
@@ -186,10 +191,16 @@ def run_command(
     from loadtest.outputs.metrics import MetricsEndpoint
     from loadtest.model.quick import OneLine, one_line_config
     from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
+    from loadtest.execution.control import Inbox
+    from loadtest.execution.web import WebServer, check_token
+    from loadtest.outputs.live_page import LivePage
 
     check_interrupted()  # an interrupt while these imported waited for them to finish
     one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
     endpoint: MetricsEndpoint | None = None
+    server: WebServer | None = None
+    page: LivePage | None = None
+    inbox: Inbox | None = None
     try:  # the options first, then the file: a mistake on the command line is named before one in the file
         workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
         nodes = _positive_count(nodes_text, "--nodes") if nodes_text is not None else None
@@ -217,7 +228,22 @@ def run_command(
             endpoint = MetricsEndpoint(config.name, [t.name for t in config.targets])
             url = endpoint.start(*config.metrics, where="--metrics" if metrics is not None else "metrics")
             typer.echo(f"metrics on {url}", err=True)
+        token = check_token(web_token)
+        if web is None and (token is not None or wait):
+            raise ConfigError(f"{'--web-token' if token is not None else '--wait'}: applies only with --web HOST:PORT")
+        if web is not None:
+            host, port = parse_metrics_address(web, "--web")
+            inbox = Inbox(config)
+            page = LivePage(config, inbox.status)
+            server = WebServer(page, inbox, token)
+            url = server.start(host, port)
+            typer.echo(f"live page on {url}" + (" (keep the token: every request needs it)" if server.token else ""),
+                       err=True)
     except ConfigError as e:
+        if endpoint is not None:
+            endpoint.stop()
+        if server is not None:
+            server.stop()
         fail(str(e), EXIT_BAD_INPUT)
     # With --json, stdout carries summary.json alone: the live view and the summary table go to stderr.
     shown = sys.stderr if json_summary else sys.stdout
@@ -225,7 +251,8 @@ def run_command(
     if not quiet:
         live = RichLive(config, config.duration, shown) if shown.isatty() else PlainLive(shown, config.duration)
     result = None
-    shows = [show for show in (live.interval if live else None, endpoint.frame if endpoint else None) if show]
+    shows = [show for show in (live.interval if live else None, endpoint.frame if endpoint else None,
+                               page.add if page else None) if show]
 
     def on_interval(frame: Any) -> None:
         """Each merged second, to the live view and to the metrics endpoint."""
@@ -248,7 +275,7 @@ def run_command(
     try:
         result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval,
                      watch_pids=pids, on_interval=on_interval if shows else None, on_event=on_event,
-                     cluster=cluster, nodes=nodes)
+                     cluster=cluster, nodes=nodes, inbox=inbox, wait=wait)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RunError as e:
@@ -260,7 +287,11 @@ def run_command(
             live.close()
         if endpoint is not None and result is None:  # no run to show: stop serving now
             endpoint.stop()
+        if server is not None and result is None:
+            server.stop()
     assert result is not None
+    if page is not None:
+        page.stop(result)
     if endpoint is not None:
         endpoint.finish(result.stats)
     if quiet:
@@ -275,7 +306,27 @@ def run_command(
         sys.stdout.flush()
     if endpoint is not None:
         linger_for_scrape(endpoint, linger)
+    if server is not None:
+        linger_for_page(server)
     raise typer.Exit(result.exit_status)
+
+
+def linger_for_page(server: Any) -> None:
+    """While the live page is open, keep serving it (and the run's files it links to), at most
+    WEB_LINGER_S or until Ctrl-C; then stop serving."""
+    from loadtest.execution.web import WEB_LINGER_S
+
+    if server.watching:
+        typer.echo(f"live page: serving the finished run's page and files while it is open (at most "
+                   f"{WEB_LINGER_S:g} s; Ctrl-C to stop now)", err=True)
+        released = threading.Event()
+        previous = {s: signal.signal(s, lambda signum, frame: released.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.linger(WEB_LINGER_S, released)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    server.stop()
 
 
 def _positive_count(text: str, where: str) -> int:
@@ -402,7 +453,7 @@ def _serve(kind: str, listen: str, workers_text: Optional[str], upper: bool = Fa
            idle_timeout: Optional[str] = None, max_buffered: int = 0) -> None:
     from loadtest.model.config import (ConfigError, ServerSpec, check_ip, parse_address, parse_duration, parse_max_buffered,
                          parse_workers)
-    from loadtest.servers import ServerError, serve_foreground
+    from loadtest.execution.servers import ServerError, serve_foreground
 
     try:
         host, port = parse_address(listen, "--listen")

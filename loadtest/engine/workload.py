@@ -32,9 +32,10 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from gevent.pool import Pool
 
-from loadtest.execution.children import ParentLink
+from loadtest.engine.budget import Budget, Level
+from loadtest.model.link import ParentLink, raise_nofile_limit
+from loadtest.engine.kinds import worker_of
 from loadtest.model.kinds import kind_of
-from loadtest.execution.limits import raise_nofile_limit
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, ChangeLevel, Command, Done, EndLoad, Failed,
                                      PauseLoad, Ready, ResumeLoad, SnapshotSent, Stopping, WorkerExit, WorkerPlan)
 from loadtest.engine.protocols import Deadlines, Session
@@ -47,50 +48,6 @@ GRACE_POLL_S = 0.02  # how often the grace period looks for requests still in fl
 LEVEL_POLL_S = 0.1  # stages move the level this often
 MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
 START_WAIT_S = 120.0
-
-
-class Budget:
-    """The requests this worker may still start: a count, or unlimited, until stopped."""
-
-    __slots__ = ("left", "stopping", "end_ns")
-
-    def __init__(self, total: int | None) -> None:
-        self.left = -1 if total is None else total
-        self.stopping = False
-        self.end_ns = float("inf")  # the controller ended the load at this perf_counter_ns time (EndLoad)
-
-    def take(self) -> bool:
-        if self.stopping or self.left == 0:
-            return False
-        if self.left > 0:
-            self.left -= 1
-        return True
-
-    def give_back(self) -> None:
-        """Return a unit taken for a request that was never started (a counted budget only)."""
-        if self.left >= 0:
-            self.left += 1
-
-
-class Level:
-    """This worker's current level of a target: virtual users or connections (closed) or arrivals/s (open).
-
-    Stages move `value` (`ramp`) until the controller sets it (`held`): from then on the controller's value
-    stands. While `paused`, no request or arrival starts. `version` counts the controller's commands, so a
-    loop that sleeps on a schedule sees one; `grow` (closed model) spawns users up to a new level, and
-    `spawned` is how many there are.
-    """
-
-    __slots__ = ("value", "held", "paused", "version", "reported", "spawned", "grow")
-
-    def __init__(self, value: float, reported: bool = True, spawned: int = 1 << 30) -> None:
-        self.value = value
-        self.held = False
-        self.paused = False
-        self.version = 0
-        self.reported = reported  # the level goes into snapshots (staged, open or set by the controller)
-        self.spawned = spawned
-        self.grow: Callable[[int], None] | None = None
 
 
 def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int = 0,
@@ -319,7 +276,7 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting,
                    level if steered else None, phase)
         return level
-    drive = kind_of(target).driver(target, make)
+    drive = worker_of(kind_of(target)).driver(target, make)
     if drive is not None:  # one greenlet runs all this worker's users of the target
         level = (Level(worker_share(load.start, workers, k), reported=bool(load.stages) or steered)
                  if load.stages or steered else None)
@@ -392,7 +349,7 @@ def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> Non
     deadlines = Deadlines()
     budget = Budget(plan.requests)
     try:
-        factories = [kind_of(t).rows_session_factory(t, plan, recorders[i:], deadlines, budget)
+        factories = [worker_of(kind_of(t)).rows_session_factory(t, plan, recorders[i:], deadlines, budget)
                      for i, t in enumerate(targets)]
     except OSError as e:
         link.send(Failed(f"worker {plan.index} cannot resolve a target: {e}"))

@@ -32,10 +32,11 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Union
 
+from loadtest.core.schedule import level_at
 from loadtest.model.config import RunConfig
 from loadtest.model.kinds import kind_of
 from loadtest.model.messages import ChangeLevel, Command, EndLoad, PauseLoad, ResumeLoad
-from loadtest.core.schedule import level_at
+from loadtest.outputs.live_page import steerable_targets, target_model
 
 ORIGIN_API = "api"
 MAX_USERS = 100_000  # the most virtual users (or connections) a level change may ask of one target, in all
@@ -113,16 +114,6 @@ class RunStatus:
     stopped: dict[str, Any] | None = None  # who stopped the run, when, why (a Stop command)
     started: float | None = None  # wall clock, when the load started
     ended: float | None = None  # monotonic, when the load ended
-
-
-def target_model(target: Any) -> str:
-    """ "open" (arrivals per second) or "closed" (virtual users or connections)."""
-    return "open" if kind_of(target).load(target).arrival is not None else "closed"
-
-
-def steerable_targets(config: RunConfig) -> list[Any]:
-    """The targets a level change can name: those with load of their own (not a flow's step rows)."""
-    return [t for t in config.targets if kind_of(t).load(t).users > 0]
 
 
 def _number(value: Any, what: str) -> float:

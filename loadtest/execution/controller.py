@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import psutil
 
+from loadtest.core import exits
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import ConfigError, RunConfig
 from loadtest.execution.control import Inbox, Steering
@@ -130,8 +131,8 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
 
     `cluster` (or the config's `cluster:`, or DASK_SCHEDULER_ADDRESS) runs it on `nodes` Dask workers
     (default: all), `workers` per node (see loadtest.execution.cluster). `inbox` steers the running test (level
-    changes, pause, resume, stop: see loadtest.execution.control); with `wait` the load starts only when the inbox
-    gets Resume (or Stop). Raises RunError if it cannot start,
+    changes, pause, resume, stop: see loadtest.execution.control); with `wait` the load starts only when the
+    inbox gets Resume (or Stop). Raises RunError if it cannot start,
     KeyboardInterrupt if interrupted (Ctrl-C, SIGTERM) before the load started; an interrupt after
     that ends the run early, with its reports.
     """
@@ -213,7 +214,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     steering: Steering | None = None
     try:
         if config.servers:
-            from loadtest.servers import ServerError, ServerGroup
+            from loadtest.execution.servers import ServerError, ServerGroup
         try:
             for spec in config.servers:
                 interrupts.check()
@@ -301,7 +302,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     shortfalls = [] if interrupted or spent or (steering is not None and steering.paused_ever) else \
         connection_shortfalls(config, stats, set(steering.set) if steering is not None else set())
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
-    status = 3 if problems else (130 if interrupted else (1 if failed else 0))
+    status = exits.run_status(bool(problems), interrupted, failed)
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
                        shortfalls, cluster.summaries(states) if cluster is not None else [],

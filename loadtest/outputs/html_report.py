@@ -173,6 +173,7 @@ svg .axis{font-size:11px;fill:#6b7280}
 svg .empty{font-size:13px;fill:#9ca3af}
 svg .ref{stroke:#dc2626;stroke-width:1;stroke-dasharray:3 3;opacity:.6}
 svg .ref-label{font-size:10px;fill:#dc2626}
+svg .mark{stroke:#7c3aed;stroke-width:1.2;stroke-dasharray:4 3}
 pre{background:#f9fafb;border:1px solid var(--line);border-radius:8px;padding:12px;overflow:auto;font-size:12px;
 max-height:480px;margin:0;white-space:pre-wrap;word-break:break-word}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 14px;margin:0;font-size:13px}
@@ -438,8 +439,13 @@ def _over_time_section(run: RunFolder) -> str:
             names.insert(0, AGGREGATED)
     blocks = []
     end = _run_end(run)
+    changes = [c for c in run.summary.get("level_changes") or [] if isinstance(c, dict)]
     for name in names:
         h = history[name]
+        # Each level change (loadtest run --web, the control inbox) is a dashed line at its time.
+        marks = [(float(c.get("at_s") or 0.0), f"{c.get('target')}: {c.get('unit')} {_text(c.get('old'))} -> "
+                  f"{_text(c.get('new'))} ({c.get('origin')})") for c in changes
+                 if name in (AGGREGATED, c.get("target"))]
         rate = [Series("requests/s", h["rps"], "#2563eb", fill=True)]
         extra: list[str] = []
         if any(v for _, v in h["fps"]):
@@ -449,11 +455,23 @@ def _over_time_section(run: RunFolder) -> str:
         lat = [Series(k, h[k], PERCENTILE_COLORS[k]) for k in ("p99", "p95", "p50")]
         title = "All targets" if name == AGGREGATED else name
         blocks.append(f'<div class="target"><h3>{escape(title)}</h3><div class="grid2">'
-                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end)
-                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end,
+                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end,
+                                   marks=marks)
+                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end, marks=marks,
                                    extra=[] if any(x.points for x in lat) else ["no responses, so no latency"])
+                      + _level_chart(name, h, marks, end)
                       + "</div></div>")
     return "<section><h2>Over time</h2>" + "".join(blocks) + "</section>"
+
+
+def _level_chart(name: str, h: dict[str, list[Any]], marks: list[tuple[float, str]], end: float | None) -> str:
+    """A target's level each second (history.csv's Target Level: its users or rate), with its changes marked;
+    nothing for a target whose level never was reported (neither staged, open nor steered)."""
+    if name == AGGREGATED or not h.get("level"):
+        return ""
+    changed = ["dashed lines: level changes"] if marks else []
+    return time_chart("Level each second (users or rate)", [Series("level", h["level"], "#7c3aed")], "level",
+                      end=end, marks=marks, extra=changed)
 
 
 def _spectrum_section(run: RunFolder) -> str:

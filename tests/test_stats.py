@@ -10,6 +10,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from loadtest.core.stats import (
+    NOT_KEPT,
     HIGHEST_NS,
     PERCENTILES,
     LatencyHistogram,
@@ -264,8 +265,10 @@ def test_merging_a_long_run_keeps_no_histogram_beyond_the_totals_without_the_cyc
 
 
 def test_a_second_waiting_for_a_slow_worker_keeps_one_histogram_per_target() -> None:
-    """Seconds wait for the slowest worker; each keeps only its latency histogram (270 KB a target)."""
-    targets, pending = 20, 10
+    """Seconds wait for the slowest worker; each keeps only its latency histogram (270 KB a target), and an open
+    target's lateness and uncorrected latency once a worker sends them (a capacity search judges each step by
+    them)."""
+    targets, pending, open_targets = 20, 10, 5
     stats = RunStats([(f"t{i}", "GET") for i in range(targets)], 2)
     gc.collect()
     before = live_histograms()
@@ -273,16 +276,22 @@ def test_a_second_waiting_for_a_slow_worker_keeps_one_histogram_per_target() -> 
         recorders = [TargetRecorder(i) for i in range(targets)]
         for r in recorders:
             r.success(1_000_000, 100, 10, 100)
-            r.lateness.record(5_000)
+            if r.target < open_targets:
+                r.lateness.record(5_000)
+                r.uncorrected.record(995_000)
         stats.add(Snapshot(0, seq, seq, seq + 1.0, tuple(r.snapshot() for r in recorders)))
     del recorders, r
     gc.collect()
     kept = live_histograms() - before
     assert stats.ready_intervals() == []
-    assert kept == pending * targets, kept
+    assert kept == pending * (targets + 2 * open_targets), kept
     assert stats.totals[3].lateness.get_total_count() == pending  # the run's totals keep every histogram
-    second = stats.ready_intervals(flush=True)[0].targets[3]
-    assert second.latency.get_total_count() == 1 and second.lateness.get_total_count() == 0
+    seconds = stats.ready_intervals(flush=True)
+    second = seconds[0].targets[3]
+    assert second.latency.get_total_count() == 1 and second.lateness.get_total_count() == 1
+    assert second.uncorrected.get_total_count() == 1
+    closed = seconds[0].targets[open_targets]
+    assert closed.lateness is NOT_KEPT and closed.uncorrected is NOT_KEPT
 
 
 def test_the_merger_adds_snapshots_exactly_as_hdrhistogram_does() -> None:

@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from loadtest import __version__
+from loadtest.cli import capacity
 from loadtest.core import exits
 from loadtest.model.interrupts import EXIT_INTERRUPTED, check_interrupted, on_interrupt
 from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
@@ -528,4 +529,4 @@ def main() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
-from loadtest.cli import capacity as _capacity  # noqa: E402,F401 - registers `loadtest capacity` (its own module)
+capacity.register(app, _Command, _version_option, fail, _positive_count)  # `loadtest capacity`, in its own module

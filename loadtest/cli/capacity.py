@@ -1,6 +1,7 @@
 """`loadtest capacity URL|CONFIG --slo 'p99<50ms'`: parses the options and wires the search; nothing else.
 
-Registered on the app by `loadtest.cli.app` (which imports this module last).
+`loadtest.cli.app` registers it (`register`), handing over the app's own command class and helpers, so this
+module imports nothing from the app.
 """
 
 from __future__ import annotations
@@ -8,19 +9,19 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
-from loadtest.cli.app import (EXIT_BAD_INPUT, EXIT_RUN_FAILED, _Command, _positive_count, _version_option, app, fail)
-from loadtest.model.interrupts import EXIT_INTERRUPTED, check_interrupted
+from loadtest.core import exits
+from loadtest.model.interrupts import check_interrupted
 
 CAPACITY_EXIT_CODES = (
-    "Exit status: 0 a capacity was found (limited by the target or by --max-rate, or a lower bound where the "
-    "generator limited the search, which the verdict says); 1 even the first step (--start) missed the SLO; "
-    f"{EXIT_BAD_INPUT} bad input (an SLO that does not parse, a config with closed-model targets only, --max-rate "
-    f"below --start); {EXIT_RUN_FAILED} the run failed; {EXIT_INTERRUPTED} interrupted (the steps so far are "
-    "written).")
+    f"Exit status: {exits.OK} a capacity was found (limited by the target or by --max-rate, or a lower bound where "
+    f"the generator limited the search, which the verdict says); {exits.FAILED} even the first step (--start) missed "
+    f"the SLO; {exits.BAD_INPUT} bad input (an SLO that does not parse, a config with closed-model targets only, "
+    f"--max-rate below --start); {exits.RUN_FAILED} the run failed; {exits.INTERRUPTED} interrupted (the steps so "
+    "far are written).")
 CAPACITY_EXAMPLES = """Examples: loadtest capacity http://127.0.0.1:8080/ --slo 'p99<50ms';
 loadtest capacity configs/sites.yaml --slo 'p99<20ms' --slo 'errors<1%' --start 100 --max-rate 20000."""
 
@@ -49,99 +50,103 @@ def _precision(text: str) -> float:
     return value
 
 
-@app.command("capacity", cls=_Command, epilog=f"{CAPACITY_EXAMPLES}\n\n{CAPACITY_EXIT_CODES}")
-def capacity_command(
-    target: str = typer.Argument(..., metavar="URL|CONFIG",
-                                 help="A URL (one open-model target) or a config with open-model or paced tcp targets."),
-    slo: list[str] = typer.Option([], "--slo", metavar="SLO",
-                                  help="What must hold at each rate: p50/p90/p95/p99/p99.9/max in ms or s, or "
-                                       "errors in % (p99<50ms, errors<1%); repeatable, all must hold."),
-    start: str = typer.Option("10", "--start", metavar="R", help="The first step's rate, per second in all."),
-    max_rate: Optional[str] = typer.Option(None, "--max-rate", metavar="R",
-                                           help="Search no higher than this rate (default: no bound)."),
-    step: str = typer.Option("10s", "--step", metavar="DURATION", help="How long each step holds its rate."),
-    warmup: str = typer.Option("2s", "--warmup", metavar="DURATION",
-                               help="The start of each step left out of its judgement."),
-    precision: str = typer.Option("5%", "--precision", metavar="PERCENT",
-                                  help="Bisect until the lowest missed rate is within this of the highest met one."),
-    workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
-                                               help="Worker processes (default: one per core)."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS",
-                                          help="Run on the nodes of this Dask scheduler, or on local:N nodes."),
-    nodes_text: Optional[str] = typer.Option(None, "--nodes", metavar="N", help="With --cluster: use N of its nodes."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Write the run folder exactly here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Let --out name a folder that holds a run's files."),
-    json_out: bool = typer.Option(False, "--json", help="Print capacity.json on stdout (the steps go to stderr)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No step lines; only the verdict."),
-    version: bool = _version_option(),
-) -> None:
-    """Find the highest open-model rate the target sustains within the SLO: steps of rising rate, bracketed by
-    doubling, bisected to --precision, the answer held once more."""
-    from loadtest.core.capacity import SloError, parse_slo
-    from loadtest.execution.capacity_run import CapacityPlan, check_plan, rated_targets, run_capacity, step_line
-    from loadtest.execution.controller import RunError, run
-    from loadtest.model.config import ConfigError, load_config, parse_duration, parse_workers
-    from loadtest.model.quick import OneLine, is_url, one_line_config
+def register(app: typer.Typer, command_class: type, version_option: Callable[[], Any], fail: Callable[[str, int], None],
+             positive_count: Callable[[str, str], int]) -> None:
+    """Add `loadtest capacity` to `app`, with the app's command class, --version option and error exit."""
 
-    check_interrupted()
-    try:
-        workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
-        nodes = _positive_count(nodes_text, "--nodes") if nodes_text is not None else None
-        if out is not None and not out.strip():
-            raise ConfigError("--out: must be a folder path, got ''")
-        first = _rate(start, "--start")
-        highest = _rate(max_rate, "--max-rate") if max_rate is not None else None
-        step_s = parse_duration(step, "--step")
-        warmup_s = parse_duration(warmup, "--warmup") if warmup.strip() not in ("0", "0s") else 0.0
-        fraction = _precision(precision)
-        if is_url(target):
-            config = one_line_config(OneLine(target, rate=start, duration="1s"))
-        else:
-            config = load_config(target, defaults={"duration": "1s"})  # the search sets the run's length
-        names = [t.name for t in config.targets]
-        slos = tuple(parse_slo(text, names) for text in slo)
-        rated, paces, unit = rated_targets(config)
-        plan = CapacityPlan(slos, first, highest, step_s, warmup_s, fraction, tuple(rated), paces, unit)
-        check_plan(plan)
-    except (ConfigError, SloError) as e:
-        fail(str(e), EXIT_BAD_INPUT)
-    shown = sys.stderr if json_out else sys.stdout
+    @app.command("capacity", cls=command_class, epilog=f"{CAPACITY_EXAMPLES}\n\n{CAPACITY_EXIT_CODES}")
+    def capacity_command(
+        target: str = typer.Argument(..., metavar="URL|CONFIG",
+                                     help="A URL (one open-model target) or a config with open-model or paced tcp targets."),
+        slo: list[str] = typer.Option([], "--slo", metavar="SLO",
+                                      help="What must hold at each rate: p50/p90/p95/p99/p99.9/max in ms or s, or "
+                                           "errors in % (p99<50ms, errors<1%); repeatable, all must hold."),
+        start: str = typer.Option("10", "--start", metavar="R", help="The first step's rate, per second in all."),
+        max_rate: Optional[str] = typer.Option(None, "--max-rate", metavar="R",
+                                               help="Search no higher than this rate (default: no bound)."),
+        step: str = typer.Option("10s", "--step", metavar="DURATION", help="How long each step holds its rate."),
+        warmup: str = typer.Option("2s", "--warmup", metavar="DURATION",
+                                   help="The start of each step left out of its judgement."),
+        precision: str = typer.Option("5%", "--precision", metavar="PERCENT",
+                                      help="Bisect until the lowest missed rate is within this of the highest met one."),
+        workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
+                                                   help="Worker processes (default: one per core)."),
+        cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS",
+                                              help="Run on the nodes of this Dask scheduler, or on local:N nodes."),
+        nodes_text: Optional[str] = typer.Option(None, "--nodes", metavar="N", help="With --cluster: use N of its nodes."),
+        out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Write the run folder exactly here."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Let --out name a folder that holds a run's files."),
+        json_out: bool = typer.Option(False, "--json", help="Print capacity.json on stdout (the steps go to stderr)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No step lines; only the verdict."),
+        version: bool = version_option(),
+    ) -> None:
+        """Find the highest open-model rate the target sustains within the SLO: steps of rising rate, bracketed by
+        doubling, bisected to --precision, the answer held once more."""
+        from loadtest.core.capacity import SloError, parse_slo
+        from loadtest.execution.capacity_run import CapacityPlan, check_plan, rated_targets, run_capacity, step_line
+        from loadtest.execution.controller import RunError, run
+        from loadtest.model.config import ConfigError, load_config, parse_duration, parse_workers
+        from loadtest.model.quick import OneLine, is_url, one_line_config
 
-    def on_step(number: int, result: Any) -> None:
+        check_interrupted()
+        try:
+            workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
+            nodes = positive_count(nodes_text, "--nodes") if nodes_text is not None else None
+            if out is not None and not out.strip():
+                raise ConfigError("--out: must be a folder path, got ''")
+            first = _rate(start, "--start")
+            highest = _rate(max_rate, "--max-rate") if max_rate is not None else None
+            step_s = parse_duration(step, "--step")
+            warmup_s = parse_duration(warmup, "--warmup") if warmup.strip() not in ("0", "0s") else 0.0
+            fraction = _precision(precision)
+            if is_url(target):
+                config = one_line_config(OneLine(target, rate=start, duration="1s"))
+            else:
+                config = load_config(target, defaults={"duration": "1s"})  # the search sets the run's length
+            names = [t.name for t in config.targets]
+            slos = tuple(parse_slo(text, names) for text in slo)
+            rated, paces, unit = rated_targets(config)
+            plan = CapacityPlan(slos, first, highest, step_s, warmup_s, fraction, tuple(rated), paces, unit)
+            check_plan(plan)
+        except (ConfigError, SloError) as e:
+            fail(str(e), exits.BAD_INPUT)
+        shown = sys.stderr if json_out else sys.stdout
+
+        def on_step(number: int, result: Any) -> None:
+            if not quiet:
+                shown.write(step_line(number, result) + "\n")
+                shown.flush()
+
+        def on_event(text: str) -> None:
+            if text.startswith("error:"):
+                typer.echo(f"loadtest: {text}", err=True)
+            elif not quiet and (text.startswith(("warning:", "capacity:")) or "listening on" in text):
+                shown.write(text + "\n")
+                shown.flush()
+
+        check_interrupted()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # run() counts them while it runs (as `loadtest run` does)
         if not quiet:
-            shown.write(step_line(number, result) + "\n")
+            shown.write(f"capacity search: {' and '.join(s.text for s in plan.slos)}; from {plan.start:g}/s"
+                        f"{f' up to {plan.max_rate:g}/s' if plan.max_rate else ''}, steps of {plan.step_s:g} s\n")
             shown.flush()
-
-    def on_event(text: str) -> None:
-        if text.startswith("error:"):
-            typer.echo(f"loadtest: {text}", err=True)
-        elif not quiet and (text.startswith(("warning:", "capacity:")) or "listening on" in text):
-            shown.write(text + "\n")
-            shown.flush()
-
-    check_interrupted()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)  # run() counts them while it runs (as `loadtest run` does)
-    if not quiet:
-        shown.write(f"capacity search: {' and '.join(s.text for s in plan.slos)}; from {plan.start:g}/s"
-                    f"{f' up to {plan.max_rate:g}/s' if plan.max_rate else ''}, steps of {plan.step_s:g} s\n")
+        try:
+            outcome = run_capacity(config, plan, run, on_step, on_event, workers=workers, out_dir=out,
+                                   overwrite=overwrite, cluster=cluster, nodes=nodes)
+        except ConfigError as e:
+            fail(str(e), exits.BAD_INPUT)
+        except RunError as e:
+            fail(f"the run failed: {e}", exits.RUN_FAILED)
+        except KeyboardInterrupt:
+            fail("interrupted before the load started; no reports written", exits.INTERRUPTED)
+        for problem in outcome.run.problems:
+            typer.echo(f"problem: {problem}", err=True)
+        if json_out:
+            sys.stdout.write(json.dumps(outcome.document, indent=2) + "\n")
+            sys.stdout.flush()
+        if not quiet:
+            shown.write(f"reports in {outcome.run.run_dir}\n")
+        shown.write(outcome.sentence + "\n")
         shown.flush()
-    try:
-        outcome = run_capacity(config, plan, run, on_step, on_event, workers=workers, out_dir=out,
-                               overwrite=overwrite, cluster=cluster, nodes=nodes)
-    except ConfigError as e:
-        fail(str(e), EXIT_BAD_INPUT)
-    except RunError as e:
-        fail(f"the run failed: {e}", EXIT_RUN_FAILED)
-    except KeyboardInterrupt:
-        fail("interrupted before the load started; no reports written", EXIT_INTERRUPTED)
-    for problem in outcome.run.problems:
-        typer.echo(f"problem: {problem}", err=True)
-    if json_out:
-        sys.stdout.write(json.dumps(outcome.document, indent=2) + "\n")
-        sys.stdout.flush()
-    if not quiet:
-        shown.write(f"reports in {outcome.run.run_dir}\n")
-    shown.write(outcome.sentence + "\n")
-    shown.flush()
-    raise typer.Exit(outcome.exit_status)
+        raise typer.Exit(outcome.exit_status)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass, field, replace
 
+from loadtest.core import exits
 from loadtest.core.stats import TargetTotals, counts_at_or_below, percentiles_ns
 from loadtest.core.thresholds import Threshold, ThresholdError, check, failed_count, parse_threshold
 from loadtest.core.verdicts import WORKER_SATURATED_PERCENT
@@ -408,8 +409,8 @@ def verdict_sentence(result: SearchResult, slo_texts: Sequence[str], steps: Sequ
 
 
 def exit_status(result: SearchResult) -> int:
-    """0: a capacity was found (a generator-limited lower bound included); 1: none was."""
-    return 0 if result.max_rate > 0 else 1
+    """OK: a capacity was found (a generator-limited lower bound included); FAILED: none was."""
+    return exits.OK if result.max_rate > 0 else exits.FAILED
 
 
 def step_seconds(step_s: float, warmup_s: float) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from loadtest.core.capacity import (DEFAULT_PRECISION, DEFAULT_STEP_S, DEFAULT_WARMUP_S, MAX_STEPS, CapacitySearch,
                                     SearchResult, StepResult, exit_status, step_seconds, verdict_sentence)
+from loadtest.core import exits
 from loadtest.core.schedule import peak_level
 from loadtest.core.thresholds import Threshold
 from loadtest.execution.capacity_driver import DRAIN_MOST_STEPS, CapacityDriver, RatedTarget
@@ -144,7 +145,7 @@ def run_capacity(config: RunConfig, plan: CapacityPlan, run: Callable[..., RunRe
                  on_step: Callable[[int, StepResult], None] = lambda n, step: None,
                  on_event: Callable[[str], None] | None = None, **run_options: Any) -> CapacityOutcome:
     """Search `config`'s capacity within `plan.slos`, in one run (`run` is the controller's), and write its files."""
-    from loadtest.outputs.capacity_report import capacity_document, write_capacity_files
+    from loadtest.outputs.capacity_files import capacity_document, write_capacity_files
     from loadtest.outputs.html_report import write_html_report
 
     check_plan(plan)
@@ -188,9 +189,9 @@ def run_capacity(config: RunConfig, plan: CapacityPlan, run: Callable[..., RunRe
         write_html_report(Path(result.run_dir))
     except Exception as e:  # noqa: BLE001 - the files stand without the page, as after any run
         result.problems.append(f"report.html could not be written: {type(e).__name__}: {e}")
-    status = result.exit_status if result.exit_status in (3, 130) else exit_status(answer)
-    if not search.done and status == 0 and not result.interrupted:
-        status = 3  # the run ended under the search (a worker lost, the duration bound): no answer to stand on
+    status = result.exit_status if result.exit_status in (exits.RUN_FAILED, exits.INTERRUPTED) else exit_status(answer)
+    if not search.done and status == exits.OK and not result.interrupted:
+        status = exits.RUN_FAILED  # the run ended under the search (the duration bound): no answer to stand on
     return CapacityOutcome(answer, steps, sentence, status, result, document)
 
 

@@ -1,10 +1,8 @@
-"""A capacity search's files and its part of report.html.
+"""A capacity search's part of report.html, from its run folder's capacity.json alone (as the rest of the page).
 
-capacity.json holds the answer and every step (`run_files.CAPACITY_KEYS`,
-`CAPACITY_STEP_KEYS`); capacity.csv one row per step, in the same columns.
-The report's section draws latency against rate, with the knee (the rate
-found) and each latency SLO marked, from capacity.json alone, like the rest
-of the page.
+The section draws latency against rate, with the knee (the rate found) and
+each latency SLO marked, and lists every step. `capacity_files` writes the
+files it reads.
 """
 
 from __future__ import annotations
@@ -12,41 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from html import escape
-from pathlib import Path
 from typing import Any
 
-from loadtest.core.capacity import SearchResult, StepResult, rate_text
-from loadtest.core.run_files import CAPACITY_CSV_NAME, CAPACITY_KEYS, CAPACITY_NAME, CAPACITY_STEP_KEYS
-from loadtest.core.thresholds import Threshold
-from loadtest.outputs.reports import csv_text, write_atomic
+from loadtest.core.capacity import rate_text
+from loadtest.core.run_files import CAPACITY_NAME
 from loadtest.outputs.run_folder import RunFolder, as_float
 from loadtest.outputs.svg_chart import FAILURE_COLOR, PERCENTILE_COLORS, Series, chart_svg, figure, linear_scale, log_scale
 
 LOG_Y_RATIO = 30.0  # latencies spanning more than this get a log axis (an overloaded step dwarfs the rest)
 KNEE_COLOR = "#16a34a"
-
-
-def capacity_document(result: SearchResult, slos: Sequence[Threshold], steps: Sequence[StepResult]) -> dict[str, Any]:
-    """capacity.json's content."""
-    document = {"max_rate": round(result.max_rate, 3), "limited_by": result.limited_by,
-                "slo": [s.text for s in slos], "steps": [s.as_dict() for s in steps]}
-    assert tuple(document) == CAPACITY_KEYS
-    return document
-
-
-def write_capacity_files(run_dir: Path, document: dict[str, Any]) -> None:
-    """capacity.json and capacity.csv into the run folder."""
-    write_atomic(run_dir / CAPACITY_NAME, json.dumps(document, indent=2) + "\n")
-    rows = [[_cell(step.get(k)) for k in CAPACITY_STEP_KEYS] for step in document["steps"]]
-    write_atomic(run_dir / CAPACITY_CSV_NAME, csv_text(list(CAPACITY_STEP_KEYS), rows))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def read_capacity(run: RunFolder) -> dict[str, Any] | None:

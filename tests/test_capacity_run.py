@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from loadtest.cli.app import app
 from loadtest.core.run_files import CAPACITY_KEYS, CAPACITY_STEP_KEYS
 
 KNOWN_CAPACITY = 200.0  # requests per second the test server answers, at most
@@ -140,16 +142,19 @@ targets:
 """
 
 
-def test_several_targets_flows_and_paced_tcp_scale_together(tmp_path: Path) -> None:
+def test_several_targets_flows_and_paced_tcp_scale_together_on_cluster_nodes(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="the test extra installs dask[distributed]")
     (tmp_path / "several.yaml").write_text(SEVERAL)
     out = tmp_path / "run"
     done = capacity("several.yaml", "--slo", "p99<200ms", "--start", "100", "--max-rate", "200", "--step", "2s",
-                    "--warmup", "0s", "--workers", "1", "--out", str(out), cwd=tmp_path)
+                    "--warmup", "0s", "--cluster", "local:2", "--workers", "1", "--out", str(out), cwd=tmp_path,
+                    timeout=120)
     assert done.returncode == 0, done.stderr + done.stdout
     answer = json.loads((out / "capacity.json").read_text())
     assert (answer["max_rate"], answer["limited_by"]) == (200.0, "max-rate"), done.stdout
-    assert [s["rate"] for s in answer["steps"]] == [100.0, 200.0, 200.0]
-    assert all(s["met"] for s in answer["steps"])
+    # 100/s, then 200/s held and held again (a step missed or not delivered on a busy machine is held again too)
+    assert list(dict.fromkeys(s["rate"] for s in answer["steps"])) == [100.0, 200.0]
+    assert [(s["rate"], s["met"]) for s in answer["steps"][-2:]] == [(200.0, True)] * 2
     assert "the --max-rate, held within p99<200ms" in done.stdout.splitlines()[-1]
     # Each target's level moved in proportion to its own rate (20 : 60 : 20 : 100 of 200): the open ones' rates,
     # the paced tcp target's connections (each keeps its pace, 10 messages/s).
@@ -157,6 +162,10 @@ def test_several_targets_flows_and_paced_tcp_scale_together(tmp_path: Path) -> N
     first = {c["target"]: (c["unit"], c["old"], c["new"]) for c in changes[:4]}
     assert first == {"home": ("rate", 10.0, 20.0), "bytes": ("rate", 30.0, 60.0), "journey": ("rate", 10.0, 20.0),
                      "paced": ("users", 5.0, 10.0)}
+    # Both nodes' workers followed every level (the achieved rate is the asked one) and sent their share.
+    assert all(abs(s["achieved_rate"] - s["rate"]) <= 0.05 * s["rate"] for s in answer["steps"] if s["met"])
+    workers = read_csv(out / "workers.csv")
+    assert len(workers) == 2 and all(int(w["Requests"]) > 0 for w in workers)
     stats = {r["Name"]: r for r in read_csv(out / "stats.csv")}
     assert int(stats["journey"]["Request Count"]) * 2 == sum(int(stats[f"journey/{s}"]["Request Count"])
                                                               for s in ("one", "two"))
@@ -172,12 +181,12 @@ def test_several_targets_flows_and_paced_tcp_scale_together(tmp_path: Path) -> N
     ([], "--slo: give at least one"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
-    done = capacity("http://127.0.0.1:9/", *args, cwd=tmp_path, timeout=30)
-    assert done.returncode == 2 and done.stdout == ""
+    done = CliRunner().invoke(app, ["capacity", "http://127.0.0.1:9/", *args])  # in-process: nothing runs
+    assert done.exit_code == 2 and done.stdout == ""
     assert done.stderr.startswith("loadtest: ") and says in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_a_closed_model_only_config_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "closed.yaml").write_text("targets:\n  - {url: 'http://127.0.0.1:9/', concurrency: 5}\n")
-    done = capacity("closed.yaml", "--slo", "p99<5ms", cwd=tmp_path, timeout=30)
-    assert done.returncode == 2 and "closed-model targets only" in done.stderr and done.stderr.count("\n") == 1
+    done = CliRunner().invoke(app, ["capacity", str(tmp_path / "closed.yaml"), "--slo", "p99<5ms"])
+    assert done.exit_code == 2 and "closed-model targets only" in done.stderr and done.stderr.count("\n") == 1

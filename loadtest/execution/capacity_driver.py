@@ -72,7 +72,8 @@ class CapacityDriver:
         self._drain_rate = 0.0
         self._window: list[TargetTotals] = []
         self._seconds = 0.0
-        self._arrivals = 0
+        self._arrivals = 0  # open targets' arrivals started in the judged seconds
+        self._messages = 0  # paced targets' messages ended in them
         self._cpu: dict[str, list[float]] = {}
         self._cap = False
 
@@ -88,7 +89,7 @@ class CapacityDriver:
         if not draining:
             self._rate = rate
             self._window = [TargetTotals(name=n, type=t) for n, t in self.rows]
-            self._seconds, self._arrivals, self._cpu, self._cap = 0.0, 0, {}, False
+            self._seconds, self._arrivals, self._messages, self._cpu, self._cap = 0.0, 0, 0, {}, False
 
     def add(self, frame: Any) -> None:
         """One merged second of the run (a `run_result.Frame`)."""
@@ -119,6 +120,8 @@ class CapacityDriver:
             part = interval.targets[t.index]
             if t.counts_arrivals:
                 self._arrivals += part.lateness.get_total_count()
+            else:
+                self._messages += part.requests
             if t.cap is not None and part.users >= CAP_SHARE * t.cap:
                 self._cap = True
         for k, value in enumerate(cpu):
@@ -126,10 +129,11 @@ class CapacityDriver:
                 self._cpu.setdefault(worker_role(k), []).append(value)
 
     def _figures(self) -> StepFigures:
-        counted = all(t.counts_arrivals for t in self.rated)
+        opened = [t for t in self.rated if t.counts_arrivals]
         return StepFigures(
             rate=self.asked(self._rate), seconds=self._seconds, targets=self._window, aggregated=aggregate(self._window),
-            arrivals=self._arrivals if counted else None,
+            arrivals=self._arrivals if opened else None, open_rate=self._rate * sum(t.share for t in opened),
+            delivered=self._arrivals + self._messages,
             cpu={k: sum(v) / len(v) for k, v in self._cpu.items() if v}, cap_reached=self._cap)
 
     def _end_step(self, figures: StepFigures, early: str, elapsed: float) -> None:

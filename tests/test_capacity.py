@@ -245,3 +245,62 @@ def test_the_verdict_is_one_sentence_for_each_ending() -> None:
 def test_a_step_is_the_mixed_second_then_the_warm_up_then_judged_seconds(step: float, warmup: float,
                                                                            expected: tuple[int, int]) -> None:
     assert step_seconds(step, warmup) == expected
+
+
+# -- the step driver, on simulated seconds ---------------------------------------------------------------------
+
+class FifoSeconds:
+    """Seconds of a simulated FIFO target of `capacity`/s: a backlog grows by (rate - capacity) a second; the
+    second in which the rate changes is poisoned (10 s latencies), so a driver that judged it would miss."""
+
+    def __init__(self, capacity: float, start: float) -> None:
+        self.capacity, self.rate, self.backlog, self.seq = capacity, start, 0.0, 0
+        self.changed = True  # the run's first second: workers starting
+        self.rates: list[float] = []
+        self.stopped = False
+
+    def set_rate(self, rate: float) -> None:
+        self.rate, self.changed = rate, True
+        self.rates.append(rate)
+
+    def frame(self) -> object:
+        from types import SimpleNamespace
+
+        from loadtest.core.stats import Interval
+
+        n = int(round(self.rate))
+        self.backlog = max(0.0, self.backlog + self.rate - self.capacity)
+        late_ms = 10_000.0 if self.changed else 2.0 + self.backlog / self.capacity * 1000
+        second = totals([late_ms] * n, lateness_ms=[0.1] * n, uncorrected_ms=[late_ms] * n)
+        self.changed = False
+        interval = Interval(self.seq, float(self.seq), self.seq + 1.0, [second])
+        self.seq += 1
+        return SimpleNamespace(interval=interval, stats=SimpleNamespace(elapsed=float(self.seq)),
+                               worker_cpu=[20.0, 25.0], machine_cpu=50.0)
+
+
+def test_the_driver_judges_whole_seconds_after_each_change_and_drains_after_a_miss() -> None:
+    from loadtest.execution.capacity_driver import CapacityDriver, RatedTarget
+
+    target = FifoSeconds(100.0, 20.0)
+    search = CapacitySearch(20.0, precision=0.05)
+    steps: list[tuple[int, object]] = []
+    driver = CapacityDriver([parse_slo("p99<50ms")], [("home", "GET")], [RatedTarget(0, "home", 1.0, cap=5000)],
+                            search, warm=1, judged=3, set_rate=target.set_rate,
+                            stop=lambda: setattr(target, "stopped", True), on_step=lambda n, s: steps.append((n, s)))
+    driver.start()
+    for _ in range(300):
+        if target.stopped:
+            break
+        driver.add(target.frame())
+    assert target.stopped and search.done
+    result = search.result()
+    assert result.limited_by == LIMITED_TARGET and 100 / 1.05 <= result.max_rate <= 100
+    assert all(s.met == (s.rate <= 100) for _, s in steps)  # the poisoned seconds were never judged
+    assert [n for n, _ in steps] == list(range(1, len(steps) + 1))
+    assert steps[0][1].generator_cpu == 25.0 and steps[0][1].achieved_rate == 20.0
+    # after the first miss (at 160/s, held again) the rate drops to half the highest met (80/s) to drain
+    first_miss = next(k for k, (_, s) in enumerate(steps) if not s.met)
+    assert steps[first_miss][1].rate == 160.0 and 40.0 in target.rates
+    # a hopeless step ends as soon as its miss is certain: before its judged seconds are up
+    assert any("ended early" in s.why for _, s in steps if s.rate >= 160)

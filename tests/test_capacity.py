@@ -286,7 +286,7 @@ def test_the_driver_judges_whole_seconds_after_each_change_and_drains_after_a_mi
     search = CapacitySearch(20.0, precision=0.05)
     steps: list[tuple[int, object]] = []
     driver = CapacityDriver([parse_slo("p99<50ms")], [("home", "GET")], [RatedTarget(0, "home", 1.0, cap=5000)],
-                            search, warm=1, judged=3, set_rate=target.set_rate,
+                            search, warm=0, judged=3, set_rate=target.set_rate,
                             stop=lambda: setattr(target, "stopped", True), on_step=lambda n, s: steps.append((n, s)))
     driver.start()
     for _ in range(300):

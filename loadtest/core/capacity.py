@@ -2,19 +2,22 @@
 
 `loadtest capacity` holds open-model rates in steps and finds the highest one a
 target sustains within an SLO. This module decides, from figures it is given;
-it has no clock, no sockets and no processes (the step driver in
-`loadtest.capacity_driver` feeds it each step's merged histograms).
+it has no clock, no sockets and no processes (the step driver,
+`loadtest.execution.capacity_driver`, feeds it each step's merged histograms).
 
-- An SLO is a threshold (`loadtest.thresholds`) that bounds a latency
+- An SLO is a threshold (`loadtest.core.thresholds`) that bounds a latency
   percentile or `max` (us, ms or s) or the error rate (`errors<1%`) from above.
 - `judge_step` says whether a step met every SLO, missed one, or could not be
-  judged because the generator itself did not deliver the load (arrivals
-  dropped or late while the target had room, or a worker's CPU saturated): a
-  generator-limited step is never taken for an SLO miss.
+  judged because the generator itself did not deliver the load: a worker's
+  CPU saturated, arrivals dropped or started short of the asked rate while
+  the target had room (requests in flight below max_concurrency), or a miss
+  that late sends made while the target's own latency (from the actual sends)
+  met the SLO. A generator-limited step is never taken for an SLO miss.
 - `CapacitySearch` brackets the knee by multiplying the rate from `start`
   (doubling), bisects between the highest met and the lowest missed rate
   until they are within `precision`, then holds the found rate once more to
-  confirm it.
+  confirm it. A missed step is held again before it is believed, a
+  generator-limited one up to twice.
 """
 
 from __future__ import annotations
@@ -168,7 +171,7 @@ def delivery_failure(figures: StepFigures) -> str:
         return ""
     dropped = sum(t.dropped for t in figures.targets)
     if dropped:
-        return f"{dropped:,} arrivals dropped (could not start within 1 s of their time)"
+        return f"{dropped:,} arrival{'s' if dropped != 1 else ''} dropped (could not start within 1 s of their time)"
     asked = figures.open_rate if figures.open_rate is not None else figures.rate
     if figures.arrivals is not None and figures.arrival_rate < asked * (1 - SHORT_DELIVERY):
         return f"arrivals started at {figures.arrival_rate:,.1f}/s of {asked:,.1f}/s asked"

@@ -181,7 +181,10 @@ def run_capacity(config: RunConfig, plan: CapacityPlan, run: Callable[..., RunRe
     sentence = verdict_sentence(answer, [s.text for s in plan.slos], steps, plan.unit)
     if driver.stopped_why:
         sentence = sentence[:-1] + f" (the search ended early: {driver.stopped_why})."
-    elif not search.done and not result.interrupted:
+    elif result.interrupted:
+        sentence = (f"Interrupted after {len(steps)} step{'s' if len(steps) != 1 else ''}: the search did not end; "
+                    f"the highest rate met so far is {answer.max_rate:,.1f}/s ({plan.unit}).")
+    elif not search.done:
         sentence = sentence[:-1] + " (the run ended before the search did)."
     document = capacity_document(answer, plan.slos, steps)
     write_capacity_files(Path(result.run_dir), document)

@@ -67,13 +67,15 @@ def capacity_section(run: RunFolder) -> str:
     if max_rate > 0:
         series.append(Series(f"knee: {rate_text(max_rate)} ({limited}-limited)", [(max_rate, y.lo), (max_rate, y.hi)],
                              KNEE_COLOR, dashed=True))
-    missed = [(as_float(s["rate"]) or 0.0, as_float(s.get("p99_ms")) or y.lo) for s in ordered if not s.get("met")]
-    if missed:
-        series.append(Series("missed or not judged (p99)", missed, FAILURE_COLOR, dashed=True, width=0.8))
+    # each step that did not meet the SLO: a dot of its own at its p99 (a one-point series is drawn as a dot)
+    dots = [Series(f"{s.get('rate')}/s: {s.get('why') or 'not met'}", [(as_float(s["rate"]) or 0.0,
+                                                                         as_float(s.get("p99_ms")) or y.lo)],
+                   FAILURE_COLOR) for s in ordered if not s.get("met")]
     xs = [p[0] for s in series for p in s.points]
-    svg = chart_svg("Latency against rate", series, linear_scale(xs), y, x_title="rate asked, per second",
+    svg = chart_svg("Latency against rate", [*series, *dots], linear_scale(xs), y, x_title="rate asked, per second",
                     y_title="latency, ms" + (" (log scale)" if use_log else ""), refs=refs)
-    chart = figure("Latency against rate", series, svg)
+    chart = figure("Latency against rate", series, svg,
+                   extra=["red dots: steps that missed the SLO or that the generator did not deliver"] if dots else [])
     rows = "".join(
         f'<tr><td>{k}</td><td>{escape(_fmt(s.get("rate")))}</td><td>{escape(_fmt(s.get("achieved_rate")))}</td>'
         f'<td>{escape(_fmt(s.get("p50_ms"), 3))}</td><td>{escape(_fmt(s.get("p99_ms"), 3))}</td>'

@@ -10,16 +10,13 @@ import csv
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
 from loadtest.execution.control import Inbox, Pause, Resume, SetLevel, Stop
 from loadtest.execution.controller import run
 from loadtest.model.config import parse_config
 from loadtest.model.run_result import Frame, RunResult
 
 
-def steered_run(tmp_path: Path, config: dict[str, Any], at: dict[int, list[Any]], workers: int = 2,
-                **options: Any) -> RunResult:
+def steered_run(tmp_path: Path, config: dict[str, Any], at: dict[int, list[Any]], workers: int = 2) -> RunResult:
     """Run `config`, posting the commands of `at[n]` once the n-th merged second is in (from on_interval)."""
     parsed = parse_config({"name": "steered", "workers": workers,
                            "servers": [{"name": "site", "kind": "http", "listen": "127.0.0.1:0", "workers": 1},
@@ -33,7 +30,7 @@ def steered_run(tmp_path: Path, config: dict[str, Any], at: dict[int, list[Any]]
         for command in at.get(seconds[0], []):
             inbox.post(command)
 
-    return run(parsed, out_dir=tmp_path / "r", inbox=inbox, on_interval=on_interval, **options)
+    return run(parsed, out_dir=tmp_path / "r", inbox=inbox, on_interval=on_interval)
 
 
 def history(result: RunResult, name: str) -> list[dict[str, str]]:
@@ -89,20 +86,3 @@ def test_stop_from_the_inbox_ends_the_run_as_its_duration_would(tmp_path: Path) 
     assert result.stopped == {"origin": "capacity", "at_s": result.stopped["at_s"], "reason": "enough"}
     assert result.stats.aggregated().failure_count == 0  # the 300 ms requests in flight finished, none cancelled
     assert result.stats.elapsed < 5
-
-
-def test_on_a_cluster_a_level_and_a_pause_reach_every_node(tmp_path: Path) -> None:
-    pytest.importorskip("distributed", reason="the test extra installs dask[distributed]")
-    result = steered_run(tmp_path, {"duration": "8s", "targets": [
-        {"name": "open", "url": "http://{site}/", "rate": 20},
-    ]}, at={1: [SetLevel("open", rate=200)], 3: [Pause()], 5: [Resume()]}, workers=1, cluster="local:2")
-    assert result.exit_status == 0, result.problems
-    assert [n["ended"] for n in result.nodes] == ["ok", "ok"]
-    # Each node's worker sent its half of the new rate, stopped while paused, and sent again after.
-    per_worker = result.stats.worker_requests
-    assert len(per_worker) == 2 and min(per_worker) > 0.4 * max(per_worker)
-    sent = column(history(result, "open"), "Interval Requests")
-    assert max(sent) >= 150  # 200/s in all: both nodes followed (one alone would send 100/s)
-    assert 0 in sent[3:6]
-    assert sent[-2] >= 150
-    assert sum(column(history(result, "open"), "Dropped")) == 0

@@ -251,3 +251,28 @@ def test_wait_holds_the_run_until_resume(tmp_path: Path) -> None:
         assert 70 <= open_["requests"] <= 110  # 50/s for 2 s, not the config's 20/s
     finally:
         web.kill()
+
+
+def test_on_a_cluster_a_level_and_a_pause_reach_every_node(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="the test extra installs dask[distributed]")
+    web = WebRun(tmp_path, "--cluster", "local:2", duration="9s", rate=20, workers=1)
+    try:
+        web.wait_for(lambda d: d["state"] == "running" and d["elapsed_s"] >= 1, timeout=30)
+        assert web.call("POST", "/api/targets/open", {"rate": 200})[0] == 200
+        time.sleep(2.5)
+        assert web.call("POST", "/api/pause")[0] == 200
+        time.sleep(2.5)
+        assert web.call("POST", "/api/resume")[0] == 200
+        code, out, err = web.finish(timeout=60)
+        assert code == 0, err
+    finally:
+        web.kill()
+    summary = web.summary()
+    assert [n["ended"] for n in summary["nodes"]] == ["ok", "ok"]
+    requests = [w["requests"] for w in summary["workers"] if w["role"].startswith("node-")]
+    assert len(requests) == 2 and min(requests) > 0.4 * max(requests)  # each node's worker sent its half
+    with open(web.dir / "history.csv", newline="") as f:
+        sent = [int(r["Interval Requests"]) for r in csv.DictReader(f) if r["Name"] == "open"]
+    assert max(sent) >= 150  # 200/s in all: both nodes followed (one alone would send 100/s)
+    assert 0 in sent  # paused on both nodes
+    assert sent[-2] >= 150  # resumed on both

@@ -39,7 +39,7 @@ from loadtest.model.kinds import kind_of
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, ChangeLevel, Command, Done, EndLoad, Failed,
                                      PauseLoad, Ready, ResumeLoad, SnapshotSent, Stopping, WorkerExit, WorkerPlan)
 from loadtest.engine.protocols import Deadlines, Session
-from loadtest.core.schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share, zero_until
+from loadtest.core.schedule import ArrivalSchedule, Stage, level_at, stages_duration, zero_until
 from loadtest.core.stats import Snapshot, TargetRecorder
 
 SNAPSHOT_INTERVAL_S = 1.0
@@ -251,16 +251,16 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
     load = kind_of(target).load(target)
     steered = plan.steered and load.users > 0  # a flow's step rows have no load of their own
     if load.arrival is not None:  # arrivals on a schedule (open model), `load.start` per second
-        level = Level(load.start / workers)
+        level = Level(plan.rate_share(load.start))
         now_ns = time.perf_counter_ns()
         start_ns = now_ns - int((time.monotonic() - t0) * 1e9)  # t0 on the perf_counter clock
         until_ns = start_ns + plan.duration * 1e9 if plan.duration else float("inf")
         stages, rate = load.stages, load.start
         if stages:
-            pool.spawn(ramp, level, stages, rate, t0, lambda total: total / workers, budget)
+            pool.spawn(ramp, level, stages, rate, t0, plan.rate_share, budget)
 
         def rate_at(t: int) -> float:
-            return level.value if level.held else level_at(stages, rate, (t - start_ns) / 1e9) / workers
+            return level.value if level.held else plan.rate_share(level_at(stages, rate, (t - start_ns) / 1e9))
 
         def quiet_until(t: int) -> float:
             return float("inf") if level.held else start_ns + zero_until(stages, rate, (t - start_ns) / 1e9) * 1e9
@@ -278,11 +278,10 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         return level
     drive = worker_of(kind_of(target)).driver(target, make)
     if drive is not None:  # one greenlet runs all this worker's users of the target
-        level = (Level(worker_share(load.start, workers, k), reported=bool(load.stages) or steered)
+        level = (Level(plan.share(load.start), reported=bool(load.stages) or steered)
                  if load.stages or steered else None)
         if load.stages and level is not None:
-            pool.spawn(ramp, level, load.stages, load.start, t0, lambda total: worker_share(total, workers, k),
-                       budget)
+            pool.spawn(ramp, level, load.stages, load.start, t0, plan.share, budget)
         else:
             recorder.users = share
         pool.spawn(drive, pool, share, level)
@@ -292,10 +291,9 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         for _ in range(share):
             pool.spawn(virtual_user, make, budget, think=load.think)
         return None
-    level = Level(worker_share(load.start, workers, k), reported=bool(load.stages) or steered, spawned=share)
+    level = Level(plan.share(load.start), reported=bool(load.stages) or steered, spawned=share)
     if load.stages:
-        pool.spawn(ramp, level, load.stages, load.start, t0, lambda total: worker_share(total, workers, k),
-                   budget)
+        pool.spawn(ramp, level, load.stages, load.start, t0, plan.share, budget)
     for index in range(share):
         pool.spawn(virtual_user, make, budget, index, level, load.think)
 
@@ -320,9 +318,9 @@ def apply_command(command: Command, plan: WorkerPlan, levels: list[Level | None]
             return False
         target = plan.config.targets[command.target]
         if kind_of(target).load(target).arrival is not None:
-            level.value = command.level / plan.workers
+            level.value = plan.rate_share(command.level)
         else:
-            level.value = worker_share(command.level, plan.workers, plan.index)
+            level.value = plan.share(command.level)
             if level.grow is not None:
                 level.grow(int(level.value))
         level.held = level.reported = True

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
 from loadtest.model.config import RunConfig
+from loadtest.core.schedule import worker_share
 from loadtest.core.stats import Snapshot
 
 GRACEFUL_STOP_S = 2.0  # a worker's in-flight requests may finish this long after the deadline
@@ -47,6 +48,14 @@ class WorkerPlan:
     duration: float | None  # seconds
     steered: bool = False  # the run has a control inbox: levels may change and the load may pause
     wait_for_start: bool = False  # the start may be held (--wait): no time limit on waiting for it
+
+    def share(self, total: float) -> int:
+        """This worker's whole part of `total` users (a staged level as it moves), as the plan split the peak."""
+        return worker_share(total, self.workers, self.index)
+
+    def rate_share(self, total: float) -> float:
+        """This worker's part of `total` arrivals (or messages) per second."""
+        return total / self.workers
 
 
 @dataclass(frozen=True)

@@ -33,16 +33,8 @@ from loadtest.core.run_files import (
     WorkerSummary,
 )
 from loadtest.outputs.capacity_report import capacity_section
-from loadtest.outputs.run_folder import (
-    RunFolder,
-    as_float,
-    downsample,
-    history_series,
-    load_run,
-    mean_of,
-    spectra,
-    write_page,
-)
+from loadtest.outputs.run_folder import RunFolder, as_float, load_run, write_page
+from loadtest.outputs.series import downsample, history_series, mean_of, spectra
 from loadtest.outputs.run_folder import (
     RunFolderError as RunFolderError,  # re-exported: callers catch it from here
 )

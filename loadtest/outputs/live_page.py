@@ -23,6 +23,7 @@ from loadtest.core.stats import TargetTotals, aggregate
 from loadtest.model.config import RunConfig
 from loadtest.model.kinds import kind_of
 from loadtest.model.run_result import Frame, RunResult
+from loadtest.outputs.base import Output, RunStarted
 from loadtest.outputs.reports import stopped_text
 
 MAX_POINTS = 3600  # seconds of chart data kept (an hour); older seconds are dropped
@@ -60,7 +61,7 @@ def _point(second: TargetTotals, length: float) -> dict[str, Any]:
             "p50": p50, "p90": p90, "p99": p99}
 
 
-class LivePage:
+class LivePage(Output):
     """The run as the page and the API show it: fed each merged second by the controller, read by HTTP threads.
 
     `add` never blocks on a reader: it builds the new figures and swaps them in under a lock held for a
@@ -92,7 +93,7 @@ class LivePage:
 
     # -- the output side (the controller's thread) -------------------------------------------------
 
-    def start(self, plan: Any = None) -> None:
+    def start(self, run: RunStarted) -> None:
         pass
 
     def add(self, frame: Frame) -> None:
@@ -125,8 +126,11 @@ class LivePage:
             self.version += 1
             self._changed.notify_all()
 
-    def stop(self, result: RunResult) -> None:
-        """The run has ended and its reports are written: the page links to them."""
+    def stop(self, result: RunResult | None) -> None:
+        """The run has ended and its reports are written (the controller stops the report files' output
+        first): the page links to them. None: the run failed before it had any."""
+        if result is None:
+            return
         files = [name for name in RUN_FILES if (result.run_dir / name).is_file()]
         with self._lock:
             self.run_dir = result.run_dir

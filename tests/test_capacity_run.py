@@ -162,8 +162,9 @@ def test_several_targets_flows_and_paced_tcp_scale_together_on_cluster_nodes(tmp
     first = {c["target"]: (c["unit"], c["old"], c["new"]) for c in changes[:4]}
     assert first == {"home": ("rate", 10.0, 20.0), "bytes": ("rate", 30.0, 60.0), "journey": ("rate", 10.0, 20.0),
                      "paced": ("users", 5.0, 10.0)}
-    # Both nodes' workers followed every level (the achieved rate is the asked one) and sent their share.
-    assert all(abs(s["achieved_rate"] - s["rate"]) <= 0.05 * s["rate"] for s in answer["steps"] if s["met"])
+    # Both nodes' workers followed every level and sent their share: a node left at the old level would deliver
+    # 75% of 200/s (a paced connection whose reply comes late sends its next message late: hence 15%, not 5%).
+    assert all(abs(s["achieved_rate"] - s["rate"]) <= 0.15 * s["rate"] for s in answer["steps"] if s["met"])
     workers = read_csv(out / "workers.csv")
     assert len(workers) == 2 and all(int(w["Requests"]) > 0 for w in workers)
     stats = {r["Name"]: r for r in read_csv(out / "stats.csv")}

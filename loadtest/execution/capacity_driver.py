@@ -26,6 +26,7 @@ from typing import Any
 from loadtest.core.capacity import (GENERATOR, MET, MISSED, CAP_SHARE, CapacitySearch, StepFigures, StepResult, certain_miss,
                        judge_step)
 from loadtest.execution.resources import worker_role
+from loadtest.outputs.base import Output, RunStarted
 from loadtest.core.stats import TargetTotals, aggregate
 from loadtest.core.thresholds import Threshold, check
 
@@ -47,8 +48,9 @@ class RatedTarget:
     counts_arrivals: bool = True  # its lateness histogram counts the arrivals started (open model)
 
 
-class CapacityDriver:
-    """Holds each step's rate, judges it from the merged seconds, and asks the search for the next."""
+class CapacityDriver(Output):
+    """Holds each step's rate, judges it from the merged seconds, and asks the search for the next: an output of
+    the run it steers (`start` as the load starts, `add` each merged second)."""
 
     def __init__(self, slos: Sequence[Threshold], rows: Sequence[tuple[str, str]], rated: Sequence[RatedTarget],
                  search: CapacitySearch, warm: int, judged: int, set_rate: Callable[[float], None],
@@ -60,7 +62,7 @@ class CapacityDriver:
         self.rows = list(rows)  # each target's (name, row type): a flow's own row is left out of Aggregated
         self.names = [name for name, _ in self.rows]
         self.warm, self.judged = warm, judged
-        self.set_rate, self.stop, self.on_step, self.on_event = set_rate, stop, on_step, on_event
+        self.set_rate, self.end_run, self.on_step, self.on_event = set_rate, stop, on_step, on_event
         self.asked = asked
         self.steps: list[StepResult] = []
         self.over = False
@@ -77,7 +79,7 @@ class CapacityDriver:
         self._cpu: dict[str, list[float]] = {}
         self._cap = False
 
-    def start(self) -> None:
+    def start(self, run: RunStarted | None = None) -> None:
         """The run starts at the first step's rate (its config says so); its first second (connections opening,
         workers starting) is left out as a change's would be."""
         self._begin(self._rate, 0.0, post=False)
@@ -173,7 +175,7 @@ class CapacityDriver:
 
     def _finish(self) -> None:
         self.over = True
-        self.stop()
+        self.end_run()
 
 
 __all__ = ["CapacityDriver", "RatedTarget", "GENERATOR", "MET", "MISSED"]

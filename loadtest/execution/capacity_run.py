@@ -31,7 +31,7 @@ from loadtest.execution.capacity_driver import DRAIN_MOST_STEPS, CapacityDriver,
 from loadtest.execution.control import Inbox, SetLevel, Stop
 from loadtest.model.config import ConfigError, RunConfig
 from loadtest.model.kinds import kind_of
-from loadtest.model.run_result import Frame, RunResult
+from loadtest.model.run_result import RunResult
 
 ORIGIN = "capacity"
 SLACK_S = 60.0  # the run's own duration bounds the search: its most steps and drains, and this much more
@@ -167,15 +167,9 @@ def run_capacity(config: RunConfig, plan: CapacityPlan, run: Callable[..., RunRe
     rows = [(t.name, kind_of(t).row_type(t)) for t in steered.targets]
     driver = CapacityDriver(plan.slos, rows, plan.rated, search, warm, judged, set_rate, stop, on_step,
                             on_event or (lambda text: None), asked=lambda rate: asked_rate(plan, rate))
-    driver.start()
-    user_interval = run_options.pop("on_interval", None)
-
-    def on_interval(frame: Frame) -> None:
-        driver.add(frame)
-        if user_interval is not None:
-            user_interval(frame)
-
-    result = run(steered, inbox=inbox, on_interval=on_interval, on_event=on_event, **run_options)
+    driver.start()  # (the run starts it again as its load starts: the same first step)
+    outputs = [driver, *run_options.pop("outputs", ())]
+    result = run(steered, inbox=inbox, outputs=outputs, on_event=on_event, **run_options)
     answer = search.result()
     steps = driver.steps
     sentence = verdict_sentence(answer, [s.text for s in plan.slos], steps, plan.unit)

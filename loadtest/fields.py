@@ -374,7 +374,9 @@ def stages(value: Any) -> tuple[Stage, ...]:
 Stages = Annotated[tuple[Stage, ...], BeforeValidator(stages), WithJsonSchema({
     "type": "array", "minItems": 1, "description": "ramps of the level, as k6's stages",
     "items": {"type": "object", "additionalProperties": False, "required": ["duration", "target"],
-              "properties": {"duration": DURATION_SCHEMA, "target": {"type": "number", "minimum": 0}}}})]
+              "properties": {"duration": {**DURATION_SCHEMA, "description": "how long this stage lasts"},
+                             "target": {"type": "number", "minimum": 0, "description": "the level at the stage's end: "
+                                        "users, arrivals (or passes) per second, or connections"}}}})]
 
 
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
@@ -406,7 +408,9 @@ def _schema_extra(schema: dict[str, Any], model: Any) -> None:
 class ConfigModel(BaseModel):
     """A mapping in the config: unknown fields refused (first, naming the known ones), values frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_schema_extra)
+    # A docstring under a field is its description, in the JSON Schema and the generated config reference.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_schema_extra,
+                              use_attribute_docstrings=True)
 
     @model_validator(mode="before")
     @classmethod

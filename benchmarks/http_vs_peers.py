@@ -115,7 +115,7 @@ class Target:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.name = "nginx (1 worker process)"
         else:
-            from loadtest.config import ServerSpec
+            from loadtest.model.config import ServerSpec
             from loadtest.servers import ServerGroup
 
             self.group = ServerGroup.start(ServerSpec("bench", "http", "127.0.0.1", self.port, 1))

@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from loadtest.config import ServerSpec
+from loadtest.model.config import ServerSpec
 from loadtest.servers import ServerGroup
 
 MESSAGE_SIZE = 1024

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from loadtest.config import ServerSpec
+from loadtest.model.config import ServerSpec
 from loadtest.servers import ServerGroup
 
 TIMEOUT = 5.0

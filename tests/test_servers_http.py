@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from loadtest.config import ConfigError, ServerSpec, parse_config
+from loadtest.model.config import ConfigError, ServerSpec, parse_config
 from loadtest.servers import ServerError, ServerGroup, serve_foreground, sites
 
 TIMEOUT = 5.0

@@ -1,12 +1,12 @@
 """A group of server processes for one `ServerSpec`, sharing one port with SO_REUSEPORT.
 
 The processes are started, handshaken, watched and stopped by
-`loadtest.children.ChildGroup` (spawned, patched first, then the server code
+`loadtest.execution.children.ChildGroup` (spawned, patched first, then the server code
 imported: the caller is never patched). Counts live in shared
 memory, one slot per process, written by the process as it serves: `served()`
 reads them at any time, `stop()` after the processes have ended.
 
-A server process ignores Ctrl-C and SIGTERM (see `loadtest.children`): they
+A server process ignores Ctrl-C and SIGTERM (see `loadtest.execution.children`): they
 reach the whole process group, and during a run the servers must outlive the
 workers' last requests. It stops when the group closes its end of the
 process's lifeline pipe; a parent that dies, however it dies, closes it too.
@@ -32,8 +32,8 @@ import sys
 import threading
 from typing import Any, Callable, Self, TextIO
 
-from loadtest.children import KILL_TIMEOUT_S, ChildExited, ChildFailed, ChildGroup, ReadyTimeout
-from loadtest.config import ServerSpec
+from loadtest.execution.children import KILL_TIMEOUT_S, ChildExited, ChildFailed, ChildGroup, ReadyTimeout
+from loadtest.model.config import ServerSpec
 from loadtest.servers.routes import ROUTE_NAMES
 
 DEFAULT_START_TIMEOUT_S = 15.0

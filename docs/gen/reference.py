@@ -26,13 +26,13 @@ from typing import Any, Callable, Iterator
 # Where each source of truth lives. The package is moving into layered subpackages: when a module moves,
 # this table is the one place to change.
 SOURCES = {
-    "cli": "loadtest.cli",  # the typer `app`
-    "config": "loadtest.config",  # config_schema(), RunConfigModel, ServerModel
-    "kinds": "loadtest.kinds",  # MODELS: each target kind's config model
-    "fields": "loadtest.fields",  # DURATION_PATTERN
-    "run_files": "loadtest.run_files",  # the run folder's contract
-    "exits": "loadtest.cli",  # EXIT_* and EXIT_CODES, the exit statuses with their meanings
-    "interrupts": "loadtest.interrupts",  # EXIT_INTERRUPTED
+    "cli": "loadtest.cli.app",  # the typer `app`
+    "config": "loadtest.model.config",  # config_schema(), RunConfigModel, ServerModel
+    "kinds": "loadtest.model.kinds",  # MODELS: each target kind's config model
+    "fields": "loadtest.model.fields",  # DURATION_PATTERN
+    "run_files": "loadtest.core.run_files",  # the run folder's contract
+    "exits": "loadtest.cli.app",  # EXIT_* and EXIT_CODES, the exit statuses with their meanings
+    "interrupts": "loadtest.model.interrupts",  # EXIT_INTERRUPTED
 }
 
 
@@ -115,9 +115,10 @@ def config_page() -> str:
            "`loadtest schema` prints). A field's description is the model's own. A default of — means the "
            "field is left out unless given; its description says what that does. Durations are written with "
            "a unit: `250ms`, `10s`, `2m`, `1h`.", ""]
-    out += _model_section("The run", "run", schema, config.RunConfigModel, schema)
-    for name, sub in schema["$defs"].items():
-        out += _model_section(_model_title(name), name, sub, models[name], schema)
+    out += _model_section("The run", schema, config.RunConfigModel, schema)
+    # the servers, then the target kinds in the registry's order
+    for name in sorted(schema["$defs"], key=lambda n: (n != "ServerModel", list(models).index(n))):
+        out += _model_section(_model_title(name), schema["$defs"][name], models[name], schema)
     return "\n".join(out)
 
 
@@ -130,7 +131,7 @@ def _model_title(name: str) -> str:
     return " ".join(words) + " (`targets[]`)"
 
 
-def _model_section(title: str, anchor: str, node: dict[str, Any], model: Any, root: dict[str, Any]) -> list[str]:
+def _model_section(title: str, node: dict[str, Any], model: Any, root: dict[str, Any]) -> list[str]:
     doc = _text(node.get("description") or (model.__doc__ or "").strip())
     out = [f"## {title}", "", doc, "", "| field | type | default | description |", "|---|---|---|---|"]
     required = set(node.get("required", []))

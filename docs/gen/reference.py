@@ -94,8 +94,11 @@ def _epilog(text: str) -> str:
     for block in text.split("\n\n"):
         flat = " ".join(block.split())
         if flat.startswith("Examples:"):
-            parts.append("Examples:\n\n" + "\n".join(f"    {e.strip().rstrip('.')}"
-                                                      for e in flat.removeprefix("Examples:").split(";")))
+            examples = []
+            for example in flat.removeprefix("Examples:").split(";"):
+                command, _, note = example.strip().rstrip(".").partition(" (")
+                examples.append(f"- `{command}`" + (f" ({note}" if note else ""))
+            parts.append("Examples:\n\n" + "\n".join(examples))
         elif flat.startswith("Exit status:"):
             parts.append("Exit status: see [Exit codes](exit-codes.md).")
         else:

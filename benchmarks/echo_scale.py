@@ -185,7 +185,7 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
 
     from loadtest.model.config import ServerSpec, parse_config
     from loadtest.execution.controller import run
-    from loadtest.servers import ServerGroup
+    from loadtest.execution.servers import ServerGroup
 
     pace = f"at {rate:,.0f} messages/s in all" if rate else "back to back"
     print(f"({name}) {connections:,} connections, {size} B messages {pace}, 1 worker, 1 echo process, {seconds:g} s")

@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 
 from loadtest.model.config import ServerSpec
-from loadtest.servers import ServerGroup
+from loadtest.execution.servers import ServerGroup
 
 MESSAGE_SIZE = 1024
 ECHO_CONNECTIONS = 100

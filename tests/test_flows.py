@@ -20,7 +20,7 @@ from loadtest.model.flows.steps import FlowError, parse_steps
 from loadtest.engine.flows.target import flow_factory
 from loadtest.model.flows.template import Context, MissingValue, TemplateError, compile_json, compile_template
 from loadtest.engine.protocols import Deadlines
-from loadtest.servers import ServerGroup
+from loadtest.execution.servers import ServerGroup
 from loadtest.core.stats import TargetRecorder
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from loadtest.model.config import ServerSpec
-from loadtest.servers import ServerGroup
+from loadtest.execution.servers import ServerGroup
 
 TIMEOUT = 5.0
 MANY = 2000

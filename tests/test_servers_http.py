@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from loadtest.model.config import ConfigError, ServerSpec, parse_config
-from loadtest.servers import ServerError, ServerGroup, serve_foreground, sites
+from loadtest.execution.servers import ServerError, ServerGroup, serve_foreground
+from loadtest.servers import sites
 
 TIMEOUT = 5.0
 

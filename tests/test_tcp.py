@@ -22,7 +22,7 @@ import pytest
 from loadtest.model.config import ServerSpec, TcpTarget, parse_config
 from loadtest.execution.controller import RunResult, run
 from loadtest.engine.protocols.tcp import ConnectPacer, TcpSession, tcp_session_factory
-from loadtest.servers import ServerGroup
+from loadtest.execution.servers import ServerGroup
 from loadtest.core.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer

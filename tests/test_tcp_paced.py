@@ -20,7 +20,7 @@ from gevent.pool import Pool
 from loadtest.model.config import ServerSpec
 from loadtest.engine.protocols import Deadlines
 from loadtest.engine.protocols.tcp_paced import PacedTcp
-from loadtest.servers import ServerGroup
+from loadtest.execution.servers import ServerGroup
 from loadtest.core.stats import TargetRecorder, decode_histogram
 from loadtest.engine.workload import Budget, Level
 

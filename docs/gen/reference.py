@@ -31,8 +31,7 @@ SOURCES = {
     "kinds": "loadtest.model.kinds",  # MODELS: each target kind's config model
     "fields": "loadtest.model.fields",  # DURATION_PATTERN
     "run_files": "loadtest.core.run_files",  # the run folder's contract
-    "exits": "loadtest.cli.app",  # EXIT_* and EXIT_CODES, the exit statuses with their meanings
-    "interrupts": "loadtest.model.interrupts",  # EXIT_INTERRUPTED
+    "exits": "loadtest.core.exits",  # TABLE: the exit statuses with their meanings
 }
 
 
@@ -283,28 +282,16 @@ def _keys(keys: Any) -> str:
 
 # -- exit codes ----------------------------------------------------------------------------------------------
 
-def exit_codes() -> list[tuple[int, str]]:
-    """The exit statuses and their meanings, from the table the command line prints in its help."""
-    exits = source("exits")
-    statuses = {int(getattr(exits, n)) for n in dir(exits) if n.startswith("EXIT_") and n != "EXIT_CODES"}
-    statuses.add(int(source("interrupts").EXIT_INTERRUPTED))
-    rows = []
-    for line in " ".join(exits.EXIT_CODES.removeprefix("Exit status:").split()).split(";"):
-        match = re.fullmatch(r"\s*(\d+) (.+?)\.?\s*", line)
-        if match is None:
-            raise ValueError(f"the exit status table has a line that does not read 'N meaning': {line!r}")
-        rows.append((int(match.group(1)), match.group(2)))
-    if {s for s, _ in rows} != statuses:
-        raise ValueError(f"the exit status table names {sorted(s for s, _ in rows)}, the constants "
-                         f"{sorted(statuses)}")
-    return rows
+def exit_codes() -> list[tuple[int, str, str]]:
+    """The exit statuses, their names and meanings, from their one table."""
+    return [(status.code, status.name, status.meaning) for status in source("exits").TABLE]
 
 
 def exit_codes_page() -> str:
     out = ["# Exit codes", "",
-           "Generated from the one table the command line prints in `loadtest --help`. Every command uses "
-           "these statuses; CI can gate on them.", "", "| status | meaning |", "|---|---|"]
-    out += [f"| {status} | {_cell(meaning)} |" for status, meaning in exit_codes()]
+           "Generated from the one table of exit statuses, which the code and `loadtest --help` read too. "
+           "Every command uses these statuses; CI can gate on them.", "", "| status | name | meaning |", "|---|---|---|"]
+    out += [f"| {status} | {name} | {_cell(meaning)} |" for status, name, meaning in exit_codes()]
     out += ["", "`loadtest compare` exits 0 when nothing got worse beyond the tolerance and the runs' noise, 1 when "
                 "something did or a target of the first run is missing from the second, and 2 on bad input. "
                 "`loadtest report` exits 0 when it wrote the page and 2 on bad input. More on what counts as a "

@@ -413,3 +413,13 @@ def counts_at_or_below(hist: HdrHistogram, bounds_ns: Sequence[int]) -> list[int
     cumulative = np.concatenate(([0], np.cumsum(counts_view(hist))))
     below = np.searchsorted(_bucket_tables()[1], list(bounds_ns), side="right")  # buckets wholly at or below
     return [int(v) for v in cumulative[below]]
+
+
+def latency_summary(hist: Any) -> dict[str, float]:
+    """Percentiles and moments of a latency histogram, in milliseconds."""
+    if not hist.get_total_count():
+        return {}
+    out = {f"p{p:g}": round(v / 1e6, 6) for p, v in zip(PERCENTILES, percentiles_ns(hist))}
+    out.update(mean=round(mean_ns(hist) / 1e6, 6), min=round(min_ns(hist) / 1e6, 6),
+               max=round(hist.get_max_value() / 1e6, 6))
+    return out

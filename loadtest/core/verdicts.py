@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from loadtest.execution.resources import MACHINE_ROLE, Sample, worker_role
+from loadtest.core.samples import MACHINE_ROLE, Sample, worker_role
 
 WORKER_SATURATED_PERCENT = 90.0  # of one core; above it, for ...
 MACHINE_SATURATED_PERCENT = 95.0  # averaged over all cores; at or above it, for ...

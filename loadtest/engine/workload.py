@@ -23,9 +23,10 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from gevent.pool import Pool
 
-from loadtest.execution.children import ParentLink
+from loadtest.engine.budget import Budget, Level
+from loadtest.model.link import ParentLink, raise_nofile_limit
+from loadtest.engine.kinds import worker_of
 from loadtest.model.kinds import kind_of
-from loadtest.execution.limits import raise_nofile_limit
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit,
                        WorkerPlan)
 from loadtest.engine.protocols import Deadlines, Session
@@ -38,37 +39,6 @@ GRACE_POLL_S = 0.02  # how often the grace period looks for requests still in fl
 LEVEL_POLL_S = 0.1  # stages move the level this often
 MAX_LATENESS_S = 1.0  # an open-model arrival that cannot start this soon after its time is dropped
 START_WAIT_S = 120.0
-
-
-class Budget:
-    """The requests this worker may still start: a count, or unlimited, until stopped."""
-
-    __slots__ = ("left", "stopping")
-
-    def __init__(self, total: int | None) -> None:
-        self.left = -1 if total is None else total
-        self.stopping = False
-
-    def take(self) -> bool:
-        if self.stopping or self.left == 0:
-            return False
-        if self.left > 0:
-            self.left -= 1
-        return True
-
-    def give_back(self) -> None:
-        """Return a unit taken for a request that was never started (a counted budget only)."""
-        if self.left >= 0:
-            self.left += 1
-
-
-class Level:
-    """This worker's current level of a staged target: virtual users (closed) or arrivals/s (open)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: float) -> None:
-        self.value = value
 
 
 def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int = 0,
@@ -262,7 +232,7 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         unsent.append(waiting)
         pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting)
         return level
-    drive = kind_of(target).driver(target, make)
+    drive = worker_of(kind_of(target)).driver(target, make)
     if drive is not None:  # one greenlet runs all this worker's users of the target
         level = Level(worker_share(load.start, workers, k)) if load.stages else None
         if level is not None:
@@ -298,7 +268,7 @@ def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> Non
     deadlines = Deadlines()
     budget = Budget(plan.requests)
     try:
-        factories = [kind_of(t).rows_session_factory(t, plan, recorders[i:], deadlines, budget)
+        factories = [worker_of(kind_of(t)).rows_session_factory(t, plan, recorders[i:], deadlines, budget)
                      for i, t in enumerate(targets)]
     except OSError as e:
         link.send(Failed(f"worker {plan.index} cannot resolve a target: {e}"))

@@ -50,6 +50,7 @@ from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from loadtest.model.link import ParentLink
 from loadtest.model.messages import Failed, Ready, StartMessage
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)  # the signals a child leaves to its parent
@@ -85,30 +86,6 @@ class ReadyTimeout(NotReady):
     def __init__(self, waiting: int, total: int, timeout: float) -> None:
         super().__init__(f"{waiting} of {total} processes were not ready within {timeout:g} s")
         self.waiting, self.total, self.timeout = waiting, total, timeout
-
-
-class ParentLink:
-    """A child's side of its parent: the pipe it reports on and the lifeline that tells it to stop."""
-
-    def __init__(self, conn: Connection, lifeline: Connection) -> None:
-        self._conn, self._lifeline = conn, lifeline
-
-    def send(self, message: object) -> None:
-        """One message to the parent (a class of `loadtest.model.messages`)."""
-        self._conn.send(message)
-
-    def gone(self) -> bool:
-        """True once the parent closed the lifeline to stop this child, or is gone itself (a poll, no wait)."""
-        return self._lifeline.poll(0)
-
-    def wait_gone(self) -> None:
-        """Block this greenlet (not the process) until `gone()` would be true."""
-        from gevent.socket import wait_read  # only ever called in a patched child
-
-        wait_read(self._lifeline.fileno())
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 @contextmanager
@@ -164,9 +141,8 @@ def _ignore_interrupts() -> None:
 def _child_main(entry: str, conn: Connection, lifeline: Connection, args: tuple[Any, ...]) -> None:
     """Every child's process entry: leave signals to the parent, patch, then import and run `entry`."""
     _ignore_interrupts()  # before the heavy imports: a Ctrl-C during them is no traceback
-    from gevent import monkey
-
-    monkey.patch_all()
+    # Named, not imported, like every child entry: the parent process imports no gevent (import-linter holds it).
+    importlib.import_module("gevent.monkey").patch_all()
     module, _, name = entry.partition(":")
     function = getattr(importlib.import_module(module), name)
     try:

@@ -18,10 +18,11 @@ import time
 from datetime import datetime
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import psutil
 
+from loadtest.core import exits
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import ConfigError, RunConfig
 from loadtest.model.fields import ADDRESS_ENV
@@ -30,7 +31,9 @@ from loadtest.execution.limits import auto_workers, check_limits
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, WORKER_ENTRY, Done, Failed, Ready, SnapshotSent, Stopping,
                        WorkerMessage, WorkerPlan)
 from loadtest.execution.monitor import RunMonitor
-from loadtest.outputs.reports import HistoryWriter, write_reports
+from loadtest.outputs.base import Callbacks, Output, RunStarted, WithEvents
+from loadtest.outputs.history import HistoryOutput
+from loadtest.outputs.reports import ReportsOutput
 from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
 from loadtest.model.run_result import Frame, RunError, RunResult, WorkerState
 from loadtest.outputs.run_folder import RunFolderError, make_run_folder, release_run_folder
@@ -96,6 +99,34 @@ class _Interrupts:
             signal.signal(signum, handler)
 
 
+class _Outputs:
+    """The run's outputs, fed in their order: started once, each interval added, stopped once."""
+
+    def __init__(self, outputs: Sequence[Output]) -> None:
+        self.outputs = list(outputs)
+        self._stopped = False
+
+    def start(self, run: RunStarted) -> None:
+        for output in self.outputs:
+            output.start(run)
+
+    def add(self, frame: Frame) -> None:
+        for output in self.outputs:
+            output.add(frame)
+
+    def event(self, text: str) -> None:
+        for output in self.outputs:
+            if isinstance(output, WithEvents):
+                output.event(text)
+
+    def stop(self, result: RunResult | None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for output in self.outputs:
+            output.stop(result)
+
+
 def check_writable(run_dir: Path, where: str) -> None:
     """Raise ConfigError unless the report folder can be made: its nearest existing parent is a writable folder."""
     ancestor = run_dir.absolute()
@@ -120,11 +151,15 @@ def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: 
 
 
 def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
-        overwrite: bool = False, on_interval: Callable[[Frame], None] | None = None,
+        overwrite: bool = False, outputs: Sequence[Output] = (), on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = (),
         cluster: str | None = None, nodes: int | None = None) -> RunResult:
     """Run a load test as configured and write its reports.
+
+    The run's own outputs (history.csv; the report files at the end) come first, then `outputs` in
+    their order, then `on_interval` / `on_event` for a library caller who wants just those. Every
+    output is stopped once, with the result or with None if the run failed before it had one.
 
     `cluster` (or the config's `cluster:`, or DASK_SCHEDULER_ADDRESS) runs it on `nodes` Dask workers
     (default: all), `workers` per node (see loadtest.execution.cluster). Raises RunError if it cannot start,
@@ -134,6 +169,8 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     interrupts = _Interrupts()
     interrupts.install()
     nodes_cluster = None
+    fed = _Outputs([HistoryOutput(), ReportsOutput(config), *outputs, Callbacks(on_interval, on_event)])
+    result: RunResult | None = None
     try:
         count = workers or config.workers or auto_workers(config)  # a cluster's nodes: each its own cores
         if nodes is not None and cluster is None and not config.cluster:
@@ -151,7 +188,6 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         for pid in watched:
             if not psutil.pid_exists(pid):
                 raise ConfigError(f"monitor: there is no process {pid} to watch (from monitor: or --watch-pid)")
-        event = on_event or (lambda text: None)
         now = datetime.now()
         run_dir = run_dir_for(config, out_dir, now)
         check_writable(run_dir, "--out" if out_dir is not None else "out")
@@ -161,15 +197,16 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
             raise ConfigError(f"{'--out' if out_dir is not None else 'out'}: {e}") from None
         try:
             interrupts.check()
-            return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts,
-                        nodes_cluster)
+            result = _run(config, count, run_dir, watched, fed, sample_interval, interrupts, nodes_cluster)
+            return result
         except BaseException:
             release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
             raise
     finally:
         if nodes_cluster is not None:
             nodes_cluster.close()
-        interrupts.restore()  # only once the reports are written: a late Ctrl-C must not cut them short
+        fed.stop(result)  # the report files first; a late Ctrl-C must not cut them short:
+        interrupts.restore()  # only now are the handlers put back
 
 
 def _cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | None:
@@ -194,16 +231,16 @@ def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count:
     )
 
 
-def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...], event: Callable[[str], None],
-         on_interval: Callable[[Frame], None] | None, sample_interval: float,
-         interrupts: _Interrupts, cluster: Any = None) -> RunResult:
+def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...], fed: _Outputs,
+         sample_interval: float, interrupts: _Interrupts, cluster: Any = None) -> RunResult:
+    event = fed.event
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
     server_watch = _ServerWatch(groups, event)
     try:
         if config.servers:
-            from loadtest.servers import ServerError, ServerGroup
+            from loadtest.execution.servers import ServerError, ServerGroup
         try:
             for spec in config.servers:
                 interrupts.check()
@@ -235,7 +272,6 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunError(f"cannot make the report folder {run_dir}: {e.strerror}") from None
-        history = HistoryWriter(run_dir / "history.csv", config)
         monitor = RunMonitor(run_dir, sample_interval, event)
         monitor.watch_servers(groups)
         # A node on another machine samples its own workers (their pids are that machine's) and sends the rows.
@@ -249,13 +285,12 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         interrupts.running = True
         start.set()
         started = getattr(start, "at", None) or started  # a cluster's nodes start together a moment from now
+        fed.start(RunStarted(config, run_dir, started, len(states)))
         total = len(states)
         event(f"{total} worker{'s' if total > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
-        collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor,
-                                 interrupts, server_watch)
+        collection = _Collection(states, stats, stop, fed, event, abort, monitor, interrupts, server_watch)
         interrupted = collection.collect()
-        history.close()
         _await_exit(states, monitor)
         server_watch.check()  # up to the moment they are stopped: the run's last requests needed them
         monitor.stop()
@@ -282,11 +317,10 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     spent = bool(states) and all(w.exit is not None and w.exit.spent for w in states)
     shortfalls = [] if interrupted or spent else connection_shortfalls(config, stats)
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
-    status = 3 if problems else (130 if interrupted else (1 if failed else 0))
+    status = exits.run_status(bool(problems), interrupted, failed)
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
                        shortfalls, cluster.summaries(states) if cluster is not None else [])
-    write_reports(result, config)
     return result
 
 
@@ -394,21 +428,18 @@ def _receive(w: WorkerState, stats: RunStats | None = None) -> WorkerMessage | N
 class _Collection:
     """The main loop of a run: read snapshots until every worker is done or lost."""
 
-    def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
-                 started: float, on_interval: Callable[[Frame], None] | None, event: Callable[[str], None],
-                 abort: Callable[[], None], monitor: RunMonitor, interrupts: _Interrupts,
-                 servers: _ServerWatch) -> None:
-        self.states, self.stats, self.stop, self.history = states, stats, stop, history
-        self.started, self.on_interval, self.event, self.abort = started, on_interval, event, abort
+    def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, outputs: _Outputs,
+                 event: Callable[[str], None], abort: Callable[[], None], monitor: RunMonitor,
+                 interrupts: _Interrupts, servers: _ServerWatch) -> None:
+        self.states, self.stats, self.stop, self.outputs = states, stats, stop, outputs
+        self.event, self.abort = event, abort
         self.monitor, self.interrupts, self.servers = monitor, interrupts, servers
 
     def flush(self, final: bool = False) -> None:
         lost = [w.index for w in self.states if w.lost or w.killed]
         for interval in self.stats.ready_intervals(lost, flush=final):
-            self.history.write(interval, self.started)
-            if self.on_interval is not None:
-                self.on_interval(Frame(interval, self.stats, self.monitor.worker_cpu(len(self.states)),
-                                       self.monitor.machine_cpu()))
+            self.outputs.add(Frame(interval, self.stats, self.monitor.worker_cpu(len(self.states)),
+                                   self.monitor.machine_cpu()))
             self.abort()
         self.monitor.say_new_verdicts()
 

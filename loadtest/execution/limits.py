@@ -29,18 +29,6 @@ def nofile_hard_limit() -> int:
     return hard if hard != resource.RLIM_INFINITY else 1 << 20
 
 
-def raise_nofile_limit() -> None:
-    """Lift this process's soft limit on open files to the hard limit: each connection is a file."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass  # keep the soft limit: the process still runs, with fewer connections
-
-
 def nofile_ceiling() -> int:
     """The highest open-file limit root could give a process on this machine."""
     try:

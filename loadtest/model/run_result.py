@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loadtest.model.messages import WorkerExit
-from loadtest.execution.resources import RoleTotals, worker_role
+from loadtest.core.samples import RoleTotals, worker_role
 from loadtest.core.stats import Interval, RunStats
 from loadtest.core.thresholds import Outcome
-
-if TYPE_CHECKING:
-    from loadtest.execution.children import Child
 
 
 class RunError(Exception):
@@ -28,7 +25,7 @@ class WorkerState:
     """One worker process as the controller follows it through a run."""
 
     index: int
-    child: Child
+    child: Any  # its process, pipe and lifeline (loadtest.execution.children.Child)
     pid: int = 0
     ready: bool = False
     done: bool = False

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from loadtest.model.config import RunConfig
-from loadtest.core.histograms import PERCENTILES, mean_ns, min_ns, percentiles_ns
+from loadtest.core.histograms import latency_summary, mean_ns, min_ns, percentiles_ns
 from loadtest.model.kinds import KINDS, kind_of
 from loadtest.core.run_files import (
     AGGREGATED,
@@ -41,6 +41,8 @@ from loadtest.core.run_files import (
 )
 from loadtest.core.stats import Interval, TargetTotals, aggregate
 from loadtest.core.thresholds import failures_text, outcome_line
+
+from loadtest.outputs.base import Output
 
 if TYPE_CHECKING:
     from loadtest.model.run_result import RunResult
@@ -167,16 +169,6 @@ def csv_text(header: list[str], rows: Iterable[list[str]]) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
-
-
-def latency_summary(hist: Any) -> dict[str, float]:
-    """Percentiles and moments of a latency histogram, in milliseconds."""
-    if not hist.get_total_count():
-        return {}
-    out = {f"p{p:g}": round(v / 1e6, 6) for p, v in zip(PERCENTILES, percentiles_ns(hist))}
-    out.update(mean=round(mean_ns(hist) / 1e6, 6), min=round(min_ns(hist) / 1e6, 6),
-               max=round(hist.get_max_value() / 1e6, 6))
-    return out
 
 
 def target_summary(t: TargetTotals, elapsed: float) -> dict[str, Any]:
@@ -323,3 +315,14 @@ def histograms(totals: list[TargetTotals]) -> dict[str, dict[str, str]]:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+class ReportsOutput(Output):
+    """stats.csv, failures.csv, workers.csv, summary.json, histograms.json and report.html, once the run ends."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def stop(self, result: RunResult | None) -> None:
+        if result is not None:
+            write_reports(result, self.config)

@@ -18,11 +18,10 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from loadtest.execution.children import ParentLink
+from loadtest.model.link import ParentLink, raise_nofile_limit
 from loadtest.model.config import ServerSpec
-from loadtest.execution.limits import raise_nofile_limit
 from loadtest.model.messages import Failed, Ready
-from loadtest.servers.group import COUNT_SLOTS
+from loadtest.servers.counts import COUNT_SLOTS
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 

@@ -62,7 +62,7 @@ from loadtest.engine.protocols.tcp import (RECONNECT_PAUSE_S, RESET_ERRORS, SAMP
 if TYPE_CHECKING:
     from gevent.pool import Pool
 
-    from loadtest.engine.workload import Budget, Level
+    from loadtest.engine.budget import Budget, Level
 
 MAX_CONNECTORS = 64  # connects in progress at once: start-up in parallel, without a greenlet per connection
 LEVEL_POLL_S = 0.1  # the driver follows a staged level, and notices the end of the load, this often

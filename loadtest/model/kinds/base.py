@@ -3,7 +3,8 @@
 The controller, the limits check, the workers and the reports never ask which kind a target is;
 they ask its kind (`loadtest.model.kinds.kind_of`) for what they need: its stats row types and extra
 rows, its users at peak and how its load runs in a worker, the descriptors a user holds, the
-connections it holds to fixed addresses, its session factory, its shortfall check. A new kind is
+connections it holds to fixed addresses, its shortfall check; and, by name, its worker half
+(`loadtest.engine.kinds`: its session factory and driver), which only a worker imports. A new kind is
 a module with its config model (a `ConfigModel` that builds the target) and a subclass of
 `TargetKind`, listed once in the registry (`loadtest/kinds/__init__.py`).
 """
@@ -12,21 +13,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from loadtest.core.schedule import Stage
 
 if TYPE_CHECKING:
-    from gevent.pool import Pool
-
-    from loadtest.engine.protocols import Deadlines, Session
-    from loadtest.core.stats import RunStats, TargetRecorder, TargetTotals
-    from loadtest.model.messages import WorkerPlan
-    from loadtest.engine.workload import Budget, Level
-
-# A driver runs all of one worker's users of a target from one greenlet (with hub callbacks): given the
-# worker's pool, its share of the users and its staged level (None: not staged), it returns when the load ends.
-Driver = Callable[["Pool", int, "Level | None"], None]
+    from loadtest.core.stats import RunStats, TargetTotals
 
 
 @dataclass(frozen=True)
@@ -64,6 +56,7 @@ class TargetKind:
 
     name: ClassVar[str]  # the registry's key; a target's `kind` names its kind
     model: ClassVar[type[Any]]  # the config model (a ConfigModel with a `target` property) of its targets
+    worker: ClassVar[str]  # its worker half, resolved only in a worker: "loadtest.engine.kinds.http:HttpWorker"
 
     def row_type(self, target: Any) -> str:
         """The Type column of the target's stats.csv and failures.csv rows."""
@@ -73,26 +66,10 @@ class TargetKind:
         """How the target's load runs in the workers."""
         raise NotImplementedError
 
-    def session_factory(self, target: Any, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
-                        budget: Budget) -> Callable[[], Session]:
-        """In a worker (patched): a function that makes one virtual user's session; resolves addresses once."""
-        raise NotImplementedError
-
-    def driver(self, target: Any, make: Callable[[], Session]) -> Driver | None:
-        """In a worker: the driver that runs all the worker's users of the target at once, given the session
-        factory `session_factory` made; None (the default): a greenlet per virtual user."""
-        return None
-
     def row_targets(self, target: Any) -> tuple[Any, ...]:
         """The targets of the run that this target stands for, one per stats row: itself, unless its kind has
         rows of its parts (a flow: one more per step). They follow each other in the config's targets."""
         return (target,)
-
-    def rows_session_factory(self, target: Any, plan: WorkerPlan, recorders: Sequence[TargetRecorder],
-                             deadlines: Deadlines, budget: Budget) -> Callable[[], Session]:
-        """`session_factory` given the worker's recorders from the target's own on (those of its `row_targets`
-        come first): what a kind with rows of its parts overrides."""
-        return self.session_factory(target, plan, recorders[0], deadlines, budget)
 
     def descriptors_per_user(self, target: Any) -> int:
         """Open files one user (or connection) of the target holds at once."""

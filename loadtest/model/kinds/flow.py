@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, PrivateAttr, ValidationInfo, WithJsonSchema, model_validator
 
@@ -52,10 +52,7 @@ from loadtest.model.kinds.http import (ARRIVALS, DEFAULT_ARRIVAL, DEFAULT_MAX_CO
                    think_range, url_text)
 
 if TYPE_CHECKING:
-    from loadtest.engine.protocols import Deadlines, Session
-    from loadtest.model.messages import WorkerPlan
-    from loadtest.core.stats import RunStats, TargetRecorder, TargetTotals
-    from loadtest.engine.workload import Budget
+    from loadtest.core.stats import RunStats, TargetTotals
 
 SCRIPT_DESCRIPTORS = 2  # a Python flow's user may talk to any origins: assume two connections at once
 
@@ -299,29 +296,12 @@ def _path(where: str) -> list[str | int]:
     return out
 
 
-def _tls(verify: bool) -> Callable[[], Any]:
-    holder: list[Any] = []
-
-    def context() -> Any:
-        if not holder:
-            import ssl
-
-            from gevent import ssl as gevent_ssl
-
-            ctx = gevent_ssl.create_default_context()
-            if not verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            holder.append(ctx)
-        return holder[0]
-    return context
-
-
 class FlowKind(TargetKind):
     """A flow's virtual users (closed) or passes on a schedule (open), each a pass through the steps."""
 
     name = "flow"
     model = FlowTargetModel
+    worker = "loadtest.engine.kinds.flow:FlowWorker"
 
     def row_type(self, target: FlowTarget) -> str:
         return FLOW_TYPE
@@ -363,23 +343,12 @@ class FlowKind(TargetKind):
     def summary(self, target: FlowTarget, totals: TargetTotals, stats: RunStats, index: int) -> dict[str, Any]:
         return open_model_summary(target, totals) if target.model == "open" else {}
 
-    def session_factory(self, target: FlowTarget, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
-                        budget: Budget) -> Callable[[], Session]:
-        return self.rows_session_factory(target, plan, [recorder], deadlines, budget)
-
-    def rows_session_factory(self, target: FlowTarget, plan: WorkerPlan, recorders: Sequence[TargetRecorder],
-                             deadlines: Deadlines, budget: Budget) -> Callable[[], Session]:
-        from loadtest.engine.flows.target import flow_factory  # in the worker, patched: it imports gevent
-
-        rows = len(target.rows)
-        return flow_factory(target.name, target.spec, list(recorders[:rows]), plan.index, plan.workers,
-                            plan.addresses, deadlines, budget, _tls(target.spec.verify_tls))
-
 
 class FlowStepKind(TargetKind):
     """A step's row of a flow: no users, no connections of its own; the flow's users record into it."""
 
     name = "flow-step"
+    worker = "loadtest.engine.kinds.flow:FlowStepWorker"
     model = FlowTargetModel  # a step row is never written in a config; its flow's model makes it
 
     def row_type(self, target: FlowStepRow) -> str:
@@ -390,9 +359,3 @@ class FlowStepKind(TargetKind):
 
     def descriptors_per_user(self, target: FlowStepRow) -> int:
         return 0
-
-    def session_factory(self, target: FlowStepRow, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
-                        budget: Budget) -> Callable[[], Session]:
-        def no_users() -> Session:
-            raise RuntimeError(f"{target.name} is a step of flow {target.flow}; it has no users of its own")
-        return no_users

@@ -11,8 +11,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import cycle
-from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_validator
@@ -36,17 +35,13 @@ from loadtest.model.fields import (
     positive_number,
     SERVER_REF,
     check_refs,
-    resolve,
     type_name,
 )
 from loadtest.core.schedule import Stage, peak_level
 from loadtest.model.kinds.base import ExtraRow, Load, TargetKind
 
 if TYPE_CHECKING:
-    from loadtest.engine.protocols import Deadlines, Session
-    from loadtest.core.stats import RunStats, TargetRecorder, TargetTotals
-    from loadtest.model.messages import WorkerPlan
-    from loadtest.engine.workload import Budget
+    from loadtest.core.stats import RunStats, TargetTotals
 
 DEFAULT_METHOD = "GET"
 DEFAULT_ENGINE = "fast"
@@ -333,6 +328,7 @@ class HttpClosed(TargetKind):
 
     name = "http"
     model = HttpTargetModel
+    worker = "loadtest.engine.kinds.http:HttpWorker"
 
     def row_type(self, target: HttpTarget) -> str:
         return target.method
@@ -343,22 +339,6 @@ class HttpClosed(TargetKind):
 
     def descriptors_per_user(self, target: HttpTarget) -> int:
         return len({u.split("/")[2] for u in target.urls})  # a user keeps a connection to each origin
-
-    def session_factory(self, target: HttpTarget, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
-                        budget: Budget) -> Callable[[], Session]:
-        target_urls = [resolve(u, plan.addresses) for u in target.urls]
-        if target.engine == "requests":
-            from loadtest.engine.protocols.http_requests import RequestsSession
-
-            shared_urls = cycle(target_urls)
-            return lambda: RequestsSession(target, target_urls, recorder, shared_urls, deadlines)
-        from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints, tls_context
-
-        endpoints = build_endpoints(target, target_urls)
-        shared_endpoints = cycle(endpoints)  # every user visits the next URL, as a crawler does
-        tls = tls_context(target) if any(ep.origin[0] == "https" for ep in endpoints) else None
-        return lambda: HttpSession(target, endpoints, recorder, shared_endpoints, tls, deadlines)
-
 
 class HttpOpen(HttpClosed):
     """HTTP arrivals on a schedule, `rate` per second whatever the latency, at most `max_concurrency` in flight;
@@ -400,7 +380,7 @@ def open_model_rows(totals: TargetTotals) -> list[ExtraRow]:
 
 def open_model_summary(target: Any, totals: TargetTotals) -> dict[str, Any]:
     """summary.json's `open_model` entry of an open-model target (one with rate, arrival, max_concurrency)."""
-    from loadtest.outputs.reports import latency_summary
+    from loadtest.core.histograms import latency_summary
 
     return {"open_model": {
         "rate": target.rate, "arrival": target.arrival, "max_concurrency": target.max_concurrency,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_validator
 
@@ -27,17 +27,12 @@ from loadtest.model.fields import (
     ip,
     non_negative_int,
     positive_int,
-    resolve,
 )
 from loadtest.core.schedule import Stage, peak_level, sustained_level_until
 from loadtest.model.kinds.base import ExtraRow, HeldConnections, Load, TargetKind
 
 if TYPE_CHECKING:
-    from loadtest.engine.protocols import Deadlines, Session
-    from loadtest.core.stats import RunStats, TargetRecorder, TargetTotals
-    from loadtest.model.messages import WorkerPlan
-    from loadtest.engine.workload import Budget
-    from loadtest.model.kinds.base import Driver
+    from loadtest.core.stats import RunStats, TargetTotals
 
 DEFAULT_TCP_EXPECT = "echo"
 DEFAULT_TCP_SIZE = 64
@@ -217,6 +212,7 @@ class Tcp(TargetKind):
 
     name = "tcp"
     model = TcpTargetModel
+    worker = "loadtest.engine.kinds.tcp:TcpWorker"
 
     def row_type(self, target: TcpTarget) -> str:
         return "TCP"
@@ -227,24 +223,6 @@ class Tcp(TargetKind):
     def held_connections(self, target: TcpTarget) -> tuple[HeldConnections, ...]:
         return (HeldConnections(target.address, target.peak_connections, target.source_ips),)
 
-    def session_factory(self, target: TcpTarget, plan: WorkerPlan, recorder: TargetRecorder, deadlines: Deadlines,
-                        budget: Budget) -> Callable[[], Session]:
-        """Paced targets (`rate:`) with messages up to `WRITE_ALONGSIDE_BYTES` get a `PacedTcp`, which drives
-        all the worker's connections from one greenlet (see `driver`); the others a session per connection."""
-        from loadtest.engine.protocols.tcp import WRITE_ALONGSIDE_BYTES, tcp_session_factory
-
-        address = resolve(target.address, plan.addresses)
-        if target.rate > 0 and len(target.message) <= WRITE_ALONGSIDE_BYTES:
-            from loadtest.engine.protocols.tcp_paced import PacedTcp
-
-            return PacedTcp(target, address, recorder, budget, plan.workers, deadlines)
-        return tcp_session_factory(target, address, recorder, plan.workers, deadlines, stop=budget)
-
-    def driver(self, target: TcpTarget, make: Callable[[], Session]) -> Driver | None:
-        from loadtest.engine.protocols.tcp_paced import PacedTcp
-
-        return make.drive if isinstance(make, PacedTcp) else None
-
     def extra_rows(self, target: TcpTarget, totals: TargetTotals) -> list[ExtraRow]:
         """CONNECT: connection set-up; Request Count is the connections tried, Failure Count the failed ones."""
         from loadtest.core.run_files import CONNECT_TYPE
@@ -253,7 +231,7 @@ class Tcp(TargetKind):
                          totals.connect_failures)]
 
     def summary(self, target: TcpTarget, totals: TargetTotals, stats: RunStats, index: int) -> dict[str, Any]:
-        from loadtest.outputs.reports import latency_summary
+        from loadtest.core.histograms import latency_summary
 
         held = stats.held_at_end(index)
         return {"connections": {

@@ -34,16 +34,13 @@ from typing import Any, Callable, Self, TextIO
 
 from loadtest.execution.children import KILL_TIMEOUT_S, ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import ServerSpec
-from loadtest.servers.routes import ROUTE_NAMES
+from loadtest.servers.counts import COUNT_NAMES, COUNT_SLOTS
 
 DEFAULT_START_TIMEOUT_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 FOREGROUND_POLL_S = 0.5
 SERVER_ENTRY = "loadtest.servers.child:main"  # a server process's entry, imported only in the process
-# The counts each server process keeps, by name: http, requests answered and then requests per route
-# (named as routes.ROUTE_NAMES: "/login", "/me", ..., "other" for 404s); echo, messages, bytes, connections.
-COUNT_NAMES = {"http": ("requests", *ROUTE_NAMES), "echo": ("messages", "bytes", "connections")}
-COUNT_SLOTS = max(len(names) for names in COUNT_NAMES.values())  # per process
+
 
 
 class ServerError(Exception):

@@ -81,7 +81,8 @@ NOT_AGGREGATED_TYPES = (FLOW_TYPE,)  # rows left out of Aggregated, which adds u
 OPEN_MODEL_TYPES = (LATENESS_TYPE, UNCORRECTED_TYPE)
 OTHER_HISTOGRAM_TYPES = (CONNECT_TYPE, *OPEN_MODEL_TYPES)  # rows of a target's histograms other than its latency
 ROW_TYPE_MEANINGS = {  # the documentation's row types are generated from these
-    CONNECT_TYPE: "a tcp target's connection set-up latency; Failure Count = connects that failed",
+    CONNECT_TYPE: "a tcp target's connection set-up latency; Request Count = connections tried, Failure Count = "
+                  "those that failed",
     LATENESS_TYPE: "an open-model target's lateness: how late each arrival started against its schedule; "
                    "Failure Count = arrivals dropped (not started within 1 s)",
     UNCORRECTED_TYPE: "an open-model target's latency from the actual send instead of the scheduled start",

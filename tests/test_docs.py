@@ -83,7 +83,7 @@ def test_the_cli_reference_has_every_command_and_option() -> None:
             for name in names:
                 assert f"`{name}`" in page, f"{' '.join(path)} {name}"
             if getattr(param, "help", None):
-                assert " ".join(param.help.split()).replace("|", "\\|") in page
+                assert reference()._cell(param.help) in page
             seen += 1
     assert seen > 30
 
@@ -102,7 +102,7 @@ def test_the_config_reference_has_every_field_with_a_description() -> None:
         for field in model.model_fields:
             row = re.search(rf"^\| `{field}` \| (.+?) \| (.+?) \| (.+) \|$", sections[title], re.M)
             assert row, f"{model.__name__}.{field} is missing from its section"
-            assert described.get(field) and row.group(3) == described[field].replace("|", "\\|")
+            assert described.get(field) and row.group(3) == reference()._cell(described[field])
 
 
 def test_a_field_without_a_description_fails_the_build() -> None:
@@ -135,7 +135,7 @@ def test_the_run_folder_and_exit_code_references_come_from_their_owners() -> Non
 
     page = reference().exit_codes_page()
     for status in exits.TABLE:
-        assert f"| {status.code} | {status.name} | {status.meaning} |" in page
+        assert f"| {status.code} | {status.name} | {reference()._cell(status.meaning)} |" in page
     assert {s.code for s in exits.TABLE} == {0, 1, 2, 3, 130}
 
 

@@ -305,9 +305,12 @@ def _text(text: str) -> str:
     return " ".join(text.split())
 
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]|])")
+
+
 def _cell(text: str) -> str:
-    """Text for a table cell: one line, pipes escaped."""
-    return _text(text).replace("|", "\\|")
+    """Plain text for a table cell: one line, with Markdown's marks escaped (help texts are not Markdown)."""
+    return _MARKDOWN.sub(r"\\\1", _text(text)).replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _slug(title: str) -> str:

@@ -11,33 +11,26 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 import signal
-import tempfile
 import time
-from datetime import datetime
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import psutil
 
 from loadtest.core import exits
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
-from loadtest.model.config import ConfigError, RunConfig
-from loadtest.model.fields import ADDRESS_ENV
+from loadtest.model.config import RunConfig
 from loadtest.model.kinds import kind_of
-from loadtest.execution.limits import auto_workers, check_limits
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, WORKER_ENTRY, Done, Failed, Ready, SnapshotSent, Stopping,
-                       WorkerMessage, WorkerPlan)
+                       WorkerMessage)
 from loadtest.execution.monitor import RunMonitor
 from loadtest.outputs.base import Callbacks, Output, RunStarted, WithEvents
 from loadtest.outputs.history import HistoryOutput
 from loadtest.outputs.reports import ReportsOutput
 from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
 from loadtest.model.run_result import Frame, RunError, RunResult, WorkerState
-from loadtest.outputs.run_folder import RunFolderError, make_run_folder, release_run_folder
-from loadtest.core.schedule import worker_share
+from loadtest.outputs.run_folder import release_run_folder
+from loadtest.execution.plan import Plan, make_plan
 from loadtest.core.stats import RunStats, TargetTotals
 from loadtest.core.thresholds import Outcome, check, check_all
 
@@ -127,29 +120,6 @@ class _Outputs:
             output.stop(result)
 
 
-def check_writable(run_dir: Path, where: str) -> None:
-    """Raise ConfigError unless the report folder can be made: its nearest existing parent is a writable folder."""
-    ancestor = run_dir.absolute()
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if ancestor == run_dir.absolute() and not ancestor.is_dir():
-        raise ConfigError(f"{where}: {run_dir} exists and is not a folder")
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: cannot write reports under {ancestor} (not a writable folder)")
-    try:  # os.access says yes to root everywhere, /proc included: make and remove a folder to be sure
-        os.rmdir(tempfile.mkdtemp(prefix=".loadtest-probe-", dir=ancestor))
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot write reports under {ancestor} ({e.strerror})") from None
-
-
-def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: datetime) -> Path:
-    """`--out DIR` exactly, or `<out>/<name>-<YYYYmmdd-HHMMSS>/`."""
-    if out_dir is not None:
-        return Path(out_dir)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.name).strip("-.") or "run"
-    return Path(config.out) / f"{safe}-{now:%Y%m%d-%H%M%S}"
-
-
 def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
         overwrite: bool = False, outputs: Sequence[Output] = (), on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
@@ -168,71 +138,28 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     """
     interrupts = _Interrupts()
     interrupts.install()
-    nodes_cluster = None
     fed = _Outputs([HistoryOutput(), ReportsOutput(config), *outputs, Callbacks(on_interval, on_event)])
     result: RunResult | None = None
+    plan: Plan | None = None
     try:
-        count = workers or config.workers or auto_workers(config)  # a cluster's nodes: each its own cores
-        if nodes is not None and cluster is None and not config.cluster:
-            raise ConfigError("--nodes: applies only to a cluster run (--cluster tcp://HOST:PORT or local:N)")
-        if (given := _cluster_address(cluster, config)) is not None:
-            from loadtest.execution.cluster import Cluster
-
-            nodes_cluster = Cluster.connect(*given)  # each node's limits are checked there, for its share
-            interrupts.check()
-            nodes_cluster.choose(nodes)
-            nodes_cluster.check(config, workers or config.workers)
-        else:
-            check_limits(config, count)
-        watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
-        for pid in watched:
-            if not psutil.pid_exists(pid):
-                raise ConfigError(f"monitor: there is no process {pid} to watch (from monitor: or --watch-pid)")
-        now = datetime.now()
-        run_dir = run_dir_for(config, out_dir, now)
-        check_writable(run_dir, "--out" if out_dir is not None else "out")
-        try:  # made now, exclusively, so that a second run started in the same second gets a folder of its own
-            run_dir, made = make_run_folder(run_dir, exact=out_dir is not None, overwrite=overwrite)
-        except RunFolderError as e:
-            raise ConfigError(f"{'--out' if out_dir is not None else 'out'}: {e}") from None
+        plan = make_plan(config, workers=workers, out_dir=out_dir, overwrite=overwrite, watch_pids=watch_pids,
+                         cluster=cluster, nodes=nodes, interrupted=interrupts.check)
         try:
             interrupts.check()
-            result = _run(config, count, run_dir, watched, fed, sample_interval, interrupts, nodes_cluster)
+            result = _run(plan, fed, sample_interval, interrupts)
             return result
         except BaseException:
-            release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
+            release_run_folder(plan.run_dir, plan.made)  # a run that failed before it began leaves no folder
             raise
     finally:
-        if nodes_cluster is not None:
-            nodes_cluster.close()
+        if plan is not None and plan.cluster is not None:
+            plan.cluster.close()
         fed.stop(result)  # the report files first; a late Ctrl-C must not cut them short:
         interrupts.restore()  # only now are the handlers put back
 
 
-def _cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | None:
-    """Where a cluster run's scheduler was given, without importing the cluster code (nor Dask) for a local run."""
-    if option is None and not config.cluster and not os.environ.get(ADDRESS_ENV, "").strip():
-        return None
-    from loadtest.execution.cluster import cluster_address
-
-    return cluster_address(option, config)
-
-
-def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count: int) -> WorkerPlan:
-    """Worker `index` of `count`: its exact share of every target's load and of the `requests:` total."""
-    return WorkerPlan(
-        index=index,
-        workers=count,
-        config=config,
-        addresses=addresses,
-        shares=tuple(worker_share(_users(t), count, index) for t in config.targets),
-        requests=worker_share(config.requests, count, index) if config.requests is not None else None,
-        duration=config.duration,
-    )
-
-
-def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...], fed: _Outputs,
-         sample_interval: float, interrupts: _Interrupts, cluster: Any = None) -> RunResult:
+def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interrupts) -> RunResult:
+    config, count, run_dir, watched, cluster = plan.config, plan.workers, plan.run_dir, plan.watched, plan.cluster
     event = fed.event
     groups: list[Any] = []
     states: list[WorkerState] = []
@@ -252,7 +179,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
 
         if cluster is not None:  # each node starts its own workers; their messages come to local pipes
             reachable = cluster.reachable(addresses)
-            start, stop, children = cluster.launch(lambda k, total: worker_plan(config, reachable, k, total))
+            start, stop, children = cluster.launch(lambda k, total: plan.worker_plan(reachable, k, total))
             states.extend(WorkerState(c.index, c, role=c.role) for c in children.children)
             for node in cluster.nodes:
                 event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
@@ -260,7 +187,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         else:
             ctx = multiprocessing.get_context("spawn")
             start, stop = ctx.Event(), ctx.Event()
-            plans = [worker_plan(config, addresses, k, count) for k in range(count)]
+            plans = [plan.worker_plan(addresses, k, count) for k in range(count)]
             children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
                                         interrupts.pending)
             states.extend(WorkerState(c.index, c) for c in children.children)
@@ -383,11 +310,6 @@ class _ServerWatch:
                            f"requests to it failed from then on")
                 self.problems.append(problem)
                 self.event(f"error: {problem}")
-
-
-def _users(target: Any) -> int:
-    """Virtual users (closed), the cap on requests in flight (open) or connections (tcp) in all."""
-    return kind_of(target).load(target).users
 
 
 def _await_ready(children: ChildGroup, states: list[WorkerState], interrupts: _Interrupts) -> None:

@@ -50,15 +50,8 @@ from loadtest.core.run_files import (
     RESOURCES_NAME,
     SUMMARY_NAME,
 )
-from loadtest.outputs.run_folder import (
-    MAX_FIGURE,
-    RunFolder,
-    RunFolderError,
-    as_float,
-    load_run,
-    spectra,
-    write_page,
-)
+from loadtest.outputs.run_folder import MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run, write_page
+from loadtest.outputs.series import spectra
 from loadtest.outputs.svg_chart import Series, spectrum_chart, target_colors
 
 DEFAULT_TOLERANCE = 0.05

@@ -32,16 +32,8 @@ from loadtest.core.run_files import (
     UNCORRECTED_TYPE,
     WorkerSummary,
 )
-from loadtest.outputs.run_folder import (
-    RunFolder,
-    as_float,
-    downsample,
-    history_series,
-    load_run,
-    mean_of,
-    spectra,
-    write_page,
-)
+from loadtest.outputs.run_folder import RunFolder, as_float, load_run, write_page
+from loadtest.outputs.series import downsample, history_series, mean_of, spectra
 from loadtest.outputs.run_folder import (
     RunFolderError as RunFolderError,  # re-exported: callers catch it from here
 )

@@ -139,6 +139,16 @@ def test_the_run_folder_and_exit_code_references_come_from_their_owners() -> Non
     assert {s.code for s in exits.TABLE} == {0, 1, 2, 3, 130}
 
 
+def test_the_readme_is_a_front_door() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 150
+    # the two set-up commands come first, exactly as CI and a new user run them
+    main = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/loadtest run configs/sites.yaml"
+    tests = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"
+    assert main in readme and tests in readme and readme.index(main) < readme.index(tests) < readme.index("## ")
+    assert tests in (ROOT / ".ci" / "run").read_text(encoding="utf-8").replace(" -q", "")
+
+
 def test_every_yaml_block_is_a_named_config_example() -> None:
     assert len(EXAMPLES) >= 15
     unnamed = [where for where, name, _ in EXAMPLES if not name]

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from loadtest.core import exits
 from loadtest.core.run_files import (
     AGGREGATED,
     CONNECT_TYPE,
@@ -74,9 +75,9 @@ def _header(run: RunFolder) -> str:
     failed = [c for c in [*_items(s, "thresholds"), *_items(s, "verdicts")] if c.get("passed") is False]
     outcome = s.get("outcome")
     if isinstance(outcome, str) and outcome:  # the run's own words: "FAILED: 147,722 of 147,722 requests ..."
-        cls = "pass" if status == 0 and outcome.startswith("PASSED") else "fail"
+        cls = "pass" if status == exits.OK and outcome.startswith("PASSED") else "fail"
         badge = f'<span class="badge big {cls}" id="outcome">{escape(outcome)}</span>'
-    elif status == 0 and not failed:
+    elif status == exits.OK and not failed:
         badge = '<span class="badge big pass" id="outcome">PASSED</span>'
     elif status is None and not failed:
         badge = '<span class="badge big neutral" id="outcome">NO STATUS</span>'

@@ -48,7 +48,13 @@ FILE_DESCRIPTIONS = {
                      "can be read later.",
     REPORT_NAME: "One self-contained HTML page (inline SVG, no script, no network): outcome, thresholds, verdicts, "
                  "summary, charts over time, the percentile spectrum, processes and the config.",
+    CAPACITY_NAME: "A capacity search's answer (max_rate; limited_by: target, generator or max-rate; the SLOs) and "
+                   "every step it held: the rate asked and achieved, p50, p99, error rate, worker CPU, met, why not.",
+    CAPACITY_CSV_NAME: "A capacity search's steps, one row each, in capacity.json's step keys.",
 }
+CAPACITY_KEYS = ("max_rate", "limited_by", "slo", "steps")  # capacity.json, in the order written
+# capacity.json's steps[] keys, in order, and capacity.csv's header
+CAPACITY_STEP_KEYS = ("rate", "achieved_rate", "p50_ms", "p99_ms", "error_rate", "generator_cpu", "met", "why")
 
 AGGREGATED = "Aggregated"  # the Name of the row that totals every target, in every file
 

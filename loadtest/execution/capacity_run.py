@@ -28,7 +28,7 @@ from loadtest.core import exits
 from loadtest.core.schedule import peak_level
 from loadtest.core.thresholds import Threshold
 from loadtest.execution.capacity_driver import DRAIN_MOST_STEPS, CapacityDriver, RatedTarget
-from loadtest.execution.control import Inbox, SetLevel, Stop
+from loadtest.execution.control import MAX_RATE, ControlError, Inbox, SetLevel, Stop
 from loadtest.model.config import ConfigError, RunConfig
 from loadtest.model.kinds import kind_of
 from loadtest.model.run_result import RunResult
@@ -105,7 +105,9 @@ def capacity_config(config: RunConfig, plan: CapacityPlan) -> RunConfig:
             targets[t.index] = replace(target, rate=levels[t.name], stages=())
     warm, judged = step_seconds(plan.step_s, plan.warmup_s)
     bound = MAX_STEPS * (1 + warm + judged) * (1 + DRAIN_MOST_STEPS) + SLACK_S
-    return replace(config, targets=tuple(targets), duration=bound, requests=None)
+    # The SLOs are the search's criteria; the config's thresholds (an abort_on_fail among them would end the
+    # search at its first overloaded step) are not checked.
+    return replace(config, targets=tuple(targets), duration=bound, requests=None, thresholds=())
 
 
 def levels_for(plan: CapacityPlan, rate: float) -> dict[str, float]:
@@ -151,15 +153,22 @@ def run_capacity(config: RunConfig, plan: CapacityPlan, run: Callable[..., RunRe
     check_plan(plan)
     steered = capacity_config(config, plan)
     inbox = Inbox(steered)
-    search = CapacitySearch(plan.start, plan.max_rate, plan.precision)
+    # Unbounded, the search stops at the highest level the control inbox takes (a generator saturates long before).
+    search = CapacitySearch(plan.start, plan.max_rate if plan.max_rate is not None else max(plan.start, MAX_RATE),
+                            plan.precision)
+    refused: list[str] = []
     warm, judged = step_seconds(plan.step_s, plan.warmup_s)
 
     def set_rate(rate: float) -> None:
-        for name, level in levels_for(plan, rate).items():
-            if name in plan.paces:
-                inbox.post(SetLevel(name, users=int(level), origin=ORIGIN))
-            else:
-                inbox.post(SetLevel(name, rate=level, origin=ORIGIN))
+        try:
+            for name, level in levels_for(plan, rate).items():
+                if name in plan.paces:
+                    inbox.post(SetLevel(name, users=int(level), origin=ORIGIN))
+                else:
+                    inbox.post(SetLevel(name, rate=level, origin=ORIGIN))
+        except ControlError as e:  # a level past what the inbox takes (100,000 paced connections, say)
+            refused.append(f"the level for {rate:,.1f}/s was refused ({e.message})")
+            stop()
 
     def stop() -> None:
         inbox.post(Stop(ORIGIN, "the capacity search is over"))
@@ -173,8 +182,8 @@ def run_capacity(config: RunConfig, plan: CapacityPlan, run: Callable[..., RunRe
     answer = search.result()
     steps = driver.steps
     sentence = verdict_sentence(answer, [s.text for s in plan.slos], steps, plan.unit)
-    if driver.stopped_why:
-        sentence = sentence[:-1] + f" (the search ended early: {driver.stopped_why})."
+    if driver.stopped_why or refused:
+        sentence = sentence[:-1] + f" (the search ended early: {(refused or [driver.stopped_why])[0]})."
     elif result.interrupted:
         sentence = (f"Interrupted after {len(steps)} step{'s' if len(steps) != 1 else ''}: the search did not end; "
                     f"the highest rate met so far is {answer.max_rate:,.1f}/s ({plan.unit}).")
@@ -187,7 +196,7 @@ def run_capacity(config: RunConfig, plan: CapacityPlan, run: Callable[..., RunRe
     except Exception as e:  # noqa: BLE001 - the files stand without the page, as after any run
         result.problems.append(f"report.html could not be written: {type(e).__name__}: {e}")
     status = result.exit_status if result.exit_status in (exits.RUN_FAILED, exits.INTERRUPTED) else exit_status(answer)
-    if not search.done and status == exits.OK and not result.interrupted:
+    if not search.done and status == exits.OK and not result.interrupted and not refused and not driver.stopped_why:
         status = exits.RUN_FAILED  # the run ended under the search (the duration bound): no answer to stand on
     return CapacityOutcome(answer, steps, sentence, status, result, document)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import typer
@@ -82,71 +83,113 @@ def register(app: typer.Typer, command_class: type, version_option: Callable[[],
     ) -> None:
         """Find the highest open-model rate the target sustains within the SLO: steps of rising rate, bracketed by
         doubling, bisected to --precision, the answer held once more."""
-        from loadtest.core.capacity import SloError, parse_slo
-        from loadtest.execution.capacity_run import CapacityPlan, check_plan, rated_targets, run_capacity, step_line
-        from loadtest.execution.controller import RunError, run
-        from loadtest.model.config import ConfigError, load_config, parse_duration, parse_workers
-        from loadtest.model.quick import OneLine, is_url, one_line_config
-
         check_interrupted()
-        try:
-            workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
-            nodes = positive_count(nodes_text, "--nodes") if nodes_text is not None else None
-            if out is not None and not out.strip():
-                raise ConfigError("--out: must be a folder path, got ''")
-            first = _rate(start, "--start")
-            highest = _rate(max_rate, "--max-rate") if max_rate is not None else None
-            step_s = parse_duration(step, "--step")
-            warmup_s = parse_duration(warmup, "--warmup") if warmup.strip() not in ("0", "0s") else 0.0
-            fraction = _precision(precision)
-            if is_url(target):
-                config = one_line_config(OneLine(target, rate=start, duration="1s"))
-            else:
-                config = load_config(target, defaults={"duration": "1s"})  # the search sets the run's length
-            names = [t.name for t in config.targets]
-            slos = tuple(parse_slo(text, names) for text in slo)
-            rated, paces, unit = rated_targets(config)
-            plan = CapacityPlan(slos, first, highest, step_s, warmup_s, fraction, tuple(rated), paces, unit)
-            check_plan(plan)
-        except (ConfigError, SloError) as e:
-            fail(str(e), exits.BAD_INPUT)
-        shown = sys.stderr if json_out else sys.stdout
+        given = Given(target, tuple(slo), start, max_rate, step, warmup, precision, workers_text, cluster, nodes_text,
+                      out, overwrite, json_out, quiet)
+        raise typer.Exit(search(given, fail, positive_count))
 
-        def on_step(number: int, result: Any) -> None:
-            if not quiet:
-                shown.write(step_line(number, result) + "\n")
-                shown.flush()
 
-        def on_event(text: str) -> None:
-            if text.startswith("error:"):
-                typer.echo(f"loadtest: {text}", err=True)
-            elif not quiet and (text.startswith(("warning:", "capacity:")) or "listening on" in text):
-                shown.write(text + "\n")
-                shown.flush()
+@dataclass(frozen=True)
+class Given:
+    """The command's options, as typed."""
 
-        check_interrupted()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)  # run() counts them while it runs (as `loadtest run` does)
-        if not quiet:
-            shown.write(f"capacity search: {' and '.join(s.text for s in plan.slos)}; from {plan.start:g}/s"
-                        f"{f' up to {plan.max_rate:g}/s' if plan.max_rate else ''}, steps of {plan.step_s:g} s\n")
-            shown.flush()
-        try:
-            outcome = run_capacity(config, plan, run, on_step, on_event, workers=workers, out_dir=out,
-                                   overwrite=overwrite, cluster=cluster, nodes=nodes)
-        except ConfigError as e:
-            fail(str(e), exits.BAD_INPUT)
-        except RunError as e:
-            fail(f"the run failed: {e}", exits.RUN_FAILED)
-        except KeyboardInterrupt:
-            fail("interrupted before the load started; no reports written", exits.INTERRUPTED)
-        for problem in outcome.run.problems:
-            typer.echo(f"problem: {problem}", err=True)
-        if json_out:
-            sys.stdout.write(json.dumps(outcome.document, indent=2) + "\n")
-            sys.stdout.flush()
-        if not quiet:
-            shown.write(f"reports in {outcome.run.run_dir}\n")
-        shown.write(outcome.sentence + "\n")
-        shown.flush()
-        raise typer.Exit(outcome.exit_status)
+    target: str
+    slo: tuple[str, ...]
+    start: str
+    max_rate: str | None
+    step: str
+    warmup: str
+    precision: str
+    workers: str | None
+    cluster: str | None
+    nodes: str | None
+    out: str | None
+    overwrite: bool
+    json_out: bool
+    quiet: bool
+
+
+def read_plan(given: Given) -> tuple[Any, Any]:
+    """The config and the search's plan the options ask for; ConfigError or SloError naming what is wrong."""
+    from loadtest.core.capacity import parse_slo
+    from loadtest.execution.capacity_run import CapacityPlan, check_plan, rated_targets
+    from loadtest.model.config import ConfigError, load_config, parse_duration
+    from loadtest.model.quick import OneLine, is_url, one_line_config
+
+    if given.out is not None and not given.out.strip():
+        raise ConfigError("--out: must be a folder path, got ''")
+    first = _rate(given.start, "--start")
+    highest = _rate(given.max_rate, "--max-rate") if given.max_rate is not None else None
+    step_s = parse_duration(given.step, "--step")
+    warmup_s = parse_duration(given.warmup, "--warmup") if given.warmup.strip() not in ("0", "0s") else 0.0
+    fraction = _precision(given.precision)
+    if is_url(given.target):
+        config = one_line_config(OneLine(given.target, rate=given.start, duration="1s"))
+    else:
+        config = load_config(given.target, defaults={"duration": "1s"})  # the search sets the run's length
+    slos = tuple(parse_slo(text, [t.name for t in config.targets]) for text in given.slo)
+    rated, paces, unit = rated_targets(config)
+    plan = CapacityPlan(slos, first, highest, step_s, warmup_s, fraction, tuple(rated), paces, unit)
+    check_plan(plan)
+    return config, plan
+
+
+class Terminal:
+    """What the search shows: a header, a line per step as it ends, warnings, the verdict (stderr with --json)."""
+
+    def __init__(self, json_out: bool, quiet: bool) -> None:
+        self.shown, self.quiet = (sys.stderr if json_out else sys.stdout), quiet
+
+    def say(self, text: str, always: bool = False) -> None:
+        if always or not self.quiet:
+            self.shown.write(text + "\n")
+            self.shown.flush()
+
+    def step(self, number: int, result: Any) -> None:
+        from loadtest.execution.capacity_run import step_line
+
+        self.say(step_line(number, result))
+
+    def event(self, text: str) -> None:
+        if text.startswith("error:"):
+            typer.echo(f"loadtest: {text}", err=True)
+        elif text.startswith(("warning:", "capacity:")) or "listening on" in text:
+            self.say(text)
+
+
+def search(given: Given, fail: Callable[[str, int], None], positive_count: Callable[[str, str], int]) -> int:
+    """Run the search the options ask for; its exit status."""
+    from loadtest.core.capacity import SloError
+    from loadtest.execution.capacity_run import run_capacity
+    from loadtest.execution.controller import RunError, run
+    from loadtest.model.config import ConfigError, parse_workers
+
+    try:
+        workers = parse_workers(given.workers, "--workers") if given.workers is not None else None
+        nodes = positive_count(given.nodes, "--nodes") if given.nodes is not None else None
+        config, plan = read_plan(given)
+    except (ConfigError, SloError) as e:
+        fail(str(e), exits.BAD_INPUT)
+    terminal = Terminal(given.json_out, given.quiet)
+    check_interrupted()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)  # run() counts them while it runs (as `loadtest run` does)
+    terminal.say(f"capacity search: {' and '.join(s.text for s in plan.slos)}; from {plan.start:g}/s"
+                 f"{f' up to {plan.max_rate:g}/s' if plan.max_rate else ''}, steps of {plan.step_s:g} s")
+    try:
+        outcome = run_capacity(config, plan, run, terminal.step, terminal.event, workers=workers, out_dir=given.out,
+                               overwrite=given.overwrite, cluster=given.cluster, nodes=nodes)
+    except ConfigError as e:
+        fail(str(e), exits.BAD_INPUT)
+    except RunError as e:
+        fail(f"the run failed: {e}", exits.RUN_FAILED)
+    except KeyboardInterrupt:
+        fail("interrupted before the load started; no reports written", exits.INTERRUPTED)
+    for problem in outcome.run.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if given.json_out:
+        sys.stdout.write(json.dumps(outcome.document, indent=2) + "\n")
+        sys.stdout.flush()
+    terminal.say(f"reports in {outcome.run.run_dir}")
+    terminal.say(outcome.sentence, always=True)
+    return outcome.exit_status

@@ -304,3 +304,28 @@ def test_the_driver_judges_whole_seconds_after_each_change_and_drains_after_a_mi
     assert steps[first_miss][1].rate == 160.0 and 40.0 in target.rates
     # a hopeless step ends as soon as its miss is certain: before its judged seconds are up
     assert any("ended early" in s.why for _, s in steps if s.rate >= 160)
+
+
+def test_the_rated_targets_share_the_rate_and_paced_tcp_moves_by_connections() -> None:
+    from loadtest.execution.capacity_run import CapacityPlan, asked_rate, capacity_config, levels_for, rated_targets
+    from loadtest.model.config import ConfigError, parse_config
+
+    config = parse_config({"duration": "5s", "thresholds": [{"threshold": "p99 < 1ms", "abort_on_fail": True}],
+                           "targets": [
+                               {"name": "a", "url": "http://127.0.0.1:9/", "rate": 100},
+                               {"name": "b", "url": "http://127.0.0.1:9/", "rate": 0,
+                                "stages": [{"duration": "5s", "target": 300}]},
+                               {"name": "c", "url": "http://127.0.0.1:9/", "concurrency": 4},
+                               {"name": "t", "tcp": "127.0.0.1:9", "connections": 20, "rate": 200}]})
+    rated, paces, unit = rated_targets(config)
+    assert [(t.name, t.share) for t in rated] == [("a", 100 / 600), ("b", 300 / 600), ("t", 200 / 600)]
+    assert paces == {"t": 10.0} and unit == "requests, journeys or messages"
+    plan = CapacityPlan((parse_slo("p99<5ms"),), 60.0, rated=tuple(rated), paces=paces)
+    assert levels_for(plan, 1200.0) == {"a": 200.0, "b": 600.0, "t": 40.0}  # 40 connections of 10 messages/s
+    assert asked_rate(plan, 1210.0) == pytest.approx(1210.0 * 4 / 6 + 40 * 10.0)  # whole connections
+    steered = capacity_config(config, plan)
+    a, b, c, t = steered.targets
+    assert (a.rate, b.rate, b.stages, c.concurrency) == (10.0, 30.0, (), 4)  # the closed target is background
+    assert (t.connections, t.rate) == (2, 20.0) and steered.thresholds == () and steered.requests is None
+    with pytest.raises(ConfigError, match="closed-model targets only"):
+        rated_targets(parse_config({"duration": "1s", "targets": [{"url": "http://127.0.0.1:9/", "concurrency": 1}]}))

@@ -41,7 +41,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from loadtest.outputs.html_report import fmt_count, fmt_ms, page, table, td
+from loadtest.outputs.page import fmt_count, fmt_ms, page, table, td
 from loadtest.core.run_files import (
     AGGREGATED,
     HISTOGRAMS_NAME,

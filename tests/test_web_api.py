@@ -220,6 +220,26 @@ def test_a_non_loopback_address_gets_a_token_made_and_needs_it() -> None:
         server.stop()
 
 
+def test_without_a_token_only_requests_addressed_to_loopback_are_answered() -> None:
+    config = parse_config({"targets": [{"name": "a", "url": "http://127.0.0.1:1/", "rate": 5}], "duration": "1s"})
+    inbox = Inbox(config)
+    server = WebServer(LivePage(config, inbox.status), inbox)
+    url = server.start("127.0.0.1", 0)
+    try:
+        assert server.token is None and "token" not in url
+        import http.client
+
+        port = int(url.split(":")[2].split("/")[0])
+        for host, status in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200), (f"[::1]:{port}", 200),
+                             (f"rebound.example:{port}", 403)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/api/run", headers={"Host": host})
+            assert conn.getresponse().status == status, host
+            conn.close()
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("args, said", [
     (["--wait"], "loadtest: --wait: applies only with --web HOST:PORT\n"),
     (["--web-token", "abcdefgh"], "loadtest: --web-token: applies only with --web HOST:PORT\n"),

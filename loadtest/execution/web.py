@@ -21,7 +21,8 @@ Off by default; loopback unless asked. On any other address every request
 needs the token (`Authorization: Bearer TOKEN` or `?token=TOKEN`), else 401.
 Nothing sent can crash or stall the run: request bodies are bounded, slow
 clients time out, connections and event streams are capped, a cross-site
-POST is refused, and the run only ever reads a published snapshot.
+POST is refused (and, without a token, any request not addressed to a
+loopback name), and the run only ever reads a published snapshot.
 """
 
 from __future__ import annotations
@@ -163,6 +164,12 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
         path = parts.path
+        addressed = urlsplit("//" + self.headers.get("Host", "")).hostname or ""
+        if self.server.web.token is None and not is_loopback(addressed):
+            # Without a token only this machine may ask; a page whose name was pointed at 127.0.0.1 (DNS
+            # rebinding) says its own name in Host.
+            self._error(403, "this page answers only requests addressed to this machine (a loopback Host)")
+            return
         if not self._authorized(query):
             self._error(401, "this page needs its token: add ?token=TOKEN to the address, or send "
                              "Authorization: Bearer TOKEN")

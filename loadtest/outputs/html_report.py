@@ -269,8 +269,13 @@ def _over_time_section(run: RunFolder) -> str:
             names.insert(0, AGGREGATED)
     blocks = []
     end = run_end(run)
+    changes = [c for c in run.summary.get("level_changes") or [] if isinstance(c, dict)]
     for name in names:
         h = history[name]
+        # Each level change (loadtest run --web, the control inbox) is a dashed line at its time.
+        marks = [(float(c.get("at_s") or 0.0), f"{c.get('target')}: {c.get('unit')} {text_of(c.get('old'))} -> "
+                  f"{text_of(c.get('new'))} ({c.get('origin')})") for c in changes
+                 if name in (AGGREGATED, c.get("target"))]
         rate = [Series("requests/s", h["rps"], "#2563eb", fill=True)]
         extra: list[str] = []
         if any(v for _, v in h["fps"]):

@@ -285,11 +285,23 @@ def _over_time_section(run: RunFolder) -> str:
         lat = [Series(k, h[k], PERCENTILE_COLORS[k]) for k in ("p99", "p95", "p50")]
         title = "All targets" if name == AGGREGATED else name
         blocks.append(f'<div class="target"><h3>{escape(title)}</h3><div class="grid2">'
-                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end)
-                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end,
+                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end,
+                                   marks=marks)
+                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end, marks=marks,
                                    extra=[] if any(x.points for x in lat) else ["no responses, so no latency"])
+                      + _level_chart(name, h, marks, end)
                       + "</div></div>")
     return "<section><h2>Over time</h2>" + "".join(blocks) + "</section>"
+
+
+def _level_chart(name: str, h: dict[str, list[Any]], marks: list[tuple[float, str]], end: float | None) -> str:
+    """A target's level each second (history.csv's Target Level: its users or rate), with its changes marked;
+    nothing for a target whose level never was reported (neither staged, open nor steered)."""
+    if name == AGGREGATED or not h.get("level"):
+        return ""
+    changed = ["dashed lines: level changes"] if marks else []
+    return time_chart("Level each second (users or rate)", [Series("level", h["level"], "#7c3aed")], "level",
+                      end=end, marks=marks, extra=changed)
 
 
 def _spectrum_section(run: RunFolder) -> str:
@@ -347,8 +359,8 @@ def _setup_section(run: RunFolder) -> str:
 def render_report(run: RunFolder) -> str:
     """The report page of a run, as HTML text."""
     body = "".join([_header(run), capacity_section(run), _checks_section(run), _summary_section(run),
-                    _over_time_section(run), _spectrum_section(run), _resources_section(run), _nodes_section(run), _workers_section(run),
-                    _setup_section(run)])
+                    _over_time_section(run), _spectrum_section(run), _resources_section(run), _nodes_section(run),
+                    _workers_section(run), _setup_section(run)])
     return page(f"loadtest report: {run.name}", body)
 
 

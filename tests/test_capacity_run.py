@@ -69,15 +69,17 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_the_search_finds_a_known_capacity_and_writes_its_answer(fifo: FixedRate, tmp_path: Path) -> None:
+    # p90, not p99: a step judges 2 s here, and on a busy machine one stall of the server's process of 50 ms
+    # (1% of 2 s) would break a p99 bound below capacity; above it, the server's queue breaks p90 in a second.
     out = tmp_path / "run"
-    done = capacity(f"http://{fifo.address}/", "--slo", "p99<50ms", "--slo", "errors<1%", "--start", "60",
-                    "--step", "2s", "--warmup", "0s", "--precision", "10%", "--workers", "1", "--out", str(out),
+    done = capacity(f"http://{fifo.address}/", "--slo", "p90<50ms", "--slo", "errors<1%", "--start", "60",
+                    "--step", "3s", "--warmup", "0s", "--precision", "20%", "--workers", "1", "--out", str(out),
                     "--json", cwd=tmp_path)
     served = fifo.stop()
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)  # --json: capacity.json on stdout and nothing else
     assert answer == json.loads((out / "capacity.json").read_text())
-    assert tuple(answer) == CAPACITY_KEYS and answer["slo"] == ["p99<50ms", "errors<1%"]
+    assert tuple(answer) == CAPACITY_KEYS and answer["slo"] == ["p90<50ms", "errors<1%"]
     assert answer["limited_by"] == "target", done.stderr
     assert KNOWN_CAPACITY * 0.85 <= answer["max_rate"] <= KNOWN_CAPACITY * 1.02, done.stderr
     steps = answer["steps"]
@@ -85,16 +87,16 @@ def test_the_search_finds_a_known_capacity_and_writes_its_answer(fifo: FixedRate
     assert list(dict.fromkeys(s["rate"] for s in steps))[:3] == [60.0, 120.0, 240.0]  # doubling until a miss
     over = [s for s in steps if s["rate"] == 240.0]
     assert len(over) == 2 and not any(s["met"] for s in over)  # a miss is held again before it is believed
-    assert over[0]["why"].startswith("p99<50ms (measured ")
+    assert over[0]["why"].startswith("p90<50ms (measured ")
     assert steps[-1]["met"] and steps[-1]["rate"] == answer["max_rate"]  # the answer held once more
-    assert all(abs(s["achieved_rate"] - s["rate"]) <= 0.05 * s["rate"] for s in steps)
+    assert all(abs(s["achieved_rate"] - s["rate"]) <= 0.05 * s["rate"] for s in steps if s["met"])
     rows = read_csv(out / "capacity.csv")
     assert [list(r) for r in rows[:1]] == [list(CAPACITY_STEP_KEYS)] and len(rows) == len(steps)
     assert [float(r["rate"]) for r in rows] == [s["rate"] for s in steps]
     # The terminal (stderr with --json): a line per step as it ends, then the verdict in one sentence.
     lines = done.stderr.strip().splitlines()
     assert sum(line.startswith("step ") for line in lines) == len(steps)
-    assert lines[-1].startswith(f"Capacity: {answer['max_rate']:,.0f}/s (requests) within p99<50ms and errors<1%")
+    assert lines[-1].startswith(f"Capacity: {answer['max_rate']:,.0f}/s (requests) within p90<50ms and errors<1%")
     # One run folder: its counts are every request of every step, as the server counted them.
     stats = {r["Name"]: r for r in read_csv(out / "stats.csv") if r["Type"] in ("GET", "")}
     assert int(stats["Aggregated"]["Request Count"]) == served
@@ -102,10 +104,11 @@ def test_the_search_finds_a_known_capacity_and_writes_its_answer(fifo: FixedRate
     assert int(history[-1]["Total Request Count"]) == served
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"]["origin"] == "capacity"
-    assert [c["new"] for c in summary["level_changes"]][:2] == [120.0, 240.0]
+    levels = [c["new"] for c in summary["level_changes"]]  # every step's level, and each drain's
+    assert levels.index(120.0) < levels.index(240.0) and levels[-1] == answer["max_rate"]
     page = (out / "report.html").read_text()
     section = page.split('<section id="capacity">', 1)[1].split("</section>", 1)[0]
-    assert "Latency against rate" in section and "<svg" in section and "SLO p99&lt;50ms" in section
+    assert "Latency against rate" in section and "<svg" in section and "SLO p90&lt;50ms" in section
     assert f"knee: {answer['max_rate']:,.0f}/s (target-limited)" in section
 
 

@@ -411,7 +411,8 @@ def verdict_sentence(result: SearchResult, slo_texts: Sequence[str], steps: Sequ
     if result.max_rate <= 0:
         first = steps[0] if steps else None
         why = f" ({first.why})" if first and first.why else ""
-        return f"No capacity found: even the first step, {rate_text(first.rate) if first else '--start'}, missed {slo}{why}."
+        at = rate_text(first.rate) if first else "--start"
+        return f"No capacity found: even the first step, {at}, missed {slo}{why}."
     if result.limited_by == LIMITED_MAX_RATE:
         return (f"{met_at} ({unit}), the --max-rate, held within {slo}: the target's limit is at or above it.")
     lowest_miss = min(missed, key=lambda s: s.rate) if missed else None

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loadtest.core.capacity import (GENERATOR, MET, MISSED, CAP_SHARE, CapacitySearch, StepFigures, StepResult, certain_miss,
-                       judge_step)
+from loadtest.core.capacity import (CAP_SHARE, GENERATOR, MET, MISSED, CapacitySearch, StepFigures, StepResult,
+                                    certain_miss, judge_step)
 from loadtest.execution.resources import worker_role
 from loadtest.outputs.base import Output, RunStarted
 from loadtest.core.stats import TargetTotals, aggregate
@@ -133,7 +133,8 @@ class CapacityDriver(Output):
     def _figures(self) -> StepFigures:
         opened = [t for t in self.rated if t.counts_arrivals]
         return StepFigures(
-            rate=self.asked(self._rate), seconds=self._seconds, targets=self._window, aggregated=aggregate(self._window),
+            rate=self.asked(self._rate), seconds=self._seconds, targets=self._window,
+            aggregated=aggregate(self._window),
             arrivals=self._arrivals if opened else None, open_rate=self._rate * sum(t.share for t in opened),
             delivered=self._arrivals + self._messages,
             cpu={k: sum(v) / len(v) for k, v in self._cpu.items() if v}, cap_reached=self._cap)

@@ -15,7 +15,8 @@ from typing import Any
 from loadtest.core.capacity import rate_text
 from loadtest.core.run_files import CAPACITY_NAME
 from loadtest.outputs.run_folder import RunFolder, as_float
-from loadtest.outputs.svg_chart import FAILURE_COLOR, PERCENTILE_COLORS, Series, chart_svg, figure, linear_scale, log_scale
+from loadtest.outputs.svg_chart import (FAILURE_COLOR, PERCENTILE_COLORS, Series, chart_svg, figure, linear_scale,
+                                       log_scale)
 
 LOG_Y_RATIO = 30.0  # latencies spanning more than this get a log axis (an overloaded step dwarfs the rest)
 KNEE_COLOR = "#16a34a"

@@ -34,6 +34,7 @@ from .reports import HistoryWriter, write_reports
 from .resources import DEFAULT_SAMPLE_INTERVAL_S
 from .run_result import Frame, RunError, RunResult, WorkerState
 from .run_folder import RunFolderError, make_run_folder, release_run_folder
+from .run_files import NOT_AGGREGATED_TYPES
 from .schedule import worker_share
 from .stats import RunStats, TargetTotals
 from .thresholds import Outcome, check, check_all
@@ -301,8 +302,10 @@ def connection_shortfalls(config: RunConfig, stats: RunStats) -> list[str]:
 
 
 def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
-    """The config's thresholds, or with none the default: no failed requests (thresholds.DEFAULT_THRESHOLD)."""
-    return check_all(config.thresholds, lambda target: totals_for(stats, target), stats.elapsed)
+    """The config's thresholds, or with none the default: no failed requests and no failed flow passes
+    (thresholds.DEFAULT_THRESHOLD)."""
+    unaggregated = [t.name for t in stats.totals if t.type in NOT_AGGREGATED_TYPES]
+    return check_all(config.thresholds, lambda target: totals_for(stats, target), stats.elapsed, unaggregated)
 
 
 class _AbortCheck:

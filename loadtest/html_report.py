@@ -328,7 +328,8 @@ def _threshold_details(c: dict[str, Any], no_samples: bool) -> str:
     """A threshold's other fields, as sentences."""
     said = []
     if c.get("default"):
-        said.append("The config set no thresholds, so the run is held to the default: no failed requests "
+        counted = "requests" if c.get("target") in (None, AGGREGATED) else "passes of this flow"
+        said.append(f"The config set no thresholds, so the run is held to the default: no failed {counted} "
                     "(cancelled ones aside).")
     if no_samples:
         said.append("No latency to measure: no request got a response.")

@@ -153,7 +153,8 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"{NO_CONDITION_FOUND}\n")
     for o in result.thresholds:
         mark = "pass" if o.passed else "FAIL"
-        default = "  [the default without thresholds: no failed requests]" if o.default else ""
+        counted = "requests" if o.threshold.target is None else "passes"
+        default = f"  [the default without thresholds: no failed {counted}]" if o.default else ""
         out.write(f"threshold {mark}: {o.threshold.text}  (measured {o.measured_text}){default}\n")
     if result.aborted:
         out.write(f"aborted: {result.aborted}\n")

@@ -267,8 +267,12 @@ def run_outcome(result: RunResult) -> str:
               for o in result.thresholds if not o.passed and not o.default]
     aborted = [f"stopped early: {result.aborted}"] if result.aborted and not failed else []
     reasons = [*aborted, *result.shortfalls, *result.problems]
-    return outcome_line(result.exit_status, failures_text(agg.requests, agg.failures, agg.connect_failures),
-                        failed, reasons)
+    said = [failures_text(agg.requests, agg.failures, agg.connect_failures)]
+    for o in result.thresholds:  # the default on a flow's own row: passes a script's exception ended, say
+        if o.default and not o.passed and o.threshold.target is not None:
+            row = result.stats.totals[result.stats.names.index(o.threshold.target)]
+            said.append(failures_text(row.requests, row.failures, what=f"passes of {row.name}"))
+    return outcome_line(result.exit_status, "; ".join(s for s in said if s), failed, reasons)
 
 
 def failure_rows(result: RunResult, config: RunConfig) -> list[list[str]]:

@@ -49,6 +49,7 @@ from .run_files import (
     OTHER_HISTOGRAM_TYPES,
     RESOURCES_NAME,
     SUMMARY_NAME,
+    precise_cell,
 )
 from .run_folder import (
     MAX_FIGURE,
@@ -250,7 +251,7 @@ def per_second(run: RunFolder) -> dict[str, dict[str, list[float]]]:
         series = out.setdefault(name, {m.key: [] for m in METRICS})
         requests = as_float(row.get("Interval Requests")) or 0.0
         for m in METRICS:
-            v = as_float(row.get(m.column)) if m.column else None
+            v = as_float(precise_cell(row, m.column)) if m.column else None
             if v is not None and (m.key == "requests_per_s" or requests > 0):
                 series[m.key].append(v)
         failures = as_float(row.get("Interval Failures"))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MISSING = "—"  # a figure that does not exist, such as the latency of a second in which nothing got a response
 SUMMARY_COLUMNS = {  # the terminal's summary table: its heading, and the stats.csv column it shows
     "Type": "Type", "Name": "Name", "Requests": "Request Count", "Failures": "Failure Count", "Req/s": "Requests/s",
-    "p50 ms": "50%", "p95 ms": "95%", "p99 ms": "99%", "Max ms": "Max Response Time",
+    "p50 ms": "50% ms", "p95 ms": "95% ms", "p99 ms": "99% ms", "Max ms": "Max Response Time",
 }
 
 

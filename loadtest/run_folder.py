@@ -53,6 +53,7 @@ from .run_files import (
     RUN_FILES,
     SUMMARY_NAME,
     SUMMARY_PERCENTILE_KEYS,
+    precise_cell,
 )
 
 OPTIONAL_FILES = (HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, HISTOGRAMS_NAME)  # read as empty when missing
@@ -471,7 +472,7 @@ def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
                 series[key].append((elapsed, v))
         if (as_float(row.get("Interval Requests")) or 0) > 0:  # an empty second has no latency
             for key, column in (("p50", "50%"), ("p95", "95%"), ("p99", "99%")):
-                v = as_float(row.get(column))
+                v = as_float(precise_cell(row, column))
                 if v is not None:
                     series[key].append((elapsed, v))
     for series in out.values():

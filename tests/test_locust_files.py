@@ -19,14 +19,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from loadtest.compare import per_second
-from loadtest.run_folder import history_series, load_run
-from loadtest.run_files import (
+from loadtest.core.run_files import (
     LOCUST_TIME_FORMAT,
     PERCENTILE_COLUMNS,
     PRECISE_PERCENTILE_COLUMNS,
     locust_ms,
 )
+from loadtest.outputs.compare import per_second
+from loadtest.outputs.run_folder import history_series, load_run
 
 LOCUST = Path(__file__).resolve().parent / "fixtures" / "locust-2.47.0"
 ROWS = {"home": "/", "bad": "bad", "slow": "slow", "Aggregated": "Aggregated"}  # ours -> Locust's Name

@@ -42,7 +42,7 @@ def not_found(conn: socket.socket) -> None:
 
 def test_a_run_against_a_closed_port_exits_1_and_says_what_happened(tmp_path: Path) -> None:
     config = tmp_path / "closed.yaml"
-    config.write_text(f"name: closed\nrequests: 300\nworkers: 1\n"
+    config.write_text(f"name: closed\nrequests: 300\nworkers: 1\nfailure_backoff: off\n"  # 300 at once
                       f"targets: [{{name: nobody, url: 'http://127.0.0.1:{closed_port()}/', concurrency: 2}}]\n")
     done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(config), "--out", str(tmp_path / "run")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -110,7 +110,7 @@ SUMMARY_KEYS = ("name", "started", "duration_s", "exit_status", "outcome", "inte
                 "thresholds", "verdicts", "shortfalls", "aborted_by_threshold", "config", "as_run", "machine",
                 "servers", "workers", "nodes", "targets", "aggregated")
 TARGET_SUMMARY_KEYS = ("name", "type", "requests", "failures", "failures_by_kind", "requests_per_s", "error_rate",
-                       "bytes_in", "bytes_out", "content_bytes", "latency_ms")
+                       "bytes_in", "bytes_out", "content_bytes", "latency_ms", "backoffs")
 CONNECTIONS_KEY = "connections"  # a tcp target's extra part: opened, failed, … connect_latency_ms
 OPEN_MODEL_KEY = "open_model"  # an open-model target's extra part: rate, started, dropped, lateness_ms, …
 SUMMARY_PERCENTILE_KEYS = tuple(f"p{c[:-1]}" for c in PERCENTILE_COLUMNS)  # p50 … p99.99, p100

@@ -63,6 +63,8 @@ class TargetSnapshot:
     users: int = 0  # a gauge: virtual users active (closed), requests in flight (open), connections (tcp)
     level: float = -1.0  # a gauge: the stage's level or the open model's rate in this worker; -1 if none
     held: int = -1  # final snapshot only: connections open when the load stopped
+    backoffs: int = 0  # closed model: waits of virtual users after a failed connect or pass (workload.Backoff)
+    backoff_s: float = 0.0  # and the seconds they waited
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class TargetRecorder:
 
     __slots__ = ("target", "requests", "failures", "samples", "bytes_in", "bytes_out", "content_bytes",
                  "connects", "connect_failures", "open_connections", "peak_open", "latency", "connect_latency",
-                 "dropped", "lateness", "uncorrected", "users", "level")
+                 "dropped", "lateness", "uncorrected", "users", "level", "backoffs", "backoff_s")
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -119,6 +121,8 @@ class TargetRecorder:
         self.connects = 0
         self.connect_failures: Counter[str] = Counter()
         self.dropped = 0
+        self.backoffs = 0
+        self.backoff_s = 0.0
         for name in HISTOGRAMS:
             getattr(self, name).clear()
 
@@ -192,6 +196,8 @@ class TargetRecorder:
             uncorrected=self.uncorrected.encode(),
             users=self.users,
             level=self.level,
+            backoffs=self.backoffs,
+            backoff_s=self.backoff_s,
         )
         self._reset()
         self.peak_open = self.open_connections  # the next interval's peak starts from what is open now
@@ -232,6 +238,8 @@ class TargetTotals:
     uncorrected: HdrHistogram = field(default_factory=new_histogram)
     users: int = 0  # gauges, summed over workers at the latest snapshot
     level: float = -1.0
+    backoffs: int = 0  # virtual users' waits after a failed connect or pass, and the seconds they waited
+    backoff_s: float = 0.0
 
     @property
     def failure_count(self) -> int:
@@ -257,6 +265,9 @@ class TargetTotals:
             for kind, count in snap.connect_failures:
                 connect_failures[kind] += count
         self.dropped += snap.dropped
+        if snap.backoffs:
+            self.backoffs += snap.backoffs
+            self.backoff_s += snap.backoff_s
         if not histograms:
             return
         if merger is not None and decoded is None:
@@ -279,6 +290,8 @@ class TargetTotals:
         self.open_connections += other.open_connections
         self.users += other.users
         self.dropped += other.dropped
+        self.backoffs += other.backoffs
+        self.backoff_s += other.backoff_s
         for name in HISTOGRAMS:
             hist = getattr(other, name)
             if hist.get_total_count():

@@ -141,6 +141,11 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
             out.write(f"  {t.name}: {count} {kind}\n")
+    for t in result.stats.totals:
+        if t.backoffs:
+            out.write(f"  {t.name}: users backed off {t.backoffs:,} time{'s' if t.backoffs != 1 else ''} "
+                      f"({t.backoff_s:,.1f} s in all) after failed connects or passes (failure_backoff: "
+                      f"{config.failure_backoff:g}s at most)\n")
     for server in result.servers:
         cost: dict[str, Any] = server.get("cost") or {}
         if cost.get("cpu_seconds_per_1000") is not None:

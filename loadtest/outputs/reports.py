@@ -199,6 +199,8 @@ def target_summary(t: TargetTotals, elapsed: float) -> dict[str, Any]:
         "bytes_out": t.bytes_out,
         "content_bytes": t.content_bytes,
         "latency_ms": latency_summary(t.latency),
+        # closed model: the waits of virtual users after a failed connect or flow pass (failure_backoff:)
+        "backoffs": {"waits": t.backoffs, "seconds": round(t.backoff_s, 3)},
     }
     return out
 
@@ -247,7 +249,8 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "shortfalls": result.shortfalls,
         "aborted_by_threshold": result.aborted or None,
         "config": _jsonable(dict(config.source)),
-        "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests},
+        "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests,
+                   "failure_backoff_s": config.failure_backoff},
         "machine": machine(),
         "servers": result.servers,
         "workers": workers,

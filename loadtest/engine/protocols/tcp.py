@@ -130,6 +130,8 @@ def _write_all(channel: Channel, message: bytes) -> OSError | None:
 class TcpSession:
     """One virtual user's persistent connection to a TCP target."""
 
+    back_off = False  # never set: a failed connect waits its own `reconnect_pause` (see protocols.Session)
+
     __slots__ = ("target", "family", "remote", "recorder", "pacer", "sources", "message", "size", "expected",
                  "buffer", "view", "channel", "timer", "timeout", "timeout_ns", "interval_ns", "next_send_ns",
                  "retry_at_ns", "pause_ns", "stop", "answered")

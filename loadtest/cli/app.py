@@ -185,7 +185,7 @@ def run_command(
     from loadtest.outputs.live import PlainLive, RichLive, print_summary
     from loadtest.outputs.metrics import MetricsEndpoint
     from loadtest.model.quick import OneLine, one_line_config
-    from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
+    from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S, MIN_SAMPLE_INTERVAL_S
 
     check_interrupted()  # an interrupt while these imported waited for them to finish
     one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
@@ -199,6 +199,9 @@ def run_command(
         run_length = parse_duration(duration, "--duration") if duration is not None else None
         interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
             else DEFAULT_SAMPLE_INTERVAL_S
+        if interval < MIN_SAMPLE_INTERVAL_S:
+            raise ConfigError(f"--sample-interval: must be at least {MIN_SAMPLE_INTERVAL_S * 1000:g}ms (each sample "
+                              f"reads every process of the run), got {sample_interval!r}")
         if is_url(config_path):
             config = one_line_config(one_line)
         else:

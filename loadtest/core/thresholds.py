@@ -40,7 +40,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 _EXPRESSION = re.compile(
     r"^\s*(?:(?P<target>.+?)\s*:\s*)?(?P<figure>[A-Za-z_][A-Za-z0-9_.]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
     r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>us|µs|ms|s|%)?\s*$")
-_PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
+_PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$", re.ASCII)
 _LATENCY_UNITS = {"us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9, None: 1e6}
 COUNTS = ("requests", "failures", "failed", "dropped")
 CANCELLED = "cancelled"  # the failure kind of requests in flight when the run was stopped: not the target's fault
@@ -121,6 +121,8 @@ def parse_threshold(text: str, targets: Sequence[str], abort_on_fail: bool = Fal
         if unit not in ("%", None):
             raise ThresholdError(f"error_rate is a fraction or a percentage, got {text!r}")
         if unit == "%":
+            if value > 100:
+                raise ThresholdError(f"error_rate is at most 100%, so this threshold could never fail, got {text!r}")
             value /= 100.0
         elif value > 1:
             raise ThresholdError(f"error_rate without % must be a fraction between 0 and 1, got {text!r}")

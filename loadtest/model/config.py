@@ -373,6 +373,8 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; not a config file")
+        if not raw and stat.S_ISFIFO(mode):
+            raise ConfigError(f"{path}: is a named pipe, not a regular file, and nothing was written to it")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -15,7 +15,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from loadtest import __version__
 from loadtest.model.interrupts import EXIT_INTERRUPTED, check_interrupted, on_interrupt
-from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
+from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, bare_url_problem, is_url
 
 EXIT_OK = 0
 EXIT_THRESHOLD = 1
@@ -143,7 +143,7 @@ def run_command(
     cluster: Optional[str] = typer.Option(
         None, "--cluster", metavar="ADDRESS",
         help="Run on the nodes of this Dask scheduler (tcp://HOST:8786), or on local:N nodes started here "
-             "(default: the config's cluster:, then DASK_SCHEDULER_ADDRESS). Needs pip install loadtest[cluster]."),
+             "(default: the config's cluster:, then DASK_SCHEDULER_ADDRESS). Needs pip install 'loadtest\\[cluster]'."),
     nodes_text: Optional[str] = typer.Option(None, "--nodes", metavar="N",
                                              help="With --cluster: use N of its nodes (default: all)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR",
@@ -205,6 +205,8 @@ def run_command(
         if is_url(config_path):
             config = one_line_config(one_line)
         else:
+            if bare_url_problem(config_path):
+                raise ConfigError(bare_url_problem(config_path))
             if one_line.given():
                 raise ConfigError(f"{one_line.given()[0]}: applies only to a URL (loadtest run http://HOST:PORT/ "
                                   f"-c 50); a config file sets it per target")
@@ -470,8 +472,28 @@ def main() -> None:
     again here for callers that import this module first), then the commands run."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_interrupt)
+    try:  # typer from 0.2x carries its own copy of click; before, it used click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
     try:
-        app()
+        try:
+            code = app(standalone_mode=False, prog_name="loadtest")
+        except click_errors.NoArgsIsHelpError as e:  # `loadtest` alone: its help, as typer shows it
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(e)
+            code = e.exit_code
+        except click_errors.ClickException as e:
+            # An unknown option, a missing argument, a bad command: one line, as every other error, not a box
+            ctx = getattr(e, "ctx", None)
+            hint = f"; see `{ctx.command_path} -h`" if ctx is not None else ""
+            typer.echo(f"loadtest: {e.format_message().rstrip('.')}{hint}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            code = EXIT_INTERRUPTED
+        sys.exit(code if isinstance(code, int) else 0)
     finally:
         # An interrupt that typer's own late imports deferred (help, a usage error) ends as 130 too; one in
         # the last instant, as the interpreter shuts down, would print "Exception ignored": none is taken now.

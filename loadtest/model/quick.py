@@ -8,6 +8,7 @@ not by the config field it became.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,19 @@ _OPTION_OF = {"url": "URL", "concurrency": "-c/--concurrency", "rate": "--rate",
               "headers": "-H/--header", "body": "--body", "timeout": "--timeout", "duration": "--duration",
               "requests": "-n/--requests"}
 _FIELD = re.compile(r"^(?:targets\[0\]\.)?(?P<field>[a-z_]+)(?P<rest>[.:\[].*)$", re.S)
+
+
+# host:port[/path] with no scheme: 127.0.0.1:8080, [::1]:80/x, localhost:8080, example.com:80; an IP address or
+# localhost may leave the port out (a host name alone could be a file's name: sites.yaml)
+_BARE_URL = re.compile(r"^(?:(?:localhost|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+                       r"|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*:\d{1,5})(?:/\S*)?$", re.ASCII)
+
+
+def bare_url_problem(text: str) -> str:
+    """What to say of a CONFIG that is no file but reads as a URL without its scheme; "" if it does not."""
+    if not _BARE_URL.match(text) or os.path.exists(text):
+        return ""
+    return f"{text}: looks like a URL without http:// (loadtest run http://{text})"
 
 
 def is_url(text: str) -> bool:

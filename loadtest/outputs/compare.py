@@ -20,10 +20,11 @@ per-second values (a one-second run, a folder without history.csv) is judged
 by the tolerance alone. From no failures to some is worse at any tolerance.
 `Comparison.worse` is what CI gates on (the CLI exits 1).
 
-Only summary.json, history.csv and resources.csv are read (and
-histograms.json for the HTML page's spectra). A compared figure that is
-missing, not a number, or out of range is bad input naming the file and the
-field (RunFolderError).
+A run folder is read by `load_run`, as `report` reads it: a folder one
+refuses, the other refuses too, with the same sentence (a figure missing,
+not a number or out of range, a file that is not the run's own, a histogram
+bomb) (RunFolderError). The comparison uses summary.json, history.csv and
+resources.csv, and histograms.json for the HTML page's spectra.
 
     c = compare_runs(Path("reports/a"), Path("reports/b"), tolerance=0.05)
     print(format_table(c))
@@ -44,10 +45,7 @@ from typing import Any
 from loadtest.outputs.html_report import fmt_count, fmt_ms, page, table, td
 from loadtest.core.run_files import (
     AGGREGATED,
-    HISTOGRAMS_NAME,
-    HISTORY_NAME,
     OTHER_HISTOGRAM_TYPES,
-    RESOURCES_NAME,
     SUMMARY_NAME,
     precise_cell,
 )
@@ -57,6 +55,7 @@ from loadtest.outputs.run_folder import (
     RunFolderError,
     as_float,
     load_run,
+    summary_figure,
     spectra,
     write_page,
 )
@@ -162,8 +161,9 @@ def compare_runs(run_a: Path, run_b: Path, tolerance: float = DEFAULT_TOLERANCE,
     if not 0 <= tolerance <= MAX_TOLERANCE:
         raise ValueError(f"tolerance: must be from 0 to {MAX_TOLERANCE * 100:,.0f}%, got {tolerance * 100:g}%"
                          if math.isfinite(tolerance) else f"tolerance: must be a finite number, got {tolerance}")
-    files = (HISTORY_NAME, RESOURCES_NAME, *((HISTOGRAMS_NAME,) if histograms else ()))
-    a, b = load_run(Path(run_a), files), load_run(Path(run_b), files)
+    # Every file report reads, whether or not this comparison needs it: a folder report refuses, compare refuses
+    # too, with the same sentence (`histograms` is kept for callers; the page's spectra use them when there).
+    a, b = load_run(Path(run_a)), load_run(Path(run_b))
     figures_a, figures_b = _figures(a), _figures(b)
     names = [n for n in figures_a if n in figures_b]
     if not names:
@@ -196,7 +196,7 @@ def _figures(run: RunFolder) -> dict[str, dict[str, float | None]]:
         # An empty latency_ms is a target none of whose requests got an answer; its error rate says so.
         # One that has figures must have every compared one.
         has_latency = bool(latency)
-        error_rate = _figure(where, t, "error_rate", at, high=1.0)
+        error_rate = _figure(where, t, "error_rate", at, high=1.0) if t.get("error_rate") is not None else None
         name = AGGREGATED if at == "aggregated" else str(t.get("name", ""))
         out[name] = {
             "requests_per_s": _figure(where, t, "requests_per_s", at),
@@ -211,15 +211,9 @@ def _figures(run: RunFolder) -> dict[str, dict[str, float | None]]:
 
 
 def _figure(where: Path, part: dict[str, Any], key: str, at: str, high: float = MAX_FIGURE) -> float:
-    """A compared figure: present, a number, finite and from 0 to `high`, or RunFolderError naming it."""
-    if key not in part:
-        raise RunFolderError(f"{where}: {at}.{key} is missing, so the runs cannot be compared")
-    v = part[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise RunFolderError(f"{where}: {at}.{key} is not a number (got {json.dumps(v)[:40]})")
-    if not (math.isfinite(v) and 0 <= v <= high):
-        raise RunFolderError(f"{where}: {at}.{key} is out of range (got {v:g}; it must be from 0 to {high:g})")
-    return float(v)
+    """A compared figure: present, a number, finite and from 0 to `high`, or RunFolderError naming it (as
+    load_run checks it, for report and compare alike)."""
+    return summary_figure(where, part, key, at, high)
 
 
 def _cpu_per_request(run: RunFolder, where: Path) -> float | None:

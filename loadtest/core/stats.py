@@ -355,6 +355,7 @@ class RunStats:
         self.worker_held: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
         self.elapsed = 0.0
         self._pending: dict[int, Interval] = {}
+        self._handed = -1  # the last second handed over (written to history.csv): it never comes again
         self._failures: dict[tuple[int, str], FailureRecord] = {}
         self._merger = HistogramMerger()
         self._open_sum = [0] * len(targets)  # the sums over workers of the gauges above
@@ -364,10 +365,13 @@ class RunStats:
     def add(self, snap: Snapshot) -> None:
         """Merge one worker's interval into the totals and into its second."""
         w = snap.worker
-        interval = self._pending.get(snap.seq)
+        # A second already handed over is written: a snapshot of it that comes later still (a node's, held
+        # up on its way) joins the first second not yet handed, so that no second is ever written twice
+        seq = snap.seq if snap.seq > self._handed else self._handed + 1
+        interval = self._pending.get(seq)
         if interval is None:
-            interval = self._pending[snap.seq] = Interval(
-                snap.seq, snap.start, snap.end, [second_totals(t.name, t.type) for t in self._totals])
+            interval = self._pending[seq] = Interval(
+                seq, snap.start, snap.end, [second_totals(t.name, t.type) for t in self._totals])
         interval.start = min(interval.start, snap.start)
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
@@ -443,6 +447,8 @@ class RunStats:
         waiting = [s for w, s in enumerate(self.worker_seq) if not self.worker_final[w] and w not in gone]
         upto = max(self._pending, default=-1) if flush or not waiting else min(waiting)
         out = [self._pending.pop(seq) for seq in sorted(self._pending) if seq <= upto]
+        if out:
+            self._handed = max(self._handed, out[-1].seq)
         for interval in out:
             for total, part in zip(self._totals, interval.targets):
                 for name in HISTOGRAMS:

@@ -168,6 +168,9 @@ def run_command(
                                        help="URL only: the request body (a POST unless -m says otherwise)."),
     timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
                                           help="URL only: per request (default 10s, as in a config)."),
+    target_name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                              help="URL only: the target's name and the run's (default: the URL; "
+                                                   "two runs of different URLs named alike can be compared)."),
     json_summary: bool = typer.Option(False, "--json",
                                       help="Print summary.json on stdout and nothing else (progress goes to stderr)."),
     metrics: Optional[str] = typer.Option(
@@ -188,7 +191,8 @@ def run_command(
     from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S, MIN_SAMPLE_INTERVAL_S
 
     check_interrupted()  # an interrupt while these imported waited for them to finish
-    one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
+    one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout,
+                       target_name)
     endpoint: MetricsEndpoint | None = None
     try:  # the options first, then the file: a mistake on the command line is named before one in the file
         workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
@@ -394,7 +398,8 @@ def compare_command(
         fraction = parse_tolerance(tolerance, "--tolerance")
         comparison = compare_runs(Path(run_a), Path(run_b), fraction, histograms=html is not None)
         if html:
-            write_compare_html(comparison, Path(html))
+            written = write_compare_html(comparison, Path(html))
+            typer.echo(f"compare page: {written}", err=True)  # stderr: stdout holds the table, csv or json
     except (RunFolderError, ValueError) as e:
         fail(str(e), EXIT_BAD_INPUT)
     except DAMAGE as e:

@@ -27,7 +27,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # The option each config field came from, to name it in an error.
 _OPTION_OF = {"url": "URL", "concurrency": "-c/--concurrency", "rate": "--rate", "method": "-m/--method",
               "headers": "-H/--header", "body": "--body", "timeout": "--timeout", "duration": "--duration",
-              "requests": "-n/--requests"}
+              "requests": "-n/--requests", "name": "--name"}
 _FIELD = re.compile(r"^(?:targets\[0\]\.)?(?P<field>[a-z_]+)(?P<rest>[.:\[].*)$", re.S)
 
 
@@ -62,10 +62,11 @@ class OneLine:
     headers: tuple[str, ...] = ()
     body: str | None = None
     timeout: str | None = None
+    name: str | None = None
 
     def given(self) -> list[str]:
         """The options given that only the one-line form takes, by their names on the command line."""
-        fields = ("concurrency", "rate", "requests", "method", "headers", "body", "timeout")
+        fields = ("concurrency", "rate", "requests", "method", "headers", "body", "timeout", "name")
         return [_OPTION_OF[f] for f in fields if getattr(self, f) not in (None, ())]
 
 
@@ -101,7 +102,10 @@ def one_line_document(options: OneLine) -> dict[str, Any]:
         target["body"] = options.body
     if options.timeout is not None:
         target["timeout"] = options.timeout
-    document: dict[str, Any] = {"name": run_name(options.url), "targets": [target]}
+    if options.name is not None:  # names the target's rows, so compare pairs runs of different URLs by it
+        target["name"] = options.name
+    document: dict[str, Any] = {"name": options.name if options.name is not None else run_name(options.url),
+                                "targets": [target]}
     if options.requests is not None:
         document["requests"] = _number(options.requests)
     if options.duration is not None or options.requests is None:
@@ -134,6 +138,8 @@ def _reworded(message: str) -> str:
 
 def _number(text: str) -> Any:
     """An integer or a number from the command line's text; the text itself if neither (the loader words it)."""
+    if not text.isascii():  # int("１０") is 10: a full-width digit is not one the loader would take
+        return text
     for kind in (int, float):
         try:
             return kind(text)

@@ -359,8 +359,20 @@ def format_table(c: Comparison) -> str:
     for tag, names in (("A", c.only_in_a), ("B", c.only_in_b)):
         if names:
             lines.append(f"only in {tag}: {', '.join(names)}")
+    if len(c.targets) > 1:
+        lines.append(CPU_PER_TARGET_NOTE)
     lines += ["", _verdict(c)]
     return "\n".join(lines) + "\n"
+
+
+# Said wherever per-target CPU/request shows "—", so that the dash is not read as a figure that failed to load
+CPU_PER_TARGET_NOTE = ("CPU/request is the whole run's only (Aggregated): each worker serves every target at once, "
+                       "so its CPU has no share per target.")
+
+
+def _title(run: RunFolder) -> str:
+    """A run as a page title names it: its folder and when it started (two runs of one config differ there)."""
+    return f"{run.path.name} ({run.summary.get('started', '?')})"
 
 
 def format_csv(c: Comparison) -> str:
@@ -430,19 +442,20 @@ def render_compare_html(c: Comparison) -> str:
                    for tag, r in (("A", c.run_a), ("B", c.run_b)))
     missing = "".join(f'<p class="note">Only in {tag}: {escape(", ".join(n))}</p>'
                       for tag, n in (("A", c.only_in_a), ("B", c.only_in_b)) if n)
-    body = (f'<header class="top"><div><h1>{escape(c.run_a.name)} → {escape(c.run_b.name)}</h1>'
+    body = (f'<header class="top"><div><h1>{escape(_title(c.run_a))} → {escape(_title(c.run_b))}</h1>'
             f'<div class="sub">run B compared with run A, tolerance {c.tolerance * 100:g}%</div></div>'
             f'<div>{badge}</div></header>'
             f'<section><h2>Runs</h2><dl>{runs}</dl></section>'
             f'<section><h2>Side by side</h2>'
             + table(["Target", "Metric", "A", "B", "Change", "Noise", ""], rows, left=2, row_classes=classes)
             + missing + '<p class="note">Higher latency, error rate or CPU per request is worse; lower '
-            'requests/s is worse. CPU per request is the generator\'s workers\', while the load ran. A change counts '
+            'requests/s is worse. CPU per request is the generator\'s workers\', while the load ran, and the whole '
+            'run\'s only (Aggregated): each worker serves every target at once. A change counts '
             f'as worse only beyond the tolerance and beyond the noise: {NOISE_K:g} standard deviations of the '
             'difference between a second of A and a second of B (from each run\'s per-second figures).</p></section>'
             '<section><h2>Latency by percentile</h2>'
             + spectrum_chart("Latency percentile spectrum: A solid, B dashed", series) + "</section>")
-    return page(f"loadtest compare: {c.run_a.name} → {c.run_b.name}", body)
+    return page(f"loadtest compare: {_title(c.run_a)} → {_title(c.run_b)}", body)
 
 
 def write_compare_html(c: Comparison, out: Path) -> Path:

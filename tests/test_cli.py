@@ -260,11 +260,6 @@ def test_a_url_without_its_scheme_is_named_as_one(tmp_path: Path) -> None:
     assert missing.stderr == "loadtest: sites.yaml: no such file\n"
 
 
-def test_the_help_names_the_cluster_extra() -> None:
-    run_help = " ".join(CliRunner().invoke(app, ["run", "-h"]).stdout.replace("│", " ").split())
-    assert "Needs pip install 'loadtest[cluster]'." in run_help  # not "loadtest.": the markup ate [cluster]
-
-
 def test_json_prints_summary_json_and_nothing_else_on_stdout(tmp_path: Path) -> None:
     server = subprocess.Popen([sys.executable, "-m", "loadtest", "serve", "http", "--listen", "127.0.0.1:0",
                                "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -17,10 +17,11 @@ from loadtest.execution.controller import run
 from loadtest.outputs.html_report import (
     REPORT_NAME,
     RunFolderError,
-    resource_series,
     write_html_report,
 )
-from loadtest.outputs.run_folder import MAX_POINTS, load_run, spectra
+from loadtest.outputs.report_processes import resource_series
+from loadtest.outputs.run_folder import load_run
+from loadtest.outputs.series import MAX_POINTS, spectra
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert(1)</script>"

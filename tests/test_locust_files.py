@@ -26,7 +26,8 @@ from loadtest.core.run_files import (
     locust_ms,
 )
 from loadtest.outputs.compare import per_second
-from loadtest.outputs.run_folder import history_series, load_run
+from loadtest.outputs.run_folder import load_run
+from loadtest.outputs.series import history_series
 
 LOCUST = Path(__file__).resolve().parent / "fixtures" / "locust-2.47.0"
 ROWS = {"home": "/", "bad": "bad", "slow": "slow", "Aggregated": "Aggregated"}  # ours -> Locust's Name

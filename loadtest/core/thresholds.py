@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Sequence
 
+from loadtest.core import exits
 from loadtest.core.stats import FAILURE_KINDS, TargetTotals, mean_ns, min_ns
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -235,9 +236,9 @@ def outcome_line(exit_status: int | None, failures: str, failed_thresholds: Iter
     (the default's failure is said by `failures`); `reasons` other causes (a lost worker, a shortfall).
     """
     said = [r for r in [*failed_thresholds, *reasons] if r]
-    if exit_status == 0:
+    if exit_status == exits.OK:
         return "PASSED" + (f" ({failures}; the thresholds allow it)" if failures else "")
-    if exit_status == 130:
+    if exit_status == exits.INTERRUPTED:
         return "INTERRUPTED" + (f": {failures}" if failures else "")
     detail = "; ".join([failures, *said] if failures else said)
     return "FAILED" + (f": {detail}" if detail else (f" (exit status {exit_status})" if exit_status else ""))

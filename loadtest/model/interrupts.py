@@ -6,7 +6,8 @@ callback prints it as "Exception ignored" with a traceback. So when it interrupt
 own code the handler only notes that it ran (and says its line); `check_interrupted`, called once the
 command's imports are done and before it starts anything that would have to be stopped (and as the
 command line returns), exits then. Anywhere else, a module's own top-level code included, it exits at once.
-Imports nothing of the package's own: the console script installs the handler before anything else loads.
+Imports nothing of the package's own but the exit table (`loadtest.core.exits`, a few constants): the console
+script installs the handler before anything else loads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: the shell's status for SIGINT
+from loadtest.core import exits
+
+EXIT_INTERRUPTED = exits.INTERRUPTED
 
 _seen = False  # an interrupt came while a command had nothing to save
 

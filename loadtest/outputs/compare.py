@@ -42,23 +42,16 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from loadtest.outputs.html_report import fmt_count, fmt_ms, page, table, td
+from loadtest.outputs.page import fmt_count, fmt_ms, page, table, td
 from loadtest.core.run_files import (
     AGGREGATED,
     OTHER_HISTOGRAM_TYPES,
     SUMMARY_NAME,
     precise_cell,
 )
-from loadtest.outputs.run_folder import (
-    MAX_FIGURE,
-    RunFolder,
-    RunFolderError,
-    as_float,
-    load_run,
-    summary_figure,
-    spectra,
-    write_page,
-)
+from loadtest.outputs.run_folder import (MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run,
+                                         summary_figure, write_page)
+from loadtest.outputs.series import spectra
 from loadtest.outputs.svg_chart import Series, spectrum_chart, target_colors
 
 DEFAULT_TOLERANCE = 0.05

@@ -28,6 +28,7 @@ import httptools
 from gevent import GreenletExit
 from gevent import ssl as gevent_ssl
 
+from loadtest.core.outcome import start_ns, status_ok
 from loadtest.model.config import HttpTarget
 from loadtest.core.stats import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
@@ -223,7 +224,7 @@ class HttpSession(ReplyReader):
             if conn is None:
                 return
         sending = perf_counter_ns()
-        started = scheduled_ns or sending
+        started = start_ns(scheduled_ns, sending)
         timer = self._timer
         deadline = sending + self.timeout_ns  # from the first byte written, even when the request started late
         timer.start(deadline)
@@ -265,7 +266,7 @@ class HttpSession(ReplyReader):
                 response.body = 0
                 if ep.head:  # llhttp would wait for a body that HEAD never gets
                     conn.parser = response.parser = httptools.HttpResponseParser(response)
-            if (status in self.expect) if self.expect else (200 <= status < 400):
+            if status_ok(status, self.expect):
                 rec.success(latency, received, sent, body)
             else:
                 rec.failure("status", f"HTTP {status}", latency, received, sent, body)

@@ -28,6 +28,7 @@ import requests
 import urllib3.exceptions
 from gevent import GreenletExit
 
+from loadtest.core.outcome import start_ns, status_ok
 from loadtest.model.config import HttpTarget
 from loadtest.core.stats import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
@@ -63,7 +64,7 @@ class RequestsSession:
         rec = self.recorder
         t = self.target
         sending = perf_counter_ns()
-        started = scheduled_ns or sending
+        started = start_ns(scheduled_ns, sending)
         deadline = sending + self.timeout_ns
         timer = self._timer
         timer.start(deadline)
@@ -93,7 +94,7 @@ class RequestsSession:
             rec.uncorrected.record(ended - sending)
         sent = len(t.body)
         status = resp.status_code
-        if (status in self.expect) if self.expect else (200 <= status < 400):
+        if status_ok(status, self.expect):
             rec.success(latency, body, sent, body)
         else:
             rec.failure("status", f"HTTP {status}", latency, body, sent, body)

@@ -38,6 +38,7 @@ from time import perf_counter_ns
 import gevent
 from gevent import GreenletExit
 
+from loadtest.core.outcome import start_ns
 from loadtest.model.config import TcpTarget
 from loadtest.core.stats import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
@@ -190,7 +191,7 @@ class TcpSession:
         sent = received = 0
         writer = None
         sending = perf_counter_ns()
-        started = scheduled_ns or sending
+        started = start_ns(scheduled_ns, sending)
         timer.start(sending + self.timeout_ns)  # from the first byte written, even when the turn came late
         try:
             if size > WRITE_ALONGSIDE_BYTES:

@@ -111,8 +111,9 @@ def test_the_report_opens_offline_with_every_chart_drawn(run_dir: Path, browser:
     assert page.locator("script").count() == 0
 
     charts = page.locator("svg.chart")
-    # per target and All targets: rates and latency; the spectrum; CPU and memory per process, machine CPU
-    assert charts.count() == 4 * 2 + 1 + 3
+    # per target and All targets: rates and latency; the open target's level (its rate); the spectrum; CPU and
+    # memory per process, machine CPU
+    assert charts.count() == 4 * 2 + 1 + 1 + 3
     for i in range(charts.count()):
         box = charts.nth(i).bounding_box()
         assert box is not None and box["width"] > 300 and box["height"] > 100

@@ -133,8 +133,8 @@ OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the termi
 
 # summary.json: its top-level keys, a target's (and "aggregated"'s) keys, and a latency figure's keys (ms).
 SUMMARY_KEYS = ("name", "started", "duration_s", "exit_status", "outcome", "interrupted", "problems",
-                "thresholds", "verdicts", "shortfalls", "aborted_by_threshold", "config", "as_run", "machine",
-                "servers", "workers", "nodes", "targets", "aggregated")
+                "thresholds", "verdicts", "shortfalls", "aborted_by_threshold", "stopped", "level_changes", "config",
+                "as_run", "machine", "servers", "workers", "nodes", "targets", "aggregated")
 TARGET_SUMMARY_KEYS = ("name", "type", "requests", "failures", "failures_by_kind", "requests_per_s", "error_rate",
                        "bytes_in", "bytes_out", "content_bytes", "latency_ms", "backoffs")
 CONNECTIONS_KEY = "connections"  # a tcp target's extra part: opened, failed, … connect_latency_ms

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 from loadtest.core import exits
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import RunConfig
+from loadtest.execution.control import Inbox, Steering
 from loadtest.model.kinds import kind_of
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, WORKER_ENTRY, Done, Failed, Ready, SnapshotSent, Stopping,
                        WorkerMessage)
@@ -125,7 +126,8 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         overwrite: bool = False, outputs: Sequence[Output] = (), on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = (),
-        cluster: str | None = None, nodes: int | None = None) -> RunResult:
+        cluster: str | None = None, nodes: int | None = None, inbox: Inbox | None = None,
+        wait: bool = False) -> RunResult:
     """Run a load test as configured and write its reports.
 
     The run's own outputs (history.csv; the report files at the end) come first, then `outputs` in
@@ -133,7 +135,9 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     output is stopped once, with the result or with None if the run failed before it had one.
 
     `cluster` (or the config's `cluster:`, or DASK_SCHEDULER_ADDRESS) runs it on `nodes` Dask workers
-    (default: all), `workers` per node (see loadtest.execution.cluster). Raises RunError if it cannot start,
+    (default: all), `workers` per node (see loadtest.execution.cluster). `inbox` steers the running test (level
+    changes, pause, resume, stop: see loadtest.execution.control); with `wait` the load starts only when the
+    inbox gets Resume (or Stop). Raises RunError if it cannot start,
     KeyboardInterrupt if interrupted (Ctrl-C, SIGTERM) before the load started; an interrupt after
     that ends the run early, with its reports.
     """
@@ -147,7 +151,7 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
                          cluster=cluster, nodes=nodes, interrupted=interrupts.check)
         try:
             interrupts.check()
-            result = _run(plan, fed, sample_interval, interrupts)
+            result = _run(plan, fed, sample_interval, interrupts, inbox, wait)
             return result
         except BaseException:
             release_run_folder(plan.run_dir, plan.made)  # a run that failed before it began leaves no folder
@@ -159,13 +163,16 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
         interrupts.restore()  # only now are the handlers put back
 
 
-def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interrupts) -> RunResult:
+def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interrupts, inbox: Inbox | None = None,
+         wait: bool = False) -> RunResult:
     config, count, run_dir, watched, cluster = plan.config, plan.workers, plan.run_dir, plan.watched, plan.cluster
     event = fed.event
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
     server_watch = _ServerWatch(groups, event)
+    steered = inbox is not None
+    steering: Steering | None = None
     try:
         if config.servers:
             from loadtest.execution.servers import ServerError, ServerGroup
@@ -180,7 +187,8 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
 
         if cluster is not None:  # each node starts its own workers; their messages come to local pipes
             reachable = cluster.reachable(addresses)
-            start, stop, children = cluster.launch(lambda k, total: plan.worker_plan(reachable, k, total))
+            start, stop, children = cluster.launch(lambda k, total: plan.worker_plan(reachable, k, total, steered,
+                                                                                     wait))
             states.extend(WorkerState(c.index, c, role=c.role) for c in children.children)
             for node in cluster.nodes:
                 event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
@@ -188,12 +196,14 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
         else:
             ctx = multiprocessing.get_context("spawn")
             start, stop = ctx.Event(), ctx.Event()
-            plans = [plan.worker_plan(addresses, k, count) for k in range(count)]
+            plans = [plan.worker_plan(addresses, k, count, steered, wait) for k in range(count)]
             children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
                                         interrupts.pending)
             states.extend(WorkerState(c.index, c) for c in children.children)
 
         stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(states))
+        if inbox is not None:
+            steering = Steering(config, inbox, children.command, event)
         _await_ready(children, states, interrupts)
         interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
         try:
@@ -209,6 +219,8 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
         if cluster is not None:
             cluster.on_resources = monitor.add_samples
         monitor.start()
+        if steering is not None and wait:
+            steering.hold(interrupts.pending)
         started = time.time()
         interrupts.running = True
         start.set()
@@ -217,7 +229,9 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
         total = len(states)
         event(f"{total} worker{'s' if total > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
-        collection = _Collection(states, stats, stop, fed, event, abort, monitor, interrupts, server_watch)
+        if steering is not None:
+            steering.status.started = started
+        collection = _Collection(states, stats, stop, fed, event, abort, monitor, interrupts, server_watch, steering)
         interrupted = collection.collect()
         _await_exit(states, monitor)
         server_watch.check()  # up to the moment they are stopped: the run's last requests needed them
@@ -243,12 +257,18 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
     # Connections are held to the end of a timed run; a run that ended by spending its `requests:`
     # total, or was interrupted, let them go early on purpose.
     spent = bool(states) and all(w.exit is not None and w.exit.spent for w in states)
-    shortfalls = [] if interrupted or spent else connection_shortfalls(config, stats)
+    # A target whose level was changed, or a run that was paused, asked for other connections than the config.
+    shortfalls = [] if interrupted or spent or (steering is not None and steering.paused_ever) else \
+        connection_shortfalls(config, stats, set(steering.set) if steering is not None else set())
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
     status = exits.run_status(bool(problems), interrupted, failed)
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
-                       shortfalls, cluster.summaries(states) if cluster is not None else [])
+                       shortfalls, cluster.summaries(states) if cluster is not None else [],
+                       steering.stopped_summary() if steering is not None else None,
+                       [c.as_dict() for c in steering.status.changes] if steering is not None else [])
+    if steering is not None:
+        steering.finish()
     return result
 
 
@@ -256,10 +276,11 @@ def totals_for(stats: RunStats, target: str | None) -> TargetTotals:
     return stats.aggregated() if target is None else stats.totals[stats.names.index(target)]
 
 
-def connection_shortfalls(config: RunConfig, stats: RunStats) -> list[str]:
+def connection_shortfalls(config: RunConfig, stats: RunStats, skip: set[str] | None = None) -> list[str]:
     """How the run fell short of what each target asked for, as its kind judges it (a tcp target that did not
-    hold all its connections)."""
-    return [text for i, t in enumerate(config.targets) if (text := kind_of(t).shortfall(t, stats, i))]
+    hold all its connections); the targets named in `skip` (their level was changed mid-run) are not judged."""
+    return [text for i, t in enumerate(config.targets)
+            if t.name not in (skip or ()) and (text := kind_of(t).shortfall(t, stats, i))]
 
 
 def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
@@ -355,10 +376,11 @@ class _Collection:
 
     def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, outputs: _Outputs,
                  event: Callable[[str], None], abort: Callable[[], None], monitor: RunMonitor,
-                 interrupts: _Interrupts, servers: _ServerWatch) -> None:
+                 interrupts: _Interrupts, servers: _ServerWatch, steering: Steering | None = None) -> None:
         self.states, self.stats, self.stop, self.outputs = states, stats, stop, outputs
         self.event, self.abort = event, abort
         self.monitor, self.interrupts, self.servers = monitor, interrupts, servers
+        self.steering = steering
 
     def flush(self, final: bool = False) -> None:
         lost = [w.index for w in self.states if w.lost or w.killed]
@@ -431,6 +453,9 @@ class _Collection:
                     if not w.done:
                         self.lose(w)
             self.servers.check()
+            if self.steering is not None:  # the control inbox: level changes, pause, resume, stop
+                self.steering.take(time.time() - (self.steering.status.started or time.time()),
+                                   ending=interrupted or any(w.stopping or w.done for w in self.states))
             now = time.monotonic()
             for w in active:
                 allowed = SILENT_WORKER_S + (GRACEFUL_STOP_S + CANCEL_WAIT_S if w.stopping else 0.0)

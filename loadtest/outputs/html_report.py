@@ -271,8 +271,13 @@ def _over_time_section(run: RunFolder) -> str:
             names.insert(0, AGGREGATED)
     blocks = []
     end = run_end(run)
+    changes = [c for c in run.summary.get("level_changes") or [] if isinstance(c, dict)]
     for name in names:
         h = history[name]
+        # Each level change (loadtest run --web, the control inbox) is a dashed line at its time.
+        marks = [(float(c.get("at_s") or 0.0), f"{c.get('target')}: {c.get('unit')} {text_of(c.get('old'))} -> "
+                  f"{text_of(c.get('new'))} ({c.get('origin')})") for c in changes
+                 if name in (AGGREGATED, c.get("target"))]
         rate = [Series("requests/s", h["rps"], "#2563eb", fill=True)]
         extra: list[str] = []
         if any(v for _, v in h["fps"]):
@@ -282,11 +287,23 @@ def _over_time_section(run: RunFolder) -> str:
         lat = [Series(k, h[k], PERCENTILE_COLORS[k]) for k in ("p99", "p95", "p50")]
         title = "All targets" if name == AGGREGATED else name
         blocks.append(f'<div class="target"><h3>{escape(title)}</h3><div class="grid2">'
-                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end)
-                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end,
+                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end,
+                                   marks=marks)
+                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end, marks=marks,
                                    extra=[] if any(x.points for x in lat) else ["no responses, so no latency"])
+                      + _level_chart(name, h, marks, end)
                       + "</div></div>")
     return "<section><h2>Over time</h2>" + "".join(blocks) + "</section>"
+
+
+def _level_chart(name: str, h: dict[str, list[Any]], marks: list[tuple[float, str]], end: float | None) -> str:
+    """A target's level each second (history.csv's Target Level: its users or rate), with its changes marked;
+    nothing for a target whose level never was reported (neither staged, open nor steered)."""
+    if name == AGGREGATED or not h.get("level"):
+        return ""
+    changed = ["dashed lines: level changes"] if marks else []
+    return time_chart("Level each second (users or rate)", [Series("level", h["level"], "#7c3aed")], "level",
+                      end=end, marks=marks, extra=changed)
 
 
 def _spectrum_section(run: RunFolder) -> str:

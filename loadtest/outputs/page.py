@@ -89,6 +89,7 @@ svg .axis{font-size:11px;fill:#6b7280}
 svg .empty{font-size:13px;fill:#9ca3af}
 svg .ref{stroke:#dc2626;stroke-width:1;stroke-dasharray:3 3;opacity:.6}
 svg .ref-label{font-size:10px;fill:#dc2626}
+svg .mark{stroke:#7c3aed;stroke-width:1.2;stroke-dasharray:4 3}
 pre{background:#f9fafb;border:1px solid var(--line);border-radius:8px;padding:12px;overflow:auto;font-size:12px;
 max-height:480px;margin:0;white-space:pre-wrap;word-break:break-word}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 14px;margin:0;font-size:13px}

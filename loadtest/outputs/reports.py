@@ -250,6 +250,8 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "verdicts": result.verdicts,
         "shortfalls": result.shortfalls,
         "aborted_by_threshold": result.aborted or None,
+        "stopped": result.stopped,  # stopped from the control inbox (the web API): origin, at_s, reason
+        "level_changes": result.level_changes,  # each: at_s, target, unit, old, new, origin
         "config": _jsonable(dict(config.source)),
         "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests,
                    "failure_backoff_s": config.failure_backoff},
@@ -282,7 +284,16 @@ def run_outcome(result: RunResult) -> str:
         if o.default and not o.passed and o.threshold.target is not None:
             row = result.stats.totals[result.stats.names.index(o.threshold.target)]
             said.append(failures_text(row.requests, row.failures, what=f"passes of {row.name}"))
-    return outcome_line(result.exit_status, "; ".join(s for s in said if s), failed, reasons)
+    line = outcome_line(result.exit_status, "; ".join(s for s in said if s), failed, reasons)
+    return line + (f"; {stopped_text(result.stopped)}" if result.stopped else "")
+
+
+def stopped_text(stopped: dict[str, Any]) -> str:
+    """How a Stop command ended the run: "stopped from the API at 3.2 s" (summary.json's `stopped`)."""
+    origin = stopped.get("origin") or "api"
+    who = "from the API" if origin == "api" else f"by {origin}"
+    reason = f" ({stopped['reason']})" if stopped.get("reason") else ""
+    return f"stopped {who} at {float(stopped.get('at_s') or 0):.1f} s{reason}"
 
 
 def failure_rows(result: RunResult, config: RunConfig) -> list[list[str]]:

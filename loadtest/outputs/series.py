@@ -41,14 +41,14 @@ def mean_of(values: list[float]) -> float:
 
 
 def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
-    """Per target name: its req/s, failures/s and per-second percentiles against elapsed seconds."""
+    """Per target name: its req/s, failures/s, per-second percentiles and level against elapsed seconds."""
     out: dict[str, dict[str, list[Point]]] = {}
     for row in run.history:
         name, elapsed = row.get("Name", ""), as_float(row.get("Elapsed"))
         if elapsed is None or row.get("Type") in OTHER_HISTOGRAM_TYPES:
             continue
-        series = out.setdefault(name, {"rps": [], "fps": [], "p50": [], "p95": [], "p99": []})
-        for key, column in (("rps", "Requests/s"), ("fps", "Failures/s")):
+        series = out.setdefault(name, {"rps": [], "fps": [], "p50": [], "p95": [], "p99": [], "level": []})
+        for key, column in (("rps", "Requests/s"), ("fps", "Failures/s"), ("level", "Target Level")):
             v = as_float(row.get(column))
             if v is not None:
                 series[key].append((elapsed, v))
@@ -59,7 +59,7 @@ def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
                     series[key].append((elapsed, v))
     for series in out.values():
         for key in series:
-            series[key] = downsample(series[key], keep=mean_of if key in ("rps", "fps") else max)
+            series[key] = downsample(series[key], keep=mean_of if key in ("rps", "fps", "level") else max)
     return out
 
 

@@ -149,7 +149,8 @@ class PacedTcp:
     # -- the driver greenlet ---------------------------------------------------------------------
 
     def drive(self, pool: Pool, share: int, level: Level | None = None) -> None:
-        """Hold `share` connections (those below `level`, if staged) until the load ends or this is killed.
+        """Hold `share` connections (those below `level`, if staged or steered; none while it is paused) until
+        the load ends or this is killed.
 
         Returns once the budget says stop (or is spent) and no message or connect is left; killed, it
         records the messages in flight as cancelled. Every connection is closed on the way out.
@@ -160,7 +161,10 @@ class PacedTcp:
         budget = self.budget
         try:
             while True:
-                self._follow(share if level is None else min(share, math.ceil(level.value)))
+                count = share if level is None else 0 if level.paused else math.ceil(level.value)
+                if count > len(self.conns):  # the controller set a level above the config's peak
+                    self.conns.extend(PacedConnection(i) for i in range(len(self.conns), count))
+                self._follow(count)
                 if ((budget.stopping or (budget.left == 0 and not self.tickets)) and not self.in_flight
                         and not self.connectors):
                     return

@@ -293,6 +293,7 @@ def test_on_a_cluster_a_level_and_a_pause_reach_every_node(tmp_path: Path) -> No
     assert len(requests) == 2 and min(requests) > 0.4 * max(requests)  # each node's worker sent its half
     with open(web.dir / "history.csv", newline="") as f:
         sent = [int(r["Interval Requests"]) for r in csv.DictReader(f) if r["Name"] == "open"]
-    assert max(sent) >= 150  # 200/s in all: both nodes followed (one alone would send 100/s)
     assert 0 in sent  # paused on both nodes
-    assert sent[-2] >= 150  # resumed on both
+    paused = sent.index(0)
+    # 200/s in all before the pause and after the resume: both nodes followed (one alone would send 100/s)
+    assert max(sent[:paused]) >= 140 and max(sent[paused:]) >= 140, sent

@@ -217,9 +217,9 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
         monitor.watch_pids(watched)
         if cluster is not None:
             cluster.on_resources = monitor.add_samples
-        monitor.start()
-        if steering is not None and wait:
+        if steering is not None and wait:  # --wait: the load, its clock and its sampling start on Resume
             steering.hold(interrupts.pending)
+        monitor.start()
         started = time.time()
         interrupts.running = True
         start.set()

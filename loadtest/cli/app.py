@@ -17,7 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 from loadtest import __version__
 from loadtest.core import exits
 from loadtest.model.interrupts import EXIT_INTERRUPTED, check_interrupted, on_interrupt
-from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
+from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, bare_url_problem, is_url
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_RUN_FAILED = exits.OK, exits.FAILED, exits.BAD_INPUT, exits.RUN_FAILED
 DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape comes within it
@@ -164,6 +164,9 @@ def run_command(
                                        help="URL only: the request body (a POST unless -m says otherwise)."),
     timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
                                           help="URL only: per request (default 10s, as in a config)."),
+    target_name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                              help="URL only: the target's name and the run's (default: the URL; "
+                                                   "two runs of different URLs named alike can be compared)."),
     json_summary: bool = typer.Option(False, "--json",
                                       help="Print summary.json on stdout and nothing else (progress goes to stderr)."),
     metrics: Optional[str] = typer.Option(
@@ -192,13 +195,14 @@ def run_command(
     from loadtest.outputs.live import TerminalOutput
     from loadtest.outputs.metrics import MetricsEndpoint
     from loadtest.model.quick import OneLine, one_line_config
-    from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
+    from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S, MIN_SAMPLE_INTERVAL_S
     from loadtest.execution.control import Inbox
     from loadtest.execution.web import WebServer, check_token
     from loadtest.outputs.live_page import LivePage
 
     check_interrupted()  # an interrupt while these imported waited for them to finish
-    one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
+    one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout,
+                       target_name)
     endpoint: MetricsEndpoint | None = None
     server: WebServer | None = None
     page: LivePage | None = None
@@ -212,9 +216,14 @@ def run_command(
         run_length = parse_duration(duration, "--duration") if duration is not None else None
         interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
             else DEFAULT_SAMPLE_INTERVAL_S
+        if interval < MIN_SAMPLE_INTERVAL_S:
+            raise ConfigError(f"--sample-interval: must be at least {MIN_SAMPLE_INTERVAL_S * 1000:g}ms (each sample "
+                              f"reads every process of the run), got {sample_interval!r}")
         if is_url(config_path):
             config = one_line_config(one_line)
         else:
+            if bare_url_problem(config_path):
+                raise ConfigError(bare_url_problem(config_path))
             if one_line.given():
                 raise ConfigError(f"{one_line.given()[0]}: applies only to a URL (loadtest run http://HOST:PORT/ "
                                   f"-c 50); a config file sets it per target")
@@ -407,7 +416,8 @@ def compare_command(
         fraction = parse_tolerance(tolerance, "--tolerance")
         comparison = compare_runs(Path(run_a), Path(run_b), fraction, histograms=html is not None)
         if html:
-            write_compare_html(comparison, Path(html))
+            written = write_compare_html(comparison, Path(html))
+            typer.echo(f"compare page: {written}", err=True)  # stderr: stdout holds the table, csv or json
     except (RunFolderError, ValueError) as e:
         fail(str(e), EXIT_BAD_INPUT)
     except DAMAGE as e:
@@ -485,8 +495,28 @@ def main() -> None:
     again here for callers that import this module first), then the commands run."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_interrupt)
+    try:  # typer from 0.2x carries its own copy of click; before, it used click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
     try:
-        app()
+        try:
+            code = app(standalone_mode=False, prog_name="loadtest")
+        except click_errors.NoArgsIsHelpError as e:  # `loadtest` alone: its help, as typer shows it
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(e)
+            code = e.exit_code
+        except click_errors.ClickException as e:
+            # An unknown option, a missing argument, a bad command: one line, as every other error, not a box
+            ctx = getattr(e, "ctx", None)
+            hint = f"; see `{ctx.command_path} -h`" if ctx is not None else ""
+            typer.echo(f"loadtest: {e.format_message().rstrip('.')}{hint}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            code = EXIT_INTERRUPTED
+        sys.exit(code if isinstance(code, int) else 0)
     finally:
         # An interrupt that typer's own late imports deferred (help, a usage error) ends as 130 too; one in
         # the last instant, as the interpreter shuts down, would print "Exception ignored": none is taken now.

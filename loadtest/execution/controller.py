@@ -32,6 +32,7 @@ from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
 from loadtest.model.run_result import Frame, RunError, RunResult, WorkerState
 from loadtest.outputs.run_folder import release_run_folder
 from loadtest.execution.plan import Plan, make_plan
+from loadtest.core.run_files import NOT_AGGREGATED_TYPES
 from loadtest.core.stats import RunStats, TargetTotals
 from loadtest.core.thresholds import Outcome, check, check_all
 
@@ -283,8 +284,10 @@ def connection_shortfalls(config: RunConfig, stats: RunStats, skip: set[str] | N
 
 
 def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
-    """The config's thresholds, or with none the default: no failed requests (thresholds.DEFAULT_THRESHOLD)."""
-    return check_all(config.thresholds, lambda target: totals_for(stats, target), stats.elapsed)
+    """The config's thresholds, or with none the default: no failed requests and no failed flow passes
+    (thresholds.DEFAULT_THRESHOLD)."""
+    unaggregated = [t.name for t in stats.totals if t.type in NOT_AGGREGATED_TYPES]
+    return check_all(config.thresholds, lambda target: totals_for(stats, target), stats.elapsed, unaggregated)
 
 
 class _AbortCheck:

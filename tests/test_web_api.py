@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from loadtest.model.config import parse_config
-from loadtest.execution.control import MAX_USERS, ControlError, Inbox, SetLevel
+from loadtest.execution.control import MAX_USERS, ControlError, Inbox, Pause, SetLevel
 from loadtest.execution.web import MAX_BODY_BYTES, MAX_EVENT_STREAMS, WebServer
 from loadtest.outputs.live_page import LivePage
 
@@ -199,6 +199,11 @@ def test_the_inbox_refuses_what_the_api_refuses_before_any_run() -> None:
     assert e.value.status == 404
     inbox.post(SetLevel("a", rate=7.5, origin="capacity"))
     assert inbox.drain() == [SetLevel("a", rate=7.5, origin="capacity")]
+    for state, sentence in (("stopping", "the run is stopping; it takes no more commands"), ("done", "the run is over")):
+        inbox.status.state = state
+        with pytest.raises(ControlError) as e:
+            inbox.post(Pause())
+        assert (e.value.status, e.value.message) == (409, sentence)
 
 
 def test_a_non_loopback_address_gets_a_token_made_and_needs_it() -> None:

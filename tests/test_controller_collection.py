@@ -18,6 +18,7 @@ from typing import Any
 from loadtest.execution.children import ChildGroup
 from loadtest.model.link import ParentLink
 from loadtest.model.config import parse_config
+from loadtest.execution.control import Inbox, Steering
 from loadtest.execution.controller import _Collection, _Interrupts, _Outputs, _ServerWatch
 from loadtest.model.kinds import kind_of
 from loadtest.model.messages import Done, SnapshotSent, Stopping, WorkerExit
@@ -75,11 +76,14 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     history.start(RunStarted(config, tmp_path, time.time(), len(hows)))
     monitor = RunMonitor(tmp_path)
     events: list[str] = []
+    inbox = Inbox(config)
     flag = _Interrupts()
     flag.count = interrupts
+    flag.start_running(inbox)  # the interrupts that came before the load go to the inbox as it starts
+    steering = Steering(config, inbox, lambda command: None, events.append)
     try:
         interrupted = _Collection(states, stats, stop, history, events.append, lambda: None,
-                                  monitor, flag, _ServerWatch([], events.append)).collect()
+                                  monitor, flag, _ServerWatch([], events.append), steering).collect()
     finally:
         history.stop(None)
         monitor.stop()

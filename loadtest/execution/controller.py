@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from loadtest.core import exits
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import RunConfig
-from loadtest.execution.control import Inbox, Steering
+from loadtest.execution.control import Abort, Inbox, Interrupt, Steering
 from loadtest.model.kinds import kind_of
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, WORKER_ENTRY, Done, Failed, Ready, SnapshotSent, Stopping,
                        WorkerMessage)
@@ -54,9 +54,10 @@ class _Interrupts:
 
     Before the load starts, the start-up asks (`check`) between steps and while it waits, and an
     interrupt raises KeyboardInterrupt there, where every process started so far is known and is
-    stopped: there is nothing to save. Once the load runs, the main loop reads the count: the first
-    interrupt asks the workers to stop (in-flight requests end as cancelled), the second (at least
-    SAME_INTERRUPT_S later) stops them at once, and the reports are written either way. The children
+    stopped: there is nothing to save. Once the load runs, each interrupt is posted to the run's control
+    inbox (`control.Interrupt`) and the main loop carries it out: the first asks the workers to stop
+    (in-flight requests end as cancelled), the second (at least SAME_INTERRUPT_S later) stops them at
+    once, and the reports are written either way. The children
     ignore both signals (see `loadtest.execution.children`), so a signal sent to the whole process group (a
     terminal's Ctrl-C, `timeout`, systemd) acts exactly as one sent to this process.
     """
@@ -64,6 +65,7 @@ class _Interrupts:
     def __init__(self) -> None:
         self.count = 0
         self.running = False
+        self.inbox: Inbox | None = None
         self._previous: dict[int, Any] = {}
         self._last = -SAME_INTERRUPT_S
 
@@ -78,7 +80,16 @@ class _Interrupts:
         now = time.monotonic()
         if now - self._last >= SAME_INTERRUPT_S:
             self.count += 1
+            if self.running and self.inbox is not None:
+                self.inbox.notify(Interrupt())
         self._last = now
+
+    def start_running(self, inbox: Inbox) -> None:
+        """The load starts: from now on each interrupt goes to `inbox` (one that came meanwhile included)."""
+        self.inbox = inbox
+        self.running = True
+        for _ in range(self.count):
+            inbox.notify(Interrupt())
 
     def pending(self) -> bool:
         """True if an interrupt came before the load started."""
@@ -171,7 +182,8 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
     server_watch = _ServerWatch(groups, event)
-    steered = inbox is not None
+    steered = inbox is not None  # levels may change from outside: the workers keep every target steerable
+    inbox = inbox if inbox is not None else Inbox(config)  # the run's own notices (interrupts, aborts) come here
     steering: Steering | None = None
     try:
         if config.servers:
@@ -202,8 +214,7 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
             states.extend(WorkerState(c.index, c) for c in children.children)
 
         stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(states))
-        if inbox is not None:
-            steering = Steering(config, inbox, children.command, event)
+        steering = Steering(config, inbox, children.command, event)
         _await_ready(children, states, interrupts)
         interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
         try:
@@ -222,15 +233,16 @@ def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interru
             steering.hold(interrupts.pending)
         monitor.start()
         started = time.time()
-        interrupts.running = True
+        interrupts.start_running(inbox)
         start.set()
         started = getattr(start, "at", None) or started  # a cluster's nodes start together a moment from now
         fed.start(RunStarted(config, run_dir, started, len(states)))
         total = len(states)
         event(f"{total} worker{'s' if total > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
-        abort = _AbortCheck(config, stats, stop, event)
+        abort = _AbortCheck(config, stats, inbox, event)
         if steering is not None:
             steering.status.started = started
+        assert steering is not None
         collection = _Collection(states, stats, stop, fed, event, abort, monitor, interrupts, server_watch, steering)
         interrupted = collection.collect()
         _await_exit(states, monitor)
@@ -293,9 +305,9 @@ def check_thresholds(config: RunConfig, stats: RunStats) -> list[Outcome]:
 class _AbortCheck:
     """Checks the abort_on_fail thresholds on the totals so far; stops the run when one fails."""
 
-    def __init__(self, config: RunConfig, stats: RunStats, stop: Any, event: Callable[[str], None]) -> None:
+    def __init__(self, config: RunConfig, stats: RunStats, inbox: Inbox, event: Callable[[str], None]) -> None:
         self.thresholds = [t for t in config.thresholds if t.abort_on_fail]
-        self.stats, self.stop, self.event = stats, stop, event
+        self.stats, self.inbox, self.event = stats, inbox, event
         self.reason = ""
 
     def __call__(self) -> None:
@@ -307,7 +319,7 @@ class _AbortCheck:
                 self.reason = (f"threshold {t.text!r} failed at {self.stats.elapsed:.1f} s "
                                f"(measured {outcome.measured_text})")
                 self.event(f"stopping: {self.reason}")
-                self.stop.set()
+                self.inbox.notify(Abort(self.reason))
                 return
 
 
@@ -376,7 +388,7 @@ class _Collection:
 
     def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, outputs: _Outputs,
                  event: Callable[[str], None], abort: Callable[[], None], monitor: RunMonitor,
-                 interrupts: _Interrupts, servers: _ServerWatch, steering: Steering | None = None) -> None:
+                 interrupts: _Interrupts, servers: _ServerWatch, steering: Steering) -> None:
         self.states, self.stats, self.stop, self.outputs = states, stats, stop, outputs
         self.event, self.abort = event, abort
         self.monitor, self.interrupts, self.servers = monitor, interrupts, servers
@@ -425,17 +437,25 @@ class _Collection:
             active = [w for w in self.states if not w.done and not w.lost]
             if not active:
                 break
-            if self.interrupts.count >= 2:  # a second Ctrl-C: stop at once, as asked; not a failure
-                interrupted = True
-                for w in active:
-                    self.kill_now(w)
+            # The control inbox: level changes, pause, resume and stop are carried out by the steering; an
+            # interrupt and a failed abort_on_fail threshold come back to be carried out here.
+            elapsed = time.time() - (self.steering.status.started or time.time())
+            killed = False
+            for notice in self.steering.take(elapsed, ending=interrupted or any(w.stopping or w.done
+                                                                                for w in self.states)):
+                if isinstance(notice, Interrupt) and interrupted:  # a second Ctrl-C: stop at once, as asked
+                    for w in active:
+                        self.kill_now(w)
+                    killed = True
+                    break
+                if isinstance(notice, Interrupt):
+                    interrupted = True
+                    self.event("stopping: in-flight requests are cancelled, reports will be written "
+                               "(interrupt again to stop at once)")
+                self.stop.set()  # the first interrupt, or an abort: in-flight requests end as cancelled
+                stop_deadline = min(stop_deadline, time.monotonic() + STOP_TIMEOUT_S)
+            if killed:
                 break
-            if self.interrupts.count and not interrupted:
-                interrupted = True
-                self.stop.set()
-                stop_deadline = time.monotonic() + STOP_TIMEOUT_S
-                self.event("stopping: in-flight requests are cancelled, reports will be written "
-                           "(interrupt again to stop at once)")
             by_handle: dict[Any, WorkerState] = {}
             for w in active:
                 by_handle[w.child.conn] = w
@@ -453,9 +473,6 @@ class _Collection:
                     if not w.done:
                         self.lose(w)
             self.servers.check()
-            if self.steering is not None:  # the control inbox: level changes, pause, resume, stop
-                self.steering.take(time.time() - (self.steering.status.started or time.time()),
-                                   ending=interrupted or any(w.stopping or w.done for w in self.states))
             now = time.monotonic()
             for w in active:
                 allowed = SILENT_WORKER_S + (GRACEFUL_STOP_S + CANCEL_WAIT_S if w.stopping else 0.0)

@@ -97,8 +97,9 @@ def _run(plan: Plan, fed: Outputs, sample_interval: float, interrupts: Interrupt
         _await_ready(children, states, interrupts)
         interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
         monitor = _start_monitor(plan, groups, states, sample_interval, event)
-        if wait:
+        if wait:  # --wait: the load, its clock and its sampling start on Resume
             steering.hold(interrupts.pending)
+        monitor.start()
         started = time.time()
         interrupts.start_running(inbox)
         start.set()
@@ -179,7 +180,7 @@ def _start_workers(plan: Plan, addresses: dict[str, str], states: list[WorkerSta
 
 def _start_monitor(plan: Plan, groups: list[Any], states: list[WorkerState], sample_interval: float,
                    event: Callable[[str], None]) -> RunMonitor:
-    """Make the report folder and start sampling every process of the run."""
+    """Make the report folder and set up the sampling of every process of the run (started with the load)."""
     try:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -193,7 +194,6 @@ def _start_monitor(plan: Plan, groups: list[Any], states: list[WorkerState], sam
     monitor.watch_pids(plan.watched)
     if cluster is not None:
         cluster.on_resources = monitor.add_samples
-    monitor.start()
     return monitor
 
 

@@ -1,7 +1,6 @@
 """`loadtest capacity URL|CONFIG --slo 'p99<50ms'`: parses the options and wires the search; nothing else.
 
-`loadtest.cli.app` registers it (`register`), handing over the app's own command class and helpers, so this
-module imports nothing from the app.
+`loadtest.cli.app` registers `capacity_command` as the `capacity` command, with CAPACITY_EPILOG.
 """
 
 from __future__ import annotations
@@ -10,10 +9,12 @@ import json
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
+from loadtest.cli.common import _version_option, fail
+from loadtest.cli.run import _positive_count
 from loadtest.core import exits
 from loadtest.model.interrupts import check_interrupted
 
@@ -51,46 +52,44 @@ def _precision(text: str) -> float:
     return value
 
 
-def register(app: typer.Typer, command_class: type, version_option: Callable[[], Any], fail: Callable[[str, int], None],
-             positive_count: Callable[[str, str], int]) -> None:
-    """Add `loadtest capacity` to `app`, with the app's command class, --version option and error exit."""
+CAPACITY_EPILOG = f"{CAPACITY_EXAMPLES}\n\n{CAPACITY_EXIT_CODES}"
 
-    @app.command("capacity", cls=command_class, epilog=f"{CAPACITY_EXAMPLES}\n\n{CAPACITY_EXIT_CODES}")
-    def capacity_command(
-        target: str = typer.Argument(..., metavar="URL|CONFIG",
-                                     help="A URL (one open-model target), or a config with open-model or paced "
-                                          "tcp targets."),
-        slo: list[str] = typer.Option([], "--slo", metavar="SLO",
-                                      help="What must hold at each rate: p50/p90/p95/p99/p99.9/max in ms or s, or "
-                                           "errors in % (p99<50ms, errors<1%); repeatable, all must hold."),
-        start: str = typer.Option("10", "--start", metavar="R", help="The first step's rate, per second in all."),
-        max_rate: Optional[str] = typer.Option(None, "--max-rate", metavar="R",
-                                               help="Search no higher than this rate (default: no bound)."),
-        step: str = typer.Option("10s", "--step", metavar="DURATION", help="How long each step holds its rate."),
-        warmup: str = typer.Option("2s", "--warmup", metavar="DURATION",
-                                   help="The start of each step left out of its judgement."),
-        precision: str = typer.Option("5%", "--precision", metavar="PERCENT",
-                                      help="Bisect until the lowest missed rate is within this of the highest "
-                                           "met one."),
-        workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
-                                                   help="Worker processes (default: one per core)."),
-        cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS",
-                                              help="Run on the nodes of this Dask scheduler, or on local:N nodes."),
-        nodes_text: Optional[str] = typer.Option(None, "--nodes", metavar="N",
-                                                 help="With --cluster: use N of its nodes."),
-        out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR",
-                                          help="Write the run folder exactly here."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Let --out name a folder that holds a run's files."),
-        json_out: bool = typer.Option(False, "--json", help="Print capacity.json on stdout (the steps go to stderr)."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No step lines; only the verdict."),
-        version: bool = version_option(),
-    ) -> None:
-        """Find the highest open-model rate the target sustains within the SLO: steps of rising rate, bracketed by
-        doubling, bisected to --precision, the answer held once more."""
-        check_interrupted()
-        given = Given(target, tuple(slo), start, max_rate, step, warmup, precision, workers_text, cluster, nodes_text,
-                      out, overwrite, json_out, quiet)
-        raise typer.Exit(search(given, fail, positive_count))
+
+def capacity_command(
+    target: str = typer.Argument(..., metavar="URL|CONFIG",
+                                 help="A URL (one open-model target), or a config with open-model or paced "
+                                      "tcp targets."),
+    slo: list[str] = typer.Option([], "--slo", metavar="SLO",
+                                  help="What must hold at each rate: p50/p90/p95/p99/p99.9/max in ms or s, or "
+                                       "errors in % (p99<50ms, errors<1%); repeatable, all must hold."),
+    start: str = typer.Option("10", "--start", metavar="R", help="The first step's rate, per second in all."),
+    max_rate: Optional[str] = typer.Option(None, "--max-rate", metavar="R",
+                                           help="Search no higher than this rate (default: no bound)."),
+    step: str = typer.Option("10s", "--step", metavar="DURATION", help="How long each step holds its rate."),
+    warmup: str = typer.Option("2s", "--warmup", metavar="DURATION",
+                               help="The start of each step left out of its judgement."),
+    precision: str = typer.Option("5%", "--precision", metavar="PERCENT",
+                                  help="Bisect until the lowest missed rate is within this of the highest "
+                                       "met one."),
+    workers_text: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N",
+                                               help="Worker processes (default: one per core)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="ADDRESS",
+                                          help="Run on the nodes of this Dask scheduler, or on local:N nodes."),
+    nodes_text: Optional[str] = typer.Option(None, "--nodes", metavar="N",
+                                             help="With --cluster: use N of its nodes."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                      help="Write the run folder exactly here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Let --out name a folder that holds a run's files."),
+    json_out: bool = typer.Option(False, "--json", help="Print capacity.json on stdout (the steps go to stderr)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No step lines; only the verdict."),
+    version: bool = _version_option(),
+) -> None:
+    """Find the highest open-model rate the target sustains within the SLO: steps of rising rate, bracketed by
+    doubling, bisected to --precision, the answer held once more."""
+    check_interrupted()
+    given = Given(target, tuple(slo), start, max_rate, step, warmup, precision, workers_text, cluster, nodes_text,
+                  out, overwrite, json_out, quiet)
+    raise typer.Exit(search(given))
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ class Terminal:
             self.say(text)
 
 
-def search(given: Given, fail: Callable[[str, int], None], positive_count: Callable[[str, str], int]) -> int:
+def search(given: Given) -> int:
     """Run the search the options ask for; its exit status."""
     from loadtest.core.capacity import SloError
     from loadtest.execution.capacity_run import run_capacity
@@ -170,7 +169,7 @@ def search(given: Given, fail: Callable[[str, int], None], positive_count: Calla
 
     try:
         workers = parse_workers(given.workers, "--workers") if given.workers is not None else None
-        nodes = positive_count(given.nodes, "--nodes") if given.nodes is not None else None
+        nodes = _positive_count(given.nodes, "--nodes") if given.nodes is not None else None
         config, plan = read_plan(given)
     except (ConfigError, SloError) as e:
         fail(str(e), exits.BAD_INPUT)

@@ -36,6 +36,7 @@ from loadtest.engine.budget import Budget, Level
 from loadtest.model.link import ParentLink, raise_nofile_limit
 from loadtest.engine.kinds import worker_of
 from loadtest.model.kinds import kind_of
+from loadtest.model.config import DEFAULT_FAILURE_BACKOFF_S, FIRST_BACKOFF_S
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, ChangeLevel, Command, Done, EndLoad, Failed,
                                      PauseLoad, Ready, ResumeLoad, SnapshotSent, Stopping, WorkerExit, WorkerPlan)
 from loadtest.engine.protocols import Deadlines, Session
@@ -51,15 +52,22 @@ START_WAIT_S = 120.0
 
 
 def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int = 0,
-                 level: Level | None = None, think: tuple[float, float] = (0.0, 0.0)) -> None:
+                 level: Level | None = None, think: tuple[float, float] = (0.0, 0.0),
+                 backoff: float = DEFAULT_FAILURE_BACKOFF_S, recorder: TargetRecorder | None = None) -> None:
     """Send requests one after another until the budget says stop (closed model).
 
     With stages, user `index` works only while the level is above it, and
     closes its connection while it waits, as a user who left would; with
-    think time it pauses between requests.
+    think time it pauses between requests. After an exchange that failed at
+    once (a failed connect, a failed flow pass: the session's `back_off`) it
+    waits FIRST_BACKOFF_S, twice that after the next failure in a row, and so
+    on up to `backoff` seconds (0: never), counted in `recorder`; a success
+    starts it over. A person aimed at a struggling server expects no less:
+    a failing user must not loop faster than a working one.
     """
     session: Session | None = None
     lo, hi = think
+    wait = 0.0
     try:
         while True:
             if level is not None and (index >= level.value or level.paused):
@@ -75,6 +83,17 @@ def virtual_user(make_session: Callable[[], Session], budget: Budget, index: int
             if session is None:
                 session = make_session()
             session.exchange()
+            if session.back_off:
+                session.back_off = False
+                if backoff:
+                    wait = min(backoff, wait * 2 if wait else FIRST_BACKOFF_S)
+                    if recorder is not None:
+                        recorder.backoffs += 1
+                        recorder.backoff_s += wait
+                    gevent.sleep(wait)
+                    continue
+            elif wait:
+                wait = 0.0
             if hi:
                 gevent.sleep(lo if lo == hi else random.uniform(lo, hi))
     finally:
@@ -289,18 +308,19 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
     if not load.stages and not steered:
         recorder.users = share
         for _ in range(share):
-            pool.spawn(virtual_user, make, budget, think=load.think)
+            pool.spawn(virtual_user, make, budget, think=load.think, backoff=plan.config.failure_backoff,
+                       recorder=recorder)
         return None
     level = Level(plan.share(load.start), reported=bool(load.stages) or steered, spawned=share)
     if load.stages:
         pool.spawn(ramp, level, load.stages, load.start, t0, plan.share, budget)
     for index in range(share):
-        pool.spawn(virtual_user, make, budget, index, level, load.think)
+        pool.spawn(virtual_user, make, budget, index, level, load.think, plan.config.failure_backoff, recorder)
 
     def grow(users: int) -> None:
         """Spawn users up to `users`: a level change may ask for more than the config's peak."""
         for index in range(level.spawned, users):
-            pool.spawn(virtual_user, make, budget, index, level, load.think)
+            pool.spawn(virtual_user, make, budget, index, level, load.think, plan.config.failure_backoff, recorder)
         level.spawned = max(level.spawned, users)
 
     level.grow = grow

@@ -47,7 +47,7 @@ WAIT_POLL_S = 0.1  # while a run waits to start (--wait), how often it looks at 
 
 class ControlError(Exception):
     """A command that cannot be carried out: `status` (404: no such target, 400: a bad level, 409: the run is
-    over, 503: too many waiting) and one sentence naming what was wrong."""
+    stopping or over, 503: too many waiting) and one sentence naming what was wrong."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -87,6 +87,25 @@ class Stop:
 
 
 ControlCommand = Union[SetLevel, Pause, Resume, Stop]
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Ctrl-C or SIGTERM once the load runs, posted by the signal handler: the first ends the run with what is
+    in flight cancelled (exit status 130, reports written), a second stops the workers at once."""
+
+    origin: str = "signal"
+
+
+@dataclass(frozen=True)
+class Abort:
+    """A threshold marked abort_on_fail failed: the run ends now, what is in flight cancelled (exit status 1)."""
+
+    reason: str
+    origin: str = "threshold"
+
+
+Notice = Union[Interrupt, Abort]  # posted from inside the run, carried out by the controller's main loop itself
 
 
 @dataclass(frozen=True)
@@ -163,12 +182,15 @@ class Inbox:
         self.status = RunStatus()
         self._lock = threading.Lock()
         self._commands: deque[ControlCommand] = deque()
+        self._notices: deque[Notice] = deque()  # no lock: a signal handler posts here (see `notify`)
         self.wake = threading.Event()  # set on every post: a run waiting to start looks at once
 
     def check(self, command: ControlCommand) -> ControlCommand:
         """The command as it will be carried out, or ControlError naming what is wrong with it."""
         if self.status.state == "done":
             raise ControlError(409, "the run is over")
+        if self.status.state == "stopping":
+            raise ControlError(409, "the run is stopping; it takes no more commands")
         if isinstance(command, SetLevel) and self.config is not None:
             level = command.users if command.users is not None else command.rate
             key = "users" if command.users is not None else "rate"
@@ -186,13 +208,23 @@ class Inbox:
             self._commands.append(command)
         self.wake.set()
 
-    def drain(self) -> list[ControlCommand]:
-        """Every command posted since the last drain, oldest first."""
+    def notify(self, notice: Notice) -> None:
+        """Post what happened inside the run (an interrupt, a failed abort_on_fail threshold) for the next pass.
+
+        Takes no lock and wakes nothing, so a signal handler may call it whatever the thread it interrupted
+        holds: appending to a deque is atomic, and the main loop looks at least every quarter second."""
+        self._notices.append(notice)
+
+    def drain(self) -> list[ControlCommand | Notice]:
+        """Every notice, then every command, posted since the last drain, each oldest first."""
+        notices: list[ControlCommand | Notice] = []
+        while self._notices:
+            notices.append(self._notices.popleft())
         with self._lock:
             commands = list(self._commands)
             self._commands.clear()
             self.wake.clear()
-        return commands
+        return notices + commands
 
 
 class Steering:
@@ -229,12 +261,17 @@ class Steering:
         if state is not None:
             self.status.state = state
 
-    def take(self, elapsed: float, ending: bool = False) -> None:
-        """Carry out every command waiting; publish the levels and the state (`ending`: the load is stopping)."""
+    def take(self, elapsed: float, ending: bool = False) -> list[Notice]:
+        """Carry out every command waiting; publish the levels and the state (`ending`: the load is stopping).
+
+        The notices (interrupts, aborts) are the controller's to carry out: they are returned, in order."""
+        notices: list[Notice] = []
         for command in self.inbox.drain():
-            if self.stopped is not None:
-                break  # the run is ending: nothing more to change
-            if isinstance(command, SetLevel):
+            if isinstance(command, (Interrupt, Abort)):
+                notices.append(command)
+            elif self.stopped is not None:
+                continue  # the run is ending: nothing more to change
+            elif isinstance(command, SetLevel):
                 new = float(command.users) if command.users is not None else float(command.rate or 0.0)
                 old = self.level(command.target, elapsed)
                 self.set[command.target] = new
@@ -262,6 +299,7 @@ class Steering:
         if self.status.state in ("stopping", "done"):
             state = self.status.state
         self.publish(elapsed, state)
+        return notices
 
     def hold(self, interrupted: Callable[[], bool]) -> None:
         """Before the load starts (--wait): wait for Resume (or Stop), carrying out level changes meanwhile.

@@ -170,7 +170,8 @@ def _threshold_details(c: dict[str, Any], no_samples: bool) -> str:
     """A threshold's other fields, as sentences."""
     said = []
     if c.get("default"):
-        said.append("The config set no thresholds, so the run is held to the default: no failed requests "
+        counted = "requests" if c.get("target") in (None, AGGREGATED) else "passes of this flow"
+        said.append(f"The config set no thresholds, so the run is held to the default: no failed {counted} "
                     "(cancelled ones aside).")
     if no_samples:
         said.append("No latency to measure: no request got a response.")
@@ -248,11 +249,13 @@ def _summary_row(kind: str, name: str, t: dict[str, Any], lat: dict[str, Any], e
 def _failures(run: RunFolder) -> str:
     if not run.failures:
         return ""
-    method, name, error, occurrences, kind, first, last = FAILURES_HEADER
+    method, name, error, occurrences, _, _, kind, first, last = FAILURES_HEADER
+    # "Target" and "Message": failures.csv before it led with Locust's columns; "First Seen" in seconds:
+    # before it wrote Locust's times of day there and the seconds into the run in columns of their own
     rows = [[td(f.get(name) or f.get("Target", ""), "l name"), td(f.get(method, ""), "l"), td(f.get(kind, ""), "l"),
              td(f.get(error) or f.get("Message", ""), "l wide"), td(fmt_count(as_float(f.get(occurrences)))),
-             td(f.get(first, "")), td(f.get(last, ""))]
-            for f in run.failures]  # "Target" and "Message": failures.csv before it led with Locust's columns
+             td(f.get(first) or f.get("First Seen", "")), td(f.get(last) or f.get("Last Seen", ""))]
+            for f in run.failures]
     return ('<h3 style="margin-top:18px">Failures by kind</h3>'
             + table(["Target", "Method", "Kind", "Error", "Count", "First seen s", "Last seen s"], rows, left=4))
 

@@ -71,6 +71,8 @@ tr.first td{border-top:2px solid #d1d5db}
 td.bad{color:var(--bad);font-weight:650}
 td.good{color:var(--ok)}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.grid2>:last-child:nth-child(odd){grid-column:1/-1}
+.grid2>:last-child:nth-child(odd) svg.chart{max-height:260px}
 .target{border-top:1px solid var(--line);padding-top:14px;margin-top:14px}
 .target:first-of-type{border-top:0;padding-top:0;margin-top:0}
 figure{margin:0}

@@ -12,7 +12,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadtest.core.run_files import HISTOGRAMS_NAME, OTHER_HISTOGRAM_TYPES, SUMMARY_PERCENTILE_KEYS
+from loadtest.core.run_files import HISTOGRAMS_NAME, OTHER_HISTOGRAM_TYPES, SUMMARY_PERCENTILE_KEYS, precise_cell
 from loadtest.outputs.run_folder import RunFolder, as_float, check_histogram
 
 MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
@@ -54,7 +54,7 @@ def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
                 series[key].append((elapsed, v))
         if (as_float(row.get("Interval Requests")) or 0) > 0:  # an empty second has no latency
             for key, column in (("p50", "50%"), ("p95", "95%"), ("p99", "99%")):
-                v = as_float(row.get(column))
+                v = as_float(precise_cell(row, column))  # the precise figure, not Locust's whole ms
                 if v is not None:
                     series[key].append((elapsed, v))
     for series in out.values():

@@ -86,6 +86,8 @@ class FlowRows:
 class FlowSession:
     """One virtual user of a flow; `run_pass(ctx, totals)` is what differs between YAML and Python flows."""
 
+    back_off = False  # set by a failed pass (see protocols.Session): the next starts after a back-off
+
     def __init__(self, shared: FlowShared) -> None:
         self.shared = shared
         flow_rec = shared.rows.flow
@@ -120,6 +122,7 @@ class FlowSession:
                 rec.uncorrected.record(ended - began)
             rec.failure(failed.kind, failed.message, ended - started, totals.received, totals.sent,
                         totals.content)
+            self.back_off = True
             give_way()  # a pass that fails at once must not keep the worker's clock from running
         except RunStopping:
             pass

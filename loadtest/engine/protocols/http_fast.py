@@ -195,6 +195,8 @@ class ReplyReader:
 class HttpSession(ReplyReader):
     """One virtual user's keep-alive connections to an HTTP target."""
 
+    back_off = False  # set by a failed connect (see protocols.Session)
+
     def __init__(self, target: HttpTarget, endpoints: list[Endpoint], recorder: TargetRecorder,
                  urls: Iterator[Endpoint] | None = None, tls: ssl.SSLContext | None = None,
                  deadlines: Deadlines | None = None) -> None:
@@ -285,6 +287,7 @@ class HttpSession(ReplyReader):
         except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
             kind, message = connect_failure(e, self.timeout)
             rec.failure(kind, message, None)  # the request failed; HTTP has no CONNECT row
+            self.back_off = True
             return None
         rec.connected(perf_counter_ns() - started)
         conn = self._conns[ep.origin] = _Connection(channel)

@@ -45,6 +45,8 @@ _RESOURCE_ERRNOS = (errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENFILE, errno.ENOBU
 class RequestsSession:
     """One virtual user driving a target through a `requests.Session`."""
 
+    back_off = False  # set by a request that never connected (see protocols.Session)
+
     def __init__(self, target: HttpTarget, urls: list[str], recorder: TargetRecorder,
                  url_cycle: Iterator[str] | None = None, deadlines: Deadlines | None = None) -> None:
         self.target = target
@@ -80,7 +82,10 @@ class RequestsSession:
         except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
             timer.stop()
             kind, message = request_failure(e, t.timeout)
-            rec.failure(kind, message, None if kind in NO_LATENCY_KINDS else perf_counter_ns() - started)
+            never_connected = kind in NO_LATENCY_KINDS
+            rec.failure(kind, message, None if never_connected else perf_counter_ns() - started)
+            if never_connected:
+                self.back_off = True
             return
         timer.stop()
         ended = perf_counter_ns()

@@ -381,9 +381,9 @@ class RunStats:
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
             # Each histogram is decoded once, into a scratch array, and added over only the buckets it
-            # fills (see `HistogramMerger`). A second keeps only its latency, lateness and uncorrected (SECOND_HISTOGRAMS),
-            # which join the totals' once, when the second is handed over: one add per target a second, not
-            # one per worker; the other histograms go to the totals at once.
+            # fills (see `HistogramMerger`). A second keeps only its latency, lateness and uncorrected latency
+            # (SECOND_HISTOGRAMS), which join the totals' once, when the second is handed over: one add per
+            # target a second, not one per worker; the other histograms go to the totals at once.
             total, part = self._totals[ts.target], interval.targets[ts.target]
             total.add(ts, histograms=False)
             part.add(ts, histograms=False)

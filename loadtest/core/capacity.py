@@ -410,9 +410,8 @@ def verdict_sentence(result: SearchResult, slo_texts: Sequence[str], steps: Sequ
                 f"so this is a lower bound.")
     if result.max_rate <= 0:
         first = steps[0] if steps else None
-        why = f" ({first.why})" if first and first.why else ""
         at = rate_text(first.rate) if first else "--start"
-        return f"No capacity found: even the first step, {at}, missed {slo}{why}."
+        return f"No capacity found: even the first step, {at}, missed {first.why if first and first.why else slo}."
     if result.limited_by == LIMITED_MAX_RATE:
         return (f"{met_at} ({unit}), the --max-rate, held within {slo}: the target's limit is at or above it.")
     lowest_miss = min(missed, key=lambda s: s.rate) if missed else None

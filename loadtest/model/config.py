@@ -23,7 +23,6 @@ from loadtest.model import fields
 from loadtest.model.fields import (  # noqa: F401 - the names the rest of the program imports from here
     MAX_WORKERS,
     ConfigError,
-    ConfigModel,
     Duration,
     FieldError,
     Flag,
@@ -52,6 +51,7 @@ from loadtest.model.fields import (  # noqa: F401 - the names the rest of the pr
     resolve,
     type_name,
 )
+from loadtest.model.config_model import ConfigModel
 # HttpTarget and TcpTarget are imported from here by the protocols and the tests.
 from loadtest.model.kinds import MODELS, HttpTarget, Target, TcpTarget, kind_of, model_for, needs  # noqa: F401
 from loadtest.core.schedule import stages_duration

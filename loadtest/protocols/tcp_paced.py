@@ -118,7 +118,8 @@ class PacedTcp:
         self.expected: bytes | None = {"echo": target.message, "upper": target.message.upper()}.get(target.expect)
         self.timeout = target.timeout
         self.timeout_ns = int(target.timeout * 1e9)
-        self.interval_ns = int(1e9 * target.peak_connections / target.rate)  # each connection's share of the rate
+        # each connection's share of the rate; 0: back to back (a kind that drives those on this driver)
+        self.interval_ns = int(1e9 * target.peak_connections / target.rate) if target.rate > 0 else 0
         self.pause_ns = int(reconnect_pause * 1e9)
         self.flight = RequestTimer(deadlines)  # "in flight" for the worker's grace period while any message is
         self.conns: list[PacedConnection] = []
@@ -142,6 +143,8 @@ class PacedTcp:
         self._writable = self._on_writable
         self._tick = self._on_tick
 
+    connection_class: type[PacedConnection] = PacedConnection  # a kind on this driver may keep more per connection
+
     def __call__(self) -> TcpSession:
         return self.make_session()
 
@@ -155,7 +158,7 @@ class PacedTcp:
         """
         self.pool = pool
         self.loop = get_hub().loop
-        self.conns = [PacedConnection(i) for i in range(share)]
+        self.conns = [self.connection_class(i) for i in range(share)]
         budget = self.budget
         try:
             while True:
@@ -237,13 +240,13 @@ class PacedTcp:
                 started = perf_counter_ns()
                 try:
                     source = (next(self.sources), 0) if self.sources is not None else None
-                    sock = connect_socket(self.family, self.remote, self.timeout, source)
+                    sock = self._open(source)
                 except gevent.GreenletExit:
                     self._drop_ticket(conn)
                     raise
                 except Exception as e:  # noqa: BLE001 - every failure is counted, none escapes
                     self._drop_ticket(conn, spent=True)  # a failed connect counts against a `requests:` total
-                    kind, message = connect_failure(e, self.timeout)
+                    kind, message = self._connect_failure(e)
                     rec.connect_failed(kind, message)
                     conn.retry_at_ns = perf_counter_ns() + self.pause_ns
                     self._want(conn)
@@ -253,6 +256,15 @@ class PacedTcp:
                 self._attach(conn, sock, now)
         finally:
             self.connectors -= 1
+
+    def _open(self, source: tuple[str, int] | None) -> Any:
+        """In a connector: a connected non-blocking socket (what a kind on this driver does after the TCP
+        connect, such as a WebSocket upgrade, it does here too); raises what `_connect_failure` names."""
+        return connect_socket(self.family, self.remote, self.timeout, source)
+
+    def _connect_failure(self, e: Exception) -> tuple[str, str]:
+        """The connect failure kind and message of what `_open` raised."""
+        return connect_failure(e, self.timeout)
 
     def _drop_ticket(self, conn: PacedConnection, spent: bool = False) -> None:
         """Let go of the budget unit a connection took before it connected: given back to the budget (a ramp
@@ -505,8 +517,7 @@ class PacedTcp:
             self.in_flight -= 1
             if not self.in_flight:
                 self.flight.deadline_ns = 0
-        message = detail if detail.startswith(_DRIVER_ERROR) else failure_message(self.target, kind, detail,
-                                                                                  conn.wrong or b"")
+        message = self._failure_message(conn, kind, detail)
         self.recorder.failure(kind, message, now - conn.slot_ns, conn.received, conn.sent)
         if not conn.answered:  # failed before any reply: pause as after a failed connect
             conn.retry_at_ns = now + self.pause_ns
@@ -514,6 +525,12 @@ class PacedTcp:
         budget = self.budget
         if conn.index < self.open_below and not budget.stopping and budget.left != 0:
             self._want(conn)
+
+    def _failure_message(self, conn: PacedConnection, kind: str, detail: str) -> str:
+        """What a message's failure of `kind` says (`detail`: the socket error's, or the driver's own)."""
+        if detail.startswith(_DRIVER_ERROR):
+            return detail
+        return failure_message(self.target, kind, detail, conn.wrong or b"")
 
     def _socket_failed(self, conn: PacedConnection, e: OSError) -> None:
         """A send or a read failed: `reset` for a reset or a broken pipe, `error` for anything else."""

@@ -19,7 +19,8 @@ http "requests" counts every request answered, error answers (400, 408, 413, 431
 included, as the answer is queued: a client that leaves before its answer is
 sent (say during /delay/MS) is still counted, as the run counts its request. echo "messages" counts reads echoed: the server cannot see message
 boundaries, so a message that arrives in pieces counts more than once; "bytes"
-and "connections" are exact.
+and "connections" are exact. The WebSocket echo (`ws`) counts whole messages,
+payload bytes, and "closes", the close frames with code 1000 it received.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ DEFAULT_STOP_TIMEOUT_S = 5.0
 FOREGROUND_POLL_S = 0.5
 SERVER_ENTRY = "loadtest.servers.child:main"  # a server process's entry, imported only in the process
 # The counts each server process keeps, by name: http, requests answered and then requests per route
-# (named as routes.ROUTE_NAMES: "/login", "/me", ..., "other" for 404s); echo, messages, bytes, connections.
-COUNT_NAMES = {"http": ("requests", *ROUTE_NAMES), "echo": ("messages", "bytes", "connections")}
+# (named as routes.ROUTE_NAMES: "/login", "/me", ..., "other" for 404s); echo, messages, bytes, connections and
+# (WebSocket only) close frames with code 1000 received.
+COUNT_NAMES = {"http": ("requests", *ROUTE_NAMES), "echo": ("messages", "bytes", "connections", "closes")}
 COUNT_SLOTS = max(len(names) for names in COUNT_NAMES.values())  # per process
 
 
@@ -177,14 +179,15 @@ class ServerGroup:
 
 
 def _describe(group: ServerGroup) -> str:
-    scheme = "http://" if group.spec.kind == "http" else ""
+    scheme = "http://" if group.spec.kind == "http" else "ws://" if group.spec.ws else ""
     return f"{group.spec.kind} on {scheme}{group.address}"
 
 
 def _describe_counts(kind: str, counts: dict[str, int]) -> str:
     if kind == "http":
         return f"{counts['requests']} requests served"
-    return f"{counts['connections']} connections, {counts['messages']} messages, {counts['bytes']} bytes echoed"
+    closes = f", {counts['closes']} normal closes" if counts.get("closes") else ""
+    return f"{counts['connections']} connections, {counts['messages']} messages, {counts['bytes']} bytes echoed{closes}"
 
 
 def serve_foreground(spec: ServerSpec, out: TextIO = sys.stdout) -> int:

@@ -1,0 +1,219 @@
+"""The echo server's WebSocket mode: every message back, unchanged or ASCII upper-cased, in frames.
+
+`loadtest serve echo --ws`, or `{kind: echo, ws: true}` in a config's
+`servers:`. The same event-loop callbacks, caps and accounting as the TCP
+echo server (`echo.py`, which this extends): a connection cap, an idle
+timeout, and a cap on unsent bytes in all. wsproto does the protocol: its
+`H11Handshake` answers the upgrade (a request that is not one gets a 400,
+and a head past h11's 16 KiB limit is refused the same way), and a wsproto
+`Connection` parses the frames, answers pings and checks UTF-8. Each piece of
+a message is echoed as it arrives, so a message is never held whole: a
+message that arrives in one read goes back as one frame, a longer one as a
+fragmented message of the same payload. The reply's frame header is written
+here (an unmasked server frame: opcode, length), which costs a fraction of a
+`send_data` call on the hot path.
+
+Limits: a message whose payload passes `max_message` (16 MiB by default) is
+answered with close code 1009 (too big); a frame that does not parse with the
+close code wsproto names (1002, 1007). A close frame is answered and the
+connection closed; one with code 1000 is counted (`closes`). A server that
+stops, or an idle timeout, sends close code 1001 (going away) first.
+
+Counts: messages (whole messages echoed: exact, unlike the TCP mode's reads),
+bytes (payload bytes echoed), connections (accepted), closes (close frames
+with code 1000 received).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, RejectConnection, Request,
+                            TextMessage)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from loadtest.servers.echo import READ_SIZE, EchoConnection, EchoServer
+
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+MESSAGE_TOO_BIG = 1009
+GOING_AWAY = 1001
+NORMAL_CLOSE = 1000
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TEXT, _BINARY, _CONTINUATION, _CLOSE = 0x1, 0x2, 0x0, 0x8
+
+
+def frame_header(opcode: int, fin: bool, length: int) -> bytes:
+    """The header of an unmasked (server) frame: RFC 6455 section 5.2."""
+    first = opcode | (0x80 if fin else 0)
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
+_GOING_AWAY_FRAME = frame_header(_CLOSE, True, 2) + struct.pack("!H", GOING_AWAY)
+
+
+class WsEchoConnection(EchoConnection):
+    """One client connection: its upgrade, then its frames, driven by the TCP echo connection's watchers."""
+
+    __slots__ = ("handshake", "ws", "length", "continued", "closing")
+
+    def __init__(self, server: WsEchoServer, sock: Any, loop: Any) -> None:
+        self.handshake: H11Handshake | None = H11Handshake(ConnectionType.SERVER)
+        self.ws: Connection | None = None
+        self.length = 0  # payload of the message being echoed so far
+        self.continued = False  # a piece of that message has been echoed: the next is a continuation
+        self.closing = False  # a close frame is answered: close once it is written
+        super().__init__(server, sock, loop)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.closing = True
+            self.expire()
+            return
+        if not data:
+            self.closing = True
+            self.expire()
+            return
+        self.mark = time.monotonic()
+        out = self._answer(data) if self.ws is not None else self._upgrade(data)
+        if out:
+            self._write(out)
+        if self.closing and self.unsent is None:
+            self.expire()
+
+    def _upgrade(self, data: bytes) -> bytes:
+        handshake = self.handshake
+        assert handshake is not None
+        try:
+            handshake.receive_data(data)
+            for event in handshake.events():
+                if isinstance(event, Request):
+                    out = handshake.send(AcceptConnection())
+                    self.ws = handshake.connection
+                    self.handshake = None
+                    return out + self._answer(b"")  # frames that came with the request
+        except RemoteProtocolError as e:
+            self.closing = True
+            try:
+                return handshake.send(RejectConnection(status_code=e.event_hint.status_code
+                                                       if isinstance(e.event_hint, RejectConnection) else 400))
+            except Exception:  # noqa: BLE001 - h11 could not even say no: just close
+                return b""
+        return b""
+
+    def _answer(self, data: bytes) -> bytes:
+        """Feed bytes to the parser; return the frames that answer them (echoes, pongs, a close)."""
+        ws = self.ws
+        assert ws is not None
+        if data:
+            ws.receive_data(data)
+        server = self.server
+        assert isinstance(server, WsEchoServer)
+        out = b""
+        for event in ws.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                piece = event.data
+                if isinstance(piece, str):
+                    if server.upper:
+                        piece = piece.translate(_ASCII_UPPER)
+                    payload = piece.encode("utf-8")
+                    opcode = _TEXT
+                else:
+                    payload = bytes(piece).upper() if server.upper else bytes(piece)
+                    opcode = _BINARY
+                self.length += len(payload)
+                if self.length > server.max_message:
+                    server.say_once("message", f"a message passed {server.max_message} bytes, its cap: the "
+                                    f"connection is closed with code {MESSAGE_TOO_BIG} (the cap is max_message)")
+                    self.closing = True
+                    return out + ws.send(CloseConnection(code=MESSAGE_TOO_BIG))
+                finished = event.message_finished
+                out += frame_header(_CONTINUATION if self.continued else opcode, finished, len(payload)) + payload
+                counts = server.counts
+                counts[1] += len(payload)
+                if finished:
+                    counts[0] += 1
+                    self.length = 0
+                    self.continued = False
+                else:
+                    self.continued = True
+            elif isinstance(event, Ping):
+                out += ws.send(event.response())
+            elif isinstance(event, CloseConnection):
+                if event.code == NORMAL_CLOSE:
+                    server.counts[3] += 1
+                self.closing = True
+                try:
+                    out += ws.send(event.response())  # the same code back (a parse failure's: 1002, 1007)
+                except LocalProtocolError:  # a state wsproto sends nothing in: just close
+                    pass
+                return out
+        return out
+
+    def _write(self, data: bytes) -> None:
+        server = self.server
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.closing = True
+            self.expire()
+            return
+        if sent < len(data):  # the client reads slower than it sends: stop reading until this is out
+            left = len(data) - sent
+            if server.buffered + left > server.max_buffered and not server.make_room(left):
+                self.expire()
+                return
+            server.buffered += left
+            server.stalled[self] = None
+            self.unsent = memoryview(data)[sent:]
+            self.reader.stop()
+            if self.writer is None:
+                self.writer = server.loop.io(self.sock.fileno(), 2)
+            self.writer.start(self.on_writable)
+
+    def on_writable(self) -> None:
+        super().on_writable()
+        if self.closing and self.unsent is None:
+            self.expire()
+
+    def expire(self) -> None:
+        """Close the connection; one the server ends itself (a stop, an idle timeout) gets close code 1001
+        first, when nothing else is unsent and the frame fits at once."""
+        if self.ws is not None and self.unsent is None and not self.closing:
+            self.closing = True
+            try:
+                self.sock.send(_GOING_AWAY_FRAME)
+            except OSError:
+                pass
+        super().expire()
+
+
+class WsEchoServer(EchoServer):
+    """The WebSocket echo server of one process."""
+
+    kind = "echo (WebSocket)"
+
+    def __init__(self, listener: Any, counts: Any, upper: bool = False, max_connections: int = 0,
+                 idle_timeout: float = 0.0, max_buffered: int = 0, max_message: int = 0) -> None:
+        super().__init__(listener, counts, upper, max_connections, idle_timeout, max_buffered)
+        self.max_message = max_message or DEFAULT_MAX_MESSAGE
+
+    def say_once(self, event: str, sentence: str) -> None:
+        self._say_once(event, sentence)
+
+    def serve(self, sock: Any) -> None:
+        self.counts[2] += 1
+        self.table.add(WsEchoConnection(self, sock, self.loop))

@@ -62,8 +62,8 @@ def scale_run(duration: str, out: Path) -> bool:
     """configs/ws.yaml for `duration`; True if every connection was held, failure-free, and closed normally."""
     from dataclasses import replace
 
-    from loadtest.config import load_config, parse_duration
-    from loadtest.controller import run
+    from loadtest.execution.controller import run
+    from loadtest.model.config import load_config, parse_duration
 
     es = _echo_scale()
     config = load_config(SCALE_CONFIG)
@@ -114,9 +114,9 @@ def speed_run(kind: str, seconds: float, out: Path, connections: int, size: int,
     process; the figures of the steady seconds."""
     import psutil
 
-    from loadtest.config import ServerSpec, parse_config
-    from loadtest.controller import run
-    from loadtest.servers import ServerGroup
+    from loadtest.execution.controller import run
+    from loadtest.execution.servers import ServerGroup
+    from loadtest.model.config import ServerSpec, parse_config
 
     es = _echo_scale()
     name = name or f"{kind}-{size}"

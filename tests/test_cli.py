@@ -17,9 +17,9 @@ import requests
 from typer.testing import CliRunner
 
 import loadtest
-from loadtest.cli import app
-from loadtest.config import parse_config
-from loadtest.controller import run
+from loadtest.cli.app import app
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
 
 from .test_run import site_config
 
@@ -260,8 +260,8 @@ def test_json_prints_summary_json_and_nothing_else_on_stdout(tmp_path: Path) -> 
 
 
 def test_progress_thresholds_and_verdicts_read_as_sentences() -> None:
-    from loadtest.thresholds import Outcome, ThresholdError, parse_threshold
-    from loadtest.verdicts import Verdicts
+    from loadtest.core.thresholds import Outcome, ThresholdError, parse_threshold
+    from loadtest.core.verdicts import Verdicts
 
     def outcome(text: str, value: float) -> str:
         return Outcome(parse_threshold(text, ["home"]), True, value).measured_text

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.compare import (
+from loadtest.outputs.compare import (
     METRICS,
     NOISE_K,
     OTHER_HISTOGRAM_TYPES,
@@ -27,9 +27,9 @@ from loadtest.compare import (
     parse_tolerance,
     write_compare_html,
 )
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.run_folder import RunFolderError
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.outputs.run_folder import RunFolderError
 
 REQUESTS = 300
 

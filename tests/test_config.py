@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtest.config import (
+from loadtest.model.config import (
     ConfigError,
     HttpTarget,
     TcpTarget,
@@ -21,8 +21,8 @@ from loadtest.config import (
     parse_duration,
     resolve,
 )
-from loadtest.kinds import FlowTarget
-from loadtest.limits import check_limits
+from loadtest.model.kinds import FlowTarget
+from loadtest.execution.limits import check_limits
 
 GOOD = {
     "name": "shop",
@@ -198,7 +198,7 @@ def test_files_that_are_not_configs_are_refused_without_reading_them(tmp_path: P
 def test_a_config_from_a_pipe_and_with_yaml_merge_keys(tmp_path: Path) -> None:
     text = ("duration: 1s\n"
             "targets: [&base {name: a, url: 'http://127.0.0.1:1/', concurrency: 2}, {<<: *base, name: b}]\n")
-    done = subprocess.run([sys.executable, "-c", "import sys; from loadtest.config import load_config; "
+    done = subprocess.run([sys.executable, "-c", "import sys; from loadtest.model.config import load_config; "
                            "c = load_config('/dev/stdin'); print([(t.name, t.concurrency) for t in c.targets])"],
                           input=text, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[('a', 2), ('b', 2)]", done.stderr

@@ -15,16 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.children import ChildGroup, ParentLink
-from loadtest.config import parse_config
-from loadtest.controller import _Collection, _Interrupts, _ServerWatch
-from loadtest.kinds import kind_of
-from loadtest.messages import Done, SnapshotSent, Stopping, WorkerExit
-from loadtest.monitor import RunMonitor
-from loadtest.reports import HistoryWriter
-from loadtest.run_files import AGGREGATED, HISTORY_NAME
-from loadtest.run_result import WorkerState
-from loadtest.stats import RunStats, Snapshot, TargetRecorder
+from loadtest.execution.children import ChildGroup
+from loadtest.model.link import ParentLink
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import _Collection, _Interrupts, _ServerWatch
+from loadtest.model.kinds import kind_of
+from loadtest.model.messages import Done, SnapshotSent, Stopping, WorkerExit
+from loadtest.execution.monitor import RunMonitor
+from loadtest.outputs.reports import HistoryWriter
+from loadtest.core.run_files import AGGREGATED, HISTORY_NAME
+from loadtest.model.run_result import WorkerState
+from loadtest.core.stats import RunStats, Snapshot, TargetRecorder
 
 from .test_run import read_csv
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.html_report import (
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.outputs.html_report import (
     REPORT_NAME,
     RunFolderError,
     write_html_report,
 )
-from loadtest.run_folder import MAX_POINTS, load_run, spectra
+from loadtest.outputs.run_folder import MAX_POINTS, load_run, spectra
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert(1)</script>"

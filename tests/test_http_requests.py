@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.config import parse_config
-from loadtest.protocols.http_requests import RequestsSession
-from loadtest.stats import TargetRecorder, decode_histogram
+from loadtest.model.config import parse_config
+from loadtest.engine.protocols.http_requests import RequestsSession
+from loadtest.core.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer, read_request
 

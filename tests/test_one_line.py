@@ -14,9 +14,9 @@ from typing import Callable, Iterator
 import pytest
 from typer.testing import CliRunner
 
-from loadtest.cli import app
-from loadtest.config import load_config
-from loadtest.quick import OneLine, one_line_config
+from loadtest.cli.app import app
+from loadtest.model.config import load_config
+from loadtest.model.quick import OneLine, one_line_config
 
 from .conftest import RawServer, read_request
 

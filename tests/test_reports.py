@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.run_files import FAILURES_HEADER, LOCUST_FAILURES_HEADER, PERCENTILE_COLUMNS, REPORT_NAME
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.core.run_files import FAILURES_HEADER, LOCUST_FAILURES_HEADER, PERCENTILE_COLUMNS, REPORT_NAME
 
 from .conftest import read_request
 

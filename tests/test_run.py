@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.reports import HISTORY_HEADER, STATS_HEADER
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.outputs.reports import HISTORY_HEADER, STATS_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUST_STATS_HEADER = (

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtest.compare import compare_runs
-from loadtest.html_report import fmt_count
-from loadtest.run_files import (
+from loadtest.outputs.compare import compare_runs
+from loadtest.outputs.html_report import fmt_count
+from loadtest.core.run_files import (
     AGGREGATED,
     CONNECT_TYPE,
     FAILURES_HEADER,
@@ -42,7 +42,7 @@ from loadtest.run_files import (
     WORKERS_NAME,
     WorkerSummary,
 )
-from loadtest.run_folder import load_run
+from loadtest.outputs.run_folder import load_run
 
 CONFIG = {
     "name": "schema",

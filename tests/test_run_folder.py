@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.run_folder import (
+from loadtest.outputs.run_folder import (
     MAX_CSV_BYTES,
     MAX_HISTOGRAM_PAYLOAD_BYTES,
     MAX_SUMMARY_BYTES,
@@ -31,7 +31,7 @@ from loadtest.run_folder import (
     make_run_folder,
     release_run_folder,
 )
-from loadtest.stats import new_histogram
+from loadtest.core.stats import new_histogram
 
 CONFIG = """\
 name: folders

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loadtest.config import RunConfigModel, config_schema, load_config, parse_config
+from loadtest.model.config import RunConfigModel, config_schema, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

@@ -9,7 +9,7 @@ import random
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from loadtest.stats import (
+from loadtest.core.stats import (
     HIGHEST_NS,
     PERCENTILES,
     LatencyHistogram,
@@ -190,7 +190,7 @@ def test_seconds_are_released_only_when_every_live_worker_has_sent_them() -> Non
 
 
 def test_one_pass_percentiles_and_mean_equal_hdrhistogram_own() -> None:
-    from loadtest.stats import mean_ns
+    from loadtest.core.stats import mean_ns
 
     rng = random.Random(3)
     for n in (1, 2, 7, 1000, 20000):
@@ -289,7 +289,7 @@ def test_the_merger_adds_snapshots_exactly_as_hdrhistogram_does() -> None:
     """`HistogramMerger` (one scratch array, adds over the filled buckets) equals decode-and-add."""
     import random
 
-    from loadtest.stats import HistogramMerger, new_histogram
+    from loadtest.core.stats import HistogramMerger, new_histogram
 
     rng = random.Random(3)
     merger = HistogramMerger()
@@ -346,7 +346,7 @@ def recorded_reference(values: list[int]) -> HdrHistogram:
 def test_the_merged_run_is_the_sum_of_what_every_worker_recorded_bucket_for_bucket() -> None:
     """Many workers and seconds, some handed over and the last one pending: the totals' counts are exactly those
     of one histogram that recorded every value sent, and so are Aggregated's and the seconds' summed."""
-    from loadtest.stats import aggregate
+    from loadtest.core.stats import aggregate
 
     rng = random.Random(21)
     workers, seconds = 12, 4
@@ -391,8 +391,8 @@ def test_a_worker_records_and_ships_without_importing_numpy() -> None:
 
     script = (
         "from gevent import monkey; monkey.patch_all()\n"
-        "import sys, loadtest.workload\n"
-        "from loadtest.stats import TargetRecorder\n"
+        "import sys, loadtest.engine.workload\n"
+        "from loadtest.core.stats import TargetRecorder\n"
         "rec = TargetRecorder(0)\n"
         "rec.success(1_500_000, 10, 10, 10); rec.connected(20_000); rec.lateness.record(5_000)\n"
         "snap = rec.snapshot()\n"

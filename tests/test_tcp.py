@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from loadtest.config import ServerSpec, TcpTarget, parse_config
-from loadtest.controller import RunResult, run
-from loadtest.protocols.tcp import ConnectPacer, TcpSession, tcp_session_factory
-from loadtest.servers import ServerGroup
-from loadtest.stats import TargetRecorder, decode_histogram
+from loadtest.model.config import ServerSpec, TcpTarget, parse_config
+from loadtest.execution.controller import RunResult, run
+from loadtest.engine.protocols.tcp import ConnectPacer, TcpSession, tcp_session_factory
+from loadtest.execution.servers import ServerGroup
+from loadtest.core.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer
 from .test_run import read_csv

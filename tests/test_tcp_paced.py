@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from gevent.pool import Pool
 
-from loadtest.config import ServerSpec
-from loadtest.protocols import Deadlines
-from loadtest.protocols.tcp_paced import PacedTcp
-from loadtest.servers import ServerGroup
-from loadtest.stats import TargetRecorder, decode_histogram
-from loadtest.workload import Budget, Level
+from loadtest.model.config import ServerSpec
+from loadtest.engine.protocols import Deadlines
+from loadtest.engine.protocols.tcp_paced import PacedTcp
+from loadtest.execution.servers import ServerGroup
+from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.engine.workload import Budget, Level
 
 from .test_tcp import echo_with, read_exact, tcp_run, tcp_target
 

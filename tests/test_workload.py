@@ -17,10 +17,10 @@ import pytest
 from gevent.event import Event
 from gevent.pool import Pool
 
-from loadtest import workload
-from loadtest.schedule import ArrivalSchedule
-from loadtest.stats import TargetRecorder
-from loadtest.workload import LEVEL_POLL_S, Budget, Level, Unsent, arrivals, virtual_user
+from loadtest.engine import workload
+from loadtest.core.schedule import ArrivalSchedule
+from loadtest.core.stats import TargetRecorder
+from loadtest.engine.workload import LEVEL_POLL_S, Budget, Level, Unsent, arrivals, virtual_user
 
 REAL_SLEEP = gevent.sleep  # the fake session yields with this, whatever the `sleeps` fixture puts in gevent.sleep
 JOIN_S = 5.0  # a loop that does not end by itself within this is a failure, not a slow machine

@@ -24,14 +24,14 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong, RejectConnection,
                             Request, TextMessage)
 
-from loadtest.config import ServerSpec, parse_config
-from loadtest.controller import run
-from loadtest.kinds import WsTarget
-from loadtest.protocols import Deadlines
-from loadtest.protocols.ws import WsDriver
-from loadtest.servers import ServerGroup
-from loadtest.stats import TargetRecorder, decode_histogram
-from loadtest.workload import Budget, Level
+from loadtest.model.config import ServerSpec, parse_config
+from loadtest.execution.controller import run
+from loadtest.model.kinds import WsTarget
+from loadtest.engine.protocols import Deadlines
+from loadtest.engine.protocols.ws import WsDriver
+from loadtest.execution.servers import ServerGroup
+from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.engine.budget import Budget, Level
 
 from .test_run import read_csv
 

@@ -220,6 +220,44 @@ def test_server_pings_are_answered_and_the_replies_after_them_still_count(raw_se
     assert run.driver.conns[0].parser is None  # back to comparing once the parser held nothing partial
 
 
+def test_pings_between_paced_messages_are_answered(raw_server) -> None:
+    pongs: list[bytes] = []
+    lock = threading.Lock()
+
+    def behaviour(conn: socket.socket, ws: WSConnection) -> None:
+        stop = threading.Event()
+
+        def pinger() -> None:
+            n = 0
+            while not stop.wait(0.03):  # every 30 ms, whatever the messages do
+                n += 1
+                with lock:
+                    conn.sendall(ws.send(Ping(payload=b"%d" % n)))
+
+        thread = threading.Thread(target=pinger, daemon=True)
+        thread.start()
+        try:
+            while chunk := conn.recv(65536):
+                with lock:
+                    ws.receive_data(chunk)
+                    for event in ws.events():
+                        if isinstance(event, Pong):
+                            pongs.append(bytes(event.payload))
+                        elif isinstance(event, BytesMessage):
+                            conn.sendall(ws.send(Message(data=event.data)))
+        finally:
+            stop.set()
+            thread.join(1)
+
+    server = ws_server(raw_server, behaviour)
+    # one message every 250 ms: most pings come while no message is in flight
+    run = Driven(f"ws://127.0.0.1:{server.port}/", connections=1, size=32, rate=4).run(0.8)
+    run.stop()
+    snap = run.recorder.snapshot()
+    assert not snap.failures and 2 <= snap.requests <= 4
+    assert len(pongs) >= 15 and pongs[:3] == [b"1", b"2", b"3"]
+
+
 def test_a_fragmented_reply_is_one_message(raw_server) -> None:
     def behaviour(conn: socket.socket, ws: WSConnection) -> None:
         for message in messages(conn, ws):

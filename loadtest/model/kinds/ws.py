@@ -3,7 +3,7 @@ checking the reply.
 
 A ws target is a tcp target whose connection starts with an HTTP upgrade and whose messages are
 WebSocket frames: the same held connections, pacing, stages, source addresses, CONNECT row (TCP
-connect plus the upgrade), summary and shortfall check as `kinds.tcp`, which this kind extends. A
+connect plus the upgrade), summary and shortfall check as `model/kinds/tcp.py`, whose kind this one extends. A
 `message` (text) is sent in text frames, a `size` in binary frames. Its worker half is
 `loadtest.engine.kinds.ws` (a `WsDriver` from `engine/protocols/ws.py`), which the worker alone imports.
 """
@@ -37,8 +37,8 @@ from loadtest.model.fields import (
 )
 from loadtest.core.schedule import peak_level
 from loadtest.model.kinds.http import header_pairs
-from loadtest.model.kinds.tcp import (_FILLER, _SOURCE_TEXT, DEFAULT_TCP_SIZE, MAX_TCP_SIZE, TCP_EXPECTS, Tcp, TcpTarget, message_bytes,
-                  message_size, source_addresses)
+from loadtest.model.kinds.tcp import (_FILLER, _SOURCE_TEXT, DEFAULT_TCP_SIZE, MAX_TCP_SIZE, TCP_EXPECTS, Tcp,
+                                      TcpTarget, message_bytes, message_size, source_addresses)
 
 DEFAULT_PORTS = {"ws": 80, "wss": 443}
 

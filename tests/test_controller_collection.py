@@ -18,11 +18,12 @@ from typing import Any
 from loadtest.execution.children import ChildGroup
 from loadtest.model.link import ParentLink
 from loadtest.model.config import parse_config
-from loadtest.execution.controller import _Collection, _Interrupts, _ServerWatch
+from loadtest.execution.controller import _Collection, _Interrupts, _Outputs, _ServerWatch
 from loadtest.model.kinds import kind_of
 from loadtest.model.messages import Done, SnapshotSent, Stopping, WorkerExit
 from loadtest.execution.monitor import RunMonitor
-from loadtest.outputs.reports import HistoryWriter
+from loadtest.outputs.base import RunStarted
+from loadtest.outputs.history import HistoryOutput
 from loadtest.core.run_files import AGGREGATED, HISTORY_NAME
 from loadtest.model.run_result import WorkerState
 from loadtest.core.stats import RunStats, Snapshot, TargetRecorder
@@ -70,16 +71,17 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     children = ChildGroup.start("tests.test_controller_collection:fake_worker",
                                 [(k, stop, 2, how) for k, how in enumerate(hows)], "fake-worker")
     states = [WorkerState(c.index, c, pid=c.pid, ready=True) for c in children.children]
-    history = HistoryWriter(tmp_path / HISTORY_NAME, config)
+    history = _Outputs([HistoryOutput()])
+    history.start(RunStarted(config, tmp_path, time.time(), len(hows)))
     monitor = RunMonitor(tmp_path)
     events: list[str] = []
     flag = _Interrupts()
     flag.count = interrupts
     try:
-        interrupted = _Collection(states, stats, stop, history, time.time(), None, events.append, lambda: None,
+        interrupted = _Collection(states, stats, stop, history, events.append, lambda: None,
                                   monitor, flag, _ServerWatch([], events.append)).collect()
     finally:
-        history.close()
+        history.stop(None)
         monitor.stop()
         children.stop(5)
     return interrupted, states, stats, events

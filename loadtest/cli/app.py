@@ -176,7 +176,8 @@ def run_command(
     """Run the load a config file describes, or one URL's, and write its reports."""
     from loadtest.model.config import ConfigError, load_config, parse_duration, parse_metrics_address, parse_pid, parse_workers
     from loadtest.execution.controller import RunError, run
-    from loadtest.outputs.live import PlainLive, RichLive, print_summary
+    from loadtest.outputs.json_summary import JsonSummary
+    from loadtest.outputs.live import TerminalOutput
     from loadtest.outputs.metrics import MetricsEndpoint
     from loadtest.model.quick import OneLine, one_line_config
     from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
@@ -209,64 +210,29 @@ def run_command(
             raise ConfigError("--metrics-linger: applies only with --metrics (or metrics: in the config)")
         if config.metrics is not None:
             endpoint = MetricsEndpoint(config.name, [t.name for t in config.targets])
-            url = endpoint.start(*config.metrics, where="--metrics" if metrics is not None else "metrics")
+            url = endpoint.listen(*config.metrics, where="--metrics" if metrics is not None else "metrics")
             typer.echo(f"metrics on {url}", err=True)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     # With --json, stdout carries summary.json alone: the live view and the summary table go to stderr.
     shown = sys.stderr if json_summary else sys.stdout
-    live: PlainLive | RichLive | None = None
-    if not quiet:
-        live = RichLive(config, config.duration, shown) if shown.isatty() else PlainLive(shown, config.duration)
-    result = None
-    shows = [show for show in (live.interval if live else None, endpoint.frame if endpoint else None) if show]
-
-    def on_interval(frame: Any) -> None:
-        """Each merged second, to the live view and to the metrics endpoint."""
-        for show in shows:
-            show(frame)
-
+    outputs: list[Any] = [output for output in (endpoint, TerminalOutput(config, shown, quiet, path=not json_summary),
+                                                JsonSummary() if json_summary else None) if output is not None]
     # run() counts interrupts while it runs and puts back what it found when it returns. What it finds is
     # "ignore": once the reports are written a late Ctrl-C must not kill the exit half-way, which it would
     # during interpreter shutdown (Python resets handled signals to the default there) with status -2.
     check_interrupted()  # a Ctrl-C while the config loaded whose exit compile() swallowed: start nothing
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-
-    def on_event(text: str) -> None:
-        if text.startswith("error:"):  # the run has failed (a server died): said on stderr at once
-            typer.echo(f"loadtest: {text}", err=True)
-        elif live is not None:
-            live.event(text)
-
     try:
         result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval,
-                     watch_pids=pids, on_interval=on_interval if shows else None, on_event=on_event,
-                     cluster=cluster, nodes=nodes)
+                     watch_pids=pids, outputs=outputs, cluster=cluster, nodes=nodes)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RunError as e:
         fail(f"the run failed: {e}", EXIT_RUN_FAILED)
     except KeyboardInterrupt:
         fail("interrupted before the load started; no reports written", EXIT_INTERRUPTED)
-    finally:
-        if live is not None:
-            live.close()
-        if endpoint is not None and result is None:  # no run to show: stop serving now
-            endpoint.stop()
-    assert result is not None
-    if endpoint is not None:
-        endpoint.finish(result.stats)
-    if quiet:
-        if not json_summary:
-            typer.echo(str(result.run_dir))
-        for problem in result.problems:
-            typer.echo(f"problem: {problem}", err=True)
-    else:
-        print_summary(result, config, shown)
-    if json_summary:
-        sys.stdout.write(summary_text(result.run_dir))
-        sys.stdout.flush()
     if endpoint is not None:
         linger_for_scrape(endpoint, linger)
     raise typer.Exit(result.exit_status)
@@ -294,7 +260,7 @@ def linger_for_scrape(endpoint: Any, seconds: float) -> None:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    endpoint.stop()
+    endpoint.close()
 
 
 def parse_linger(text: Optional[str], default: float) -> float:

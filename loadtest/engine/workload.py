@@ -30,7 +30,7 @@ from loadtest.model.kinds import kind_of
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit,
                        WorkerPlan)
 from loadtest.engine.protocols import Deadlines, Session
-from loadtest.core.schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share, zero_until
+from loadtest.core.schedule import ArrivalSchedule, Stage, level_at, stages_duration, zero_until
 from loadtest.core.stats import Snapshot, TargetRecorder
 
 SNAPSHOT_INTERVAL_S = 1.0
@@ -214,16 +214,16 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
     k, workers = plan.index, plan.workers
     load = kind_of(target).load(target)
     if load.arrival is not None:  # arrivals on a schedule (open model), `load.start` per second
-        level = Level(load.start / workers)
+        level = Level(plan.rate_share(load.start))
         now_ns = time.perf_counter_ns()
         start_ns = now_ns - int((time.monotonic() - t0) * 1e9)  # t0 on the perf_counter clock
         until_ns = start_ns + plan.duration * 1e9 if plan.duration else float("inf")
         stages, rate = load.stages, load.start
         if stages:
-            pool.spawn(ramp, level, stages, rate, t0, lambda total: total / workers, budget)
+            pool.spawn(ramp, level, stages, rate, t0, plan.rate_share, budget)
         schedule = ArrivalSchedule(
             load.arrival, k * 7919 + recorder.target,  # seeds differ per worker and target
-            lambda t: level_at(stages, rate, (t - start_ns) / 1e9) / workers, bool(stages), until_ns,
+            lambda t: plan.rate_share(level_at(stages, rate, (t - start_ns) / 1e9)), bool(stages), until_ns,
             lambda t: start_ns + zero_until(stages, rate, (t - start_ns) / 1e9) * 1e9)
         # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
         # instead of landing together
@@ -234,10 +234,9 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         return level
     drive = worker_of(kind_of(target)).driver(target, make)
     if drive is not None:  # one greenlet runs all this worker's users of the target
-        level = Level(worker_share(load.start, workers, k)) if load.stages else None
+        level = Level(plan.share(load.start)) if load.stages else None
         if level is not None:
-            pool.spawn(ramp, level, load.stages, load.start, t0, lambda total: worker_share(total, workers, k),
-                       budget)
+            pool.spawn(ramp, level, load.stages, load.start, t0, plan.share, budget)
         else:
             recorder.users = share
         pool.spawn(drive, pool, share, level)
@@ -247,8 +246,8 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         for _ in range(share):
             pool.spawn(virtual_user, make, budget, think=load.think)
         return None
-    level = Level(worker_share(load.start, workers, k))
-    pool.spawn(ramp, level, load.stages, load.start, t0, lambda total: worker_share(total, workers, k), budget)
+    level = Level(plan.share(load.start))
+    pool.spawn(ramp, level, load.stages, load.start, t0, plan.share, budget)
     for index in range(share):
         pool.spawn(virtual_user, make, budget, index, level, load.think)
     return level

@@ -11,31 +11,26 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 import signal
-import tempfile
 import time
-from datetime import datetime
 from multiprocessing.connection import wait
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import psutil
 
 from loadtest.core import exits
 from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
-from loadtest.model.config import ConfigError, RunConfig
-from loadtest.model.fields import ADDRESS_ENV
+from loadtest.model.config import RunConfig
 from loadtest.model.kinds import kind_of
-from loadtest.execution.limits import auto_workers, check_limits
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, WORKER_ENTRY, Done, Failed, Ready, SnapshotSent, Stopping,
-                       WorkerMessage, WorkerPlan)
+                       WorkerMessage)
 from loadtest.execution.monitor import RunMonitor
-from loadtest.outputs.reports import HistoryWriter, write_reports
+from loadtest.outputs.base import Callbacks, Output, RunStarted, WithEvents
+from loadtest.outputs.history import HistoryOutput
+from loadtest.outputs.reports import ReportsOutput
 from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
 from loadtest.model.run_result import Frame, RunError, RunResult, WorkerState
-from loadtest.outputs.run_folder import RunFolderError, make_run_folder, release_run_folder
-from loadtest.core.schedule import worker_share
+from loadtest.outputs.run_folder import release_run_folder
+from loadtest.execution.plan import Plan, make_plan
 from loadtest.core.stats import RunStats, TargetTotals
 from loadtest.core.thresholds import Outcome, check, check_all
 
@@ -97,35 +92,44 @@ class _Interrupts:
             signal.signal(signum, handler)
 
 
-def check_writable(run_dir: Path, where: str) -> None:
-    """Raise ConfigError unless the report folder can be made: its nearest existing parent is a writable folder."""
-    ancestor = run_dir.absolute()
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if ancestor == run_dir.absolute() and not ancestor.is_dir():
-        raise ConfigError(f"{where}: {run_dir} exists and is not a folder")
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: cannot write reports under {ancestor} (not a writable folder)")
-    try:  # os.access says yes to root everywhere, /proc included: make and remove a folder to be sure
-        os.rmdir(tempfile.mkdtemp(prefix=".loadtest-probe-", dir=ancestor))
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot write reports under {ancestor} ({e.strerror})") from None
+class _Outputs:
+    """The run's outputs, fed in their order: started once, each interval added, stopped once."""
 
+    def __init__(self, outputs: Sequence[Output]) -> None:
+        self.outputs = list(outputs)
+        self._stopped = False
 
-def run_dir_for(config: RunConfig, out_dir: str | os.PathLike[str] | None, now: datetime) -> Path:
-    """`--out DIR` exactly, or `<out>/<name>-<YYYYmmdd-HHMMSS>/`."""
-    if out_dir is not None:
-        return Path(out_dir)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.name).strip("-.") or "run"
-    return Path(config.out) / f"{safe}-{now:%Y%m%d-%H%M%S}"
+    def start(self, run: RunStarted) -> None:
+        for output in self.outputs:
+            output.start(run)
+
+    def add(self, frame: Frame) -> None:
+        for output in self.outputs:
+            output.add(frame)
+
+    def event(self, text: str) -> None:
+        for output in self.outputs:
+            if isinstance(output, WithEvents):
+                output.event(text)
+
+    def stop(self, result: RunResult | None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for output in self.outputs:
+            output.stop(result)
 
 
 def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
-        overwrite: bool = False, on_interval: Callable[[Frame], None] | None = None,
+        overwrite: bool = False, outputs: Sequence[Output] = (), on_interval: Callable[[Frame], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL_S, watch_pids: tuple[int, ...] = (),
         cluster: str | None = None, nodes: int | None = None) -> RunResult:
     """Run a load test as configured and write its reports.
+
+    The run's own outputs (history.csv; the report files at the end) come first, then `outputs` in
+    their order, then `on_interval` / `on_event` for a library caller who wants just those. Every
+    output is stopped once, with the result or with None if the run failed before it had one.
 
     `cluster` (or the config's `cluster:`, or DASK_SCHEDULER_ADDRESS) runs it on `nodes` Dask workers
     (default: all), `workers` per node (see loadtest.execution.cluster). Raises RunError if it cannot start,
@@ -134,70 +138,29 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
     """
     interrupts = _Interrupts()
     interrupts.install()
-    nodes_cluster = None
+    fed = _Outputs([HistoryOutput(), ReportsOutput(config), *outputs, Callbacks(on_interval, on_event)])
+    result: RunResult | None = None
+    plan: Plan | None = None
     try:
-        count = workers or config.workers or auto_workers(config)  # a cluster's nodes: each its own cores
-        if nodes is not None and cluster is None and not config.cluster:
-            raise ConfigError("--nodes: applies only to a cluster run (--cluster tcp://HOST:PORT or local:N)")
-        if (given := _cluster_address(cluster, config)) is not None:
-            from loadtest.execution.cluster import Cluster
-
-            nodes_cluster = Cluster.connect(*given)  # each node's limits are checked there, for its share
-            interrupts.check()
-            nodes_cluster.choose(nodes)
-            nodes_cluster.check(config, workers or config.workers)
-        else:
-            check_limits(config, count)
-        watched = tuple(dict.fromkeys((*config.monitor, *watch_pids)))
-        for pid in watched:
-            if not psutil.pid_exists(pid):
-                raise ConfigError(f"monitor: there is no process {pid} to watch (from monitor: or --watch-pid)")
-        event = on_event or (lambda text: None)
-        now = datetime.now()
-        run_dir = run_dir_for(config, out_dir, now)
-        check_writable(run_dir, "--out" if out_dir is not None else "out")
-        try:  # made now, exclusively, so that a second run started in the same second gets a folder of its own
-            run_dir, made = make_run_folder(run_dir, exact=out_dir is not None, overwrite=overwrite)
-        except RunFolderError as e:
-            raise ConfigError(f"{'--out' if out_dir is not None else 'out'}: {e}") from None
+        plan = make_plan(config, workers=workers, out_dir=out_dir, overwrite=overwrite, watch_pids=watch_pids,
+                         cluster=cluster, nodes=nodes, interrupted=interrupts.check)
         try:
             interrupts.check()
-            return _run(config, count, run_dir, watched, event, on_interval, sample_interval, interrupts,
-                        nodes_cluster)
+            result = _run(plan, fed, sample_interval, interrupts)
+            return result
         except BaseException:
-            release_run_folder(run_dir, made)  # if the run failed before it began, leave the folder as it was
+            release_run_folder(plan.run_dir, plan.made)  # a run that failed before it began leaves no folder
             raise
     finally:
-        if nodes_cluster is not None:
-            nodes_cluster.close()
-        interrupts.restore()  # only once the reports are written: a late Ctrl-C must not cut them short
+        if plan is not None and plan.cluster is not None:
+            plan.cluster.close()
+        fed.stop(result)  # the report files first; a late Ctrl-C must not cut them short:
+        interrupts.restore()  # only now are the handlers put back
 
 
-def _cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] | None:
-    """Where a cluster run's scheduler was given, without importing the cluster code (nor Dask) for a local run."""
-    if option is None and not config.cluster and not os.environ.get(ADDRESS_ENV, "").strip():
-        return None
-    from loadtest.execution.cluster import cluster_address
-
-    return cluster_address(option, config)
-
-
-def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count: int) -> WorkerPlan:
-    """Worker `index` of `count`: its exact share of every target's load and of the `requests:` total."""
-    return WorkerPlan(
-        index=index,
-        workers=count,
-        config=config,
-        addresses=addresses,
-        shares=tuple(worker_share(_users(t), count, index) for t in config.targets),
-        requests=worker_share(config.requests, count, index) if config.requests is not None else None,
-        duration=config.duration,
-    )
-
-
-def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...], event: Callable[[str], None],
-         on_interval: Callable[[Frame], None] | None, sample_interval: float,
-         interrupts: _Interrupts, cluster: Any = None) -> RunResult:
+def _run(plan: Plan, fed: _Outputs, sample_interval: float, interrupts: _Interrupts) -> RunResult:
+    config, count, run_dir, watched, cluster = plan.config, plan.workers, plan.run_dir, plan.watched, plan.cluster
+    event = fed.event
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
@@ -216,7 +179,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
 
         if cluster is not None:  # each node starts its own workers; their messages come to local pipes
             reachable = cluster.reachable(addresses)
-            start, stop, children = cluster.launch(lambda k, total: worker_plan(config, reachable, k, total))
+            start, stop, children = cluster.launch(lambda k, total: plan.worker_plan(reachable, k, total))
             states.extend(WorkerState(c.index, c, role=c.role) for c in children.children)
             for node in cluster.nodes:
                 event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
@@ -224,7 +187,7 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         else:
             ctx = multiprocessing.get_context("spawn")
             start, stop = ctx.Event(), ctx.Event()
-            plans = [worker_plan(config, addresses, k, count) for k in range(count)]
+            plans = [plan.worker_plan(addresses, k, count) for k in range(count)]
             children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
                                         interrupts.pending)
             states.extend(WorkerState(c.index, c) for c in children.children)
@@ -236,7 +199,6 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunError(f"cannot make the report folder {run_dir}: {e.strerror}") from None
-        history = HistoryWriter(run_dir / "history.csv", config)
         monitor = RunMonitor(run_dir, sample_interval, event)
         monitor.watch_servers(groups)
         # A node on another machine samples its own workers (their pids are that machine's) and sends the rows.
@@ -250,13 +212,12 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
         interrupts.running = True
         start.set()
         started = getattr(start, "at", None) or started  # a cluster's nodes start together a moment from now
+        fed.start(RunStarted(config, run_dir, started, len(states)))
         total = len(states)
         event(f"{total} worker{'s' if total > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, stop, event)
-        collection = _Collection(states, stats, stop, history, started, on_interval, event, abort, monitor,
-                                 interrupts, server_watch)
+        collection = _Collection(states, stats, stop, fed, event, abort, monitor, interrupts, server_watch)
         interrupted = collection.collect()
-        history.close()
         _await_exit(states, monitor)
         server_watch.check()  # up to the moment they are stopped: the run's last requests needed them
         monitor.stop()
@@ -287,7 +248,6 @@ def _run(config: RunConfig, count: int, run_dir: Path, watched: tuple[int, ...],
     result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
                        shortfalls, cluster.summaries(states) if cluster is not None else [])
-    write_reports(result, config)
     return result
 
 
@@ -352,11 +312,6 @@ class _ServerWatch:
                 self.event(f"error: {problem}")
 
 
-def _users(target: Any) -> int:
-    """Virtual users (closed), the cap on requests in flight (open) or connections (tcp) in all."""
-    return kind_of(target).load(target).users
-
-
 def _await_ready(children: ChildGroup, states: list[WorkerState], interrupts: _Interrupts) -> None:
     """Wait for every worker's ready message (it resolved its targets); RunError naming the first that failed."""
     try:
@@ -395,21 +350,18 @@ def _receive(w: WorkerState, stats: RunStats | None = None) -> WorkerMessage | N
 class _Collection:
     """The main loop of a run: read snapshots until every worker is done or lost."""
 
-    def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, history: HistoryWriter,
-                 started: float, on_interval: Callable[[Frame], None] | None, event: Callable[[str], None],
-                 abort: Callable[[], None], monitor: RunMonitor, interrupts: _Interrupts,
-                 servers: _ServerWatch) -> None:
-        self.states, self.stats, self.stop, self.history = states, stats, stop, history
-        self.started, self.on_interval, self.event, self.abort = started, on_interval, event, abort
+    def __init__(self, states: list[WorkerState], stats: RunStats, stop: Any, outputs: _Outputs,
+                 event: Callable[[str], None], abort: Callable[[], None], monitor: RunMonitor,
+                 interrupts: _Interrupts, servers: _ServerWatch) -> None:
+        self.states, self.stats, self.stop, self.outputs = states, stats, stop, outputs
+        self.event, self.abort = event, abort
         self.monitor, self.interrupts, self.servers = monitor, interrupts, servers
 
     def flush(self, final: bool = False) -> None:
         lost = [w.index for w in self.states if w.lost or w.killed]
         for interval in self.stats.ready_intervals(lost, flush=final):
-            self.history.write(interval, self.started)
-            if self.on_interval is not None:
-                self.on_interval(Frame(interval, self.stats, self.monitor.worker_cpu(len(self.states)),
-                                       self.monitor.machine_cpu()))
+            self.outputs.add(Frame(interval, self.stats, self.monitor.worker_cpu(len(self.states)),
+                                   self.monitor.machine_cpu()))
             self.abort()
         self.monitor.say_new_verdicts()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
 from loadtest.model.config import RunConfig
+from loadtest.core.schedule import worker_share
 from loadtest.core.stats import Snapshot
 
 GRACEFUL_STOP_S = 2.0  # a worker's in-flight requests may finish this long after the deadline
@@ -38,6 +39,14 @@ class WorkerPlan:
     shares: tuple[int, ...]  # per target: virtual users (http) or connections (tcp) of this worker
     requests: int | None  # this worker's share of the total request count, if the run has one
     duration: float | None  # seconds
+
+    def share(self, total: float) -> int:
+        """This worker's whole part of `total` users (a staged level as it moves), as the plan split the peak."""
+        return worker_share(total, self.workers, self.index)
+
+    def rate_share(self, total: float) -> float:
+        """This worker's part of `total` arrivals (or messages) per second."""
+        return total / self.workers
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loadtest.model.config import RunConfig
+from loadtest.outputs.base import Output
 from loadtest.outputs.reports import LOCUST_NO_LATENCY, run_outcome, stats_rows
 from loadtest.core.run_files import AGGREGATED, NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
 from loadtest.core.stats import aggregate, percentiles_ns
@@ -174,3 +175,44 @@ def _summary_cell(row: dict[str, str], column: str) -> str:
     if no_latency and (column in LOCUST_NO_LATENCY or row[column] == NO_FIGURE):
         return MISSING
     return row[column]
+
+
+class TerminalOutput(Output):
+    """The terminal as an output: the live view each second, the run's event lines, and the summary at the end.
+
+    `quiet`: no live view and no table; the report folder's path alone (unless `path` is False, as with
+    --json, whose stdout carries summary.json), and the run's problems on stderr. A line that starts
+    with "error:" (the run has failed: a server died) goes to stderr at once, whatever else is shown.
+    """
+
+    def __init__(self, config: RunConfig, out: TextIO, quiet: bool = False, path: bool = True) -> None:
+        self.config, self.out, self.quiet, self.path = config, out, quiet, path
+        self.view: PlainLive | RichLive | None = None
+        if not quiet:
+            self.view = RichLive(config, config.duration, out) if out.isatty() else PlainLive(out, config.duration)
+
+    def add(self, frame: Frame) -> None:
+        if self.view is not None:
+            self.view.interval(frame)
+
+    def event(self, text: str) -> None:
+        if text.startswith("error:"):
+            sys.stderr.write(f"loadtest: {text}\n")
+            sys.stderr.flush()
+        elif self.view is not None:
+            self.view.event(text)
+
+    def stop(self, result: RunResult | None) -> None:
+        if self.view is not None:
+            self.view.close()
+        if result is None:
+            return
+        if not self.quiet:
+            print_summary(result, self.config, self.out)
+            return
+        if self.path:
+            sys.stdout.write(f"{result.run_dir}\n")
+            sys.stdout.flush()
+        for problem in result.problems:
+            sys.stderr.write(f"problem: {problem}\n")
+        sys.stderr.flush()

@@ -44,8 +44,10 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from loadtest.model.config import ConfigError
 from loadtest.core.stats import RunStats, TargetTotals, counts_at_or_below, mean_ns, percentiles_ns
 
+from loadtest.outputs.base import Output
+
 if TYPE_CHECKING:
-    from loadtest.model.run_result import Frame
+    from loadtest.model.run_result import Frame, RunResult
 
 INTERVAL_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -189,8 +191,13 @@ class _Server6(ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
-class MetricsEndpoint:
-    """The HTTP endpoint Prometheus scrapes during a run; fed one `Frame` a second."""
+class MetricsEndpoint(Output):
+    """The HTTP endpoint Prometheus scrapes during a run: an output fed one `Frame` a second.
+
+    It listens from `listen(host, port, where)` (before the run, so that a port in use is bad input);
+    the run's end shows the final totals (`finish`) and it keeps serving them for the caller's
+    linger (`wait_for_final_scrape`, then `stop`). A run that failed stops it at once.
+    """
 
     def __init__(self, name: str, targets: Sequence[str]) -> None:
         self.collector = RunCollector(name, targets)
@@ -202,7 +209,7 @@ class MetricsEndpoint:
         self.final_scraped = False  # a scrape has read the final figures, whole
         self._released = threading.Event()  # set by that scrape, or by `release()`
 
-    def start(self, host: str, port: int, where: str) -> str:
+    def listen(self, host: str, port: int, where: str) -> str:
         """Listen on host:port (0: a free port); the URL to scrape. ConfigError if it cannot listen."""
         metrics_app = make_wsgi_app(self.registry)
         collector = self.collector
@@ -224,9 +231,17 @@ class MetricsEndpoint:
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/metrics"
         return self.url
 
-    def frame(self, frame: Frame) -> None:
+    def add(self, frame: Frame) -> None:
         """The controller merged one more second: show its totals and quantiles."""
         self._show(frame.stats, frame.interval.targets, frame.worker_cpu, frame.machine_cpu, final=False)
+
+    def stop(self, result: RunResult | None) -> None:
+        """The run ended: show its final totals and keep serving them (the caller lingers, then `close`s);
+        a run that failed before it had a result stops serving at once."""
+        if result is None:
+            self.close()
+        else:
+            self.finish(result.stats)
 
     def finish(self, stats: RunStats) -> None:
         """The run ended and its reports are written: show the final totals, exactly those of stats.csv."""
@@ -257,7 +272,8 @@ class MetricsEndpoint:
         """Stop waiting for the final scrape (Ctrl-C while it waits)."""
         self._released.set()
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Stop serving."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

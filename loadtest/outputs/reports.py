@@ -42,6 +42,8 @@ from loadtest.core.run_files import (
 from loadtest.core.stats import Interval, TargetTotals, aggregate
 from loadtest.core.thresholds import failures_text, outcome_line
 
+from loadtest.outputs.base import Output
+
 if TYPE_CHECKING:
     from loadtest.model.run_result import RunResult
 
@@ -313,3 +315,14 @@ def histograms(totals: list[TargetTotals]) -> dict[str, dict[str, str]]:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+class ReportsOutput(Output):
+    """stats.csv, failures.csv, workers.csv, summary.json, histograms.json and report.html, once the run ends."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def stop(self, result: RunResult | None) -> None:
+        if result is not None:
+            write_reports(result, self.config)

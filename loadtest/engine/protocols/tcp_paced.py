@@ -34,6 +34,10 @@ driver's messages in flight through a `RequestTimer` it holds in flight while
 any is. An exception in a hub callback never escapes into gevent: it is
 counted in `callback_errors`; in a read or write callback it ends the
 message as an `error`, in the timer's it is said once on stderr.
+
+Another kind may run on this driver (`protocols/ws.py` does): `_open` is
+what a connector does to open a connection, `connection_class` what each is
+kept in, and with no `rate` (`interval_ns` 0) the subclass sends back to back.
 """
 
 from __future__ import annotations

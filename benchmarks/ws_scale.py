@@ -1,7 +1,7 @@
 """WebSocket targets at scale and at speed, against the embedded echo server's WebSocket mode.
 
     .venv/bin/python benchmarks/ws_scale.py                      # all three, 30 s + 2 x 10 s + 2 x 10 s
-    .venv/bin/python benchmarks/ws_scale.py --only scale --duration 20s
+    .venv/bin/python benchmarks/ws_scale.py --only scale --duration 60s --rate 3000   # one message per 10 s each
     .venv/bin/python benchmarks/ws_scale.py --only speed --seconds 10 --size 1024
     .venv/bin/python benchmarks/ws_scale.py --only memory
 
@@ -58,7 +58,7 @@ def _echo_scale() -> Any:
     return echo_scale
 
 
-def scale_run(duration: str, out: Path) -> bool:
+def scale_run(duration: str, out: Path, rate: float | None = None) -> bool:
     """configs/ws.yaml for `duration`; True if every connection was held, failure-free, and closed normally."""
     from dataclasses import replace
 
@@ -68,8 +68,12 @@ def scale_run(duration: str, out: Path) -> bool:
     es = _echo_scale()
     config = load_config(SCALE_CONFIG)
     config = replace(config, duration=parse_duration(duration, "--duration"))
+    if rate is not None:
+        config = replace(config, targets=(replace(config.targets[0], rate=rate),))
     asked = config.targets[0].connections  # type: ignore[union-attr]
-    print(f"(scale) {asked} WebSocket connections, {config.duration:g} s, config {SCALE_CONFIG.relative_to(ROOT)}")
+    pace = config.targets[0].rate  # type: ignore[union-attr]
+    print(f"(scale) {asked} WebSocket connections, {pace:,.0f} messages/s in all, {config.duration:g} s, "
+          f"config {SCALE_CONFIG.relative_to(ROOT)}")
     share = es.MachineShare()
     started = time.monotonic()
     result = run(config, out_dir=out / "scale", on_event=lambda text: print(f"    {text}", flush=True))
@@ -181,6 +185,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", default="30s", help="scale run length (default 30s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="speed and memory run length, s")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="scale run: messages/s in all instead of the config's (one per connection per second)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="speed runs' message size, bytes")
     parser.add_argument("--only", choices=("scale", "speed", "memory"))
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: a temporary one)")
@@ -217,7 +223,7 @@ def main() -> int:
             ok = ok and per <= MEMORY_GOAL_KIB
     if args.only in (None, "scale"):
         es.wait_until_quiet(args.wait_quiet)
-        ok = scale_run(args.duration, out) and ok
+        ok = scale_run(args.duration, out, args.rate) and ok
     return 0 if ok else 1
 
 

@@ -245,7 +245,7 @@ def test_the_shipped_configs_load() -> None:
 
 def test_every_config_in_the_readme_is_valid_and_fits_this_machine() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    blocks = re.findall(r"^```yaml[^\n]*\n(.*?)^```", readme, re.S | re.M)
     assert blocks
     for block in blocks:
         config = parse_config(yaml.safe_load(block))

@@ -19,7 +19,8 @@ from loadtest.outputs.html_report import (
     RunFolderError,
     write_html_report,
 )
-from loadtest.outputs.run_folder import MAX_POINTS, load_run, spectra
+from loadtest.outputs.run_folder import load_run
+from loadtest.outputs.series import MAX_POINTS, spectra
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert(1)</script>"

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from loadtest.outputs.compare import compare_runs
-from loadtest.outputs.html_report import fmt_count
+from loadtest.outputs.page import fmt_count
 from loadtest.core.run_files import (
     AGGREGATED,
     CONNECT_TYPE,

@@ -137,7 +137,8 @@ def run_command(
     cluster: Optional[str] = typer.Option(
         None, "--cluster", metavar="ADDRESS",
         help="Run on the nodes of this Dask scheduler (tcp://HOST:8786), or on local:N nodes started here "
-             "(default: the config's cluster:, then DASK_SCHEDULER_ADDRESS). Needs pip install loadtest[cluster]."),
+             "(default: the config's cluster:, then DASK_SCHEDULER_ADDRESS). Needs Dask: install loadtest's "
+             "cluster extra."),
     nodes_text: Optional[str] = typer.Option(None, "--nodes", metavar="N",
                                              help="With --cluster: use N of its nodes (default: all)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR",

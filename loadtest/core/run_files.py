@@ -29,6 +29,23 @@ REPORT_NAME = "report.html"
 # is left to be read as this run's.
 RUN_FILES = (SUMMARY_NAME, STATS_NAME, HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, WORKERS_NAME,
              HISTOGRAMS_NAME, REPORT_NAME)
+# What each file holds, in a sentence: the documentation's run-folder reference is generated from these.
+FILE_DESCRIPTIONS = {
+    SUMMARY_NAME: "The whole run in one object: the config as given and as run, the machine and package versions, "
+                  "per-target and aggregated totals, failures by kind, latency percentiles, each worker's share, CPU "
+                  "and peak RSS, each server's own count of what it served, thresholds, verdicts and the outcome.",
+    STATS_NAME: "One row per target (and per extra row type), then Aggregated; Locust's stats.csv header exactly.",
+    HISTORY_NAME: "One row per second per target and Aggregated: that second's rates and percentiles, then totals "
+                  "so far; appended and flushed each second.",
+    FAILURES_NAME: "One row per target and failure kind: a sample message, the count, when first and last seen.",
+    RESOURCES_NAME: "One row per second per process (controller, each worker, each embedded server process, each "
+                    "watched pid) and a machine row: CPU, RSS, threads, fds, connections, context switches.",
+    WORKERS_NAME: "One row per worker: its share of the load, what it did, its CPU and peak RSS, how it ended.",
+    HISTOGRAMS_NAME: "Each target's and the aggregate's whole-run latency HdrHistogram, encoded, so any percentile "
+                     "can be read later.",
+    REPORT_NAME: "One self-contained HTML page (inline SVG, no script, no network): outcome, thresholds, verdicts, "
+                 "summary, charts over time, the percentile spectrum, processes and the config.",
+}
 
 AGGREGATED = "Aggregated"  # the Name of the row that totals every target, in every file
 
@@ -63,6 +80,15 @@ FLOW_TYPE = "FLOW"  # a flow's own row: one request is one pass through its step
 NOT_AGGREGATED_TYPES = (FLOW_TYPE,)  # rows left out of Aggregated, which adds up requests sent
 OPEN_MODEL_TYPES = (LATENESS_TYPE, UNCORRECTED_TYPE)
 OTHER_HISTOGRAM_TYPES = (CONNECT_TYPE, *OPEN_MODEL_TYPES)  # rows of a target's histograms other than its latency
+ROW_TYPE_MEANINGS = {  # the documentation's row types are generated from these
+    CONNECT_TYPE: "a tcp target's connection set-up latency; Request Count = connections tried, Failure Count = "
+                  "those that failed",
+    LATENESS_TYPE: "an open-model target's lateness: how late each arrival started against its schedule; "
+                   "Failure Count = arrivals dropped (not started within 1 s)",
+    UNCORRECTED_TYPE: "an open-model target's latency from the actual send instead of the scheduled start",
+    FLOW_TYPE: "a flow as a whole: one request is one pass through its steps, its latency the whole journey; "
+               "left out of Aggregated",
+}
 OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the terminal, report.html
     f"{LATENESS_TYPE}: how late each arrival started against its schedule (Failures: arrivals dropped, not "
     f"started within 1 s). {UNCORRECTED_TYPE}: latency from the actual send instead of the scheduled start; "

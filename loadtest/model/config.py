@@ -107,20 +107,31 @@ class ServerModel(ConfigModel):
     """An embedded server as written in the config's `servers:` list."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): named after its kind
+    """The server's name, written {name} in targets' URLs and addresses; left out, its kind."""
     kind: choice(SERVER_KINDS)  # type: ignore[valid-type]
+    """http (the sites server) or echo (the TCP echo server)."""
     listen: Annotated[tuple[str, int], BeforeValidator(ip_address), WithJsonSchema(
         {"type": "string", "description": "HOST:PORT to listen on; port 0: a free one", "default": DEFAULT_LISTEN}),
                       Field(validate_default=True)] = DEFAULT_LISTEN  # type: ignore[assignment]
+    """HOST:PORT to listen on; port 0 picks a free port."""
     workers: Annotated[int, BeforeValidator(lambda v: process_count(positive_int(v))),
                        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WORKERS})] = 1
+    """Server processes sharing the port (SO_REUSEPORT)."""
     upper: Flag = False
-    ws: Flag = False  # echo only: WebSocket (an upgrade, then every message echoed in frames)
+    """An echo server only: reply upper-cased instead of unchanged."""
+    ws: Flag = False
+    """An echo server only: speak WebSocket (an upgrade, then every message echoed in frames)."""
     # 0 (left out): the server's own default
     max_connections: Annotated[int, BeforeValidator(positive_int),
                                WithJsonSchema({"type": "integer", "minimum": 1})] = 0
+    """Connections per process; past it, new ones are accepted and closed at once. Left out: 10,000 (http) or
+    50,000 (echo), lowered to what the open-file limit allows."""
     idle_timeout: Duration = 0.0
+    """Close a connection silent this long. Left out: 60s (http) or 5m (echo)."""
     max_buffered: Annotated[int, BeforeValidator(fields.max_buffered), WithJsonSchema(
         {"type": "integer", "minimum": 1, "description": "MiB one server process buffers for its clients in all"})] = 0
+    """MiB one server process holds for its clients in all (left out: 256). Past it, http answers 503 and closes;
+    echo closes the connections longest without reading."""
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> ServerModel:
@@ -208,26 +219,46 @@ class RunConfigModel(ConfigModel):
     """A whole run as written: what to load, how long, and what must hold."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): the config file's name
+    """Names the run and its report folder; left out, the config file's name without .yaml."""
     duration: OptionalDuration = None
+    """How long the load runs (30s, 2m, 1h; at most 7 days). Left out: as long as the longest target's stages, else
+    until requests have been sent."""
     requests: OptionalPositiveInt = None
+    """Stop after this many requests in all (a flow counts passes, and a failed tcp connect counts too); with
+    duration, whichever comes first."""
     workers: Workers = None
+    """Worker processes, 1 to 256, or auto: one per CPU core (the default). On a cluster, per node."""
     out: Annotated[str, BeforeValidator(_out), WithJsonSchema({"type": "string", "minLength": 1})] = DEFAULT_OUT
+    """The folder run folders are made in: each run writes OUT/NAME-YYYYmmdd-HHMMSS/."""
     servers: Annotated[tuple[ServerModel, ...], BeforeValidator(_a_list("a list"))] = ()
+    """Embedded servers started before the load and stopped after it; {name} in a target's URL or address stands
+    for that server's host:port."""
     targets: Annotated[tuple[TargetModel, ...], BeforeValidator(_targets),  # type: ignore[valid-type]
                        Field(validate_default=True)] = None
+    """What to load: an HTTP target (url), a TCP target (tcp) or a flow (flow or script), each its own row in the
+    reports; names must be unique."""
     thresholds: Annotated[tuple[tuple[Any, bool], ...], BeforeValidator(
         lambda v: [check_at(i, _threshold, x) for i, x in enumerate(_a_list(
             "a list such as ['p99 < 50ms']")(v))]),
         WithJsonSchema({"type": "array", "items": {"anyOf": [_THRESHOLD_TEXT, {
             "type": "object", "additionalProperties": False, "required": ["threshold"],
-            "properties": {"threshold": _THRESHOLD_TEXT, "abort_on_fail": {"type": "boolean"}}}]}})] = ()
+            "properties": {"threshold": _THRESHOLD_TEXT, "abort_on_fail": {
+                "type": "boolean", "description": "also check it each second, and stop the run when it fails"}}}]}})] = ()
+    """Conditions that decide the exit status, checked at the end: [TARGET:] FIGURE OP VALUE, such as 'p99 < 50ms'
+    or 'home: error_rate < 1%'. Left out: failed == 0."""
     monitor: Annotated[tuple[Pid, ...], BeforeValidator(_a_list("a list of process ids"))] = ()
+    """Process ids of processes the run did not start (such as your own server), sampled into resources.csv beside
+    the run's own."""
     metrics: Annotated[tuple[str, int] | None, BeforeValidator(lambda v: None if v is None else metrics_address(v)),
                        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535},
                                                  {"type": "string"}],
                                        "description": "HOST:PORT, :PORT or PORT for live Prometheus metrics"})] = None
+    """Serve live Prometheus metrics while the run lasts at HOST:PORT, :PORT or PORT (on 127.0.0.1); port 0 picks a
+    free port."""
     cluster: Annotated[str | None, BeforeValidator(_cluster), WithJsonSchema(
         {"type": "string", "description": "a Dask scheduler (tcp://HOST:8786) or local:N: run on its nodes"})] = None
+    """Run on the nodes of this Dask scheduler (tcp://HOST:8786), or on local:N nodes started on this machine;
+    --cluster overrides it."""
 
     @model_validator(mode="after")
     def _checked_across_fields(self) -> RunConfigModel:

@@ -374,7 +374,9 @@ def stages(value: Any) -> tuple[Stage, ...]:
 Stages = Annotated[tuple[Stage, ...], BeforeValidator(stages), WithJsonSchema({
     "type": "array", "minItems": 1, "description": "ramps of the level, as k6's stages",
     "items": {"type": "object", "additionalProperties": False, "required": ["duration", "target"],
-              "properties": {"duration": DURATION_SCHEMA, "target": {"type": "number", "minimum": 0}}}})]
+              "properties": {"duration": {**DURATION_SCHEMA, "description": "how long this stage lasts"},
+                             "target": {"type": "number", "minimum": 0, "description": "the level at the stage's end: "
+                                        "users, arrivals (or passes) per second, or connections"}}}})]
 
 
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
@@ -390,11 +392,38 @@ def _fits(default: Any, prop: dict[str, Any]) -> bool:
     return not isinstance(default, str) or len(default) >= prop.get("minLength", 0)
 
 
+def field_docstrings(model: type) -> dict[str, str]:
+    """The docstring written under each field in a model's class body: the field's description.
+
+    Read from the source only when a schema is made (`loadtest schema`, the documentation), so importing the
+    models parses no source, as pydantic's own `use_attribute_docstrings` would in every process.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(model))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):  # no source (a frozen build): no descriptions
+        return {}
+    found = {}
+    statements = getattr(body, "body", [])
+    for statement, after in zip(statements, statements[1:]):
+        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name) \
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) \
+                and isinstance(after.value.value, str):
+            found[statement.target.id] = " ".join(after.value.value.split())
+    return found
+
+
 def _schema_extra(schema: dict[str, Any], model: Any) -> None:
-    """Defaults shown only where they are what a user would write: a field left out is not one given as null,
-    and a default held converted (a tuple for "listen: 127.0.0.1:0", bytes for a body) is left out.
-    Then the model's own `schema_extra`, if it has one."""
-    for prop in schema.get("properties", {}).values():
+    """Each field's description from the docstring under it. Defaults shown only where they are what a user
+    would write: a field left out is not one given as null, and a default held converted (a tuple for
+    "listen: 127.0.0.1:0", bytes for a body) is left out. Then the model's own `schema_extra`, if it has one."""
+    descriptions = field_docstrings(model)
+    for name, prop in schema.get("properties", {}).items():
+        if name in descriptions:
+            prop["description"] = descriptions[name]
         if "default" in prop:
             if not _fits(prop["default"], prop):
                 del prop["default"]
@@ -406,6 +435,8 @@ def _schema_extra(schema: dict[str, Any], model: Any) -> None:
 class ConfigModel(BaseModel):
     """A mapping in the config: unknown fields refused (first, naming the known ones), values frozen."""
 
+    # A docstring under a field is its description, in the JSON Schema and the generated config reference
+    # (put there by _schema_extra when a schema is made).
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_schema_extra)
 
     @model_validator(mode="before")

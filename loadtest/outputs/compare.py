@@ -41,7 +41,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from loadtest.outputs.html_report import fmt_count, fmt_ms, page, table, td
+from loadtest.outputs.page import fmt_count, fmt_ms, page, table, td
 from loadtest.core.run_files import (
     AGGREGATED,
     HISTOGRAMS_NAME,
@@ -50,15 +50,8 @@ from loadtest.core.run_files import (
     RESOURCES_NAME,
     SUMMARY_NAME,
 )
-from loadtest.outputs.run_folder import (
-    MAX_FIGURE,
-    RunFolder,
-    RunFolderError,
-    as_float,
-    load_run,
-    spectra,
-    write_page,
-)
+from loadtest.outputs.run_folder import MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run, write_page
+from loadtest.outputs.series import spectra
 from loadtest.outputs.svg_chart import Series, spectrum_chart, target_colors
 
 DEFAULT_TOLERANCE = 0.05

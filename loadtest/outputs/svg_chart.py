@@ -17,12 +17,7 @@ from dataclasses import dataclass
 from html import escape
 
 from loadtest.core.run_files import AGGREGATED
-from loadtest.outputs.run_folder import (
-    SPECTRUM_DECADES,
-    Point,
-    spectrum_x,
-    x_to_percentile,
-)
+from loadtest.outputs.series import SPECTRUM_DECADES, Point, spectrum_x, x_to_percentile
 
 MINUTE_STEPS = (15, 30, 60, 120, 300, 600, 900, 1800, 3600)  # seconds between ticks on a long run's time axis
 END_SLACK = 0.02  # a run's end a hair past a round length (10.02 s) keeps that length's ticks (0, 2, … 10 s)

@@ -103,25 +103,37 @@ class FlowStepRow:
 
 
 _TEXT = {"type": "string"}
+
+
+def _text(description: str) -> dict[str, str]:
+    return {**_TEXT, "description": description}
+
+
 _THINK = {"anyOf": [_TEXT, {"type": "number", "minimum": 0},
-                    {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [_TEXT, {"type": "number"}]}}]}
+                    {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [_TEXT, {"type": "number"}]}}],
+          "description": "a pause: one duration, or [shortest, longest] drawn uniformly"}
+_STATUS = {"type": "integer", "minimum": 100, "maximum": 599}
 _STEP_SCHEMA = {"anyOf": [
     {"type": "object", "additionalProperties": False, "required": ["think"], "properties": {"think": _THINK}},
     {"type": "object", "additionalProperties": False, "required": ["url"], "properties": {
-        "name": _TEXT,
-        "method": _TEXT,
+        "name": _text("the step's row name (FLOW/NAME); left out, stepN"),
+        "method": _text("the HTTP method; left out, GET"),
         "url": {"type": "string", "description": "http:// or https:// URL; {server} is a server's host:port, "
                                                  "${name} a captured value or data column"},
-        "headers": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+        "headers": {"type": "object", "additionalProperties": {"type": ["string", "number"]},
+                    "description": "request headers; values may hold ${...} placeholders"},
         "json": {"description": "a JSON body; its strings may hold ${...} placeholders"},
-        "body": _TEXT,
+        "body": _text("the request body as text; it may hold ${...} placeholders"),
         "capture": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^(json|header|regex):"},
-                    "description": "variable: json:PATH | header:NAME | regex:EXPR"},
-        "expect": {"type": "object", "additionalProperties": False, "properties": {
-            "status": {"anyOf": [{"type": "integer", "minimum": 100, "maximum": 599},
-                                 {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}}]},
-            "body_contains": {"type": "string", "minLength": 1}}},
-        "repeat": {"type": "integer", "minimum": 1},
+                    "description": "values taken from the response for later steps, variable: json:PATH | "
+                                   "header:NAME | regex:EXPR"},
+        "expect": {"type": "object", "additionalProperties": False, "description": "what the response must be",
+                   "properties": {
+            "status": {"anyOf": [_STATUS, {"type": "array", "items": _STATUS}],
+                       "description": "the status, or list of statuses, that succeed; left out, any 2xx or 3xx"},
+            "body_contains": {"type": "string", "minLength": 1,
+                              "description": "text the body must hold, else a check failure"}}},
+        "repeat": {"type": "integer", "minimum": 1, "description": "send the step this many times in a row"},
     }}]}
 
 
@@ -149,27 +161,43 @@ class FlowTargetModel(ConfigModel):
     """A flow target as written: `flow:` steps or `script: FILE.py:FUNCTION`, and concurrency, rate or stages."""
 
     name: Name
+    """The flow's row name; each step's row is NAME/STEP."""
     flow: Annotated[Any, WithJsonSchema({"type": "array", "minItems": 1, "items": _STEP_SCHEMA,
                                          "description": "steps in order: requests, or {think: DURATION}"})] = None
+    """YAML steps run in order by each virtual user: requests, or pauses written {think: DURATION}."""
     script: Annotated[tuple[str, str] | None, BeforeValidator(lambda v: None if v is None else _script_ref(v)),
                       WithJsonSchema({"type": "string", "pattern": r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$",
                                       "description": "FILE.py:FUNCTION, the file relative to the config"})] = None
+    """A Python flow instead of steps: FILE.py:FUNCTION, the file relative to the config; the function is given the
+    virtual user."""
     url: Annotated[str | None, BeforeValidator(_base_url), WithJsonSchema({
         "type": "string", "description": "a Python flow's base URL: its paths are joined to it"})] = None
+    """A Python flow's base URL: the paths it requests are joined to it."""
     data: Annotated[str | None, WithJsonSchema({"type": "string", "description": "a CSV file with a header row, "
                                                                                  "relative to the config"})] = None
+    """A UTF-8 CSV file with a header row, relative to the config; its columns are ${data.COLUMN} in templates."""
     data_mode: choice(DATA_MODES) = DEFAULT_DATA_MODE  # type: ignore[valid-type]
+    """unique: a row is held by one user at a time, for one pass; cycle: each pass takes the next row, shared or not."""
     timeout: Duration = DEFAULT_TIMEOUT_S
+    """Each request's, as for an HTTP target: the whole response from its first byte written."""
     verify_tls: Flag = True
+    """Check https servers' certificates."""
     stages: Stages = ()
+    """A ramp, as k6's stages: of virtual users (closed model) or of passes started per second (open model, from
+    rate)."""
     concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 0,
                                                 "description": "virtual users (closed model)"})] = None
+    """Closed model: virtual users in all, each running passes through the flow one after another."""
     rate: Annotated[Any, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 10_000_000,
                                          "description": "passes started per second in all (open model)"})] = None
+    """Open model: passes started per second in all; a pass's latency counts from its scheduled start."""
     max_concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 1})] = None
+    """Open model: passes in flight in all, at most (left out: 5,000)."""
     arrival: choice(ARRIVALS) = DEFAULT_ARRIVAL  # type: ignore[valid-type]
+    """Open model: constant gaps between passes, or poisson."""
     think: Annotated[tuple[float, float] | None, BeforeValidator(think_range), WithJsonSchema({"anyOf": [
         {"type": "string"}, {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "string"}}]})] = None
+    """Closed model: a user's pause between passes, one duration or [shortest, longest] drawn uniformly."""
 
     needs: ClassVar[str] = "flow or script for a flow"
     _target: FlowTarget | None = PrivateAttr(default=None)

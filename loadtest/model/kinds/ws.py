@@ -124,26 +124,44 @@ class WsTargetModel(ConfigModel):
     """A WebSocket target as written in the config: `ws: ws://HOST:PORT/path`, with `connections` or `stages`."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): its URL
+    """The target's row name in every report; left out, its URL."""
     ws: Annotated[str, BeforeValidator(ws_url), WithJsonSchema({
         "type": "string", "pattern": "^[wW][sS][sS]?://",
         "description": "ws:// or wss:// URL; its host:port may be {name}, the server of that name"})]
+    """The ws:// or wss:// URL to upgrade, with its path and query; its host is an IP address or localhost, or its
+    host:port {name} for the embedded server of that name."""
     headers: Annotated[tuple[tuple[str, str], ...], BeforeValidator(upgrade_headers), WithJsonSchema(
         {"type": "object", "additionalProperties": {"type": ["string", "number"]},
          "description": "extra headers of the upgrade request"})] = ()
+    """Extra headers of the upgrade request (not Host, Upgrade, Connection or the Sec-WebSocket- ones it sets)."""
     connections: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 0})] = None
+    """WebSocket connections in all, split over the workers (with stages: where the ramp starts, 0 if left out)."""
     message: Annotated[bytes, BeforeValidator(message_bytes), WithJsonSchema(
         {"type": "string", "minLength": 1, "description": "sent in text frames"})] = b""
+    """The message each connection sends, in text frames (instead of size)."""
     size: Annotated[int, BeforeValidator(message_size), WithJsonSchema(
         {"type": "integer", "minimum": 1, "maximum": MAX_TCP_SIZE, "description": "bytes sent in binary frames"})
                     ] = DEFAULT_TCP_SIZE
+    """The message's size in bytes, filled with letters and digits and sent in binary frames, when no message is
+    given."""
     expect: choice(TCP_EXPECTS) = "echo"  # type: ignore[valid-type]
+    """How each reply is checked: echo (the same message), upper (upper-cased; a text message only) or any (any
+    message); a wrong one is a mismatch."""
     rate: PositiveNumber = 0.0  # 0 (left out): back to back
+    """Messages per second in all, each connection its share on its own schedule, latency from the intended send;
+    left out, back to back. With stages: the rate at the peak."""
     connect_rate: PositiveNumber = 0.0  # 0 (left out): as fast as possible
+    """New connections (each a TCP connect and an upgrade) per second in all; left out, as fast as possible."""
     source_ips: Annotated[tuple[str, ...], BeforeValidator(source_addresses), WithJsonSchema(
         {"anyOf": [_SOURCE_TEXT, {"type": "array", "items": _SOURCE_TEXT}]})] = ()
+    """Local source addresses to spread connections over (127.0.0.1-127.0.0.4, or a list), past one address's
+    ~28,000 ephemeral ports towards one port."""
     timeout: Duration = DEFAULT_TIMEOUT_S
+    """How long the connect and upgrade, and then each reply, may take (connect_timeout, read_timeout past it)."""
     stages: Stages = ()
+    """A ramp of the connections held, as k6's stages, from connections."""
     verify_tls: Flag = True
+    """wss:// only: check the server's certificate; false accepts any."""
 
     needs: ClassVar[str] = "ws for a WebSocket target"  # what a target lacking every kind's key needs
 

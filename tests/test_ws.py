@@ -461,6 +461,17 @@ def test_the_echo_server_answers_pings_and_upper_cases_text_only_in_ascii(ws_ech
         assert [e.code for e in seen if isinstance(e, CloseConnection)] == [1000]
 
 
+def test_the_echo_server_answers_many_messages_in_one_write_each_once(ws_echo: dict[bool, ServerGroup]) -> None:
+    group = ws_echo[False]
+    before = group.served()["messages"]
+    sock, ws = upgraded(group.port)
+    with sock:
+        sock.sendall(b"".join(ws.send(Message(data=f"m{i}")) for i in range(300)))  # one write, 300 frames
+        seen = events_until(sock, ws, lambda s: sum(isinstance(e, Message) for e in s) == 300)
+        assert [e.data for e in seen if isinstance(e, Message)] == [f"m{i}" for i in range(300)]
+    assert group.served()["messages"] - before == 300
+
+
 def test_the_echo_server_refuses_what_is_not_an_upgrade_and_closes_a_message_too_big(
         ws_echo: dict[bool, ServerGroup]) -> None:
     with socket.create_connection(("127.0.0.1", ws_echo[False].port), timeout=5) as sock:

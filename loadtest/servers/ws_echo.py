@@ -132,7 +132,7 @@ class WsEchoConnection(EchoConnection):
             ws.receive_bytes(data)
         server = self.server
         assert isinstance(server, WsEchoServer)
-        out = b""
+        out: list[bytes] = []  # joined once: a read may hold many frames
         try:
             for frame in ws.received_frames():
                 opcode = frame.opcode
@@ -143,15 +143,17 @@ class WsEchoConnection(EchoConnection):
                             piece = piece.translate(_ASCII_UPPER)
                         payload = piece.encode("utf-8")
                     else:
-                        payload = bytes(piece).upper() if server.upper else bytes(piece)  # type: ignore[arg-type]
+                        payload = piece.upper() if server.upper else piece  # type: ignore[assignment,union-attr]
                     self.length += len(payload)
                     if self.length > server.max_message:
                         server.say_once("message", f"a message passed {server.max_message} bytes, its cap: the "
                                         f"connection is closed with code {MESSAGE_TOO_BIG} (the cap is max_message)")
                         self.closing = True
-                        return out + bytes(ws.close(MESSAGE_TOO_BIG))
+                        out.append(ws.close(MESSAGE_TOO_BIG))
+                        break
                     finished = frame.message_finished
-                    out += frame_header(_CONTINUATION if self.continued else opcode, finished, len(payload)) + payload
+                    out.append(frame_header(_CONTINUATION if self.continued else opcode, finished, len(payload)))
+                    out.append(payload)
                     counts = server.counts
                     counts[1] += len(payload)
                     if finished:
@@ -161,17 +163,18 @@ class WsEchoConnection(EchoConnection):
                     else:
                         self.continued = True
                 elif opcode is Opcode.PING:
-                    out += bytes(ws.pong(frame.payload))  # type: ignore[arg-type]
+                    out.append(ws.pong(frame.payload))  # type: ignore[arg-type]
                 elif opcode is Opcode.CLOSE:
                     code = frame.payload[0]  # type: ignore[index]
                     if code == NORMAL_CLOSE:
                         server.counts[3] += 1
                     self.closing = True
-                    return out + bytes(ws.close(code))  # the same code back (1005, no code: none back)
+                    out.append(ws.close(code))  # the same code back (1005, no code: none back)
+                    break
         except ParseFailed as e:  # a frame that is not valid WebSocket: closed with the code wsproto names
             self.closing = True
-            return out + bytes(ws.close(e.code, str(e)[:100]))
-        return out
+            out.append(ws.close(e.code, str(e)[:100]))
+        return b"".join(out)
 
     def _write(self, data: bytes) -> None:
         server = self.server

@@ -49,6 +49,7 @@ import ssl
 from heapq import heappush
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from gevent import Timeout
 from gevent.hub import get_hub
@@ -147,14 +148,13 @@ class WsDriver(PacedTcp):
         self.framer = FrameProtocol(client=True, extensions=[])
         frame = self.framer.send_data(payload.decode("utf-8") if text else payload)
         self.frame_header = bytes(frame[:len(frame) - len(payload) - 4])
-        self.frame_length = len(frame)
         self.payload_int = int.from_bytes(payload, "big")
         repeats = (len(payload) + 3) // 4
         self.key_spread = int.from_bytes(b"\x00\x00\x00\x01" * repeats, "big")  # key * this: the key repeated
         self.key_shift = 8 * (4 * repeats - len(payload))  # ... less the bytes past the payload's end
         self.keys = b""
         self.key_at = 0
-        self.close_frame = b""  # made (masked) for each close
+        self.hostname = urlsplit(url).hostname or ""  # for TLS: the name the certificate must have
 
     def __call__(self) -> Any:
         raise TypeError("a ws target runs on its driver only (WsDriver.drive)")
@@ -169,7 +169,7 @@ class WsDriver(PacedTcp):
             left = self.timeout - (perf_counter_ns() - started) / 1e9
             with Timeout(max(left, 0.001), UpgradeTimeout):
                 if self.tls_context is not None:
-                    sock = _tls_handshake(raw, self.tls_context, self.host.rsplit(":", 1)[0].strip("[]"))
+                    sock = _tls_handshake(raw, self.tls_context, self.hostname)
                 leftover = self._upgrade(sock)
         except BaseException:
             sock.close()

@@ -305,6 +305,20 @@ def test_a_server_that_closes_the_socket_mid_reply_is_closed(raw_server) -> None
     assert dict(run.recorder.snapshot().failures).keys() == {"closed"}
 
 
+def test_a_frame_that_is_not_valid_websocket_is_a_protocol_failure(raw_server) -> None:
+    def behaviour(conn: socket.socket, ws: WSConnection) -> None:
+        for _ in messages(conn, ws):
+            conn.sendall(b"\x82\x88" + b"\x01\x02\x03\x04" + b"12345678")  # masked: no server may send that
+            return
+
+    server = ws_server(raw_server, behaviour)
+    run = Driven(f"ws://127.0.0.1:{server.port}/", connections=1, size=8, pause=0.1).run(0.35)
+    run.stop()
+    snap = run.recorder.snapshot()
+    assert dict(snap.failures).keys() == {"protocol"}
+    assert "masked frame" in dict(snap.failure_samples)["protocol"]
+
+
 @pytest.mark.parametrize("status", [403, 404])
 def test_a_rejected_upgrade_is_a_connect_failure_with_its_status(raw_server, status: int) -> None:
     def handle(conn: socket.socket) -> None:

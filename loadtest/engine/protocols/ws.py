@@ -340,8 +340,8 @@ class WsDriver(PacedTcp):
             while True:
                 sock = conn.sock
                 parser = conn.parser
-                want = READ_SIZE if parser is not None or not conn.deadline_ns or conn.replied else (
-                    len(self.reply_frame) - conn.at)
+                want = READ_SIZE if parser is not None or not conn.deadline_ns or conn.replied else min(
+                    READ_SIZE, len(self.reply_frame) - conn.at)  # never past the expected frame's end
                 try:
                     data = sock.recv(want)
                 except _WOULD_BLOCK:

@@ -37,7 +37,8 @@ message as an `error`, in the timer's it is said once on stderr.
 
 Another kind may run on this driver (`protocols/ws.py` does): `_open` is
 what a connector does to open a connection, `connection_class` what each is
-kept in, and with no `rate` (`interval_ns` 0) the subclass sends back to back.
+kept in, `_put` how a message is written, and with no `rate` (`interval_ns`
+0) the subclass sends back to back.
 """
 
 from __future__ import annotations
@@ -398,10 +399,11 @@ class PacedTcp:
             if not self.budget.stopping:  # spent for now: a unit a ramp gives back later wakes it
                 self.starved.append(conn)
             return
-        nxt = slot + self.interval_ns
-        heappush(self.heap, (nxt, conn.serial, conn))
-        if nxt < self.armed_ns:
-            self._arm(nxt)
+        if self.interval_ns:  # (0: back to back, which a kind on this driver runs from its replies)
+            nxt = slot + self.interval_ns
+            heappush(self.heap, (nxt, conn.serial, conn))
+            if nxt < self.armed_ns:
+                self._arm(nxt)
         conn.slot_ns = slot
         conn.received = 0
         conn.sent = 0
@@ -420,6 +422,10 @@ class PacedTcp:
         reader = conn.reader
         if not reader.active:
             reader.start(self._readable, conn)
+        self._put(conn)
+
+    def _put(self, conn: PacedConnection) -> None:
+        """Write the message of the turn `_send` started (the rest from the write watcher)."""
         size = self.size
         try:
             sent = conn.sock.send(self.message)

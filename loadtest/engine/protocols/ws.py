@@ -46,7 +46,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from heapq import heappush
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -61,11 +60,11 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from loadtest.model.kinds.ws import WsTarget, ws_parts
-from loadtest.engine.protocols import NO_DEADLINE_NS, Deadlines
+from loadtest.engine.protocols import Deadlines
 from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
 from loadtest.engine.protocols.http_fast import connect_failure
 from loadtest.engine.protocols.tcp import RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES
-from loadtest.engine.protocols.tcp_paced import FIFO_SLACK, PacedConnection, PacedTcp
+from loadtest.engine.protocols.tcp_paced import PacedConnection, PacedTcp
 
 if TYPE_CHECKING:
     from loadtest.core.stats import TargetRecorder
@@ -240,46 +239,13 @@ class WsDriver(PacedTcp):
             masked = bytes(XorMaskerSimple(key).process(bytearray(self.target.message)))
         return self.frame_header + key + masked
 
-    def _send(self, conn: PacedConnection, slot: int, now: int) -> None:
-        """Send this connection's message for the turn at `slot`, if the budget allows."""
+    def _put(self, conn: PacedConnection) -> None:
+        """Write the turn's message as one masked frame (the rest, and pongs after it, from the write watcher)."""
         assert isinstance(conn, WsConnection)
-        if conn.ticket:
-            conn.ticket = False
-            self.tickets -= 1
-            if self.budget.stopping:
-                return
-        elif not self.budget.take():
-            if not self.budget.stopping:  # spent for now: a unit a ramp gives back later wakes it
-                self.starved.append(conn)
-            return
-        interval = self.interval_ns
-        if interval:
-            nxt = slot + interval
-            heappush(self.heap, (nxt, conn.serial, conn))
-            if nxt < self.armed_ns:
-                self._arm(nxt)
-        conn.slot_ns = slot
-        conn.received = 0
         conn.got = 0
         conn.replied = False
-        conn.wrong = None
-        deadline = now + self.timeout_ns  # from the first byte written, even when the turn came late
-        conn.deadline_ns = deadline
-        fifo = self.fifo
-        fifo.append((deadline, conn))
-        if len(fifo) > 2 * self.in_flight + FIFO_SLACK:
-            self._compact_fifo()
-        if not self.in_flight:
-            self.flight.deadline_ns = NO_DEADLINE_NS
-            if deadline < self.armed_ns:
-                self._arm(deadline)
-        self.in_flight += 1
-        reader = conn.reader
-        if not reader.active:
-            reader.start(self._readable, conn)
         frame = self._masked_frame()
         conn.frame_left = len(frame)
-        conn.sent = 0
         self._write(conn, frame, message=True)
 
     def _write(self, conn: WsConnection, data: bytes, message: bool = False) -> bool:

@@ -475,6 +475,20 @@ def test_the_echo_server_answers_pings_and_upper_cases_text_only_in_ascii(ws_ech
         assert [e.code for e in seen if isinstance(e, CloseConnection)] == [1000]
 
 
+def test_an_idle_websocket_is_closed_going_away() -> None:
+    group = ServerGroup.start(ServerSpec(name="idle", kind="echo", host="127.0.0.1", port=0, workers=1, ws=True,
+                                         idle_timeout=0.3))
+    try:
+        sock, ws = upgraded(group.port)
+        with sock:
+            started = time.monotonic()
+            seen = events_until(sock, ws, lambda s: any(isinstance(e, CloseConnection) for e in s))
+            assert [e.code for e in seen if isinstance(e, CloseConnection)] == [1001]
+            assert 0.25 <= time.monotonic() - started < 2
+    finally:
+        group.stop()
+
+
 def test_the_echo_server_answers_many_messages_in_one_write_each_once(ws_echo: dict[bool, ServerGroup]) -> None:
     group = ws_echo[False]
     before = group.served()["messages"]

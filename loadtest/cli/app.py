@@ -7,6 +7,7 @@ import re
 import shlex
 import signal
 import sys
+import threading
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -16,7 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 from loadtest import __version__
 from loadtest.core import exits
 from loadtest.model.interrupts import EXIT_INTERRUPTED, check_interrupted, on_interrupt
-from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, is_url
+from loadtest.model.quick import DEFAULT_CONCURRENCY, DEFAULT_DURATION, bare_url_problem, is_url
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_RUN_FAILED = exits.OK, exits.FAILED, exits.BAD_INPUT, exits.RUN_FAILED
 DEFAULT_METRICS_LINGER_S = 15.0  # Prometheus' default scrape interval: a scrape comes within it
@@ -163,6 +164,9 @@ def run_command(
                                        help="URL only: the request body (a POST unless -m says otherwise)."),
     timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION",
                                           help="URL only: per request (default 10s, as in a config)."),
+    target_name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                              help="URL only: the target's name and the run's (default: the URL; "
+                                                   "two runs of different URLs named alike can be compared)."),
     json_summary: bool = typer.Option(False, "--json",
                                       help="Print summary.json on stdout and nothing else (progress goes to stderr)."),
     metrics: Optional[str] = typer.Option(
@@ -172,6 +176,16 @@ def run_command(
         None, "--metrics-linger", metavar="DURATION",
         help=f"After the run, serve the final metrics until a scrape reads them, at most this long "
              f"(default {DEFAULT_METRICS_LINGER_S:g}s; 0: stop at once)."),
+    web: Optional[str] = typer.Option(
+        None, "--web", metavar="HOST:PORT",
+        help="Serve a live page and a JSON control API here: watch the run, change each target's users or rate, "
+             "pause, resume, stop (PORT alone: on 127.0.0.1; any other address than loopback needs a token)."),
+    web_token: Optional[str] = typer.Option(
+        None, "--web-token", metavar="TOKEN",
+        help="--web: the token every request must carry (?token= or Authorization: Bearer); made and printed "
+             "if a non-loopback address is given without one."),
+    wait: bool = typer.Option(False, "--wait", help="--web: start the run paused, until Start is pressed on the "
+                                                    "page (or POST /api/resume)."),
     version: bool = _version_option(),
 ) -> None:
     """Run the load a config file describes, or one URL's, and write its reports."""
@@ -181,11 +195,18 @@ def run_command(
     from loadtest.outputs.live import TerminalOutput
     from loadtest.outputs.metrics import MetricsEndpoint
     from loadtest.model.quick import OneLine, one_line_config
-    from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S
+    from loadtest.execution.resources import DEFAULT_SAMPLE_INTERVAL_S, MIN_SAMPLE_INTERVAL_S
+    from loadtest.execution.control import Inbox
+    from loadtest.execution.web import WebServer, check_token
+    from loadtest.outputs.live_page import LivePage
 
     check_interrupted()  # an interrupt while these imported waited for them to finish
-    one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout)
+    one_line = OneLine(config_path, concurrency, rate, requests_total, duration, method, tuple(header), body, timeout,
+                       target_name)
     endpoint: MetricsEndpoint | None = None
+    server: WebServer | None = None
+    page: LivePage | None = None
+    inbox: Inbox | None = None
     try:  # the options first, then the file: a mistake on the command line is named before one in the file
         workers = parse_workers(workers_text, "--workers") if workers_text is not None else None
         nodes = _positive_count(nodes_text, "--nodes") if nodes_text is not None else None
@@ -195,9 +216,14 @@ def run_command(
         run_length = parse_duration(duration, "--duration") if duration is not None else None
         interval = parse_duration(sample_interval, "--sample-interval") if sample_interval is not None \
             else DEFAULT_SAMPLE_INTERVAL_S
+        if interval < MIN_SAMPLE_INTERVAL_S:
+            raise ConfigError(f"--sample-interval: must be at least {MIN_SAMPLE_INTERVAL_S * 1000:g}ms (each sample "
+                              f"reads every process of the run), got {sample_interval!r}")
         if is_url(config_path):
             config = one_line_config(one_line)
         else:
+            if bare_url_problem(config_path):
+                raise ConfigError(bare_url_problem(config_path))
             if one_line.given():
                 raise ConfigError(f"{one_line.given()[0]}: applies only to a URL (loadtest run http://HOST:PORT/ "
                                   f"-c 50); a config file sets it per target")
@@ -213,30 +239,70 @@ def run_command(
             endpoint = MetricsEndpoint(config.name, [t.name for t in config.targets])
             url = endpoint.listen(*config.metrics, where="--metrics" if metrics is not None else "metrics")
             typer.echo(f"metrics on {url}", err=True)
+        token = check_token(web_token)
+        if web is None and (token is not None or wait):
+            raise ConfigError(f"{'--web-token' if token is not None else '--wait'}: applies only with --web HOST:PORT")
+        if web is not None:
+            host, port = parse_metrics_address(web, "--web")
+            inbox = Inbox(config)
+            page = LivePage(config, inbox.status)
+            server = WebServer(page, inbox, token)
+            url = server.start(host, port)
+            typer.echo(f"live page on {url}" + (" (keep the token: every request needs it)" if server.token else ""),
+                       err=True)
     except ConfigError as e:
+        if endpoint is not None:
+            endpoint.stop()
+        if server is not None:
+            server.stop()
         fail(str(e), EXIT_BAD_INPUT)
     # With --json, stdout carries summary.json alone: the live view and the summary table go to stderr.
     shown = sys.stderr if json_summary else sys.stdout
     outputs: list[Any] = [output for output in (endpoint, TerminalOutput(config, shown, quiet, path=not json_summary),
-                                                JsonSummary() if json_summary else None) if output is not None]
+                                                JsonSummary() if json_summary else None, page) if output is not None]
     # run() counts interrupts while it runs and puts back what it found when it returns. What it finds is
     # "ignore": once the reports are written a late Ctrl-C must not kill the exit half-way, which it would
     # during interpreter shutdown (Python resets handled signals to the default there) with status -2.
     check_interrupted()  # a Ctrl-C while the config loaded whose exit compile() swallowed: start nothing
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    result = None
     try:
         result = run(config, workers=workers, out_dir=out, overwrite=overwrite, sample_interval=interval,
-                     watch_pids=pids, outputs=outputs, cluster=cluster, nodes=nodes)
+                     watch_pids=pids, outputs=outputs, cluster=cluster, nodes=nodes, inbox=inbox, wait=wait)
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RunError as e:
         fail(f"the run failed: {e}", EXIT_RUN_FAILED)
     except KeyboardInterrupt:
         fail("interrupted before the load started; no reports written", EXIT_INTERRUPTED)
+    finally:
+        if server is not None and result is None:  # no run to show: stop serving now
+            server.stop()
     if endpoint is not None:
         linger_for_scrape(endpoint, linger)
+    if server is not None:
+        linger_for_page(server)
+    assert result is not None
     raise typer.Exit(result.exit_status)
+
+
+def linger_for_page(server: Any) -> None:
+    """While the live page is open, keep serving it (and the run's files it links to), at most
+    WEB_LINGER_S or until Ctrl-C; then stop serving."""
+    from loadtest.execution.web import WEB_LINGER_S
+
+    if server.watching:
+        typer.echo(f"live page: serving the finished run's page and files while it is open (at most "
+                   f"{WEB_LINGER_S:g} s; Ctrl-C to stop now)", err=True)
+        released = threading.Event()
+        previous = {s: signal.signal(s, lambda signum, frame: released.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.linger(WEB_LINGER_S, released)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    server.stop()
 
 
 def _positive_count(text: str, where: str) -> int:
@@ -350,7 +416,8 @@ def compare_command(
         fraction = parse_tolerance(tolerance, "--tolerance")
         comparison = compare_runs(Path(run_a), Path(run_b), fraction, histograms=html is not None)
         if html:
-            write_compare_html(comparison, Path(html))
+            written = write_compare_html(comparison, Path(html))
+            typer.echo(f"compare page: {written}", err=True)  # stderr: stdout holds the table, csv or json
     except (RunFolderError, ValueError) as e:
         fail(str(e), EXIT_BAD_INPUT)
     except DAMAGE as e:
@@ -429,8 +496,28 @@ def main() -> None:
     again here for callers that import this module first), then the commands run."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_interrupt)
+    try:  # typer from 0.2x carries its own copy of click; before, it used click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
     try:
-        app()
+        try:
+            code = app(standalone_mode=False, prog_name="loadtest")
+        except click_errors.NoArgsIsHelpError as e:  # `loadtest` alone: its help, as typer shows it
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(e)
+            code = e.exit_code
+        except click_errors.ClickException as e:
+            # An unknown option, a missing argument, a bad command: one line, as every other error, not a box
+            ctx = getattr(e, "ctx", None)
+            hint = f"; see `{ctx.command_path} -h`" if ctx is not None else ""
+            typer.echo(f"loadtest: {e.format_message().rstrip('.')}{hint}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            code = EXIT_INTERRUPTED
+        sys.exit(code if isinstance(code, int) else 0)
     finally:
         # An interrupt that typer's own late imports deferred (help, a usage error) ends as 130 too; one in
         # the last instant, as the interpreter shuts down, would print "Exception ignored": none is taken now.

@@ -33,6 +33,7 @@ import sys
 import threading
 from typing import Any, Callable, Self, TextIO
 
+from loadtest.core import exits
 from loadtest.execution.children import KILL_TIMEOUT_S, ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 from loadtest.model.config import ServerSpec
 from loadtest.servers.counts import COUNT_NAMES, COUNT_SLOTS
@@ -203,12 +204,12 @@ def serve_foreground(spec: ServerSpec, out: TextIO = sys.stdout) -> int:
             processes = "process" if spec.workers == 1 else "processes"
             upper = ", upper-casing" if spec.upper else ""
             print(f"serving {_describe(group)} ({spec.workers} {processes}{upper})", file=out, flush=True)
-            status = 0
+            status = exits.OK
             while not stop_requested.wait(FOREGROUND_POLL_S):
                 if group.exited():
                     print(f"error: {group._where}: process {group.exited()[0]} exited while serving",
                           file=out, flush=True)
-                    status = 1
+                    status = exits.FAILED
                     break
         finally:
             counts = group.stop()

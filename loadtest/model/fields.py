@@ -38,8 +38,12 @@ MAX_NAME_CHARS = 200
 
 # "{site}" in a URL or tcp address stands for the host:port of the server named "site".
 SERVER_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_BARE_NUMBER = re.compile(r"^\s*[-+]?\d+(?:\.\d*)?\s*$")
+# ASCII digits only: "１s" (a full-width digit) is not one second, though `\d` and float() would read it so
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$", re.ASCII)
+_BARE_NUMBER = re.compile(r"^\s*[-+]?\d+(?:\.\d*)?\s*$", re.ASCII)
+# Characters that reorder the text after them (U+202E RIGHT-TO-LEFT OVERRIDE, …): a name holding one reverses
+# the rest of a terminal line or a report's row
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)\s*$"  # the same as _DURATION, for the JSON Schema
 
@@ -150,6 +154,10 @@ def name(value: Any) -> str:
     if len(value) > MAX_NAME_CHARS or any(unicodedata.category(c) == "Cc" for c in value):
         raise FieldError(f"must be one line of at most {MAX_NAME_CHARS} characters, without control characters, "
                          f"got {value!r}")
+    bidi = next((c for c in value if c in BIDI_CONTROLS), None)
+    if bidi is not None:
+        raise FieldError(f"must not contain U+{ord(bidi):04X} ({unicodedata.name(bidi, 'a direction control')}), "
+                         f"which reorders the text after it in terminals and reports, got {value!r}")
     return value
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from loadtest.core import exits
 from loadtest.core.run_files import (
     AGGREGATED,
     CONNECT_TYPE,
@@ -74,9 +75,9 @@ def _header(run: RunFolder) -> str:
     failed = [c for c in [*_items(s, "thresholds"), *_items(s, "verdicts")] if c.get("passed") is False]
     outcome = s.get("outcome")
     if isinstance(outcome, str) and outcome:  # the run's own words: "FAILED: 147,722 of 147,722 requests ..."
-        cls = "pass" if status == 0 and outcome.startswith("PASSED") else "fail"
+        cls = "pass" if status == exits.OK and outcome.startswith("PASSED") else "fail"
         badge = f'<span class="badge big {cls}" id="outcome">{escape(outcome)}</span>'
-    elif status == 0 and not failed:
+    elif status == exits.OK and not failed:
         badge = '<span class="badge big pass" id="outcome">PASSED</span>'
     elif status is None and not failed:
         badge = '<span class="badge big neutral" id="outcome">NO STATUS</span>'
@@ -168,7 +169,8 @@ def _threshold_details(c: dict[str, Any], no_samples: bool) -> str:
     """A threshold's other fields, as sentences."""
     said = []
     if c.get("default"):
-        said.append("The config set no thresholds, so the run is held to the default: no failed requests "
+        counted = "requests" if c.get("target") in (None, AGGREGATED) else "passes of this flow"
+        said.append(f"The config set no thresholds, so the run is held to the default: no failed {counted} "
                     "(cancelled ones aside).")
     if no_samples:
         said.append("No latency to measure: no request got a response.")
@@ -246,11 +248,13 @@ def _summary_row(kind: str, name: str, t: dict[str, Any], lat: dict[str, Any], e
 def _failures(run: RunFolder) -> str:
     if not run.failures:
         return ""
-    method, name, error, occurrences, kind, first, last = FAILURES_HEADER
+    method, name, error, occurrences, _, _, kind, first, last = FAILURES_HEADER
+    # "Target" and "Message": failures.csv before it led with Locust's columns; "First Seen" in seconds:
+    # before it wrote Locust's times of day there and the seconds into the run in columns of their own
     rows = [[td(f.get(name) or f.get("Target", ""), "l name"), td(f.get(method, ""), "l"), td(f.get(kind, ""), "l"),
              td(f.get(error) or f.get("Message", ""), "l wide"), td(fmt_count(as_float(f.get(occurrences)))),
-             td(f.get(first, "")), td(f.get(last, ""))]
-            for f in run.failures]  # "Target" and "Message": failures.csv before it led with Locust's columns
+             td(f.get(first) or f.get("First Seen", "")), td(f.get(last) or f.get("Last Seen", ""))]
+            for f in run.failures]
     return ('<h3 style="margin-top:18px">Failures by kind</h3>'
             + table(["Target", "Method", "Kind", "Error", "Count", "First seen s", "Last seen s"], rows, left=4))
 
@@ -267,8 +271,13 @@ def _over_time_section(run: RunFolder) -> str:
             names.insert(0, AGGREGATED)
     blocks = []
     end = run_end(run)
+    changes = [c for c in run.summary.get("level_changes") or [] if isinstance(c, dict)]
     for name in names:
         h = history[name]
+        # Each level change (loadtest run --web, the control inbox) is a dashed line at its time.
+        marks = [(float(c.get("at_s") or 0.0), f"{c.get('target')}: {c.get('unit')} {text_of(c.get('old'))} -> "
+                  f"{text_of(c.get('new'))} ({c.get('origin')})") for c in changes
+                 if name in (AGGREGATED, c.get("target"))]
         rate = [Series("requests/s", h["rps"], "#2563eb", fill=True)]
         extra: list[str] = []
         if any(v for _, v in h["fps"]):
@@ -278,11 +287,23 @@ def _over_time_section(run: RunFolder) -> str:
         lat = [Series(k, h[k], PERCENTILE_COLORS[k]) for k in ("p99", "p95", "p50")]
         title = "All targets" if name == AGGREGATED else name
         blocks.append(f'<div class="target"><h3>{escape(title)}</h3><div class="grid2">'
-                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end)
-                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end,
+                      + time_chart("Requests/s and failures/s", rate, "per second", extra=extra, end=end,
+                                   marks=marks)
+                      + time_chart("Latency p50 / p95 / p99, each second", lat, "ms", end=end, marks=marks,
                                    extra=[] if any(x.points for x in lat) else ["no responses, so no latency"])
+                      + _level_chart(name, h, marks, end)
                       + "</div></div>")
     return "<section><h2>Over time</h2>" + "".join(blocks) + "</section>"
+
+
+def _level_chart(name: str, h: dict[str, list[Any]], marks: list[tuple[float, str]], end: float | None) -> str:
+    """A target's level each second (history.csv's Target Level: its users or rate), with its changes marked;
+    nothing for a target whose level never was reported (neither staged, open nor steered)."""
+    if name == AGGREGATED or not h.get("level"):
+        return ""
+    changed = ["dashed lines: level changes"] if marks else []
+    return time_chart("Level each second (users or rate)", [Series("level", h["level"], "#7c3aed")], "level",
+                      end=end, marks=marks, extra=changed)
 
 
 def _spectrum_section(run: RunFolder) -> str:

@@ -71,6 +71,8 @@ tr.first td{border-top:2px solid #d1d5db}
 td.bad{color:var(--bad);font-weight:650}
 td.good{color:var(--ok)}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.grid2>:last-child:nth-child(odd){grid-column:1/-1}
+.grid2>:last-child:nth-child(odd) svg.chart{max-height:260px}
 .target{border-top:1px solid var(--line);padding-top:14px;margin-top:14px}
 .target:first-of-type{border-top:0;padding-top:0;margin-top:0}
 figure{margin:0}
@@ -87,6 +89,7 @@ svg .axis{font-size:11px;fill:#6b7280}
 svg .empty{font-size:13px;fill:#9ca3af}
 svg .ref{stroke:#dc2626;stroke-width:1;stroke-dasharray:3 3;opacity:.6}
 svg .ref-label{font-size:10px;fill:#dc2626}
+svg .mark{stroke:#7c3aed;stroke-width:1.2;stroke-dasharray:4 3}
 pre{background:#f9fafb;border:1px solid var(--line);border-radius:8px;padding:12px;overflow:auto;font-size:12px;
 max-height:480px;margin:0;white-space:pre-wrap;word-break:break-word}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 14px;margin:0;font-size:13px}

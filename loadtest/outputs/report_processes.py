@@ -16,7 +16,12 @@ from loadtest.outputs.svg_chart import AGGREGATED_COLOR, PALETTE, Series, time_c
 
 def resource_series(run: RunFolder) -> tuple[list[Series], list[Series], list[Series]]:
     """CPU (% of one core) and RSS (MiB) over time, one line per process, and the machine's CPU (% of all
-    cores, its own scale), from resources.csv."""
+    cores, its own scale), from resources.csv.
+
+    A process's sample as it exits (zombie or dead) is left out: it covers a sliver of a second of shutdown
+    work and drew as a spike that read as saturation. Every other process line is dashed and thinner, so
+    that lines that coincide (two workers as busy as each other) both show.
+    """
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     for row in run.resources:
         groups.setdefault((row.get("role", "") or "", row.get("pid", "") or ""), []).append(row)
@@ -26,20 +31,23 @@ def resource_series(run: RunFolder) -> tuple[list[Series], list[Series], list[Se
         machine = role == "machine"
         label = "machine, all cores" if machine else (role if roles.count(role) == 1 else f"{role} {pid}")
         color = AGGREGATED_COLOR if machine else PALETTE[i % len(PALETTE)]
+        dashed = not machine and i % 2 == 1
+        width = 1.6 if dashed else 2.6
         cpu_points, rss_points = [], []
         for row in rows:
             t = as_float(row.get("elapsed_s", row.get("elapsed")))
-            if t is None:
+            if t is None or row.get("status") in ("zombie", "dead"):  # exiting: see the docstring
                 continue
             c, r = as_float(row.get("cpu_percent")), as_float(row.get("rss_bytes"))
             if c is not None:
                 cpu_points.append((t, c))
-            if r is not None and row.get("status") not in ("zombie", "dead"):  # an exited process holds no memory
+            if r is not None:
                 rss_points.append((t, r / 2**20))
         if cpu_points:  # the machine's CPU is a share of all cores, another scale than a process's
-            (machine_cpu if machine else cpu).append(Series(label, downsample(cpu_points, keep=mean_of), color))
+            (machine_cpu if machine else cpu).append(Series(label, downsample(cpu_points, keep=mean_of), color,
+                                                           dashed=dashed, width=width))
         if rss_points and not machine:  # so is its memory
-            rss.append(Series(label, downsample(rss_points), color))
+            rss.append(Series(label, downsample(rss_points), color, dashed=dashed, width=width))
     return cpu, rss, machine_cpu
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadtest.core.run_files import HISTOGRAMS_NAME, OTHER_HISTOGRAM_TYPES, SUMMARY_PERCENTILE_KEYS
+from loadtest.core.run_files import HISTOGRAMS_NAME, OTHER_HISTOGRAM_TYPES, SUMMARY_PERCENTILE_KEYS, precise_cell
 from loadtest.outputs.run_folder import RunFolder, as_float, check_histogram
 
 MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
@@ -41,25 +41,25 @@ def mean_of(values: list[float]) -> float:
 
 
 def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
-    """Per target name: its req/s, failures/s and per-second percentiles against elapsed seconds."""
+    """Per target name: its req/s, failures/s, per-second percentiles and level against elapsed seconds."""
     out: dict[str, dict[str, list[Point]]] = {}
     for row in run.history:
         name, elapsed = row.get("Name", ""), as_float(row.get("Elapsed"))
         if elapsed is None or row.get("Type") in OTHER_HISTOGRAM_TYPES:
             continue
-        series = out.setdefault(name, {"rps": [], "fps": [], "p50": [], "p95": [], "p99": []})
-        for key, column in (("rps", "Requests/s"), ("fps", "Failures/s")):
+        series = out.setdefault(name, {"rps": [], "fps": [], "p50": [], "p95": [], "p99": [], "level": []})
+        for key, column in (("rps", "Requests/s"), ("fps", "Failures/s"), ("level", "Target Level")):
             v = as_float(row.get(column))
             if v is not None:
                 series[key].append((elapsed, v))
         if (as_float(row.get("Interval Requests")) or 0) > 0:  # an empty second has no latency
             for key, column in (("p50", "50%"), ("p95", "95%"), ("p99", "99%")):
-                v = as_float(row.get(column))
+                v = as_float(precise_cell(row, column))  # the precise figure, not Locust's whole ms
                 if v is not None:
                     series[key].append((elapsed, v))
     for series in out.values():
         for key in series:
-            series[key] = downsample(series[key], keep=mean_of if key in ("rps", "fps") else max)
+            series[key] = downsample(series[key], keep=mean_of if key in ("rps", "fps", "level") else max)
     return out
 
 

@@ -12,9 +12,10 @@ Here one `PacedTcp` holds all of a worker's connections of a target as small
   earliest send or timeout, sends every message due with a non-blocking
   `send` (a partial send finishes from a write watcher);
 - a read watcher per connection, started while it is open (restarting it
-  per message would cost an `epoll_ctl` each time), whose callback reads at
-  most the rest of the reply (a reply that arrives early stays queued for the
-  next message, as in `TcpSession`) and checks each chunk against the
+  per message would cost an `epoll_ctl` each time), whose callback reads the
+  rest of the reply and one byte more (bytes past the reply, a peer's unasked
+  ones, are a `mismatch` at once, as in `TcpSession`; bytes that come while no
+  message is in flight wait for the next) and checks each chunk against the
   expected bytes where it falls (`bytes.startswith` with an offset: no reply
   buffer);
 - a FIFO of in-flight deadlines: the timeout is the same for every message
@@ -61,7 +62,7 @@ from loadtest.core.stats import TargetRecorder
 from loadtest.engine.protocols import NO_DEADLINE_NS, Deadlines, RequestTimer
 from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
 from loadtest.engine.protocols.http_fast import connect_failure
-from loadtest.engine.protocols.tcp import (RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES, ConnectPacer, TcpSession, failure_message, split_address,
+from loadtest.engine.protocols.tcp import (OVERREAD_BYTES, RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES, ConnectPacer, TcpSession, failure_message, split_address,
                   tcp_session_factory, wait_to_connect)
 
 if TYPE_CHECKING:
@@ -156,7 +157,8 @@ class PacedTcp:
     # -- the driver greenlet ---------------------------------------------------------------------
 
     def drive(self, pool: Pool, share: int, level: Level | None = None) -> None:
-        """Hold `share` connections (those below `level`, if staged) until the load ends or this is killed.
+        """Hold `share` connections (those below `level`, if staged or steered; none while it is paused) until
+        the load ends or this is killed.
 
         Returns once the budget says stop (or is spent) and no message or connect is left; killed, it
         records the messages in flight as cancelled. Every connection is closed on the way out.
@@ -167,7 +169,10 @@ class PacedTcp:
         budget = self.budget
         try:
             while True:
-                self._follow(share if level is None else min(share, math.ceil(level.value)))
+                count = share if level is None else 0 if level.paused else math.ceil(level.value)
+                if count > len(self.conns):  # the controller set a level above the config's peak
+                    self.conns.extend(PacedConnection(i) for i in range(len(self.conns), count))
+                self._follow(count)
                 if ((budget.stopping or (budget.left == 0 and not self.tickets)) and not self.in_flight
                         and not self.connectors):
                     return
@@ -468,15 +473,17 @@ class PacedTcp:
             self._internal_error(conn, e)
 
     def _on_readable(self, conn: PacedConnection) -> None:
-        """Read what has come of the reply (never past its end) and check it where it falls."""
+        """Read what has come of the reply (and one byte past its end: more is a mismatch) and check it where it
+        falls."""
         try:
             received = conn.received
             if received == self.size or not conn.deadline_ns:
                 # bytes (or a close) no message asked for: they wait for the next message, as in TcpSession
                 conn.reader.stop()
                 return
+            lacking = self.size - received
             try:
-                data = conn.sock.recv(self.size - received)
+                data = conn.sock.recv(lacking + OVERREAD_BYTES)  # more than the reply: a mismatch, as in TcpSession
             except BlockingIOError:
                 return
             except OSError as e:
@@ -484,6 +491,11 @@ class PacedTcp:
                 return
             if not data:
                 self._fail(conn, "closed", "")
+                return
+            if len(data) > lacking:
+                conn.received = received + len(data)
+                conn.wrong = ((conn.wrong or b"") + data)[:SAMPLE_BYTES]
+                self._fail(conn, "mismatch", "longer")
                 return
             wrong = conn.wrong
             if wrong is None:

@@ -212,41 +212,8 @@ class FlowTargetModel(ConfigModel):
         if self._target is not None:
             return self._target
         assert info is not None
+        spec = self._spec(info)
         given = self.model_fields_set
-        table = None
-        if self.data is not None:
-            if not isinstance(self.data, str) or not self.data:
-                raise FieldError(f"must be the path of a CSV file, got {self.data!r}", at=("data",))
-            try:
-                table = read_data(_relative(info, self.data))
-            except DataError as e:
-                raise FieldError(str(e), at=("data",)) from None
-        elif "data_mode" in given:
-            raise FieldError("has no data file to deal rows from", at=("data_mode",))
-        servers = set((info.context or {}).get("servers", set()))
-        columns = frozenset(table.columns) if table is not None else None
-        if self.script is not None:
-            if "flow" in given:
-                raise FieldError("give flow (YAML steps) or script (a Python function), not both")
-            path = _relative(info, self.script[0])
-            try:
-                load_function(path, self.script[1])
-            except ScriptError as e:
-                raise FieldError(str(e), at=("script",)) from None
-            spec = FlowSpec(script=str(path.resolve()), function=self.script[1], base_url=self.url, data=table,
-                            data_mode=self.data_mode, timeout=self.timeout, verify_tls=self.verify_tls,
-                            script_rows=scan_script(path))
-        else:
-            if "url" in given:
-                raise FieldError("only a Python flow (script) has a base url; each YAML step has its own",
-                                 at=("url",))
-            try:
-                steps = parse_steps(self.flow, "flow", columns, servers)
-            except FlowError as e:
-                where, _, message = str(e).partition(": ")
-                raise FieldError(message, at=tuple(_path(where))) from None
-            spec = FlowSpec(steps=steps, data=table, data_mode=self.data_mode, timeout=self.timeout,
-                            verify_tls=self.verify_tls)
         if "rate" in given:
             if "concurrency" in given:
                 raise FieldError("give concurrency (closed model) or rate (open model), not both")
@@ -269,6 +236,42 @@ class FlowTargetModel(ConfigModel):
                             self.arrival, self.stages, self.think or (0.0, 0.0))
         self._target = target  # built once (a private attribute: the frozen fields stay frozen)
         return target
+
+    def _spec(self, info: ValidationInfo) -> FlowSpec:
+        """What the flow runs: its data file, and its Python function or its YAML steps, checked."""
+        given = self.model_fields_set
+        table = None
+        if self.data is not None:
+            if not isinstance(self.data, str) or not self.data:
+                raise FieldError(f"must be the path of a CSV file, got {self.data!r}", at=("data",))
+            try:
+                table = read_data(_relative(info, self.data))
+            except DataError as e:
+                raise FieldError(str(e), at=("data",)) from None
+        elif "data_mode" in given:
+            raise FieldError("has no data file to deal rows from", at=("data_mode",))
+        if self.script is not None:
+            if "flow" in given:
+                raise FieldError("give flow (YAML steps) or script (a Python function), not both")
+            path = _relative(info, self.script[0])
+            try:
+                load_function(path, self.script[1])
+            except ScriptError as e:
+                raise FieldError(str(e), at=("script",)) from None
+            return FlowSpec(script=str(path.resolve()), function=self.script[1], base_url=self.url, data=table,
+                            data_mode=self.data_mode, timeout=self.timeout, verify_tls=self.verify_tls,
+                            script_rows=scan_script(path))
+        if "url" in given:
+            raise FieldError("only a Python flow (script) has a base url; each YAML step has its own", at=("url",))
+        servers = set((info.context or {}).get("servers", set()))
+        columns = frozenset(table.columns) if table is not None else None
+        try:
+            steps = parse_steps(self.flow, "flow", columns, servers)
+        except FlowError as e:
+            where, _, message = str(e).partition(": ")
+            raise FieldError(message, at=tuple(_path(where))) from None
+        return FlowSpec(steps=steps, data=table, data_mode=self.data_mode, timeout=self.timeout,
+                        verify_tls=self.verify_tls)
 
     @property
     def target(self) -> FlowTarget:

@@ -19,7 +19,9 @@ Limits: a message whose payload passes `max_message` (16 MiB by default) is
 answered with close code 1009 (too big); a frame that does not parse with the
 close code wsproto names (1002, 1007). A close frame is answered and the
 connection closed; one with code 1000 is counted (`closes`). A server that
-stops, or an idle timeout, sends close code 1001 (going away) first.
+stops, or an idle timeout, sends close code 1001 (going away) first. A
+connection the server ends lingers (`_finish`), so that its close frame is not
+lost to a reset.
 
 Counts: messages (whole messages echoed: exact, unlike the TCP mode's reads),
 bytes (payload bytes echoed), connections (accepted), closes (close frames
@@ -28,6 +30,7 @@ with code 1000 received).
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from typing import Any
@@ -42,6 +45,8 @@ from loadtest.servers.echo import READ_SIZE, EchoConnection, EchoServer
 
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 MAX_HEAD_BYTES = 16 * 1024  # of the upgrade request
+DRAIN_BYTES = 16 * 1024 * 1024  # a closing connection reads and drops at most this much of what still comes ...
+DRAIN_S = 2.0  # ... for at most about this long
 MESSAGE_TOO_BIG = 1009
 GOING_AWAY = 1001
 NORMAL_CLOSE = 1000
@@ -65,7 +70,7 @@ _GOING_AWAY_FRAME = frame_header(_CLOSE, True, 2) + struct.pack("!H", GOING_AWAY
 class WsEchoConnection(EchoConnection):
     """One client connection: its upgrade, then its frames, driven by the TCP echo connection's watchers."""
 
-    __slots__ = ("head", "ws", "length", "continued", "closing")
+    __slots__ = ("head", "ws", "length", "continued", "closing", "draining")
 
     def __init__(self, server: WsEchoServer, sock: Any, loop: Any) -> None:
         self.head = b""  # the upgrade request so far
@@ -73,9 +78,13 @@ class WsEchoConnection(EchoConnection):
         self.length = 0  # payload of the message being echoed so far
         self.continued = False  # a piece of that message has been echoed: the next is a continuation
         self.closing = False  # a close frame is answered: close once it is written
+        self.draining = -1  # after the last bytes are written: what may still be read and dropped; -1: not yet
         super().__init__(server, sock, loop)
 
     def on_readable(self) -> None:
+        if self.draining >= 0:
+            self._drain()
+            return
         try:
             data = self.sock.recv(READ_SIZE)
         except BlockingIOError:
@@ -93,7 +102,7 @@ class WsEchoConnection(EchoConnection):
         if out:
             self._write(out)
         if self.closing and self.unsent is None:
-            self.expire()
+            self._finish()
 
     def _upgrade(self, data: bytes) -> bytes:
         """Answer the upgrade request once its head is in; frames after it are answered too."""
@@ -201,7 +210,32 @@ class WsEchoConnection(EchoConnection):
 
     def on_writable(self) -> None:
         super().on_writable()
-        if self.closing and self.unsent is None:
+        if self.closing and self.unsent is None and self.draining < 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        """All is written: close, lingering (a client still sending would otherwise get a reset, which can
+        discard the close frame before the client reads it). The write side is shut, and what the client still
+        sends is read and dropped until it closes, `DRAIN_BYTES` have come, or `DRAIN_S` have passed."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.expire()
+            return
+        self.draining = DRAIN_BYTES
+        # the idle sweep ends it DRAIN_S from now if nothing more comes
+        self.mark = time.monotonic() - self.server.table.idle_timeout + DRAIN_S
+        self.reader.start(self.on_readable)
+
+    def _drain(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.draining -= len(data)
+        if not data or self.draining < 0:
             self.expire()
 
     def expire(self) -> None:

@@ -217,6 +217,8 @@ class WsEchoConnection(EchoConnection):
         """All is written: close, lingering (a client still sending would otherwise get a reset, which can
         discard the close frame before the client reads it). The write side is shut, and what the client still
         sends is read and dropped until it closes, `DRAIN_BYTES` have come, or `DRAIN_S` have passed."""
+        if self.sock.fileno() < 0:  # already closed (a failed write)
+            return
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:

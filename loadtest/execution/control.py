@@ -47,7 +47,7 @@ WAIT_POLL_S = 0.1  # while a run waits to start (--wait), how often it looks at 
 
 class ControlError(Exception):
     """A command that cannot be carried out: `status` (404: no such target, 400: a bad level, 409: the run is
-    over, 503: too many waiting) and one sentence naming what was wrong."""
+    stopping or over, 503: too many waiting) and one sentence naming what was wrong."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -189,6 +189,8 @@ class Inbox:
         """The command as it will be carried out, or ControlError naming what is wrong with it."""
         if self.status.state == "done":
             raise ControlError(409, "the run is over")
+        if self.status.state == "stopping":
+            raise ControlError(409, "the run is stopping; it takes no more commands")
         if isinstance(command, SetLevel) and self.config is not None:
             level = command.users if command.users is not None else command.rate
             key = "users" if command.users is not None else "rate"

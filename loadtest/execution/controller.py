@@ -82,75 +82,35 @@ def run(config: RunConfig, *, workers: int | None = None, out_dir: str | os.Path
 
 def _run(plan: Plan, fed: Outputs, sample_interval: float, interrupts: Interrupts, inbox: Inbox | None = None,
          wait: bool = False) -> RunResult:
-    config, count, run_dir, watched, cluster = plan.config, plan.workers, plan.run_dir, plan.watched, plan.cluster
-    event = fed.event
+    config, event = plan.config, fed.event
+    steered = inbox is not None  # levels may change from outside: the workers keep every target steerable
+    inbox = inbox if inbox is not None else Inbox(config)  # the run's own notices (interrupts, aborts) come here
     groups: list[Any] = []
     states: list[WorkerState] = []
     monitor: RunMonitor | None = None
     server_watch = ServerWatch(groups, event)
-    steered = inbox is not None  # levels may change from outside: the workers keep every target steerable
-    inbox = inbox if inbox is not None else Inbox(config)  # the run's own notices (interrupts, aborts) come here
-    steering: Steering | None = None
     try:
-        if config.servers:
-            from loadtest.execution.servers import ServerError, ServerGroup
-        try:
-            for spec in config.servers:
-                interrupts.check()
-                groups.append(ServerGroup.start(spec, interrupted=interrupts.pending))
-                event(f"server {spec.name} ({spec.kind}) listening on {groups[-1].address}")
-        except ServerError as e:
-            raise RunError(str(e)) from None
-        addresses = {g.spec.name: g.address for g in groups}
-
-        if cluster is not None:  # each node starts its own workers; their messages come to local pipes
-            reachable = cluster.reachable(addresses)
-            start, stop, children = cluster.launch(lambda k, total: plan.worker_plan(reachable, k, total, steered,
-                                                                                     wait))
-            states.extend(WorkerState(c.index, c, role=c.role) for c in children.children)
-            for node in cluster.nodes:
-                event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
-                      f"{'s' if len(node.workers) > 1 else ''}, clock offset {node.clock_offset_s * 1000:+.1f} ms")
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            start, stop = ctx.Event(), ctx.Event()
-            plans = [plan.worker_plan(addresses, k, count, steered, wait) for k in range(count)]
-            children = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in plans], "loadtest-worker",
-                                        interrupts.pending)
-            states.extend(WorkerState(c.index, c) for c in children.children)
-
+        addresses = _start_servers(config, groups, interrupts, event)
+        start, stop, children = _start_workers(plan, addresses, states, interrupts, event, steered, wait)
         stats = RunStats([(t.name, kind_of(t).row_type(t)) for t in config.targets], len(states))
         steering = Steering(config, inbox, children.command, event)
         _await_ready(children, states, interrupts)
         interrupts.check()  # the last moment with nothing to save; from here an interrupt ends the run in order
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunError(f"cannot make the report folder {run_dir}: {e.strerror}") from None
-        monitor = RunMonitor(run_dir, sample_interval, event)
-        monitor.watch_servers(groups)
-        # A node on another machine samples its own workers (their pids are that machine's) and sends the rows.
-        monitor.watch_workers([w.pid if cluster is None or cluster.same_host(w.index) else 0 for w in states],
-                              [w.name for w in states])
-        monitor.watch_pids(watched)
-        if cluster is not None:
-            cluster.on_resources = monitor.add_samples
-        monitor.start()
-        if steering is not None and wait:
+        monitor = _start_monitor(plan, groups, states, sample_interval, event)
+        if wait:  # --wait: the load, its clock and its sampling start on Resume
             steering.hold(interrupts.pending)
+        monitor.start()
         started = time.time()
         interrupts.start_running(inbox)
         start.set()
         started = getattr(start, "at", None) or started  # a cluster's nodes start together a moment from now
-        fed.start(RunStarted(config, run_dir, started, len(states)))
-        total = len(states)
-        event(f"{total} worker{'s' if total > 1 else ''} started (pids {', '.join(str(w.pid) for w in states)})")
+        fed.start(RunStarted(config, plan.run_dir, started, len(states)))
+        event(f"{len(states)} worker{'s' if len(states) > 1 else ''} started "
+              f"(pids {', '.join(str(w.pid) for w in states)})")
         abort = _AbortCheck(config, stats, inbox, event)
-        if steering is not None:
-            steering.status.started = started
-        assert steering is not None
-        collection = Collection(states, stats, stop, fed, event, abort, monitor, interrupts, server_watch, steering)
-        interrupted = collection.collect()
+        steering.status.started = started
+        interrupted = Collection(states, stats, stop, fed, event, abort, monitor, interrupts, server_watch,
+                                 steering).collect()
         await_exit(states, monitor)
         server_watch.check()  # up to the moment they are stopped: the run's last requests needed them
         monitor.stop()
@@ -161,33 +121,88 @@ def _run(plan: Plan, fed: Outputs, sample_interval: float, interrupts: Interrupt
         for g in groups:
             g.stop()
         raise
-
     terminate(states)
-    servers = []
-    for g in groups:
-        served = g.stop()
-        servers.append({"name": g.spec.name, "kind": g.spec.kind, "address": g.address,
-                        "workers": g.spec.workers, "pids": list(g.pids), "served": served,
-                        "cost": monitor.server_cost(g.spec.name, served)})
+    servers = [_served(g, monitor) for g in groups]
     problems = ([f"worker {w.index} was lost: {w.error}" for w in states if w.lost] + server_watch.problems
                 + monitor.problems())
     outcomes = check_thresholds(config, stats)
     # Connections are held to the end of a timed run; a run that ended by spending its `requests:`
-    # total, or was interrupted, let them go early on purpose.
+    # total, or was interrupted, let them go early on purpose; a target whose level was changed, or a run
+    # that was paused, asked for other connections than the config.
     spent = bool(states) and all(w.exit is not None and w.exit.spent for w in states)
-    # A target whose level was changed, or a run that was paused, asked for other connections than the config.
-    shortfalls = [] if interrupted or spent or (steering is not None and steering.paused_ever) else \
-        connection_shortfalls(config, stats, set(steering.set) if steering is not None else set())
+    shortfalls = [] if interrupted or spent or steering.paused_ever else \
+        connection_shortfalls(config, stats, set(steering.set))
     failed = any(not o.passed for o in outcomes) or bool(abort.reason) or bool(shortfalls)
     status = exits.run_status(bool(problems), interrupted, failed)
-    result = RunResult(run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
+    result = RunResult(plan.run_dir, stats, states, servers, started, interrupted, status, problems, outcomes,
                        abort.reason, monitor.verdicts.summary(), [monitor.worker(w.index) for w in states],
-                       shortfalls, cluster.summaries(states) if cluster is not None else [],
-                       steering.stopped_summary() if steering is not None else None,
-                       [c.as_dict() for c in steering.status.changes] if steering is not None else [])
-    if steering is not None:
-        steering.finish()
+                       shortfalls, plan.cluster.summaries(states) if plan.cluster is not None else [],
+                       steering.stopped_summary(), [c.as_dict() for c in steering.status.changes])
+    steering.finish()
     return result
+
+
+def _start_servers(config: RunConfig, groups: list[Any], interrupts: Interrupts,
+                   event: Callable[[str], None]) -> dict[str, str]:
+    """Start the config's embedded servers into `groups`; their addresses by name."""
+    if config.servers:
+        from loadtest.execution.servers import ServerError, ServerGroup
+    try:
+        for spec in config.servers:
+            interrupts.check()
+            groups.append(ServerGroup.start(spec, interrupted=interrupts.pending))
+            event(f"server {spec.name} ({spec.kind}) listening on {groups[-1].address}")
+    except ServerError as e:
+        raise RunError(str(e)) from None
+    return {g.spec.name: g.address for g in groups}
+
+
+def _start_workers(plan: Plan, addresses: dict[str, str], states: list[WorkerState], interrupts: Interrupts,
+                   event: Callable[[str], None], steered: bool, wait: bool) -> tuple[Any, Any, Any]:
+    """Start the plan's workers, here or on the cluster's nodes, into `states`: (start, stop, children)."""
+    cluster = plan.cluster
+    if cluster is not None:  # each node starts its own workers; their messages come to local pipes
+        reachable = cluster.reachable(addresses)
+        start, stop, children = cluster.launch(lambda k, total: plan.worker_plan(reachable, k, total, steered, wait))
+        states.extend(WorkerState(c.index, c, role=c.role) for c in children.children)
+        for node in cluster.nodes:
+            event(f"{node.name} ({node.host}, {node.address}, pid {node.pid}): {len(node.workers)} worker"
+                  f"{'s' if len(node.workers) > 1 else ''}, clock offset {node.clock_offset_s * 1000:+.1f} ms")
+        return start, stop, children
+    ctx = multiprocessing.get_context("spawn")
+    start, stop = ctx.Event(), ctx.Event()
+    plans = [plan.worker_plan(addresses, k, plan.workers, steered, wait) for k in range(plan.workers)]
+    children = ChildGroup.start(WORKER_ENTRY, [(p, start, stop) for p in plans], "loadtest-worker",
+                                interrupts.pending)
+    states.extend(WorkerState(c.index, c) for c in children.children)
+    return start, stop, children
+
+
+def _start_monitor(plan: Plan, groups: list[Any], states: list[WorkerState], sample_interval: float,
+                   event: Callable[[str], None]) -> RunMonitor:
+    """Make the report folder and set up the sampling of every process of the run (started with the load)."""
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot make the report folder {plan.run_dir}: {e.strerror}") from None
+    cluster = plan.cluster
+    monitor = RunMonitor(plan.run_dir, sample_interval, event)
+    monitor.watch_servers(groups)
+    # A node on another machine samples its own workers (their pids are that machine's) and sends the rows.
+    monitor.watch_workers([w.pid if cluster is None or cluster.same_host(w.index) else 0 for w in states],
+                          [w.name for w in states])
+    monitor.watch_pids(plan.watched)
+    if cluster is not None:
+        cluster.on_resources = monitor.add_samples
+    return monitor
+
+
+def _served(group: Any, monitor: RunMonitor) -> dict[str, Any]:
+    """summary.json's entry of an embedded server, stopped now: what it served and what that cost."""
+    served = group.stop()
+    return {"name": group.spec.name, "kind": group.spec.kind, "address": group.address,
+            "workers": group.spec.workers, "pids": list(group.pids), "served": served,
+            "cost": monitor.server_cost(group.spec.name, served)}
 
 
 def totals_for(stats: RunStats, target: str | None) -> TargetTotals:

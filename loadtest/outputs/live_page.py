@@ -61,6 +61,12 @@ def _point(second: TargetTotals, length: float) -> dict[str, Any]:
             "p50": p50, "p90": p90, "p99": p99}
 
 
+def _level(model: str, value: float) -> float | int:
+    """Users as a whole number (a ramp's level between two whole numbers as the workers take it), a rate to the
+    thousandth."""
+    return int(round(value)) if model == "closed" else round(value, 3)
+
+
 class LivePage(Output):
     """The run as the page and the API show it: fed each merged second by the controller, read by HTTP threads.
 
@@ -107,8 +113,8 @@ class LivePage(Output):
             row = {"name": name, "model": self.models.get(name, "closed"), **_figures(total, second, length)}
             p = _point(second, length)
             if name in levels:
-                p["level"] = levels[name]
-                row["users" if row["model"] == "closed" else "rate"] = levels[name]
+                p["level"] = _level(row["model"], levels[name])
+                row["users" if row["model"] == "closed" else "rate"] = p["level"]
             if row["model"] == "closed":
                 p["users"] = second.users
             targets.append(row)
@@ -157,7 +163,7 @@ class LivePage(Output):
             result = self.result
         for t in targets:
             if t["name"] in levels:  # the level as set now, not as of the last second
-                t["users" if t["model"] == "closed" else "rate"] = levels[t["name"]]
+                t["users" if t["model"] == "closed" else "rate"] = _level(t["model"], levels[t["name"]])
         doc["level_changes"] = [c.as_dict() for c in list(status.changes)]
         doc["stopped"] = status.stopped
         doc["result"] = result

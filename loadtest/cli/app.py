@@ -118,7 +118,7 @@ def compare_command(
 
 
 def _serve(kind: str, listen: str, workers_text: Optional[str], upper: bool = False, max_connections: int = 0,
-           idle_timeout: Optional[str] = None, max_buffered: int = 0) -> None:
+           idle_timeout: Optional[str] = None, max_buffered: int = 0, ws: bool = False) -> None:
     from loadtest.model.config import (ConfigError, ServerSpec, check_ip, parse_address, parse_duration, parse_max_buffered,
                          parse_workers)
     from loadtest.execution.servers import ServerError, serve_foreground
@@ -132,7 +132,7 @@ def _serve(kind: str, listen: str, workers_text: Optional[str], upper: bool = Fa
     except ConfigError as e:
         fail(str(e), EXIT_BAD_INPUT)
     spec = ServerSpec(name=kind, kind=kind, host=host, port=port, workers=workers, upper=upper,
-                      max_connections=max_connections, idle_timeout=idle, max_buffered=buffered)
+                      max_connections=max_connections, idle_timeout=idle, max_buffered=buffered, ws=ws)
     check_interrupted()
     try:
         status = serve_foreground(spec)
@@ -171,14 +171,15 @@ def serve_echo(
     listen: str = typer.Option("127.0.0.1:9000", "--listen", "-l", metavar="HOST:PORT", help="HOST:PORT to listen on (port 0: any free port)."),
     workers: Optional[str] = typer.Option(None, "--workers", "-w", metavar="N", show_default=False, help=SERVER_WORKERS_HELP),
     upper: bool = typer.Option(False, "--upper", help="Reply upper-cased instead of unchanged."),
+    ws: bool = typer.Option(False, "--ws", help="Speak WebSocket: an upgrade, then every message echoed in frames."),
     max_connections: int = typer.Option(0, "--max-connections", min=0, metavar="N", show_default=False, help=MAX_CONNECTIONS_HELP),
     idle_timeout: Optional[str] = typer.Option(None, "--idle-timeout", metavar="DURATION", help="Close connections idle this long (10s, 2m)."),
     max_buffered: int = typer.Option(0, "--max-buffered", min=0, metavar="MIB", show_default=False, help="MiB of unsent echoes a process holds in all; past it, the connections longest without reading theirs are closed (default: 256)."),
     version: bool = _version_option(),
 ) -> None:
-    """The embedded TCP echo server, one process per core sharing the port."""
+    """The embedded echo server (TCP, or WebSocket with --ws), one process per core sharing the port."""
     _serve("echo", listen, workers, upper=upper, max_connections=max_connections, idle_timeout=idle_timeout,
-           max_buffered=max_buffered)
+           max_buffered=max_buffered, ws=ws)
 
 
 def main() -> None:

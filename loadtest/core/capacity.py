@@ -325,7 +325,7 @@ class CapacitySearch:
             self._again = GENERATOR
             return
         self._generator_tries = 0
-        if outcome == MISSED and self._stage != "confirm" and self._again != MISSED:
+        if outcome == MISSED and self._again != MISSED:
             self._again = MISSED  # held again before it is believed
             return
         self._again = ""

@@ -24,6 +24,8 @@ CAPACITY_EXIT_CODES = (
     f"the SLO; {exits.BAD_INPUT} bad input (an SLO that does not parse, a config with closed-model targets only, "
     f"--max-rate below --start); {exits.RUN_FAILED} the run failed; {exits.INTERRUPTED} interrupted (the steps so "
     "far are written).")
+# core.capacity.DEFAULT_START, written out: `loadtest --help` must not wait for the stats core to import
+DEFAULT_START_TEXT = "100"
 CAPACITY_EXAMPLES = """Examples: loadtest capacity http://127.0.0.1:8080/ --slo 'p99<50ms';
 loadtest capacity configs/sites.yaml --slo 'p99<20ms' --slo 'errors<1%' --start 100 --max-rate 20000."""
 
@@ -62,7 +64,7 @@ def capacity_command(
     slo: list[str] = typer.Option([], "--slo", metavar="SLO",
                                   help="What must hold at each rate: p50/p90/p95/p99/p99.9/max in ms or s, or "
                                        "errors in % (p99<50ms, errors<1%); repeatable, all must hold."),
-    start: str = typer.Option("10", "--start", metavar="R", help="The first step's rate, per second in all."),
+    start: str = typer.Option(DEFAULT_START_TEXT, "--start", metavar="R", help="The first step's rate, per second in all."),
     max_rate: Optional[str] = typer.Option(None, "--max-rate", metavar="R",
                                            help="Search no higher than this rate (default: no bound)."),
     step: str = typer.Option("10s", "--step", metavar="DURATION", help="How long each step holds its rate."),

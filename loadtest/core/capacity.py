@@ -33,7 +33,7 @@ from loadtest.core.stats import TargetTotals, counts_at_or_below, percentiles_ns
 from loadtest.core.thresholds import Threshold, ThresholdError, check, failed_count, parse_threshold
 from loadtest.core.verdicts import WORKER_SATURATED_PERCENT
 
-DEFAULT_START = 10.0  # arrivals per second of the first step
+DEFAULT_START = 100.0  # arrivals per second of the first step (below ~100/s a p99 rests on one or two requests)
 DEFAULT_STEP_S = 10.0  # how long each step holds its rate, warm-up included
 DEFAULT_WARMUP_S = 2.0  # the start of each step left out of its judgement
 DEFAULT_PRECISION = 0.05  # bisect until the missed rate is within 5% above the met one
@@ -43,7 +43,8 @@ MAX_CONFIRMS = 3  # a found rate that fails its confirmation is searched again b
 GENERATOR_RETRIES = 2  # a generator-limited step is held again this many times before the search believes it
 LATE_SHARE = 0.5  # arrivals late by more than this share of a latency SLO (at its percentile) fail the delivery
 LATE_MOST_S = 0.1  # ... or by more than this (the run's own "behind schedule" line, monitor.BEHIND_LATENESS_S)
-SHORT_DELIVERY = 0.05  # arrivals started more than 5% below the asked rate fail the delivery
+SHORT_DELIVERY = 0.05  # arrivals started more than 5% below the asked rate fail the delivery ...
+SHORT_SLACK = 5  # ... and by more than this many arrivals (a few late ones land in the next second)
 CAP_SHARE = 0.9  # requests in flight at this share of max_concurrency: the target is holding them, not the generator
 EARLY_SLACK = 1.25  # an early miss assumes the step could still end with this many times the requests it has so far
 
@@ -173,7 +174,8 @@ def delivery_failure(figures: StepFigures) -> str:
     if dropped:
         return f"{dropped:,} arrival{'s' if dropped != 1 else ''} dropped (could not start within 1 s of their time)"
     asked = figures.open_rate if figures.open_rate is not None else figures.rate
-    if figures.arrivals is not None and figures.arrival_rate < asked * (1 - SHORT_DELIVERY):
+    short = asked * figures.seconds - (figures.arrivals or 0)
+    if figures.arrivals is not None and short > max(SHORT_DELIVERY * asked * figures.seconds, SHORT_SLACK):
         return f"arrivals started at {figures.arrival_rate:,.1f}/s of {asked:,.1f}/s asked"
     return ""
 
@@ -411,7 +413,8 @@ def verdict_sentence(result: SearchResult, slo_texts: Sequence[str], steps: Sequ
     if result.max_rate <= 0:
         first = steps[0] if steps else None
         at = rate_text(first.rate) if first else "--start"
-        return f"No capacity found: even the first step, {at}, missed {first.why if first and first.why else slo}."
+        return (f"No capacity found: even the first step, {at}, missed {first.why if first and first.why else slo}; "
+                f"a lower --start may find one.")
     if result.limited_by == LIMITED_MAX_RATE:
         return (f"{met_at} ({unit}), the --max-rate, held within {slo}: the target's limit is at or above it.")
     lowest_miss = min(missed, key=lambda s: s.rate) if missed else None

@@ -6,7 +6,8 @@ children, whether its limits fit its share), then submits one long-running
 `run_node` task per node, pinned to it. That task starts the node's per-core
 load workers through the child-process owner (`loadtest.execution.children`), exactly
 as a local run starts its own, forwards every message they send, unchanged,
-to the controller through the node's Dask Queue, starts them at the run's start instant and stops them when the
+to the controller through the run's Dask Queue (a second's snapshots of all its workers as one batch),
+starts them at the run's start instant and stops them when the
 controller sets the run's stop Event. Dask owns scheduling, heartbeats and
 the loss of a node; this task only runs and reports.
 
@@ -27,10 +28,12 @@ from typing import Any
 
 from loadtest import __version__
 from loadtest.model.config import ConfigError
-from loadtest.model.messages import WORKER_ENTRY, NodeSamples, SnapshotSent, WorkerEnded, WorkerPlan
+from loadtest.model.messages import WORKER_ENTRY, NodeSamples, WorkerEnded, WorkerPlan
 
-# Each worker sends a snapshot a second, all at about the same moment: what came within this window goes to the
-# controller as one batch. Short, because a node lost mid-run loses what it had not yet forwarded.
+# Each worker sends a snapshot a second, all at about the same moment (they tick from one start instant): a batch
+# goes to the controller as soon as every running worker has a message in it, so a second's snapshots cross the
+# scheduler as one put, or this long after its first message if one is late. Short, because a node lost mid-run
+# loses what it had not yet forwarded.
 FORWARD_WINDOW_S = 0.2
 NODE_POLL_S = 0.25  # how often the node asks the scheduler about the run's start and stop signals
 RESOURCE_INTERVAL_S = 1.0  # a node on another machine samples its own workers and machine this often
@@ -41,9 +44,9 @@ STOP_AFTER_S = 15.0  # after the stop signal, the longest a worker may take to f
 
 @dataclass(frozen=True)
 class NodeChannel:
-    """The Dask names one run's controller and nodes share: one Queue per node, a start and a stop Event."""
+    """The Dask names one run's controller and nodes share: one Queue, a start and a stop Event."""
 
-    queue: str  # this node's queue: batches of (worker index, message), pickled
+    queue: str  # the run's queue, every node's: batches of (worker index, message), pickled
     start: str  # Event: the controller set the run's start instant (Variable `start_at`)
     start_at: str  # Variable: the start instant on the controller's clock (time.time())
     stop: str  # Event: every node stops its workers
@@ -157,9 +160,10 @@ def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
 def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
-    Messages go to the controller as they come, in batches at most FORWARD_WINDOW_S late, each an
-    (index, message) pair exactly as the worker sent it; WorkerEnded says a worker's process is
-    gone. Returns how the node's workers ended.
+    Messages go to the controller in the order they came, in batches: a batch goes when every worker
+    still running has a message in it (a second's snapshots), when a worker's process ended
+    (WorkerEnded says so), or at most FORWARD_WINDOW_S after its first message. Each is an (index,
+    message) pair exactly as the worker sent it. Returns how the node's workers ended.
     """
     from distributed import Event, Queue, Variable, get_client
 
@@ -174,6 +178,7 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     index_of = {child: plan.index for child, plan in zip(group.children, task.plans)}
     batch: list[tuple[int, Any]] = []
     pending_since: float | None = None  # when the oldest message of `batch` came
+    heard: set[int] = set()  # the workers with a message in `batch`
 
     def forward() -> None:
         nonlocal batch, pending_since
@@ -181,6 +186,7 @@ def run_node(task: NodeTask) -> dict[str, Any]:
             queue.put(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
             batch = []
         pending_since = None
+        heard.clear()
 
     def receive(child: Any) -> bool:
         """One message of `child` into the batch; False if its pipe is closed."""
@@ -191,8 +197,9 @@ def run_node(task: NodeTask) -> dict[str, Any]:
             return False
         batch.append((index_of[child], message))
         pending_since = pending_since or time.monotonic()
-        if not isinstance(message, SnapshotSent):
-            forward()  # ready, failed, stopping, done: the controller waits on these
+        heard.add(index_of[child])
+        if all(index_of[c] in heard for c in sentinels.values()):
+            forward()  # every running worker is in: this second's snapshots (or readies, stops, ends) go as one
         return True
 
     sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None

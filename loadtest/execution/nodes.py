@@ -161,9 +161,9 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
     Messages go to the controller in the order they came, in batches: a batch goes when every worker
-    still running has a message in it (a second's snapshots), when a worker's process ended
-    (WorkerEnded says so), or at most FORWARD_WINDOW_S after its first message. Each is an (index,
-    message) pair exactly as the worker sent it. Returns how the node's workers ended.
+    still running has a message in it (a second's snapshots), or at most FORWARD_WINDOW_S after its
+    first message. Each is an (index, message) pair exactly as the worker sent it; WorkerEnded says a
+    worker's process is gone. Returns how the node's workers ended.
     """
     from distributed import Event, Queue, Variable, get_client
 
@@ -188,6 +188,10 @@ def run_node(task: NodeTask) -> dict[str, Any]:
         pending_since = None
         heard.clear()
 
+    def complete() -> bool:
+        """Every worker still running has a message in `batch`: a second's snapshots (or readies, stops) are in."""
+        return all(index_of[c] in heard for c in sentinels.values())
+
     def receive(child: Any) -> bool:
         """One message of `child` into the batch; False if its pipe is closed."""
         nonlocal pending_since
@@ -198,8 +202,8 @@ def run_node(task: NodeTask) -> dict[str, Any]:
         batch.append((index_of[child], message))
         pending_since = pending_since or time.monotonic()
         heard.add(index_of[child])
-        if all(index_of[c] in heard for c in sentinels.values()):
-            forward()  # every running worker is in: this second's snapshots (or readies, stops, ends) go as one
+        if complete():
+            forward()
         return True
 
     sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None
@@ -229,7 +233,9 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                     child.join(1.0)
                     exits[index_of[child]] = child.exitcode
                     batch.append((index_of[child], WorkerEnded(child.exitcode)))
-                    forward()
+                    pending_since = pending_since or time.monotonic()
+                    if complete():  # the last one, or the others are in: else with the next, within the window
+                        forward()
             if pending_since is not None and time.monotonic() - pending_since >= FORWARD_WINDOW_S:
                 forward()
             poll = time.monotonic() - polled >= NODE_POLL_S  # the scheduler is asked at most this often

@@ -14,11 +14,13 @@ puts on its queue what a node's task puts there: one pickled batch of its --work
 benchmarks/merge_scale.py builds them). After --seconds seconds each node says its workers ended
 (`WorkerEnded`), as a node does.
 
-Printed per N: the controller process's CPU per second of run (relay thread, Dask client thread and
+Printed per N, over the span from the start instant to the last snapshot merged (the load's
+seconds, if everything kept up): the controller process's CPU (relay thread, Dask client thread and
 collection loop together) and of that the collection loop alone (recv and merge); the scheduler
-process's CPU per second; the queue reads and puts per second; and whether every snapshot arrived
-and was merged exactly once (requests counted against what the nodes sent). The fake nodes' own
-CPU is not counted (on a real cluster it is spent on the nodes). The fake nodes are not Dask
+process's CPU; the fake nodes' CPU (spent on the nodes in a real cluster; here on the same cores,
+so on a busy machine they can stretch the span); the queue reads and puts per second; and whether
+every snapshot arrived and was merged exactly once (requests counted against what the nodes
+sent). The fake nodes are not Dask
 workers: the relay's liveness check asks the scheduler as the controller does
 (`scheduler_info`), without the per-worker entries a real cluster's answer carries.
 Everything is on loopback and ends by itself: at most --seconds + 60 s per node count.
@@ -183,14 +185,19 @@ def measure(args: argparse.Namespace, nodes: int) -> dict[str, float]:
             host.stdin.write(f"{start_at}\n")
             host.stdin.flush()
         sched = psutil.Process(scheduler.pid)
+        fakes = [psutil.Process(h.pid) for h in hosts]
+
+        def fake_cpu() -> float:
+            return sum(sum(p.cpu_times()[:2]) for p in fakes)
+
         time.sleep(max(0.0, start_at - time.time()))
-        wall0, cpu0, loop0, sched0, reads0 = time.monotonic(), time.process_time(), time.thread_time(), \
-            sum(sched.cpu_times()[:2]), reads
+        wall0, cpu0, loop0, sched0, reads0, fake0 = time.monotonic(), time.process_time(), time.thread_time(), \
+            sum(sched.cpu_times()[:2]), reads, fake_cpu()
         open_conns = {c.conn: c for c in relay.children}
         sentinels = {c.sentinel: c for c in relay.children}
         expected = nodes * args.workers * args.seconds
         merged = 0
-        marks: tuple[float, float, float, float, int] | None = None
+        marks: tuple[float, float, float, float, int, float] | None = None
 
         def take(message: object) -> None:
             nonlocal merged, marks
@@ -199,7 +206,7 @@ def measure(args: argparse.Namespace, nodes: int) -> dict[str, float]:
                 merged += 1
                 if merged == expected:  # the last second merged: the measured span ends
                     marks = (time.monotonic(), time.process_time(), time.thread_time(),
-                             sum(sched.cpu_times()[:2]), reads)
+                             sum(sched.cpu_times()[:2]), reads, fake_cpu())
 
         deadline = time.monotonic() + args.seconds + 30
         while (open_conns or sentinels) and time.monotonic() < deadline:
@@ -221,10 +228,11 @@ def measure(args: argparse.Namespace, nodes: int) -> dict[str, float]:
                                                                         random.Random(0))[0].targets)
         if merged != expected or marks is None:
             raise RuntimeError(f"{merged} snapshots merged of {expected}")
-        wall1, cpu1, loop1, sched1, reads1 = marks
+        wall1, cpu1, loop1, sched1, reads1, fake1 = marks
         wall = wall1 - wall0
         return {"nodes": nodes, "wall": wall, "controller": (cpu1 - cpu0) / wall, "loop": (loop1 - loop0) / wall,
                 "scheduler": (sched1 - sched0) / wall, "reads": (reads1 - reads0) / wall,
+                "fake": (fake1 - fake0) / wall,
                 "puts": nodes * args.seconds / wall, "exact": sent == expected * per_worker_second,
                 "lost": sum(1 for n in fake if n.lost)}
     finally:
@@ -272,15 +280,19 @@ def main() -> None:
             and 1 <= args.targets <= 20 and 1 <= args.values <= 100_000 and 1 <= args.hosts <= 8):
         parser.error("--nodes 1..200 each, --workers 1..64, --seconds 1..60, --targets 1..20, --values 1..100000, "
                      "--hosts 1..8")
+    size = len(batches(0, 1, args)[0][1])
     print(f"{'one queue for the run, blocking reads' if shared_queue() else 'a queue per node, polled'}; "
-          f"{args.workers} workers a node, {args.targets} target(s), {args.values} latencies per worker-second, "
-          f"{args.seconds} s; CPU in cores (1.0 = one core busy); {os.cpu_count()} cores here")
-    print(f"{'nodes':>5} {'controller':>10} {'collect':>8} {'scheduler':>9} {'reads/s':>8} {'puts/s':>7} "
-          f"{'exact':>5}")
+          f"{args.workers} workers a node, {args.targets} target(s), {args.values} latencies per worker-second "
+          f"({size / 1024:,.0f} KiB a node-second), {args.seconds} s; {os.cpu_count()} cores here")
+    print("span: from the start instant to the last snapshot merged (the load's seconds, if everything kept up); "
+          "CPU in cores over the span (1.0 = one core busy)")
+    print(f"{'nodes':>5} {'span s':>6} {'controller':>10} {'collect':>8} {'scheduler':>9} {'fake nodes':>10} "
+          f"{'reads/s':>8} {'puts/s':>7} {'exact':>5}")
     for n in counts:
         r = measure(args, n)
-        print(f"{n:>5} {r['controller']:>10.3f} {r['loop']:>8.3f} {r['scheduler']:>9.3f} {r['reads']:>8.0f} "
-              f"{r['puts']:>7.0f} {'yes' if r['exact'] and not r['lost'] else 'NO':>5}", flush=True)
+        print(f"{n:>5} {r['wall']:>6.1f} {r['controller']:>10.3f} {r['loop']:>8.3f} {r['scheduler']:>9.3f} "
+              f"{r['fake']:>10.3f} {r['reads']:>8.0f} {r['puts']:>7.0f} "
+              f"{'yes' if r['exact'] and not r['lost'] else 'NO':>5}", flush=True)
 
 
 if __name__ == "__main__":

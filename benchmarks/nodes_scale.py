@@ -11,7 +11,8 @@ nodes, spread over --hosts processes, each node with a Dask client of its own. E
 the same instant on every node (as a run's workers tick from one start instant), each fake node
 puts on its queue what a node's task puts there: one pickled batch of its --workers workers'
 `SnapshotSent` (realistic snapshots: --targets targets, --values latencies each, built as
-benchmarks/merge_scale.py builds them). After --seconds seconds each node says its workers ended
+benchmarks/merge_scale.py builds them; where the node merges a second's histograms,
+`nodes.merge_seconds`, the batch is merged so, before the run, its cost not counted). After --seconds seconds each node says its workers ended
 (`WorkerEnded`), as a node does.
 
 Printed per N, over the span from the start instant to the last snapshot merged (the load's
@@ -40,6 +41,7 @@ import sys
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,6 +69,17 @@ def shared_queue() -> bool:
     return "queue" in inspect.signature(NodeRelay).parameters
 
 
+def node_merge() -> Any:
+    """What a node does to a batch before it puts it (`nodes.merge_seconds`, where there is one), else nothing."""
+    try:
+        from loadtest.core.histograms import ShippedMerger
+        from loadtest.execution.nodes import merge_seconds
+    except ImportError:
+        return None
+    merger = ShippedMerger()
+    return lambda batch: merge_seconds(batch, merger)
+
+
 def queue_name(run: str, node: int, shared: bool) -> str:
     return f"{run}-queue" if shared else f"{run}-node-{node + 1}"
 
@@ -79,11 +92,12 @@ def batches(first: int, last: int, args: argparse.Namespace) -> dict[int, list[b
     rng = random.Random(first)
     distinct = [worker_snapshots(4, args.targets, args.values, seq, rng) for seq in range(2)]
     out: dict[int, list[bytes]] = {}
+    merge = node_merge() or (lambda batch: batch)
     for node in range(first, last):
         indexes = range(node * args.workers, (node + 1) * args.workers)
-        out[node] = [pickle.dumps([(i, SnapshotSent(Snapshot(i, seq, float(seq), float(seq + 1),
-                                                             distinct[min(seq, 1)][i % 4].targets)))
-                                   for i in indexes], protocol=pickle.HIGHEST_PROTOCOL)
+        out[node] = [pickle.dumps(merge([(i, SnapshotSent(Snapshot(i, seq, float(seq), float(seq + 1),
+                                                                   distinct[min(seq, 1)][i % 4].targets)))
+                                         for i in indexes]), protocol=pickle.HIGHEST_PROTOCOL)
                      for seq in range(args.seconds)]
         out[node].append(pickle.dumps([(i, WorkerEnded(0)) for i in indexes], protocol=pickle.HIGHEST_PROTOCOL))
     return out
@@ -282,6 +296,7 @@ def main() -> None:
                      "--hosts 1..8")
     size = len(batches(0, 1, args)[0][1])
     print(f"{'one queue for the run, blocking reads' if shared_queue() else 'a queue per node, polled'}; "
+          f"{'histograms of a second merged on the node' if node_merge() else 'each worker its own histograms'}; "
           f"{args.workers} workers a node, {args.targets} target(s), {args.values} latencies per worker-second "
           f"({size / 1024:,.0f} KiB a node-second), {args.seconds} s; {os.cpu_count()} cores here")
     print("span: from the start instant to the last snapshot merged (the load's seconds, if everything kept up); "

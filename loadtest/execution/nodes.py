@@ -6,7 +6,8 @@ children, whether its limits fit its share), then submits one long-running
 `run_node` task per node, pinned to it. That task starts the node's per-core
 load workers through the child-process owner (`loadtest.execution.children`), exactly
 as a local run starts its own, forwards every message they send, unchanged,
-to the controller through the run's Dask Queue (a second's snapshots of all its workers as one batch),
+to the controller through the run's Dask Queue (a second's snapshots of all its workers as one batch,
+their histograms merged into one: `merge_seconds`),
 starts them at the run's start instant and stops them when the
 controller sets the run's stop Event. Dask owns scheduling, heartbeats and
 the loss of a node; this task only runs and reports.
@@ -28,7 +29,9 @@ from typing import Any
 
 from loadtest import __version__
 from loadtest.model.config import ConfigError
-from loadtest.model.messages import WORKER_ENTRY, NodeSamples, WorkerEnded, WorkerPlan
+from loadtest.core.histograms import ShippedMerger
+from loadtest.core.stats import carry_histograms
+from loadtest.model.messages import WORKER_ENTRY, NodeSamples, SnapshotSent, WorkerEnded, WorkerPlan
 
 # Each worker sends a snapshot a second, all at about the same moment (they tick from one start instant): a batch
 # goes to the controller as soon as every running worker has a message in it, so a second's snapshots cross the
@@ -152,6 +155,18 @@ class _NodeSampler:
         return [(-1, NodeSamples(tuple(rows)))] if rows else []
 
 
+def merge_seconds(batch: list[tuple[int, Any]], merger: ShippedMerger) -> list[tuple[int, Any]]:
+    """`batch` with the histograms of its workers' snapshots of each second merged into one of them
+    (`stats.carry_histograms`: exact); every message still there, in order, with each worker's counters."""
+    at = [k for k, (_, message) in enumerate(batch) if isinstance(message, SnapshotSent)]
+    if len(at) < 2:
+        return batch
+    out = list(batch)
+    for k, snap in zip(at, carry_histograms([batch[k][1].snapshot for k in at], merger)):
+        out[k] = (batch[k][0], SnapshotSent(snap))
+    return out
+
+
 def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
     """On the scheduler: is this client still connected? (A controller killed outright is not.)"""
     return client_id in dask_scheduler.clients
@@ -162,8 +177,9 @@ def run_node(task: NodeTask) -> dict[str, Any]:
 
     Messages go to the controller in the order they came, in batches: a batch goes when every worker
     still running has a message in it (a second's snapshots), or at most FORWARD_WINDOW_S after its
-    first message. Each is an (index, message) pair exactly as the worker sent it; WorkerEnded says a
-    worker's process is gone. Returns how the node's workers ended.
+    first message. Each is an (index, message) pair as the worker sent it, but for the histograms of a
+    second's snapshots, merged into one of them (`merge_seconds`); WorkerEnded says a worker's process
+    is gone. Returns how the node's workers ended.
     """
     from distributed import Event, Queue, Variable, get_client
 
@@ -179,11 +195,12 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     batch: list[tuple[int, Any]] = []
     pending_since: float | None = None  # when the oldest message of `batch` came
     heard: set[int] = set()  # the workers with a message in `batch`
+    merger = ShippedMerger()
 
     def forward() -> None:
         nonlocal batch, pending_since
         if batch:
-            queue.put(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+            queue.put(pickle.dumps(merge_seconds(batch, merger), protocol=pickle.HIGHEST_PROTOCOL))
             batch = []
         pending_since = None
         heard.clear()

@@ -1,0 +1,87 @@
+"""A cluster node merges the histograms of its workers' snapshots of one second before it forwards them
+(loadtest.execution.nodes.merge_seconds, loadtest.core.stats.carry_histograms): the run's numbers must be
+exactly those of the unmerged snapshots."""
+
+from __future__ import annotations
+
+import random
+
+from loadtest.core.histograms import ShippedMerger, counts_view, percentiles_ns
+from loadtest.core.stats import CARRIED, HISTOGRAMS, RunStats, Snapshot, TargetRecorder
+from loadtest.execution.nodes import merge_seconds
+from loadtest.model.messages import Ready, SnapshotSent, Stopping
+
+WORKERS, TARGETS = 16, 3
+
+
+def second(worker: int, seq: int, rng: random.Random, final: bool = False) -> Snapshot:
+    parts = []
+    for t in range(TARGETS):
+        rec = TargetRecorder(t)
+        for _ in range(0 if (worker + t) % 5 == 0 else rng.randrange(1, 400)):  # some workers idle on a target
+            latency = int(rng.lognormvariate(14.5, 1.2))
+            rec.success(latency, 100, 50, 10)
+            rec.uncorrected.record(latency // 2 + 1)
+            rec.lateness.record(int(rng.expovariate(1 / 300_000)) + 1)
+        if seq == 0 and t != 1:
+            for _ in range(rng.randrange(0, 4)):
+                rec.connected(int(rng.uniform(50_000, 4_000_000)))
+        if worker % 3 == 0:
+            rec.failure("status", "HTTP 503", 2_000_000)
+        parts.append(rec.snapshot())
+    return Snapshot(worker, seq, float(seq), float(seq + 1) if not final else seq + 0.4, tuple(parts), final)
+
+
+def test_merged_on_the_node_the_run_and_each_second_are_exactly_those_of_the_workers_snapshots() -> None:
+    rng = random.Random(7)
+    # One node's batches: a second's snapshots among other messages; worker 5's last second is its final one.
+    batches = []
+    for seq in range(3):
+        batch: list[tuple[int, object]] = [(w, Ready(100 + w)) for w in range(WORKERS)] if seq == 0 else []
+        for w in range(WORKERS):
+            if seq == 2 and w == 5:
+                batch += [(w, Stopping(w)), (w, SnapshotSent(second(w, seq, rng, final=True)))]
+            else:
+                batch.append((w, SnapshotSent(second(w, seq, rng))))
+        batches.append(batch)
+    merger = ShippedMerger()
+    plain, merged = (RunStats([(f"t{t}", "GET") for t in range(TARGETS)], WORKERS) for _ in range(2))
+    plain_seconds, merged_seconds = [], []
+    for batch in batches:
+        carried = merge_seconds(batch, merger)
+        assert [(w, type(m)) for w, m in carried] == [(w, type(m)) for w, m in batch]  # every message, in order
+        snaps = [(m.snapshot, c.snapshot) for (_, m), (_, c) in zip(batch, carried) if isinstance(m, SnapshotSent)]
+        for before, after in snaps:
+            assert (after.worker, after.seq, after.start, after.end, after.final) == \
+                (before.worker, before.seq, before.start, before.end, before.final)
+            for b, a in zip(before.targets, after.targets):  # counters, gauges and lateness stay each worker's
+                assert a.lateness == b.lateness
+                assert (a.requests, a.failures, a.connects, a.bytes_in, a.open_connections, a.users) == \
+                    (b.requests, b.failures, b.connects, b.bytes_in, b.open_connections, b.users)
+            plain.add(before)
+            merged.add(after)
+        for t in range(TARGETS):  # one histogram of each kind per target crosses for the node's second
+            for name in CARRIED:
+                shipped = [getattr(a.targets[t], name) for _, a in snaps if getattr(a.targets[t], name)]
+                assert len(shipped) <= 1
+        plain_seconds += plain.ready_intervals()
+        merged_seconds += merged.ready_intervals()
+    plain_seconds += plain.ready_intervals(flush=True)
+    merged_seconds += merged.ready_intervals(flush=True)
+
+    assert [s.seq for s in merged_seconds] == [s.seq for s in plain_seconds] == [0, 1, 2]
+    for p, m in zip(plain_seconds, merged_seconds):
+        for pt, mt in zip(p.targets, m.targets):
+            assert pt.requests == mt.requests and pt.latency.total_count == mt.latency.total_count > 0
+            assert (counts_view(pt.latency) == counts_view(mt.latency)).all()
+            assert percentiles_ns(pt.latency) == percentiles_ns(mt.latency)
+    for pt, mt in zip(plain.totals, merged.totals):
+        assert (pt.requests, pt.failures, pt.connects) == (mt.requests, mt.failures, mt.connects)
+        for name in HISTOGRAMS:
+            a, b = getattr(pt, name), getattr(mt, name)
+            assert a.total_count == b.total_count, name
+            assert a.total_count or (name, pt.name) == ("connect_latency", "t1")  # t1 has no connects
+            assert (a.get_min_value(), a.get_max_value()) == (b.get_min_value(), b.get_max_value()), name
+            assert (counts_view(a) == counts_view(b)).all(), name
+    assert plain.worker_requests == merged.worker_requests and plain.worker_seq == merged.worker_seq
+    assert plain.worker_final == merged.worker_final

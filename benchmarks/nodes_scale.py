@@ -247,7 +247,8 @@ def measure(args: argparse.Namespace, nodes: int) -> dict[str, float]:
         return {"nodes": nodes, "wall": wall, "controller": (cpu1 - cpu0) / wall, "loop": (loop1 - loop0) / wall,
                 "scheduler": (sched1 - sched0) / wall, "reads": (reads1 - reads0) / wall,
                 "fake": (fake1 - fake0) / wall,
-                "puts": nodes * args.seconds / wall, "exact": sent == expected * per_worker_second,
+                "puts": nodes * args.seconds / wall,
+                "exact": sent == expected * per_worker_second == sum(t.latency.total_count for t in stats.totals),
                 "lost": sum(1 for n in fake if n.lost)}
     finally:
         distributed.Queue.get = real_get  # type: ignore[method-assign]

@@ -295,7 +295,7 @@ def main() -> None:
             and 1 <= args.targets <= 20 and 1 <= args.values <= 100_000 and 1 <= args.hosts <= 8):
         parser.error("--nodes 1..200 each, --workers 1..64, --seconds 1..60, --targets 1..20, --values 1..100000, "
                      "--hosts 1..8")
-    size = len(batches(0, 1, args)[0][1])
+    size = len(batches(0, 1, args)[0][min(1, args.seconds - 1)])
     print(f"{'one queue for the run, blocking reads' if shared_queue() else 'a queue per node, polled'}; "
           f"{'histograms of a second merged on the node' if node_merge() else 'each worker its own histograms'}; "
           f"{args.workers} workers a node, {args.targets} target(s), {args.values} latencies per worker-second "
@@ -304,6 +304,17 @@ def main() -> None:
           "CPU in cores over the span (1.0 = one core busy)")
     print(f"{'nodes':>5} {'span s':>6} {'controller':>10} {'collect':>8} {'scheduler':>9} {'fake nodes':>10} "
           f"{'reads/s':>8} {'puts/s':>7} {'exact':>5}")
+    merge = node_merge()
+    if merge is not None:  # what it costs a node, per second of its workers'
+        one = [(i, SnapshotSent(s)) for i, s in enumerate(worker_snapshots(4, args.targets, args.values, 1,
+                                                                          random.Random(1)) * (args.workers // 4 + 1))]
+        one = [(i, SnapshotSent(Snapshot(i, 1, 1.0, 2.0, m.snapshot.targets))) for i, (_, m) in
+               enumerate(one[:args.workers])]
+        t0 = time.process_time()
+        for _ in range(20):
+            merge(one)
+        print(f"a node merging its second (nodes.merge_seconds): {(time.process_time() - t0) / 20 * 1e3:.2f} ms CPU "
+              f"per second on the node")
     for n in counts:
         r = measure(args, n)
         print(f"{n:>5} {r['wall']:>6.1f} {r['controller']:>10.3f} {r['loop']:>8.3f} {r['scheduler']:>9.3f} "

@@ -1,4 +1,4 @@
-"""controller._Collection, the run's main loop, driven directly by real child processes, started by
+"""collection.Collection, the run's main loop, driven directly by real child processes, started by
 `children.ChildGroup` as workers are, that speak the worker's messages (SnapshotSent, Stopping, Done)
 without loading anything.
 
@@ -18,7 +18,10 @@ from typing import Any
 from loadtest.execution.children import ChildGroup
 from loadtest.model.link import ParentLink
 from loadtest.model.config import parse_config
-from loadtest.execution.controller import _Collection, _Interrupts, _Outputs, _ServerWatch
+from loadtest.execution.control import Inbox, Steering
+from loadtest.execution.collection import Collection, ServerWatch
+from loadtest.execution.interrupts import Interrupts
+from loadtest.outputs.base import Outputs
 from loadtest.model.kinds import kind_of
 from loadtest.model.messages import Done, SnapshotSent, Stopping, WorkerExit
 from loadtest.execution.monitor import RunMonitor
@@ -63,7 +66,7 @@ def fake_worker(link: ParentLink, index: int, stop: Any, seconds: int, how: str)
 
 def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool, list[WorkerState], RunStats,
                                                                               list[str]]:
-    """Start one fake worker per entry of `hows` and run _Collection over them until it returns."""
+    """Start one fake worker per entry of `hows` and run Collection over them until it returns."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     config = parse_config(CONFIG)
@@ -71,15 +74,18 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     children = ChildGroup.start("tests.test_controller_collection:fake_worker",
                                 [(k, stop, 2, how) for k, how in enumerate(hows)], "fake-worker")
     states = [WorkerState(c.index, c, pid=c.pid, ready=True) for c in children.children]
-    history = _Outputs([HistoryOutput()])
+    history = Outputs([HistoryOutput()])
     history.start(RunStarted(config, tmp_path, time.time(), len(hows)))
     monitor = RunMonitor(tmp_path)
     events: list[str] = []
-    flag = _Interrupts()
+    inbox = Inbox(config)
+    flag = Interrupts()
     flag.count = interrupts
+    flag.start_running(inbox)  # the interrupts that came before the load go to the inbox as it starts
+    steering = Steering(config, inbox, lambda command: None, events.append)
     try:
-        interrupted = _Collection(states, stats, stop, history, events.append, lambda: None,
-                                  monitor, flag, _ServerWatch([], events.append)).collect()
+        interrupted = Collection(states, stats, stop, history, events.append, lambda: None,
+                                  monitor, flag, ServerWatch([], events.append), steering).collect()
     finally:
         history.stop(None)
         monitor.stop()

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadtest.model.config import ConfigError, parse_config
-from loadtest.execution.controller import SAME_INTERRUPT_S, run
+from loadtest.execution.controller import run
+from loadtest.execution.interrupts import SAME_INTERRUPT_S
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
 from loadtest.core.stats import TargetRecorder
 

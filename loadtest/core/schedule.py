@@ -128,8 +128,10 @@ class ArrivalSchedule:
                 need -= rate * RATE_STEP_NS / 1e9
                 t += RATE_STEP_NS
             else:
-                quiet = self.quiet_until(t) if self.quiet_until is not None else t
-                t = max(t + RATE_STEP_NS, int(min(quiet, self.until_ns)))
+                quiet = min(self.quiet_until(t) if self.quiet_until is not None else t, self.until_ns)
+                if quiet == float("inf"):  # quiet for ever: nothing more is due
+                    return quiet  # type: ignore[return-value]
+                t = max(t + RATE_STEP_NS, int(quiet))
         return t
 
     def _land(self, t: int, gap_ns: float, need: float) -> int:

@@ -64,6 +64,8 @@ class TargetSnapshot:
     users: int = 0  # a gauge: virtual users active (closed), requests in flight (open), connections (tcp)
     level: float = -1.0  # a gauge: the stage's level or the open model's rate in this worker; -1 if none
     held: int = -1  # final snapshot only: connections open when the load stopped
+    backoffs: int = 0  # closed model: waits of virtual users after a failed connect or pass (workload.Backoff)
+    backoff_s: float = 0.0  # and the seconds they waited
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class TargetRecorder:
 
     __slots__ = ("target", "requests", "failures", "samples", "bytes_in", "bytes_out", "content_bytes",
                  "connects", "connect_failures", "open_connections", "peak_open", "latency", "connect_latency",
-                 "dropped", "lateness", "uncorrected", "users", "level")
+                 "dropped", "lateness", "uncorrected", "users", "level", "backoffs", "backoff_s")
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -157,6 +159,8 @@ class TargetRecorder:
         self.connects = 0
         self.connect_failures: Counter[str] = Counter()
         self.dropped = 0
+        self.backoffs = 0
+        self.backoff_s = 0.0
         for name in HISTOGRAMS:
             getattr(self, name).clear()
 
@@ -230,6 +234,8 @@ class TargetRecorder:
             uncorrected=self.uncorrected.encode(),
             users=self.users,
             level=self.level,
+            backoffs=self.backoffs,
+            backoff_s=self.backoff_s,
         )
         self._reset()
         self.peak_open = self.open_connections  # the next interval's peak starts from what is open now
@@ -270,6 +276,8 @@ class TargetTotals:
     uncorrected: HdrHistogram = field(default_factory=new_histogram)
     users: int = 0  # gauges, summed over workers at the latest snapshot
     level: float = -1.0
+    backoffs: int = 0  # virtual users' waits after a failed connect or pass, and the seconds they waited
+    backoff_s: float = 0.0
 
     @property
     def failure_count(self) -> int:
@@ -295,6 +303,9 @@ class TargetTotals:
             for kind, count in snap.connect_failures:
                 connect_failures[kind] += count
         self.dropped += snap.dropped
+        if snap.backoffs:
+            self.backoffs += snap.backoffs
+            self.backoff_s += snap.backoff_s
         if not histograms:
             return
         if merger is not None and decoded is None:
@@ -317,6 +328,8 @@ class TargetTotals:
         self.open_connections += other.open_connections
         self.users += other.users
         self.dropped += other.dropped
+        self.backoffs += other.backoffs
+        self.backoff_s += other.backoff_s
         for name in HISTOGRAMS:
             hist = getattr(other, name)
             if hist.get_total_count():
@@ -380,6 +393,7 @@ class RunStats:
         self.worker_held: list[list[int]] = [[0] * len(targets) for _ in range(workers)]
         self.elapsed = 0.0
         self._pending: dict[int, Interval] = {}
+        self._handed = -1  # the last second handed over (written to history.csv): it never comes again
         self._failures: dict[tuple[int, str], FailureRecord] = {}
         self._merger = HistogramMerger()
         self._open_sum = [0] * len(targets)  # the sums over workers of the gauges above
@@ -389,10 +403,13 @@ class RunStats:
     def add(self, snap: Snapshot) -> None:
         """Merge one worker's interval into the totals and into its second."""
         w = snap.worker
-        interval = self._pending.get(snap.seq)
+        # A second already handed over is written: a snapshot of it that comes later still (a node's, held
+        # up on its way) joins the first second not yet handed, so that no second is ever written twice
+        seq = snap.seq if snap.seq > self._handed else self._handed + 1
+        interval = self._pending.get(seq)
         if interval is None:
-            interval = self._pending[snap.seq] = Interval(
-                snap.seq, snap.start, snap.end, [second_totals(t.name, t.type) for t in self._totals])
+            interval = self._pending[seq] = Interval(
+                seq, snap.start, snap.end, [second_totals(t.name, t.type) for t in self._totals])
         interval.start = min(interval.start, snap.start)
         interval.end = max(interval.end, snap.end)
         for ts in snap.targets:
@@ -468,6 +485,8 @@ class RunStats:
         waiting = [s for w, s in enumerate(self.worker_seq) if not self.worker_final[w] and w not in gone]
         upto = max(self._pending, default=-1) if flush or not waiting else min(waiting)
         out = [self._pending.pop(seq) for seq in sorted(self._pending) if seq <= upto]
+        if out:
+            self._handed = max(self._handed, out[-1].seq)
         for interval in out:
             for total, part in zip(self._totals, interval.targets):
                 for name in HISTOGRAMS:

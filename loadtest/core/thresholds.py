@@ -12,8 +12,11 @@ Aggregated. Figures:
 
 A config without thresholds is held to DEFAULT_THRESHOLD, `failed == 0`: a
 run in which requests failed (other than those cancelled when the run was
-stopped) fails, as Locust's does. A config's own thresholds replace it, so
-`error_rate < 100%` accepts failures.
+stopped) fails, as Locust's does. It is checked on Aggregated (every request
+sent) and on each row that Aggregated leaves out (a flow's own row, which
+counts passes): a pass that a script's exception or a `user.check` ended
+sent no failed request, and still fails the run. A config's own thresholds
+replace it, so `error_rate < 100%` accepts failures.
 
 A latency threshold on a target that has no latency samples (every request
 failed before a response) fails: there is no latency to be under the limit.
@@ -38,7 +41,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 _EXPRESSION = re.compile(
     r"^\s*(?:(?P<target>.+?)\s*:\s*)?(?P<figure>[A-Za-z_][A-Za-z0-9_.]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
     r"(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>us|µs|ms|s|%)?\s*$")
-_PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
+_PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$", re.ASCII)
 _LATENCY_UNITS = {"us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9, None: 1e6}
 COUNTS = ("requests", "failures", "failed", "dropped")
 CANCELLED = "cancelled"  # the failure kind of requests in flight when the run was stopped: not the target's fault
@@ -119,6 +122,8 @@ def parse_threshold(text: str, targets: Sequence[str], abort_on_fail: bool = Fal
         if unit not in ("%", None):
             raise ThresholdError(f"error_rate is a fraction or a percentage, got {text!r}")
         if unit == "%":
+            if value > 100:
+                raise ThresholdError(f"error_rate is at most 100%, so this threshold could never fail, got {text!r}")
             value /= 100.0
         elif value > 1:
             raise ThresholdError(f"error_rate without % must be a fraction between 0 and 1, got {text!r}")
@@ -177,12 +182,20 @@ DEFAULT_THRESHOLD = Threshold("failed == 0", None, "failed", "==", 0.0)
 
 
 def check_all(thresholds: Sequence[Threshold], totals_for: Callable[[str | None], TargetTotals],
-              elapsed: float) -> list[Outcome]:
-    """The final check of a run: the config's thresholds, or DEFAULT_THRESHOLD when it set none."""
+              elapsed: float, unaggregated: Sequence[str] = ()) -> list[Outcome]:
+    """The final check of a run: the config's thresholds, or DEFAULT_THRESHOLD when it set none, on
+    Aggregated and on each of the `unaggregated` rows (the rows Aggregated leaves out: flows' own rows)."""
     if thresholds:
         return [check(t, totals_for(t.target), elapsed) for t in thresholds]
-    outcome = check(DEFAULT_THRESHOLD, totals_for(None), elapsed)
-    return [Outcome(outcome.threshold, outcome.passed, outcome.measured, default=True)]
+    defaults = [DEFAULT_THRESHOLD, *(default_for(name) for name in unaggregated)]
+    return [Outcome(o.threshold, o.passed, o.measured, default=True)
+            for o in (check(t, totals_for(t.target), elapsed) for t in defaults)]
+
+
+def default_for(target: str) -> Threshold:
+    """DEFAULT_THRESHOLD on one row: `shop: failed == 0`."""
+    return Threshold(f"{target}: {DEFAULT_THRESHOLD.text}", target, DEFAULT_THRESHOLD.figure, DEFAULT_THRESHOLD.op,
+                     DEFAULT_THRESHOLD.value)
 
 
 def failed_count(by_kind: Mapping[str, int]) -> int:
@@ -190,16 +203,17 @@ def failed_count(by_kind: Mapping[str, int]) -> int:
     return sum(n for kind, n in by_kind.items() if kind != CANCELLED)
 
 
-def failures_text(requests: int, by_kind: Mapping[str, int], connect_failures: Mapping[str, int] | None = None
-                  ) -> str:
+def failures_text(requests: int, by_kind: Mapping[str, int], connect_failures: Mapping[str, int] | None = None,
+                  what: str = "requests") -> str:
     """What failed, in one phrase: "147,722 of 147,722 requests failed: refused"; "" if nothing did.
 
-    Cancelled requests are left out: the run stopped them, the target did not fail them.
+    Cancelled requests are left out: the run stopped them, the target did not fail them. `what` names
+    what was counted: "passes of shop" for a flow's own row.
     """
     parts = []
     failed = failed_count(by_kind)
     if failed:
-        parts.append(f"{failed:,} of {requests:,} requests failed: {_kinds(by_kind)}")
+        parts.append(f"{failed:,} of {requests:,} {what} failed: {_kinds(by_kind)}")
     connects = failed_count(connect_failures or {})
     if connects:
         parts.append(f"{connects:,} connect{'s' if connects != 1 else ''} failed: {_kinds(connect_failures or {})}")

@@ -6,15 +6,18 @@ read them; they live here, below all three.
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 class Budget:
     """The requests this worker may still start: a count, or unlimited, until stopped."""
 
-    __slots__ = ("left", "stopping")
+    __slots__ = ("left", "stopping", "end_ns")
 
     def __init__(self, total: int | None) -> None:
         self.left = -1 if total is None else total
         self.stopping = False
+        self.end_ns = float("inf")  # the controller ended the load at this perf_counter_ns time (EndLoad)
 
     def take(self) -> bool:
         if self.stopping or self.left == 0:
@@ -30,9 +33,21 @@ class Budget:
 
 
 class Level:
-    """This worker's current level of a staged target: virtual users (closed) or arrivals/s (open)."""
+    """This worker's current level of a target: virtual users or connections (closed) or arrivals/s (open).
 
-    __slots__ = ("value",)
+    Stages move `value` (`ramp`) until the controller sets it (`held`): from then on the controller's value
+    stands. While `paused`, no request or arrival starts. `version` counts the controller's commands, so a
+    loop that sleeps on a schedule sees one; `grow` (closed model) spawns users up to a new level, and
+    `spawned` is how many there are.
+    """
 
-    def __init__(self, value: float) -> None:
+    __slots__ = ("value", "held", "paused", "version", "reported", "spawned", "grow")
+
+    def __init__(self, value: float, reported: bool = True, spawned: int = 1 << 30) -> None:
         self.value = value
+        self.held = False
+        self.paused = False
+        self.version = 0
+        self.reported = reported  # the level goes into snapshots (staged, open or set by the controller)
+        self.spawned = spawned
+        self.grow: Callable[[int], None] | None = None

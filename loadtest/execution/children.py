@@ -22,6 +22,12 @@ here, by `ChildGroup.start(entry, args)`:
   child's lifeline: it becomes readable (end of file) when the parent closes
   its end to stop the child, or when the parent is gone, killed outright
   included. The child sees both through its `ParentLink`.
+- **Commands down.** A third pipe carries the run's control commands
+  (`messages.Command`: a level change, pause, resume, end) from the parent to
+  the child, which reads them when it looks (`link.command()`). The parent
+  writes without blocking: a command is a few hundred bytes, written whole or
+  not at all, and a child that has stopped reading (hung, soon lost) is
+  skipped rather than allowed to stall the run.
 - **Ready handshake.** A child's first message is `messages.Ready` or
   `messages.Failed`; `ChildGroup.ready` waits for every one, for a process
   that ends first, and for its timeout, and names what went wrong.
@@ -31,16 +37,19 @@ Parent side:
     group = ChildGroup.start("loadtest.engine.workload:run_worker", [(plan, start, stop) for plan in plans], "loadtest-worker")
     readies = group.ready(timeout=60.0)       # raises ChildFailed, ChildExited or ReadyTimeout
     ... group.children[k].conn.recv() ...     # wait() on conn and sentinel of each child
+    group.command(PauseLoad())                # to every child, never blocking
     group.stop(timeout=5.0)                   # lifelines closed, then SIGKILL for what is left
 
 Child side: ``def main(link: ParentLink, *args)``: `link.send(message)`,
-`link.gone()` (a non-blocking check), `link.wait_gone()` (blocks the greenlet).
+`link.gone()` (a non-blocking check), `link.wait_gone()` (blocks the greenlet),
+`link.command()` (the next command, or None).
 """
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -51,7 +60,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from loadtest.model.link import ParentLink
-from loadtest.model.messages import Failed, Ready, StartMessage
+from loadtest.model.messages import Command, Failed, Ready, StartMessage
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)  # the signals a child leaves to its parent
 DEFAULT_READY_TIMEOUT_S = 15.0
@@ -138,7 +147,8 @@ def _ignore_interrupts() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
 
 
-def _child_main(entry: str, conn: Connection, lifeline: Connection, args: tuple[Any, ...]) -> None:
+def _child_main(entry: str, conn: Connection, lifeline: Connection, commands: Connection,
+                args: tuple[Any, ...]) -> None:
     """Every child's process entry: leave signals to the parent, patch, then import and run `entry`."""
     _ignore_interrupts()  # before the heavy imports: a Ctrl-C during them is no traceback
     # Named, not imported, like every child entry: the parent process imports no gevent (import-linter holds it).
@@ -146,7 +156,7 @@ def _child_main(entry: str, conn: Connection, lifeline: Connection, args: tuple[
     module, _, name = entry.partition(":")
     function = getattr(importlib.import_module(module), name)
     try:
-        function(ParentLink(conn, lifeline), *args)
+        function(ParentLink(conn, lifeline, commands), *args)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone (killed outright): there is no one left to report to
 
@@ -154,11 +164,13 @@ def _child_main(entry: str, conn: Connection, lifeline: Connection, args: tuple[
 class Child:
     """One started child process: its process, the pipe it reports on, our end of its lifeline."""
 
-    def __init__(self, index: int, process: Any, conn: Connection, lifeline: Connection) -> None:
+    def __init__(self, index: int, process: Any, conn: Connection, lifeline: Connection,
+                 commands: Connection | None = None) -> None:
         self.index = index
         self.process = process
         self.conn = conn  # read its messages here
         self._lifeline = lifeline  # we only ever close it: that tells the child to stop
+        self._commands = commands  # we only ever write commands to it, without blocking
         self.pid: int = process.pid
 
     @property
@@ -185,6 +197,17 @@ class Child:
         """Close our end of the lifeline: the child sees `link.gone()` and ends by itself."""
         self._lifeline.close()
 
+    def command(self, message: Command) -> bool:
+        """Send a command down its control pipe without blocking; False if it could not take it (its pipe is
+        full because it stopped reading, or closed because it ended)."""
+        if self._commands is None:
+            return False
+        try:
+            self._commands.send(message)
+        except (BlockingIOError, OSError, ValueError):
+            return False
+        return True
+
     def kill(self) -> None:
         """SIGKILL, not waited for."""
         if self.process.exitcode is None:
@@ -202,6 +225,8 @@ class Child:
         """Release our ends of its pipes (after it has ended)."""
         self._lifeline.close()
         self.conn.close()
+        if self._commands is not None:
+            self._commands.close()
 
 
 def _start_process(process: Any) -> None:
@@ -236,14 +261,19 @@ class ChildGroup:
                     raise KeyboardInterrupt
                 reader, writer = context.Pipe(duplex=False)
                 child_end, lifeline = context.Pipe(duplex=False)  # the child reads, we only ever close
-                process = context.Process(target=_child_main, args=(entry, writer, child_end, child_args),
+                command_end, commands = context.Pipe(duplex=False)  # the child reads, we write
+                process = context.Process(target=_child_main,
+                                          args=(entry, writer, child_end, command_end, child_args),
                                           name=f"{name}-{index}", daemon=True)
                 try:
                     _start_process(process)
                 finally:
                     writer.close()
                     child_end.close()
-                group.children.append(Child(index, process, reader, lifeline))
+                    command_end.close()
+                # A command is far smaller than PIPE_BUF, so a non-blocking write puts it whole or not at all.
+                os.set_blocking(commands.fileno(), False)
+                group.children.append(Child(index, process, reader, lifeline, commands))
         except BaseException:
             group.stop(KILL_TIMEOUT_S)
             raise
@@ -282,6 +312,12 @@ class ChildGroup:
                     child.join(KILL_TIMEOUT_S)
                     raise ChildExited(child, child.exitcode)
         return [readies[c] for c in self.children]
+
+    def command(self, message: Command) -> None:
+        """Send a command to every child still running, never blocking (see `Child.command`)."""
+        for child in self.children:
+            if child.alive():
+                child.command(message)
 
     def ended(self) -> list[tuple[int, int | None]]:
         """(pid, exit code) of each child that has ended; a negative code is the signal that killed it."""

@@ -44,7 +44,7 @@ from loadtest.execution.children import ChildGroup
 from loadtest.model.config import ConfigError, RunConfig
 from loadtest.model.fields import ADDRESS_ENV, LOCAL_PREFIX, cluster_address_problem
 from loadtest.execution.limits import auto_workers
-from loadtest.execution.relay import Node, NodeRelay
+from loadtest.execution.relay import Node, NodeRelay, RelayGroup
 from loadtest.model.run_result import RunError
 
 INSTALL_HINT = "pip install loadtest[cluster]"
@@ -304,9 +304,12 @@ class Cluster:
         self.stop = ClusterSignal(Event(f"{prefix}-stop", client=self.client))
         total = sum(n.count for n in self.nodes)
         first = 0
+        steered = bool(self.nodes) and plans_for(0, total).steered
         queue = Queue(f"{prefix}-queue", client=self.client)
         for node in self.nodes:
-            channel = NodeChannel(queue.name, f"{prefix}-start", f"{prefix}-start-at", f"{prefix}-stop")
+            channel = NodeChannel(queue.name, f"{prefix}-start", f"{prefix}-start-at", f"{prefix}-stop",
+                                  f"{prefix}-{node.name}-control" if steered else "")
+            node.control = Queue(channel.control, client=self.client) if steered else None
             plans = tuple(plans_for(first + k, total) for k in range(node.count))
             node.workers = [p.index for p in plans]
             roles = tuple(f"{node.name}/worker-{k}" for k in range(node.count))
@@ -317,7 +320,7 @@ class Cluster:
                                              pure=False, key=f"{prefix}-{node.name}")
         self.relay = NodeRelay(self.nodes, queue, self.address, lambda: self.client.status == "running",
                                self._worker_addresses, lambda samples: self.on_resources(samples))
-        return start, self.stop, ChildGroup(self.relay.children)
+        return start, self.stop, RelayGroup(self.relay)
 
     def summaries(self, states: list[Any]) -> list[dict[str, Any]]:
         """summary.json's `nodes`: each node's host, clock offset, workers and how it ended."""

@@ -7,9 +7,10 @@ children, whether its limits fit its share), then submits one long-running
 load workers through the child-process owner (`loadtest.execution.children`), exactly
 as a local run starts its own, forwards every message they send, unchanged,
 to the controller through the run's Dask Queue (a second's snapshots of all its workers as one batch,
-their histograms merged into one: `merge_seconds`),
-starts them at the run's start instant and stops them when the
-controller sets the run's stop Event. Dask owns scheduling, heartbeats and
+their histograms merged into one: `merge_seconds`), starts them at the run's start instant and stops
+them when the controller sets the run's stop Event. A steered run's commands (`messages.Command`:
+level changes, pause, resume, end) come through a second Queue per node and go to every one of its
+workers. Dask owns scheduling, heartbeats and
 the loss of a node; this task only runs and reports.
 
 Nothing here imports Dask at module level: the controller's base install
@@ -53,6 +54,7 @@ class NodeChannel:
     start: str  # Event: the controller set the run's start instant (Variable `start_at`)
     start_at: str  # Variable: the start instant on the controller's clock (time.time())
     stop: str  # Event: every node stops its workers
+    control: str = ""  # this node's command queue (a steered run): messages.Command, pickled, for all its workers
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     from loadtest.execution.children import ChildGroup
 
     queue = Queue(task.channel.queue)
+    control = Queue(task.channel.control) if task.channel.control else None
     client = get_client()
     start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
     ctx = multiprocessing.get_context("spawn")
@@ -258,6 +261,13 @@ def run_node(task: NodeTask) -> dict[str, Any]:
             poll = time.monotonic() - polled >= NODE_POLL_S  # the scheduler is asked at most this often
             if poll:
                 polled = time.monotonic()
+            if poll and control is not None:
+                try:
+                    commands = control.get(batch=True)
+                except Exception:  # noqa: BLE001 - the scheduler did not answer this time; the next poll asks again
+                    commands = []
+                for blob in commands:
+                    group.command(pickle.loads(blob))
             if poll and due is None and not start.is_set() and start_event.is_set():
                 start_at = float(Variable(task.channel.start_at).get(timeout=5))
                 due = start_at + task.clock_offset_s  # the same instant on every node

@@ -39,9 +39,11 @@ class Plan:
     watched: tuple[int, ...]  # other processes to sample
     cluster: Any = None  # the connected Cluster of a cluster run (loadtest.execution.cluster), or None
 
-    def worker_plan(self, addresses: dict[str, str], index: int, count: int) -> WorkerPlan:
-        """Worker `index` of `count` (count: this plan's workers, or all of a cluster's)."""
-        return worker_plan(self.config, addresses, index, count)
+    def worker_plan(self, addresses: dict[str, str], index: int, count: int, steered: bool = False,
+                    wait: bool = False) -> WorkerPlan:
+        """Worker `index` of `count` (count: this plan's workers, or all of a cluster's); `steered`: the run has
+        a control inbox; `wait`: its start may be held (--wait)."""
+        return worker_plan(self.config, addresses, index, count, steered, wait)
 
 
 def make_plan(config: RunConfig, *, workers: int | None = None, out_dir: str | os.PathLike[str] | None = None,
@@ -117,7 +119,8 @@ def _cluster_address(option: str | None, config: RunConfig) -> tuple[str, str] |
     return cluster_address(option, config)
 
 
-def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count: int) -> WorkerPlan:
+def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count: int, steered: bool = False,
+                wait: bool = False) -> WorkerPlan:
     """Worker `index` of `count`: its exact share of every target's load and of the `requests:` total."""
     return WorkerPlan(
         index=index,
@@ -127,6 +130,8 @@ def worker_plan(config: RunConfig, addresses: dict[str, str], index: int, count:
         shares=tuple(worker_share(_users(t), count, index) for t in config.targets),
         requests=worker_share(config.requests, count, index) if config.requests is not None else None,
         duration=config.duration,
+        steered=steered,
+        wait_for_start=wait,
     )
 
 

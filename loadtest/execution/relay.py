@@ -20,6 +20,11 @@ A node is lost when the scheduler no longer lists its Dask worker, when its
 task failed, or when the scheduler itself is gone: Dask owns that knowledge.
 Each of the node's workers still running is then sent `Failed` (the reason,
 naming the node, which the controller keeps as the worker's error) and ends.
+
+A steered run's commands go the other way: `RelayGroup.command` hands one to
+the relay thread, which puts it on every node's command Queue once (the node
+gives it to each of its workers), so the controller's loop never waits on
+the scheduler.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from loadtest.execution.children import Child
-from loadtest.model.messages import Failed, NodeSamples, Ready, WorkerEnded
+from collections import deque
+
+from loadtest.execution.children import Child, ChildGroup
+from loadtest.model.messages import Command, Failed, NodeSamples, Ready, WorkerEnded
 
 # The longest one read of the run's queue waits on the scheduler for a batch: a batch is taken as soon as it is
 # there; this bounds how long the relay thread is away from its other duties (liveness, closing)
@@ -64,6 +71,7 @@ class Node:
     lost: str = ""  # why it was lost, if it was
     absent_since: float = 0.0  # monotonic time of the first liveness check that did not list it; 0: listed
     future: Any = None
+    control: Any = None  # its command Queue (a steered run)
 
     @property
     def same_host(self) -> bool:
@@ -89,6 +97,7 @@ class RemoteChild(Child):
     def __init__(self, index: int, role: str, conn: Connection) -> None:  # noqa: D107 - no process here
         self.index, self.role, self.conn = index, role, conn
         self.pid = 0  # its pid on the node, from its Ready message (WorkerState.pid)
+        self._commands = None  # commands reach its node through RelayGroup
         self._read, self._write = os.pipe()
         self._exitcode: int | None = None
         self._ended = threading.Event()
@@ -159,6 +168,7 @@ class NodeRelay:
                 self._writers[index] = writer
         self.children = [self._children[i] for n in nodes for i in n.workers]
         self._closing = threading.Event()
+        self._commands: deque[Command] = deque()  # for every node, put by the relay thread
         self._thread = threading.Thread(target=self._relay_loop, name="loadtest-node-relay", daemon=True)
         self._thread.start()
 
@@ -174,6 +184,7 @@ class NodeRelay:
                 for node in active:
                     self._lose(node, f"the Dask scheduler at {self.scheduler} is gone")
                 continue
+            self._send_commands(active)
             self._receive(RELAY_WAIT_S)
             now = time.monotonic()
             if now - last_check >= LIVENESS_S:
@@ -193,6 +204,21 @@ class NodeRelay:
                     elif node.absent_since and now - node.absent_since >= ABSENT_S:
                         self._receive()
                         self._lose(node, f"its Dask worker {node.address} left the cluster")
+
+    def command(self, message: Command) -> None:
+        """Queue a command for every node (put by the relay thread on its next pass, within RELAY_WAIT_S)."""
+        self._commands.append(message)
+
+    def _send_commands(self, nodes: list[Node]) -> None:
+        while self._commands:
+            blob = pickle.dumps(self._commands.popleft(), protocol=pickle.HIGHEST_PROTOCOL)
+            for node in nodes:
+                if node.control is None:
+                    continue
+                try:
+                    node.control.put(blob)
+                except Exception:  # noqa: BLE001 - unreachable now; the liveness check decides what that means
+                    pass
 
     def _all_ended(self, node: Node) -> bool:
         return all(not self._children[i].alive() for i in node.workers)
@@ -245,3 +271,14 @@ class NodeRelay:
             writer.close()
         for child in self._children.values():
             child.close()
+
+
+class RelayGroup(ChildGroup):
+    """Every node's workers as one `children.ChildGroup`, whose commands go once to each node."""
+
+    def __init__(self, relay: NodeRelay) -> None:
+        super().__init__(list(relay.children))
+        self.relay = relay
+
+    def command(self, message: Command) -> None:
+        self.relay.command(message)

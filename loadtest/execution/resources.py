@@ -47,8 +47,8 @@ import psutil
 
 from loadtest.core.run_files import RESOURCES_HEADER
 from loadtest.core.samples import (  # noqa: F401 - the sampler's rows and roles, imported from here too
-    CONTROLLER_ROLE, DEFAULT_SAMPLE_INTERVAL_S, MACHINE_ROLE, RoleTotals, Sample, _keys, server_role, watch_role,
-    worker_role)
+    CONTROLLER_ROLE, DEFAULT_SAMPLE_INTERVAL_S, MACHINE_ROLE, MIN_SAMPLE_INTERVAL_S, RoleTotals, Sample, _keys,
+    server_role, watch_role, worker_role)
 
 DEFAULT_CONNECTIONS_BUDGET = 0.003  # share of one core for exact connection counts
 CONNECTIONS_CREDIT_CAP_S = 0.05  # unused budget saved up, at most (CPU seconds)

@@ -23,7 +23,6 @@ from loadtest.model import fields
 from loadtest.model.fields import (  # noqa: F401 - the names the rest of the program imports from here
     MAX_WORKERS,
     ConfigError,
-    ConfigModel,
     Duration,
     FieldError,
     Flag,
@@ -52,12 +51,20 @@ from loadtest.model.fields import (  # noqa: F401 - the names the rest of the pr
     resolve,
     type_name,
 )
+from loadtest.model.config_model import ConfigModel
 # HttpTarget and TcpTarget are imported from here by the protocols and the tests.
 from loadtest.model.kinds import MODELS, HttpTarget, Target, TcpTarget, kind_of, model_for, needs  # noqa: F401
 from loadtest.core.schedule import stages_duration
 from loadtest.core.thresholds import Threshold, ThresholdError, parse_threshold
 
 DEFAULT_OUT = "reports"
+# A closed-model virtual user whose connect failed, or whose flow pass failed, waits before its next request:
+# FIRST_BACKOFF_S, doubled after each failure in a row up to `failure_backoff:` (DEFAULT_FAILURE_BACKOFF_S; at
+# most MAX_FAILURE_BACKOFF_S, `off` for none), and from the start again after a success. Without it a user aimed
+# at a dead server spins: 168,000 refused requests in 10 s where a working /delay/50 user sends 200.
+FIRST_BACKOFF_S = 0.01
+DEFAULT_FAILURE_BACKOFF_S = 1.0
+MAX_FAILURE_BACKOFF_S = 60.0
 DEFAULT_LISTEN = "127.0.0.1:0"
 SERVER_KINDS = ("http", "echo")
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
@@ -82,6 +89,7 @@ class ServerSpec:
     max_connections: int = 0  # 0: the server's own default
     idle_timeout: float = 0.0  # 0: the server's own default
     max_buffered: int = 0  # bytes one process holds for its clients in all; 0: the server's own default
+    ws: bool = False  # an echo server that speaks WebSocket (servers/ws_echo.py)
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class RunConfig:
     monitor: tuple[int, ...] = ()  # pids of processes the run did not start, sampled too
     metrics: tuple[str, int] | None = None  # (host, port) to serve live Prometheus metrics on; port 0: any free
     cluster: str | None = None  # a Dask scheduler (tcp://HOST:PORT) or local:N: run on its nodes (loadtest.execution.cluster)
+    failure_backoff: float = DEFAULT_FAILURE_BACKOFF_S  # the longest wait after failures in a row; 0: none
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -106,24 +115,38 @@ class ServerModel(ConfigModel):
     """An embedded server as written in the config's `servers:` list."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): named after its kind
+    """The server's name, written {name} in targets' URLs and addresses; left out, its kind."""
     kind: choice(SERVER_KINDS)  # type: ignore[valid-type]
+    """http (the sites server) or echo (the TCP echo server)."""
     listen: Annotated[tuple[str, int], BeforeValidator(ip_address), WithJsonSchema(
         {"type": "string", "description": "HOST:PORT to listen on; port 0: a free one", "default": DEFAULT_LISTEN}),
                       Field(validate_default=True)] = DEFAULT_LISTEN  # type: ignore[assignment]
+    """HOST:PORT to listen on; port 0 picks a free port."""
     workers: Annotated[int, BeforeValidator(lambda v: process_count(positive_int(v))),
                        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WORKERS})] = 1
+    """Server processes sharing the port (SO_REUSEPORT)."""
     upper: Flag = False
+    """An echo server only: reply upper-cased instead of unchanged."""
+    ws: Flag = False
+    """An echo server only: speak WebSocket (an upgrade, then every message echoed in frames)."""
     # 0 (left out): the server's own default
     max_connections: Annotated[int, BeforeValidator(positive_int),
                                WithJsonSchema({"type": "integer", "minimum": 1})] = 0
+    """Connections per process; past it, new ones are accepted and closed at once. Left out: 10,000 (http) or
+    50,000 (echo), lowered to what the open-file limit allows."""
     idle_timeout: Duration = 0.0
+    """Close a connection silent this long. Left out: 60s (http) or 5m (echo)."""
     max_buffered: Annotated[int, BeforeValidator(fields.max_buffered), WithJsonSchema(
         {"type": "integer", "minimum": 1, "description": "MiB one server process buffers for its clients in all"})] = 0
+    """MiB one server process holds for its clients in all (left out: 256). Past it, http answers 503 and closes;
+    echo closes the connections longest without reading."""
 
     @model_validator(mode="after")
     def _fits_its_kind(self) -> ServerModel:
         if self.kind != "echo" and self.upper:
             raise FieldError("only an echo server can upper-case", at=("upper",))
+        if self.kind != "echo" and self.ws:
+            raise FieldError("only an echo server speaks WebSocket (kind: echo, ws: true)", at=("ws",))
         return self
 
     @property
@@ -131,7 +154,7 @@ class ServerModel(ConfigModel):
         return ServerSpec(name=self.name if self.name is not None else self.kind, kind=self.kind, host=self.listen[0],
                           port=self.listen[1], workers=self.workers, upper=self.upper,
                           max_connections=self.max_connections, idle_timeout=self.idle_timeout,
-                          max_buffered=self.max_buffered)
+                          max_buffered=self.max_buffered, ws=self.ws)
 
 
 class ThresholdModel(ConfigModel):
@@ -188,6 +211,17 @@ def _cluster(value: Any) -> str | None:
     return str(value).strip()
 
 
+def _failure_backoff(value: Any) -> float:
+    """`failure_backoff:`: a duration from FIRST_BACKOFF_S to MAX_FAILURE_BACKOFF_S, or `off`."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return 0.0
+    seconds = fields.duration(value)
+    if not FIRST_BACKOFF_S <= seconds <= MAX_FAILURE_BACKOFF_S:
+        raise FieldError(f"must be from {FIRST_BACKOFF_S * 1000:g}ms to {MAX_FAILURE_BACKOFF_S:g}s, or off, "
+                         f"got {value!r}")
+    return seconds
+
+
 def _out(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise FieldError(f"must be a folder path, got {value!r}")
@@ -204,26 +238,52 @@ class RunConfigModel(ConfigModel):
     """A whole run as written: what to load, how long, and what must hold."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): the config file's name
+    """Names the run and its report folder; left out, the config file's name without .yaml."""
     duration: OptionalDuration = None
+    """How long the load runs (30s, 2m, 1h; at most 7 days). Left out: as long as the longest target's stages, else
+    until requests have been sent."""
     requests: OptionalPositiveInt = None
+    """Stop after this many requests in all (a flow counts passes, and a failed tcp connect counts too); with
+    duration, whichever comes first."""
     workers: Workers = None
+    """Worker processes, 1 to 256, or auto: one per CPU core (the default). On a cluster, per node."""
     out: Annotated[str, BeforeValidator(_out), WithJsonSchema({"type": "string", "minLength": 1})] = DEFAULT_OUT
+    """The folder run folders are made in: each run writes OUT/NAME-YYYYmmdd-HHMMSS/."""
     servers: Annotated[tuple[ServerModel, ...], BeforeValidator(_a_list("a list"))] = ()
+    """Embedded servers started before the load and stopped after it; {name} in a target's URL or address stands
+    for that server's host:port."""
     targets: Annotated[tuple[TargetModel, ...], BeforeValidator(_targets),  # type: ignore[valid-type]
                        Field(validate_default=True)] = None
+    """What to load: an HTTP target (url), a TCP target (tcp) or a flow (flow or script), each its own row in the
+    reports; names must be unique."""
     thresholds: Annotated[tuple[tuple[Any, bool], ...], BeforeValidator(
         lambda v: [check_at(i, _threshold, x) for i, x in enumerate(_a_list(
             "a list such as ['p99 < 50ms']")(v))]),
         WithJsonSchema({"type": "array", "items": {"anyOf": [_THRESHOLD_TEXT, {
             "type": "object", "additionalProperties": False, "required": ["threshold"],
-            "properties": {"threshold": _THRESHOLD_TEXT, "abort_on_fail": {"type": "boolean"}}}]}})] = ()
+            "properties": {"threshold": _THRESHOLD_TEXT, "abort_on_fail": {
+                "type": "boolean", "description": "also check it each second, and stop the run when it fails"}}}]}})] = ()
+    """Conditions that decide the exit status, checked at the end: [TARGET:] FIGURE OP VALUE, such as 'p99 < 50ms'
+    or 'home: error_rate < 1%'. Left out: failed == 0."""
     monitor: Annotated[tuple[Pid, ...], BeforeValidator(_a_list("a list of process ids"))] = ()
+    """Process ids of processes the run did not start (such as your own server), sampled into resources.csv beside
+    the run's own."""
     metrics: Annotated[tuple[str, int] | None, BeforeValidator(lambda v: None if v is None else metrics_address(v)),
                        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535},
                                                  {"type": "string"}],
                                        "description": "HOST:PORT, :PORT or PORT for live Prometheus metrics"})] = None
+    """Serve live Prometheus metrics while the run lasts at HOST:PORT, :PORT or PORT (on 127.0.0.1); port 0 picks a
+    free port."""
     cluster: Annotated[str | None, BeforeValidator(_cluster), WithJsonSchema(
         {"type": "string", "description": "a Dask scheduler (tcp://HOST:8786) or local:N: run on its nodes"})] = None
+    """Run on the nodes of this Dask scheduler (tcp://HOST:8786), or on local:N nodes started on this machine;
+    --cluster overrides it."""
+    failure_backoff: Annotated[float, BeforeValidator(_failure_backoff), WithJsonSchema(
+        {"type": "string", "description": "the longest a closed-model virtual user waits after a failed connect "
+                                          "or flow pass (10ms to 60s, or off); default 1s"})] = \
+        DEFAULT_FAILURE_BACKOFF_S
+    """The longest a closed-model virtual user waits after failed connects or flow passes in a row: 10 ms, doubled
+    after each, up to this (10ms to 60s, or off for no wait); default 1s."""
 
     @model_validator(mode="after")
     def _checked_across_fields(self) -> RunConfigModel:
@@ -263,7 +323,7 @@ class RunConfigModel(ConfigModel):
         return RunConfig(name=self.name if self.name is not None else default_name, targets=targets,
                          duration=duration, requests=self.requests, workers=self.workers, out=self.out,
                          servers=servers, thresholds=thresholds, monitor=self.monitor, metrics=self.metrics,
-                         cluster=self.cluster, source=source)
+                         cluster=self.cluster, failure_backoff=self.failure_backoff, source=source)
 
     @classmethod
     def schema_extra(cls, schema: dict[str, Any]) -> None:
@@ -350,6 +410,8 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; not a config file")
+        if not raw and stat.S_ISFIFO(mode):
+            raise ConfigError(f"{path}: is a named pipe, not a regular file, and nothing was written to it")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -15,13 +15,10 @@ import unicodedata
 from typing import Annotated, Any, Iterable, Mapping
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
-    model_validator,
 )
 
 from loadtest.core.schedule import Stage, stages_duration
@@ -38,8 +35,12 @@ MAX_NAME_CHARS = 200
 
 # "{site}" in a URL or tcp address stands for the host:port of the server named "site".
 SERVER_REF = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_BARE_NUMBER = re.compile(r"^\s*[-+]?\d+(?:\.\d*)?\s*$")
+# ASCII digits only: "１s" (a full-width digit) is not one second, though `\d` and float() would read it so
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$", re.ASCII)
+_BARE_NUMBER = re.compile(r"^\s*[-+]?\d+(?:\.\d*)?\s*$", re.ASCII)
+# Characters that reorder the text after them (U+202E RIGHT-TO-LEFT OVERRIDE, …): a name holding one reverses
+# the rest of a terminal line or a report's row
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)\s*$"  # the same as _DURATION, for the JSON Schema
 
@@ -150,6 +151,10 @@ def name(value: Any) -> str:
     if len(value) > MAX_NAME_CHARS or any(unicodedata.category(c) == "Cc" for c in value):
         raise FieldError(f"must be one line of at most {MAX_NAME_CHARS} characters, without control characters, "
                          f"got {value!r}")
+    bidi = next((c for c in value if c in BIDI_CONTROLS), None)
+    if bidi is not None:
+        raise FieldError(f"must not contain U+{ord(bidi):04X} ({unicodedata.name(bidi, 'a direction control')}), "
+                         f"which reorders the text after it in terminals and reports, got {value!r}")
     return value
 
 
@@ -374,59 +379,11 @@ def stages(value: Any) -> tuple[Stage, ...]:
 Stages = Annotated[tuple[Stage, ...], BeforeValidator(stages), WithJsonSchema({
     "type": "array", "minItems": 1, "description": "ramps of the level, as k6's stages",
     "items": {"type": "object", "additionalProperties": False, "required": ["duration", "target"],
-              "properties": {"duration": DURATION_SCHEMA, "target": {"type": "number", "minimum": 0}}}})]
+              "properties": {"duration": {**DURATION_SCHEMA, "description": "how long this stage lasts"},
+                             "target": {"type": "number", "minimum": 0, "description": "the level at the stage's end: "
+                                        "users, arrivals (or passes) per second, or connections"}}}})]
 
 
-_JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
-
-
-def _fits(default: Any, prop: dict[str, Any]) -> bool:
-    """Whether a default is a value the property's own schema allows (0 for "left out" often is not)."""
-    kind = _JSON_TYPES.get(prop.get("type", ""))
-    if default is None or default == [] or (kind is not None and not isinstance(default, kind)):
-        return False
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        return default >= prop.get("minimum", default) and default > prop.get("exclusiveMinimum", default - 1)
-    return not isinstance(default, str) or len(default) >= prop.get("minLength", 0)
-
-
-def _schema_extra(schema: dict[str, Any], model: Any) -> None:
-    """Defaults shown only where they are what a user would write: a field left out is not one given as null,
-    and a default held converted (a tuple for "listen: 127.0.0.1:0", bytes for a body) is left out.
-    Then the model's own `schema_extra`, if it has one."""
-    for prop in schema.get("properties", {}).values():
-        if "default" in prop:
-            if not _fits(prop["default"], prop):
-                del prop["default"]
-    extra = getattr(model, "schema_extra", None)
-    if extra is not None:
-        extra(schema)
-
-
-class ConfigModel(BaseModel):
-    """A mapping in the config: unknown fields refused (first, naming the known ones), values frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_schema_extra)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise FieldError(f"must be a mapping, got {type_name(data)}")
-        known = set(cls.model_fields)
-        for key in data:
-            if key not in known:
-                raise FieldError(f"unknown field {key!r} (known: {', '.join(sorted(known))})")
-        cls.check_written(data)
-        return data
-
-    @classmethod
-    def check_written(cls, data: dict[str, Any]) -> None:
-        """Checks of the mapping as written that come before any field's (fields that exclude each other)."""
-
-
-# A cluster's scheduler address (--cluster, cluster:): checked here, with the config's other fields, so that
-# the config need not import the cluster module, which imports the config.
 LOCAL_PREFIX = "local:"  # --cluster local:N starts N nodes on this machine
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"  # where Dask's own tools look for the scheduler
 MAX_LOCAL_NODES = 64

@@ -11,12 +11,14 @@ import resource
 import select
 from multiprocessing.connection import Connection
 
+from loadtest.model.messages import Command
+
 
 class ParentLink:
     """A child's side of its parent: the pipe it reports on and the lifeline that tells it to stop."""
 
-    def __init__(self, conn: Connection, lifeline: Connection) -> None:
-        self._conn, self._lifeline = conn, lifeline
+    def __init__(self, conn: Connection, lifeline: Connection, commands: Connection | None = None) -> None:
+        self._conn, self._lifeline, self._commands = conn, lifeline, commands
 
     def send(self, message: object) -> None:
         """One message to the parent (a class of `loadtest.model.messages`)."""
@@ -31,6 +33,19 @@ class ParentLink:
 
         Only ever called in a patched child, where `select.select` is gevent's (looked up at each call)."""
         select.select([self._lifeline], [], [])
+
+    def command(self) -> Command | None:
+        """The parent's next command (`messages.Command`) if one is waiting; None if none is, or the pipe closed."""
+        if self._commands is None:
+            return None
+        try:
+            if not self._commands.poll(0):
+                return None
+            message: Command = self._commands.recv()
+        except (EOFError, OSError):
+            self._commands = None
+            return None
+        return message
 
     def close(self) -> None:
         self._conn.close()

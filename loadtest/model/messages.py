@@ -10,6 +10,13 @@ never by position:
     a worker, when it stops     Stopping(index), then a final SnapshotSent, then Done(exit)
     a cluster node              each worker's messages unchanged, and WorkerEnded(exitcode), NodeSamples(rows)
 
+A run steered from its control inbox (`loadtest.execution.control`) also sends every worker, down its
+control pipe (and through each cluster node), one of a small set of commands (`Command`):
+
+    ChangeLevel(target, level)  the target's level in all, from now on instead of its stages
+    PauseLoad() | ResumeLoad()  stop starting requests and arrivals; start them again
+    EndLoad()                   end the load now, as the run's duration would (in-flight requests may finish)
+
 Nothing here imports gevent or opens a socket: the parent imports this module.
 """
 
@@ -39,6 +46,8 @@ class WorkerPlan:
     shares: tuple[int, ...]  # per target: virtual users (http) or connections (tcp) of this worker
     requests: int | None  # this worker's share of the total request count, if the run has one
     duration: float | None  # seconds
+    steered: bool = False  # the run has a control inbox: levels may change and the load may pause
+    wait_for_start: bool = False  # the start may be held (--wait): no time limit on waiting for it
 
     def share(self, total: float) -> int:
         """This worker's whole part of `total` users (a staged level as it moves), as the plan split the peak."""
@@ -112,5 +121,31 @@ class NodeSamples:
     samples: tuple[Any, ...]
 
 
+@dataclass(frozen=True)
+class ChangeLevel:
+    """Controller to workers: target `target` (its index in the config's targets) runs at `level` in all,
+    virtual users or connections (closed) or arrivals per second (open), from now on instead of its stages;
+    each worker takes its own share."""
+
+    target: int
+    level: float
+
+
+@dataclass(frozen=True)
+class PauseLoad:
+    """Controller to workers: start no more requests or arrivals until `ResumeLoad`."""
+
+
+@dataclass(frozen=True)
+class ResumeLoad:
+    """Controller to workers: start requests and arrivals again."""
+
+
+@dataclass(frozen=True)
+class EndLoad:
+    """Controller to workers: end the load now, as the run's duration would (in-flight requests may finish)."""
+
+
+Command = Union[ChangeLevel, PauseLoad, ResumeLoad, EndLoad]
 StartMessage = Union[Ready, Failed]
 WorkerMessage = Union[Ready, Failed, SnapshotSent, Stopping, Done]

@@ -8,6 +8,7 @@ not by the config field it became.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,8 +27,21 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # The option each config field came from, to name it in an error.
 _OPTION_OF = {"url": "URL", "concurrency": "-c/--concurrency", "rate": "--rate", "method": "-m/--method",
               "headers": "-H/--header", "body": "--body", "timeout": "--timeout", "duration": "--duration",
-              "requests": "-n/--requests"}
+              "requests": "-n/--requests", "name": "--name"}
 _FIELD = re.compile(r"^(?:targets\[0\]\.)?(?P<field>[a-z_]+)(?P<rest>[.:\[].*)$", re.S)
+
+
+# host:port[/path] with no scheme: 127.0.0.1:8080, [::1]:80/x, localhost:8080, example.com:80; an IP address or
+# localhost may leave the port out (a host name alone could be a file's name: sites.yaml)
+_BARE_URL = re.compile(r"^(?:(?:localhost|\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+                       r"|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*:\d{1,5})(?:/\S*)?$", re.ASCII)
+
+
+def bare_url_problem(text: str) -> str:
+    """What to say of a CONFIG that is no file but reads as a URL without its scheme; "" if it does not."""
+    if not _BARE_URL.match(text) or os.path.exists(text):
+        return ""
+    return f"{text}: looks like a URL without http:// (loadtest run http://{text})"
 
 
 def is_url(text: str) -> bool:
@@ -48,10 +62,11 @@ class OneLine:
     headers: tuple[str, ...] = ()
     body: str | None = None
     timeout: str | None = None
+    name: str | None = None
 
     def given(self) -> list[str]:
         """The options given that only the one-line form takes, by their names on the command line."""
-        fields = ("concurrency", "rate", "requests", "method", "headers", "body", "timeout")
+        fields = ("concurrency", "rate", "requests", "method", "headers", "body", "timeout", "name")
         return [_OPTION_OF[f] for f in fields if getattr(self, f) not in (None, ())]
 
 
@@ -87,7 +102,10 @@ def one_line_document(options: OneLine) -> dict[str, Any]:
         target["body"] = options.body
     if options.timeout is not None:
         target["timeout"] = options.timeout
-    document: dict[str, Any] = {"name": run_name(options.url), "targets": [target]}
+    if options.name is not None:  # names the target's rows, so compare pairs runs of different URLs by it
+        target["name"] = options.name
+    document: dict[str, Any] = {"name": options.name if options.name is not None else run_name(options.url),
+                                "targets": [target]}
     if options.requests is not None:
         document["requests"] = _number(options.requests)
     if options.duration is not None or options.requests is None:
@@ -120,6 +138,8 @@ def _reworded(message: str) -> str:
 
 def _number(text: str) -> Any:
     """An integer or a number from the command line's text; the text itself if neither (the loader words it)."""
+    if not text.isascii():  # int("１０") is 10: a full-width digit is not one the loader would take
+        return text
     for kind in (int, float):
         try:
             return kind(text)

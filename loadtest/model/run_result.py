@@ -66,6 +66,8 @@ class RunResult:
     worker_resources: list[RoleTotals] = field(default_factory=list)
     shortfalls: list[str] = field(default_factory=list)  # tcp targets that held fewer connections than asked
     nodes: list[dict[str, Any]] = field(default_factory=list)  # a cluster run's nodes (loadtest.execution.cluster)
+    stopped: dict[str, Any] | None = None  # a Stop from the control inbox: origin, at_s, reason (loadtest.execution.control)
+    level_changes: list[dict[str, Any]] = field(default_factory=list)  # control.LevelChange.as_dict() of each
 
     @property
     def lost(self) -> list[int]:

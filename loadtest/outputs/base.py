@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from loadtest.model.config import RunConfig
 from loadtest.model.run_result import Frame, RunResult
@@ -62,3 +62,31 @@ class Callbacks(Output):
     def event(self, text: str) -> None:
         if callable(self._event):
             self._event(text)
+
+
+class Outputs:
+    """The run's outputs, fed in their order: started once, each interval added, stopped once."""
+
+    def __init__(self, outputs: Sequence[Output]) -> None:
+        self.outputs = list(outputs)
+        self._stopped = False
+
+    def start(self, run: RunStarted) -> None:
+        for output in self.outputs:
+            output.start(run)
+
+    def add(self, frame: Frame) -> None:
+        for output in self.outputs:
+            output.add(frame)
+
+    def event(self, text: str) -> None:
+        for output in self.outputs:
+            if isinstance(output, WithEvents):
+                output.event(text)
+
+    def stop(self, result: RunResult | None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for output in self.outputs:
+            output.stop(result)

@@ -20,10 +20,11 @@ per-second values (a one-second run, a folder without history.csv) is judged
 by the tolerance alone. From no failures to some is worse at any tolerance.
 `Comparison.worse` is what CI gates on (the CLI exits 1).
 
-Only summary.json, history.csv and resources.csv are read (and
-histograms.json for the HTML page's spectra). A compared figure that is
-missing, not a number, or out of range is bad input naming the file and the
-field (RunFolderError).
+A run folder is read by `load_run`, as `report` reads it: a folder one
+refuses, the other refuses too, with the same sentence (a figure missing,
+not a number or out of range, a file that is not the run's own, a histogram
+bomb) (RunFolderError). The comparison uses summary.json, history.csv and
+resources.csv, and histograms.json for the HTML page's spectra.
 
     c = compare_runs(Path("reports/a"), Path("reports/b"), tolerance=0.05)
     print(format_table(c))
@@ -41,24 +42,16 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from loadtest.outputs.html_report import fmt_count, fmt_ms, page, table, td
+from loadtest.outputs.page import fmt_count, fmt_ms, page, table, td
 from loadtest.core.run_files import (
     AGGREGATED,
-    HISTOGRAMS_NAME,
-    HISTORY_NAME,
     OTHER_HISTOGRAM_TYPES,
-    RESOURCES_NAME,
     SUMMARY_NAME,
+    precise_cell,
 )
-from loadtest.outputs.run_folder import (
-    MAX_FIGURE,
-    RunFolder,
-    RunFolderError,
-    as_float,
-    load_run,
-    spectra,
-    write_page,
-)
+from loadtest.outputs.run_folder import (MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run,
+                                         summary_figure, write_page)
+from loadtest.outputs.series import spectra
 from loadtest.outputs.svg_chart import Series, spectrum_chart, target_colors
 
 DEFAULT_TOLERANCE = 0.05
@@ -161,8 +154,9 @@ def compare_runs(run_a: Path, run_b: Path, tolerance: float = DEFAULT_TOLERANCE,
     if not 0 <= tolerance <= MAX_TOLERANCE:
         raise ValueError(f"tolerance: must be from 0 to {MAX_TOLERANCE * 100:,.0f}%, got {tolerance * 100:g}%"
                          if math.isfinite(tolerance) else f"tolerance: must be a finite number, got {tolerance}")
-    files = (HISTORY_NAME, RESOURCES_NAME, *((HISTOGRAMS_NAME,) if histograms else ()))
-    a, b = load_run(Path(run_a), files), load_run(Path(run_b), files)
+    # Every file report reads, whether or not this comparison needs it: a folder report refuses, compare refuses
+    # too, with the same sentence (`histograms` is kept for callers; the page's spectra use them when there).
+    a, b = load_run(Path(run_a)), load_run(Path(run_b))
     figures_a, figures_b = _figures(a), _figures(b)
     names = [n for n in figures_a if n in figures_b]
     if not names:
@@ -195,7 +189,7 @@ def _figures(run: RunFolder) -> dict[str, dict[str, float | None]]:
         # An empty latency_ms is a target none of whose requests got an answer; its error rate says so.
         # One that has figures must have every compared one.
         has_latency = bool(latency)
-        error_rate = _figure(where, t, "error_rate", at, high=1.0)
+        error_rate = _figure(where, t, "error_rate", at, high=1.0) if t.get("error_rate") is not None else None
         name = AGGREGATED if at == "aggregated" else str(t.get("name", ""))
         out[name] = {
             "requests_per_s": _figure(where, t, "requests_per_s", at),
@@ -210,15 +204,9 @@ def _figures(run: RunFolder) -> dict[str, dict[str, float | None]]:
 
 
 def _figure(where: Path, part: dict[str, Any], key: str, at: str, high: float = MAX_FIGURE) -> float:
-    """A compared figure: present, a number, finite and from 0 to `high`, or RunFolderError naming it."""
-    if key not in part:
-        raise RunFolderError(f"{where}: {at}.{key} is missing, so the runs cannot be compared")
-    v = part[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise RunFolderError(f"{where}: {at}.{key} is not a number (got {json.dumps(v)[:40]})")
-    if not (math.isfinite(v) and 0 <= v <= high):
-        raise RunFolderError(f"{where}: {at}.{key} is out of range (got {v:g}; it must be from 0 to {high:g})")
-    return float(v)
+    """A compared figure: present, a number, finite and from 0 to `high`, or RunFolderError naming it (as
+    load_run checks it, for report and compare alike)."""
+    return summary_figure(where, part, key, at, high)
 
 
 def _cpu_per_request(run: RunFolder, where: Path) -> float | None:
@@ -250,7 +238,7 @@ def per_second(run: RunFolder) -> dict[str, dict[str, list[float]]]:
         series = out.setdefault(name, {m.key: [] for m in METRICS})
         requests = as_float(row.get("Interval Requests")) or 0.0
         for m in METRICS:
-            v = as_float(row.get(m.column)) if m.column else None
+            v = as_float(precise_cell(row, m.column)) if m.column else None
             if v is not None and (m.key == "requests_per_s" or requests > 0):
                 series[m.key].append(v)
         failures = as_float(row.get("Interval Failures"))
@@ -364,8 +352,20 @@ def format_table(c: Comparison) -> str:
     for tag, names in (("A", c.only_in_a), ("B", c.only_in_b)):
         if names:
             lines.append(f"only in {tag}: {', '.join(names)}")
+    if len(c.targets) > 1:
+        lines.append(CPU_PER_TARGET_NOTE)
     lines += ["", _verdict(c)]
     return "\n".join(lines) + "\n"
+
+
+# Said wherever per-target CPU/request shows "—", so that the dash is not read as a figure that failed to load
+CPU_PER_TARGET_NOTE = ("CPU/request is the whole run's only (Aggregated): each worker serves every target at once, "
+                       "so its CPU has no share per target.")
+
+
+def _title(run: RunFolder) -> str:
+    """A run as a page title names it: its folder and when it started (two runs of one config differ there)."""
+    return f"{run.path.name} ({run.summary.get('started', '?')})"
 
 
 def format_csv(c: Comparison) -> str:
@@ -435,19 +435,20 @@ def render_compare_html(c: Comparison) -> str:
                    for tag, r in (("A", c.run_a), ("B", c.run_b)))
     missing = "".join(f'<p class="note">Only in {tag}: {escape(", ".join(n))}</p>'
                       for tag, n in (("A", c.only_in_a), ("B", c.only_in_b)) if n)
-    body = (f'<header class="top"><div><h1>{escape(c.run_a.name)} → {escape(c.run_b.name)}</h1>'
+    body = (f'<header class="top"><div><h1>{escape(_title(c.run_a))} → {escape(_title(c.run_b))}</h1>'
             f'<div class="sub">run B compared with run A, tolerance {c.tolerance * 100:g}%</div></div>'
             f'<div>{badge}</div></header>'
             f'<section><h2>Runs</h2><dl>{runs}</dl></section>'
             f'<section><h2>Side by side</h2>'
             + table(["Target", "Metric", "A", "B", "Change", "Noise", ""], rows, left=2, row_classes=classes)
             + missing + '<p class="note">Higher latency, error rate or CPU per request is worse; lower '
-            'requests/s is worse. CPU per request is the generator\'s workers\', while the load ran. A change counts '
+            'requests/s is worse. CPU per request is the generator\'s workers\', while the load ran, and the whole '
+            'run\'s only (Aggregated): each worker serves every target at once. A change counts '
             f'as worse only beyond the tolerance and beyond the noise: {NOISE_K:g} standard deviations of the '
             'difference between a second of A and a second of B (from each run\'s per-second figures).</p></section>'
             '<section><h2>Latency by percentile</h2>'
             + spectrum_chart("Latency percentile spectrum: A solid, B dashed", series) + "</section>")
-    return page(f"loadtest compare: {c.run_a.name} → {c.run_b.name}", body)
+    return page(f"loadtest compare: {_title(c.run_a)} → {_title(c.run_b)}", body)
 
 
 def write_compare_html(c: Comparison, out: Path) -> Path:

@@ -17,6 +17,7 @@ from loadtest.outputs.reports import LOCUST_NO_LATENCY, run_outcome, stats_rows
 from loadtest.core.run_files import AGGREGATED, NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
 from loadtest.core.stats import aggregate, percentiles_ns
 from loadtest.core.verdicts import NO_CONDITION_FOUND, WORKER_SATURATED_PERCENT
+from loadtest.core.thresholds import CANCELLED
 
 if TYPE_CHECKING:
     from loadtest.model.run_result import Frame, RunResult
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 MISSING = "—"  # a figure that does not exist, such as the latency of a second in which nothing got a response
 SUMMARY_COLUMNS = {  # the terminal's summary table: its heading, and the stats.csv column it shows
     "Type": "Type", "Name": "Name", "Requests": "Request Count", "Failures": "Failure Count", "Req/s": "Requests/s",
-    "p50 ms": "50%", "p95 ms": "95%", "p99 ms": "99%", "Max ms": "Max Response Time",
+    "p50 ms": "50% ms", "p95 ms": "95% ms", "p99 ms": "99% ms", "Max ms": "Max Response Time",
 }
 
 
@@ -141,7 +142,13 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"{OPEN_MODEL_MEANING}\n")
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
-            out.write(f"  {t.name}: {count} {kind}\n")
+            said = f" ({CANCELLED_MEANING})" if kind == CANCELLED else ""
+            out.write(f"  {t.name}: {count:,} {kind}{said}\n")
+    for t in result.stats.totals:
+        if t.backoffs:
+            out.write(f"  {t.name}: users backed off {t.backoffs:,} time{'s' if t.backoffs != 1 else ''} "
+                      f"({t.backoff_s:,.1f} s in all) after failed connects or passes (failure_backoff: "
+                      f"{config.failure_backoff:g}s at most)\n")
     for server in result.servers:
         cost: dict[str, Any] = server.get("cost") or {}
         if cost.get("cpu_seconds_per_1000") is not None:
@@ -154,8 +161,15 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(f"{NO_CONDITION_FOUND}\n")
     for o in result.thresholds:
         mark = "pass" if o.passed else "FAIL"
-        default = "  [the default without thresholds: no failed requests]" if o.default else ""
-        out.write(f"threshold {mark}: {o.threshold.text}  (measured {o.measured_text}){default}\n")
+        counted = "requests" if o.threshold.target is None else "passes"
+        default = f"  [the default without thresholds: no failed {counted}]" if o.default else ""
+        measured = o.measured_text
+        if o.threshold.figure == "failed":  # the table's Failures count them; say why this figure does not
+            t = result.stats.aggregated() if o.threshold.target is None else \
+                result.stats.totals[result.stats.names.index(o.threshold.target)]
+            if t.failures.get(CANCELLED):
+                measured += f"; {t.failures[CANCELLED]:,} {CANCELLED} not counted"
+        out.write(f"threshold {mark}: {o.threshold.text}  (measured {measured}){default}\n")
     if result.aborted:
         out.write(f"aborted: {result.aborted}\n")
     for shortfall in result.shortfalls:
@@ -170,11 +184,21 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
 
 
 def _summary_cell(row: dict[str, str], column: str) -> str:
-    """A stats.csv cell as the terminal shows it: a row without latency samples shows "—", not Locust's 0s."""
+    """A stats.csv cell as the terminal shows it: a row without latency samples shows "—", not Locust's 0s;
+    counts and rates with thousands separators, as the live view shows them."""
     no_latency = row["50%"] == NO_FIGURE
     if no_latency and (column in LOCUST_NO_LATENCY or row[column] == NO_FIGURE):
         return MISSING
+    if column in _COUNT_COLUMNS:
+        return f"{int(row[column]):,}"
+    if column == "Requests/s":
+        return f"{float(row[column]):,.1f}"
     return row[column]
+
+
+_COUNT_COLUMNS = ("Request Count", "Failure Count")
+# What a cancelled request is, wherever the terminal names them
+CANCELLED_MEANING = "in flight when the run was stopped: counted in Failures, not held against the target"
 
 
 class TerminalOutput(Output):

@@ -1,7 +1,10 @@
 """Report files: stats.csv, history.csv, failures.csv, summary.json.
 
-Column names follow Locust's where Locust has the same figure, so existing
-tooling reads them. Times are milliseconds with microsecond precision.
+stats.csv, history.csv and failures.csv lead with Locust's columns, in Locust's
+order, with Locust's types and rounding (whole ms in the median and percentile
+columns), so tools written for Locust's files read them unchanged; the precise
+figures (ms with microsecond precision) follow in columns of their own (see
+run_files).
 history.csv is appended and flushed each second; the other files are written
 once at the end, atomically (a temporary file, then a rename).
 """
@@ -15,7 +18,7 @@ import os
 import platform
 import sys
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -30,6 +33,7 @@ from loadtest.core.run_files import (
     FAILURES_NAME,
     HISTOGRAMS_NAME,
     HISTORY_HEADER,
+    LOCUST_TIME_FORMAT,
     NO_FIGURE,
     PERCENTILE_COLUMNS,
     STATS_HEADER,
@@ -38,6 +42,7 @@ from loadtest.core.run_files import (
     WORKERS_HEADER,
     WORKERS_NAME,
     WorkerSummary,
+    locust_ms,
 )
 from loadtest.core.stats import Interval, TargetTotals, aggregate
 from loadtest.core.thresholds import failures_text, outcome_line
@@ -63,23 +68,33 @@ def content_size(t: TargetTotals) -> str:
     return f"{t.content_bytes / t.requests:.1f}" if t.requests else "0"
 
 
-def latency_cells(hist: Any) -> list[str]:
-    """Median, average, min and max, then the percentile columns; a histogram without samples gets what
-    Locust writes for a row without response times: 0s, and N/A for the percentiles."""
+def latency_cells(hist: Any) -> tuple[list[str], list[str]]:
+    """Locust's latency cells -- median, average, min and max, then the percentile columns -- and the precise
+    percentiles that follow Locust's columns. Locust's median and percentiles are whole ms, rounded as it
+    rounds (locust_ms); its median is then kept within min and max, which are exact. A histogram without
+    samples gets what Locust writes for a row without response times: 0s, and N/A for the percentiles."""
     if not hist.get_total_count():
-        return [*LOCUST_NO_LATENCY.values(), *[NO_FIGURE] * len(PERCENTILE_COLUMNS)]
+        return [*LOCUST_NO_LATENCY.values(), *[NO_FIGURE] * len(PERCENTILE_COLUMNS)], [NO_FIGURE] * len(
+            PERCENTILE_COLUMNS)
     pcts = percentiles_ns(hist)
-    return [ms(pcts[0]), ms(mean_ns(hist)), ms(min_ns(hist)), ms(hist.get_max_value()), *(ms(v) for v in pcts)]
+    low, high = min_ns(hist), hist.get_max_value()
+    median: float = locust_ms(pcts[0] / 1e6)
+    if median > high / 1e6 or median < low / 1e6:  # as Locust does: then the exact max or min, in ms
+        median_cell = ms(high if median > high / 1e6 else low)
+    else:
+        median_cell = str(median)
+    locust = [median_cell, ms(mean_ns(hist)), ms(low), ms(high), *(str(locust_ms(v / 1e6)) for v in pcts)]
+    return locust, [ms(v) for v in pcts]
 
 
 def stats_row(t: TargetTotals, elapsed: float, row_type: str | None = None) -> list[str]:
     """One stats.csv row for a target's (or the aggregate's) request latencies."""
     failures = t.failure_count
     seconds = elapsed if elapsed > 0 else 1.0
-    latency = latency_cells(t.latency)
+    latency, precise = latency_cells(t.latency)
     return [
         t.type if row_type is None else row_type, t.name, str(t.requests), str(failures), *latency[:4],
-        content_size(t), f"{t.requests / seconds:.3f}", f"{failures / seconds:.3f}", *latency[4:],
+        content_size(t), f"{t.requests / seconds:.3f}", f"{failures / seconds:.3f}", *latency[4:], *precise,
     ]
 
 
@@ -140,13 +155,13 @@ class HistoryWriter:
     def _row(self, stamp: str, interval: Interval, length: float, total: TargetTotals,
              part: TargetTotals) -> list[str]:
         agg = total.name == AGGREGATED
+        second, precise = latency_cells(part.latency)
         return [
             stamp, str(part.users), "" if agg else total.type, total.name,
-            f"{part.requests / length:.3f}", f"{part.failure_count / length:.3f}",
-            *latency_cells(part.latency)[4:],
-            str(total.requests), str(total.failure_count), *latency_cells(total.latency)[:4], content_size(total),
+            f"{part.requests / length:.6f}", f"{part.failure_count / length:.6f}", *second[4:],
+            str(total.requests), str(total.failure_count), *latency_cells(total.latency)[0][:4], content_size(total),
             f"{interval.end:.3f}", str(part.requests), str(part.failure_count), str(part.open_connections),
-            f"{part.level:g}" if part.level >= 0 else "", str(part.dropped),
+            f"{part.level:g}" if part.level >= 0 else "", str(part.dropped), *precise,
         ]
 
     def close(self) -> None:
@@ -186,6 +201,8 @@ def target_summary(t: TargetTotals, elapsed: float) -> dict[str, Any]:
         "bytes_out": t.bytes_out,
         "content_bytes": t.content_bytes,
         "latency_ms": latency_summary(t.latency),
+        # closed model: the waits of virtual users after a failed connect or flow pass (failure_backoff:)
+        "backoffs": {"waits": t.backoffs, "seconds": round(t.backoff_s, 3)},
     }
     return out
 
@@ -233,8 +250,11 @@ def write_reports(result: RunResult, config: RunConfig) -> None:
         "verdicts": result.verdicts,
         "shortfalls": result.shortfalls,
         "aborted_by_threshold": result.aborted or None,
+        "stopped": result.stopped,  # stopped from the control inbox (the web API): origin, at_s, reason
+        "level_changes": result.level_changes,  # each: at_s, target, unit, old, new, origin
         "config": _jsonable(dict(config.source)),
-        "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests},
+        "as_run": {"workers": len(result.workers), "duration_s": config.duration, "requests": config.requests,
+                   "failure_backoff_s": config.failure_backoff},
         "machine": machine(),
         "servers": result.servers,
         "workers": workers,
@@ -259,19 +279,38 @@ def run_outcome(result: RunResult) -> str:
               for o in result.thresholds if not o.passed and not o.default]
     aborted = [f"stopped early: {result.aborted}"] if result.aborted and not failed else []
     reasons = [*aborted, *result.shortfalls, *result.problems]
-    return outcome_line(result.exit_status, failures_text(agg.requests, agg.failures, agg.connect_failures),
-                        failed, reasons)
+    said = [failures_text(agg.requests, agg.failures, agg.connect_failures)]
+    for o in result.thresholds:  # the default on a flow's own row: passes a script's exception ended, say
+        if o.default and not o.passed and o.threshold.target is not None:
+            row = result.stats.totals[result.stats.names.index(o.threshold.target)]
+            said.append(failures_text(row.requests, row.failures, what=f"passes of {row.name}"))
+    line = outcome_line(result.exit_status, "; ".join(s for s in said if s), failed, reasons)
+    return line + (f"; {stopped_text(result.stopped)}" if result.stopped else "")
+
+
+def stopped_text(stopped: dict[str, Any]) -> str:
+    """How a Stop command ended the run: "stopped from the API at 3.2 s" (summary.json's `stopped`)."""
+    origin = stopped.get("origin") or "api"
+    who = "from the API" if origin == "api" else f"by {origin}"
+    reason = f" ({stopped['reason']})" if stopped.get("reason") else ""
+    return f"stopped {who} at {float(stopped.get('at_s') or 0):.1f} s{reason}"
 
 
 def failure_rows(result: RunResult, config: RunConfig) -> list[list[str]]:
-    """failures.csv: Locust's Method, Name, Error, Occurrences, then Kind, First Seen, Last Seen.
+    """failures.csv: Locust's Method, Name, Error, Occurrences, First Seen, Last Seen (UTC times of day, as
+    Locust writes them), then Kind and when it was first and last seen in seconds into the run.
 
     Method is the Type of the stats.csv row the failure counts in: the target's method (or TCP), and
     CONNECT for a tcp connection that failed to open (kind `connect:<kind>`).
     """
     types = {t.name: kind_of(t).row_type(t) for t in config.targets}
+
+    def utc(elapsed: float) -> str:
+        return datetime.fromtimestamp(int(result.started + elapsed), timezone.utc).strftime(LOCUST_TIME_FORMAT)
+
     return [[CONNECT_TYPE if r.kind.startswith("connect:") else types.get(r.target, ""), r.target, r.message,
-             str(r.occurrences), r.kind, f"{r.first_seen:.3f}", f"{r.last_seen:.3f}"]
+             str(r.occurrences), utc(r.first_seen), utc(r.last_seen), r.kind, f"{r.first_seen:.3f}",
+             f"{r.last_seen:.3f}"]
             for r in result.stats.failures()]
 
 

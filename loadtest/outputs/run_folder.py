@@ -36,23 +36,24 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from hdrh.histogram import HdrHistogram
 
 from loadtest.core.run_files import (
     AGGREGATED,
     FAILURES_NAME,
     HISTOGRAMS_NAME,
     HISTORY_NAME,
-    OTHER_HISTOGRAM_TYPES,
     RESOURCES_NAME,
     RUN_FILES,
     SUMMARY_NAME,
-    SUMMARY_PERCENTILE_KEYS,
+    STATS_NAME,
+    LOCUST_FAILURES_HEADER,
+    LOCUST_HISTORY_HEADER,
+    LOCUST_STATS_HEADER,
+    RESOURCES_HEADER,
 )
 
 OPTIONAL_FILES = (HISTORY_NAME, FAILURES_NAME, RESOURCES_NAME, HISTOGRAMS_NAME)  # read as empty when missing
@@ -69,12 +70,7 @@ MAX_HISTOGRAM_COUNTS = 2**17
 MAX_HISTOGRAM_PAYLOAD_BYTES = 2**20
 MAX_INTEGER = 2**63  # an integer in summary.json at or beyond this is damage (no count or byte total gets there)
 MAX_FIGURE = 1e15  # larger numbers in a run's files are damage, not measurements
-MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
-SPECTRUM_STEPS_PER_DECADE = 24
-SPECTRUM_DECADES = 6  # up to the 99.9999th percentile
-SUMMARY_PERCENTILES = SUMMARY_PERCENTILE_KEYS[:-1]  # p50 … p99.99; p100 is the maximum, read as "max"
-
-Point = tuple[float, float]
+REQUIRED_LATENCY_KEYS = ("p50", "p95", "p99", "p99.9")  # what compare compares, in every summary ever written
 
 
 class RunFolderError(ValueError):
@@ -160,6 +156,8 @@ def load_run(path: Path, files: Collection[str] = OPTIONAL_FILES) -> RunFolder:
         raise RunFolderError(f"{summary_path}: is not a loadtest summary (it has no list of targets)")
     _check_numbers(summary, summary_path)
     _check_shape(summary, summary_path)
+    _check_figures(summary, summary_path)
+    _check_header(path / STATS_NAME, LOCUST_STATS_HEADER)  # no reader needs stats.csv, but it must be this run's
     histograms: dict[str, str] = {}
     hist_path = path / HISTOGRAMS_NAME
     raw_histograms = read_capped(hist_path, MAX_HISTOGRAMS_BYTES) if HISTOGRAMS_NAME in files else None
@@ -177,7 +175,7 @@ def load_run(path: Path, files: Collection[str] = OPTIONAL_FILES) -> RunFolder:
                     histograms[str(k)] = encoded
 
     def csv_file(name: str) -> list[dict[str, str]]:
-        return _read_csv(path / name) if name in files else []
+        return _read_csv(path / name, _HEADERS[name]) if name in files else []
 
     return RunFolder(path, summary, csv_file(HISTORY_NAME), csv_file(FAILURES_NAME), csv_file(RESOURCES_NAME),
                      histograms)
@@ -191,12 +189,16 @@ def read_capped(path: Path, cap: int) -> bytes | None:
     file over `cap` bytes, checked both by its size and by what is actually read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0) |
+                     getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         return None
     except OSError as e:
         if e.errno == errno.ENOTDIR:
             return None
+        if e.errno == errno.ELOOP:  # a run writes its files itself: a link puts some other file in its place
+            raise RunFolderError(f"{path}: is not a regular file (it is a symbolic link, to "
+                                 f"{_link_target(path)}), so it is not read") from None
         raise RunFolderError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         mode = os.fstat(fd)
@@ -214,6 +216,13 @@ def read_capped(path: Path, cap: int) -> bytes | None:
     if len(data) > cap:  # grew while being read
         raise RunFolderError(f"{path}: is over the {cap:,} bytes a run folder's {path.name} may hold")
     return data
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "somewhere"
 
 
 def _kind(mode: int) -> str:
@@ -307,6 +316,86 @@ def _counts_length(lowest: int, highest: int, digits: int) -> int:
         smallest_untrackable <<= 1
         buckets += 1
     return (buckets + 1) * (sub_bucket_count // 2)
+
+
+# What each CSV file's header begins with, in every run folder this tool wrote (the Locust columns have led since
+# the first); a file that begins otherwise is some other file in its place, and is refused. failures.csv first
+# led with Target and Message.
+_HEADERS: dict[str, Sequence[str]] = {
+    HISTORY_NAME: LOCUST_HISTORY_HEADER, RESOURCES_NAME: RESOURCES_HEADER[:3], FAILURES_NAME: (),
+}
+
+
+def _refuse_header(path: Path, header: list[str], expected: Sequence[str]) -> None:
+    if path.name == FAILURES_NAME:
+        ok = header[:4] == LOCUST_FAILURES_HEADER[:4] or header[:2] == ["Target", "Kind"]
+    else:
+        ok = header[:len(expected)] == list(expected)
+    if not ok:
+        shown = ",".join(header)[:60]
+        raise RunFolderError(f"{path}: is not a loadtest {path.name} (its header begins {shown!r}), so it is not "
+                             f"read")
+
+
+def _check_header(path: Path, expected: Sequence[str]) -> None:
+    """Refuse a file a reader does not otherwise read (stats.csv) when it is not this tool's."""
+    data = read_capped(path, MAX_CSV_BYTES)
+    if data is None:
+        return
+    first = data[:4096].decode("utf-8", "replace").splitlines()[:1]
+    header = next(csv.reader(first), []) if first else []
+    _refuse_header(path, header, expected)
+
+
+def _check_figures(summary: dict[str, Any], where: Path) -> None:
+    """Refuse a summary whose figures no run writes, naming the first: what report draws and compare compares
+    must be the same numbers, so both refuse the same files with the same sentence.
+
+    Each target (and aggregated) has a text name, counts and a rate from 0 to MAX_FIGURE, an error rate from 0
+    to 1 (or null: no requests), and latency_ms, a mapping of figures from 0 to MAX_FIGURE (empty: no request
+    got a response) that holds at least p50, p95, p99 and p99.9; each worker's CPU seconds are such a figure
+    or null.
+    """
+    parts = [(f"targets[{i}]", t) for i, t in enumerate(summary["targets"])]
+    if summary.get("aggregated") is not None:
+        parts.append(("aggregated", summary["aggregated"]))
+    for at, part in parts:
+        if at != "aggregated" and not isinstance(part.get("name"), str):
+            raise RunFolderError(f"{where}: {at}.name is not text (got {_shown(part.get('name'))})")
+        for key in ("requests", "failures", "requests_per_s"):
+            summary_figure(where, part, key, at)
+        if part.get("error_rate", 0) is not None:
+            summary_figure(where, part, "error_rate", at, high=1.0)
+        if "latency_ms" not in part:
+            raise RunFolderError(f"{where}: {at}.latency_ms is missing")
+        latency = part["latency_ms"] or {}
+        for key in latency:
+            summary_figure(where, latency, key, f"{at}.latency_ms")
+        if latency:
+            for key in REQUIRED_LATENCY_KEYS:
+                summary_figure(where, latency, key, f"{at}.latency_ms")
+    for i, worker in enumerate(summary.get("workers") or []):
+        if not isinstance(worker, dict):
+            raise RunFolderError(f"{where}: workers[{i}] is not a mapping of fields")
+        for key in ("cpu_user_s", "cpu_system_s", "requests"):
+            if worker.get(key) is not None:
+                summary_figure(where, worker, key, f"workers[{i}]")
+
+
+def summary_figure(where: Path, part: dict[str, Any], key: str, at: str, high: float = MAX_FIGURE) -> float:
+    """A figure of summary.json: present, a number, finite and from 0 to `high`, or RunFolderError naming it."""
+    if key not in part:
+        raise RunFolderError(f"{where}: {at}.{key} is missing")
+    v = part[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise RunFolderError(f"{where}: {at}.{key} is not a number (got {_shown(v)})")
+    if not (math.isfinite(v) and 0 <= v <= high):
+        raise RunFolderError(f"{where}: {at}.{key} is out of range (got {v:g}; it must be from 0 to {high:g})")
+    return float(v)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, default=str)[:40]
 
 
 # The summary's fields that hold mappings, at the top and in each target: a damaged file that has
@@ -410,8 +499,9 @@ def write_page(path: Path, text: str) -> Path:
     return path
 
 
-def _read_csv(path: Path) -> list[CsvRow]:
-    """A CSV file's rows; [] if it is missing or its text does not parse (RunFolderError if not readable)."""
+def _read_csv(path: Path, expected: Sequence[str] = ()) -> list[CsvRow]:
+    """A CSV file's rows; [] if it is missing or its text does not parse (RunFolderError if not readable, or
+    if its header does not begin with `expected`: some other file in its place)."""
     data = read_capped(path, MAX_CSV_BYTES)
     if data is None:
         return []
@@ -422,6 +512,7 @@ def _read_csv(path: Path) -> list[CsvRow]:
         header = next(reader, None)
         if header is None:
             return []
+        _refuse_header(path, header, expected)
         index = {column: i for i, column in reversed(list(enumerate(header)))}  # a repeated name: its first
         seen: dict[str, str] = {}
         return [CsvRow(index, tuple(seen.setdefault(v, v) for v in row)) for row in reader if row]
@@ -436,115 +527,4 @@ def as_float(value: Any) -> float | None:
         return None
     return f if math.isfinite(f) and abs(f) <= MAX_FIGURE else None
 
-
-# -- series ----------------------------------------------------------------
-
-
-def downsample(points: Sequence[Point], limit: int = MAX_POINTS, keep: Callable[[list[float]], float] = max
-               ) -> list[Point]:
-    """At most `limit` points: consecutive runs merged, x by mean, y by `keep` (max keeps spikes)."""
-    if len(points) <= limit:
-        return list(points)
-    size = math.ceil(len(points) / limit)
-    out = []
-    for i in range(0, len(points), size):
-        chunk = points[i:i + size]
-        out.append((sum(p[0] for p in chunk) / len(chunk), keep([p[1] for p in chunk])))
-    return out
-
-
-def mean_of(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def history_series(run: RunFolder) -> dict[str, dict[str, list[Point]]]:
-    """Per target name: its req/s, failures/s and per-second percentiles against elapsed seconds."""
-    out: dict[str, dict[str, list[Point]]] = {}
-    for row in run.history:
-        name, elapsed = row.get("Name", ""), as_float(row.get("Elapsed"))
-        if elapsed is None or row.get("Type") in OTHER_HISTOGRAM_TYPES:
-            continue
-        series = out.setdefault(name, {"rps": [], "fps": [], "p50": [], "p95": [], "p99": []})
-        for key, column in (("rps", "Requests/s"), ("fps", "Failures/s")):
-            v = as_float(row.get(column))
-            if v is not None:
-                series[key].append((elapsed, v))
-        if (as_float(row.get("Interval Requests")) or 0) > 0:  # an empty second has no latency
-            for key, column in (("p50", "50%"), ("p95", "95%"), ("p99", "99%")):
-                v = as_float(row.get(column))
-                if v is not None:
-                    series[key].append((elapsed, v))
-    for series in out.values():
-        for key in series:
-            series[key] = downsample(series[key], keep=mean_of if key in ("rps", "fps") else max)
-    return out
-
-
-@dataclass(frozen=True)
-class Spectrum:
-    """A latency percentile spectrum: (percentile, ms) points, from p0 to the largest value."""
-
-    name: str
-    points: tuple[Point, ...]
-    exact: bool  # walked from a full histogram, not only the summary's fixed percentiles
-
-
-def spectrum_x(p: float) -> float:
-    """A percentile's place on the spectrum's axis: log10(1 / (1 - p))."""
-    return math.log10(1.0 / max(1.0 - p / 100.0, 10.0 ** -SPECTRUM_DECADES))
-
-
-def x_to_percentile(x: float) -> float:
-    return 100.0 * (1.0 - math.pow(10.0, -x))
-
-
-def spectra(run: RunFolder) -> list[Spectrum]:
-    """Each target's spectrum (and Aggregated's): from histograms.json if there, else the summary."""
-    out = []
-    for t in run.target_summaries():
-        name = str(t.get("name", ""))
-        encoded = run.histograms.get(name)
-        spectrum = _walk(name, encoded) if encoded else None
-        if spectrum is None:
-            spectrum = _from_summary(name, t)
-        if spectrum.points:
-            out.append(spectrum)
-    return out
-
-
-def _walk(name: str, encoded: str) -> Spectrum | None:
-    check_histogram(encoded, f"{HISTOGRAMS_NAME}: {name!r}")  # load_run checked it already; this keeps _walk safe alone
-    try:
-        hist = HdrHistogram.decode(encoded.encode("ascii"))
-    except Exception:  # noqa: BLE001 - a damaged histogram falls back to the summary's percentiles
-        return None
-    count = hist.get_total_count()
-    if not count:
-        return None
-    last_x = min(math.log10(count), SPECTRUM_DECADES)
-    points = [(0.0, hist.get_min_value() / 1e6)]
-    steps = int(last_x * SPECTRUM_STEPS_PER_DECADE)
-    for k in range(1, steps + 1):
-        p = x_to_percentile(k / SPECTRUM_STEPS_PER_DECADE)
-        points.append((p, hist.get_value_at_percentile(p) / 1e6))
-    points.append((x_to_percentile(last_x), hist.get_max_value() / 1e6))
-    return Spectrum(name, tuple(points), exact=True)
-
-
-def _from_summary(name: str, target: dict[str, Any]) -> Spectrum:
-    latency = target.get("latency_ms") or {}
-    count = as_float(target.get("requests")) or 0.0
-    last_x = min(math.log10(count), SPECTRUM_DECADES) if count >= 1 else 0.0
-    points: list[Point] = []
-    low = as_float(latency.get("min"))
-    if low is not None:
-        points.append((0.0, low))
-    for key in SUMMARY_PERCENTILES:
-        p, v = float(key[1:]), as_float(latency.get(key))
-        if v is not None and spectrum_x(p) < last_x:
-            points.append((p, v))
-    high = as_float(latency.get("max", latency.get("p100")))
-    if high is not None:
-        points.append((x_to_percentile(last_x), high))
-    return Spectrum(name, tuple(points), exact=False)
 

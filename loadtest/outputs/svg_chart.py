@@ -17,12 +17,7 @@ from dataclasses import dataclass
 from html import escape
 
 from loadtest.core.run_files import AGGREGATED
-from loadtest.outputs.run_folder import (
-    SPECTRUM_DECADES,
-    Point,
-    spectrum_x,
-    x_to_percentile,
-)
+from loadtest.outputs.series import SPECTRUM_DECADES, Point, spectrum_x, x_to_percentile
 
 MINUTE_STEPS = (15, 30, 60, 120, 300, 600, 900, 1800, 3600)  # seconds between ticks on a long run's time axis
 END_SLACK = 0.02  # a run's end a hair past a round length (10.02 s) keeps that length's ticks (0, 2, … 10 s)
@@ -159,8 +154,9 @@ def spectrum_scale(last_x: float) -> Scale:
 
 def chart_svg(label: str, series: Sequence[Series], x: Scale, y: Scale, *, x_title: str, y_title: str,
               x_of: Callable[[float], float] = lambda v: v, refs: Sequence[tuple[float, str]] = (),
-              size: tuple[int, int] = (WIDTH, HEIGHT)) -> str:
-    """An SVG line chart; `x_of` maps a point's x before scaling (the spectrum's log axis).
+              marks: Sequence[tuple[float, str]] = (), size: tuple[int, int] = (WIDTH, HEIGHT)) -> str:
+    """An SVG line chart; `x_of` maps a point's x before scaling (the spectrum's log axis). `refs` are
+    horizontal lines at a y (a threshold), `marks` vertical ones at an x (a level change), each labelled.
 
     `size` is the drawing's own coordinate space: a wide chart gets a wide one,
     so its text stays the same size on the page.
@@ -191,6 +187,11 @@ def chart_svg(label: str, series: Sequence[Series], x: Scale, y: Scale, *, x_tit
             parts.append(f'<line class="ref" x1="{LEFT}" x2="{width - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
                          f'<text class="ref-label" x="{LEFT + 4}" y="{yy + 11:.1f}">'
                          f'{escape(text)}</text>')
+    for v, text in marks:
+        if x.lo <= x_of(v) <= x.hi:
+            xx = px(v)
+            parts.append(f'<line class="mark" x1="{xx:.1f}" x2="{xx:.1f}" y1="{TOP}" y2="{TOP + ph}">'
+                         f'<title>{escape(text)}</title></line>')
     parts.append(f'<rect class="frame" x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/>')
     drawn = 0
     for s in series:
@@ -233,12 +234,13 @@ def figure(caption: str, series: Sequence[Series], svg: str, extra: Sequence[str
 
 
 def time_chart(caption: str, series: Sequence[Series], y_title: str, *, refs: Sequence[tuple[float, str]] = (),
-               extra: Sequence[str] = (), at_least: float = 0.0, end: float | None = None) -> str:
+               extra: Sequence[str] = (), at_least: float = 0.0, end: float | None = None,
+               marks: Sequence[tuple[float, str]] = ()) -> str:
     """A chart over elapsed seconds; its axis ends at `end` (the run's duration) if given."""
     xs = [p[0] for s in series for p in s.points]
     ys = [p[1] for s in series for p in s.points]
     svg = chart_svg(caption, series, time_scale(xs, end), linear_scale(ys, at_least=at_least),
-                    x_title="elapsed", y_title=y_title, refs=refs)
+                    x_title="elapsed", y_title=y_title, refs=refs, marks=marks)
     return figure(caption, series, svg, extra)
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import gevent
 from gevent import GreenletExit
 
+from loadtest.core.outcome import start_ns, status_ok
 from loadtest.engine.protocols import Deadlines
 from loadtest.engine.protocols.channel import give_way
 from loadtest.engine.protocols.http_fast import USER_AGENT
@@ -85,6 +86,8 @@ class FlowRows:
 class FlowSession:
     """One virtual user of a flow; `run_pass(ctx, totals)` is what differs between YAML and Python flows."""
 
+    back_off = False  # set by a failed pass (see protocols.Session): the next starts after a back-off
+
     def __init__(self, shared: FlowShared) -> None:
         self.shared = shared
         flow_rec = shared.rows.flow
@@ -97,7 +100,7 @@ class FlowSession:
         shared = self.shared
         rec = shared.rows.flow
         began = perf_counter_ns()
-        started = scheduled_ns or began
+        started = start_ns(scheduled_ns, began)
         ctx = self.ctx
         ctx.values = {}
         dealer = shared.dealer
@@ -119,6 +122,7 @@ class FlowSession:
                 rec.uncorrected.record(ended - began)
             rec.failure(failed.kind, failed.message, ended - started, totals.received, totals.sent,
                         totals.content)
+            self.back_off = True
             give_way()  # a pass that fails at once must not keep the worker's clock from running
         except RunStopping:
             pass
@@ -291,7 +295,7 @@ class YamlFlowSession(FlowSession):
     def exchange(self, scheduled_ns: int = 0) -> None:
         if not self.plain:
             return super().exchange(scheduled_ns)
-        started = scheduled_ns or perf_counter_ns()
+        started = start_ns(scheduled_ns, perf_counter_ns())
         client = self.client
         budget = self.shared.budget
         flow = self.shared.rows.flow
@@ -310,7 +314,7 @@ class YamlFlowSession(FlowSession):
             sent += r.sent
             content += r.content
             status = r.status
-            if r.kind is not None or not ((status in ok) if ok else (200 <= status < 400)):
+            if r.kind is not None or not status_ok(status, ok):
                 kind, message = (r.kind, r.message) if r.kind is not None else ("status", f"HTTP {status}")
                 rec.failure(kind, message, r.latency, r.received, r.sent, r.content)
                 flow.failure(kind, f"{row}: {message}", perf_counter_ns() - started, received, sent, content)
@@ -322,7 +326,7 @@ class YamlFlowSession(FlowSession):
     def _exchange_one(self, scheduled_ns: int = 0) -> None:
         """A pass of a plain flow of one request: `exchange`'s short path without its loop. The step's row and
         the flow's each record it, as they would on the long path."""
-        started = scheduled_ns or perf_counter_ns()
+        started = start_ns(scheduled_ns, perf_counter_ns())
         self.ctx.iteration += 1
         if self._budget.stopping:
             return
@@ -336,7 +340,7 @@ class YamlFlowSession(FlowSession):
             raise
         status = r.status
         ok = self._ok
-        if r.kind is not None or not ((status in ok) if ok else (200 <= status < 400)):
+        if r.kind is not None or not status_ok(status, ok):
             kind, message = (r.kind, r.message) if r.kind is not None else ("status", f"HTTP {status}")
             rec.failure(kind, message, r.latency, r.received, r.sent, r.content)
             flow.failure(kind, f"{self._row}: {message}", perf_counter_ns() - started, r.received, r.sent,

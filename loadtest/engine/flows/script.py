@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urlsplit
 
 import gevent
 
+from loadtest.core.outcome import status_ok
 from loadtest.engine.protocols.http_fast import USER_AGENT
 from loadtest.engine.protocols.http_flow import Address, parse_head
 from loadtest.core.stats import TargetRecorder
@@ -225,10 +226,8 @@ class ScriptFlowSession(FlowSession):
             self.cancelled_in_flight = True
             raise
         status = r.status
-        if expect is None:
-            ok = 200 <= status < 400
-        else:
-            ok = status in (expect if isinstance(expect, (list, tuple, set, frozenset)) else (expect,))
+        ok = status_ok(status, None if expect is None else
+                       expect if isinstance(expect, (list, tuple, set, frozenset)) else (expect,))
         if r.kind is not None or not ok:
             record_reply(rec, r, f"{self.flow}/{name or path}", ok, self._totals)
         totals = self._totals

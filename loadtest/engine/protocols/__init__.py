@@ -31,7 +31,14 @@ SCAN_GAP_S = 0.02  # and, when deadlines fall due sooner, at most this often (ea
 
 
 class Session(Protocol):
-    """One virtual user's connection(s) to one target."""
+    """One virtual user's connection(s) to one target.
+
+    `back_off` is set by an exchange that failed at once without the server's pace holding the user back (a
+    refused connect, a flow pass that failed): a closed-model user then waits a growing, bounded back-off
+    before its next request, and clears it (workload.virtual_user). A class attribute, False, on every session.
+    """
+
+    back_off: bool
 
     def exchange(self, scheduled_ns: int = 0) -> None:
         """Send one request and read its response; record the outcome.

@@ -28,6 +28,7 @@ import httptools
 from gevent import GreenletExit
 from gevent import ssl as gevent_ssl
 
+from loadtest.core.outcome import start_ns, status_ok
 from loadtest.model.config import HttpTarget
 from loadtest.core.stats import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
@@ -194,6 +195,8 @@ class ReplyReader:
 class HttpSession(ReplyReader):
     """One virtual user's keep-alive connections to an HTTP target."""
 
+    back_off = False  # set by a failed connect (see protocols.Session)
+
     def __init__(self, target: HttpTarget, endpoints: list[Endpoint], recorder: TargetRecorder,
                  urls: Iterator[Endpoint] | None = None, tls: ssl.SSLContext | None = None,
                  deadlines: Deadlines | None = None) -> None:
@@ -221,7 +224,7 @@ class HttpSession(ReplyReader):
             if conn is None:
                 return
         sending = perf_counter_ns()
-        started = scheduled_ns or sending
+        started = start_ns(scheduled_ns, sending)
         timer = self._timer
         deadline = sending + self.timeout_ns  # from the first byte written, even when the request started late
         timer.start(deadline)
@@ -263,7 +266,7 @@ class HttpSession(ReplyReader):
                 response.body = 0
                 if ep.head:  # llhttp would wait for a body that HEAD never gets
                     conn.parser = response.parser = httptools.HttpResponseParser(response)
-            if (status in self.expect) if self.expect else (200 <= status < 400):
+            if status_ok(status, self.expect):
                 rec.success(latency, received, sent, body)
             else:
                 rec.failure("status", f"HTTP {status}", latency, received, sent, body)
@@ -284,6 +287,7 @@ class HttpSession(ReplyReader):
         except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
             kind, message = connect_failure(e, self.timeout)
             rec.failure(kind, message, None)  # the request failed; HTTP has no CONNECT row
+            self.back_off = True
             return None
         rec.connected(perf_counter_ns() - started)
         conn = self._conns[ep.origin] = _Connection(channel)

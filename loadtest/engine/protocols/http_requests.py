@@ -28,6 +28,7 @@ import requests
 import urllib3.exceptions
 from gevent import GreenletExit
 
+from loadtest.core.outcome import start_ns, status_ok
 from loadtest.model.config import HttpTarget
 from loadtest.core.stats import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
@@ -43,6 +44,8 @@ _RESOURCE_ERRNOS = (errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENFILE, errno.ENOBU
 
 class RequestsSession:
     """One virtual user driving a target through a `requests.Session`."""
+
+    back_off = False  # set by a request that never connected (see protocols.Session)
 
     def __init__(self, target: HttpTarget, urls: list[str], recorder: TargetRecorder,
                  url_cycle: Iterator[str] | None = None, deadlines: Deadlines | None = None) -> None:
@@ -61,7 +64,7 @@ class RequestsSession:
         rec = self.recorder
         t = self.target
         sending = perf_counter_ns()
-        started = scheduled_ns or sending
+        started = start_ns(scheduled_ns, sending)
         deadline = sending + self.timeout_ns
         timer = self._timer
         timer.start(deadline)
@@ -79,7 +82,10 @@ class RequestsSession:
         except BaseException as e:  # noqa: BLE001 - every failure is counted, none escapes
             timer.stop()
             kind, message = request_failure(e, t.timeout)
-            rec.failure(kind, message, None if kind in NO_LATENCY_KINDS else perf_counter_ns() - started)
+            never_connected = kind in NO_LATENCY_KINDS
+            rec.failure(kind, message, None if never_connected else perf_counter_ns() - started)
+            if never_connected:
+                self.back_off = True
             return
         timer.stop()
         ended = perf_counter_ns()
@@ -88,7 +94,7 @@ class RequestsSession:
             rec.uncorrected.record(ended - sending)
         sent = len(t.body)
         status = resp.status_code
-        if (status in self.expect) if self.expect else (200 <= status < 400):
+        if status_ok(status, self.expect):
             rec.success(latency, body, sent, body)
         else:
             rec.failure("status", f"HTTP {status}", latency, body, sent, body)

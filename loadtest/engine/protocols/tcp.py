@@ -3,10 +3,13 @@
 One `TcpSession` per virtual user holds one connection, a hub-driven
 `Channel`. Each `exchange()` writes the target's message, reads back exactly its length
 into a buffer allocated once (TCP splits and merges as it likes, so a reply
-may take several reads, and a read never takes more than the message's
-length, so a reply that arrives early stays queued for the next exchange),
-and checks it: `echo` the same bytes, `upper` upper-cased, `any` anything of
-that length.
+may take several reads), and checks it: `echo` the same bytes, `upper`
+upper-cased, `any` anything of that length. Each read may take one byte more
+than the reply still lacks (OVERREAD_BYTES): a peer that sends more than it
+was asked for, or sends without being asked (one that streams bytes on its
+own), shows as a reply too long, a `mismatch`, at once: the connection is
+dropped instead of reading the stream as replies until its unread messages
+fill the socket's buffers and the write stalls into a read timeout.
 
 Connections open lazily, paced per worker by `connect_rate` and spread over
 `source_ips` round-robin; with `rate`, each connection sends on its own
@@ -35,6 +38,7 @@ from time import perf_counter_ns
 import gevent
 from gevent import GreenletExit
 
+from loadtest.core.outcome import start_ns
 from loadtest.model.config import TcpTarget
 from loadtest.core.stats import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
@@ -47,6 +51,7 @@ RECONNECT_PAUSE_S = 1.0  # after a failed connect, so a dead server does not spi
 # message outgrows the socket buffers on the way (16 MiB does on loopback).
 WRITE_ALONGSIDE_BYTES = 64 * 1024
 SAMPLE_BYTES = 32  # of a wrong reply, quoted in the failure message
+OVERREAD_BYTES = 1  # read past the reply's length: more than asked for is a mismatch, seen at once
 
 
 class ConnectPacer:
@@ -72,6 +77,9 @@ RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)  
 
 def failure_message(target: TcpTarget, kind: str, detail: str, got: bytes = b"") -> str:
     """What a message's failure says, for a session and the paced driver alike; `got`: a wrong reply's start."""
+    if kind == "mismatch" and detail == "longer":
+        return (f"the peer sent more than the {len(target.message)}-byte reply (bytes it was not asked for): got "
+                f"{got[:SAMPLE_BYTES]!r}")
     if kind == "mismatch":
         expected = {"echo": target.message, "upper": target.message.upper()}.get(target.expect, b"")
         return (f"the reply is not the {target.expect} of the message: got {got[:SAMPLE_BYTES]!r}, "
@@ -130,6 +138,8 @@ def _write_all(channel: Channel, message: bytes) -> OSError | None:
 class TcpSession:
     """One virtual user's persistent connection to a TCP target."""
 
+    back_off = False  # never set: a failed connect waits its own `reconnect_pause` (see protocols.Session)
+
     __slots__ = ("target", "family", "remote", "recorder", "pacer", "sources", "message", "size", "expected",
                  "buffer", "view", "channel", "timer", "timeout", "timeout_ns", "interval_ns", "next_send_ns",
                  "retry_at_ns", "pause_ns", "stop", "answered")
@@ -147,7 +157,7 @@ class TcpSession:
         self.message = target.message
         self.size = len(target.message)
         self.expected: bytes | None = {"echo": target.message, "upper": target.message.upper()}.get(target.expect)
-        self.buffer = bytearray(self.size)
+        self.buffer = bytearray(self.size + OVERREAD_BYTES)
         self.view = memoryview(self.buffer)
         self.channel: Channel | None = None
         self.timer = RequestTimer(deadlines)
@@ -181,7 +191,7 @@ class TcpSession:
         sent = received = 0
         writer = None
         sending = perf_counter_ns()
-        started = scheduled_ns or sending
+        started = start_ns(scheduled_ns, sending)
         timer.start(sending + self.timeout_ns)  # from the first byte written, even when the turn came late
         try:
             if size > WRITE_ALONGSIDE_BYTES:
@@ -222,12 +232,16 @@ class TcpSession:
         latency = perf_counter_ns() - started
         if not kind:
             expected = self.expected
-            if expected is None or self.buffer == expected:
+            if received > size:
+                kind, detail = "mismatch", "longer"
+            elif expected is None or self.buffer.startswith(expected):  # its first `size` bytes: the reply
                 self.answered = True
                 rec.success(latency, received, sent, received)
                 return
-            kind = "mismatch"
-        rec.failure(kind, failure_message(self.target, kind, detail, bytes(self.buffer)), latency, received, sent)
+            else:
+                kind = "mismatch"
+        rec.failure(kind, failure_message(self.target, kind, detail, bytes(self.buffer[:received])), latency,
+                    received, sent)
         if not self.answered:  # failed before any reply: pause as after a failed connect
             self.retry_at_ns = perf_counter_ns() + self.pause_ns
         self._drop()

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from loadtest.core.outcome import status_ok
+
 MAX_KEPT_BODY = 1024 * 1024  # a response body kept for a capture, check or script is cut here
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -122,7 +124,7 @@ class Expect:
         return Needs(body=self.body_contains is not None)
 
     def status_ok(self, status: int) -> bool:
-        return status in self.status if self.status else 200 <= status < 400
+        return status_ok(status, self.status)
 
     def body_problem(self, body: str | None, truncated: bool, needle: str | None = None) -> str | None:
         """Why the body fails the check (a sentence), or None. `needle`: `body_contains` with its placeholders

@@ -144,8 +144,22 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
     method = raw.get("method", "GET")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise FlowError(f"{at}.method: must be one of {', '.join(METHODS)}, got {method!r}")
-    method = method.upper()
-    url = raw.get("url")
+    url = _step_url(raw.get("url"), at, known, columns, servers)
+    headers = _step_headers(raw.get("headers", {}), at, known, columns)
+    _step_body(raw, at, known, columns)
+    captures = _step_captures(raw.get("capture", {}), at)
+    expect = _check(lambda: parse_expect(raw.get("expect")), f"{at}.expect")
+    if expect.body_contains is not None:  # checked after this step's captures: they may fill it in too
+        here = known | {c.name for c in captures}
+        _check(lambda: compile_template(expect.body_contains, here, columns), f"{at}.expect.body_contains")
+    repeat = raw.get("repeat", 1)
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= MAX_REPEAT:
+        raise FlowError(f"{at}.repeat: must be a whole number from 1 to {MAX_REPEAT}, got {repeat!r}")
+    return RequestStep(name, method.upper(), url, headers, raw.get("body"), raw.get("json"), captures, expect,
+                       repeat)
+
+
+def _step_url(url: Any, at: str, known: frozenset[str], columns: frozenset[str] | None, servers: set[str]) -> str:
     if not isinstance(url, str) or not url:
         raise FlowError(f"{at}.url: a request step needs a URL such as http://{{server}}/path, got {url!r}")
     probe = SERVER_REF.sub("127.0.0.1:1", url)
@@ -160,7 +174,11 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
         if ref not in servers:
             names = ", ".join(sorted(servers)) or "none are configured"
             raise FlowError(f"{at}.url: refers to server {{{ref}}}, but no server has that name ({names})")
-    headers_raw = raw.get("headers", {})
+    return url
+
+
+def _step_headers(headers_raw: Any, at: str, known: frozenset[str],
+                  columns: frozenset[str] | None) -> tuple[tuple[str, str], ...]:
     if not isinstance(headers_raw, dict):
         raise FlowError(f"{at}.headers: must be a mapping of header names to values, got {headers_raw!r}")
     headers = []
@@ -171,6 +189,10 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
             raise FlowError(f"{at}.headers.{k}: must be one line of text, got {v!r}")
         _check(lambda v=v: compile_template(str(v), known, columns), f"{at}.headers.{k}")
         headers.append((k, str(v)))
+    return tuple(headers)
+
+
+def _step_body(raw: dict[str, Any], at: str, known: frozenset[str], columns: frozenset[str] | None) -> None:
     if "json" in raw and "body" in raw:
         raise FlowError(f"{at}: give json or body, not both")
     body = raw.get("body")
@@ -180,7 +202,9 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
         _check(lambda: compile_template(body, known, columns), f"{at}.body")
     if "json" in raw:
         _check(lambda: compile_json(raw["json"], known, columns), f"{at}.json")
-    captures_raw = raw.get("capture", {})
+
+
+def _step_captures(captures_raw: Any, at: str) -> tuple[Capture, ...]:
     if not isinstance(captures_raw, dict):
         raise FlowError(f"{at}.capture: must be a mapping of variable names to json:PATH, header:NAME or regex:EXPR, "
                         f"got {captures_raw!r}")
@@ -191,14 +215,7 @@ def _request_step(raw: Any, at: str, known: frozenset[str], columns: frozenset[s
             raise FlowError(f"{at}.capture: {k!r} cannot name a variable (letters, digits and _; not uuid, user, "
                             f"iteration or data)")
         captures.append(_check(lambda k=k, v=v: parse_capture(k, v), f"{at}.capture.{k}"))
-    expect = _check(lambda: parse_expect(raw.get("expect")), f"{at}.expect")
-    if expect.body_contains is not None:  # checked after this step's captures: they may fill it in too
-        here = known | {c.name for c in captures}
-        _check(lambda: compile_template(expect.body_contains, here, columns), f"{at}.expect.body_contains")
-    repeat = raw.get("repeat", 1)
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= MAX_REPEAT:
-        raise FlowError(f"{at}.repeat: must be a whole number from 1 to {MAX_REPEAT}, got {repeat!r}")
-    return RequestStep(name, method, url, tuple(headers), body, raw.get("json"), tuple(captures), expect, repeat)
+    return tuple(captures)
 
 
 def _check(make: Any, where: str) -> Any:

@@ -28,7 +28,6 @@ from pydantic import BeforeValidator, PrivateAttr, ValidationInfo, WithJsonSchem
 
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
-    ConfigModel,
     Duration,
     FieldError,
     Flag,
@@ -41,6 +40,7 @@ from loadtest.model.fields import (
     positive_int,
     positive_number,
 )
+from loadtest.model.config_model import ConfigModel
 from loadtest.model.flows.data import DATA_MODES, DEFAULT_DATA_MODE, DataError, check_unique, read_data
 from loadtest.model.flows.source import ScriptError, load_function
 from loadtest.model.flows.spec import FlowSpec, flow_rows, scan_script
@@ -103,25 +103,37 @@ class FlowStepRow:
 
 
 _TEXT = {"type": "string"}
+
+
+def _text(description: str) -> dict[str, str]:
+    return {**_TEXT, "description": description}
+
+
 _THINK = {"anyOf": [_TEXT, {"type": "number", "minimum": 0},
-                    {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [_TEXT, {"type": "number"}]}}]}
+                    {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [_TEXT, {"type": "number"}]}}],
+          "description": "a pause: one duration, or [shortest, longest] drawn uniformly"}
+_STATUS = {"type": "integer", "minimum": 100, "maximum": 599}
 _STEP_SCHEMA = {"anyOf": [
     {"type": "object", "additionalProperties": False, "required": ["think"], "properties": {"think": _THINK}},
     {"type": "object", "additionalProperties": False, "required": ["url"], "properties": {
-        "name": _TEXT,
-        "method": _TEXT,
+        "name": _text("the step's row name (FLOW/NAME); left out, stepN"),
+        "method": _text("the HTTP method; left out, GET"),
         "url": {"type": "string", "description": "http:// or https:// URL; {server} is a server's host:port, "
                                                  "${name} a captured value or data column"},
-        "headers": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+        "headers": {"type": "object", "additionalProperties": {"type": ["string", "number"]},
+                    "description": "request headers; values may hold ${...} placeholders"},
         "json": {"description": "a JSON body; its strings may hold ${...} placeholders"},
-        "body": _TEXT,
+        "body": _text("the request body as text; it may hold ${...} placeholders"),
         "capture": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^(json|header|regex):"},
-                    "description": "variable: json:PATH | header:NAME | regex:EXPR"},
-        "expect": {"type": "object", "additionalProperties": False, "properties": {
-            "status": {"anyOf": [{"type": "integer", "minimum": 100, "maximum": 599},
-                                 {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}}]},
-            "body_contains": {"type": "string", "minLength": 1}}},
-        "repeat": {"type": "integer", "minimum": 1},
+                    "description": "values taken from the response for later steps, variable: json:PATH | "
+                                   "header:NAME | regex:EXPR"},
+        "expect": {"type": "object", "additionalProperties": False, "description": "what the response must be",
+                   "properties": {
+            "status": {"anyOf": [_STATUS, {"type": "array", "items": _STATUS}],
+                       "description": "the status, or list of statuses, that succeed; left out, any 2xx or 3xx"},
+            "body_contains": {"type": "string", "minLength": 1,
+                              "description": "text the body must hold, else a check failure"}}},
+        "repeat": {"type": "integer", "minimum": 1, "description": "send the step this many times in a row"},
     }}]}
 
 
@@ -149,27 +161,43 @@ class FlowTargetModel(ConfigModel):
     """A flow target as written: `flow:` steps or `script: FILE.py:FUNCTION`, and concurrency, rate or stages."""
 
     name: Name
+    """The flow's row name; each step's row is NAME/STEP."""
     flow: Annotated[Any, WithJsonSchema({"type": "array", "minItems": 1, "items": _STEP_SCHEMA,
                                          "description": "steps in order: requests, or {think: DURATION}"})] = None
+    """YAML steps run in order by each virtual user: requests, or pauses written {think: DURATION}."""
     script: Annotated[tuple[str, str] | None, BeforeValidator(lambda v: None if v is None else _script_ref(v)),
                       WithJsonSchema({"type": "string", "pattern": r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$",
                                       "description": "FILE.py:FUNCTION, the file relative to the config"})] = None
+    """A Python flow instead of steps: FILE.py:FUNCTION, the file relative to the config; the function is given the
+    virtual user."""
     url: Annotated[str | None, BeforeValidator(_base_url), WithJsonSchema({
         "type": "string", "description": "a Python flow's base URL: its paths are joined to it"})] = None
+    """A Python flow's base URL: the paths it requests are joined to it."""
     data: Annotated[str | None, WithJsonSchema({"type": "string", "description": "a CSV file with a header row, "
                                                                                  "relative to the config"})] = None
+    """A UTF-8 CSV file with a header row, relative to the config; its columns are ${data.COLUMN} in templates."""
     data_mode: choice(DATA_MODES) = DEFAULT_DATA_MODE  # type: ignore[valid-type]
+    """unique: a row is held by one user at a time, for one pass; cycle: each pass takes the next row, shared or not."""
     timeout: Duration = DEFAULT_TIMEOUT_S
+    """Each request's, as for an HTTP target: the whole response from its first byte written."""
     verify_tls: Flag = True
+    """Check https servers' certificates."""
     stages: Stages = ()
+    """A ramp, as k6's stages: of virtual users (closed model) or of passes started per second (open model, from
+    rate)."""
     concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 0,
                                                 "description": "virtual users (closed model)"})] = None
+    """Closed model: virtual users in all, each running passes through the flow one after another."""
     rate: Annotated[Any, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 10_000_000,
                                          "description": "passes started per second in all (open model)"})] = None
+    """Open model: passes started per second in all; a pass's latency counts from its scheduled start."""
     max_concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 1})] = None
+    """Open model: passes in flight in all, at most (left out: 5,000)."""
     arrival: choice(ARRIVALS) = DEFAULT_ARRIVAL  # type: ignore[valid-type]
+    """Open model: constant gaps between passes, or poisson."""
     think: Annotated[tuple[float, float] | None, BeforeValidator(think_range), WithJsonSchema({"anyOf": [
         {"type": "string"}, {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "string"}}]})] = None
+    """Closed model: a user's pause between passes, one duration or [shortest, longest] drawn uniformly."""
 
     needs: ClassVar[str] = "flow or script for a flow"
     _target: FlowTarget | None = PrivateAttr(default=None)
@@ -184,41 +212,8 @@ class FlowTargetModel(ConfigModel):
         if self._target is not None:
             return self._target
         assert info is not None
+        spec = self._spec(info)
         given = self.model_fields_set
-        table = None
-        if self.data is not None:
-            if not isinstance(self.data, str) or not self.data:
-                raise FieldError(f"must be the path of a CSV file, got {self.data!r}", at=("data",))
-            try:
-                table = read_data(_relative(info, self.data))
-            except DataError as e:
-                raise FieldError(str(e), at=("data",)) from None
-        elif "data_mode" in given:
-            raise FieldError("has no data file to deal rows from", at=("data_mode",))
-        servers = set((info.context or {}).get("servers", set()))
-        columns = frozenset(table.columns) if table is not None else None
-        if self.script is not None:
-            if "flow" in given:
-                raise FieldError("give flow (YAML steps) or script (a Python function), not both")
-            path = _relative(info, self.script[0])
-            try:
-                load_function(path, self.script[1])
-            except ScriptError as e:
-                raise FieldError(str(e), at=("script",)) from None
-            spec = FlowSpec(script=str(path.resolve()), function=self.script[1], base_url=self.url, data=table,
-                            data_mode=self.data_mode, timeout=self.timeout, verify_tls=self.verify_tls,
-                            script_rows=scan_script(path))
-        else:
-            if "url" in given:
-                raise FieldError("only a Python flow (script) has a base url; each YAML step has its own",
-                                 at=("url",))
-            try:
-                steps = parse_steps(self.flow, "flow", columns, servers)
-            except FlowError as e:
-                where, _, message = str(e).partition(": ")
-                raise FieldError(message, at=tuple(_path(where))) from None
-            spec = FlowSpec(steps=steps, data=table, data_mode=self.data_mode, timeout=self.timeout,
-                            verify_tls=self.verify_tls)
         if "rate" in given:
             if "concurrency" in given:
                 raise FieldError("give concurrency (closed model) or rate (open model), not both")
@@ -241,6 +236,42 @@ class FlowTargetModel(ConfigModel):
                             self.arrival, self.stages, self.think or (0.0, 0.0))
         self._target = target  # built once (a private attribute: the frozen fields stay frozen)
         return target
+
+    def _spec(self, info: ValidationInfo) -> FlowSpec:
+        """What the flow runs: its data file, and its Python function or its YAML steps, checked."""
+        given = self.model_fields_set
+        table = None
+        if self.data is not None:
+            if not isinstance(self.data, str) or not self.data:
+                raise FieldError(f"must be the path of a CSV file, got {self.data!r}", at=("data",))
+            try:
+                table = read_data(_relative(info, self.data))
+            except DataError as e:
+                raise FieldError(str(e), at=("data",)) from None
+        elif "data_mode" in given:
+            raise FieldError("has no data file to deal rows from", at=("data_mode",))
+        if self.script is not None:
+            if "flow" in given:
+                raise FieldError("give flow (YAML steps) or script (a Python function), not both")
+            path = _relative(info, self.script[0])
+            try:
+                load_function(path, self.script[1])
+            except ScriptError as e:
+                raise FieldError(str(e), at=("script",)) from None
+            return FlowSpec(script=str(path.resolve()), function=self.script[1], base_url=self.url, data=table,
+                            data_mode=self.data_mode, timeout=self.timeout, verify_tls=self.verify_tls,
+                            script_rows=scan_script(path))
+        if "url" in given:
+            raise FieldError("only a Python flow (script) has a base url; each YAML step has its own", at=("url",))
+        servers = set((info.context or {}).get("servers", set()))
+        columns = frozenset(table.columns) if table is not None else None
+        try:
+            steps = parse_steps(self.flow, "flow", columns, servers)
+        except FlowError as e:
+            where, _, message = str(e).partition(": ")
+            raise FieldError(message, at=tuple(_path(where))) from None
+        return FlowSpec(steps=steps, data=table, data_mode=self.data_mode, timeout=self.timeout,
+                        verify_tls=self.verify_tls)
 
     @property
     def target(self) -> FlowTarget:

@@ -20,7 +20,6 @@ from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
     DURATION_SCHEMA,
     MAX_LEVEL,
-    ConfigModel,
     FieldError,
     check_at,
     Flag,
@@ -37,6 +36,7 @@ from loadtest.model.fields import (
     check_refs,
     type_name,
 )
+from loadtest.model.config_model import ConfigModel
 from loadtest.core.schedule import Stage, peak_level
 from loadtest.model.kinds.base import ExtraRow, Load, TargetKind
 
@@ -204,31 +204,51 @@ class HttpTargetModel(ConfigModel):
     """An HTTP target as written in the config: `url` (or `urls`) and `concurrency`, `rate` or `stages`."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): its first URL
+    """The target's row name in every report; left out, its first URL."""
     url: Annotated[str | None, BeforeValidator(url_text), WithJsonSchema(_URL_SCHEMA)] = None
+    """The http:// or https:// URL to request; {name} stands for the host:port of the embedded server of that name."""
     urls: Annotated[tuple[str, ...] | None, BeforeValidator(url_list),
                     WithJsonSchema({"type": "array", "minItems": 1, "items": _URL_SCHEMA})] = None
+    """Several URLs instead of url, requested in turn, as a crawler visits sites."""
     method: Annotated[str, BeforeValidator(method_name), WithJsonSchema({
         "type": "string", "description": "one of " + ", ".join(HTTP_METHODS) + " (any case)"})] = DEFAULT_METHOD
+    """GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS (any case)."""
     headers: Annotated[tuple[tuple[str, str], ...], BeforeValidator(header_pairs), WithJsonSchema({
         "type": "object", "additionalProperties": {"type": ["string", "number"]}})] = ()
+    """Request headers, as name: value."""
     body: Annotated[bytes, BeforeValidator(body_bytes), WithJsonSchema({"type": "string"})] = b""
+    """The request body, as text."""
     timeout: Duration = DEFAULT_TIMEOUT_S
+    """How long the whole response may take, from its first byte written; past it the request fails as read_timeout."""
     expect_status: Annotated[tuple[int, ...], BeforeValidator(statuses), WithJsonSchema({"anyOf": [
         {"type": "integer", "minimum": 100, "maximum": 599},
         {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 100, "maximum": 599}}]})] = ()
+    """The status, or list of statuses, that succeed; left out, any 2xx or 3xx. Any other fails as status."""
     engine: choice(ENGINES) = DEFAULT_ENGINE  # type: ignore[valid-type]
+    """fast: HTTP/1.1 keep-alive with a C parser; requests: follows redirects, keeps cookies, does auth and proxies."""
     verify_tls: Flag = True
+    """Check an https server's certificate."""
     stages: Stages = ()
+    """A ramp, as k6's stages: of virtual users (closed model, from 0) or of arrivals per second (open model, from
+    rate)."""
     # concurrency, rate and their companions are checked together (after the fields above): what each
     # may be depends on which model the target is and whether it has stages.
     concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 0,
                                                 "description": "virtual users (closed model)"})] = None
+    """Closed model: virtual users in all, split over the workers; each sends its next request when its last one
+    ended."""
     rate: Annotated[Any, WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_LEVEL,
                                          "description": "arrivals per second in all (open model)"})] = None
+    """Open model: arrivals per second in all, started on schedule whatever the latency; latency counts from the
+    scheduled start."""
     max_concurrency: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 1})] = None
+    """Open model: requests in flight in all, at most (left out: 5,000); an arrival that cannot start within 1 s is
+    dropped and counted."""
     arrival: choice(ARRIVALS) = DEFAULT_ARRIVAL  # type: ignore[valid-type]
+    """Open model: constant gaps between arrivals, or poisson."""
     think: Annotated[tuple[float, float] | None, BeforeValidator(think_range), WithJsonSchema({"anyOf": [
         DURATION_SCHEMA, {"type": "array", "minItems": 2, "maxItems": 2, "items": DURATION_SCHEMA}]})] = None
+    """Closed model: a user's pause between requests, one duration or [shortest, longest] drawn uniformly."""
 
     needs: ClassVar[str] = "url (or urls) for an HTTP target"  # what a target lacking every kind's key needs
 

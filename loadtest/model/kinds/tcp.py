@@ -14,7 +14,6 @@ from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_vali
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
     SERVER_REF,
-    ConfigModel,
     FieldError,
     check_at,
     Name,
@@ -28,6 +27,7 @@ from loadtest.model.fields import (
     non_negative_int,
     positive_int,
 )
+from loadtest.model.config_model import ConfigModel
 from loadtest.core.schedule import Stage, peak_level, sustained_level_until
 from loadtest.model.kinds.base import ExtraRow, HeldConnections, Load, TargetKind
 
@@ -137,19 +137,33 @@ class TcpTargetModel(ConfigModel):
     """A TCP target as written in the config: `tcp: HOST:PORT`, with `connections` or `stages`."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): its address
+    """The target's row name in every report; left out, its address."""
     tcp: Annotated[str, BeforeValidator(tcp_address), WithJsonSchema({
         "type": "string", "description": "HOST:PORT, or {name} for the server of that name"})]
+    """HOST:PORT of the server, or {name} for the embedded server of that name."""
     connections: Annotated[Any, WithJsonSchema({"type": "integer", "minimum": 0})] = None
+    """Persistent connections in all, split over the workers (with stages: where the ramp starts, 0 if left out)."""
     message: Annotated[bytes, BeforeValidator(message_bytes), WithJsonSchema({"type": "string", "minLength": 1})] = b""
+    """The message each connection sends, as text (instead of size)."""
     size: Annotated[int, BeforeValidator(message_size), WithJsonSchema(
         {"type": "integer", "minimum": 1, "maximum": MAX_TCP_SIZE})] = DEFAULT_TCP_SIZE
+    """The message's size in bytes, filled with letters and digits, when no message is given."""
     expect: choice(TCP_EXPECTS) = DEFAULT_TCP_EXPECT  # type: ignore[valid-type]
+    """How each reply is checked: echo (the same bytes), upper (upper-cased) or any (anything of the same length);
+    a wrong one is a mismatch."""
     rate: PositiveNumber = 0.0  # 0 (left out): back to back
+    """Messages per second in all, each connection its share on its own schedule, latency from the intended send;
+    left out, back to back. With stages: the rate at the peak."""
     connect_rate: PositiveNumber = 0.0  # 0 (left out): as fast as possible
+    """New connections per second in all; left out, as fast as possible."""
     source_ips: Annotated[tuple[str, ...], BeforeValidator(source_addresses), WithJsonSchema(
         {"anyOf": [_SOURCE_TEXT, {"type": "array", "items": _SOURCE_TEXT}]})] = ()
+    """Local source addresses to spread connections over (127.0.0.1-127.0.0.4, or a list), past one address's
+    ~28,000 ephemeral ports towards one port."""
     timeout: Duration = DEFAULT_TIMEOUT_S
+    """How long a reply may take; past it the message fails as read_timeout."""
     stages: Stages = ()
+    """A ramp of the connections held, as k6's stages, from connections."""
 
     needs: ClassVar[str] = "tcp for a TCP target"  # what a target lacking every kind's key needs
 

@@ -72,7 +72,7 @@ def shared_queue() -> bool:
 def node_merge() -> Any:
     """What a node does to a batch before it puts it (`nodes.merge_seconds`, where there is one), else nothing."""
     try:
-        from loadtest.core.histograms import ShippedMerger
+        from loadtest.core.carry import ShippedMerger
         from loadtest.execution.nodes import merge_seconds
     except ImportError:
         return None

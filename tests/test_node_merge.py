@@ -1,13 +1,14 @@
 """A cluster node merges the histograms of its workers' snapshots of one second before it forwards them
-(loadtest.execution.nodes.merge_seconds, loadtest.core.stats.carry_histograms): the run's numbers must be
+(loadtest.execution.nodes.merge_seconds, loadtest.core.carry): the run's numbers must be
 exactly those of the unmerged snapshots."""
 
 from __future__ import annotations
 
 import random
 
-from loadtest.core.histograms import ShippedMerger, counts_view, percentiles_ns
-from loadtest.core.stats import CARRIED, HISTOGRAMS, RunStats, Snapshot, TargetRecorder
+from loadtest.core.carry import CARRIED, ShippedMerger
+from loadtest.core.histograms import counts_view, percentiles_ns
+from loadtest.core.stats import HISTOGRAMS, RunStats, Snapshot, TargetRecorder
 from loadtest.execution.nodes import merge_seconds
 from loadtest.model.messages import Ready, SnapshotSent, Stopping
 

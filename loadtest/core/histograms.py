@@ -312,29 +312,7 @@ class HistogramMerger:
         part.fill(0)
 
 
-class ShippedMerger:
-    """Adds shipped histograms into one, shipped the same way: exact, the bucket counts are added (a cluster node
-    merges its workers' seconds with it). One counts array and one scratch array, reused."""
-
-    def __init__(self) -> None:
-        self._sum = LatencyHistogram()
-        self._merger = HistogramMerger()
-
-    def merge(self, encoded: Iterable[bytes]) -> bytes:
-        """The sum of `encoded` (each as `LatencyHistogram.encode` ships it), shipped the same way."""
-        total = self._sum
-        hist = total.histogram()  # empty: settled as nothing
-        for part in encoded:
-            if part:
-                self._merger.add((hist,), part)
-        if hist.total_count:
-            total.count, total.min, total.max = hist.total_count, hist.min_value, hist.max_value
-        shipped = total.encode()
-        total.clear()
-        return shipped
-
-
-
+@functools.lru_cache(maxsize=1)
 def _bucket_tables() -> tuple[Any, Any, Any]:
     """Every bucket's lowest value, highest value and midpoint (ns), as numpy arrays in index (= value) order.
 

@@ -25,7 +25,6 @@ from loadtest.core.histograms import (  # noqa: F401 - PERCENTILES and the reade
     SIGNIFICANT_DIGITS,
     HistogramMerger,
     LatencyHistogram,
-    ShippedMerger,
     add_histogram,
     counts_at_or_below,
     decode_histogram,
@@ -85,43 +84,6 @@ HISTOGRAMS = ("latency", "connect_latency", "lateness", "uncorrected")  # a snap
 # is a 270 KB counts array and seconds wait for the slowest worker, so with 20 targets a pending second costs
 # 5.4 MB this way instead of 22 (the whole run's totals keep all four).
 SECOND_HISTOGRAMS = ("latency",)
-
-
-# What a cluster node merges of its workers' snapshots of one second (`carry_histograms`). Lateness stays each
-# worker's own: the controller's verdicts judge each worker's arrivals by it.
-CARRIED = ("latency", "connect_latency", "uncorrected")
-
-
-def carry_histograms(snapshots: Sequence[Snapshot], merger: ShippedMerger) -> list[Snapshot]:
-    """The same snapshots, with each second's CARRIED histograms of a target merged into the first snapshot of that
-    second that has the target, and emptied in the others; counters, gauges and lateness unchanged.
-
-    Exact: `RunStats.add` adds a snapshot's histograms into its target's totals and into its second, whichever
-    worker's snapshot carries them, and sums are sums; the controller then decodes one histogram per target a
-    second for a node instead of one per worker.
-    """
-    out = list(snapshots)
-    by_seq: dict[int, list[int]] = {}
-    for k, snap in enumerate(out):
-        by_seq.setdefault(snap.seq, []).append(k)
-    for positions in by_seq.values():
-        if len(positions) < 2:
-            continue
-        carrier: dict[int, int] = {}  # target -> the position whose snapshot carries its histograms
-        parts: dict[tuple[int, str], list[bytes]] = {}
-        for k in positions:
-            for ts in out[k].targets:
-                carrier.setdefault(ts.target, k)
-                for name in CARRIED:
-                    if getattr(ts, name):
-                        parts.setdefault((ts.target, name), []).append(getattr(ts, name))
-        merged = {key: encoded[0] if len(encoded) == 1 else merger.merge(encoded) for key, encoded in parts.items()}
-        for k in positions:
-            out[k] = replace(out[k], targets=tuple(
-                replace(ts, **{name: merged.get((ts.target, name), b"") if carrier[ts.target] == k else b""
-                               for name in CARRIED})
-                for ts in out[k].targets))
-    return out
 
 
 def decode(snap: TargetSnapshot) -> dict[str, HdrHistogram]:

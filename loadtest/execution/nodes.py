@@ -30,8 +30,7 @@ from typing import Any
 
 from loadtest import __version__
 from loadtest.model.config import ConfigError
-from loadtest.core.histograms import ShippedMerger
-from loadtest.core.stats import carry_histograms
+from loadtest.core.carry import ShippedMerger, carry_histograms
 from loadtest.model.messages import WORKER_ENTRY, NodeSamples, SnapshotSent, WorkerEnded, WorkerPlan
 
 # Each worker sends a snapshot a second, all at about the same moment (they tick from one start instant): a batch
@@ -48,7 +47,7 @@ STOP_AFTER_S = 15.0  # after the stop signal, the longest a worker may take to f
 
 @dataclass(frozen=True)
 class NodeChannel:
-    """The Dask names one run's controller and nodes share: one Queue, a start and a stop Event."""
+    """The Dask names one run's controller and nodes share: the run's Queue, a start and a stop Event, a command Queue."""
 
     queue: str  # the run's queue, every node's: batches of (worker index, message), pickled
     start: str  # Event: the controller set the run's start instant (Variable `start_at`)
@@ -159,7 +158,7 @@ class _NodeSampler:
 
 def merge_seconds(batch: list[tuple[int, Any]], merger: ShippedMerger) -> list[tuple[int, Any]]:
     """`batch` with the histograms of its workers' snapshots of each second merged into one of them
-    (`stats.carry_histograms`: exact); every message still there, in order, with each worker's counters."""
+    (`core.carry`: exact); every message still there, in order, with each worker's counters."""
     at = [k for k, (_, message) in enumerate(batch) if isinstance(message, SnapshotSent)]
     if len(at) < 2:
         return batch

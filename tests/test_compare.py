@@ -21,12 +21,9 @@ from loadtest.outputs.compare import (
     OTHER_HISTOGRAM_TYPES,
     Comparison,
     compare_runs,
-    format_csv,
-    format_json,
-    format_table,
     parse_tolerance,
-    write_compare_html,
 )
+from loadtest.outputs.compare_views import format_csv, format_json, format_table, write_compare_html
 from loadtest.model.config import parse_config
 from loadtest.execution.controller import run
 from loadtest.outputs.run_folder import RunFolderError

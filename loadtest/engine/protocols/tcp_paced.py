@@ -58,7 +58,7 @@ import gevent
 from gevent.hub import get_hub
 
 from loadtest.model.config import TcpTarget
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.protocols import NO_DEADLINE_NS, Deadlines, RequestTimer
 from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
 from loadtest.engine.protocols.http_fast import connect_failure

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_validator
 
+from loadtest.model.config_model import ConfigModel
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
     SERVER_REF,
-    ConfigModel,
     Duration,
     FieldError,
     Flag,

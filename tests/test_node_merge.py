@@ -8,7 +8,8 @@ import random
 
 from loadtest.core.carry import CARRIED, ShippedMerger
 from loadtest.core.histograms import counts_view, percentiles_ns
-from loadtest.core.stats import HISTOGRAMS, RunStats, Snapshot, TargetRecorder
+from loadtest.core.recorder import TargetRecorder
+from loadtest.core.stats import HISTOGRAMS, RunStats, Snapshot
 from loadtest.execution.nodes import merge_seconds
 from loadtest.model.messages import Ready, SnapshotSent, Stopping
 

@@ -11,8 +11,8 @@ nodes, spread over --hosts processes, each node with a Dask client of its own. E
 the same instant on every node (as a run's workers tick from one start instant), each fake node
 puts on its queue what a node's task puts there: one pickled batch of its --workers workers'
 `SnapshotSent` (realistic snapshots: --targets targets, --values latencies each, built as
-benchmarks/merge_scale.py builds them; where the node merges a second's histograms,
-`nodes.merge_seconds`, the batch is merged so, before the run, its cost not counted). After --seconds seconds each node says its workers ended
+benchmarks/merge_scale.py builds them), made before the run by the node's own code where it has
+it (`nodes.NodeOutbox`, which also merges a second's histograms; its cost is printed apart). After --seconds seconds each node says its workers ended
 (`WorkerEnded`), as a node does.
 
 Printed per N, over the span from the start instant to the last snapshot merged (the load's
@@ -87,19 +87,40 @@ def queue_name(run: str, node: int, shared: bool) -> str:
 # -- the fake nodes (a process per --hosts) -----------------------------------------------------------
 
 
+class Blobs(list):
+    """What a node's outbox puts, kept to be put on the scheduler's queue later."""
+
+    def put(self, blob: bytes) -> None:
+        self.append(blob)
+
+
 def batches(first: int, last: int, args: argparse.Namespace) -> dict[int, list[bytes]]:
-    """Each node's pickled batches: one per second (its workers' snapshots), then its workers' ends."""
+    """Each node's pickled batches as its task makes them: one per second (its workers' snapshots), then its
+    workers' ends. Through the node's own outbox (`nodes.NodeOutbox`), where there is one."""
     rng = random.Random(first)
     distinct = [worker_snapshots(4, args.targets, args.values, seq, rng) for seq in range(2)]
+    try:
+        from loadtest.execution.nodes import NodeOutbox
+    except ImportError:
+        NodeOutbox = None  # noqa: N806 - before it, a node put each batch as a pickled list
     out: dict[int, list[bytes]] = {}
-    merge = node_merge() or (lambda batch: batch)
     for node in range(first, last):
         indexes = range(node * args.workers, (node + 1) * args.workers)
-        out[node] = [pickle.dumps(merge([(i, SnapshotSent(Snapshot(i, seq, float(seq), float(seq + 1),
-                                                                   distinct[min(seq, 1)][i % 4].targets)))
-                                         for i in indexes]), protocol=pickle.HIGHEST_PROTOCOL)
-                     for seq in range(args.seconds)]
-        out[node].append(pickle.dumps([(i, WorkerEnded(0)) for i in indexes], protocol=pickle.HIGHEST_PROTOCOL))
+        seconds = [[(i, SnapshotSent(Snapshot(i, seq, float(seq), float(seq + 1),
+                                              distinct[min(seq, 1)][i % 4].targets))) for i in indexes]
+                   for seq in range(args.seconds)]
+        ends = [(i, WorkerEnded(0)) for i in indexes]
+        if NodeOutbox is None:
+            out[node] = [pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL) for b in (*seconds, ends)]
+            continue
+        out[node] = Blobs()
+        outbox = NodeOutbox(out[node])
+        for batch in seconds:
+            for i, message in batch:
+                outbox.add(i, message, indexes)
+        for k, (i, message) in enumerate(ends):
+            outbox.add(i, message, indexes[k + 1:])
+        assert len(out[node]) == args.seconds + 1  # one put a second, one for the ends
     return out
 
 

@@ -1,17 +1,20 @@
 """A cluster node merges the histograms of its workers' snapshots of one second before it forwards them
 (loadtest.execution.nodes.merge_seconds, loadtest.core.carry): the run's numbers must be
-exactly those of the unmerged snapshots."""
+exactly those of the unmerged snapshots. And it sends a second's messages of all its workers as one
+batch (NodeOutbox)."""
 
 from __future__ import annotations
 
+import pickle
 import random
+import time
 
 from loadtest.core.carry import CARRIED, ShippedMerger
 from loadtest.core.histograms import counts_view, percentiles_ns
 from loadtest.core.recorder import TargetRecorder
 from loadtest.core.stats import HISTOGRAMS, RunStats, Snapshot
-from loadtest.execution.nodes import merge_seconds
-from loadtest.model.messages import Ready, SnapshotSent, Stopping
+from loadtest.execution.nodes import FORWARD_WINDOW_S, NodeOutbox, merge_seconds
+from loadtest.model.messages import NodeSamples, Ready, SnapshotSent, Stopping, WorkerEnded
 
 WORKERS, TARGETS = 16, 3
 
@@ -87,3 +90,44 @@ def test_merged_on_the_node_the_run_and_each_second_are_exactly_those_of_the_wor
             assert (counts_view(a) == counts_view(b)).all(), name
     assert plain.worker_requests == merged.worker_requests and plain.worker_seq == merged.worker_seq
     assert plain.worker_final == merged.worker_final
+
+
+class Puts:
+    """Where a NodeOutbox puts its batches (the run's Dask Queue in a run): each one unpickled, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, object]]] = []
+
+    def put(self, blob: bytes) -> None:
+        self.batches.append(pickle.loads(blob))
+
+
+def test_a_node_puts_a_batch_once_every_running_worker_is_in_it_or_when_its_window_closes() -> None:
+    puts = Puts()
+    outbox = NodeOutbox(puts)
+    rng = random.Random(3)
+    for w in (0, 1):
+        outbox.add(w, Ready(100 + w), running=[0, 1, 2])
+    assert puts.batches == [] and outbox.due() is not None
+    outbox.add(2, Ready(102), running=[0, 1, 2])
+    assert puts.batches == [[(w, Ready(100 + w)) for w in range(3)]] and outbox.due() is None
+    outbox.extend([(-1, NodeSamples(("row",)))])  # the node's own rows wait for the workers' next batch
+    for w in range(3):
+        outbox.add(w, SnapshotSent(second(w, 0, rng)), running=[0, 1, 2])
+    assert len(puts.batches) == 2  # a second of three workers: one put
+    second_batch = puts.batches[1]
+    assert [w for w, _ in second_batch] == [-1, 0, 1, 2]
+    assert sum(1 for _, m in second_batch[1:] for ts in m.snapshot.targets if ts.latency) == TARGETS  # merged: one each
+    # Worker 2 ends while 0 and 1 have not sent: the batch waits for them, or for its window.
+    outbox.add(2, WorkerEnded(0), running=[0, 1])
+    assert len(puts.batches) == 2
+    due = outbox.due()
+    assert due is not None and 0 < due - time.monotonic() <= FORWARD_WINDOW_S
+    outbox.forward()  # as run_node does once `due` has passed
+    assert puts.batches[2] == [(2, WorkerEnded(0))]
+    outbox.add(0, Stopping(0), running=[0, 1])
+    outbox.add(1, Stopping(1), running=[0, 1])
+    assert puts.batches[3] == [(0, Stopping(0)), (1, Stopping(1))]
+    outbox.add(1, WorkerEnded(0), running=[0])  # ... and the last one to end goes at once
+    outbox.add(0, WorkerEnded(0), running=[])
+    assert puts.batches[4] == [(1, WorkerEnded(0)), (0, WorkerEnded(0))] and len(puts.batches) == 5

@@ -26,7 +26,7 @@ import platform
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Iterable
 
 from loadtest import __version__
 from loadtest.model.config import ConfigError
@@ -47,7 +47,7 @@ STOP_AFTER_S = 15.0  # after the stop signal, the longest a worker may take to f
 
 @dataclass(frozen=True)
 class NodeChannel:
-    """The Dask names one run's controller and nodes share: the run's Queue, a start and a stop Event, a command Queue."""
+    """The Dask names a run's controller and nodes share: the run's Queue, start and stop Events, a command Queue."""
 
     queue: str  # the run's queue, every node's: batches of (worker index, message), pickled
     start: str  # Event: the controller set the run's start instant (Variable `start_at`)
@@ -168,6 +168,49 @@ def merge_seconds(batch: list[tuple[int, Any]], merger: ShippedMerger) -> list[t
     return out
 
 
+class NodeOutbox:
+    """What a node sends the controller: its workers' messages in batches, each one put on the run's Queue.
+
+    A batch goes when every worker still running has a message in it (their snapshots of a second, which
+    they all send at the same instant, or their readies, stops, ends), or FORWARD_WINDOW_S after its
+    first message if one is late (`due`), its second's histograms merged into one (`merge_seconds`).
+    """
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue  # anything with put(bytes): the run's Dask Queue
+        self._batch: list[tuple[int, Any]] = []
+        self._heard: set[int] = set()  # the workers with a message in the batch
+        self._merger = ShippedMerger()
+        self.pending_since: float | None = None  # when the oldest message of the batch came (monotonic)
+
+    def add(self, index: int, message: Any, running: Iterable[int]) -> None:
+        """Worker `index`'s message; the batch goes if every one of `running` (the workers still running)
+        has a message in it."""
+        self._batch.append((index, message))
+        self._heard.add(index)
+        self.pending_since = self.pending_since or time.monotonic()
+        if all(i in self._heard for i in running):
+            self.forward()
+
+    def extend(self, rows: list[tuple[int, Any]]) -> None:
+        """The node's own rows (resources.csv), with the next batch."""
+        if rows:
+            self._batch.extend(rows)
+            self.pending_since = self.pending_since or time.monotonic()
+
+    def due(self) -> float | None:
+        """When the batch must go at the latest (monotonic), or None if there is none."""
+        return None if self.pending_since is None else self.pending_since + FORWARD_WINDOW_S
+
+    def forward(self) -> None:
+        """Put the batch on the queue now."""
+        if self._batch:
+            self._queue.put(pickle.dumps(merge_seconds(self._batch, self._merger), protocol=pickle.HIGHEST_PROTOCOL))
+            self._batch = []
+        self._heard.clear()
+        self.pending_since = None
+
+
 def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
     """On the scheduler: is this client still connected? (A controller killed outright is not.)"""
     return client_id in dask_scheduler.clients
@@ -176,17 +219,15 @@ def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
 def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
-    Messages go to the controller in the order they came, in batches: a batch goes when every worker
-    still running has a message in it (a second's snapshots), or at most FORWARD_WINDOW_S after its
-    first message. Each is an (index, message) pair as the worker sent it, but for the histograms of a
-    second's snapshots, merged into one of them (`merge_seconds`); WorkerEnded says a worker's process
-    is gone. Returns how the node's workers ended.
+    Messages go to the controller in the order they came, in batches (`NodeOutbox`), each an (index,
+    message) pair as the worker sent it, but for the histograms of a second's snapshots, merged into
+    one of them; WorkerEnded says a worker's process is gone. Returns how the node's workers ended.
     """
     from distributed import Event, Queue, Variable, get_client
 
     from loadtest.execution.children import ChildGroup
 
-    queue = Queue(task.channel.queue)
+    outbox = NodeOutbox(Queue(task.channel.queue))
     control = Queue(task.channel.control) if task.channel.control else None
     client = get_client()
     start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
@@ -194,35 +235,14 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     start, stop = ctx.Event(), ctx.Event()
     group = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in task.plans], "loadtest-worker")
     index_of = {child: plan.index for child, plan in zip(group.children, task.plans)}
-    batch: list[tuple[int, Any]] = []
-    pending_since: float | None = None  # when the oldest message of `batch` came
-    heard: set[int] = set()  # the workers with a message in `batch`
-    merger = ShippedMerger()
-
-    def forward() -> None:
-        nonlocal batch, pending_since
-        if batch:
-            queue.put(pickle.dumps(merge_seconds(batch, merger), protocol=pickle.HIGHEST_PROTOCOL))
-            batch = []
-        pending_since = None
-        heard.clear()
-
-    def complete() -> bool:
-        """Every worker still running has a message in `batch`: a second's snapshots (or readies, stops) are in."""
-        return all(index_of[c] in heard for c in sentinels.values())
 
     def receive(child: Any) -> bool:
-        """One message of `child` into the batch; False if its pipe is closed."""
-        nonlocal pending_since
+        """One message of `child` into the outbox; False if its pipe is closed."""
         try:
             message = child.conn.recv()
         except (EOFError, OSError):
             return False
-        batch.append((index_of[child], message))
-        pending_since = pending_since or time.monotonic()
-        heard.add(index_of[child])
-        if complete():
-            forward()
+        outbox.add(index_of[child], message, (index_of[c] for c in sentinels.values()))
         return True
 
     sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None
@@ -235,8 +255,8 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     try:
         while sentinels:
             timeout = NODE_POLL_S  # shorter when a batch is due, or the start instant is near: met on time
-            if pending_since is not None:
-                timeout = min(timeout, pending_since + FORWARD_WINDOW_S - time.monotonic())
+            if (batch_due := outbox.due()) is not None:
+                timeout = min(timeout, batch_due - time.monotonic())
             if due is not None and not start.is_set():
                 timeout = min(timeout, due - time.time())
             for handle in wait([*open_pipes, *sentinels], timeout=max(0.0, timeout)):
@@ -251,12 +271,9 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                     open_pipes.pop(child.conn, None)
                     child.join(1.0)
                     exits[index_of[child]] = child.exitcode
-                    batch.append((index_of[child], WorkerEnded(child.exitcode)))
-                    pending_since = pending_since or time.monotonic()
-                    if complete():  # the last one, or the others are in: else with the next, within the window
-                        forward()
-            if pending_since is not None and time.monotonic() - pending_since >= FORWARD_WINDOW_S:
-                forward()
+                    outbox.add(index_of[child], WorkerEnded(child.exitcode), (index_of[c] for c in sentinels.values()))
+            if (batch_due := outbox.due()) is not None and time.monotonic() >= batch_due:
+                outbox.forward()
             poll = time.monotonic() - polled >= NODE_POLL_S  # the scheduler is asked at most this often
             if poll:
                 polled = time.monotonic()
@@ -274,9 +291,8 @@ def run_node(task: NodeTask) -> dict[str, Any]:
                 start.set()
                 if sampler is not None:
                     sampler.start()
-            if sampler is not None and (rows := sampler.take()):
-                batch.extend(rows)
-                pending_since = pending_since or time.monotonic()
+            if sampler is not None:
+                outbox.extend(sampler.take())
             gone = False
             if task.controller and time.monotonic() - checked >= CONTROLLER_CHECK_S:
                 checked = time.monotonic()  # Dask knows whether the controller is there: no heartbeat of our own
@@ -290,7 +306,7 @@ def run_node(task: NodeTask) -> dict[str, Any]:
         stop.set()
         if sampler is not None:
             sampler.stop()
-            batch.extend(sampler.take())
+            outbox.extend(sampler.take())
         group.stop(NODE_JOIN_S)  # what is still running: lifelines closed, then killed
-        forward()
+        outbox.forward()
     return {"name": task.name, "exits": exits}

@@ -12,18 +12,19 @@ the same instant on every node (as a run's workers tick from one start instant),
 puts on its queue what a node's task puts there: one pickled batch of its --workers workers'
 `SnapshotSent` (realistic snapshots: --targets targets, --values latencies each, built as
 benchmarks/merge_scale.py builds them), made before the run by the node's own code where it has
-it (`nodes.NodeOutbox`, which also merges a second's histograms; its cost is printed apart). After --seconds seconds each node says its workers ended
-(`WorkerEnded`), as a node does.
+it (`nodes.NodeOutbox`, which also merges a second's histograms; its cost is printed apart).
+After --seconds seconds each node says its workers ended (`WorkerEnded`), as a node does.
 
 Printed per N, over the span from the start instant to the last snapshot merged (the load's
 seconds, if everything kept up): the controller process's CPU (relay thread, Dask client thread and
 collection loop together) and of that the collection loop alone (recv and merge); the scheduler
 process's CPU; the fake nodes' CPU (spent on the nodes in a real cluster; here on the same cores,
 so on a busy machine they can stretch the span); the queue reads and puts per second; and whether
-every snapshot arrived and was merged exactly once (requests counted against what the nodes
-sent). The fake nodes are not Dask
-workers: the relay's liveness check asks the scheduler as the controller does
-(`scheduler_info`), without the per-worker entries a real cluster's answer carries.
+every snapshot arrived and was merged exactly once (requests and latencies counted against what
+the nodes sent). The fake nodes are not Dask workers: the relay's liveness check asks the
+scheduler as the controller does (`scheduler_info`), without the per-worker entries a real
+cluster's answer carries. The same script measures the code before this change (a queue per
+node, polled; each worker's own histograms): it finds which the relay and the nodes have.
 Everything is on loopback and ends by itself: at most --seconds + 60 s per node count.
 """
 

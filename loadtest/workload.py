@@ -258,6 +258,10 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
         # instead of landing together
         first = schedule.next_due(start_ns, k / workers if load.arrival == "constant" else None)
+        drive_arrivals = kind_of(target).arrival_driver(target, make)
+        if drive_arrivals is not None:  # one greenlet runs all this worker's arrivals of the target
+            pool.spawn(drive_arrivals, pool, share, schedule, first)
+            return level
         waiting = Unsent(recorder)
         unsent.append(waiting)
         pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gevent.pool import Pool
 
     from ..protocols import Deadlines, Session
+    from ..schedule import ArrivalSchedule
     from ..stats import RunStats, TargetRecorder, TargetTotals
     from ..messages import WorkerPlan
     from ..workload import Budget, Level
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 # A driver runs all of one worker's users of a target from one greenlet (with hub callbacks): given the
 # worker's pool, its share of the users and its staged level (None: not staged), it returns when the load ends.
 Driver = Callable[["Pool", int, "Level | None"], None]
+# An arrival driver runs all of one worker's arrivals of an open-model target the same way: given the pool, its
+# share of the requests in flight at most, the arrival schedule and the first arrival's time (perf_counter_ns),
+# it returns when the schedule (and the run's duration) is over and nothing is in flight.
+ArrivalDriver = Callable[["Pool", int, "ArrivalSchedule", int], None]
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,11 @@ class TargetKind:
     def driver(self, target: Any, make: Callable[[], Session]) -> Driver | None:
         """In a worker: the driver that runs all the worker's users of the target at once, given the session
         factory `session_factory` made; None (the default): a greenlet per virtual user."""
+        return None
+
+    def arrival_driver(self, target: Any, make: Callable[[], Session]) -> ArrivalDriver | None:
+        """In a worker: the driver that runs all the worker's arrivals of an open-model target at once, given the
+        session factory `session_factory` made; None (the default): a greenlet per request in flight."""
         return None
 
     def row_targets(self, target: Any) -> tuple[Any, ...]:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ..stats import RunStats, TargetRecorder, TargetTotals
     from ..messages import WorkerPlan
     from ..workload import Budget
+    from .base import ArrivalDriver, Driver
 
 DEFAULT_METHOD = "GET"
 DEFAULT_ENGINE = "fast"
@@ -333,11 +334,21 @@ class HttpClosed(TargetKind):
             shared_urls = cycle(target_urls)
             return lambda: RequestsSession(target, target_urls, recorder, shared_urls, deadlines)
         from ..protocols.http_fast import HttpSession, build_endpoints, tls_context
+        from ..protocols.http_hub import HttpHub, hub_eligible
 
         endpoints = build_endpoints(target, target_urls)
+        if hub_eligible(target, endpoints):  # one driver on hub callbacks for the worker's users (see `driver`)
+            return HttpHub(target, endpoints, recorder, budget, deadlines)
         shared_endpoints = cycle(endpoints)  # every user visits the next URL, as a crawler does
         tls = tls_context(target) if any(ep.origin[0] == "https" for ep in endpoints) else None
         return lambda: HttpSession(target, endpoints, recorder, shared_endpoints, tls, deadlines)
+
+    def driver(self, target: HttpTarget, make: Callable[[], Session]) -> Driver | None:
+        """Plain http:// targets of one origin on the fast engine without think time run on hub callbacks
+        (`HttpHub`); HTTPS, several origins, think time and the requests engine keep a greenlet per user."""
+        from ..protocols.http_hub import HttpHub
+
+        return make.drive if isinstance(make, HttpHub) else None
 
 
 class HttpOpen(HttpClosed):
@@ -358,6 +369,14 @@ class HttpOpen(HttpClosed):
         return (f"{target.name} has max_concurrency {target.max_concurrency}, fewer than the {workers} workers "
                 f"that share it (each needs at least one request in flight); use --workers {target.max_concurrency} "
                 f"or a larger max_concurrency")
+
+    def driver(self, target: HttpTarget, make: Callable[[], Session]) -> Driver | None:
+        return None  # arrivals, not users: see arrival_driver
+
+    def arrival_driver(self, target: HttpTarget, make: Callable[[], Session]) -> ArrivalDriver | None:
+        from ..protocols.http_hub import HttpHub
+
+        return make.arrive if isinstance(make, HttpHub) else None
 
     def extra_rows(self, target: HttpTarget, totals: TargetTotals) -> list[ExtraRow]:
         return open_model_rows(totals)

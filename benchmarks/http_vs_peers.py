@@ -40,10 +40,11 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin
 WRK = shutil.which("wrk")
 NGINX_CONF = """
 worker_processes 1;
+worker_rlimit_nofile 65536;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 65536; }}
 http {{
   access_log off;
   keepalive_requests 100000000;

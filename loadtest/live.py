@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import RunConfig
 from .reports import LOCUST_NO_LATENCY, run_outcome, stats_rows
-from .run_files import AGGREGATED, NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
+from .run_files import AGGREGATED, NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER, open_model_lateness
 from .stats import aggregate, percentiles_ns
 from .verdicts import NO_CONDITION_FOUND, WORKER_SATURATED_PERCENT
 
@@ -138,6 +138,12 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(line(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "\n")
     if any(r["Type"] in OPEN_MODEL_TYPES for r in rows):
         out.write(f"{OPEN_MODEL_MEANING}\n")
+        for t in result.stats.totals:
+            if t.lateness.get_total_count():
+                late50, late99 = (v / 1e6 for v in percentiles_ns(t.lateness, (50, 99)))
+                corrected = percentiles_ns(t.latency, (50,))[0] / 1e6 if t.latency.get_total_count() else None
+                uncorrected = percentiles_ns(t.uncorrected, (50,))[0] / 1e6 if t.uncorrected.get_total_count() else None
+                out.write(f"  {open_model_lateness(t.name, late50, late99, corrected, uncorrected)}\n")
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
             out.write(f"  {t.name}: {count} {kind}\n")

@@ -388,7 +388,7 @@ class HttpOpen(HttpClosed):
 def open_model_rows(totals: TargetTotals) -> list[ExtraRow]:
     """An open-model target's other rows (HTTP arrivals and flow passes alike). LATENESS: how late arrivals
     started (Failure Count: the dropped ones); UNCORRECTED: latency from the actual start rather than the
-    scheduled one (lower than the corrected row only when arrivals start late, at max_concurrency)."""
+    scheduled one (lower than the corrected row by how late each request was sent: see OPEN_MODEL_MEANING)."""
     from ..run_files import LATENESS_TYPE, UNCORRECTED_TYPE
 
     started = totals.lateness.get_total_count()

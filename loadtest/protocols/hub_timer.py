@@ -116,12 +116,14 @@ class HubTimer:
             self._timer = None
 
     def _fired(self) -> None:
-        try:
-            os.read(self._fd, 8)  # the expiry count: read, or the descriptor stays readable
-        except BlockingIOError:
-            return  # re-armed since it expired: not due yet
+        if perf_counter_ns() < self.armed_ns - 2 * ARM_EARLY_NS:
+            return  # re-armed for later since it expired (the poll had already seen it): not due yet
         self.armed_ns = _FAR_NS
         self._callback()
+        if self.armed_ns == _FAR_NS:
+            # Not armed again: disarming clears the expiry, else the descriptor stays readable. (Arming again
+            # clears it too, which saves reading the expiry count on every firing: a system call.)
+            self.disarm()
 
     def _fired_libev(self) -> None:
         self.armed_ns = _FAR_NS

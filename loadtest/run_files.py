@@ -67,8 +67,9 @@ OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the termi
     f"{LATENESS_TYPE}: how late each request was sent against its schedule (Failures: arrivals dropped, not "
     f"started within 1 s). {UNCORRECTED_TYPE}: latency from the actual send instead of the scheduled start. "
     f"The corrected latency is the uncorrected one plus that lateness (and a new connection's set-up): "
-    f"tens of microseconds when the generator keeps up, more when a worker is short of CPU (saturated, or a busy machine), and up to "
-    f"the 1 s limit when max_concurrency requests are already in flight and arrivals wait for one to end.")
+    f"tens of microseconds when the generator keeps up, more when a worker is short of CPU (saturated, or "
+    f"on a busy machine), and up to the 1 s limit when max_concurrency requests are already in flight and "
+    f"arrivals wait for one to end.")
 
 
 def open_model_lateness(name: str, p50_ms: float, p99_ms: float, corrected_p50_ms: float | None,

@@ -29,6 +29,7 @@ from .limits import raise_nofile_limit
 from .messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit,
                        WorkerPlan)
 from .protocols import Deadlines, Session
+from .protocols.hub_timer import ARM_EARLY_NS, HubTimer, spin_until
 from .schedule import ArrivalSchedule, Stage, level_at, stages_duration, worker_share, zero_until
 from .stats import Snapshot, TargetRecorder
 
@@ -191,11 +192,17 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
 
     due = first_ns
     spent = False
+    # Waits for the next arrival on a timerfd, not a loop timer: those round to the millisecond, and every
+    # send would leave up to ~1 ms late (see `HubTimer`).
+    timer = HubTimer(hub.loop, getcurrent().switch)
     try:
         while not budget.stopping and due < until_ns:
             now = time.perf_counter_ns()
             if due > now:
-                gevent.sleep((due - now) / 1e9)
+                timer.arm(due)
+                hub.switch()  # the timer switches back
+                if due - time.perf_counter_ns() <= 2 * ARM_EARLY_NS:  # it fires a wake-up's length early
+                    spin_until(due)
                 continue
             late = now - due
             if late > max_late_ns:
@@ -224,6 +231,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             gevent.sleep(min(LEVEL_POLL_S, (until_ns - now) / 1e9))
             now = time.perf_counter_ns()
     finally:
+        timer.close()
         ended[0] = True
         while waiting:  # parked runners end now, so the pool can finish
             hub.loop.run_callback(waiting.pop().switch, None)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtest.resources import CONTROLLER_ROLE
+from loadtest.execution.resources import CONTROLLER_ROLE
 
 LIMIT_MIB = 40.0  # the most the controller may grow over a run
 MIB = 1024 * 1024

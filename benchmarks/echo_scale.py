@@ -98,8 +98,8 @@ def scale_run(duration: str, out: Path, workers: int | None) -> bool:
     """Run configs/echo.yaml for `duration`; print what was held; True if it held every connection, failure-free."""
     from dataclasses import replace
 
-    from loadtest.config import load_config, parse_duration
-    from loadtest.controller import run
+    from loadtest.model.config import load_config, parse_duration
+    from loadtest.execution.controller import run
 
     config = load_config(SCALE_CONFIG)
     config = replace(config, duration=parse_duration(duration, "--duration"))
@@ -183,9 +183,9 @@ def throughput_run(seconds: float, out: Path, name: str = "throughput", connecti
     the steady seconds (None if the run was too short for them)."""
     import psutil
 
-    from loadtest.config import ServerSpec, parse_config
-    from loadtest.controller import run
-    from loadtest.servers import ServerGroup
+    from loadtest.model.config import ServerSpec, parse_config
+    from loadtest.execution.controller import run
+    from loadtest.execution.servers import ServerGroup
 
     pace = f"at {rate:,.0f} messages/s in all" if rate else "back to back"
     print(f"({name}) {connections:,} connections, {size} B messages {pace}, 1 worker, 1 echo process, {seconds:g} s")

@@ -37,15 +37,15 @@ import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
 from http_vs_peers import Target  # noqa: E402
-from loadtest.config import HttpTarget  # noqa: E402
-from loadtest.protocols import Deadlines  # noqa: E402
-from loadtest.protocols.http_fast import HttpSession, build_endpoints  # noqa: E402
-from loadtest.protocols.http_hub import HttpHub  # noqa: E402
-from loadtest.stats import TargetRecorder  # noqa: E402
-from loadtest.workload import Budget, virtual_user  # noqa: E402
+from loadtest.model.config import HttpTarget  # noqa: E402
+from loadtest.engine.protocols import Deadlines  # noqa: E402
+from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints  # noqa: E402
+from loadtest.engine.protocols.http_hub import HttpHub  # noqa: E402
+from loadtest.core.stats import TargetRecorder  # noqa: E402
+from loadtest.engine.workload import Budget, virtual_user  # noqa: E402
 
 def http_target(url: str) -> HttpTarget:
-    from loadtest.config import parse_config
+    from loadtest.model.config import parse_config
 
     cfg = parse_config({"duration": "1s", "workers": 1, "targets": [{"name": "home", "url": url, "concurrency": 1}]})
     return cfg.targets[0]  # type: ignore[return-value]
@@ -101,8 +101,8 @@ def parts(url: str, n: int = 200_000) -> list[tuple[str, float]]:
     from gevent import getcurrent
     from gevent.hub import get_hub
 
-    from loadtest.protocols import RequestTimer
-    from loadtest.protocols.http_fast import BodyCounter
+    from loadtest.engine.protocols import RequestTimer
+    from loadtest.engine.protocols.http_fast import BodyCounter
 
     host, port = url.split("/")[2].split(":")
     with socket.create_connection((host, int(port))) as s:

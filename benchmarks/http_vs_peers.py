@@ -123,8 +123,8 @@ class Target:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.name = "nginx (1 worker process)"
         else:
-            from loadtest.config import ServerSpec
-            from loadtest.servers import ServerGroup
+            from loadtest.model.config import ServerSpec
+            from loadtest.execution.servers import ServerGroup
 
             self.group = ServerGroup.start(ServerSpec("bench", "http", "127.0.0.1", self.port, 1))
             self.name = "loadtest serve http (1 process)"

@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.config import parse_config  # noqa: E402
-from loadtest.kinds import kind_of  # noqa: E402
-from loadtest.monitor import RunMonitor  # noqa: E402
-from loadtest.reports import HistoryWriter  # noqa: E402
-from loadtest.stats import RunStats, Snapshot, TargetRecorder, TargetSnapshot  # noqa: E402
+from loadtest.model.config import parse_config  # noqa: E402
+from loadtest.model.kinds import kind_of  # noqa: E402
+from loadtest.execution.monitor import RunMonitor  # noqa: E402
+from loadtest.outputs.reports import HistoryWriter  # noqa: E402
+from loadtest.core.stats import RunStats, Snapshot, TargetRecorder, TargetSnapshot  # noqa: E402
 
 HALF_CORE = 0.5
 

@@ -27,7 +27,7 @@ import time
 
 import psutil
 
-from loadtest.resources import (
+from loadtest.execution.resources import (
     CONTROLLER_ROLE,
     DEFAULT_CONNECTIONS_BUDGET,
     DEFAULT_SAMPLE_INTERVAL_S,

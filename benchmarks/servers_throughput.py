@@ -31,8 +31,8 @@ from typing import Any
 
 import psutil
 
-from loadtest.config import ServerSpec
-from loadtest.servers import ServerGroup
+from loadtest.model.config import ServerSpec
+from loadtest.execution.servers import ServerGroup
 
 MESSAGE_SIZE = 1024
 ECHO_CONNECTIONS = 100

@@ -13,8 +13,9 @@ __all__ = ["ConfigError", "RunConfig", "RunError", "RunResult", "load_config", "
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ConfigError": "config", "RunConfig": "config", "load_config": "config", "parse_config": "config",
-    "RunError": "controller", "RunResult": "controller", "run": "controller",
+    "ConfigError": "model.config", "RunConfig": "model.config", "load_config": "model.config",
+    "parse_config": "model.config", "RunError": "execution.controller", "RunResult": "execution.controller",
+    "run": "execution.controller",
 }
 
 

@@ -1,5 +1,5 @@
-"""`python -m loadtest`: the command line, with Ctrl-C handled from the first moment (`loadtest.console`)."""
+"""`python -m loadtest`: the command line, with Ctrl-C handled from the first moment (`loadtest.cli.console`)."""
 
-from .console import main
+from loadtest.cli.console import main
 
 main()

@@ -10,8 +10,8 @@ import signal
 import time
 from pathlib import Path
 
-from loadtest.children import ParentLink
-from loadtest.messages import Failed, Ready
+from loadtest.model.link import ParentLink
+from loadtest.model.messages import Failed, Ready
 
 BOUND_S = 30.0  # no child here outlives a test by more than this, whatever happens
 

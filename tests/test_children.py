@@ -1,4 +1,4 @@
-"""loadtest.children, the one owner of child processes, with real children (entries in children_entries.py).
+"""loadtest.execution.children, the one owner of child processes, with real children (entries in children_entries.py).
 
 What it must do: start a child patched, get its Ready, name a child that failed, died or hung before
 it was ready, kill a child that ignores its stop, stop a child when asked and when the parent dies,
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadtest.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
+from loadtest.execution.children import ChildExited, ChildFailed, ChildGroup, ReadyTimeout
 
 ENTRIES = "tests.children_entries"
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def test_a_child_whose_parent_dies_stops_by_itself(tmp_path: Path) -> None:
     marker = tmp_path / "gone"
     parent = textwrap.dedent(f"""
         import sys, time
-        from loadtest.children import ChildGroup
+        from loadtest.execution.children import ChildGroup
         group = ChildGroup.start("{ENTRIES}:ready_then_polls", [({str(marker)!r},)], "orphan")
         group.ready(timeout=20)
         print(group.children[0].pid, "gevent" in sys.modules, flush=True)

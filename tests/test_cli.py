@@ -17,9 +17,9 @@ import requests
 from typer.testing import CliRunner
 
 import loadtest
-from loadtest.cli import app
-from loadtest.config import parse_config
-from loadtest.controller import run
+from loadtest.cli.app import app
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
 
 from .test_run import site_config
 
@@ -237,6 +237,29 @@ def test_a_config_without_run_says_what_was_meant(tmp_path: Path) -> None:
     assert typo.returncode == 2 and "Did you mean 'run'?" in typo.stderr
 
 
+def test_usage_errors_are_one_line_like_every_other_error(tmp_path: Path) -> None:
+    for args, said in (
+            (["run", "x.yaml", "--bogus"],
+             "loadtest: No such option: --bogus (Possible options: --body, --out); see `loadtest run -h`\n"),
+            (["run"], "loadtest: Missing argument 'CONFIG'; see `loadtest run -h`\n"),
+            (["serve", "http", "--nope"], "loadtest: No such option: --nope; see `loadtest serve http -h`\n")):
+        done = cli(*args, cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == "", args
+        assert done.stderr == said  # one line, not click's five-line box
+    bare = cli(cwd=tmp_path)  # `loadtest` alone still shows its help
+    assert bare.returncode == 2 and "Usage: loadtest [OPTIONS] COMMAND" in bare.stdout + bare.stderr
+
+
+def test_a_url_without_its_scheme_is_named_as_one(tmp_path: Path) -> None:
+    for args in (["127.0.0.1:8080"], ["127.0.0.1:8080/x", "-c", "5"], ["localhost:9"], ["[::1]:80/"]):
+        done = cli("run", *args, cwd=tmp_path)
+        assert done.returncode == 2, args
+        assert done.stderr == f"loadtest: {args[0]}: looks like a URL without http:// (loadtest run " \
+                              f"http://{args[0]})\n", done.stderr
+    missing = cli("run", "sites.yaml", cwd=tmp_path)  # a file's name is still a missing file
+    assert missing.stderr == "loadtest: sites.yaml: no such file\n"
+
+
 def test_json_prints_summary_json_and_nothing_else_on_stdout(tmp_path: Path) -> None:
     server = subprocess.Popen([sys.executable, "-m", "loadtest", "serve", "http", "--listen", "127.0.0.1:0",
                                "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -260,8 +283,8 @@ def test_json_prints_summary_json_and_nothing_else_on_stdout(tmp_path: Path) -> 
 
 
 def test_progress_thresholds_and_verdicts_read_as_sentences() -> None:
-    from loadtest.thresholds import Outcome, ThresholdError, parse_threshold
-    from loadtest.verdicts import Verdicts
+    from loadtest.core.thresholds import Outcome, ThresholdError, parse_threshold
+    from loadtest.core.verdicts import Verdicts
 
     def outcome(text: str, value: float) -> str:
         return Outcome(parse_threshold(text, ["home"]), True, value).measured_text

@@ -1,4 +1,4 @@
-"""Cluster runs through Dask distributed (loadtest.cluster, loadtest.nodes), with real nodes.
+"""Cluster runs through Dask distributed (loadtest.execution.cluster, loadtest.execution.nodes), with real nodes.
 
 `--cluster local:2` starts a LocalCluster of two single-threaded Dask worker processes (two nodes)
 on loopback, each running one load worker; the refusals use a real `dask scheduler` and real

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.compare import (
+from loadtest.outputs.compare import (
     METRICS,
     NOISE_K,
     OTHER_HISTOGRAM_TYPES,
@@ -27,9 +27,9 @@ from loadtest.compare import (
     parse_tolerance,
     write_compare_html,
 )
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.run_folder import RunFolderError
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.outputs.run_folder import RunFolderError
 
 REQUESTS = 300
 
@@ -194,9 +194,9 @@ def test_the_noise_band_comes_from_the_per_second_figures(timed: dict[str, Path]
     # history.csv itself. Against a 100 ms server every second's p50 may fall in one histogram bucket: 0 then.
     def p50s(run: Path) -> list[float]:
         with open(run / "history.csv", newline="") as f:
-            return [float(r["50%"]) for r in csv.DictReader(f)
+            return [float(r["50% ms"]) for r in csv.DictReader(f)
                     if r["Name"] == "page" and r.get("Type") not in OTHER_HISTOGRAM_TYPES
-                    and float(r["Interval Requests"] or 0) > 0 and r["50%"] not in ("", "N/A")]
+                    and float(r["Interval Requests"] or 0) > 0 and r["50% ms"] not in ("", "N/A")]
     a, b = p50s(timed["a"]), p50s(timed["a2"])
     assert len(a) >= 2 and len(b) >= 2
     expected = NOISE_K * math.sqrt(statistics.variance(a) + statistics.variance(b))

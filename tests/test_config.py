@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtest.config import (
+from loadtest.model.config import (
     ConfigError,
     HttpTarget,
     TcpTarget,
@@ -21,8 +21,8 @@ from loadtest.config import (
     parse_duration,
     resolve,
 )
-from loadtest.kinds import FlowTarget
-from loadtest.limits import check_limits
+from loadtest.model.kinds import FlowTarget
+from loadtest.execution.limits import check_limits
 
 GOOD = {
     "name": "shop",
@@ -181,7 +181,7 @@ def test_bad_configs_name_the_field(data: object, message: str) -> None:
 def test_files_that_are_not_configs_are_refused_without_reading_them(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)  # a plain open would wait for a writer forever; nobody writes, so it reads as empty
-    with pytest.raises(ConfigError, match="config: must be a mapping of fields, got nothing"):
+    with pytest.raises(ConfigError, match="fifo.yaml: is a named pipe, not a regular file, and nothing was written"):
         load_config(fifo)
     with pytest.raises(ConfigError, match="is not a regular file or a pipe"):
         load_config("/dev/zero")  # reading it would never end
@@ -198,7 +198,7 @@ def test_files_that_are_not_configs_are_refused_without_reading_them(tmp_path: P
 def test_a_config_from_a_pipe_and_with_yaml_merge_keys(tmp_path: Path) -> None:
     text = ("duration: 1s\n"
             "targets: [&base {name: a, url: 'http://127.0.0.1:1/', concurrency: 2}, {<<: *base, name: b}]\n")
-    done = subprocess.run([sys.executable, "-c", "import sys; from loadtest.config import load_config; "
+    done = subprocess.run([sys.executable, "-c", "import sys; from loadtest.model.config import load_config; "
                            "c = load_config('/dev/stdin'); print([(t.name, t.concurrency) for t in c.targets])"],
                           input=text, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[('a', 2), ('b', 2)]", done.stderr
@@ -245,7 +245,7 @@ def test_the_shipped_configs_load() -> None:
 
 def test_every_config_in_the_readme_is_valid_and_fits_this_machine() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    blocks = re.findall(r"^```yaml[^\n]*\n(.*?)^```", readme, re.S | re.M)
     assert blocks
     for block in blocks:
         config = parse_config(yaml.safe_load(block))
@@ -335,6 +335,18 @@ CLI_BAD = [
      [], "targets[0].think: a duration needs a unit (100ms, 2s, 5m, 1h), got 100"),
     ("no load given", "duration: 1s\ntargets: [{url: 'http://127.0.0.1:1/'}]\n", [],
      "targets[0]: needs concurrency (virtual users, closed model) or rate (arrivals per second, open model)"),
+    # inputs that once started a run
+    ("full-width digit in a duration", "duration: '\uff11s'\n" + TARGET, [],
+     "duration: must be a duration such as 10s, 2m or 1h, got '\uff11s'"),
+    ("full-width digits in --duration", "duration: 1s\n" + TARGET, ["--duration", "\uff11\uff10s"],
+     "--duration: must be a duration such as 10s, 2m or 1h"),
+    ("error_rate past 100%", "duration: 1s\nthresholds: ['error_rate < 200%']\n" + TARGET, [],
+     "thresholds[0]: error_rate is at most 100%, so this threshold could never fail, got 'error_rate < 200%'"),
+    ("right-to-left override in a target name",
+     "duration: 1s\ntargets: [{name: \"evil\u202egnp.exe\", url: 'http://127.0.0.1:1/', concurrency: 1}]\n", [],
+     "targets[0].name: must not contain U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+    ("sample interval below the floor", "duration: 1s\n" + TARGET, ["--sample-interval", "1ms"],
+     "--sample-interval: must be at least 100ms (each sample reads every process of the run), got '1ms'"),
 ]
 
 

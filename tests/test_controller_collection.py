@@ -1,4 +1,4 @@
-"""controller._Collection, the run's main loop, driven directly by real child processes, started by
+"""collection.Collection, the run's main loop, driven directly by real child processes, started by
 `children.ChildGroup` as workers are, that speak the worker's messages (SnapshotSent, Stopping, Done)
 without loading anything.
 
@@ -15,16 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest.children import ChildGroup, ParentLink
-from loadtest.config import parse_config
-from loadtest.controller import _Collection, _Interrupts, _ServerWatch
-from loadtest.kinds import kind_of
-from loadtest.messages import Done, SnapshotSent, Stopping, WorkerExit
-from loadtest.monitor import RunMonitor
-from loadtest.reports import HistoryWriter
-from loadtest.run_files import AGGREGATED, HISTORY_NAME
-from loadtest.run_result import WorkerState
-from loadtest.stats import RunStats, Snapshot, TargetRecorder
+from loadtest.execution.children import ChildGroup
+from loadtest.model.link import ParentLink
+from loadtest.model.config import parse_config
+from loadtest.execution.control import Inbox, Steering
+from loadtest.execution.collection import Collection, ServerWatch
+from loadtest.execution.interrupts import Interrupts
+from loadtest.outputs.base import Outputs
+from loadtest.model.kinds import kind_of
+from loadtest.model.messages import Done, SnapshotSent, Stopping, WorkerExit
+from loadtest.execution.monitor import RunMonitor
+from loadtest.outputs.base import RunStarted
+from loadtest.outputs.history import HistoryOutput
+from loadtest.core.run_files import AGGREGATED, HISTORY_NAME
+from loadtest.model.run_result import WorkerState
+from loadtest.core.stats import RunStats, Snapshot, TargetRecorder
 
 from .test_run import read_csv
 
@@ -61,7 +66,7 @@ def fake_worker(link: ParentLink, index: int, stop: Any, seconds: int, how: str)
 
 def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool, list[WorkerState], RunStats,
                                                                               list[str]]:
-    """Start one fake worker per entry of `hows` and run _Collection over them until it returns."""
+    """Start one fake worker per entry of `hows` and run Collection over them until it returns."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     config = parse_config(CONFIG)
@@ -69,16 +74,20 @@ def collect(tmp_path: Path, hows: list[str], interrupts: int = 0) -> tuple[bool,
     children = ChildGroup.start("tests.test_controller_collection:fake_worker",
                                 [(k, stop, 2, how) for k, how in enumerate(hows)], "fake-worker")
     states = [WorkerState(c.index, c, pid=c.pid, ready=True) for c in children.children]
-    history = HistoryWriter(tmp_path / HISTORY_NAME, config)
+    history = Outputs([HistoryOutput()])
+    history.start(RunStarted(config, tmp_path, time.time(), len(hows)))
     monitor = RunMonitor(tmp_path)
     events: list[str] = []
-    flag = _Interrupts()
+    inbox = Inbox(config)
+    flag = Interrupts()
     flag.count = interrupts
+    flag.start_running(inbox)  # the interrupts that came before the load go to the inbox as it starts
+    steering = Steering(config, inbox, lambda command: None, events.append)
     try:
-        interrupted = _Collection(states, stats, stop, history, time.time(), None, events.append, lambda: None,
-                                  monitor, flag, _ServerWatch([], events.append)).collect()
+        interrupted = Collection(states, stats, stop, history, events.append, lambda: None,
+                                  monitor, flag, ServerWatch([], events.append), steering).collect()
     finally:
-        history.close()
+        history.stop(None)
         monitor.stop()
         children.stop(5)
     return interrupted, states, stats, events

@@ -19,10 +19,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadtest.config import ConfigError, parse_config
-from loadtest.controller import SAME_INTERRUPT_S, run
-from loadtest.protocols.http_fast import HttpSession, build_endpoints
-from loadtest.stats import TargetRecorder
+from loadtest.model.config import ConfigError, parse_config
+from loadtest.execution.controller import run
+from loadtest.execution.interrupts import SAME_INTERRUPT_S
+from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
+from loadtest.core.stats import TargetRecorder
 
 from .conftest import RawServer, read_request
 from .test_run import read_csv

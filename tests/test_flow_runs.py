@@ -154,9 +154,17 @@ def test_an_exception_in_a_script_is_a_script_failure_and_the_user_goes_on(tmp_p
     config = write_flow(tmp_path, RAISES)
     out = tmp_path / "out"
     done = cli("run", str(config), "--workers", "1", "--out", str(out), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    # No request failed, but passes did: the default check (no thresholds set) fails the run on them
+    assert done.returncode == 1, done.stderr
     stats = {r["Name"]: r for r in rows(out, "stats.csv")}
     passes, failed = int(stats["journey"]["Request Count"]), int(stats["journey"]["Failure Count"])
+    result = summary(out)
+    assert result["exit_status"] == 1 and result["aggregated"]["failures"] == 0
+    assert result["outcome"] == f"FAILED: {failed:,} of {passes:,} passes of journey failed: script"
+    defaults = {c["threshold"]: c for c in result["thresholds"]}
+    assert defaults["failed == 0"]["passed"] and defaults["failed == 0"]["default"]
+    assert not defaults["journey: failed == 0"]["passed"] and defaults["journey: failed == 0"]["measured"] == failed
+    assert "threshold FAIL: journey: failed == 0" in done.stdout and "no failed passes" in done.stdout
     homes, pages = int(stats["journey/home"]["Request Count"]), int(stats["journey/page"]["Request Count"])
     assert passes > 10 and homes >= passes  # two users made many passes: none of them died
     assert abs(failed - pages) <= 2 and failed > 3  # every odd pass failed, every even one reached the page

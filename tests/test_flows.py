@@ -11,17 +11,17 @@ from typing import Any
 import gevent
 import pytest
 
-from loadtest.config import ServerSpec
-from loadtest.flows.data import DataError, DataTable, RowDealer, check_unique, read_data
-from loadtest.flows.extract import ExtractError, parse_capture, parse_expect
-from loadtest.flows.source import ScriptError, load_function
-from loadtest.flows.spec import FlowSpec, flow_rows, scan_script
-from loadtest.flows.steps import FlowError, parse_steps
-from loadtest.flows.target import flow_factory
-from loadtest.flows.template import Context, MissingValue, TemplateError, compile_json, compile_template
-from loadtest.protocols import Deadlines
-from loadtest.servers import ServerGroup
-from loadtest.stats import TargetRecorder
+from loadtest.model.config import ServerSpec
+from loadtest.model.flows.data import DataError, DataTable, RowDealer, check_unique, read_data
+from loadtest.model.flows.extract import ExtractError, parse_capture, parse_expect
+from loadtest.model.flows.source import ScriptError, load_function
+from loadtest.model.flows.spec import FlowSpec, flow_rows, scan_script
+from loadtest.model.flows.steps import FlowError, parse_steps
+from loadtest.engine.flows.target import flow_factory
+from loadtest.model.flows.template import Context, MissingValue, TemplateError, compile_json, compile_template
+from loadtest.engine.protocols import Deadlines
+from loadtest.execution.servers import ServerGroup
+from loadtest.core.stats import TargetRecorder
 
 
 class Budget:

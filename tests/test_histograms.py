@@ -1,4 +1,4 @@
-"""loadtest.histograms: the shipped form, the bucket layout and every reader and adder equal HdrHistogram's own,
+"""loadtest.core.histograms: the shipped form, the bucket layout and every reader and adder equal HdrHistogram's own,
 bucket for bucket."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from loadtest.histograms import (
+from loadtest.core.histograms import (
     COUNTS_LEN,
     HIGHEST_NS,
     PERCENTILES,
@@ -25,7 +25,7 @@ from loadtest.histograms import (
     shipped_max_ns,
     shipped_percentiles_ns,
 )
-from loadtest.stats import NOT_KEPT, TargetRecorder
+from loadtest.core.stats import NOT_KEPT, TargetRecorder
 
 
 def recorded_reference(values: list[int]) -> HdrHistogram:

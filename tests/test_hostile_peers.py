@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from loadtest.protocols.http_fast import MAX_HEAD_BYTES
+from loadtest.engine.protocols.http_fast import MAX_HEAD_BYTES
 
 from .conftest import RawServer, read_request
 from .test_run import read_csv

@@ -12,14 +12,16 @@ from typing import Any
 
 import pytest
 
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.html_report import (
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.outputs.html_report import (
     REPORT_NAME,
     RunFolderError,
     write_html_report,
 )
-from loadtest.run_folder import MAX_POINTS, load_run, spectra
+from loadtest.outputs.report_processes import resource_series
+from loadtest.outputs.run_folder import load_run
+from loadtest.outputs.series import MAX_POINTS, spectra
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert(1)</script>"
@@ -109,8 +111,9 @@ def test_the_report_opens_offline_with_every_chart_drawn(run_dir: Path, browser:
     assert page.locator("script").count() == 0
 
     charts = page.locator("svg.chart")
-    # per target and All targets: rates and latency; the spectrum; CPU and memory per process, machine CPU
-    assert charts.count() == 4 * 2 + 1 + 3
+    # per target and All targets: rates and latency; the open target's level (its rate); the spectrum; CPU and
+    # memory per process, machine CPU
+    assert charts.count() == 4 * 2 + 1 + 1 + 3
     for i in range(charts.count()):
         box = charts.nth(i).bounding_box()
         assert box is not None and box["width"] > 300 and box["height"] > 100
@@ -259,3 +262,25 @@ def test_the_time_axis_ends_at_the_runs_duration_and_verdicts_read_as_sentences(
     assert "start_s" not in checks and "{" not in checks and "abort_on_fail" not in checks
     resources = html[html.index("<h2>Resources</h2>"):]
     assert "Machine CPU, all" in resources and "machine (all cores)" not in resources
+
+
+def test_resource_lines_leave_out_the_exit_sample_and_coinciding_workers_both_show(run_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "workers"
+    shutil.copytree(run_dir, folder)
+    with open(folder / "resources.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RESOURCE_COLUMNS)
+        for t in range(3):
+            for role, pid in (("worker-0", 10), ("worker-1", 11), ("machine", 0)):  # two workers alike
+                w.writerow([1_800_000_000 + t, f"{t:.3f}", role, pid, "running", "40.0", 30_000_000, 4])
+        w.writerow([1_800_000_003, "2.250", "worker-0", 10, "zombie", "180.0", 30_000_000, 1])  # exiting
+    cpu, rss, machine = resource_series(load_run(folder))
+    # Before: the exit sample drew a 180% spike, and worker-1's line hid worker-0's exactly
+    assert [max(v for _, v in s.points) for s in cpu] == [40.0, 40.0]
+    assert [(s.dashed, s.width) for s in cpu] == [(False, 2.6), (True, 1.6)]
+    assert [(s.dashed, s.width) for s in rss] == [(False, 2.6), (True, 1.6)]
+    html = write_html_report(folder).read_text()
+    section = html[html.index("<h2>Resources</h2>"):]
+    assert section.count('<figure class="chart-box">') >= 3  # CPU, memory and the machine: the third alone ...
+    assert ".grid2>:last-child:nth-child(odd){grid-column:1/-1}" in html  # ... takes the whole row

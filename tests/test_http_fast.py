@@ -14,9 +14,9 @@ from typing import Callable
 
 import pytest
 
-from loadtest.config import parse_config
-from loadtest.protocols.http_fast import MAX_HEAD_BYTES, HttpSession, build_endpoints
-from loadtest.stats import TargetRecorder, decode_histogram
+from loadtest.model.config import parse_config
+from loadtest.engine.protocols.http_fast import MAX_HEAD_BYTES, HttpSession, build_endpoints
+from loadtest.core.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer, read_request
 
@@ -306,7 +306,7 @@ def test_https_keep_alive(raw_server, certificate: tuple[str, str]) -> None:
 def test_late_replies_are_waited_for_before_reading_and_each_one_still_arrives(raw_server) -> None:
     """A reply slower than the client switches its channel to park before reading (no recv that finds
     nothing); every reply is still read whole, and a reply that is already waiting wakes it at once."""
-    from loadtest.protocols.channel import WAIT_FIRST_REPLIES
+    from loadtest.engine.protocols.channel import WAIT_FIRST_REPLIES
 
     def slow(conn: socket.socket) -> None:
         while read_request(conn):
@@ -341,9 +341,9 @@ FAULTS_SCRIPT = """
 import ctypes, resource, sys
 # glibc's threshold at its start value, kept there: a process that has freed nothing large yet
 ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-from loadtest.config import parse_config
-from loadtest.protocols.http_fast import HttpSession, build_endpoints
-from loadtest.stats import TargetRecorder
+from loadtest.model.config import parse_config
+from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
+from loadtest.core.stats import TargetRecorder
 url = sys.argv[1]
 target = parse_config({"duration": "1s", "targets": [{"url": url, "concurrency": 1}]}).targets[0]
 rec = TargetRecorder(0)

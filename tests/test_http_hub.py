@@ -15,13 +15,13 @@ from typing import Callable
 import pytest
 from gevent.pool import Pool
 
-from loadtest.config import parse_config
-from loadtest.protocols import Deadlines
-from loadtest.protocols.http_fast import HttpSession, build_endpoints
-from loadtest.protocols.http_hub import HttpHub, hub_eligible
-from loadtest.schedule import ArrivalSchedule
-from loadtest.stats import TargetRecorder, decode_histogram
-from loadtest.workload import Budget, Level
+from loadtest.core.schedule import ArrivalSchedule
+from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.engine.budget import Budget, Level
+from loadtest.engine.protocols import Deadlines
+from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
+from loadtest.engine.protocols.http_hub import HttpHub, hub_eligible
+from loadtest.model.config import parse_config
 
 from .conftest import RawServer, read_request
 from .test_http_fast import keep_alive
@@ -177,6 +177,8 @@ def test_refused_connects_are_failed_requests() -> None:
     run = Driven(f"http://127.0.0.1:{port}/", users=2, requests=20)
     run.run(10)
     run.stop()
+    # each user waits after a failed connect, 10 ms doubling, as a greenlet's virtual user does
+    assert run.recorder.backoffs == 20 and run.recorder.backoff_s >= 2 * (0.01 + 0.02 + 0.04)
     snap = run.recorder.snapshot()
     assert snap.requests == 20 and dict(snap.failures) == {"refused": 20}
     assert snap.latency == b""  # a request that never connected has no latency

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.config import parse_config
-from loadtest.protocols.http_requests import RequestsSession
-from loadtest.stats import TargetRecorder, decode_histogram
+from loadtest.model.config import parse_config
+from loadtest.engine.protocols.http_requests import RequestsSession
+from loadtest.core.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer, read_request
 
@@ -144,7 +144,7 @@ def test_an_endless_header_line_is_a_protocol_failure(raw_server) -> None:
 
 
 TIMEOUT_MS = 300
-# How late the README says a timeout fires at most while the worker has a core. On this shared machine a
+# How late the docs (docs/guides/http.md) say a timeout fires at most while the worker has a core. On this shared machine a
 # worker is sometimes given no CPU at all for a second (seen at load 13 on 2 cores), which delays everything
 # in it, so the median of each target is held to the bound and the maximum is only reported.
 LATE_MS = 100

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.config import ConfigError, parse_config
-from loadtest.controller import run
-from loadtest.kinds import KINDS, MODELS, Load, kind_of, needs
-from loadtest.limits import check_limits
-from loadtest.stats import TargetTotals
+from loadtest.model.config import ConfigError, parse_config
+from loadtest.execution.controller import run
+from loadtest.model.kinds import KINDS, MODELS, Load, kind_of, needs
+from loadtest.execution.limits import check_limits
+from loadtest.core.stats import TargetTotals
 
 PACKAGE = Path(__file__).resolve().parent.parent / "loadtest"
-ASKS_WHICH_KIND = re.compile(r"isinstance\([^)]*(HttpTarget|TcpTarget)|model == \"open\"|\.model\b(?! =)")
+ASKS_WHICH_KIND = re.compile(r"isinstance\([^)]*(HttpTarget|TcpTarget)|model == \"open\"|(?<!loadtest)\.model\b(?! =)")
 
 THREE = {
     "duration": "1s",

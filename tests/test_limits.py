@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.config import MAX_WORKERS, ConfigError, parse_config
-from loadtest.limits import FD_RESERVE, check_limits, ephemeral_ports, nofile_hard_limit
+from loadtest.model.config import MAX_WORKERS, ConfigError, parse_config
+from loadtest.execution.limits import FD_RESERVE, check_limits, ephemeral_ports, nofile_hard_limit
 
 LOW_HARD_LIMIT = 1024  # the open-file limit the CLI tests run under, so any connection count can pass it
 

@@ -1,14 +1,14 @@
-"""loadtest.messages: every message crosses a real multiprocessing pipe intact, and a worker's messages
+"""loadtest.model.messages: every message crosses a real multiprocessing pipe intact, and a worker's messages
 come back from a real child, in order, as the classes they were sent as."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 
-from loadtest.children import ChildGroup
-from loadtest.config import parse_config
-from loadtest.messages import Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit, WorkerPlan
-from loadtest.stats import Snapshot, TargetRecorder
+from loadtest.execution.children import ChildGroup
+from loadtest.model.config import parse_config
+from loadtest.model.messages import Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit, WorkerPlan
+from loadtest.core.stats import Snapshot, TargetRecorder
 
 CONFIG = {"name": "messages", "duration": "2s",
           "targets": [{"name": "home", "url": "http://127.0.0.1:9/", "concurrency": 1}]}

@@ -15,9 +15,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from loadtest.cli import app
-from loadtest.config import ConfigError, parse_config
-from loadtest.stats import counts_at_or_below, new_histogram
+from loadtest.cli.app import app
+from loadtest.model.config import ConfigError, parse_config
+from loadtest.core.stats import counts_at_or_below, new_histogram
 
 from .test_one_line import SitesServer
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.reports import WORKERS_HEADER
-from loadtest.monitor import RunMonitor
-from loadtest.run_files import RESOURCES_HEADER, RESOURCES_NAME
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.outputs.reports import WORKERS_HEADER
+from loadtest.execution.monitor import RunMonitor
+from loadtest.core.run_files import RESOURCES_HEADER, RESOURCES_NAME
 
 from .test_run import read_csv, site_config
 

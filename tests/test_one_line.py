@@ -14,9 +14,9 @@ from typing import Callable, Iterator
 import pytest
 from typer.testing import CliRunner
 
-from loadtest.cli import app
-from loadtest.config import load_config
-from loadtest.quick import OneLine, one_line_config
+from loadtest.cli.app import app
+from loadtest.model.config import load_config
+from loadtest.model.quick import OneLine, one_line_config
 
 from .conftest import RawServer, read_request
 
@@ -148,3 +148,42 @@ def test_bad_one_line_input_is_one_sentence_and_exit_2(tmp_path: Path, monkeypat
         assert message in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == "", done.stderr
     assert list(tmp_path.iterdir()) == [config]  # no report folder
+
+
+def test_named_one_line_runs_of_two_urls_compare_and_the_summary_reads_like_the_live_view(
+        sites: SitesServer, tmp_path: Path) -> None:
+    for route, out in (("/", "fast"), ("/delay/2", "slow")):
+        done = cli("run", f"{sites.url}{route}", "--name", "page", "-c", "4", "-d", "1s", "-w", "1",
+                   "--out", str(tmp_path / out), cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        requests = int(stats_rows(tmp_path / out)["GET page"]["Request Count"])
+        row = next(line.split() for line in done.stdout.splitlines() if line.startswith("GET "))
+        # the final table's counts and rates with thousands separators, as the live view shows them
+        assert row[:3] == ["GET", "page", f"{requests:,}"] and (requests < 1000 or "," in row[2]), row
+        assert "," in row[4] or float(row[4]) < 1000, row
+    sites.stop()
+    compared = cli("compare", str(tmp_path / "fast"), str(tmp_path / "slow"), "--html", str(tmp_path / "c.html"),
+                   cwd=tmp_path)
+    # Paired by the name: before, two URLs were two targets and "1 target of A missing from B"
+    assert compared.returncode == 1 and "missing" not in compared.stdout, compared.stdout + compared.stderr
+    assert "page " in compared.stdout and "worse" in compared.stdout
+    assert "CPU/request is the whole run's only (Aggregated)" in compared.stdout  # why per-target is "—"
+    assert compared.stderr == f"compare page: {tmp_path / 'c.html'}\n"  # where it wrote
+    html = (tmp_path / "c.html").read_text()
+    started = json.loads((tmp_path / "fast" / "summary.json").read_text())["started"]
+    assert f"<h1>fast ({started}) → slow (" in html  # the two runs, not "page → page"
+
+
+def test_cancelled_requests_are_named_alike_in_the_table_and_the_threshold_line(sites: SitesServer,
+                                                                               tmp_path: Path) -> None:
+    # two users whose requests outlast the run and its 2 s grace period: both end cancelled
+    done = cli("run", f"{sites.url}/delay/8000", "--name", "slow", "-c", "2", "-d", "1s", "-w", "1",
+               "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr  # cancelled requests are not the target's failures
+    lines = done.stdout.splitlines()
+    row = next(line.split() for line in lines if line.startswith("GET "))
+    assert row[2:4] == ["2", "2"]  # Requests, Failures: Locust counts them
+    assert "  slow: 2 cancelled (in flight when the run was stopped: counted in Failures, not held against the " \
+           "target)" in lines
+    # before: "measured 0" beside a table that said 2 failures, with no word on why
+    assert "threshold pass: failed == 0  (measured 0; 2 cancelled not counted)" in done.stdout

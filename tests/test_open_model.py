@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.config import parse_config
-from loadtest.controller import RunResult, run
-from loadtest.limits import auto_workers
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import RunResult, run
+from loadtest.execution.limits import auto_workers
 
 from .test_run import site_config
 
@@ -256,11 +256,11 @@ def test_arrivals_reuse_parked_runners_and_release_them_when_the_schedule_ends(r
     import gevent
     from gevent.pool import Pool
 
-    from loadtest.protocols import Deadlines
-    from loadtest.protocols.http_fast import HttpSession, build_endpoints
-    from loadtest.schedule import ArrivalSchedule
-    from loadtest.stats import TargetRecorder
-    from loadtest.workload import Budget, Unsent, arrivals
+    from loadtest.engine.protocols import Deadlines
+    from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
+    from loadtest.core.schedule import ArrivalSchedule
+    from loadtest.core.stats import TargetRecorder
+    from loadtest.engine.workload import Budget, Unsent, arrivals
 
     from .conftest import read_request
 

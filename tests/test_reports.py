@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loadtest.config import parse_config
-from loadtest.controller import run
-from loadtest.run_files import FAILURES_HEADER, LOCUST_FAILURES_HEADER, PERCENTILE_COLUMNS, REPORT_NAME
+from loadtest.model.config import parse_config
+from loadtest.execution.controller import run
+from loadtest.core.run_files import FAILURES_HEADER, LOCUST_FAILURES_HEADER, PERCENTILE_COLUMNS, REPORT_NAME
 
 from .conftest import read_request
 
@@ -42,7 +42,7 @@ def not_found(conn: socket.socket) -> None:
 
 def test_a_run_against_a_closed_port_exits_1_and_says_what_happened(tmp_path: Path) -> None:
     config = tmp_path / "closed.yaml"
-    config.write_text(f"name: closed\nrequests: 300\nworkers: 1\n"
+    config.write_text(f"name: closed\nrequests: 300\nworkers: 1\nfailure_backoff: off\n"  # 300 at once
                       f"targets: [{{name: nobody, url: 'http://127.0.0.1:{closed_port()}/', concurrency: 2}}]\n")
     done = subprocess.run([sys.executable, "-m", "loadtest", "run", str(config), "--out", str(tmp_path / "run")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -89,9 +89,10 @@ def test_every_response_a_404_fails_the_run_and_counts_its_bodies(tmp_path: Path
 
     with open(tmp_path / "run" / "failures.csv", newline="") as f:
         header, *rows = list(csv.reader(f))
-    assert header[:4] == LOCUST_FAILURES_HEADER == ["Method", "Name", "Error", "Occurrences"]
+    assert header[:6] == LOCUST_FAILURES_HEADER == ["Method", "Name", "Error", "Occurrences", "First Seen",
+                                                     "Last Seen"]
     assert header == FAILURES_HEADER
-    assert rows == [["GET", "gone", "HTTP 404", "200", "status", rows[0][5], rows[0][6]]]
+    assert rows == [["GET", "gone", "HTTP 404", "200", rows[0][4], rows[0][5], "status", rows[0][7], rows[0][8]]]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["outcome"] == "FAILED: 200 of 200 requests failed: status"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadtest.resources import (
+from loadtest.execution.resources import (
     CONTROLLER_ROLE,
     MACHINE_ROLE,
     ResourceSampler,
@@ -25,8 +25,8 @@ from loadtest.resources import (
     rss_per_connection,
     worker_role,
 )
-from loadtest.run_files import RESOURCES_HEADER
-from loadtest.verdicts import NO_CONDITION_FOUND, Verdicts
+from loadtest.core.run_files import RESOURCES_HEADER
+from loadtest.core.verdicts import NO_CONDITION_FOUND, Verdicts
 
 FAST = 0.2  # sampling interval of these tests, seconds
 BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n"

@@ -19,10 +19,13 @@ import threading
 import zlib
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
-from loadtest.run_folder import (
+from loadtest.outputs.compare import compare_runs
+from loadtest.outputs.html_report import write_html_report
+from loadtest.outputs.run_folder import (
     MAX_CSV_BYTES,
     MAX_HISTOGRAM_PAYLOAD_BYTES,
     MAX_SUMMARY_BYTES,
@@ -31,7 +34,7 @@ from loadtest.run_folder import (
     make_run_folder,
     release_run_folder,
 )
-from loadtest.stats import new_histogram
+from loadtest.core.stats import new_histogram
 
 CONFIG = """\
 name: folders
@@ -209,24 +212,83 @@ def test_a_history_that_is_dev_zero_or_a_fifo_is_refused_not_read(run_dir: Path,
     fifo = damaged(run_dir, tmp_path, "fifo")
     (fifo / "history.csv").unlink()
     os.mkfifo(fifo / "history.csv")
-    for folder, kind in ((zero, "a character device"), (fifo, "a FIFO")):
+    for folder, kind in ((zero, "a symbolic link, to /dev/zero"), (fifo, "a FIFO")):
         # Before: /dev/zero was read until 8 GB of RSS, and the FIFO's open waited forever (timeout here).
         for args in (["report", str(folder), "--out", str(tmp_path / "r.html")],
                      ["compare", str(run_dir), str(folder)]):
             assert_refused(cli(*args, cwd=tmp_path, timeout=30), "history.csv: is not a regular file", kind)
 
 
-def test_compare_reads_only_the_files_it_needs(run_dir: Path, tmp_path: Path) -> None:
+def test_report_and_compare_read_the_same_files(run_dir: Path, tmp_path: Path) -> None:
     folder = damaged(run_dir, tmp_path)
     for name in ("failures.csv", "histograms.json"):
         (folder / name).unlink()
         os.mkfifo(folder / name)  # a read of either would hang or be refused
-    done = cli("compare", str(run_dir), str(folder), "--tolerance", "1000", cwd=tmp_path, timeout=30)
-    assert done.returncode == 0 and "OK: nothing got worse" in done.stdout, done.stdout + done.stderr
-    assert_refused(cli("report", str(folder), "--out", str(tmp_path / "r.html"), cwd=tmp_path, timeout=30),
-                   "is not a regular file (it is a FIFO)")  # report reads every file
-    assert_refused(cli("compare", str(run_dir), str(folder), "--html", str(tmp_path / "c.html"),
-                       cwd=tmp_path, timeout=30), "histograms.json: is not a regular file")
+    # Before, compare read neither and passed a folder report refused
+    for args in (["compare", str(run_dir), str(folder)], ["report", str(folder), "--out", str(tmp_path / "r.html")]):
+        assert_refused(cli(*args, cwd=tmp_path, timeout=30), "is not a regular file (it is a FIFO)")
+
+
+def summary_edit(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / "summary.json").read_text())
+        change(data)
+        (folder / "summary.json").write_text(json.dumps(data))
+    return edit
+
+
+def unrelated_file(name: str, link: bool) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        other = folder.parent / f"other-{name}"
+        other.write_text("id,when,what\n1,2026-01-01,nothing to do with a run\n")
+        (folder / name).unlink()
+        if link:
+            (folder / name).symlink_to(other)
+        else:
+            shutil.copy(other, folder / name)
+    return edit
+
+
+DAMAGE = [  # what was done to a real run's folder, and what both commands then say
+    (summary_edit(lambda d: d["aggregated"].update(requests=1e308)), "aggregated.requests is out of range"),
+    (summary_edit(lambda d: d["targets"][0]["latency_ms"].update(p99="9999")),
+     "targets[0].latency_ms.p99 is not a number (got \"9999\")"),
+    (summary_edit(lambda d: d["targets"][0].update(requests_per_s=-5)),
+     "targets[0].requests_per_s is out of range (got -5"),
+    (summary_edit(lambda d: d["workers"][0].update(cpu_user_s="lots")), "workers[0].cpu_user_s is not a number"),
+    (summary_edit(lambda d: d["targets"][0].update(name={"a": 1})), "targets[0].name is not text"),
+    (summary_edit(lambda d: d["targets"][0].pop("latency_ms")), "targets[0].latency_ms is missing"),
+    (unrelated_file("history.csv", link=True), "history.csv: is not a regular file (it is a symbolic link"),
+    (unrelated_file("stats.csv", link=True), "stats.csv: is not a regular file (it is a symbolic link"),
+    (unrelated_file("history.csv", link=False), "history.csv: is not a loadtest history.csv (its header begins "
+                                                "'id,when,what')"),
+    (unrelated_file("stats.csv", link=False), "stats.csv: is not a loadtest stats.csv"),
+]
+
+
+@pytest.mark.parametrize("damage, says", DAMAGE, ids=[s for _, s in DAMAGE])
+def test_report_and_compare_refuse_a_damaged_folder_with_one_sentence(run_dir: Path, tmp_path: Path,
+                                                                       damage: Callable[[Path], None],
+                                                                       says: str) -> None:
+    # Before: report drew most of these (exit 0) while compare refused them, or called a target "missing"
+    folder = damaged(run_dir, tmp_path)
+    damage(folder)
+    with pytest.raises(RunFolderError) as by_report:
+        write_html_report(folder, tmp_path / "r.html")
+    with pytest.raises(RunFolderError) as by_compare:
+        compare_runs(run_dir, folder)
+    assert str(by_report.value) == str(by_compare.value)
+    assert says in str(by_report.value) and str(folder) in str(by_report.value), str(by_report.value)
+    assert "\n" not in str(by_report.value)
+
+
+def test_both_commands_exit_2_on_a_damaged_folder(run_dir: Path, tmp_path: Path) -> None:
+    folder = damaged(run_dir, tmp_path)
+    summary_edit(lambda d: d["aggregated"].update(requests=1e308))(folder)
+    report = cli("report", str(folder), "--out", str(tmp_path / "r.html"), cwd=tmp_path)
+    compare = cli("compare", str(run_dir), str(folder), cwd=tmp_path)
+    assert_refused(report, "aggregated.requests is out of range")
+    assert report.stderr == compare.stderr and compare.returncode == 2
 
 
 def zlib_bomb(inflated: int) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.config import ConfigError, parse_config
-from loadtest.schedule import (
+from loadtest.model.config import ConfigError, parse_config
+from loadtest.core.schedule import (
     Arrivals,
     ArrivalSchedule,
     Stage,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loadtest.config import RunConfigModel, config_schema, load_config, parse_config
+from loadtest.model.config import RunConfigModel, config_schema, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -98,11 +98,12 @@ def walk(schema: Any, path: str = "#") -> list[tuple[str, dict[str, Any]]]:
 
 
 def shipped_documents() -> list[tuple[str, Any]]:
-    """configs/*.yaml and every ```yaml block of the README, parsed."""
+    """configs/*.yaml and every ```yaml block of the README and the documentation, parsed."""
     docs = [(p.name, yaml.safe_load(p.read_text())) for p in sorted((ROOT / "configs").glob("*.yaml"))]
-    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    docs += [(f"README block {i}", yaml.safe_load(b)) for i, b in enumerate(blocks)]
-    assert len(docs) >= 3
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        blocks = re.findall(r"^```yaml[^\n]*\n(.*?)^```", page.read_text(), re.S | re.M)
+        docs += [(f"{page.relative_to(ROOT)} block {i}", yaml.safe_load(b)) for i, b in enumerate(blocks)]
+    assert len(docs) >= 15
     return docs
 
 
@@ -139,8 +140,8 @@ def test_the_schema_is_a_well_formed_draft_2020_12_document() -> None:
 @pytest.mark.parametrize("name, document", shipped_documents(), ids=[n for n, _ in shipped_documents()])
 def test_every_shipped_config_validates_against_the_schema(name: str, document: Any) -> None:
     assert errors(config_schema(), document, config_schema()) == []
-    # and through the models: a flow's files are beside its config, the README's beside the README
-    parse_config(document, base=ROOT if name.startswith("README") else ROOT / "configs")
+    # and through the models: a flow's files are beside its config, as the documentation's examples say
+    parse_config(document, base=ROOT / "configs")
 
 
 def test_the_schema_refuses_what_the_models_refuse() -> None:

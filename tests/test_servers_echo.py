@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from loadtest.config import ServerSpec
-from loadtest.servers import ServerGroup
+from loadtest.model.config import ServerSpec
+from loadtest.execution.servers import ServerGroup
 
 TIMEOUT = 5.0
 MANY = 2000

@@ -18,8 +18,9 @@ import psutil
 import pytest
 import requests
 
-from loadtest.config import ConfigError, ServerSpec, parse_config
-from loadtest.servers import ServerError, ServerGroup, serve_foreground, sites
+from loadtest.model.config import ConfigError, ServerSpec, parse_config
+from loadtest.execution.servers import ServerError, ServerGroup, serve_foreground
+from loadtest.servers import sites
 
 TIMEOUT = 5.0
 

@@ -140,14 +140,14 @@ import importlib.abc, os, signal, sys, time
 
 class Interrupt(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "loadtest.cli":
+        if name == "loadtest.cli.app":
             os.kill(os.getpid(), signal.SIG{sig})
             time.sleep(0.2)
         return None
 
 sys.meta_path.insert(0, Interrupt())
 sys.argv = ["loadtest", "run", "nothing.yaml"]
-from loadtest.console import main
+from loadtest.cli.console import main
 main()
 """
 
@@ -165,7 +165,7 @@ def test_the_console_script_handles_an_interrupt_while_it_imports(tmp_path: Path
 # stands in for that, deterministically: the handler's SystemExit is swallowed, then the command goes on.
 SWALLOWED_INTERRUPT = """
 import os, signal, sys
-from loadtest import interrupts
+from loadtest.model import interrupts
 signal.signal(signal.SIGINT, interrupts.on_interrupt)
 try:
     os.kill(os.getpid(), signal.SIGINT)
@@ -174,7 +174,7 @@ try:
 except SystemExit:
     pass  # as compile() does
 sys.argv = ["loadtest", "run", "run.yaml", "--out", "out"]
-from loadtest.cli import main
+from loadtest.cli.app import main
 main()
 """
 

@@ -9,7 +9,7 @@ import random
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from loadtest.stats import (
+from loadtest.core.stats import (
     HIGHEST_NS,
     PERCENTILES,
     LatencyHistogram,
@@ -189,8 +189,29 @@ def test_seconds_are_released_only_when_every_live_worker_has_sent_them() -> Non
     assert (record.first_seen, record.last_seen) == (1.0, 3.0)
 
 
+def test_a_second_is_written_once_however_late_a_snapshot_of_it_comes() -> None:
+    stats = RunStats([("a", "GET")], workers=2)
+
+    def snap(worker: int, seq: int, n: int) -> Snapshot:
+        rec = TargetRecorder(0)
+        for _ in range(n):
+            rec.success(1000, 1, 1, 1)
+        return Snapshot(worker, seq, float(seq), seq + 1.0, (rec.snapshot(),))
+
+    stats.add(snap(0, 0, 5))
+    stats.add(snap(0, 1, 6))
+    assert [i.seq for i in stats.ready_intervals(lost=[1])] == [0, 1]  # written without worker 1 (a late node)
+    stats.add(snap(1, 0, 7))  # worker 1's seconds 0 and 1 come after all
+    stats.add(snap(1, 1, 8))
+    stats.add(snap(0, 2, 9))
+    later = stats.ready_intervals(flush=True)
+    # Before, seconds 0 and 1 came back as second rows of their own; now the late counts join second 2
+    assert [i.seq for i in later] == [2] and later[0].targets[0].requests == 7 + 8 + 9
+    assert stats.totals[0].requests == 5 + 6 + 7 + 8 + 9  # nothing lost
+
+
 def test_one_pass_percentiles_and_mean_equal_hdrhistogram_own() -> None:
-    from loadtest.stats import mean_ns
+    from loadtest.core.stats import mean_ns
 
     rng = random.Random(3)
     for n in (1, 2, 7, 1000, 20000):
@@ -289,7 +310,7 @@ def test_the_merger_adds_snapshots_exactly_as_hdrhistogram_does() -> None:
     """`HistogramMerger` (one scratch array, adds over the filled buckets) equals decode-and-add."""
     import random
 
-    from loadtest.stats import HistogramMerger, new_histogram
+    from loadtest.core.stats import HistogramMerger, new_histogram
 
     rng = random.Random(3)
     merger = HistogramMerger()
@@ -346,7 +367,7 @@ def recorded_reference(values: list[int]) -> HdrHistogram:
 def test_the_merged_run_is_the_sum_of_what_every_worker_recorded_bucket_for_bucket() -> None:
     """Many workers and seconds, some handed over and the last one pending: the totals' counts are exactly those
     of one histogram that recorded every value sent, and so are Aggregated's and the seconds' summed."""
-    from loadtest.stats import aggregate
+    from loadtest.core.stats import aggregate
 
     rng = random.Random(21)
     workers, seconds = 12, 4
@@ -391,8 +412,8 @@ def test_a_worker_records_and_ships_without_importing_numpy() -> None:
 
     script = (
         "from gevent import monkey; monkey.patch_all()\n"
-        "import sys, loadtest.workload\n"
-        "from loadtest.stats import TargetRecorder\n"
+        "import sys, loadtest.engine.workload\n"
+        "from loadtest.core.stats import TargetRecorder\n"
         "rec = TargetRecorder(0)\n"
         "rec.success(1_500_000, 10, 10, 10); rec.connected(20_000); rec.lateness.record(5_000)\n"
         "snap = rec.snapshot()\n"

@@ -6,8 +6,8 @@ import math
 import re
 import xml.etree.ElementTree as ET
 
-from loadtest.run_files import AGGREGATED
-from loadtest.svg_chart import (
+from loadtest.core.run_files import AGGREGATED
+from loadtest.outputs.svg_chart import (
     AGGREGATED_COLOR,
     BOTTOM,
     HEIGHT,

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from loadtest.config import ServerSpec, TcpTarget, parse_config
-from loadtest.controller import RunResult, run
-from loadtest.protocols.tcp import ConnectPacer, TcpSession, tcp_session_factory
-from loadtest.servers import ServerGroup
-from loadtest.stats import TargetRecorder, decode_histogram
+from loadtest.model.config import ServerSpec, TcpTarget, parse_config
+from loadtest.execution.controller import RunResult, run
+from loadtest.engine.protocols.tcp import ConnectPacer, TcpSession, tcp_session_factory
+from loadtest.execution.servers import ServerGroup
+from loadtest.core.stats import TargetRecorder, decode_histogram
 
 from .conftest import RawServer
 from .test_run import read_csv
@@ -85,25 +85,41 @@ def test_a_reply_split_into_one_byte_writes_is_one_message(raw_server) -> None:
     assert snap.connects == 1 and server.connections == 1 and snap.open_connections == 0
 
 
-def test_two_replies_in_one_write_are_matched_one_message_each(raw_server) -> None:
+def test_a_reply_longer_or_sooner_than_asked_is_a_mismatch_at_once(raw_server) -> None:
     message = b"0123456789abcdef"
 
     def handle(conn: socket.socket) -> None:
-        # The first message is answered with two replies in one write; the second
-        # message's reply is then already on its way, so the server writes nothing for it.
-        count = 0
+        # Each message is answered with two replies in one write: the second answers nothing yet asked
         while read_exact(conn, len(message)):
-            count += 1
-            if count % 2:
-                conn.sendall(message + message)
+            conn.sendall(message + message)
 
     server = raw_server(handle)
     session, rec = session_for(server.port, message=message.decode())
-    exchange(session, 6)
+    exchange(session, 3)
     snap = rec.snapshot()
-    assert snap.requests == 6 and not snap.failures
-    assert snap.bytes_in == 6 * len(message)
-    assert server.connections == 1
+    # Before, the early reply was read as the next message's: a peer that answers unasked looked healthy
+    assert snap.requests == 3 and dict(snap.failures) == {"mismatch": 3}
+    assert "the peer sent more than the 16-byte reply" in dict(snap.failure_samples)["mismatch"]
+    assert server.connections == 3  # each judged at once, its connection dropped
+
+
+def test_a_peer_that_floods_unasked_is_judged_without_stalling(raw_server) -> None:
+    def flood(conn: socket.socket) -> None:
+        stop = time.monotonic() + 10  # bounded: the client leaves long before
+        while time.monotonic() < stop:
+            conn.sendall(b"x" * 65536)  # never reads; raises once the client has closed
+
+    server = raw_server(flood)
+    session, rec = session_for(server.port, size=64, expect="any", timeout="2s")
+    started = time.monotonic()
+    exchange(session, 5)
+    took = time.monotonic() - started
+    snap = rec.snapshot()
+    # Before: each connection read the stream as ~124k replies a second until its unread messages filled the
+    # socket buffers, then stalled into "no whole reply within 2 s"
+    assert snap.requests == 5 and dict(snap.failures) == {"mismatch": 5}, snap.failures
+    assert took < 2.0, took  # no read timeout: five connections, each judged on its first reply (and 50 ms pauses)
+    assert server.connections == 5
 
 
 # -- reply checks against the embedded echo server -------------------------------------------

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from gevent.pool import Pool
 
-from loadtest.config import ServerSpec
-from loadtest.protocols import Deadlines
-from loadtest.protocols.tcp_paced import PacedTcp
-from loadtest.servers import ServerGroup
-from loadtest.stats import TargetRecorder, decode_histogram
-from loadtest.workload import Budget, Level
+from loadtest.model.config import ServerSpec
+from loadtest.engine.protocols import Deadlines
+from loadtest.engine.protocols.tcp_paced import PacedTcp
+from loadtest.execution.servers import ServerGroup
+from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.engine.workload import Budget, Level
 
 from .test_tcp import echo_with, read_exact, tcp_run, tcp_target
 
@@ -396,23 +396,39 @@ def test_a_paced_run_spends_its_requests_total_exactly(tmp_path: Path) -> None:
     assert summary["duration_s"] < 4  # it ended when the total was spent, not at 8 s
 
 
-def test_bytes_between_messages_wait_for_the_next_message_and_nothing_escapes_the_hub(raw_server, capfd) -> None:
+def test_bytes_past_the_reply_are_a_mismatch_at_once_and_nothing_escapes_the_hub(raw_server, capfd) -> None:
     def handle(conn: socket.socket) -> None:
         while data := read_exact(conn, 8):
-            conn.sendall(data + b"!")  # one byte more than the reply: it arrives while nothing is in flight
+            conn.sendall(data + b"!")  # one byte more than the reply, in the same write
 
     server = raw_server(handle)
     run = Driven(server.port, connections=2, rate=40, size=8, pause=0.01)
     run.run(0.6)
     run.stop()
     snap = run.recorder.snapshot()
-    # the first message on each connection succeeds; the next reads "!" first, as a session would (at the
-    # stop, each of the two places may hold a new connection that has not sent yet)
+    # Before, the "!" waited and was read as the start of the next reply: the first message on each connection
+    # passed. Now every reply is judged too long as it comes, and its connection dropped
     failures = dict(snap.failures)
-    assert failures.keys() == {"mismatch"} and failures["mismatch"] >= 6
-    assert snap.connects - 2 <= snap.requests - failures["mismatch"] <= snap.connects
-    assert "got b'!abcdefg'" in dict(snap.failure_samples)["mismatch"]
+    assert failures.keys() == {"mismatch"} and failures["mismatch"] == snap.requests >= 6
+    assert "the peer sent more than the 8-byte reply" in dict(snap.failure_samples)["mismatch"]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_peer_that_floods_unasked_is_judged_at_once_without_stalling(raw_server) -> None:
+    def flood(conn: socket.socket) -> None:
+        stop = time.monotonic() + 10  # bounded: the client leaves long before
+        while time.monotonic() < stop:
+            conn.sendall(b"x" * 65536)  # never reads; raises once the client has closed
+
+    server = raw_server(flood)
+    run = Driven(server.port, connections=2, rate=1000, size=64, expect="any", timeout="2s", pause=0.2)
+    run.run(1.0)
+    run.stop()
+    snap = run.recorder.snapshot()
+    # Before: the stream was read as replies (~1,000 "successes" a second) until the unread messages filled the
+    # socket buffers and the sends stalled into read timeouts
+    assert dict(snap.failures).keys() == {"mismatch"} and snap.failures and snap.requests <= 2 * 6, snap.failures
+    assert snap.requests == dict(snap.failures)["mismatch"]
 
 
 def test_paced_messages_in_flight_at_the_end_finish_within_the_grace_period(tmp_path: Path, raw_server) -> None:

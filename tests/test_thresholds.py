@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.config import ConfigError, parse_config
-from loadtest.stats import TargetRecorder, TargetTotals
-from loadtest.thresholds import (
+from loadtest.model.config import ConfigError, parse_config
+from loadtest.core.stats import TargetRecorder, TargetTotals
+from loadtest.core.thresholds import (
     DEFAULT_THRESHOLD,
     ThresholdError,
     check,

@@ -17,10 +17,10 @@ import pytest
 from gevent.event import Event
 from gevent.pool import Pool
 
-from loadtest import workload
-from loadtest.schedule import ArrivalSchedule
-from loadtest.stats import TargetRecorder
-from loadtest.workload import LEVEL_POLL_S, Budget, Level, Unsent, arrivals, virtual_user
+from loadtest.engine import workload
+from loadtest.core.schedule import ArrivalSchedule
+from loadtest.core.stats import TargetRecorder
+from loadtest.engine.workload import LEVEL_POLL_S, Budget, Level, Unsent, arrivals, virtual_user
 
 REAL_SLEEP = gevent.sleep  # the fake session yields with this, whatever the `sleeps` fixture puts in gevent.sleep
 JOIN_S = 5.0  # a loop that does not end by itself within this is a failure, not a slow machine
@@ -28,6 +28,8 @@ JOIN_S = 5.0  # a loop that does not end by itself within this is a failure, not
 
 class FakeSession:
     """One virtual user's session: each exchange is a success, or `cancelled` when killed in flight."""
+
+    back_off = False
 
     def __init__(self, log: FakeLog) -> None:
         self.log = log
@@ -120,6 +122,26 @@ def test_think_time_pauses_after_each_request(sleeps: list[float]) -> None:
     sleeps.clear()
     virtual_user(log.make, Budget(5))
     assert sleeps == []  # no think time: no pause at all between requests
+
+
+def test_a_user_backs_off_after_failures_in_a_row_up_to_the_bound_and_starts_over(sleeps: list[float]) -> None:
+    log = FakeLog()
+    outcomes = iter([False] * 9 + [True] + [False] * 2 + [True])  # True: the exchange succeeded
+
+    def failing(session: FakeSession) -> None:
+        session.back_off = not next(outcomes)
+
+    log.after_exchange = failing
+    virtual_user(log.make, Budget(13), backoff=0.1, recorder=log.recorder)
+    # 10 ms, doubled after each failure in a row, never past the 0.1 s bound; a success starts it over
+    assert sleeps == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.02])
+    assert log.recorder.backoffs == 11 and log.recorder.backoff_s == pytest.approx(sum(sleeps))
+    assert not log.sessions[0].back_off  # cleared by the user
+
+    sleeps.clear()
+    log.after_exchange = lambda session: setattr(session, "back_off", True)
+    virtual_user(log.make, Budget(5), backoff=0.0)
+    assert sleeps == []  # failure_backoff: off
 
 
 def test_a_user_killed_in_flight_records_cancelled_and_closes_its_session() -> None:

@@ -1,9 +1,6 @@
-"""Embedded servers a run starts on this machine: an HTTP "sites" server and a TCP echo server.
+"""The embedded servers' own code: an HTTP "sites" server and a TCP echo server.
 
-Importing this package imports no gevent: the server code runs only in the
-server processes, which patch gevent first (see `group.py`).
+It runs only in the server processes, which are started patched by `loadtest.execution.servers`
+(the parent side: `ServerGroup`, `serve_foreground`); nothing here is imported by the controller
+but the counts' layout (`counts`) and the route names.
 """
-
-from loadtest.servers.group import ServerError, ServerGroup, serve_foreground
-
-__all__ = ["ServerError", "ServerGroup", "serve_foreground"]

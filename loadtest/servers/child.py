@@ -1,11 +1,11 @@
 """The life of one server process: listen on the shared port, serve, stop cleanly when the parent says.
 
 Imported only inside a server process, after `monkey.patch_all()`: the
-server group starts `main` through `loadtest.children.ChildGroup`. The parent
+server group starts `main` through `loadtest.execution.children.ChildGroup`. The parent
 learns how start-up went from one message, `messages.Ready` or
 `messages.Failed`. It stops the process by closing its lifeline; a parent
 that dies closes it too. Signals do not stop it: Ctrl-C and SIGTERM sent to
-the whole process group are the parent's to act on (see `loadtest.children`).
+the whole process group are the parent's to act on (see `loadtest.execution.children`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from loadtest.children import ParentLink
-from loadtest.config import ServerSpec
-from loadtest.limits import raise_nofile_limit
-from loadtest.messages import Failed, Ready
-from loadtest.servers.group import COUNT_SLOTS
+from loadtest.model.link import ParentLink, raise_nofile_limit
+from loadtest.model.config import ServerSpec
+from loadtest.model.messages import Failed, Ready
+from loadtest.servers.counts import COUNT_SLOTS
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 

@@ -1,0 +1,541 @@
+"""Paced TCP connections driven by hub callbacks: one driver per target per worker, not a greenlet each.
+
+A paced connection (a tcp target with `rate:`) spends nearly all its life
+waiting: for its turn, then for its reply. A greenlet per connection parks a
+copy of its stack for each wait (about 7 KB) and pays two switches a message.
+Here one `PacedTcp` holds all of a worker's connections of a target as small
+`PacedConnection` records and drives them from the hub:
+
+- a heap of next send times, one entry per connection: from a random phase
+  after it connects, then every `interval_ns`, never drifting (the same
+  schedule as `TcpSession._wait_turn`); one `HubTimer` (a timerfd: the
+  loop's own timers round to the millisecond), armed for the earliest send or
+  timeout, sends every message due with a non-blocking `send` (a partial send
+  finishes from a write watcher);
+- a read watcher per connection, started while it is open (restarting it
+  per message would cost an `epoll_ctl` each time), whose callback reads the
+  rest of the reply and one byte more (bytes past the reply, a peer's unasked
+  ones, are a `mismatch` at once, as in `TcpSession`; bytes that come while no
+  message is in flight wait for the next) and checks each chunk against the
+  expected bytes where it falls (`bytes.startswith` with an offset: no reply
+  buffer);
+- a FIFO of in-flight deadlines: the timeout is the same for every message
+  and messages start in time order, so the oldest live entry is the next to
+  expire;
+- short-lived connector greenlets (at most `MAX_CONNECTORS` at once) that
+  open connections, paced by `connect_rate` and spread over `source_ips`.
+
+Latency counts from the message's scheduled send time (coordinated omission
+corrected); a reply later than the connection's next turn sends the next
+message at once, its latency counted from its own slot. Failure kinds,
+reconnects, the `RECONNECT_PAUSE_S` pause after a failed connect or a
+connection that failed before its first reply, the `requests:` budget and
+stop behave as in `TcpSession`; a stop that kills the driver records every
+message still in flight as `cancelled`. The worker's grace period sees the
+driver's messages in flight through a `RequestTimer` it holds in flight while
+any is. An exception in a hub callback never escapes into gevent: it is
+counted in `callback_errors`; in a read or write callback it ends the
+message as an `error`, in the timer's it is said once on stderr.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+import sys
+from collections import deque
+from heapq import heappop, heappush
+from itertools import cycle
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.hub import get_hub
+
+from loadtest.model.config import TcpTarget
+from loadtest.core.stats import TargetRecorder
+from loadtest.engine.protocols import NO_DEADLINE_NS, Deadlines, RequestTimer
+from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
+from loadtest.engine.protocols.http_fast import connect_failure
+from loadtest.engine.protocols.hub_timer import ARM_EARLY_NS, HubTimer, spin_until
+from loadtest.engine.protocols.tcp import (OVERREAD_BYTES, RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES, ConnectPacer, TcpSession, failure_message, split_address,
+                  tcp_session_factory, wait_to_connect)
+
+if TYPE_CHECKING:
+    from gevent.pool import Pool
+
+    from loadtest.engine.budget import Budget, Level
+
+MAX_CONNECTORS = 64  # connects in progress at once: start-up in parallel, without a greenlet per connection
+LEVEL_POLL_S = 0.1  # the driver follows a staged level, and notices the end of the load, this often
+FIFO_SLACK = 64  # ended messages the deadline queue may hold beyond twice those in flight before it is compacted
+_FAR_NS = 1 << 62  # no timer armed
+_DRIVER_ERROR = "paced tcp driver"  # starts the message of a failure the driver's own bug caused
+
+
+class PacedConnection:
+    """One held connection's state (or its place, while closed), driven by its target's `PacedTcp`."""
+
+    __slots__ = ("index", "sock", "reader", "writer", "serial", "slot_ns", "late_slot_ns", "deadline_ns", "sent",
+                 "received", "wrong", "answered", "ticket", "retry_at_ns", "queued")
+
+    def __init__(self, index: int) -> None:
+        self.index = index  # its place: open while below the (staged) level
+        self.sock: Any = None
+        self.reader: Any = None  # libev read watcher, started while open (stopped by bytes no message asked for)
+        self.writer: Any = None  # libev write watcher, made on the first partial send
+        self.serial = 0  # this connection's number in the driver; 0 while closed (its heap entries are stale)
+        self.slot_ns = 0  # the scheduled send time of the message in flight
+        self.late_slot_ns = 0  # a turn that came while a message was in flight: sent when its reply is in
+        self.deadline_ns = 0  # non-zero while a message is in flight
+        self.sent = 0
+        self.received = 0
+        self.wrong: bytes | None = None  # the start of a reply that is not the one expected
+        self.answered = False  # has this connection had a whole reply yet?
+        self.ticket = False  # holds a unit of the budget, taken before it connected, for its first message
+        self.retry_at_ns = 0  # connect no sooner than this
+        self.queued = False  # waiting for a connector
+
+
+class PacedTcp:
+    """One worker's paced connections of a TCP target, run by `drive` in one greenlet and hub callbacks.
+
+    Calling it makes a lone `TcpSession` of the target, so it is a session factory too.
+    """
+
+    def __init__(self, target: TcpTarget, address: str, recorder: TargetRecorder, budget: Budget,
+                 workers: int = 1, deadlines: Deadlines | None = None,
+                 reconnect_pause: float = RECONNECT_PAUSE_S) -> None:
+        host, port = split_address(address)
+        self.family, _, _, _, self.remote = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        self.make_session = tcp_session_factory(target, address, recorder, workers, deadlines, reconnect_pause,
+                                                budget)
+        self.target = target
+        self.recorder = recorder
+        self.budget = budget
+        self.pacer = ConnectPacer(target.connect_rate / workers) if target.connect_rate > 0 else None
+        self.sources = cycle(target.source_ips) if target.source_ips else None
+        self.message = target.message
+        self.size = len(target.message)
+        self.expected: bytes | None = {"echo": target.message, "upper": target.message.upper()}.get(target.expect)
+        self.timeout = target.timeout
+        self.timeout_ns = int(target.timeout * 1e9)
+        self.interval_ns = int(1e9 * target.peak_connections / target.rate)  # each connection's share of the rate
+        self.pause_ns = int(reconnect_pause * 1e9)
+        self.flight = RequestTimer(deadlines)  # "in flight" for the worker's grace period while any message is
+        self.conns: list[PacedConnection] = []
+        self.open_below = 0  # places below this are to be connected; a staged level moves it
+        self.heap: list[tuple[int, int, PacedConnection]] = []  # (send time, serial, connection)
+        self.fifo: deque[tuple[int, PacedConnection]] = deque()  # (deadline, connection), oldest first
+        self.want: deque[PacedConnection] = deque()  # places waiting for a connector
+        self.starved: list[PacedConnection] = []  # open connections whose turn found the budget spent
+        self.in_flight = 0
+        self.tickets = 0  # budget units taken by connections not yet spent on a message
+        self.connectors = 0
+        self.serial = 0
+        self.timer: Any = None
+        self.armed_ns = _FAR_NS
+        self.closed = False
+        self.callback_errors = 0  # exceptions caught in hub callbacks
+        self.pool: Pool | None = None
+        self.loop: Any = None
+        # bound once: a bound method made per message would be an allocation per message
+        self._readable = self._on_readable
+        self._writable = self._on_writable
+        self._tick = self._on_tick
+
+    def __call__(self) -> TcpSession:
+        return self.make_session()
+
+    # -- the driver greenlet ---------------------------------------------------------------------
+
+    def drive(self, pool: Pool, share: int, level: Level | None = None) -> None:
+        """Hold `share` connections (those below `level`, if staged or steered; none while it is paused) until
+        the load ends or this is killed.
+
+        Returns once the budget says stop (or is spent) and no message or connect is left; killed, it
+        records the messages in flight as cancelled. Every connection is closed on the way out.
+        """
+        self.pool = pool
+        self.loop = get_hub().loop
+        self.conns = [PacedConnection(i) for i in range(share)]
+        budget = self.budget
+        try:
+            while True:
+                count = share if level is None else 0 if level.paused else math.ceil(level.value)
+                if count > len(self.conns):  # the controller set a level above the config's peak
+                    self.conns.extend(PacedConnection(i) for i in range(len(self.conns), count))
+                self._follow(count)
+                if ((budget.stopping or (budget.left == 0 and not self.tickets)) and not self.in_flight
+                        and not self.connectors):
+                    return
+                gevent.sleep(LEVEL_POLL_S)
+        except BaseException:
+            self._cancel_in_flight()
+            raise
+        finally:
+            self._close_all()
+
+    def _follow(self, count: int) -> None:
+        """Open the places below `count`; close those above it, after the reply of a message in flight."""
+        before = self.open_below
+        self.open_below = count
+        for conn in self.conns[before:count]:
+            self._want(conn)
+        for conn in self.conns[count:before]:
+            if conn.sock is not None and not conn.deadline_ns:
+                self._close(conn)
+
+    def _cancel_in_flight(self) -> None:
+        rec = self.recorder
+        for conn in self.conns:
+            if conn.deadline_ns:
+                conn.deadline_ns = 0
+                rec.failure("cancelled", "the run stopped while this message was in flight", None,
+                            conn.received, conn.sent)
+        self.in_flight = 0
+        self.flight.deadline_ns = 0
+
+    def _close_all(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+        self.closed = True
+        self.armed_ns = 0  # nothing arms it again
+        for conn in self.conns:
+            if conn.sock is not None:
+                self._close(conn)
+        self.heap.clear()
+        self.fifo.clear()
+        self.want.clear()
+        self.flight.close()
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    def _want(self, conn: PacedConnection) -> None:
+        """Queue a closed place for a connector, starting one if fewer than `MAX_CONNECTORS` run."""
+        if conn.queued or conn.sock is not None:
+            return
+        conn.queued = True
+        self.want.append(conn)
+        if self.connectors < MAX_CONNECTORS and self.pool is not None:
+            self.connectors += 1
+            self.pool.spawn(self._connector)
+
+    def _connector(self) -> None:
+        """Connect the places waiting, one after another, then end (a connector holds no memory after)."""
+        want, budget, rec = self.want, self.budget, self.recorder
+        try:
+            while want:
+                conn = want.popleft()
+                conn.queued = False
+                if conn.sock is not None or conn.index >= self.open_below:
+                    continue
+                if not budget.take():  # a connect takes a unit of the budget, as a virtual user's turn does
+                    return
+                conn.ticket = True
+                self.tickets += 1
+                wait_to_connect(conn.retry_at_ns, self.pacer)
+                conn.retry_at_ns = 0
+                if budget.stopping or conn.index >= self.open_below:
+                    self._drop_ticket(conn)
+                    continue
+                started = perf_counter_ns()
+                try:
+                    source = (next(self.sources), 0) if self.sources is not None else None
+                    sock = connect_socket(self.family, self.remote, self.timeout, source)
+                except gevent.GreenletExit:
+                    self._drop_ticket(conn)
+                    raise
+                except Exception as e:  # noqa: BLE001 - every failure is counted, none escapes
+                    self._drop_ticket(conn, spent=True)  # a failed connect counts against a `requests:` total
+                    kind, message = connect_failure(e, self.timeout)
+                    rec.connect_failed(kind, message)
+                    conn.retry_at_ns = perf_counter_ns() + self.pause_ns
+                    self._want(conn)
+                    continue
+                now = perf_counter_ns()
+                rec.connected(now - started)
+                self._attach(conn, sock, now)
+        finally:
+            self.connectors -= 1
+
+    def _drop_ticket(self, conn: PacedConnection, spent: bool = False) -> None:
+        """Let go of the budget unit a connection took before it connected: given back to the budget (a ramp
+        closed the place before its first message, or the load is stopping), or `spent` by a failed connect,
+        as a virtual user's failed connect spends its turn."""
+        if conn.ticket:
+            conn.ticket = False
+            self.tickets -= 1
+            if not spent:
+                self.budget.give_back()
+                self._wake_starved()
+
+    def _wake_starved(self) -> None:
+        """A unit came back to a spent budget: the first open connection that found it spent takes its turn now
+        (else nothing would ever ask for the unit, and the driver would not end by itself)."""
+        starved = self.starved
+        while starved:
+            conn = starved.pop(0)
+            if conn.serial and not self.closed:
+                now = perf_counter_ns()
+                heappush(self.heap, (now, conn.serial, conn))
+                if now < self.armed_ns:
+                    self._arm(now)
+                return
+
+    def _attach(self, conn: PacedConnection, sock: Any, now: int) -> None:
+        """A new connection in its place: its first turn at a random phase within the interval."""
+        conn.sock = sock
+        conn.reader = reader = self.loop.io(sock.fileno(), READ)
+        # Started for the connection's life, not per message: each restart costs an epoll_ctl. Bytes
+        # that come between messages stop it until the next message (see `_on_readable`).
+        reader.start(self._readable, conn)
+        self.serial += 1
+        conn.serial = self.serial
+        conn.answered = False
+        conn.late_slot_ns = 0
+        if self.closed or self.budget.stopping or conn.index >= self.open_below:  # (closed: a kill raced it)
+            self._close(conn)
+            return
+        slot = now + int(random.random() * self.interval_ns)
+        heappush(self.heap, (slot, conn.serial, conn))
+        if slot < self.armed_ns:
+            self._arm(slot)
+
+    def _close(self, conn: PacedConnection) -> None:
+        """Close a connection (its message, if any, already ended) and free its place."""
+        self._drop_ticket(conn)
+        conn.serial = 0
+        conn.late_slot_ns = 0
+        conn.deadline_ns = 0
+        if conn.reader is not None:
+            conn.reader.close()
+            conn.reader = None
+        if conn.writer is not None:
+            conn.writer.close()
+            conn.writer = None
+        sock, conn.sock = conn.sock, None
+        if sock is not None:
+            sock.close()
+            self.recorder.disconnected()
+
+    # -- the hot path: hub callbacks -------------------------------------------------------------
+
+    def _arm(self, when_ns: int) -> None:
+        """Wake the driver's timer at `when_ns` (a perf_counter_ns time) instead of when it was armed for."""
+        if self.closed:
+            return
+        if self.timer is None:  # a timerfd, not a loop timer: turns leave on time, not up to 1 ms late
+            self.timer = HubTimer(self.loop, self._tick)
+        self.timer.arm(when_ns)
+        self.armed_ns = when_ns
+
+    def _on_tick(self) -> None:
+        """Expire messages past their deadline and send every message whose turn has come."""
+        armed, self.armed_ns = self.armed_ns, 0  # sends made here push later turns; they re-arm once, at the end
+        try:
+            now = perf_counter_ns()
+            if now < armed <= now + 2 * ARM_EARLY_NS:  # the timer fires a wake-up's length early
+                now = spin_until(armed)
+            fifo = self.fifo
+            while fifo:
+                deadline, conn = fifo[0]
+                if conn.deadline_ns != deadline:  # that message ended: a stale entry
+                    fifo.popleft()
+                elif deadline <= now:
+                    fifo.popleft()
+                    self._fail(conn, "read_timeout", "")
+                else:
+                    break
+            heap = self.heap
+            send = self._send
+            while heap and heap[0][0] <= now:
+                slot, serial, conn = heappop(heap)
+                if conn.serial != serial:  # closed since: a stale entry
+                    continue
+                if conn.deadline_ns:  # its reply is late: the next message goes when it is in
+                    conn.late_slot_ns = slot
+                    continue
+                send(conn, slot, now)
+        except Exception as e:  # noqa: BLE001 - a callback's exception would be printed by gevent, not counted
+            self.callback_errors += 1
+            if self.callback_errors == 1:  # no message of its own to end: said once, on the worker's stderr
+                sys.stderr.write(f"loadtest: worker: {self.target.name}: the paced driver's timer failed "
+                                 f"({type(e).__name__}: {e}); its sends may stall\n")
+        finally:
+            self._rearm()
+
+    def _rearm(self) -> None:
+        self.armed_ns = _FAR_NS
+        if self.closed:
+            return
+        nearest = self.heap[0][0] if self.heap else _FAR_NS
+        if self.fifo and self.fifo[0][0] < nearest:
+            nearest = self.fifo[0][0]
+        if nearest < _FAR_NS:
+            self._arm(nearest)
+
+    def _send(self, conn: PacedConnection, slot: int, now: int) -> None:
+        """Send this connection's message for the turn at `slot`, if the budget allows."""
+        if conn.ticket:
+            conn.ticket = False
+            self.tickets -= 1
+            if self.budget.stopping:
+                return
+        elif not self.budget.take():
+            if not self.budget.stopping:  # spent for now: a unit a ramp gives back later wakes it
+                self.starved.append(conn)
+            return
+        nxt = slot + self.interval_ns
+        heappush(self.heap, (nxt, conn.serial, conn))
+        if nxt < self.armed_ns:
+            self._arm(nxt)
+        conn.slot_ns = slot
+        conn.received = 0
+        conn.sent = 0
+        conn.wrong = None
+        deadline = now + self.timeout_ns  # from the first byte written, even when the turn came late
+        conn.deadline_ns = deadline
+        fifo = self.fifo
+        fifo.append((deadline, conn))
+        if len(fifo) > 2 * self.in_flight + FIFO_SLACK:
+            self._compact_fifo()
+        if not self.in_flight:
+            self.flight.deadline_ns = NO_DEADLINE_NS
+            if deadline < self.armed_ns:
+                self._arm(deadline)
+        self.in_flight += 1
+        reader = conn.reader
+        if not reader.active:
+            reader.start(self._readable, conn)
+        size = self.size
+        try:
+            sent = conn.sock.send(self.message)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._socket_failed(conn, e)
+            return
+        conn.sent = sent
+        if sent < size:
+            if conn.writer is None:
+                conn.writer = self.loop.io(conn.sock.fileno(), WRITE)
+            conn.writer.start(self._writable, conn)
+
+    def _compact_fifo(self) -> None:
+        """Drop the entries of messages that already ended. The tick pops them only from the front, so one
+        message waiting for its timeout would keep every later, finished one queued behind it (rate ×
+        timeout entries: 16 MB at 15,000 messages/s and a 10 s timeout)."""
+        fifo = self.fifo
+        live = [entry for entry in fifo if entry[1].deadline_ns == entry[0]]
+        fifo.clear()
+        fifo.extend(live)
+
+    def _on_writable(self, conn: PacedConnection) -> None:
+        """The rest of a message the socket buffer did not take at once."""
+        try:
+            try:
+                sent = conn.sock.send(memoryview(self.message)[conn.sent:])
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._socket_failed(conn, e)
+                return
+            conn.sent += sent
+            if conn.sent == self.size:
+                conn.writer.stop()
+                if conn.received == self.size:
+                    self._complete(conn)
+        except Exception as e:  # noqa: BLE001 - see _on_tick
+            self._internal_error(conn, e)
+
+    def _on_readable(self, conn: PacedConnection) -> None:
+        """Read what has come of the reply (and one byte past its end: more is a mismatch) and check it where it
+        falls."""
+        try:
+            received = conn.received
+            if received == self.size or not conn.deadline_ns:
+                # bytes (or a close) no message asked for: they wait for the next message, as in TcpSession
+                conn.reader.stop()
+                return
+            lacking = self.size - received
+            try:
+                data = conn.sock.recv(lacking + OVERREAD_BYTES)  # more than the reply: a mismatch, as in TcpSession
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._socket_failed(conn, e)
+                return
+            if not data:
+                self._fail(conn, "closed", "")
+                return
+            if len(data) > lacking:
+                conn.received = received + len(data)
+                conn.wrong = ((conn.wrong or b"") + data)[:SAMPLE_BYTES]
+                self._fail(conn, "mismatch", "longer")
+                return
+            wrong = conn.wrong
+            if wrong is None:
+                expected = self.expected
+                if expected is not None and not expected.startswith(data, received):
+                    conn.wrong = (expected[:received] + data)[:SAMPLE_BYTES]
+            elif len(wrong) < SAMPLE_BYTES:  # the failure quotes the reply's start, as a session's does
+                conn.wrong = (wrong + data)[:SAMPLE_BYTES]
+            received += len(data)
+            conn.received = received
+            if received == self.size:
+                if conn.sent == received:
+                    self._complete(conn)
+        except Exception as e:  # noqa: BLE001 - see _on_tick
+            self._internal_error(conn, e)
+
+    def _complete(self, conn: PacedConnection) -> None:
+        """A whole reply to a whole message: a success or a mismatch; then a late turn, or a ramp's close."""
+        if conn.wrong is not None:
+            self._fail(conn, "mismatch", "")
+            return
+        now = perf_counter_ns()
+        conn.deadline_ns = 0
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.flight.deadline_ns = 0
+        conn.answered = True
+        size = self.size
+        self.recorder.success(now - conn.slot_ns, size, size, size)
+        if conn.index >= self.open_below:  # a ramp down: this place closes after its message
+            self._close(conn)
+        elif conn.late_slot_ns:
+            slot, conn.late_slot_ns = conn.late_slot_ns, 0
+            self._send(conn, slot, now)
+
+    def _fail(self, conn: PacedConnection, kind: str, detail: str) -> None:
+        """End the message in flight as a failure of `kind`, close the connection and queue its reconnect."""
+        now = perf_counter_ns()
+        if conn.deadline_ns:
+            conn.deadline_ns = 0
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.flight.deadline_ns = 0
+        message = detail if detail.startswith(_DRIVER_ERROR) else failure_message(self.target, kind, detail,
+                                                                                  conn.wrong or b"")
+        self.recorder.failure(kind, message, now - conn.slot_ns, conn.received, conn.sent)
+        if not conn.answered:  # failed before any reply: pause as after a failed connect
+            conn.retry_at_ns = now + self.pause_ns
+        self._close(conn)
+        budget = self.budget
+        if conn.index < self.open_below and not budget.stopping and budget.left != 0:
+            self._want(conn)
+
+    def _socket_failed(self, conn: PacedConnection, e: OSError) -> None:
+        """A send or a read failed: `reset` for a reset or a broken pipe, `error` for anything else."""
+        self._fail(conn, "reset" if isinstance(e, RESET_ERRORS) else "error", e.strerror or str(e))
+
+    def _internal_error(self, conn: PacedConnection, e: Exception) -> None:
+        self.callback_errors += 1
+        try:
+            if conn.deadline_ns:
+                self._fail(conn, "error", f"{_DRIVER_ERROR}: {type(e).__name__}: {e}")
+        except Exception:  # noqa: BLE001 - counted above; nothing may escape into the hub
+            pass

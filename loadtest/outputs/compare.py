@@ -1,0 +1,455 @@
+"""Compare two runs: what got faster, what got slower, and whether anything got worse.
+
+Per target present in both runs, and Aggregated: requests/s, p50, p95, p99,
+p99.9, error rate and the generator's CPU per request, from each run folder's
+summary.json (CPU per request from resources.csv when there, so that the
+workers' start-up is not counted as the load's); for each the change in % and
+whether it got worse. Higher latency, error rate or CPU is worse; lower
+requests/s is.
+
+A figure got worse only when B is worse than A by more than the tolerance
+(a share of A) AND by more than the runs' own noise: NOISE_K times
+sqrt(sA² + sB²), where sA and sB are the standard deviations of that figure's
+per-second values in each run (history.csv; for CPU per request, the
+workers' per-second CPU in resources.csv over the requests of that second),
+i.e. NOISE_K standard deviations of the difference between one second of A
+and one second of B. Two runs of one config differ about as much as their
+seconds differ from each other, so a change inside that band is not evidence
+of anything; a real slowdown moves every second and stands out of it. A figure without
+per-second values (a one-second run, a folder without history.csv) is judged
+by the tolerance alone. From no failures to some is worse at any tolerance.
+`Comparison.worse` is what CI gates on (the CLI exits 1).
+
+A run folder is read by `load_run`, as `report` reads it: a folder one
+refuses, the other refuses too, with the same sentence (a figure missing,
+not a number or out of range, a file that is not the run's own, a histogram
+bomb) (RunFolderError). The comparison uses summary.json, history.csv and
+resources.csv, and histograms.json for the HTML page's spectra.
+
+    c = compare_runs(Path("reports/a"), Path("reports/b"), tolerance=0.05)
+    print(format_table(c))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from loadtest.outputs.page import fmt_count, fmt_ms, page, table, td
+from loadtest.core.run_files import (
+    AGGREGATED,
+    OTHER_HISTOGRAM_TYPES,
+    SUMMARY_NAME,
+    precise_cell,
+)
+from loadtest.outputs.run_folder import (MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run,
+                                         summary_figure, write_page)
+from loadtest.outputs.series import spectra
+from loadtest.outputs.svg_chart import Series, spectrum_chart, target_colors
+
+DEFAULT_TOLERANCE = 0.05
+MAX_TOLERANCE = 100.0  # 10,000%: beyond that a gate can never fail, which is a mistake, not a choice
+# How many standard deviations of a second-to-second difference a change must exceed to count. Runs of n
+# seconds whose seconds vary by s differ by about s * sqrt(2 / n) by chance; 3 * s * sqrt(2) is past that for
+# any n >= 1 (and past the estimate's own error from 2-3 seconds), and still far below what a real slowdown
+# does: 20% of a 20 ms delay is 4 ms, while that p50 varies by ~0.1 ms from second to second.
+NOISE_K = 3.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure compared between runs, and the history.csv column that holds it each second."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_worse: bool
+    column: str = ""  # "" for figures derived otherwise (error rate, CPU per request)
+
+
+METRICS = (
+    Metric("requests_per_s", "req/s", "req/s", higher_is_worse=False, column="Requests/s"),
+    Metric("p50", "p50", "ms", higher_is_worse=True, column="50%"),
+    Metric("p95", "p95", "ms", higher_is_worse=True, column="95%"),
+    Metric("p99", "p99", "ms", higher_is_worse=True, column="99%"),
+    Metric("p99.9", "p99.9", "ms", higher_is_worse=True, column="99.9%"),
+    Metric("error_rate", "error rate", "%", higher_is_worse=True),
+    Metric("cpu_us_per_request", "CPU/request", "µs", higher_is_worse=True),
+)
+LATENCY_KEYS = ("p50", "p95", "p99", "p99.9")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One figure in run A and run B, its change in %, the runs' noise band, and whether it got worse."""
+
+    metric: Metric
+    a: float | None
+    b: float | None
+    change_pct: float | None  # None when either is missing, or A is 0 and B is not
+    worse: bool
+    noise: float | None = None  # NOISE_K * sqrt(sA² + sB²) of the per-second values, in the figure's unit
+
+
+@dataclass(frozen=True)
+class TargetComparison:
+    name: str
+    changes: tuple[Change, ...]
+
+    @property
+    def worse(self) -> bool:
+        return any(c.worse for c in self.changes)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Run A against run B, target by target."""
+
+    run_a: RunFolder = field(repr=False)
+    run_b: RunFolder = field(repr=False)
+    tolerance: float
+    targets: tuple[TargetComparison, ...]
+    only_in_a: tuple[str, ...]
+    only_in_b: tuple[str, ...]
+
+    @property
+    def worse(self) -> bool:
+        """Whether any figure of any target got worse beyond the tolerance and the noise, or a target of A
+        is missing from B (a gate must not pass because B stopped testing something)."""
+        return bool(self.only_in_a) or any(t.worse for t in self.targets)
+
+    @property
+    def worse_count(self) -> int:
+        return sum(c.worse for t in self.targets for c in t.changes)
+
+
+def parse_tolerance(text: str, where: str = "tolerance") -> float:
+    """A tolerance as typed, in percent ("5", "5%", "2.5 %"), as a fraction (0.05). A bare number is percent,
+    always: "0.05" is 0.05%, not 5% (a gate written that way fails more, never less, than meant)."""
+    number = text.strip().removesuffix("%").strip()
+    try:
+        pct = float(number)
+    except ValueError:
+        pct = math.nan
+    if not (math.isfinite(pct) and 0 <= pct <= MAX_TOLERANCE * 100) or number.lower() in ("nan", "inf"):
+        raise ValueError(f"{where}: must be a percentage from 0 to {MAX_TOLERANCE * 100:,.0f}, such as 5 or 5%, "
+                         f"got {text!r}")
+    return pct / 100
+
+
+def compare_runs(run_a: Path, run_b: Path, tolerance: float = DEFAULT_TOLERANCE, *,
+                 histograms: bool = False) -> Comparison:
+    """Compare run folder B against run folder A; `tolerance` is a fraction (0.05 is 5%).
+
+    `histograms` also reads histograms.json, for the HTML page's spectra. Raises RunFolderError (a
+    ValueError) for a folder that is not a run or holds damaged figures, ValueError for a bad tolerance.
+    """
+    if not 0 <= tolerance <= MAX_TOLERANCE:
+        raise ValueError(f"tolerance: must be from 0 to {MAX_TOLERANCE * 100:,.0f}%, got {tolerance * 100:g}%"
+                         if math.isfinite(tolerance) else f"tolerance: must be a finite number, got {tolerance}")
+    # Every file report reads, whether or not this comparison needs it: a folder report refuses, compare refuses
+    # too, with the same sentence (`histograms` is kept for callers; the page's spectra use them when there).
+    a, b = load_run(Path(run_a)), load_run(Path(run_b))
+    figures_a, figures_b = _figures(a), _figures(b)
+    names = [n for n in figures_a if n in figures_b]
+    if not names:
+        raise RunFolderError(f"{run_a} and {run_b} have no target in common, so there is nothing to compare")
+    seconds_a, seconds_b = per_second(a), per_second(b)
+    for figures, seconds in ((figures_a, seconds_a), (figures_b, seconds_b)):
+        load_cpu = seconds.get(AGGREGATED, {}).get("cpu_total")
+        if AGGREGATED in figures and load_cpu:  # the CPU of the load itself, without the workers' start-up
+            figures[AGGREGATED]["cpu_us_per_request"] = load_cpu[0]
+    targets = tuple(
+        TargetComparison(n, tuple(
+            _change(m, figures_a[n][m.key], figures_b[n][m.key], tolerance,
+                    noise_band(seconds_a.get(n, {}).get(m.key, []), seconds_b.get(n, {}).get(m.key, [])))
+            for m in METRICS))
+        for n in names)
+    return Comparison(a, b, tolerance, targets,
+                      tuple(n for n in figures_a if n not in figures_b),
+                      tuple(n for n in figures_b if n not in figures_a))
+
+
+def _figures(run: RunFolder) -> dict[str, dict[str, float | None]]:
+    """Per target name (Aggregated last): the compared figures of one run, each checked (RunFolderError)."""
+    where = run.path / SUMMARY_NAME
+    out: dict[str, dict[str, float | None]] = {}
+    parts = [(f"targets[{i}]", t) for i, t in enumerate(run.summary["targets"])]
+    if run.summary.get("aggregated") is not None:
+        parts.append(("aggregated", run.summary["aggregated"]))
+    for at, t in parts:
+        latency = t.get("latency_ms")
+        # An empty latency_ms is a target none of whose requests got an answer; its error rate says so.
+        # One that has figures must have every compared one.
+        has_latency = bool(latency)
+        error_rate = _figure(where, t, "error_rate", at, high=1.0) if t.get("error_rate") is not None else None
+        name = AGGREGATED if at == "aggregated" else str(t.get("name", ""))
+        out[name] = {
+            "requests_per_s": _figure(where, t, "requests_per_s", at),
+            **{k: _figure(where, latency, k, f"{at}.latency_ms") if has_latency else None for k in LATENCY_KEYS},
+            "error_rate": error_rate * 100 if error_rate is not None else None,
+            "cpu_us_per_request": None,
+        }
+    if AGGREGATED in out:
+        # Workers serve every target at once, so CPU per request is a figure of the whole run only.
+        out[AGGREGATED]["cpu_us_per_request"] = _cpu_per_request(run, where)
+    return out
+
+
+def _figure(where: Path, part: dict[str, Any], key: str, at: str, high: float = MAX_FIGURE) -> float:
+    """A compared figure: present, a number, finite and from 0 to `high`, or RunFolderError naming it (as
+    load_run checks it, for report and compare alike)."""
+    return summary_figure(where, part, key, at, high)
+
+
+def _cpu_per_request(run: RunFolder, where: Path) -> float | None:
+    workers = [(i, w) for i, w in enumerate(run.summary.get("workers") or []) if isinstance(w, dict)]
+    seconds = [sum(_figure(where, w, k, f"workers[{i}]") for k in ("cpu_user_s", "cpu_system_s")
+                   if w.get(k) is not None)
+               for i, w in workers if w.get("cpu_user_s") is not None or w.get("cpu_system_s") is not None]
+    requests = _figure(where, run.summary["aggregated"], "requests", "aggregated")
+    if not seconds or not requests:
+        return None
+    return sum(seconds) / requests * 1e6
+
+
+# -- the runs' own noise ------------------------------------------------------
+
+
+def per_second(run: RunFolder) -> dict[str, dict[str, list[float]]]:
+    """Per target name, per metric key: that figure in each second of the run (from history.csv, and
+    resources.csv for CPU per request). A second without requests has no latency or error rate; a value
+    that is not a finite, sane number is left out, as the charts leave it out. Aggregated's "cpu_total"
+    holds one value: the workers' CPU over the requests of every second that has both (the load's CPU per
+    request, which the summary's worker totals overstate by the workers' start-up)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    rates: dict[int, float] = {}  # Aggregated requests/s by whole second, for CPU per request
+    for row in run.history:
+        if row.get("Type") in OTHER_HISTOGRAM_TYPES or as_float(row.get("Elapsed")) is None:
+            continue
+        name = row.get("Name", "")
+        series = out.setdefault(name, {m.key: [] for m in METRICS})
+        requests = as_float(row.get("Interval Requests")) or 0.0
+        for m in METRICS:
+            v = as_float(precise_cell(row, m.column)) if m.column else None
+            if v is not None and (m.key == "requests_per_s" or requests > 0):
+                series[m.key].append(v)
+        failures = as_float(row.get("Interval Failures"))
+        if requests > 0 and failures is not None:
+            series["error_rate"].append(failures / requests * 100)
+        rate = as_float(row.get("Requests/s"))
+        if name == AGGREGATED and rate:
+            rates[round(as_float(row.get("Elapsed")) or 0.0)] = rate
+    samples: dict[tuple[int, str], float] = {}  # (whole second, worker pid): its CPU seconds per second
+    for row in run.resources:
+        elapsed, percent = as_float(row.get("elapsed_s")), as_float(row.get("cpu_percent"))
+        # A worker's last sample, as it exits, covers a sliver of a second: it would count that second twice.
+        if str(row.get("role", "")).startswith("worker") and row.get("status") not in ("zombie", "dead") \
+                and elapsed is not None and percent is not None:
+            samples[(round(elapsed), str(row.get("pid", "")))] = percent / 100
+    cpu: dict[int, float] = {}
+    for (second, _), cores in samples.items():
+        cpu[second] = cpu.get(second, 0.0) + cores
+    both = [s for s in sorted(cpu) if rates.get(s)]
+    if AGGREGATED in out and both:
+        out[AGGREGATED]["cpu_us_per_request"] = [cpu[s] / rates[s] * 1e6 for s in both]
+        out[AGGREGATED]["cpu_total"] = [sum(cpu[s] for s in both) / sum(rates[s] for s in both) * 1e6]
+    return out
+
+
+def noise_band(seconds_a: list[float], seconds_b: list[float]) -> float | None:
+    """NOISE_K times sqrt(sA² + sB²), sA and sB the standard deviations of each run's per-second values: how
+    far one second of B strays from one second of A by chance. A run with fewer than two seconds adds
+    nothing; None if neither has two."""
+    variances = [statistics.variance(v) for v in (seconds_a, seconds_b) if len(v) >= 2]
+    if not variances:
+        return None
+    return NOISE_K * math.sqrt(sum(variances))
+
+
+def _change(metric: Metric, a: float | None, b: float | None, tolerance: float, noise: float | None) -> Change:
+    if a is None or b is None:
+        return Change(metric, a, b, None, False, noise)
+    pct = (b - a) / a * 100 if a else (0.0 if b == a else None)
+    worse_by = b - a if metric.higher_is_worse else a - b
+    if metric.higher_is_worse and not a:
+        worse = b > 0  # from none to some failures is worse at any tolerance and any noise
+    else:
+        worse = worse_by > tolerance * a and (noise is None or worse_by > noise)
+    return Change(metric, a, b, pct, worse, noise)
+
+
+# -- renderers -------------------------------------------------------------
+
+
+def _value(metric: Metric, v: float | None) -> str:
+    if v is None:
+        return "—"
+    if metric.unit == "ms":
+        return fmt_ms(v)
+    if metric.unit == "%":
+        return f"{v:.3g}%" if v else "0%"
+    if metric.unit == "µs":
+        return fmt_count(v, 1)
+    return fmt_count(v, 1)
+
+
+def _pct(c: Change) -> str:
+    if c.change_pct is None:
+        return "new" if c.a == 0 and c.b else "—"
+    return f"{c.change_pct:+.1f}%"
+
+
+def _label(metric: Metric) -> str:
+    return metric.label if metric.unit in ("req/s", "%") else f"{metric.label} {metric.unit}"
+
+
+def _noise(c: Change) -> str:
+    """The noise band as a share of A: how far B had to move before the change counted."""
+    if c.noise is None or c.a is None:
+        return "—"
+    return f"±{c.noise / c.a * 100:.1f}%" if c.a else f"±{c.noise:.3g}"
+
+
+def _run_line(tag: str, run: RunFolder) -> str:
+    s = run.summary
+    return f"{tag}  {run.path}  ({run.name}, started {s.get('started', '?')}, {s.get('duration_s', '?')} s)"
+
+
+def _verdict(c: Comparison) -> str:
+    tol = f"{c.tolerance * 100:g}%"
+    if not c.worse:
+        return f"OK: nothing got worse beyond {tol} and the runs' own noise"
+    parts = []
+    if c.worse_count:
+        n = c.worse_count
+        parts.append(f"{n} figure{'s' if n != 1 else ''} got worse beyond {tol} and the runs' own noise")
+    if c.only_in_a:
+        n = len(c.only_in_a)
+        parts.append(f"{n} target{'s' if n != 1 else ''} of A missing from B")
+    return "WORSE: " + "; ".join(parts)
+
+
+def format_table(c: Comparison) -> str:
+    """The comparison as an aligned text table, for a terminal."""
+    lines = [_run_line("A", c.run_a), _run_line("B", c.run_b), ""]
+    rows = [("target", "metric", "A", "B", "change", "noise", "")]
+    for t in c.targets:
+        for i, ch in enumerate(t.changes):
+            rows.append((t.name if i == 0 else "", _label(ch.metric), _value(ch.metric, ch.a),
+                         _value(ch.metric, ch.b), _pct(ch), _noise(ch), "worse" if ch.worse else ""))
+    widths = [max(len(r[k]) for r in rows) for k in range(7)]
+    for r in rows:
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1]), *(r[k].rjust(widths[k]) for k in (2, 3, 4, 5)), r[6]]
+        lines.append("  ".join(cells).rstrip())
+    for tag, names in (("A", c.only_in_a), ("B", c.only_in_b)):
+        if names:
+            lines.append(f"only in {tag}: {', '.join(names)}")
+    if len(c.targets) > 1:
+        lines.append(CPU_PER_TARGET_NOTE)
+    lines += ["", _verdict(c)]
+    return "\n".join(lines) + "\n"
+
+
+# Said wherever per-target CPU/request shows "—", so that the dash is not read as a figure that failed to load
+CPU_PER_TARGET_NOTE = ("CPU/request is the whole run's only (Aggregated): each worker serves every target at once, "
+                       "so its CPU has no share per target.")
+
+
+def _title(run: RunFolder) -> str:
+    """A run as a page title names it: its folder and when it started (two runs of one config differ there)."""
+    return f"{run.path.name} ({run.summary.get('started', '?')})"
+
+
+def format_csv(c: Comparison) -> str:
+    """One row per target and figure: target,metric,unit,a,b,change_pct,worse,noise (noise: the band B had
+    to pass, in the figure's unit; empty when the runs have no per-second figures)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["target", "metric", "unit", "a", "b", "change_pct", "worse", "noise"])
+    for t in c.targets:
+        for ch in t.changes:
+            w.writerow([t.name, ch.metric.key, ch.metric.unit, _csv_number(ch.a), _csv_number(ch.b),
+                        _csv_number(ch.change_pct), "true" if ch.worse else "false", _csv_number(ch.noise)])
+    return buf.getvalue()
+
+
+def _csv_number(v: float | None) -> str:
+    return "" if v is None else f"{v:.6g}"
+
+
+def comparison_dict(c: Comparison) -> dict[str, Any]:
+    def run(r: RunFolder) -> dict[str, Any]:
+        return {"path": str(r.path), "name": r.name, "started": r.summary.get("started"),
+                "duration_s": r.summary.get("duration_s")}
+
+    return {
+        "run_a": run(c.run_a), "run_b": run(c.run_b), "tolerance": c.tolerance, "noise_k": NOISE_K,
+        "worse": c.worse,
+        "targets": [{"name": t.name, "worse": t.worse,
+                     "metrics": {ch.metric.key: {"unit": ch.metric.unit, "a": ch.a, "b": ch.b,
+                                                 "change_pct": None if ch.change_pct is None
+                                                 else round(ch.change_pct, 3),
+                                                 "noise": ch.noise, "worse": ch.worse}
+                                 for ch in t.changes}}
+                    for t in c.targets],
+        "only_in_a": list(c.only_in_a), "only_in_b": list(c.only_in_b),
+    }
+
+
+def format_json(c: Comparison) -> str:
+    return json.dumps(comparison_dict(c), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_compare_html(c: Comparison) -> str:
+    """The comparison as a self-contained HTML page, both runs' spectra on one chart."""
+    rows, classes = [], []
+    for t in c.targets:
+        for i, ch in enumerate(t.changes):
+            better = ch.change_pct is not None and not ch.worse and abs(ch.change_pct) > c.tolerance * 100 and (
+                (ch.change_pct < 0) == ch.metric.higher_is_worse) and (
+                ch.noise is None or ch.a is None or ch.b is None or abs(ch.b - ch.a) > ch.noise)
+            mark = "worse" if ch.worse else ("better" if better else "")
+            cls = "bad" if ch.worse else ("good" if better else "")
+            rows.append([td(t.name if i == 0 else "", "l name"), td(_label(ch.metric), "l"),
+                         td(_value(ch.metric, ch.a)), td(_value(ch.metric, ch.b)), td(_pct(ch), cls), td(_noise(ch)),
+                         td(mark, cls)])
+            classes.append("first" if i == 0 else "")
+    names = [t.name for t in c.targets]
+    colors = target_colors(names)
+    series = []
+    for tag, run, dashed in (("A", c.run_a, False), ("B", c.run_b, True)):
+        for s in spectra(run):
+            if s.name in colors and not (s.name == AGGREGATED and len(names) == 2):
+                series.append(Series(f"{tag}: {s.name}", s.points, colors[s.name], dashed=dashed, width=2.0))
+    badge = (f'<span class="badge big fail">{escape(_verdict(c))}</span>' if c.worse
+             else f'<span class="badge big pass">{escape(_verdict(c))}</span>')
+    runs = "".join(f"<dt>{tag}</dt><dd>{escape(_run_line('', r).strip())}</dd>"
+                   for tag, r in (("A", c.run_a), ("B", c.run_b)))
+    missing = "".join(f'<p class="note">Only in {tag}: {escape(", ".join(n))}</p>'
+                      for tag, n in (("A", c.only_in_a), ("B", c.only_in_b)) if n)
+    body = (f'<header class="top"><div><h1>{escape(_title(c.run_a))} → {escape(_title(c.run_b))}</h1>'
+            f'<div class="sub">run B compared with run A, tolerance {c.tolerance * 100:g}%</div></div>'
+            f'<div>{badge}</div></header>'
+            f'<section><h2>Runs</h2><dl>{runs}</dl></section>'
+            f'<section><h2>Side by side</h2>'
+            + table(["Target", "Metric", "A", "B", "Change", "Noise", ""], rows, left=2, row_classes=classes)
+            + missing + '<p class="note">Higher latency, error rate or CPU per request is worse; lower '
+            'requests/s is worse. CPU per request is the generator\'s workers\', while the load ran, and the whole '
+            'run\'s only (Aggregated): each worker serves every target at once. A change counts '
+            f'as worse only beyond the tolerance and beyond the noise: {NOISE_K:g} standard deviations of the '
+            'difference between a second of A and a second of B (from each run\'s per-second figures).</p></section>'
+            '<section><h2>Latency by percentile</h2>'
+            + spectrum_chart("Latency percentile spectrum: A solid, B dashed", series) + "</section>")
+    return page(f"loadtest compare: {_title(c.run_a)} → {_title(c.run_b)}", body)
+
+
+def write_compare_html(c: Comparison, out: Path) -> Path:
+    return write_page(Path(out), render_compare_html(c))

@@ -229,7 +229,7 @@ def test_open_model_arrivals_leave_on_time_and_every_one_ends_once(raw_server) -
     assert decode_histogram(snap.uncorrected).get_total_count() == started - failures.get("cancelled", 0)
     # the timerfd, not the loop's millisecond: a loop timer leaves half a millisecond late at the median
     assert lateness.get_value_at_percentile(50) < 250_000, lateness.get_value_at_percentile(50)
-    assert snap.connects < 20  # keep-alive: arrivals reuse idle connections
+    assert snap.connects <= started // 4  # keep-alive: arrivals reuse idle connections
 
 
 def test_open_model_at_the_cap_arrivals_wait_then_are_dropped_not_lost(raw_server) -> None:

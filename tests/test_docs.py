@@ -90,7 +90,7 @@ def test_the_cli_reference_has_every_command_and_option() -> None:
 
 def test_the_config_reference_has_every_field_with_a_description() -> None:
     from loadtest.model.config import RunConfigModel, ServerModel
-    from loadtest.model.fields import field_docstrings
+    from loadtest.model.config_model import field_docstrings
     from loadtest.model.kinds import MODELS
 
     sections = {s.splitlines()[0]: s for s in re.split(r"^## ", reference().config_page(), flags=re.M)[1:]}
@@ -106,7 +106,7 @@ def test_the_config_reference_has_every_field_with_a_description() -> None:
 
 
 def test_a_field_without_a_description_fails_the_build() -> None:
-    from loadtest.model.fields import ConfigModel
+    from loadtest.model.config_model import ConfigModel
 
     class Described(ConfigModel):
         """A mapping with one field described and one not."""

@@ -16,7 +16,8 @@ import pytest
 from gevent.pool import Pool
 
 from loadtest.core.schedule import ArrivalSchedule
-from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.core.recorder import TargetRecorder
+from loadtest.core.stats import decode_histogram
 from loadtest.engine.budget import Budget, Level
 from loadtest.engine.protocols import Deadlines
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints

@@ -44,7 +44,8 @@ def test_the_registry_maps_each_target_to_its_kind() -> None:
     assert [kind_of(t).name for t in (users, echo, arrivals)] == ["http", "tcp", "http-open"]
     assert len({k.name for k in KINDS}) == len(KINDS)
     assert {k.model for k in KINDS} == set(MODELS)
-    assert needs() == "flow or script for a flow, url (or urls) for an HTTP target, or tcp for a TCP target"
+    assert needs() == ("flow or script for a flow, url (or urls) for an HTTP target, tcp for a TCP target, "
+                       "or ws for a WebSocket target")
 
 
 def test_each_kind_says_what_is_particular_to_it() -> None:

@@ -133,7 +133,7 @@ def test_the_schema_is_a_well_formed_draft_2020_12_document() -> None:
             assert set(node.get("required", [])) <= set(node["properties"]), where
     # each mapping of the config is a model whose fields are the schema's properties, no more and no fewer
     defs = schema["$defs"]
-    assert set(defs) == {"FlowTargetModel", "HttpTargetModel", "TcpTargetModel", "ServerModel"}
+    assert set(defs) == {"FlowTargetModel", "HttpTargetModel", "TcpTargetModel", "WsTargetModel", "ServerModel"}
     assert set(schema["properties"]) == set(RunConfigModel.model_fields)
 
 

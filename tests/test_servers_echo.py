@@ -316,10 +316,10 @@ def test_counts_at_stop() -> None:
                     sock.sendall(message)  # the next message only after the reply: one read each
                     assert read_exactly(sock, len(message)) == message
                     sent += len(message)
-        assert group.served() == {"messages": 60, "bytes": sent, "connections": 3}
+        assert group.served() == {"messages": 60, "bytes": sent, "connections": 3, "closes": 0}
     finally:
         counts = group.stop()
-    assert counts == {"messages": 60, "bytes": sent, "connections": 3}
+    assert counts == {"messages": 60, "bytes": sent, "connections": 3, "closes": 0}
     assert not any(psutil.pid_exists(pid) for pid in group.pids)
 
 

@@ -129,7 +129,7 @@ def _model_title(name: str) -> str:
     if name == "ServerModel":
         return "An embedded server (`servers[]`)"
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", re.sub(r"Model$", "", name)).split()
-    words = [{"Http": "HTTP", "Tcp": "TCP"}.get(w, w if i == 0 else w.lower()) for i, w in enumerate(words)]
+    words = [{"Http": "HTTP", "Tcp": "TCP", "Ws": "WebSocket"}.get(w, w if i == 0 else w.lower()) for i, w in enumerate(words)]
     return " ".join(words) + " (`targets[]`)"
 
 

@@ -42,7 +42,8 @@ from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, ChangeLevel
 from loadtest.engine.protocols import Deadlines, Session
 from loadtest.engine.protocols.hub_timer import ARM_EARLY_NS, HubTimer, spin_until
 from loadtest.core.schedule import ArrivalSchedule, Stage, level_at, stages_duration, zero_until
-from loadtest.core.stats import Snapshot, TargetRecorder
+from loadtest.core.stats import Snapshot
+from loadtest.core.recorder import TargetRecorder
 
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked

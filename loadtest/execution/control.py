@@ -152,13 +152,13 @@ def level_command(config: RunConfig, name: str, body: Any, origin: str = ORIGIN_
         raise ControlError(404, f"there is no target named {name!r} (targets: {', '.join(targets) or 'none'})")
     if not isinstance(body, dict):
         raise ControlError(400, 'the body must be a JSON object: {"users": N} or {"rate": R}')
-    model = target_model(targets[name])
+    arrivals = target_model(targets[name]) == "open"  # its level is a rate, not users
     keys = set(body)
     if keys not in ({"users"}, {"rate"}):
-        want = '{"rate": R}' if model == "open" else '{"users": N}'
+        want = '{"rate": R}' if arrivals else '{"users": N}'
         raise ControlError(400, f"target {name} takes {want}, got keys {sorted(keys)}")
     if "users" in keys:
-        if model == "open":
+        if arrivals:
             raise ControlError(400, f"target {name} is an open-model target: set its rate, not users")
         users = _number(body["users"], "users")
         if users != int(users):
@@ -166,7 +166,7 @@ def level_command(config: RunConfig, name: str, body: Any, origin: str = ORIGIN_
         if users > MAX_USERS:
             raise ControlError(400, f"users must be at most {MAX_USERS}, got {body['users']!r}")
         return SetLevel(name, users=int(users), origin=origin)
-    if model == "closed":
+    if not arrivals:
         raise ControlError(400, f"target {name} is a closed-model target: set its users, not rate")
     rate = _number(body["rate"], "rate")
     if rate > MAX_RATE:

@@ -19,7 +19,8 @@ http "requests" counts every request answered, error answers (400, 408, 413, 431
 included, as the answer is queued: a client that leaves before its answer is
 sent (say during /delay/MS) is still counted, as the run counts its request. echo "messages" counts reads echoed: the server cannot see message
 boundaries, so a message that arrives in pieces counts more than once; "bytes"
-and "connections" are exact.
+and "connections" are exact. The WebSocket echo (`ws`) counts whole messages,
+payload bytes, and "closes", the close frames with code 1000 it received.
 """
 
 from __future__ import annotations
@@ -175,14 +176,15 @@ class ServerGroup:
 
 
 def _describe(group: ServerGroup) -> str:
-    scheme = "http://" if group.spec.kind == "http" else ""
+    scheme = "http://" if group.spec.kind == "http" else "ws://" if group.spec.ws else ""
     return f"{group.spec.kind} on {scheme}{group.address}"
 
 
 def _describe_counts(kind: str, counts: dict[str, int]) -> str:
     if kind == "http":
         return f"{counts['requests']} requests served"
-    return f"{counts['connections']} connections, {counts['messages']} messages, {counts['bytes']} bytes echoed"
+    closes = f", {counts['closes']} normal closes" if counts.get("closes") else ""
+    return f"{counts['connections']} connections, {counts['messages']} messages, {counts['bytes']} bytes echoed{closes}"
 
 
 def serve_foreground(spec: ServerSpec, out: TextIO = sys.stdout) -> int:

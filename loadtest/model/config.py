@@ -23,7 +23,6 @@ from loadtest.model import fields
 from loadtest.model.fields import (  # noqa: F401 - the names the rest of the program imports from here
     MAX_WORKERS,
     ConfigError,
-    ConfigModel,
     Duration,
     FieldError,
     Flag,
@@ -52,6 +51,7 @@ from loadtest.model.fields import (  # noqa: F401 - the names the rest of the pr
     resolve,
     type_name,
 )
+from loadtest.model.config_model import ConfigModel
 # HttpTarget and TcpTarget are imported from here by the protocols and the tests.
 from loadtest.model.kinds import MODELS, HttpTarget, Target, TcpTarget, kind_of, model_for, needs  # noqa: F401
 from loadtest.core.schedule import stages_duration
@@ -89,6 +89,7 @@ class ServerSpec:
     max_connections: int = 0  # 0: the server's own default
     idle_timeout: float = 0.0  # 0: the server's own default
     max_buffered: int = 0  # bytes one process holds for its clients in all; 0: the server's own default
+    ws: bool = False  # an echo server that speaks WebSocket (servers/ws_echo.py)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ class ServerModel(ConfigModel):
     """Server processes sharing the port (SO_REUSEPORT)."""
     upper: Flag = False
     """An echo server only: reply upper-cased instead of unchanged."""
+    ws: Flag = False
+    """An echo server only: speak WebSocket (an upgrade, then every message echoed in frames)."""
     # 0 (left out): the server's own default
     max_connections: Annotated[int, BeforeValidator(positive_int),
                                WithJsonSchema({"type": "integer", "minimum": 1})] = 0
@@ -142,6 +145,8 @@ class ServerModel(ConfigModel):
     def _fits_its_kind(self) -> ServerModel:
         if self.kind != "echo" and self.upper:
             raise FieldError("only an echo server can upper-case", at=("upper",))
+        if self.kind != "echo" and self.ws:
+            raise FieldError("only an echo server speaks WebSocket (kind: echo, ws: true)", at=("ws",))
         return self
 
     @property
@@ -149,7 +154,7 @@ class ServerModel(ConfigModel):
         return ServerSpec(name=self.name if self.name is not None else self.kind, kind=self.kind, host=self.listen[0],
                           port=self.listen[1], workers=self.workers, upper=self.upper,
                           max_connections=self.max_connections, idle_timeout=self.idle_timeout,
-                          max_buffered=self.max_buffered)
+                          max_buffered=self.max_buffered, ws=self.ws)
 
 
 class ThresholdModel(ConfigModel):

@@ -49,8 +49,8 @@ from loadtest.core.run_files import (
     SUMMARY_NAME,
     precise_cell,
 )
-from loadtest.outputs.run_folder import (MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run,
-                                         summary_figure, write_page)
+from loadtest.outputs.run_folder import MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run, write_page
+from loadtest.outputs.run_folder_checks import summary_figure
 from loadtest.outputs.series import spectra
 from loadtest.outputs.svg_chart import Series, spectrum_chart, target_colors
 

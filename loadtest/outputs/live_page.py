@@ -61,10 +61,10 @@ def _point(second: TargetTotals, length: float) -> dict[str, Any]:
             "p50": p50, "p90": p90, "p99": p99}
 
 
-def _level(model: str, value: float) -> float | int:
+def _level(load: str, value: float) -> float | int:
     """Users as a whole number (a ramp's level between two whole numbers as the workers take it), a rate to the
     thousandth."""
-    return int(round(value)) if model == "closed" else round(value, 3)
+    return round(value, 3) if load == "open" else int(round(value))
 
 
 class LivePage(Output):

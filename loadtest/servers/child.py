@@ -55,6 +55,10 @@ def _build_server(spec: ServerSpec, listener: socket.socket, counts: Any) -> Any
         from loadtest.servers.http import HttpServer
 
         return HttpServer(listener, counts, spec.max_connections, spec.idle_timeout, spec.max_buffered)
+    if spec.ws:
+        from loadtest.servers.ws_echo import WsEchoServer
+
+        return WsEchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout, spec.max_buffered)
     from loadtest.servers.echo import EchoServer
 
     return EchoServer(listener, counts, spec.upper, spec.max_connections, spec.idle_timeout, spec.max_buffered)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from gevent.pool import Pool
 
     from loadtest.core.schedule import ArrivalSchedule
-    from loadtest.core.stats import TargetRecorder
+    from loadtest.core.recorder import TargetRecorder
     from loadtest.engine.protocols import Deadlines, Session
     from loadtest.engine.budget import Budget, Level
     from loadtest.model.kinds.base import TargetKind

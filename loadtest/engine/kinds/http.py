@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import cycle
 from typing import Callable
 
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.kinds import ArrivalDriver, Driver, KindWorker
 from loadtest.engine.protocols import Deadlines, Session
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints, tls_context

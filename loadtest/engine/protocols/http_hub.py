@@ -52,7 +52,8 @@ from gevent.event import Event
 from gevent.hub import get_hub
 
 from loadtest.core.outcome import status_ok
-from loadtest.core.stats import HIGHEST_NS, LOWEST_NS, TargetRecorder
+from loadtest.core.histograms import HIGHEST_NS, LOWEST_NS
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.protocols import NO_DEADLINE_NS, Deadlines
 from loadtest.engine.protocols.channel import READ, WRITE, ConnectTimeout
 from loadtest.engine.protocols.http_fast import (_LENGTH_OR_CHUNKED, _STALE, MAX_HEAD_BYTES, RECV_SIZE, Endpoint,

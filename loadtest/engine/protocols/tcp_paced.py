@@ -36,6 +36,11 @@ driver's messages in flight through a `RequestTimer` it holds in flight while
 any is. An exception in a hub callback never escapes into gevent: it is
 counted in `callback_errors`; in a read or write callback it ends the
 message as an `error`, in the timer's it is said once on stderr.
+
+Another kind may run on this driver (`protocols/ws.py` does): `_open` is
+what a connector does to open a connection, `connection_class` what each is
+kept in, `_put` how a message is written, and with no `rate` (`interval_ns`
+0) the subclass sends back to back.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ import gevent
 from gevent.hub import get_hub
 
 from loadtest.model.config import TcpTarget
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.protocols import NO_DEADLINE_NS, Deadlines, RequestTimer
 from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
 from loadtest.engine.protocols.http_fast import connect_failure
@@ -121,7 +126,8 @@ class PacedTcp:
         self.expected: bytes | None = {"echo": target.message, "upper": target.message.upper()}.get(target.expect)
         self.timeout = target.timeout
         self.timeout_ns = int(target.timeout * 1e9)
-        self.interval_ns = int(1e9 * target.peak_connections / target.rate)  # each connection's share of the rate
+        # each connection's share of the rate; 0: back to back (a kind that drives those on this driver)
+        self.interval_ns = int(1e9 * target.peak_connections / target.rate) if target.rate > 0 else 0
         self.pause_ns = int(reconnect_pause * 1e9)
         self.flight = RequestTimer(deadlines)  # "in flight" for the worker's grace period while any message is
         self.conns: list[PacedConnection] = []
@@ -145,6 +151,8 @@ class PacedTcp:
         self._writable = self._on_writable
         self._tick = self._on_tick
 
+    connection_class: type[PacedConnection] = PacedConnection  # a kind on this driver may keep more per connection
+
     def __call__(self) -> TcpSession:
         return self.make_session()
 
@@ -159,7 +167,7 @@ class PacedTcp:
         """
         self.pool = pool
         self.loop = get_hub().loop
-        self.conns = [PacedConnection(i) for i in range(share)]
+        self.conns = [self.connection_class(i) for i in range(share)]
         budget = self.budget
         try:
             while True:
@@ -244,13 +252,13 @@ class PacedTcp:
                 started = perf_counter_ns()
                 try:
                     source = (next(self.sources), 0) if self.sources is not None else None
-                    sock = connect_socket(self.family, self.remote, self.timeout, source)
+                    sock = self._open(source)
                 except gevent.GreenletExit:
                     self._drop_ticket(conn)
                     raise
                 except Exception as e:  # noqa: BLE001 - every failure is counted, none escapes
                     self._drop_ticket(conn, spent=True)  # a failed connect counts against a `requests:` total
-                    kind, message = connect_failure(e, self.timeout)
+                    kind, message = self._connect_failure(e)
                     rec.connect_failed(kind, message)
                     conn.retry_at_ns = perf_counter_ns() + self.pause_ns
                     self._want(conn)
@@ -260,6 +268,15 @@ class PacedTcp:
                 self._attach(conn, sock, now)
         finally:
             self.connectors -= 1
+
+    def _open(self, source: tuple[str, int] | None) -> Any:
+        """In a connector: a connected non-blocking socket (what a kind on this driver does after the TCP
+        connect, such as a WebSocket upgrade, it does here too); raises what `_connect_failure` names."""
+        return connect_socket(self.family, self.remote, self.timeout, source)
+
+    def _connect_failure(self, e: Exception) -> tuple[str, str]:
+        """The connect failure kind and message of what `_open` raised."""
+        return connect_failure(e, self.timeout)
 
     def _drop_ticket(self, conn: PacedConnection, spent: bool = False) -> None:
         """Let go of the budget unit a connection took before it connected: given back to the budget (a ramp
@@ -388,10 +405,11 @@ class PacedTcp:
             if not self.budget.stopping:  # spent for now: a unit a ramp gives back later wakes it
                 self.starved.append(conn)
             return
-        nxt = slot + self.interval_ns
-        heappush(self.heap, (nxt, conn.serial, conn))
-        if nxt < self.armed_ns:
-            self._arm(nxt)
+        if self.interval_ns:  # (0: back to back, which a kind on this driver runs from its replies)
+            nxt = slot + self.interval_ns
+            heappush(self.heap, (nxt, conn.serial, conn))
+            if nxt < self.armed_ns:
+                self._arm(nxt)
         conn.slot_ns = slot
         conn.received = 0
         conn.sent = 0
@@ -410,6 +428,10 @@ class PacedTcp:
         reader = conn.reader
         if not reader.active:
             reader.start(self._readable, conn)
+        self._put(conn)
+
+    def _put(self, conn: PacedConnection) -> None:
+        """Write the message of the turn `_send` started (the rest from the write watcher)."""
         size = self.size
         try:
             sent = conn.sock.send(self.message)
@@ -518,8 +540,7 @@ class PacedTcp:
             self.in_flight -= 1
             if not self.in_flight:
                 self.flight.deadline_ns = 0
-        message = detail if detail.startswith(_DRIVER_ERROR) else failure_message(self.target, kind, detail,
-                                                                                  conn.wrong or b"")
+        message = self._failure_message(conn, kind, detail)
         self.recorder.failure(kind, message, now - conn.slot_ns, conn.received, conn.sent)
         if not conn.answered:  # failed before any reply: pause as after a failed connect
             conn.retry_at_ns = now + self.pause_ns
@@ -527,6 +548,12 @@ class PacedTcp:
         budget = self.budget
         if conn.index < self.open_below and not budget.stopping and budget.left != 0:
             self._want(conn)
+
+    def _failure_message(self, conn: PacedConnection, kind: str, detail: str) -> str:
+        """What a message's failure of `kind` says (`detail`: the socket error's, or the driver's own)."""
+        if detail.startswith(_DRIVER_ERROR):
+            return detail
+        return failure_message(self.target, kind, detail, conn.wrong or b"")
 
     def _socket_failed(self, conn: PacedConnection, e: OSError) -> None:
         """A send or a read failed: `reset` for a reset or a broken pipe, `error` for anything else."""

@@ -13,15 +13,16 @@ from loadtest.model.kinds.base import ExtraRow, HeldConnections, Load, TargetKin
 from loadtest.model.kinds.flow import FlowKind, FlowStepKind, FlowStepRow, FlowTarget, FlowTargetModel
 from loadtest.model.kinds.http import HttpClosed, HttpOpen, HttpTarget, HttpTargetModel
 from loadtest.model.kinds.tcp import Tcp, TcpTarget, TcpTargetModel
+from loadtest.model.kinds.ws import Ws, WsTarget, WsTargetModel
 
-# In this order extra stats.csv rows are grouped: tcp's CONNECT rows, then the open model's LATENESS and
+# In this order extra stats.csv rows are grouped: tcp's and ws's CONNECT rows, then the open model's LATENESS and
 # UNCORRECTED rows.
-KINDS: tuple[TargetKind, ...] = (Tcp(), HttpClosed(), HttpOpen(), FlowKind(), FlowStepKind())
+KINDS: tuple[TargetKind, ...] = (Tcp(), Ws(), HttpClosed(), HttpOpen(), FlowKind(), FlowStepKind())
 # In this order a target as written is offered to the kinds' config models (each model claims its own): a flow
 # first, since a Python flow's base url would look like an HTTP target's.
-MODELS: tuple[type[Any], ...] = (FlowTargetModel, HttpTargetModel, TcpTargetModel)
+MODELS: tuple[type[Any], ...] = (FlowTargetModel, HttpTargetModel, TcpTargetModel, WsTargetModel)
 _BY_NAME = {k.name: k for k in KINDS}
-Target = HttpTarget | TcpTarget | FlowTarget | FlowStepRow  # a validated target of any kind (or a flow's step row)
+Target = HttpTarget | TcpTarget | WsTarget | FlowTarget | FlowStepRow  # a validated target of any kind (or a flow's step row)
 
 
 def kind_of(target: Any) -> TargetKind:
@@ -46,4 +47,4 @@ def needs() -> str:
 
 
 __all__ = ["KINDS", "MODELS", "ExtraRow", "FlowTarget", "HeldConnections", "HttpTarget", "HttpTargetModel", "Load", "TargetKind",
-           "Target", "TcpTarget", "TcpTargetModel", "kind_of", "model_for", "needs"]
+           "Target", "TcpTarget", "TcpTargetModel", "WsTarget", "WsTargetModel", "kind_of", "model_for", "needs"]

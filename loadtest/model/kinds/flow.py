@@ -28,7 +28,6 @@ from pydantic import BeforeValidator, PrivateAttr, ValidationInfo, WithJsonSchem
 
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
-    ConfigModel,
     Duration,
     FieldError,
     Flag,
@@ -41,6 +40,7 @@ from loadtest.model.fields import (
     positive_int,
     positive_number,
 )
+from loadtest.model.config_model import ConfigModel
 from loadtest.model.flows.data import DATA_MODES, DEFAULT_DATA_MODE, DataError, check_unique, read_data
 from loadtest.model.flows.source import ScriptError, load_function
 from loadtest.model.flows.spec import FlowSpec, flow_rows, scan_script

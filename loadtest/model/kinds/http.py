@@ -20,7 +20,6 @@ from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
     DURATION_SCHEMA,
     MAX_LEVEL,
-    ConfigModel,
     FieldError,
     check_at,
     Flag,
@@ -37,6 +36,7 @@ from loadtest.model.fields import (
     check_refs,
     type_name,
 )
+from loadtest.model.config_model import ConfigModel
 from loadtest.core.schedule import Stage, peak_level
 from loadtest.model.kinds.base import ExtraRow, Load, TargetKind
 

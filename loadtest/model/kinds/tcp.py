@@ -14,7 +14,6 @@ from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_vali
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
     SERVER_REF,
-    ConfigModel,
     FieldError,
     check_at,
     Name,
@@ -28,6 +27,7 @@ from loadtest.model.fields import (
     non_negative_int,
     positive_int,
 )
+from loadtest.model.config_model import ConfigModel
 from loadtest.core.schedule import Stage, peak_level, sustained_level_until
 from loadtest.model.kinds.base import ExtraRow, HeldConnections, Load, TargetKind
 

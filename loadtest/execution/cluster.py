@@ -159,8 +159,11 @@ class Cluster:
                 # A daemon process may not start children, and each node starts its per-core workers.
                 with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
                     try:
+                        # The scheduler's HTTP server takes a free loopback port: its default, 8787, may be another
+                        # cluster's (it then warns on stderr), and a load test opens nothing beyond loopback.
                         local = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
-                                                         dashboard_address=None, silence_logs=logging.CRITICAL)
+                                                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                                         silence_logs=logging.CRITICAL)
                         client = distributed.Client(local, timeout=CONNECT_TIMEOUT_S)
                         client.wait_for_workers(target, timeout=LOCAL_START_S)
                     except (OSError, TimeoutError, RuntimeError) as e:

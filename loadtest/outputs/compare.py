@@ -54,6 +54,7 @@ MAX_TOLERANCE = 100.0  # 10,000%: beyond that a gate can never fail, which is a 
 # any n >= 1 (and past the estimate's own error from 2-3 seconds), and still far below what a real slowdown
 # does: 20% of a 20 ms delay is 4 ms, while that p50 varies by ~0.1 ms from second to second.
 NOISE_K = 3.0
+MIN_CPU_RUN_S = 2.0  # a shorter run's CPU per request is mostly its workers' start-up: not compared
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,11 @@ def _figure(where: Path, part: dict[str, Any], key: str, at: str, high: float = 
 
 
 def _cpu_per_request(run: RunFolder, where: Path) -> float | None:
+    """The workers' CPU per request, start-up included; None for a run shorter than MIN_CPU_RUN_S, whose CPU
+    is mostly its workers' start-up and says nothing of what a request costs."""
+    length = as_float(run.summary.get("duration_s"))
+    if length is not None and length < MIN_CPU_RUN_S:
+        return None
     workers = [(i, w) for i, w in enumerate(run.summary.get("workers") or []) if isinstance(w, dict)]
     seconds = [sum(_figure(where, w, k, f"workers[{i}]") for k in ("cpu_user_s", "cpu_system_s")
                    if w.get(k) is not None)

@@ -9,7 +9,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from loadtest.outputs.compare import NOISE_K, Change, Comparison, Metric
+from loadtest.outputs.compare import MIN_CPU_RUN_S, NOISE_K, Change, Comparison, Metric
 from loadtest.outputs.page import fmt_count, fmt_ms, page, table, td
 from loadtest.core.run_files import (
     AGGREGATED,
@@ -87,6 +87,9 @@ def format_table(c: Comparison) -> str:
             lines.append(f"only in {tag}: {', '.join(names)}")
     if len(c.targets) > 1:
         lines.append(CPU_PER_TARGET_NOTE)
+    if any(ch.metric.key == "cpu_us_per_request" and (ch.a is None or ch.b is None)
+           for t in c.targets for ch in t.changes):
+        lines.append(SHORT_RUN_CPU_NOTE)
     lines += ["", _verdict(c)]
     return "\n".join(lines) + "\n"
 
@@ -94,6 +97,10 @@ def format_table(c: Comparison) -> str:
 # Said wherever per-target CPU/request shows "—", so that the dash is not read as a figure that failed to load
 CPU_PER_TARGET_NOTE = ("CPU/request is the whole run's only (Aggregated): each worker serves every target at once, "
                        "so its CPU has no share per target.")
+
+
+SHORT_RUN_CPU_NOTE = (f"CPU/request is compared for runs of {MIN_CPU_RUN_S:g} s or more: a shorter run's CPU is "
+                      "mostly its workers' start-up.")
 
 
 def _title(run: RunFolder) -> str:

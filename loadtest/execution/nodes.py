@@ -223,90 +223,116 @@ def run_node(task: NodeTask) -> dict[str, Any]:
     message) pair as the worker sent it, but for the histograms of a second's snapshots, merged into
     one of them; WorkerEnded says a worker's process is gone. Returns how the node's workers ended.
     """
-    from distributed import Event, Queue, Variable, get_client
+    from distributed import Queue
 
     from loadtest.execution.children import ChildGroup
 
     outbox = NodeOutbox(Queue(task.channel.queue))
-    control = Queue(task.channel.control) if task.channel.control else None
-    client = get_client()
-    start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
     ctx = multiprocessing.get_context("spawn")
     start, stop = ctx.Event(), ctx.Event()
     group = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in task.plans], "loadtest-worker")
-    index_of = {child: plan.index for child, plan in zip(group.children, task.plans)}
+    node: _NodeRun | None = None
+    try:
+        node = _NodeRun(task, group, outbox, start, stop)
+        node.loop()
+    finally:
+        stop.set()
+        if node is not None and node.sampler is not None:
+            node.sampler.stop()
+            outbox.extend(node.sampler.take())
+        group.stop(NODE_JOIN_S)  # what is still running: lifelines closed, then killed
+        outbox.forward()
+    return {"name": task.name, "exits": node.exits}
 
-    def receive(child: Any) -> bool:
+
+class _NodeRun:
+    """One node's run as its task follows it: its workers' pipes and processes, the run's signals."""
+
+    def __init__(self, task: NodeTask, group: Any, outbox: NodeOutbox, start: Any, stop: Any) -> None:
+        from distributed import Event, Queue, get_client
+
+        self.task, self.group, self.outbox, self.start, self.stop = task, group, outbox, start, stop
+        self.control = Queue(task.channel.control) if task.channel.control else None
+        self.client = get_client()
+        self.start_event, self.stop_event = Event(task.channel.start), Event(task.channel.stop)
+        self.index_of = {child: plan.index for child, plan in zip(group.children, task.plans)}
+        self.sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None
+        self.open_pipes = {c.conn: c for c in group.children}
+        self.sentinels = {c.sentinel: c for c in group.children}
+        self.exits: dict[int, int | None] = {}
+        self.due: float | None = None  # when this node starts its workers, on its own clock
+        self.stopped_at: float | None = None
+        self.checked = self.polled = time.monotonic()
+
+    def running(self) -> Any:
+        return (self.index_of[c] for c in self.sentinels.values())
+
+    def receive(self, child: Any) -> bool:
         """One message of `child` into the outbox; False if its pipe is closed."""
         try:
             message = child.conn.recv()
         except (EOFError, OSError):
             return False
-        outbox.add(index_of[child], message, (index_of[c] for c in sentinels.values()))
+        self.outbox.add(self.index_of[child], message, self.running())
         return True
 
-    sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None
-    open_pipes = {c.conn: c for c in group.children}
-    sentinels = {c.sentinel: c for c in group.children}
-    exits: dict[int, int | None] = {}
-    due: float | None = None  # when this node starts its workers, on its own clock
-    stopped_at: float | None = None
-    checked = polled = time.monotonic()
-    try:
-        while sentinels:
+    def ended(self, child: Any) -> None:
+        """A worker's process ended: what it sent before it did, then WorkerEnded."""
+        while child.conn in self.open_pipes and child.conn.poll():
+            if not self.receive(child):
+                break
+        self.open_pipes.pop(child.conn, None)
+        child.join(1.0)
+        self.exits[self.index_of[child]] = child.exitcode
+        self.outbox.add(self.index_of[child], WorkerEnded(child.exitcode), self.running())
+
+    def loop(self) -> None:
+        """Until every worker's process has ended: forward, start and stop them as the run says."""
+        while self.sentinels:
             timeout = NODE_POLL_S  # shorter when a batch is due, or the start instant is near: met on time
-            if (batch_due := outbox.due()) is not None:
+            if (batch_due := self.outbox.due()) is not None:
                 timeout = min(timeout, batch_due - time.monotonic())
-            if due is not None and not start.is_set():
-                timeout = min(timeout, due - time.time())
-            for handle in wait([*open_pipes, *sentinels], timeout=max(0.0, timeout)):
-                if handle in open_pipes:
-                    if not receive(open_pipes[handle]):
-                        del open_pipes[handle]
-                elif handle in sentinels:
-                    child = sentinels.pop(handle)
-                    while child.conn in open_pipes and child.conn.poll():  # what it sent before it ended
-                        if not receive(child):
-                            break
-                    open_pipes.pop(child.conn, None)
-                    child.join(1.0)
-                    exits[index_of[child]] = child.exitcode
-                    outbox.add(index_of[child], WorkerEnded(child.exitcode), (index_of[c] for c in sentinels.values()))
-            if (batch_due := outbox.due()) is not None and time.monotonic() >= batch_due:
-                outbox.forward()
-            poll = time.monotonic() - polled >= NODE_POLL_S  # the scheduler is asked at most this often
-            if poll:
-                polled = time.monotonic()
-            if poll and control is not None:
-                try:
-                    commands = control.get(batch=True)
-                except Exception:  # noqa: BLE001 - the scheduler did not answer this time; the next poll asks again
-                    commands = []
-                for blob in commands:
-                    group.command(pickle.loads(blob))
-            if poll and due is None and not start.is_set() and start_event.is_set():
-                start_at = float(Variable(task.channel.start_at).get(timeout=5))
-                due = start_at + task.clock_offset_s  # the same instant on every node
-            if due is not None and not start.is_set() and time.time() >= due:
-                start.set()
-                if sampler is not None:
-                    sampler.start()
-            if sampler is not None:
-                outbox.extend(sampler.take())
-            gone = False
-            if task.controller and time.monotonic() - checked >= CONTROLLER_CHECK_S:
-                checked = time.monotonic()  # Dask knows whether the controller is there: no heartbeat of our own
-                gone = not client.run_on_scheduler(_client_connected, task.controller)
-            if stopped_at is None and (gone or (poll and stop_event.is_set())):
-                stop.set()
-                stopped_at = time.monotonic()
-            if stopped_at is not None and time.monotonic() - stopped_at > STOP_AFTER_S:
-                group.kill()
-    finally:
-        stop.set()
-        if sampler is not None:
-            sampler.stop()
-            outbox.extend(sampler.take())
-        group.stop(NODE_JOIN_S)  # what is still running: lifelines closed, then killed
-        outbox.forward()
-    return {"name": task.name, "exits": exits}
+            if self.due is not None and not self.start.is_set():
+                timeout = min(timeout, self.due - time.time())
+            for handle in wait([*self.open_pipes, *self.sentinels], timeout=max(0.0, timeout)):
+                if handle in self.open_pipes:
+                    if not self.receive(self.open_pipes[handle]):
+                        del self.open_pipes[handle]
+                elif handle in self.sentinels:
+                    self.ended(self.sentinels.pop(handle))
+            if (batch_due := self.outbox.due()) is not None and time.monotonic() >= batch_due:
+                self.outbox.forward()
+            self.follow_the_run()
+
+    def follow_the_run(self) -> None:
+        """The controller's commands, the start instant, the stop signal; a controller that is gone stops it."""
+        from distributed import Variable
+
+        poll = time.monotonic() - self.polled >= NODE_POLL_S  # the scheduler is asked at most this often
+        if poll:
+            self.polled = time.monotonic()
+        if poll and self.control is not None:
+            try:
+                commands = self.control.get(batch=True)
+            except Exception:  # noqa: BLE001 - the scheduler did not answer this time; the next poll asks again
+                commands = []
+            for blob in commands:
+                self.group.command(pickle.loads(blob))
+        if poll and self.due is None and not self.start.is_set() and self.start_event.is_set():
+            start_at = float(Variable(self.task.channel.start_at).get(timeout=5))
+            self.due = start_at + self.task.clock_offset_s  # the same instant on every node
+        if self.due is not None and not self.start.is_set() and time.time() >= self.due:
+            self.start.set()
+            if self.sampler is not None:
+                self.sampler.start()
+        if self.sampler is not None:
+            self.outbox.extend(self.sampler.take())
+        gone = False
+        if self.task.controller and time.monotonic() - self.checked >= CONTROLLER_CHECK_S:
+            self.checked = time.monotonic()  # Dask knows whether the controller is there: no heartbeat of our own
+            gone = not self.client.run_on_scheduler(_client_connected, self.task.controller)
+        if self.stopped_at is None and (gone or (poll and self.stop_event.is_set())):
+            self.stop.set()
+            self.stopped_at = time.monotonic()
+        if self.stopped_at is not None and time.monotonic() - self.stopped_at > STOP_AFTER_S:
+            self.group.kill()

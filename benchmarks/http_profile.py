@@ -40,7 +40,8 @@ from http_vs_peers import Target  # noqa: E402
 from loadtest.model.config import HttpTarget  # noqa: E402
 from loadtest.engine.protocols import Deadlines  # noqa: E402
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints  # noqa: E402
-from loadtest.core.stats import TargetRecorder  # noqa: E402
+from loadtest.engine.protocols.http_hub import HttpHub  # noqa: E402
+from loadtest.core.recorder import TargetRecorder  # noqa: E402
 from loadtest.engine.workload import Budget, virtual_user  # noqa: E402
 
 def http_target(url: str) -> HttpTarget:
@@ -53,8 +54,11 @@ def http_target(url: str) -> HttpTarget:
 faults = [0]  # minor page faults in the last run: a buffer mapped and unmapped per read shows here
 
 
-def run(url: str, requests: int, concurrency: int) -> tuple[int, float, float, float, TargetRecorder]:
-    """Send `requests` requests with `concurrency` users; (ended, user s, system s, wall s, recorder)."""
+def run(url: str, requests: int, concurrency: int, engine: str = "hub") -> tuple[int, float, float, float,
+                                                                             TargetRecorder]:
+    """Send `requests` requests with `concurrency` users; (ended, user s, system s, wall s, recorder).
+    `engine` "hub": the hub-callback driver (`HttpHub`, what a worker runs for a plain http:// target);
+    "greenlets": a greenlet per user on `HttpSession` (HTTPS, think time, several origins)."""
     target = http_target(url)
     recorder = TargetRecorder(0)
     deadlines = Deadlines()
@@ -68,8 +72,11 @@ def run(url: str, requests: int, concurrency: int) -> tuple[int, float, float, f
     scan = gevent.spawn(deadlines.scan)
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    for _ in range(concurrency):
-        pool.spawn(virtual_user, make, budget)
+    if engine == "hub":
+        pool.spawn(HttpHub(target, endpoints, recorder, budget, deadlines).drive, pool, concurrency, None)
+    else:
+        for _ in range(concurrency):
+            pool.spawn(virtual_user, make, budget)
     pool.join(timeout=600)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -95,14 +102,14 @@ def parts(url: str, n: int = 200_000) -> list[tuple[str, float]]:
     from gevent.hub import get_hub
 
     from loadtest.engine.protocols import RequestTimer
-    from loadtest.engine.protocols.http_fast import _Response
+    from loadtest.engine.protocols.http_fast import BodyCounter
 
     host, port = url.split("/")[2].split(":")
     with socket.create_connection((host, int(port))) as s:
         s.sendall(build_endpoints(http_target(url), [url])[0].request)
         time.sleep(0.2)
         reply = s.recv(65536)  # one real response of the target, head and body
-    response = _Response()
+    response = BodyCounter()
 
     def parse() -> None:
         response.parser = httptools.HttpResponseParser(response)
@@ -155,6 +162,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="run under cProfile and print the breakdown")
     parser.add_argument("--parts", action="store_true", help="time each piece of a request on its own")
     parser.add_argument("--top", type=int, default=25, help="profile rows to print (default 25)")
+    parser.add_argument("--engine", choices=("hub", "greenlets"), default="hub",
+                        help="hub: the hub-callback driver (default); greenlets: a greenlet per user")
     args = parser.parse_args()
     if not 1_000 <= args.requests <= 50_000_000:
         parser.error("--requests must be between 1000 and 50000000")
@@ -163,11 +172,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="http-profile-") as tmp:
         target = Target(Path(tmp), prefer_nginx=not args.embedded)
         try:
-            run(target.url, 2_000, args.concurrency)  # warm up: connections, caches
+            run(target.url, 2_000, args.concurrency, args.engine)  # warm up: connections, caches
             prof = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not wall: the machine is shared
             if prof is not None:
                 prof.enable()
-            ended, user, system, wall, recorder = run(target.url, args.requests, args.concurrency)
+            ended, user, system, wall, recorder = run(target.url, args.requests, args.concurrency, args.engine)
             if prof is not None:
                 prof.disable()
             pieces = parts(target.url) if args.parts else []
@@ -175,7 +184,7 @@ def main() -> None:
             target.stop()
     failed = sum(recorder.failures.values())
     print(f"target: {target.name}; {ended} requests ({failed} failed, {recorder.latency.count} in the histogram), "
-          f"{args.concurrency} users, {wall:.2f} s, {ended / wall:,.0f} req/s{' (under cProfile)' if prof else ''}")
+          f"{args.concurrency} users ({args.engine}), {wall:.2f} s, {ended / wall:,.0f} req/s{' (under cProfile)' if prof else ''}")
     print(f"generator CPU per request: {(user + system) / ended * 1e6:.2f} µs "
           f"(user {user / ended * 1e6:.2f} µs, system {system / ended * 1e6:.2f} µs); "
           f"{faults[0] / ended:.2f} page faults per request; pid {os.getpid()}")

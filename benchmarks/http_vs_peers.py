@@ -3,6 +3,12 @@
     .venv/bin/pip install -e '.[bench]'        # Locust; wrk and nginx from apt
     .venv/bin/python benchmarks/http_vs_peers.py [--duration 10] [--concurrency 50]
     .venv/bin/python benchmarks/http_vs_peers.py --memory   # worker RSS: 30 s run vs 5 min run
+    .venv/bin/python benchmarks/http_vs_peers.py --rounds 3 --duration 5 --skip-locust [--before DIR]
+
+--rounds N runs the tools N times, interleaved (wrk, loadtest, ... then again), and prints each tool's
+median and spread of req/s and of CPU µs per request: on a shared machine the CPU per request moves far
+less than req/s. --before DIR runs a second loadtest, the package found in DIR (a checkout's root, put
+first on PYTHONPATH), in the same rounds: a before/after pair measured on the same machine state.
 
 The target is nginx on loopback (one worker process, a 12-byte response) when
 nginx is installed, the embedded HTTP server otherwise. Each tool runs as one
@@ -34,10 +40,11 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin
 WRK = shutil.which("wrk")
 NGINX_CONF = """
 worker_processes 1;
+worker_rlimit_nofile 65536;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 65536; }}
 http {{
   access_log off;
   keepalive_requests 100000000;
@@ -72,6 +79,7 @@ class Result:
     requests: int
     seconds: float
     cpu: float
+    worker_cpu: float | None = None  # loadtest: its worker's own user + system CPU (summary.json)
 
     @property
     def rps(self) -> float:
@@ -137,17 +145,25 @@ class Target:
             self.group.stop()
 
 
-def run_loadtest(url: str, concurrency: int, duration: float, workdir: Path, name: str = "bench") -> tuple[Result, dict]:
+def run_loadtest(url: str, concurrency: int, duration: float, workdir: Path, name: str = "bench",
+                 package_dir: Path | None = None, tool: str = "loadtest (1 worker)") -> tuple[Result, dict]:
+    """One loadtest run (one worker); its CPU is the controller's and the worker's. `package_dir`: run the
+    loadtest package found there instead of this checkout's."""
     config = workdir / f"{name}.yaml"
     config.write_text(f"name: {name}\nduration: {duration}s\nworkers: 1\n"
                       f"targets:\n  - name: home\n    url: {url}\n    concurrency: {concurrency}\n")
-    out = workdir / f"{name}-report"
+    out = workdir / f"{name}-report-{time.time_ns()}"
+    env = dict(os.environ)
+    if package_dir is not None:
+        env["PYTHONPATH"] = str(package_dir) + os.pathsep + env.get("PYTHONPATH", "")
     done, wall, cpu = measured([sys.executable, "-m", "loadtest", "run", str(config), "--out", str(out), "--quiet"],
-                               timeout=duration + 120)
+                               timeout=duration + 120, env=env, cwd=workdir)
     if done.returncode != 0:
         raise SystemExit(f"loadtest failed ({done.returncode}): {done.stderr.strip()}")
     summary = json.loads((out / "summary.json").read_text())
-    return Result("loadtest (1 worker)", summary["aggregated"]["requests"], summary["duration_s"], cpu), summary
+    result = Result(tool, summary["aggregated"]["requests"], summary["duration_s"], cpu)
+    result.worker_cpu = sum((w["cpu_user_s"] or 0) + (w["cpu_system_s"] or 0) for w in summary["workers"])
+    return result, summary
 
 
 def run_wrk(url: str, concurrency: int, duration: float) -> Result | None:
@@ -201,6 +217,51 @@ def compare(args: argparse.Namespace) -> None:
         print(f"{r.tool:34} {r.requests:>10} {r.rps:>10.0f} {r.cpu:>7.2f} {r.cpu_us_per_request:>11.1f} {ratio:>15.2f}×")
 
 
+def rounds(args: argparse.Namespace) -> None:
+    """`--rounds` interleaved rounds of wrk and loadtest (and the `--before` loadtest), then medians and spreads."""
+    from statistics import median
+
+    before = Path(args.before).resolve() if args.before else None
+    if before is not None and not (before / "loadtest" / "__init__.py").exists():
+        raise SystemExit(f"--before {args.before}: no loadtest package there")
+    runs: dict[str, list[Result]] = {}
+    with tempfile.TemporaryDirectory(prefix="http-vs-peers-") as tmp:
+        workdir = Path(tmp)
+        target = Target(workdir, prefer_nginx=not args.embedded)
+        try:
+            print(f"target: {target.name} at {target.url}; concurrency {args.concurrency}, {args.duration:g} s each, "
+                  f"{args.rounds} interleaved rounds, {os.cpu_count()} cores", flush=True)
+            for k in range(args.rounds):
+                results = [run_wrk(target.url, args.concurrency, args.duration)]
+                if before is not None:
+                    results.append(run_loadtest(target.url, args.concurrency, args.duration, workdir, "before",
+                                                before, "loadtest before (1 worker)")[0])
+                results.append(run_loadtest(target.url, args.concurrency, args.duration, workdir)[0])
+                wrk = results[0]
+                for r in results:
+                    if r is None:
+                        continue
+                    runs.setdefault(r.tool, []).append(r)
+                    ratio = f"{r.rps / wrk.rps:5.2f}× wrk" if wrk is not None else ""
+                    worker = f"  worker {r.worker_cpu / r.requests * 1e6:5.2f} µs/req" if r.worker_cpu else ""
+                    print(f"round {k + 1}: {r.tool:28} {r.rps:>9,.0f} req/s  {r.cpu_us_per_request:5.2f} µs/req "
+                          f"(all its processes){worker}  {ratio}", flush=True)
+        finally:
+            target.stop()
+    print(f"\n{'tool':30} {'median req/s':>13} {'spread':>8} {'median µs/req':>14} {'spread':>8} "
+          f"{'worker µs/req':>14} {'÷ wrk (median of rounds)':>25}")
+    wrk_runs = runs.get("wrk -t1")
+    for tool, rs in runs.items():
+        rps = [r.rps for r in rs]
+        us = [r.cpu_us_per_request for r in rs]
+        worker = [r.worker_cpu / r.requests * 1e6 for r in rs if r.worker_cpu]
+        ratio = f"{median(r.rps / w.rps for r, w in zip(rs, wrk_runs)):.2f}×" if wrk_runs else ""
+        print(f"{tool:30} {median(rps):>13,.0f} {(max(rps) - min(rps)) / median(rps) * 100:>7.1f}% "
+              f"{median(us):>14.2f} {(max(us) - min(us)) / median(us) * 100:>7.1f}% "
+              f"{(f'{median(worker):.2f}' if worker else '-'):>14} {ratio:>25}")
+    print("spread: (highest - lowest) / median over the rounds")
+
+
 def memory(args: argparse.Namespace) -> None:
     """Worker peak RSS of a short and a long run: histograms keep it flat."""
     with tempfile.TemporaryDirectory(prefix="http-memory-") as tmp:
@@ -224,10 +285,20 @@ def main() -> None:
     parser.add_argument("--embedded", action="store_true", help="use the embedded server even if nginx is installed")
     parser.add_argument("--skip-locust", action="store_true")
     parser.add_argument("--memory", action="store_true", help="compare worker RSS of a 30 s and a 5 min run")
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds of wrk and loadtest, then medians")
+    parser.add_argument("--before", default=None, metavar="DIR",
+                        help="with --rounds: also run the loadtest package of the checkout in DIR, in the same rounds")
     args = parser.parse_args()
     if args.duration <= 0 or args.duration > 600:
         parser.error("--duration must be between 0 and 600 seconds")
-    memory(args) if args.memory else compare(args)
+    if not 0 <= args.rounds <= 20:
+        parser.error("--rounds must be between 1 and 20")
+    if args.memory:
+        memory(args)
+    elif args.rounds:
+        rounds(args)
+    else:
+        compare(args)
 
 
 if __name__ == "__main__":

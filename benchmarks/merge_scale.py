@@ -34,7 +34,8 @@ from loadtest.model.config import parse_config  # noqa: E402
 from loadtest.model.kinds import kind_of  # noqa: E402
 from loadtest.execution.monitor import RunMonitor  # noqa: E402
 from loadtest.outputs.reports import HistoryWriter  # noqa: E402
-from loadtest.core.stats import RunStats, Snapshot, TargetRecorder, TargetSnapshot  # noqa: E402
+from loadtest.core.stats import RunStats, Snapshot, TargetSnapshot
+from loadtest.core.recorder import TargetRecorder
 
 HALF_CORE = 0.5
 

@@ -21,12 +21,9 @@ from loadtest.outputs.compare import (
     OTHER_HISTOGRAM_TYPES,
     Comparison,
     compare_runs,
-    format_csv,
-    format_json,
-    format_table,
     parse_tolerance,
-    write_compare_html,
 )
+from loadtest.outputs.compare_views import format_csv, format_json, format_table, write_compare_html
 from loadtest.model.config import parse_config
 from loadtest.execution.controller import run
 from loadtest.outputs.run_folder import RunFolderError
@@ -69,9 +66,22 @@ def test_the_slower_run_is_flagged_worse(runs: dict[str, Path]) -> None:
         assert pct is not None and pct > 5 and worse
         assert change(c, target, "requests_per_s")[3]  # fewer requests a second is worse too
         assert not change(c, target, "error_rate")[3]
-    cpu = change(c, "Aggregated", "cpu_us_per_request")
-    assert cpu[0] is not None and cpu[0] > 0 and cpu[1] is not None
+    # These runs last ~20 ms: their CPU is their workers' start-up, so CPU/request is not compared, and the
+    # table says why
+    assert change(c, "Aggregated", "cpu_us_per_request")[:3] == (None, None, None)
+    assert "a shorter run's CPU is mostly its workers' start-up" in format_table(c)
     assert change(c, "page", "cpu_us_per_request")[:3] == (None, None, None)  # a whole-run figure only
+
+
+def test_cpu_per_request_is_compared_for_runs_of_two_seconds_or_more(runs: dict[str, Path], tmp_path: Path) -> None:
+    longer = {}
+    for name in ("fast", "slow"):  # the same files, as a run that lasted 3 s would have them
+        longer[name] = shutil.copytree(runs[name], tmp_path / name)
+        summary = json.loads((longer[name] / "summary.json").read_text())
+        summary["duration_s"] = 3.0
+        (longer[name] / "summary.json").write_text(json.dumps(summary))
+    cpu = change(compare_runs(longer["fast"], longer["slow"]), "Aggregated", "cpu_us_per_request")
+    assert cpu[0] is not None and cpu[0] > 0 and cpu[1] is not None and cpu[1] > 0
 
 
 def test_the_faster_run_has_better_latency_and_the_same_run_is_not_worse(runs: dict[str, Path],

@@ -29,7 +29,8 @@ from loadtest.outputs.base import RunStarted
 from loadtest.outputs.history import HistoryOutput
 from loadtest.core.run_files import AGGREGATED, HISTORY_NAME
 from loadtest.model.run_result import WorkerState
-from loadtest.core.stats import RunStats, Snapshot, TargetRecorder
+from loadtest.core.stats import RunStats, Snapshot
+from loadtest.core.recorder import TargetRecorder
 
 from .test_run import read_csv
 

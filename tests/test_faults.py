@@ -23,7 +23,7 @@ from loadtest.model.config import ConfigError, parse_config
 from loadtest.execution.controller import run
 from loadtest.execution.interrupts import SAME_INTERRUPT_S
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 
 from .conftest import RawServer, read_request
 from .test_run import read_csv

@@ -21,7 +21,7 @@ from loadtest.engine.flows.target import flow_factory
 from loadtest.model.flows.template import Context, MissingValue, TemplateError, compile_json, compile_template
 from loadtest.engine.protocols import Deadlines
 from loadtest.execution.servers import ServerGroup
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 
 
 class Budget:

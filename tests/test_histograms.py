@@ -25,7 +25,8 @@ from loadtest.core.histograms import (
     shipped_max_ns,
     shipped_percentiles_ns,
 )
-from loadtest.core.stats import NOT_KEPT, TargetRecorder
+from loadtest.core.stats import NOT_KEPT
+from loadtest.core.recorder import TargetRecorder
 
 
 def recorded_reference(values: list[int]) -> HdrHistogram:

@@ -231,7 +231,9 @@ def test_the_open_model_rows_are_on_the_page_and_say_what_uncorrected_means(run_
     assert uncorrected[:2] == ["UNCORRECTED", "open"] and uncorrected[2] != "—"
     assert all(rows.nth(i).is_visible() for i in range(2))
     note = page.locator("#open-model-note").inner_text()
-    assert "equals the corrected row whenever sends leave on time" in note and "max_concurrency" in note
+    assert "plus that lateness" in note and "max_concurrency" in note
+    late = open_model["lateness_ms"]
+    assert f"open: sends left {late['p50']:.3f} ms late at p50 and {late['p99']:.3f} ms at p99" in note
     text = page.inner_text("body")
     assert "closed-loop" not in text and "Error rate" in text
     page.close()

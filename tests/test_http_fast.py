@@ -16,7 +16,8 @@ import pytest
 
 from loadtest.model.config import parse_config
 from loadtest.engine.protocols.http_fast import MAX_HEAD_BYTES, HttpSession, build_endpoints
-from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.core.stats import decode_histogram
+from loadtest.core.recorder import TargetRecorder
 
 from .conftest import RawServer, read_request
 
@@ -343,7 +344,7 @@ import ctypes, resource, sys
 ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 from loadtest.model.config import parse_config
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 url = sys.argv[1]
 target = parse_config({"duration": "1s", "targets": [{"url": url, "concurrency": 1}]}).targets[0]
 rec = TargetRecorder(0)

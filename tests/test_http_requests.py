@@ -17,7 +17,8 @@ from pathlib import Path
 
 from loadtest.model.config import parse_config
 from loadtest.engine.protocols.http_requests import RequestsSession
-from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.core.stats import decode_histogram
+from loadtest.core.recorder import TargetRecorder
 
 from .conftest import RawServer, read_request
 

@@ -8,7 +8,8 @@ import multiprocessing as mp
 from loadtest.execution.children import ChildGroup
 from loadtest.model.config import parse_config
 from loadtest.model.messages import Done, Failed, Ready, SnapshotSent, Stopping, WorkerExit, WorkerPlan
-from loadtest.core.stats import Snapshot, TargetRecorder
+from loadtest.core.stats import Snapshot
+from loadtest.core.recorder import TargetRecorder
 
 CONFIG = {"name": "messages", "duration": "2s",
           "targets": [{"name": "home", "url": "http://127.0.0.1:9/", "concurrency": 1}]}

@@ -259,7 +259,7 @@ def test_arrivals_reuse_parked_runners_and_release_them_when_the_schedule_ends(r
     from loadtest.engine.protocols import Deadlines
     from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
     from loadtest.core.schedule import ArrivalSchedule
-    from loadtest.core.stats import TargetRecorder
+    from loadtest.core.recorder import TargetRecorder
     from loadtest.engine.workload import Budget, Unsent, arrivals
 
     from .conftest import read_request

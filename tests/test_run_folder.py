@@ -25,15 +25,8 @@ import pytest
 
 from loadtest.outputs.compare import compare_runs
 from loadtest.outputs.html_report import write_html_report
-from loadtest.outputs.run_folder import (
-    MAX_CSV_BYTES,
-    MAX_HISTOGRAM_PAYLOAD_BYTES,
-    MAX_SUMMARY_BYTES,
-    RunFolderError,
-    load_run,
-    make_run_folder,
-    release_run_folder,
-)
+from loadtest.outputs.run_folder import load_run, make_run_folder, release_run_folder
+from loadtest.outputs.run_folder_checks import MAX_CSV_BYTES, MAX_HISTOGRAM_PAYLOAD_BYTES, MAX_SUMMARY_BYTES, RunFolderError
 from loadtest.core.stats import new_histogram
 
 CONFIG = """\

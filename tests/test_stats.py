@@ -16,11 +16,11 @@ from loadtest.core.stats import (
     LatencyHistogram,
     RunStats,
     Snapshot,
-    TargetRecorder,
     decode_histogram,
     new_histogram,
     percentiles_ns,
 )
+from loadtest.core.recorder import TargetRecorder
 
 
 def exact_percentile(sorted_values: list[int], p: float) -> int:
@@ -422,7 +422,7 @@ def test_a_worker_records_and_ships_without_importing_numpy() -> None:
     script = (
         "from gevent import monkey; monkey.patch_all()\n"
         "import sys, loadtest.engine.workload\n"
-        "from loadtest.core.stats import TargetRecorder\n"
+        "from loadtest.core.recorder import TargetRecorder\n"
         "rec = TargetRecorder(0)\n"
         "rec.success(1_500_000, 10, 10, 10); rec.connected(20_000); rec.lateness.record(5_000)\n"
         "snap = rec.snapshot()\n"

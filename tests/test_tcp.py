@@ -23,7 +23,8 @@ from loadtest.model.config import ServerSpec, TcpTarget, parse_config
 from loadtest.execution.controller import RunResult, run
 from loadtest.engine.protocols.tcp import ConnectPacer, TcpSession, tcp_session_factory
 from loadtest.execution.servers import ServerGroup
-from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.core.stats import decode_histogram
+from loadtest.core.recorder import TargetRecorder
 
 from .conftest import RawServer
 from .test_run import read_csv

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from loadtest.model.config import ConfigError, parse_config
-from loadtest.core.stats import TargetRecorder, TargetTotals
+from loadtest.core.stats import TargetTotals
+from loadtest.core.recorder import TargetRecorder
 from loadtest.core.thresholds import (
     DEFAULT_THRESHOLD,
     ThresholdError,

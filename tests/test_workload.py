@@ -19,7 +19,7 @@ from gevent.pool import Pool
 
 from loadtest.engine import workload
 from loadtest.core.schedule import ArrivalSchedule
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.workload import LEVEL_POLL_S, Budget, Level, Unsent, arrivals, virtual_user
 
 REAL_SLEEP = gevent.sleep  # the fake session yields with this, whatever the `sleeps` fixture puts in gevent.sleep

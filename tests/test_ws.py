@@ -30,7 +30,8 @@ from loadtest.model.kinds import WsTarget
 from loadtest.engine.protocols import Deadlines
 from loadtest.engine.protocols.ws import WsDriver
 from loadtest.execution.servers import ServerGroup
-from loadtest.core.stats import TargetRecorder, decode_histogram
+from loadtest.core.stats import decode_histogram
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.budget import Budget, Level
 
 from .test_run import read_csv

@@ -89,14 +89,8 @@ def compare_command(
     beyond the runs' own second-to-second noise."""
     from pathlib import Path
 
-    from loadtest.outputs.compare import (
-        compare_runs,
-        format_csv,
-        format_json,
-        format_table,
-        parse_tolerance,
-        write_compare_html,
-    )
+    from loadtest.outputs.compare import compare_runs, parse_tolerance
+    from loadtest.outputs.compare_views import format_csv, format_json, format_table, write_compare_html
     from loadtest.outputs.run_folder import RunFolderError
 
     check_interrupted()

@@ -135,10 +135,22 @@ ROW_TYPE_MEANINGS = {  # the documentation's row types are generated from these
                "left out of Aggregated",
 }
 OPEN_MODEL_MEANING = (  # said wherever the open-model rows are shown: the terminal, report.html
-    f"{LATENESS_TYPE}: how late each arrival started against its schedule (Failures: arrivals dropped, not "
-    f"started within 1 s). {UNCORRECTED_TYPE}: latency from the actual send instead of the scheduled start; "
-    f"it equals the corrected row whenever sends leave on time, and is lower only when arrivals start late, "
-    f"which happens when max_concurrency requests are already in flight.")
+    f"{LATENESS_TYPE}: how late each request was sent against its schedule (Failures: arrivals dropped, not "
+    f"started within 1 s). {UNCORRECTED_TYPE}: latency from the actual send instead of the scheduled start. "
+    f"The corrected latency is the uncorrected one plus that lateness (and a new connection's set-up): "
+    f"tens of microseconds when the generator keeps up, more when a worker is short of CPU (saturated, or "
+    f"on a busy machine), and up to the 1 s limit when max_concurrency requests are already in flight and "
+    f"arrivals wait for one to end.")
+
+
+def open_model_lateness(name: str, p50_ms: float, p99_ms: float, corrected_p50_ms: float | None,
+                        uncorrected_p50_ms: float | None) -> str:
+    """The line beside `OPEN_MODEL_MEANING` for one open-model target: how late its sends left, and the two p50s."""
+    both = ""
+    if corrected_p50_ms is not None and uncorrected_p50_ms is not None:
+        both = f"; p50 {corrected_p50_ms:.3f} ms corrected, {uncorrected_p50_ms:.3f} ms uncorrected"
+    return f"{name}: sends left {p50_ms:.3f} ms late at p50 and {p99_ms:.3f} ms at p99{both}."
+
 
 # summary.json: its top-level keys, a target's (and "aggregated"'s) keys, and a latency figure's keys (ms).
 SUMMARY_KEYS = ("name", "started", "duration_s", "exit_status", "outcome", "interrupted", "problems",

@@ -40,8 +40,10 @@ from loadtest.model.config import DEFAULT_FAILURE_BACKOFF_S, FIRST_BACKOFF_S
 from loadtest.model.messages import (CANCEL_WAIT_S, GRACEFUL_STOP_S, ChangeLevel, Command, Done, EndLoad, Failed,
                                      PauseLoad, Ready, ResumeLoad, SnapshotSent, Stopping, WorkerExit, WorkerPlan)
 from loadtest.engine.protocols import Deadlines, Session
+from loadtest.engine.protocols.hub_timer import ARM_EARLY_NS, HubTimer, spin_until
 from loadtest.core.schedule import ArrivalSchedule, Stage, level_at, stages_duration, zero_until
-from loadtest.core.stats import Snapshot, TargetRecorder
+from loadtest.core.stats import Snapshot
+from loadtest.core.recorder import TargetRecorder
 
 SNAPSHOT_INTERVAL_S = 1.0
 POLL_S = 0.1  # how often the stop signal and the parent are checked
@@ -197,6 +199,9 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
 
     due: float = first_ns
     spent = False
+    # Waits for the next arrival on a timerfd, not a loop timer: those round to the millisecond, and every
+    # send would leave up to ~1 ms late (see `HubTimer`).
+    timer = HubTimer(hub.loop, getcurrent().switch)
     seen = 0
     poll_ns = int(LEVEL_POLL_S * 1e9)
     try:
@@ -219,7 +224,11 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                 continue
             now = time.perf_counter_ns()
             if due > now:
-                gevent.sleep((due - now if level is None else min(due - now, poll_ns)) / 1e9)
+                # on a timerfd, not a loop timer: those round to the millisecond (see `HubTimer`)
+                timer.arm(int(due) if level is None else int(min(due, now + poll_ns)))
+                hub.switch()  # the timer switches back
+                if due - time.perf_counter_ns() <= 2 * ARM_EARLY_NS:  # it fires a wake-up's length early
+                    spin_until(int(due))
                 continue
             late = now - due
             if late > max_late_ns:
@@ -248,6 +257,7 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
             gevent.sleep(min(LEVEL_POLL_S, (until_ns - now) / 1e9))
             now = time.perf_counter_ns()
     finally:
+        timer.close()
         ended[0] = True
         while waiting:  # parked runners end now, so the pool can finish
             hub.loop.run_callback(waiting.pop().switch, None)
@@ -290,6 +300,10 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         # instead of landing together
         phase = k / workers if load.arrival == "constant" else None
         first = schedule.next_due(start_ns, phase)
+        drive_arrivals = worker_of(kind_of(target)).arrival_driver(target, make)
+        if drive_arrivals is not None and not steered:  # one greenlet runs all this worker's arrivals of the target
+            pool.spawn(drive_arrivals, pool, share, schedule, first)
+            return level
         waiting = Unsent(recorder)
         unsent.append(waiting)
         pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting,

@@ -27,32 +27,25 @@ bomb) (RunFolderError). The comparison uses summary.json, history.csv and
 resources.csv, and histograms.json for the HTML page's spectra.
 
     c = compare_runs(Path("reports/a"), Path("reports/b"), tolerance=0.05)
-    print(format_table(c))
+    print(compare_views.format_table(c))   # compare_views: the table, CSV, JSON and HTML page
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import Any
 
-from loadtest.outputs.page import fmt_count, fmt_ms, page, table, td
 from loadtest.core.run_files import (
     AGGREGATED,
     OTHER_HISTOGRAM_TYPES,
     SUMMARY_NAME,
     precise_cell,
 )
-from loadtest.outputs.run_folder import (MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run,
-                                         summary_figure, write_page)
-from loadtest.outputs.series import spectra
-from loadtest.outputs.svg_chart import Series, spectrum_chart, target_colors
+from loadtest.outputs.run_folder import MAX_FIGURE, RunFolder, RunFolderError, as_float, load_run
+from loadtest.outputs.run_folder_checks import summary_figure
 
 DEFAULT_TOLERANCE = 0.05
 MAX_TOLERANCE = 100.0  # 10,000%: beyond that a gate can never fail, which is a mistake, not a choice
@@ -61,6 +54,7 @@ MAX_TOLERANCE = 100.0  # 10,000%: beyond that a gate can never fail, which is a 
 # any n >= 1 (and past the estimate's own error from 2-3 seconds), and still far below what a real slowdown
 # does: 20% of a 20 ms delay is 4 ms, while that p50 varies by ~0.1 ms from second to second.
 NOISE_K = 3.0
+MIN_CPU_RUN_S = 2.0  # a shorter run's CPU per request is mostly its workers' start-up: not compared
 
 
 @dataclass(frozen=True)
@@ -210,6 +204,11 @@ def _figure(where: Path, part: dict[str, Any], key: str, at: str, high: float = 
 
 
 def _cpu_per_request(run: RunFolder, where: Path) -> float | None:
+    """The workers' CPU per request, start-up included; None for a run shorter than MIN_CPU_RUN_S, whose CPU
+    is mostly its workers' start-up and says nothing of what a request costs."""
+    length = as_float(run.summary.get("duration_s"))
+    if length is not None and length < MIN_CPU_RUN_S:
+        return None
     workers = [(i, w) for i, w in enumerate(run.summary.get("workers") or []) if isinstance(w, dict)]
     seconds = [sum(_figure(where, w, k, f"workers[{i}]") for k in ("cpu_user_s", "cpu_system_s")
                    if w.get(k) is not None)
@@ -286,170 +285,3 @@ def _change(metric: Metric, a: float | None, b: float | None, tolerance: float, 
     return Change(metric, a, b, pct, worse, noise)
 
 
-# -- renderers -------------------------------------------------------------
-
-
-def _value(metric: Metric, v: float | None) -> str:
-    if v is None:
-        return "—"
-    if metric.unit == "ms":
-        return fmt_ms(v)
-    if metric.unit == "%":
-        return f"{v:.3g}%" if v else "0%"
-    if metric.unit == "µs":
-        return fmt_count(v, 1)
-    return fmt_count(v, 1)
-
-
-def _pct(c: Change) -> str:
-    if c.change_pct is None:
-        return "new" if c.a == 0 and c.b else "—"
-    return f"{c.change_pct:+.1f}%"
-
-
-def _label(metric: Metric) -> str:
-    return metric.label if metric.unit in ("req/s", "%") else f"{metric.label} {metric.unit}"
-
-
-def _noise(c: Change) -> str:
-    """The noise band as a share of A: how far B had to move before the change counted."""
-    if c.noise is None or c.a is None:
-        return "—"
-    return f"±{c.noise / c.a * 100:.1f}%" if c.a else f"±{c.noise:.3g}"
-
-
-def _run_line(tag: str, run: RunFolder) -> str:
-    s = run.summary
-    return f"{tag}  {run.path}  ({run.name}, started {s.get('started', '?')}, {s.get('duration_s', '?')} s)"
-
-
-def _verdict(c: Comparison) -> str:
-    tol = f"{c.tolerance * 100:g}%"
-    if not c.worse:
-        return f"OK: nothing got worse beyond {tol} and the runs' own noise"
-    parts = []
-    if c.worse_count:
-        n = c.worse_count
-        parts.append(f"{n} figure{'s' if n != 1 else ''} got worse beyond {tol} and the runs' own noise")
-    if c.only_in_a:
-        n = len(c.only_in_a)
-        parts.append(f"{n} target{'s' if n != 1 else ''} of A missing from B")
-    return "WORSE: " + "; ".join(parts)
-
-
-def format_table(c: Comparison) -> str:
-    """The comparison as an aligned text table, for a terminal."""
-    lines = [_run_line("A", c.run_a), _run_line("B", c.run_b), ""]
-    rows = [("target", "metric", "A", "B", "change", "noise", "")]
-    for t in c.targets:
-        for i, ch in enumerate(t.changes):
-            rows.append((t.name if i == 0 else "", _label(ch.metric), _value(ch.metric, ch.a),
-                         _value(ch.metric, ch.b), _pct(ch), _noise(ch), "worse" if ch.worse else ""))
-    widths = [max(len(r[k]) for r in rows) for k in range(7)]
-    for r in rows:
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1]), *(r[k].rjust(widths[k]) for k in (2, 3, 4, 5)), r[6]]
-        lines.append("  ".join(cells).rstrip())
-    for tag, names in (("A", c.only_in_a), ("B", c.only_in_b)):
-        if names:
-            lines.append(f"only in {tag}: {', '.join(names)}")
-    if len(c.targets) > 1:
-        lines.append(CPU_PER_TARGET_NOTE)
-    lines += ["", _verdict(c)]
-    return "\n".join(lines) + "\n"
-
-
-# Said wherever per-target CPU/request shows "—", so that the dash is not read as a figure that failed to load
-CPU_PER_TARGET_NOTE = ("CPU/request is the whole run's only (Aggregated): each worker serves every target at once, "
-                       "so its CPU has no share per target.")
-
-
-def _title(run: RunFolder) -> str:
-    """A run as a page title names it: its folder and when it started (two runs of one config differ there)."""
-    return f"{run.path.name} ({run.summary.get('started', '?')})"
-
-
-def format_csv(c: Comparison) -> str:
-    """One row per target and figure: target,metric,unit,a,b,change_pct,worse,noise (noise: the band B had
-    to pass, in the figure's unit; empty when the runs have no per-second figures)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["target", "metric", "unit", "a", "b", "change_pct", "worse", "noise"])
-    for t in c.targets:
-        for ch in t.changes:
-            w.writerow([t.name, ch.metric.key, ch.metric.unit, _csv_number(ch.a), _csv_number(ch.b),
-                        _csv_number(ch.change_pct), "true" if ch.worse else "false", _csv_number(ch.noise)])
-    return buf.getvalue()
-
-
-def _csv_number(v: float | None) -> str:
-    return "" if v is None else f"{v:.6g}"
-
-
-def comparison_dict(c: Comparison) -> dict[str, Any]:
-    def run(r: RunFolder) -> dict[str, Any]:
-        return {"path": str(r.path), "name": r.name, "started": r.summary.get("started"),
-                "duration_s": r.summary.get("duration_s")}
-
-    return {
-        "run_a": run(c.run_a), "run_b": run(c.run_b), "tolerance": c.tolerance, "noise_k": NOISE_K,
-        "worse": c.worse,
-        "targets": [{"name": t.name, "worse": t.worse,
-                     "metrics": {ch.metric.key: {"unit": ch.metric.unit, "a": ch.a, "b": ch.b,
-                                                 "change_pct": None if ch.change_pct is None
-                                                 else round(ch.change_pct, 3),
-                                                 "noise": ch.noise, "worse": ch.worse}
-                                 for ch in t.changes}}
-                    for t in c.targets],
-        "only_in_a": list(c.only_in_a), "only_in_b": list(c.only_in_b),
-    }
-
-
-def format_json(c: Comparison) -> str:
-    return json.dumps(comparison_dict(c), indent=2, ensure_ascii=False) + "\n"
-
-
-def render_compare_html(c: Comparison) -> str:
-    """The comparison as a self-contained HTML page, both runs' spectra on one chart."""
-    rows, classes = [], []
-    for t in c.targets:
-        for i, ch in enumerate(t.changes):
-            better = ch.change_pct is not None and not ch.worse and abs(ch.change_pct) > c.tolerance * 100 and (
-                (ch.change_pct < 0) == ch.metric.higher_is_worse) and (
-                ch.noise is None or ch.a is None or ch.b is None or abs(ch.b - ch.a) > ch.noise)
-            mark = "worse" if ch.worse else ("better" if better else "")
-            cls = "bad" if ch.worse else ("good" if better else "")
-            rows.append([td(t.name if i == 0 else "", "l name"), td(_label(ch.metric), "l"),
-                         td(_value(ch.metric, ch.a)), td(_value(ch.metric, ch.b)), td(_pct(ch), cls), td(_noise(ch)),
-                         td(mark, cls)])
-            classes.append("first" if i == 0 else "")
-    names = [t.name for t in c.targets]
-    colors = target_colors(names)
-    series = []
-    for tag, run, dashed in (("A", c.run_a, False), ("B", c.run_b, True)):
-        for s in spectra(run):
-            if s.name in colors and not (s.name == AGGREGATED and len(names) == 2):
-                series.append(Series(f"{tag}: {s.name}", s.points, colors[s.name], dashed=dashed, width=2.0))
-    badge = (f'<span class="badge big fail">{escape(_verdict(c))}</span>' if c.worse
-             else f'<span class="badge big pass">{escape(_verdict(c))}</span>')
-    runs = "".join(f"<dt>{tag}</dt><dd>{escape(_run_line('', r).strip())}</dd>"
-                   for tag, r in (("A", c.run_a), ("B", c.run_b)))
-    missing = "".join(f'<p class="note">Only in {tag}: {escape(", ".join(n))}</p>'
-                      for tag, n in (("A", c.only_in_a), ("B", c.only_in_b)) if n)
-    body = (f'<header class="top"><div><h1>{escape(_title(c.run_a))} → {escape(_title(c.run_b))}</h1>'
-            f'<div class="sub">run B compared with run A, tolerance {c.tolerance * 100:g}%</div></div>'
-            f'<div>{badge}</div></header>'
-            f'<section><h2>Runs</h2><dl>{runs}</dl></section>'
-            f'<section><h2>Side by side</h2>'
-            + table(["Target", "Metric", "A", "B", "Change", "Noise", ""], rows, left=2, row_classes=classes)
-            + missing + '<p class="note">Higher latency, error rate or CPU per request is worse; lower '
-            'requests/s is worse. CPU per request is the generator\'s workers\', while the load ran, and the whole '
-            'run\'s only (Aggregated): each worker serves every target at once. A change counts '
-            f'as worse only beyond the tolerance and beyond the noise: {NOISE_K:g} standard deviations of the '
-            'difference between a second of A and a second of B (from each run\'s per-second figures).</p></section>'
-            '<section><h2>Latency by percentile</h2>'
-            + spectrum_chart("Latency percentile spectrum: A solid, B dashed", series) + "</section>")
-    return page(f"loadtest compare: {_title(c.run_a)} → {_title(c.run_b)}", body)
-
-
-def write_compare_html(c: Comparison, out: Path) -> Path:
-    return write_page(Path(out), render_compare_html(c))

@@ -29,6 +29,7 @@ from loadtest.core.run_files import (
     OPEN_MODEL_MEANING,
     REPORT_NAME,
     UNCORRECTED_TYPE,
+    open_model_lateness,
 )
 from loadtest.outputs.capacity_report import capacity_section
 from loadtest.outputs.run_folder import RunFolder, as_float, load_run, write_page
@@ -220,9 +221,25 @@ def _summary_section(run: RunFolder) -> str:
             classes += ["open", "open"]
     headers = ["Type", "Name", "Requests", "Failures", "Error rate", "Req/s", "Mean ms", "p50 ms", "p95 ms",
                "p99 ms", "p99.9 ms", "Max ms"]
-    note = f'<p class="note" id="open-model-note">{escape(OPEN_MODEL_MEANING)}</p>' if "open" in classes else ""
+    note = ""
+    if "open" in classes:
+        lines = [OPEN_MODEL_MEANING] + [_lateness_line(t) for t in run.target_summaries()
+                                        if isinstance(t.get("open_model"), dict)]
+        note = f'<p class="note" id="open-model-note">{"<br>".join(escape(x) for x in lines if x)}</p>'
     return '<section><h2>Summary</h2>' + table(headers, rows, left=2, row_classes=classes) + note + \
         _failures(run) + "</section>"
+
+
+def _lateness_line(t: dict[str, Any]) -> str:
+    """An open-model target's lateness and p50s, from summary.json, as the terminal says them; "" without them."""
+    open_model = t["open_model"]
+    late = open_model.get("lateness_ms") or {}
+    p50, p99 = as_float(late.get("p50")), as_float(late.get("p99"))
+    if p50 is None or p99 is None:
+        return ""
+    corrected = as_float((t.get("latency_ms") or {}).get("p50"))
+    uncorrected = as_float((open_model.get("uncorrected_latency_ms") or {}).get("p50"))
+    return open_model_lateness(str(t.get("name", "")), p50, p99, corrected, uncorrected)
 
 
 def _open_model_rows(name: str, t: dict[str, Any], open_model: dict[str, Any]) -> list[list[str]]:

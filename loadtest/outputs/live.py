@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from loadtest.model.config import RunConfig
 from loadtest.outputs.base import Output
 from loadtest.outputs.reports import LOCUST_NO_LATENCY, run_outcome, stats_rows
-from loadtest.core.run_files import AGGREGATED, NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER
+from loadtest.core.run_files import (AGGREGATED, NO_FIGURE, OPEN_MODEL_MEANING, OPEN_MODEL_TYPES, STATS_HEADER,
+                                     open_model_lateness)
 from loadtest.core.stats import aggregate, percentiles_ns
 from loadtest.core.verdicts import NO_CONDITION_FOUND, WORKER_SATURATED_PERCENT
 from loadtest.core.thresholds import CANCELLED
@@ -140,6 +141,12 @@ def print_summary(result: RunResult, config: RunConfig, out: TextIO) -> None:
         out.write(line(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "\n")
     if any(r["Type"] in OPEN_MODEL_TYPES for r in rows):
         out.write(f"{OPEN_MODEL_MEANING}\n")
+        for t in result.stats.totals:
+            if t.lateness.get_total_count():
+                late50, late99 = (v / 1e6 for v in percentiles_ns(t.lateness, (50, 99)))
+                corrected = percentiles_ns(t.latency, (50,))[0] / 1e6 if t.latency.get_total_count() else None
+                uncorrected = percentiles_ns(t.uncorrected, (50,))[0] / 1e6 if t.uncorrected.get_total_count() else None
+                out.write(f"  {open_model_lateness(t.name, late50, late99, corrected, uncorrected)}\n")
     for t in result.stats.totals:
         for kind, count in sorted(t.failures.items(), key=lambda kv: -kv[1]):
             said = f" ({CANCELLED_MEANING})" if kind == CANCELLED else ""

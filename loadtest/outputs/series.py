@@ -13,7 +13,8 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from loadtest.core.run_files import HISTOGRAMS_NAME, OTHER_HISTOGRAM_TYPES, SUMMARY_PERCENTILE_KEYS, precise_cell
-from loadtest.outputs.run_folder import RunFolder, as_float, check_histogram
+from loadtest.outputs.run_folder import RunFolder, as_float
+from loadtest.outputs.run_folder_checks import check_histogram
 
 MAX_POINTS = 600  # per series: a 10-minute run at one row a second keeps every second
 SPECTRUM_STEPS_PER_DECADE = 24

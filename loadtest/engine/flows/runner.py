@@ -29,7 +29,7 @@ from loadtest.engine.protocols import Deadlines
 from loadtest.engine.protocols.channel import give_way
 from loadtest.engine.protocols.http_fast import USER_AGENT
 from loadtest.engine.protocols.http_flow import Address, FlowClient, Reply, parse_head, resolve_origin
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.model.flows.data import RowDealer
 from loadtest.model.flows.extract import Capture, Expect
 from loadtest.model.flows.steps import RequestStep, Step, ThinkStep

@@ -35,7 +35,7 @@ import gevent
 from loadtest.core.outcome import status_ok
 from loadtest.engine.protocols.http_fast import USER_AGENT
 from loadtest.engine.protocols.http_flow import Address, parse_head
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.flows.runner import FlowShared, FlowSession, Pass, PassEnded, StepFailed, RunStopping, record_reply
 from loadtest.model.flows.source import OTHER_ROW, load_function, where_raised
 

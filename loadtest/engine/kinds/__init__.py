@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:
     from gevent.pool import Pool
 
-    from loadtest.core.stats import TargetRecorder
+    from loadtest.core.schedule import ArrivalSchedule
+    from loadtest.core.recorder import TargetRecorder
     from loadtest.engine.protocols import Deadlines, Session
     from loadtest.engine.budget import Budget, Level
     from loadtest.model.kinds.base import TargetKind
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 # A driver runs all of one worker's users of a target from one greenlet (with hub callbacks): given the
 # worker's pool, its share of the users and its staged level (None: not staged), it returns when the load ends.
 Driver = Callable[["Pool", int, "Level | None"], None]
+# An arrival driver runs all of one worker's arrivals of an open-model target the same way: given the pool, its
+# share of the requests in flight at most, the arrival schedule and the first arrival's time (perf_counter_ns),
+# it returns when the schedule (and the run's duration) is over and nothing is in flight.
+ArrivalDriver = Callable[["Pool", int, "ArrivalSchedule", int], None]
 
 
 class KindWorker:
@@ -43,6 +48,12 @@ class KindWorker:
     def driver(self, target: Any, make: Callable[[], Session]) -> Driver | None:
         """The driver that runs all the worker's users of the target at once, given the session factory
         `session_factory` made; None (the default): a greenlet per virtual user."""
+        return None
+
+    def arrival_driver(self, target: Any, make: Callable[[], Session]) -> ArrivalDriver | None:
+        """The driver that runs all the worker's arrivals of an open-model target at once (a run not steered
+        from outside), given the session factory `session_factory` made; None (the default): `arrivals`,
+        a greenlet per request in flight."""
         return None
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 from gevent import ssl as gevent_ssl
 
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.flows.target import flow_factory
 from loadtest.engine.kinds import KindWorker
 from loadtest.engine.protocols import Deadlines, Session

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.budget import Budget
 from loadtest.engine.kinds import Driver, KindWorker
 from loadtest.engine.protocols import Deadlines, Session

@@ -30,7 +30,7 @@ from gevent import GreenletExit
 
 from loadtest.core.outcome import start_ns, status_ok
 from loadtest.model.config import HttpTarget
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
 from loadtest.engine.protocols.channel import RequestTimeout, give_way
 

@@ -40,7 +40,7 @@ from gevent import GreenletExit
 
 from loadtest.core.outcome import start_ns
 from loadtest.model.config import TcpTarget
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
 from loadtest.engine.protocols.channel import Channel, RequestTimeout
 from loadtest.engine.protocols.http_fast import connect_failure

@@ -8,9 +8,10 @@ Here one `PacedTcp` holds all of a worker's connections of a target as small
 
 - a heap of next send times, one entry per connection: from a random phase
   after it connects, then every `interval_ns`, never drifting (the same
-  schedule as `TcpSession._wait_turn`); one libev timer, armed for the
-  earliest send or timeout, sends every message due with a non-blocking
-  `send` (a partial send finishes from a write watcher);
+  schedule as `TcpSession._wait_turn`); one `HubTimer` (a timerfd: the
+  loop's own timers round to the millisecond), armed for the earliest send or
+  timeout, sends every message due with a non-blocking `send` (a partial send
+  finishes from a write watcher);
 - a read watcher per connection, started while it is open (restarting it
   per message would cost an `epoll_ctl` each time), whose callback reads the
   rest of the reply and one byte more (bytes past the reply, a peer's unasked
@@ -58,10 +59,11 @@ import gevent
 from gevent.hub import get_hub
 
 from loadtest.model.config import TcpTarget
-from loadtest.core.stats import TargetRecorder
+from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.protocols import NO_DEADLINE_NS, Deadlines, RequestTimer
 from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
 from loadtest.engine.protocols.http_fast import connect_failure
+from loadtest.engine.protocols.hub_timer import ARM_EARLY_NS, HubTimer, spin_until
 from loadtest.engine.protocols.tcp import (OVERREAD_BYTES, RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES, ConnectPacer, TcpSession, failure_message, split_address,
                   tcp_session_factory, wait_to_connect)
 
@@ -342,19 +344,18 @@ class PacedTcp:
         """Wake the driver's timer at `when_ns` (a perf_counter_ns time) instead of when it was armed for."""
         if self.closed:
             return
-        timer = self.timer
-        if timer is not None:
-            timer.close()
-        delay = when_ns - perf_counter_ns()
-        self.timer = timer = self.loop.timer(delay / 1e9 if delay > 0 else 0.0)
-        timer.start(self._tick, update=True)  # from the real now, not the loop's cached time
+        if self.timer is None:  # a timerfd, not a loop timer: turns leave on time, not up to 1 ms late
+            self.timer = HubTimer(self.loop, self._tick)
+        self.timer.arm(when_ns)
         self.armed_ns = when_ns
 
     def _on_tick(self) -> None:
         """Expire messages past their deadline and send every message whose turn has come."""
-        self.armed_ns = 0  # sends made here push later turns; they re-arm once, at the end
+        armed, self.armed_ns = self.armed_ns, 0  # sends made here push later turns; they re-arm once, at the end
         try:
             now = perf_counter_ns()
+            if now < armed <= now + 2 * ARM_EARLY_NS:  # the timer fires a wake-up's length early
+                now = spin_until(armed)
             fifo = self.fifo
             while fifo:
                 deadline, conn = fifo[0]

@@ -67,7 +67,7 @@ from loadtest.engine.protocols.tcp import RECONNECT_PAUSE_S, RESET_ERRORS, SAMPL
 from loadtest.engine.protocols.tcp_paced import PacedConnection, PacedTcp
 
 if TYPE_CHECKING:
-    from loadtest.core.stats import TargetRecorder
+    from loadtest.core.recorder import TargetRecorder
     from loadtest.engine.budget import Budget
     
 READ_SIZE = 64 * 1024  # what one read takes while a parser has the connection

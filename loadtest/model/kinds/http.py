@@ -340,6 +340,7 @@ class HttpClosed(TargetKind):
     def descriptors_per_user(self, target: HttpTarget) -> int:
         return len({u.split("/")[2] for u in target.urls})  # a user keeps a connection to each origin
 
+
 class HttpOpen(HttpClosed):
     """HTTP arrivals on a schedule, `rate` per second whatever the latency, at most `max_concurrency` in flight;
     latency from the intended start (coordinated omission corrected)."""
@@ -369,7 +370,7 @@ class HttpOpen(HttpClosed):
 def open_model_rows(totals: TargetTotals) -> list[ExtraRow]:
     """An open-model target's other rows (HTTP arrivals and flow passes alike). LATENESS: how late arrivals
     started (Failure Count: the dropped ones); UNCORRECTED: latency from the actual start rather than the
-    scheduled one (lower than the corrected row only when arrivals start late, at max_concurrency)."""
+    scheduled one (lower than the corrected row by how late each request was sent: see OPEN_MODEL_MEANING)."""
     from loadtest.core.run_files import LATENESS_TYPE, UNCORRECTED_TYPE
 
     started = totals.lateness.get_total_count()

@@ -21,7 +21,8 @@ from loadtest.core.capacity import (
     step_seconds,
     verdict_sentence,
 )
-from loadtest.core.stats import TargetRecorder, TargetTotals, aggregate
+from loadtest.core.recorder import TargetRecorder
+from loadtest.core.stats import TargetTotals, aggregate
 
 NAMES = ["home"]
 

@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--capacity", type=float, default=1000.0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--slo", default="p99<50ms")
-    parser.add_argument("--show-steps", action="store_true", help="print each round's step lines too")
+    parser.add_argument("--show-steps", action="store_true",
+                        help="print each round's step lines too (a round outside -15%% .. +2%% always does)")
     parser.add_argument("extra", nargs="*", help="more `loadtest capacity` options, after --")
     args = parser.parse_args()
     if not 0 < args.capacity <= 20_000 or not 0 < args.rounds <= 20:
@@ -70,7 +71,7 @@ def main() -> None:
             error = (a["max_rate"] - args.capacity) / args.capacity * 100
             print(f"{k:>5} {args.capacity:>10,.0f} {a['max_rate']:>9,.1f} {error:>+7.1f}% {a['limited_by']:>10} "
                   f"{len(a['steps']):>5} {r['wall_s']:>7.1f} {r['served']:>8,} {r['counted']:>8,}")
-            if args.show_steps:
+            if args.show_steps or not -15.0 <= error <= 2.0:  # a round outside the asked range shows why
                 print(r["log"])
             print(f"      {r['verdict']}")
 

@@ -317,7 +317,8 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
             pool.spawn(ramp, level, load.stages, load.start, t0, plan.share, budget)
         else:
             recorder.users = share
-        pool.spawn(drive, pool, share, level)
+        if share or level is not None:  # a worker whose share is no users has nothing to drive (and must end)
+            pool.spawn(drive, pool, share, level)
         return level
     if not load.stages and not steered:
         recorder.users = share

@@ -44,14 +44,12 @@ connect_timeout.
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gevent import Timeout
-from gevent.hub import get_hub
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, RejectConnection, Request,
                             TextMessage)
@@ -61,10 +59,12 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from loadtest.model.kinds.ws import WsTarget, ws_parts
 from loadtest.engine.protocols import Deadlines
-from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
+from loadtest.engine.protocols.channel import WRITE, connect_socket
 from loadtest.engine.protocols.http_fast import connect_failure
 from loadtest.engine.protocols.tcp import RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES
 from loadtest.engine.protocols.tcp_paced import PacedConnection, PacedTcp
+from loadtest.engine.protocols.ws_upgrade import (_WOULD_BLOCK, UpgradeFailed, UpgradeTimeout, _recv_waiting,
+                                                  _send_waiting, _tls_handshake)
 
 if TYPE_CHECKING:
     from loadtest.core.recorder import TargetRecorder
@@ -75,20 +75,6 @@ MAX_HEAD_BYTES = 16 * 1024  # of the upgrade response
 KEY_BATCH = 1024  # masking keys drawn from os.urandom at once
 INT_MASK_BYTES = 64 * 1024  # payloads up to this size are masked as one integer XOR, longer ones by wsproto's
 NORMAL_CLOSE = 1000
-_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class UpgradeTimeout(Exception):
-    """The upgrade did not finish within the target's timeout."""
-
-
-class UpgradeFailed(Exception):
-    """The upgrade did not succeed: `kind` and `message` are the connect failure's."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 class WsConnection(PacedConnection):
@@ -476,54 +462,3 @@ class WsDriver(PacedTcp):
         conn.at = 0
         conn.replied = False
         super()._close(conn)
-
-
-def _tls_handshake(raw: Any, context: ssl.SSLContext, hostname: str) -> Any:
-    """A non-blocking TLS socket over a connected raw socket, its handshake waited for on the hub."""
-    sock = socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-    sock.setblocking(False)
-    try:
-        tls = context.wrap_socket(sock, server_hostname=hostname or None, do_handshake_on_connect=False)
-    except BaseException:
-        sock.close()
-        raise
-    while True:
-        try:
-            tls.do_handshake()
-            return tls
-        except ssl.SSLWantReadError:
-            _wait(tls, READ)
-        except ssl.SSLWantWriteError:
-            _wait(tls, WRITE)
-        except BaseException:
-            tls.close()
-            raise
-
-
-def _wait(sock: Any, events: int) -> None:
-    hub = get_hub()
-    watcher = hub.loop.io(sock.fileno(), events)
-    try:
-        hub.wait(watcher)
-    finally:
-        watcher.close()
-
-
-def _send_waiting(sock: Any, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view):]
-        except _WOULD_BLOCK:
-            _wait(sock, WRITE)
-
-
-def _recv_waiting(sock: Any, size: int) -> bytes:
-    while True:
-        try:
-            data: bytes = sock.recv(size)
-            return data
-        except ssl.SSLWantWriteError:
-            _wait(sock, WRITE)
-        except _WOULD_BLOCK:
-            _wait(sock, READ)

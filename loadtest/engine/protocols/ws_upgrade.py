@@ -13,9 +13,14 @@ import ssl
 from typing import Any
 
 from gevent.hub import get_hub
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, Request
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from loadtest.engine.protocols.channel import READ, WRITE
 
+MAX_HEAD_BYTES = 16 * 1024  # of the upgrade response
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -31,6 +36,35 @@ class UpgradeFailed(Exception):
         self.kind = kind
         self.message = message
 
+
+
+def upgrade(sock: Any, host: str, path: str, headers: list[tuple[str, str]]) -> bytes:
+    """Send the upgrade request and read the response's head; return the bytes that came after it."""
+    handshake = H11Handshake(ConnectionType.CLIENT)
+    _send_waiting(sock, handshake.send(Request(host=host, target=path, extra_headers=headers)))
+    head = b""
+    while True:
+        data = _recv_waiting(sock, 4096)
+        if not data:
+            raise UpgradeFailed("closed", "the server closed the connection during the upgrade")
+        head += data
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        if len(head) > MAX_HEAD_BYTES:
+            raise UpgradeFailed("protocol", f"the upgrade response's head passed {MAX_HEAD_BYTES} bytes")
+    head, leftover = head[:end + 4], head[end + 4:]
+    try:
+        handshake.receive_data(head)
+        for event in handshake.events():
+            if isinstance(event, AcceptConnection):
+                return leftover
+            if isinstance(event, RejectConnection):
+                raise UpgradeFailed(f"rejected_{event.status_code}",
+                                    f"the server answered the upgrade with HTTP {event.status_code}")
+    except (RemoteProtocolError, LocalProtocolError) as e:
+        raise UpgradeFailed("protocol", f"the upgrade response is not a valid acceptance: {e}") from None
+    raise UpgradeFailed("protocol", "the upgrade response is not a valid acceptance")
 
 
 def _tls_handshake(raw: Any, context: ssl.SSLContext, hostname: str) -> Any:

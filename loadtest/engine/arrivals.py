@@ -47,40 +47,55 @@ class Unsent:
         return count
 
 
-def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: TargetRecorder, pool: Pool,
-             schedule: ArrivalSchedule, first_ns: int, cap: int, sessions: list[Session], unsent: Unsent,
-             level: Level | None = None, phase: float | None = None) -> None:
-    """Start requests on a schedule whatever their latency (open model).
+class Runners:
+    """The greenlets that send an open target's arrivals, and the sessions they send them on.
 
-    Each arrival is due at a planned time and its latency is measured from
-    that time, so a stalled server shows in the percentiles (coordinated
-    omission corrected, as in wrk2). When `cap` requests are already in
-    flight, arrivals wait for one to end and start late; an arrival that
-    cannot start within `MAX_LATENESS_S` of its time is dropped and counted.
-    How late each arrival started is recorded too (its count is the arrivals
-    started); one started but not yet running waits in `unsent`. Connections
-    are reused: a finished request hands its session back. Every session made
-    is appended to `sessions`, which the worker closes at the end. The first
-    arrival is due at `first_ns`, the last before `schedule.until_ns` (the
-    run's end, as a `perf_counter_ns` time).
-
-    Given `level` (a steered run), it follows the controller's commands: after a level change the next
-    arrival comes at the new rate (at `phase` of a gap, for constant arrivals); while paused nothing is
-    due, so no arrival of the pause is sent or counted as dropped; it sleeps at most `LEVEL_POLL_S` at a
-    time, to see a command soon; and a schedule with nothing more due waits for one until the run's end.
+    A greenlet per arrival cost a spawn, a start and a death per request; instead a runner that has sent
+    its request parks and is handed the next arrival (no greenlet is made while one waits). Connections
+    are reused: a finished request hands its session back to `idle`. Every session made is appended to
+    `sessions`, which the worker closes at the end; an arrival started but not yet running waits in
+    `unsent`. `slot_free` is set whenever a request ends.
     """
-    idle: list[Session] = []
-    max_late_ns = int(MAX_LATENESS_S * 1e9)
-    slot_free = Event()
-    until_ns = schedule.until_ns
-    # A greenlet per arrival cost a spawn, a start and a death per request; instead a runner that
-    # has sent its request parks and is handed the next arrival (no greenlet is made while one waits).
-    waiting: list[Any] = []  # parked runners
-    hub = get_hub()
-    ended = [False]  # no more arrivals: runners end instead of parking
 
-    def runner(session: Session, due_ns: int) -> None:
+    __slots__ = ("make_session", "recorder", "pool", "sessions", "unsent", "idle", "waiting", "slot_free", "hub",
+                 "ended")
+
+    def __init__(self, make_session: Callable[[], Session], recorder: TargetRecorder, pool: Pool,
+                 sessions: list[Session], unsent: Unsent) -> None:
+        self.make_session = make_session
+        self.recorder = recorder
+        self.pool = pool
+        self.sessions = sessions
+        self.unsent = unsent
+        self.idle: list[Session] = []
+        self.waiting: list[Any] = []  # parked runners
+        self.slot_free = Event()
+        self.hub = get_hub()
+        self.ended = False  # no more arrivals: runners end instead of parking
+
+    def start(self, due_ns: int, late: int) -> None:
+        """Send the arrival due at `due_ns`, started `late` ns after it, on an idle session (or a new one)."""
+        idle = self.idle
+        if idle:
+            session = idle.pop()
+        else:
+            session = self.make_session()
+            self.sessions.append(session)
+        recorder = self.recorder
+        recorder.users += 1
+        recorder.lateness.record(late)
+        self.unsent.waiting += 1  # handed over: counted as cancelled if its runner is killed before it runs
+        waiting = self.waiting
+        if waiting:
+            self.hub.loop.run_callback(waiting.pop().switch, (session, due_ns))
+        else:
+            self.pool.spawn(self.run, session, due_ns)
+
+    def run(self, session: Session, due_ns: int) -> None:
+        """A runner: send this arrival, then park for the next one until the arrivals end."""
         me = getcurrent()
+        unsent, recorder, idle, slot_free, waiting = self.unsent, self.recorder, self.idle, self.slot_free, self.waiting
+        switch = self.hub.switch
         while True:
             unsent.waiting -= 1  # from here the request records its own end, a cancel included
             try:
@@ -89,49 +104,58 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                 recorder.users -= 1
                 idle.append(session)
                 slot_free.set()
-            if ended[0]:
+            if self.ended:
                 return
             waiting.append(me)
-            job = hub.switch()  # the next (session, due) from `start`, or None when arrivals end
+            job = switch()  # the next (session, due) from `start`, or None when arrivals end
             if job is None:
                 return
             session, due_ns = job
 
-    def start(session: Session, due_ns: int) -> None:
-        unsent.waiting += 1  # handed over: counted as cancelled if its runner is killed before it runs
-        if waiting:
-            hub.loop.run_callback(waiting.pop().switch, (session, due_ns))
-        else:
-            pool.spawn(runner, session, due_ns)
+    def end(self) -> None:
+        """No more arrivals: parked runners end now, so the pool can finish."""
+        self.ended = True
+        waiting = self.waiting
+        while waiting:
+            self.hub.loop.run_callback(waiting.pop().switch, None)
 
+
+def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: TargetRecorder, pool: Pool,
+             schedule: ArrivalSchedule, first_ns: int, cap: int, sessions: list[Session], unsent: Unsent,
+             level: Level | None = None, phase: float | None = None) -> None:
+    """Start requests on a schedule whatever their latency (open model), on `Runners`.
+
+    Each arrival's latency counts from its planned time, so a stalled server shows in the percentiles
+    (coordinated omission corrected, as in wrk2). With `cap` requests in flight an arrival waits for one to
+    end and starts late; one that cannot start within `MAX_LATENESS_S` of its time is dropped and counted,
+    and how late each one started is recorded. Arrivals are due from `first_ns` until `schedule.until_ns`
+    (the run's end, a `perf_counter_ns` time). Given `level` (a steered run), it follows the controller's
+    commands (`_follow`), sleeping at most `LEVEL_POLL_S` at a time to see one soon; a schedule with nothing
+    more due then waits for one until the run's end.
+    """
+    max_late_ns = int(MAX_LATENESS_S * 1e9)
+    runners = Runners(make_session, recorder, pool, sessions, unsent)
+    slot_free = runners.slot_free
+    until_ns, hub = schedule.until_ns, runners.hub
     due: float = first_ns
-    spent = False
-    # Waits for the next arrival on a timerfd, not a loop timer: those round to the millisecond, and every
-    # send would leave up to ~1 ms late (see `HubTimer`).
-    timer = HubTimer(hub.loop, getcurrent().switch)
-    seen = 0
+    spent, seen = False, 0
+    timer = HubTimer(hub.loop, getcurrent().switch)  # a timerfd: a loop timer rounds to the ms (see `HubTimer`)
     poll_ns = int(LEVEL_POLL_S * 1e9)
     try:
         while not budget.stopping:
             if level is not None:
                 if level.version != seen:  # a command: due times from now on follow it
                     seen = level.version
-                    schedule.changing = True
-                    if level.paused or (level.held and level.value <= 0):
-                        due = until_ns  # nothing is due: a paused arrival is never sent nor dropped
-                    else:
-                        due = min(due, schedule.next_due(time.perf_counter_ns(), phase))
+                    due = _follow(level, schedule, due, until_ns, phase)
                 if level.paused:
                     gevent.sleep(LEVEL_POLL_S)
                     continue
             if due >= until_ns:
-                if level is None or budget.left == 0 or time.perf_counter_ns() >= until_ns:
+                if _over(level, budget, until_ns):
                     break
-                gevent.sleep(LEVEL_POLL_S)  # a command may make something due again
                 continue
             now = time.perf_counter_ns()
             if due > now:
-                # on a timerfd, not a loop timer: those round to the millisecond (see `HubTimer`)
                 timer.arm(int(due) if level is None else int(min(due, now + poll_ns)))
                 hub.switch()  # the timer switches back
                 if due - time.perf_counter_ns() <= 2 * ARM_EARLY_NS:  # it fires a wake-up's length early
@@ -148,29 +172,51 @@ def arrivals(make_session: Callable[[], Session], budget: Budget, recorder: Targ
                 spent = True  # a `requests:` total reached: nothing more is due
                 return
             else:
-                if idle:
-                    session = idle.pop()
-                else:
-                    session = make_session()
-                    sessions.append(session)
-                recorder.users += 1
-                recorder.lateness.record(late)
-                start(session, due)
+                runners.start(due, late)  # type: ignore[arg-type]
             due = schedule.next_due(int(due))
-        # The schedule has nothing more before the end (a last stage at rate 0, say): the run still
-        # lasts its duration, unless the other targets spend the `requests:` total first.
-        now = time.perf_counter_ns()
-        while not budget.stopping and budget.left != 0 and now < until_ns < float("inf"):
-            gevent.sleep(min(LEVEL_POLL_S, (until_ns - now) / 1e9))
-            now = time.perf_counter_ns()
+        _last_stretch(budget, until_ns)
     finally:
         timer.close()
-        ended[0] = True
-        while waiting:  # parked runners end now, so the pool can finish
-            hub.loop.run_callback(waiting.pop().switch, None)
-        # The load stopped (or this greenlet was killed with it): arrivals already due that never
-        # started were dropped too.
-        end = min(time.perf_counter_ns(), until_ns, budget.end_ns)  # an end from the controller is the run's end
-        while not spent and due < end:
-            recorder.dropped += 1
-            due = schedule.next_due(int(due))
+        runners.end()
+        if not spent:
+            _drop_missed(recorder, schedule, due, budget)
+
+
+def _follow(level: Level, schedule: ArrivalSchedule, due: float, until_ns: float, phase: float | None) -> float:
+    """The next arrival's due time after a command of the controller (a steered run).
+
+    After a level change the next arrival comes at the new rate (at `phase` of a gap, for constant
+    arrivals); while paused, or held at 0, nothing is due, so no arrival of the pause is sent or counted
+    as dropped.
+    """
+    schedule.changing = True
+    if level.paused or (level.held and level.value <= 0):
+        return until_ns
+    return min(due, schedule.next_due(time.perf_counter_ns(), phase))
+
+
+def _over(level: Level | None, budget: Budget, until_ns: float) -> bool:
+    """Nothing more is due: True if the arrivals are over, else (a steered run: a command may make something
+    due again) after a sleep of `LEVEL_POLL_S`."""
+    if level is None or budget.left == 0 or time.perf_counter_ns() >= until_ns:
+        return True
+    gevent.sleep(LEVEL_POLL_S)
+    return False
+
+
+def _last_stretch(budget: Budget, until_ns: float) -> None:
+    """The schedule has nothing more before the end (a last stage at rate 0, say): the run still lasts its
+    duration, unless the other targets spend the `requests:` total first."""
+    now = time.perf_counter_ns()
+    while not budget.stopping and budget.left != 0 and now < until_ns < float("inf"):
+        gevent.sleep(min(LEVEL_POLL_S, (until_ns - now) / 1e9))
+        now = time.perf_counter_ns()
+
+
+def _drop_missed(recorder: TargetRecorder, schedule: ArrivalSchedule, due: float, budget: Budget) -> None:
+    """The load stopped (or the arrivals' greenlet was killed with it): arrivals already due from `due`
+    on that never started were dropped too."""
+    end = min(time.perf_counter_ns(), schedule.until_ns, budget.end_ns)  # an end from the controller is the run's end
+    while due < end:
+        recorder.dropped += 1
+        due = schedule.next_due(int(due))

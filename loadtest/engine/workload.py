@@ -54,39 +54,10 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
 
     An open target appends its `Unsent` arrivals to `unsent`. In a steered run every target with load has
     a level, which the controller's commands move (`apply_command`)."""
-    k, workers = plan.index, plan.workers
     load = kind_of(target).load(target)
     steered = plan.steered and load.users > 0  # a flow's step rows have no load of their own
     if load.arrival is not None:  # arrivals on a schedule (open model), `load.start` per second
-        level = Level(plan.rate_share(load.start))
-        now_ns = time.perf_counter_ns()
-        start_ns = now_ns - int((time.monotonic() - t0) * 1e9)  # t0 on the perf_counter clock
-        until_ns = start_ns + plan.duration * 1e9 if plan.duration else float("inf")
-        stages, rate = load.stages, load.start
-        if stages:
-            pool.spawn(ramp, level, stages, rate, t0, plan.rate_share, budget)
-
-        def rate_at(t: int) -> float:
-            return level.value if level.held else plan.rate_share(level_at(stages, rate, (t - start_ns) / 1e9))
-
-        def quiet_until(t: int) -> float:
-            return float("inf") if level.held else start_ns + zero_until(stages, rate, (t - start_ns) / 1e9) * 1e9
-
-        schedule = ArrivalSchedule(load.arrival, k * 7919 + recorder.target,  # seeds differ per worker and target
-                                   rate_at, bool(stages), until_ns, quiet_until)
-        # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
-        # instead of landing together
-        phase = k / workers if load.arrival == "constant" else None
-        first = schedule.next_due(start_ns, phase)
-        drive_arrivals = worker_of(kind_of(target)).arrival_driver(target, make)
-        if drive_arrivals is not None and not steered:  # one greenlet runs all this worker's arrivals of the target
-            pool.spawn(drive_arrivals, pool, share, schedule, first)
-            return level
-        waiting = Unsent(recorder)
-        unsent.append(waiting)
-        pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting,
-                   level if steered else None, phase)
-        return level
+        return _start_open(pool, target, make, plan, share, budget, recorder, t0, sessions, unsent, steered)
     drive = worker_of(kind_of(target)).driver(target, make)
     if drive is not None:  # one greenlet runs all this worker's users of the target
         level = (Level(plan.share(load.start), reported=bool(load.stages) or steered)
@@ -116,6 +87,44 @@ def start_target(pool: Pool, target: Any, make: Callable[[], Session], plan: Wor
         level.spawned = max(level.spawned, users)
 
     level.grow = grow
+    return level
+
+
+def _start_open(pool: Pool, target: Any, make: Callable[[], Session], plan: WorkerPlan, share: int, budget: Budget,
+                recorder: TargetRecorder, t0: float, sessions: list[Session], unsent: list[Unsent],
+                steered: bool) -> Level:
+    """`start_target` for an open target: its arrivals' schedule, run by the kind's arrival driver (one
+    greenlet for all this worker's arrivals of the target) or, steered or without one, by `arrivals`."""
+    k, workers = plan.index, plan.workers
+    load = kind_of(target).load(target)
+    level = Level(plan.rate_share(load.start))
+    now_ns = time.perf_counter_ns()
+    start_ns = now_ns - int((time.monotonic() - t0) * 1e9)  # t0 on the perf_counter clock
+    until_ns = start_ns + plan.duration * 1e9 if plan.duration else float("inf")
+    stages, rate = load.stages, load.start
+    if stages:
+        pool.spawn(ramp, level, stages, rate, t0, plan.rate_share, budget)
+
+    def rate_at(t: int) -> float:
+        return level.value if level.held else plan.rate_share(level_at(stages, rate, (t - start_ns) / 1e9))
+
+    def quiet_until(t: int) -> float:
+        return float("inf") if level.held else start_ns + zero_until(stages, rate, (t - start_ns) / 1e9) * 1e9
+
+    schedule = ArrivalSchedule(load.arrival, k * 7919 + recorder.target,  # seeds differ per worker and target
+                               rate_at, bool(stages), until_ns, quiet_until)
+    # constant arrivals: worker k starts k/workers of a gap in, so the workers' arrivals interleave
+    # instead of landing together
+    phase = k / workers if load.arrival == "constant" else None
+    first = schedule.next_due(start_ns, phase)
+    drive_arrivals = worker_of(kind_of(target)).arrival_driver(target, make)
+    if drive_arrivals is not None and not steered:  # one greenlet runs all this worker's arrivals of the target
+        pool.spawn(drive_arrivals, pool, share, schedule, first)
+        return level
+    waiting = Unsent(recorder)
+    unsent.append(waiting)
+    pool.spawn(arrivals, make, budget, recorder, pool, schedule, first, share, sessions, waiting,
+               level if steered else None, phase)
     return level
 
 
@@ -165,12 +174,8 @@ def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> Non
         link.send(Failed(f"worker {plan.index} cannot resolve a target: {e}"))
         return
     link.send(Ready(os.getpid()))
-    waited = 0.0
-    while not start.wait(POLL_S):
-        waited += POLL_S
-        if stop.is_set() or link.gone() or (waited > START_WAIT_S and not plan.wait_for_start):
-            return
-
+    if not _started(link, plan, start, stop):
+        return
     t0 = time.monotonic()
     pool = Pool()
     open_sessions: list[Session] = []
@@ -179,28 +184,81 @@ def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> Non
                            unsent)
               for i, t in enumerate(targets)]
     scan = gevent.spawn(deadlines.scan)
+    intervals = Intervals(plan, recorders, levels, t0)
+    grace, spent, stopped_at = _clock(link, plan, stop, pool, budget, levels, intervals)
+    held = [r.open_connections for r in recorders]  # connections held when the load stopped
+    link.send(Stopping(plan.index))  # the controller allows for the grace period and the cancelling
+    budget.stopping = True
+    cancelled = _stop(pool, deadlines, recorders, unsent, stopped_at + grace if grace else 0.0)
+    for session in open_sessions:
+        session.close()
+    scan.kill()
+    final = intervals.snapshot(final_at=stopped_at)
+    link.send(SnapshotSent(replace(final, targets=tuple(replace(ts, held=h) for ts, h in zip(final.targets, held)))))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    link.send(Done(WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,
+                              usage.ru_maxrss, cancelled, spent=spent)))
+    gevent.sleep(0)
 
-    def snapshot(final_at: float | None = None) -> Snapshot:
+
+def _started(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> bool:
+    """Wait for the controller's start; False if stopped first, the controller is gone, or (unless the plan
+    waits for a start) `START_WAIT_S` passed."""
+    waited = 0.0
+    while not start.wait(POLL_S):
+        waited += POLL_S
+        if stop.is_set() or link.gone() or (waited > START_WAIT_S and not plan.wait_for_start):
+            return False
+    return True
+
+
+class Intervals:
+    """This worker's snapshots, one an interval: each numbered by the second it ends in, from where the
+    last one sent ended."""
+
+    def __init__(self, plan: WorkerPlan, recorders: list[TargetRecorder], levels: list[Level | None],
+                 t0: float) -> None:
+        self.plan = plan
+        self.recorders = recorders
+        self.levels = levels
+        self.t0 = t0
+        self.seq = -1
+        self.interval_start = 0.0
+
+    def snapshot(self, final_at: float | None = None) -> Snapshot:
         """This interval of every target; the final one ends when the load stopped, at `final_at`."""
-        for recorder, level, target in zip(recorders, levels, targets):
+        plan, recorders = self.plan, self.recorders
+        for recorder, level, target in zip(recorders, self.levels, plan.config.targets):
             if level is not None:
                 if level.reported:
                     recorder.level = level.value
                 if kind_of(target).load(target).arrival is None:  # users, not arrivals: the level is users
                     recorder.users = 0 if level.paused else min(int(level.value), level.spawned)
         final = final_at is not None
-        end = (final_at if final_at is not None else time.monotonic()) - t0
+        end = (final_at if final_at is not None else time.monotonic()) - self.t0
         # Number each interval by the second it ends in, so workers that skip a tick stay aligned. The
         # final one of a timed run is the run's last second, whether this worker stopped a little before
         # the deadline (its open-model schedule ended) or a little after it.
         last = min(end, plan.duration) if plan.duration else end
-        number = max(seq + 1, math.ceil(last / SNAPSHOT_INTERVAL_S) - 1 if final else
+        number = max(self.seq + 1, math.ceil(last / SNAPSHOT_INTERVAL_S) - 1 if final else
                      int(end / SNAPSHOT_INTERVAL_S) - 1)
-        return Snapshot(plan.index, number, interval_start, end, tuple(r.snapshot() for r in recorders), final)
+        return Snapshot(plan.index, number, self.interval_start, end, tuple(r.snapshot() for r in recorders), final)
 
+    def send(self, link: ParentLink) -> None:
+        """Send this interval's snapshot; the next one starts where it ended."""
+        snap = self.snapshot()
+        link.send(SnapshotSent(snap))
+        self.seq = snap.seq
+        self.interval_start = snap.end
+
+
+def _clock(link: ParentLink, plan: WorkerPlan, stop: Any, pool: Pool, budget: Budget, levels: list[Level | None],
+           intervals: Intervals) -> tuple[float, bool, float]:
+    """The worker's main greenlet while the load runs: ship an interval a second, carry out the controller's
+    commands, and watch for the stop signal and the deadline. Return (the grace period in-flight requests
+    get, whether this worker's `requests:` share is spent, when the load stopped)."""
+    t0 = intervals.t0
     deadline = t0 + plan.duration if plan.duration else float("inf")
-    seq = -1
-    interval_start = 0.0
     next_tick = t0 + SNAPSHOT_INTERVAL_S
     grace = GRACEFUL_STOP_S
     spent = False
@@ -218,35 +276,24 @@ def run_worker(link: ParentLink, plan: WorkerPlan, start: Any, stop: Any) -> Non
             spent = budget.left == 0  # this worker's share of the `requests:` total is used up
             break
         if now >= next_tick:
-            snap = snapshot()
-            link.send(SnapshotSent(snap))
-            seq = snap.seq
-            interval_start = snap.end
+            intervals.send(link)
             next_tick += SNAPSHOT_INTERVAL_S
             if next_tick < now:  # a saturated worker skips ticks instead of bunching them
                 next_tick = now + SNAPSHOT_INTERVAL_S
+    return grace, spent, time.monotonic()
 
-    stopped_at = time.monotonic()
-    held = [r.open_connections for r in recorders]  # connections held when the load stopped
-    link.send(Stopping(plan.index))  # the controller allows for the grace period and the cancelling
-    budget.stopping = True
-    # Requests in flight may finish within the grace period; greenlets with nothing in flight (think
-    # time, a paced connection waiting for its turn, a parked user, a ramp) are not waited for.
-    grace_end = stopped_at + grace
-    while grace and not pool.join(timeout=GRACE_POLL_S):
+
+def _stop(pool: Pool, deadlines: Deadlines, recorders: list[TargetRecorder], unsent: list[Unsent],
+          grace_end: float) -> int:
+    """End the load: requests in flight may finish until `grace_end` (0: none), then what is left is
+    cancelled. Return how many requests were cancelled."""
+    # Greenlets with nothing in flight (think time, a paced connection waiting for its turn, a parked
+    # user, a ramp) are not waited for.
+    while grace_end and not pool.join(timeout=GRACE_POLL_S):
         if not deadlines.in_flight() or time.monotonic() >= grace_end:
             break
     before = sum(r.failures["cancelled"] for r in recorders)
     pool.kill(block=True, timeout=CANCEL_WAIT_S)  # what is still in flight records itself as cancelled
     for waiting in unsent:  # arrivals killed before their greenlet ran record nothing themselves
         waiting.cancel()
-    cancelled = sum(r.failures["cancelled"] for r in recorders) - before
-    for session in open_sessions:
-        session.close()
-    scan.kill()
-    final = snapshot(final_at=stopped_at)
-    link.send(SnapshotSent(replace(final, targets=tuple(replace(ts, held=h) for ts, h in zip(final.targets, held)))))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    link.send(Done(WorkerExit(plan.index, os.getpid(), usage.ru_utime, usage.ru_stime,
-                              usage.ru_maxrss, cancelled, spent=spent)))
-    gevent.sleep(0)
+    return sum(r.failures["cancelled"] for r in recorders) - before

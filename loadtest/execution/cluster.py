@@ -13,10 +13,14 @@ writes every message a node forwards, unchanged, into the pipe of the worker
 that sent it. So the controller's collection loop and the stats core treat
 a node's workers exactly as local ones.
 
-Snapshots travel through one Dask Queue per node. A Queue is held by the
-scheduler until it is read, in order, so a snapshot sent a moment before the
-controller looks is not lost (Dask's Pub/Sub drops what no subscriber is
-waiting for, and a Variable keeps only its last value): counts stay exact.
+Snapshots travel through one Dask Queue for the run, which every node puts
+its batches on (about one a second: its workers' snapshots of that second)
+and the relay reads with a get that waits for the next batch. A Queue is
+held by the scheduler until it is read, in order, so a snapshot sent a
+moment before the controller looks is not lost (a Variable keeps only its
+last value; a topic's events (`log_event`) reach only the clients subscribed
+when they are sent, and the scheduler keeps the last 1,000 of each; Dask's
+Pub/Sub, which raced its subscribers, was removed in 2025): counts stay exact.
 
 Dask owns scheduling, heartbeats and the loss of a node: a node is lost when
 the scheduler no longer lists its worker. Nothing here rebuilds that.
@@ -304,10 +308,10 @@ class Cluster:
         total = sum(n.count for n in self.nodes)
         first = 0
         steered = bool(self.nodes) and plans_for(0, total).steered
+        queue = Queue(f"{prefix}-queue", client=self.client)
         for node in self.nodes:
-            channel = NodeChannel(f"{prefix}-{node.name}", f"{prefix}-start", f"{prefix}-start-at", f"{prefix}-stop",
+            channel = NodeChannel(queue.name, f"{prefix}-start", f"{prefix}-start-at", f"{prefix}-stop",
                                   f"{prefix}-{node.name}-control" if steered else "")
-            node.queue = Queue(channel.queue, client=self.client)
             node.control = Queue(channel.control, client=self.client) if steered else None
             plans = tuple(plans_for(first + k, total) for k in range(node.count))
             node.workers = [p.index for p in plans]
@@ -317,7 +321,7 @@ class Cluster:
                             sample=not node.same_host, roles=roles)
             node.future = self.client.submit(run_node, task, workers=[node.address], allow_other_workers=False,
                                              pure=False, key=f"{prefix}-{node.name}")
-        self.relay = NodeRelay(self.nodes, self.address, lambda: self.client.status == "running",
+        self.relay = NodeRelay(self.nodes, queue, self.address, lambda: self.client.status == "running",
                                self._worker_addresses, lambda samples: self.on_resources(samples))
         return start, self.stop, RelayGroup(self.relay)
 

@@ -6,9 +6,11 @@ children, whether its limits fit its share), then submits one long-running
 `run_node` task per node, pinned to it. That task starts the node's per-core
 load workers through the child-process owner (`loadtest.execution.children`), exactly
 as a local run starts its own, forwards every message they send, unchanged,
-to the controller through the node's Dask Queue, starts them at the run's start instant and stops them when the
-controller sets the run's stop Event. A steered run's commands (`messages.Command`: level changes, pause,
-resume, end) come through a second Queue per node and go to every one of its workers. Dask owns scheduling, heartbeats and
+to the controller through the run's Dask Queue (a second's snapshots of all its workers as one batch,
+their histograms merged into one: `merge_seconds`), starts them at the run's start instant and stops
+them when the controller sets the run's stop Event. A steered run's commands (`messages.Command`:
+level changes, pause, resume, end) come through a second Queue per node and go to every one of its
+workers. Dask owns scheduling, heartbeats and
 the loss of a node; this task only runs and reports.
 
 Nothing here imports Dask at module level: the controller's base install
@@ -24,14 +26,17 @@ import platform
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Iterable
 
 from loadtest import __version__
 from loadtest.model.config import ConfigError
+from loadtest.core.carry import ShippedMerger, carry_histograms
 from loadtest.model.messages import WORKER_ENTRY, NodeSamples, SnapshotSent, WorkerEnded, WorkerPlan
 
-# Each worker sends a snapshot a second, all at about the same moment: what came within this window goes to the
-# controller as one batch. Short, because a node lost mid-run loses what it had not yet forwarded.
+# Each worker sends a snapshot a second, all at about the same moment (they tick from one start instant): a batch
+# goes to the controller as soon as every running worker has a message in it, so a second's snapshots cross the
+# scheduler as one put, or this long after its first message if one is late. Short, because a node lost mid-run
+# loses what it had not yet forwarded.
 FORWARD_WINDOW_S = 0.2
 NODE_POLL_S = 0.25  # how often the node asks the scheduler about the run's start and stop signals
 RESOURCE_INTERVAL_S = 1.0  # a node on another machine samples its own workers and machine this often
@@ -42,9 +47,9 @@ STOP_AFTER_S = 15.0  # after the stop signal, the longest a worker may take to f
 
 @dataclass(frozen=True)
 class NodeChannel:
-    """The Dask names one run's controller and nodes share: one Queue per node, a start and a stop Event."""
+    """The Dask names a run's controller and nodes share: the run's Queue, start and stop Events, a command Queue."""
 
-    queue: str  # this node's queue: batches of (worker index, message), pickled
+    queue: str  # the run's queue, every node's: batches of (worker index, message), pickled
     start: str  # Event: the controller set the run's start instant (Variable `start_at`)
     start_at: str  # Variable: the start instant on the controller's clock (time.time())
     stop: str  # Event: every node stops its workers
@@ -151,6 +156,61 @@ class _NodeSampler:
         return [(-1, NodeSamples(tuple(rows)))] if rows else []
 
 
+def merge_seconds(batch: list[tuple[int, Any]], merger: ShippedMerger) -> list[tuple[int, Any]]:
+    """`batch` with the histograms of its workers' snapshots of each second merged into one of them
+    (`core.carry`: exact); every message still there, in order, with each worker's counters."""
+    at = [k for k, (_, message) in enumerate(batch) if isinstance(message, SnapshotSent)]
+    if len(at) < 2:
+        return batch
+    out = list(batch)
+    for k, snap in zip(at, carry_histograms([batch[k][1].snapshot for k in at], merger)):
+        out[k] = (batch[k][0], SnapshotSent(snap))
+    return out
+
+
+class NodeOutbox:
+    """What a node sends the controller: its workers' messages in batches, each one put on the run's Queue.
+
+    A batch goes when every worker still running has a message in it (their snapshots of a second, which
+    they all send at the same instant, or their readies, stops, ends), or FORWARD_WINDOW_S after its
+    first message if one is late (`due`), its second's histograms merged into one (`merge_seconds`).
+    """
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue  # anything with put(bytes): the run's Dask Queue
+        self._batch: list[tuple[int, Any]] = []
+        self._heard: set[int] = set()  # the workers with a message in the batch
+        self._merger = ShippedMerger()
+        self.pending_since: float | None = None  # when the oldest message of the batch came (monotonic)
+
+    def add(self, index: int, message: Any, running: Iterable[int]) -> None:
+        """Worker `index`'s message; the batch goes if every one of `running` (the workers still running)
+        has a message in it."""
+        self._batch.append((index, message))
+        self._heard.add(index)
+        self.pending_since = self.pending_since or time.monotonic()
+        if all(i in self._heard for i in running):
+            self.forward()
+
+    def extend(self, rows: list[tuple[int, Any]]) -> None:
+        """The node's own rows (resources.csv), with the next batch."""
+        if rows:
+            self._batch.extend(rows)
+            self.pending_since = self.pending_since or time.monotonic()
+
+    def due(self) -> float | None:
+        """When the batch must go at the latest (monotonic), or None if there is none."""
+        return None if self.pending_since is None else self.pending_since + FORWARD_WINDOW_S
+
+    def forward(self) -> None:
+        """Put the batch on the queue now."""
+        if self._batch:
+            self._queue.put(pickle.dumps(merge_seconds(self._batch, self._merger), protocol=pickle.HIGHEST_PROTOCOL))
+            self._batch = []
+        self._heard.clear()
+        self.pending_since = None
+
+
 def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
     """On the scheduler: is this client still connected? (A controller killed outright is not.)"""
     return client_id in dask_scheduler.clients
@@ -159,109 +219,120 @@ def _client_connected(client_id: str, dask_scheduler: Any = None) -> bool:
 def run_node(task: NodeTask) -> dict[str, Any]:
     """The long-running Dask task of one node: start its workers, forward what they send, end with them.
 
-    Messages go to the controller as they come, in batches at most FORWARD_WINDOW_S late, each an
-    (index, message) pair exactly as the worker sent it; WorkerEnded says a worker's process is
-    gone. Returns how the node's workers ended.
+    Messages go to the controller in the order they came, in batches (`NodeOutbox`), each an (index,
+    message) pair as the worker sent it, but for the histograms of a second's snapshots, merged into
+    one of them; WorkerEnded says a worker's process is gone. Returns how the node's workers ended.
     """
-    from distributed import Event, Queue, Variable, get_client
+    from distributed import Queue
 
     from loadtest.execution.children import ChildGroup
 
-    queue = Queue(task.channel.queue)
-    control = Queue(task.channel.control) if task.channel.control else None
-    client = get_client()
-    start_event, stop_event = Event(task.channel.start), Event(task.channel.stop)
+    outbox = NodeOutbox(Queue(task.channel.queue))
     ctx = multiprocessing.get_context("spawn")
     start, stop = ctx.Event(), ctx.Event()
     group = ChildGroup.start(WORKER_ENTRY, [(plan, start, stop) for plan in task.plans], "loadtest-worker")
-    index_of = {child: plan.index for child, plan in zip(group.children, task.plans)}
-    batch: list[tuple[int, Any]] = []
-    pending_since: float | None = None  # when the oldest message of `batch` came
+    node: _NodeRun | None = None
+    try:
+        node = _NodeRun(task, group, outbox, start, stop)
+        node.loop()
+    finally:
+        stop.set()
+        if node is not None and node.sampler is not None:
+            node.sampler.stop()
+            outbox.extend(node.sampler.take())
+        group.stop(NODE_JOIN_S)  # what is still running: lifelines closed, then killed
+        outbox.forward()
+    return {"name": task.name, "exits": node.exits}
 
-    def forward() -> None:
-        nonlocal batch, pending_since
-        if batch:
-            queue.put(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-            batch = []
-        pending_since = None
 
-    def receive(child: Any) -> bool:
-        """One message of `child` into the batch; False if its pipe is closed."""
-        nonlocal pending_since
+class _NodeRun:
+    """One node's run as its task follows it: its workers' pipes and processes, the run's signals."""
+
+    def __init__(self, task: NodeTask, group: Any, outbox: NodeOutbox, start: Any, stop: Any) -> None:
+        from distributed import Event, Queue, get_client
+
+        self.task, self.group, self.outbox, self.start, self.stop = task, group, outbox, start, stop
+        self.control = Queue(task.channel.control) if task.channel.control else None
+        self.client = get_client()
+        self.start_event, self.stop_event = Event(task.channel.start), Event(task.channel.stop)
+        self.index_of = {child: plan.index for child, plan in zip(group.children, task.plans)}
+        self.sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None
+        self.open_pipes = {c.conn: c for c in group.children}
+        self.sentinels = {c.sentinel: c for c in group.children}
+        self.exits: dict[int, int | None] = {}
+        self.due: float | None = None  # when this node starts its workers, on its own clock
+        self.stopped_at: float | None = None
+        self.checked = self.polled = time.monotonic()
+
+    def running(self) -> Any:
+        return (self.index_of[c] for c in self.sentinels.values())
+
+    def receive(self, child: Any) -> bool:
+        """One message of `child` into the outbox; False if its pipe is closed."""
         try:
             message = child.conn.recv()
         except (EOFError, OSError):
             return False
-        batch.append((index_of[child], message))
-        pending_since = pending_since or time.monotonic()
-        if not isinstance(message, SnapshotSent):
-            forward()  # ready, failed, stopping, done: the controller waits on these
+        self.outbox.add(self.index_of[child], message, self.running())
         return True
 
-    sampler = _NodeSampler(task, [c.pid for c in group.children]) if task.sample else None
-    open_pipes = {c.conn: c for c in group.children}
-    sentinels = {c.sentinel: c for c in group.children}
-    exits: dict[int, int | None] = {}
-    due: float | None = None  # when this node starts its workers, on its own clock
-    stopped_at: float | None = None
-    checked = polled = time.monotonic()
-    try:
-        while sentinels:
+    def ended(self, child: Any) -> None:
+        """A worker's process ended: what it sent before it did, then WorkerEnded."""
+        while child.conn in self.open_pipes and child.conn.poll():
+            if not self.receive(child):
+                break
+        self.open_pipes.pop(child.conn, None)
+        child.join(1.0)
+        self.exits[self.index_of[child]] = child.exitcode
+        self.outbox.add(self.index_of[child], WorkerEnded(child.exitcode), self.running())
+
+    def loop(self) -> None:
+        """Until every worker's process has ended: forward, start and stop them as the run says."""
+        while self.sentinels:
             timeout = NODE_POLL_S  # shorter when a batch is due, or the start instant is near: met on time
-            if pending_since is not None:
-                timeout = min(timeout, pending_since + FORWARD_WINDOW_S - time.monotonic())
-            if due is not None and not start.is_set():
-                timeout = min(timeout, due - time.time())
-            for handle in wait([*open_pipes, *sentinels], timeout=max(0.0, timeout)):
-                if handle in open_pipes:
-                    if not receive(open_pipes[handle]):
-                        del open_pipes[handle]
-                elif handle in sentinels:
-                    child = sentinels.pop(handle)
-                    while child.conn in open_pipes and child.conn.poll():  # what it sent before it ended
-                        if not receive(child):
-                            break
-                    open_pipes.pop(child.conn, None)
-                    child.join(1.0)
-                    exits[index_of[child]] = child.exitcode
-                    batch.append((index_of[child], WorkerEnded(child.exitcode)))
-                    forward()
-            if pending_since is not None and time.monotonic() - pending_since >= FORWARD_WINDOW_S:
-                forward()
-            poll = time.monotonic() - polled >= NODE_POLL_S  # the scheduler is asked at most this often
-            if poll:
-                polled = time.monotonic()
-            if poll and control is not None:
-                try:
-                    commands = control.get(batch=True)
-                except Exception:  # noqa: BLE001 - the scheduler did not answer this time; the next poll asks again
-                    commands = []
-                for blob in commands:
-                    group.command(pickle.loads(blob))
-            if poll and due is None and not start.is_set() and start_event.is_set():
-                start_at = float(Variable(task.channel.start_at).get(timeout=5))
-                due = start_at + task.clock_offset_s  # the same instant on every node
-            if due is not None and not start.is_set() and time.time() >= due:
-                start.set()
-                if sampler is not None:
-                    sampler.start()
-            if sampler is not None and (rows := sampler.take()):
-                batch.extend(rows)
-                pending_since = pending_since or time.monotonic()
-            gone = False
-            if task.controller and time.monotonic() - checked >= CONTROLLER_CHECK_S:
-                checked = time.monotonic()  # Dask knows whether the controller is there: no heartbeat of our own
-                gone = not client.run_on_scheduler(_client_connected, task.controller)
-            if stopped_at is None and (gone or (poll and stop_event.is_set())):
-                stop.set()
-                stopped_at = time.monotonic()
-            if stopped_at is not None and time.monotonic() - stopped_at > STOP_AFTER_S:
-                group.kill()
-    finally:
-        stop.set()
-        if sampler is not None:
-            sampler.stop()
-            batch.extend(sampler.take())
-        group.stop(NODE_JOIN_S)  # what is still running: lifelines closed, then killed
-        forward()
-    return {"name": task.name, "exits": exits}
+            if (batch_due := self.outbox.due()) is not None:
+                timeout = min(timeout, batch_due - time.monotonic())
+            if self.due is not None and not self.start.is_set():
+                timeout = min(timeout, self.due - time.time())
+            for handle in wait([*self.open_pipes, *self.sentinels], timeout=max(0.0, timeout)):
+                if handle in self.open_pipes:
+                    if not self.receive(self.open_pipes[handle]):
+                        del self.open_pipes[handle]
+                elif handle in self.sentinels:
+                    self.ended(self.sentinels.pop(handle))
+            if (batch_due := self.outbox.due()) is not None and time.monotonic() >= batch_due:
+                self.outbox.forward()
+            self.follow_the_run()
+
+    def follow_the_run(self) -> None:
+        """The controller's commands, the start instant, the stop signal; a controller that is gone stops it."""
+        from distributed import Variable
+
+        poll = time.monotonic() - self.polled >= NODE_POLL_S  # the scheduler is asked at most this often
+        if poll:
+            self.polled = time.monotonic()
+        if poll and self.control is not None:
+            try:
+                commands = self.control.get(batch=True)
+            except Exception:  # noqa: BLE001 - the scheduler did not answer this time; the next poll asks again
+                commands = []
+            for blob in commands:
+                self.group.command(pickle.loads(blob))
+        if poll and self.due is None and not self.start.is_set() and self.start_event.is_set():
+            start_at = float(Variable(self.task.channel.start_at).get(timeout=5))
+            self.due = start_at + self.task.clock_offset_s  # the same instant on every node
+        if self.due is not None and not self.start.is_set() and time.time() >= self.due:
+            self.start.set()
+            if self.sampler is not None:
+                self.sampler.start()
+        if self.sampler is not None:
+            self.outbox.extend(self.sampler.take())
+        gone = False
+        if self.task.controller and time.monotonic() - self.checked >= CONTROLLER_CHECK_S:
+            self.checked = time.monotonic()  # Dask knows whether the controller is there: no heartbeat of our own
+            gone = not self.client.run_on_scheduler(_client_connected, self.task.controller)
+        if self.stopped_at is None and (gone or (poll and self.stop_event.is_set())):
+            self.stop.set()
+            self.stopped_at = time.monotonic()
+        if self.stopped_at is not None and time.monotonic() - self.stopped_at > STOP_AFTER_S:
+            self.group.kill()

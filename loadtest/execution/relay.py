@@ -1,13 +1,20 @@
-"""A cluster node's workers as local children: each node's Dask Queue relayed into local pipes.
+"""A cluster node's workers as local children: the run's Dask Queue relayed into local pipes.
 
 The controller follows every worker through a `children.Child`: a pipe to read
 its messages from and a sentinel that is ready when its process has ended. For
 a worker on a cluster node, `RemoteChild` is that child: `NodeRelay`, a thread
-of the controller, reads each node's Dask Queue and writes every message,
+of the controller, reads the run's Dask Queue and writes every message,
 unchanged, into the pipe of the worker that sent it, and makes the sentinel
 ready when the node says the worker's process ended (`WorkerEnded`) or when
 the node is lost. So the controller's collection loop and the stats core
 cannot tell a node's worker from a local one.
+
+Every node puts its batches on one Queue for the whole run (a node's
+workers' snapshots of one second are one batch: see `nodes.run_node`), and
+the relay reads it with a get that waits on the scheduler for the next
+batch, then takes whatever else is waiting in one more get. So the
+scheduler sees about one put per node per second and a few reads a second
+for the whole run, however many nodes there are: no node is polled.
 
 A node is lost when the scheduler no longer lists its Dask worker, when its
 task failed, or when the scheduler itself is gone: Dask owns that knowledge.
@@ -37,7 +44,10 @@ from collections import deque
 from loadtest.execution.children import Child, ChildGroup
 from loadtest.model.messages import Command, Failed, NodeSamples, Ready, WorkerEnded
 
-RELAY_POLL_S = 0.1  # how often each node's queue is read
+# The longest one read of the run's queue waits on the scheduler for a batch: a batch is taken as soon as it is
+# there; this bounds how long the relay thread is away from its other duties (liveness, closing)
+RELAY_WAIT_S = 0.1
+RETRY_S = 0.1  # after a read that failed (the scheduler did not answer), before the next one
 LIVENESS_S = 0.5  # how often the scheduler is asked which nodes it still has
 # A node is lost once the scheduler has not listed it for this long: one answer without it, or an asking that
 # failed, on a machine busy enough to delay the scheduler, is not a lost node (a killed one stays unlisted)
@@ -61,7 +71,6 @@ class Node:
     lost: str = ""  # why it was lost, if it was
     absent_since: float = 0.0  # monotonic time of the first liveness check that did not list it; 0: listed
     future: Any = None
-    queue: Any = None
     control: Any = None  # its command Queue (a steered run)
 
     @property
@@ -141,13 +150,14 @@ class RemoteChild(Child):
 
 
 class NodeRelay:
-    """The thread that turns each node's Dask Queue into its workers' pipes, and notices lost nodes."""
+    """The thread that turns the run's Dask Queue into its workers' pipes, and notices lost nodes."""
 
-    def __init__(self, nodes: list[Node], scheduler: str, connected: Callable[[], bool],
+    def __init__(self, nodes: list[Node], queue: Any, scheduler: str, connected: Callable[[], bool],
                  present: Callable[[], set[str]], on_resources: Callable[[list[Any]], None]) -> None:
-        """`connected()`: the controller's client still reaches the scheduler; `present()`: the addresses
-        of the Dask workers the scheduler lists; `on_resources`: a node's own resources.csv rows."""
-        self.nodes, self.scheduler = nodes, scheduler
+        """`queue`: the Dask Queue every node puts its batches on; `connected()`: the controller's client
+        still reaches the scheduler; `present()`: the addresses of the Dask workers the scheduler lists;
+        `on_resources`: a node's own resources.csv rows."""
+        self.nodes, self.queue, self.scheduler = nodes, queue, scheduler
         self._connected, self._present, self.on_resources = connected, present, on_resources
         self._children: dict[int, RemoteChild] = {}
         self._writers: dict[int, Connection] = {}
@@ -163,19 +173,21 @@ class NodeRelay:
         self._thread.start()
 
     def _relay_loop(self) -> None:
-        """Each node's queue into its workers' pipes; a node the scheduler no longer has is lost."""
+        """The run's queue into its workers' pipes; a node the scheduler no longer has is lost."""
         last_check = 0.0
         while not self._closing.is_set():
             active = [n for n in self.nodes if not n.lost and not self._all_ended(n)]
-            if active and not self._connected():  # its connection to the scheduler closed
+            if not active:  # every node ended or was lost: nothing more to relay
+                self._closing.wait(RELAY_WAIT_S)
+                continue
+            if not self._connected():  # its connection to the scheduler closed
                 for node in active:
                     self._lose(node, f"the Dask scheduler at {self.scheduler} is gone")
                 continue
             self._send_commands(active)
-            for node in active:
-                self._drain(node)
+            self._receive(RELAY_WAIT_S)
             now = time.monotonic()
-            if now - last_check >= LIVENESS_S and active:
+            if now - last_check >= LIVENESS_S:
                 last_check = now
                 try:
                     present: set[str] | None = self._present()
@@ -183,19 +195,18 @@ class NodeRelay:
                     present = None
                 for node in active:
                     if node.future is not None and node.future.status == "error":
-                        self._drain(node)
+                        self._receive()
                         self._lose(node, f"its task failed: {node.future.exception()}")
                     elif present is not None and node.address in present:
                         node.absent_since = 0.0
                     elif present is not None and not node.absent_since:
                         node.absent_since = now
                     elif node.absent_since and now - node.absent_since >= ABSENT_S:
-                        self._drain(node)
+                        self._receive()
                         self._lose(node, f"its Dask worker {node.address} left the cluster")
-            self._closing.wait(RELAY_POLL_S)
 
     def command(self, message: Command) -> None:
-        """Queue a command for every node (put by the relay thread on its next pass, within RELAY_POLL_S)."""
+        """Queue a command for every node (put by the relay thread on its next pass, within RELAY_WAIT_S)."""
         self._commands.append(message)
 
     def _send_commands(self, nodes: list[Node]) -> None:
@@ -212,11 +223,18 @@ class NodeRelay:
     def _all_ended(self, node: Node) -> bool:
         return all(not self._children[i].alive() for i in node.workers)
 
-    def _drain(self, node: Node) -> None:
+    def _receive(self, wait: float = 0.0) -> None:
+        """Relay every batch the nodes sent: the next one waited for up to `wait` seconds (none if 0), then
+        all that are already there, in the order they were put."""
+        batches = []
         try:
-            batches = node.queue.get(batch=True)
+            if wait > 0:
+                batches.append(self.queue.get(timeout=wait))
+            batches.extend(self.queue.get(batch=True))
+        except TimeoutError:
+            pass  # nothing came within `wait`
         except Exception:  # noqa: BLE001 - unreachable now; the liveness check decides what that means
-            return
+            self._closing.wait(RETRY_S)
         for blob in batches:
             for index, message in pickle.loads(blob):
                 if isinstance(message, NodeSamples):  # the node's own resources.csv rows

@@ -173,27 +173,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(401, "this page needs its token: add ?token=TOKEN to the address, or send "
                              "Authorization: Bearer TOKEN")
             return
-        web = self.server.web
         if method in ("GET", "HEAD"):
-            if path in PAGE_FILES:
-                name, content_type = PAGE_FILES[path]
-                self._send(200, web.page_file(name), content_type, {"Content-Security-Policy": PAGE_CSP})
-            elif path == "/api/run":
-                self._json(200, web.page.document())
-            elif path == "/api/series":
-                self._json(200, web.page.chart_series())
-            elif path == "/api/events":
-                self._events()
-            elif path.startswith("/files/"):
-                self._file(unquote(path[len("/files/"):]))
-            elif path.startswith("/api/targets/") or path in ("/api/pause", "/api/resume", "/api/stop"):
-                self._error(405, f"{path} takes POST")
-            else:
-                self._error(404, f"there is nothing at {path}")
-            return
-        if method != "POST":
+            self._get(path)
+        elif method != "POST":
             self._error(405, f"{method} is not served here")
-            return
+        else:
+            self._post(path)
+
+    def _get(self, path: str) -> None:
+        web = self.server.web
+        if path in PAGE_FILES:
+            name, content_type = PAGE_FILES[path]
+            self._send(200, web.page_file(name), content_type, {"Content-Security-Policy": PAGE_CSP})
+        elif path == "/api/run":
+            self._json(200, web.page.document())
+        elif path == "/api/series":
+            self._json(200, web.page.chart_series())
+        elif path == "/api/events":
+            self._events()
+        elif path.startswith("/files/"):
+            self._file(unquote(path[len("/files/"):]))
+        elif path.startswith("/api/targets/") or path in ("/api/pause", "/api/resume", "/api/stop"):
+            self._error(405, f"{path} takes POST")
+        else:
+            self._error(404, f"there is nothing at {path}")
+
+    def _post(self, path: str) -> None:
+        web = self.server.web
         origin = self.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != self.headers.get("Host", ""):
             self._error(403, "a request from another site's page is refused")

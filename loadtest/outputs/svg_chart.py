@@ -193,30 +193,32 @@ def chart_svg(label: str, series: Sequence[Series], x: Scale, y: Scale, *, x_tit
             parts.append(f'<line class="mark" x1="{xx:.1f}" x2="{xx:.1f}" y1="{TOP}" y2="{TOP + ph}">'
                          f'<title>{escape(text)}</title></line>')
     parts.append(f'<rect class="frame" x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/>')
-    drawn = 0
-    for s in series:
-        pts = [(px(a), py(b)) for a, b in s.points]
-        if not pts:
-            continue
-        drawn += 1
-        coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-        dash = ' stroke-dasharray="6 4"' if s.dashed else ""
-        parts.append(f'<g class="series"><title>{escape(s.label)}</title>')
-        if s.fill and len(pts) > 1:
-            base = py(max(y.lo, 0.0)) if not y.log else TOP + ph
-            area = f"{pts[0][0]:.1f},{base:.1f} {coords} {pts[-1][0]:.1f},{base:.1f}"
-            parts.append(f'<polygon points="{area}" fill="{s.color}" fill-opacity="0.10" stroke="none"/>')
-        if len(pts) == 1:
-            parts.append(f'<circle cx="{pts[0][0]:.1f}" cy="{pts[0][1]:.1f}" r="3" fill="{s.color}"/>')
-        else:
-            parts.append(f'<polyline points="{coords}" fill="none" stroke="{s.color}" stroke-width="{s.width}" '
-                         f'stroke-linejoin="round" stroke-linecap="round"{dash}/>')
-        parts.append("</g>")
+    lines = [_series_svg(s, [(px(a), py(b)) for a, b in s.points], py(max(y.lo, 0.0)) if not y.log else TOP + ph)
+             for s in series if s.points]
+    parts.extend(lines)
+    drawn = len(lines)
     if not drawn:
         parts.append(f'<text class="empty" x="{LEFT + pw / 2}" y="{TOP + ph / 2}" text-anchor="middle">no data</text>')
     parts.append(f'<text class="axis" x="{LEFT + pw / 2}" y="{height - 4}" text-anchor="middle">{escape(x_title)}</text>'
                  f'<text class="axis" transform="translate(13 {TOP + ph / 2}) rotate(-90)" text-anchor="middle">'
                  f'{escape(y_title)}</text></svg>')
+    return "".join(parts)
+
+
+def _series_svg(s: Series, pts: list[tuple[float, float]], base: float) -> str:
+    """One series drawn at its points (already scaled): a dot alone, or a line with its area down to `base`."""
+    coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+    dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+    parts = [f'<g class="series"><title>{escape(s.label)}</title>']
+    if s.fill and len(pts) > 1:
+        area = f"{pts[0][0]:.1f},{base:.1f} {coords} {pts[-1][0]:.1f},{base:.1f}"
+        parts.append(f'<polygon points="{area}" fill="{s.color}" fill-opacity="0.10" stroke="none"/>')
+    if len(pts) == 1:
+        parts.append(f'<circle cx="{pts[0][0]:.1f}" cy="{pts[0][1]:.1f}" r="3" fill="{s.color}"/>')
+    else:
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{s.color}" stroke-width="{s.width}" '
+                     f'stroke-linejoin="round" stroke-linecap="round"{dash}/>')
+    parts.append("</g>")
     return "".join(parts)
 
 

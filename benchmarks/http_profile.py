@@ -42,7 +42,8 @@ from loadtest.engine.protocols import Deadlines  # noqa: E402
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints  # noqa: E402
 from loadtest.engine.protocols.http_hub import HttpHub  # noqa: E402
 from loadtest.core.recorder import TargetRecorder  # noqa: E402
-from loadtest.engine.workload import Budget, virtual_user  # noqa: E402
+from loadtest.engine.budget import Budget  # noqa: E402
+from loadtest.engine.virtual_users import virtual_user  # noqa: E402
 
 def http_target(url: str) -> HttpTarget:
     from loadtest.model.config import parse_config

@@ -260,7 +260,8 @@ def test_arrivals_reuse_parked_runners_and_release_them_when_the_schedule_ends(r
     from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
     from loadtest.core.schedule import ArrivalSchedule
     from loadtest.core.recorder import TargetRecorder
-    from loadtest.engine.workload import Budget, Unsent, arrivals
+    from loadtest.engine.arrivals import Unsent, arrivals
+    from loadtest.engine.budget import Budget
 
     from .conftest import read_request
 

@@ -112,7 +112,7 @@ def test_a_configs_thresholds_replace_the_default(tmp_path: Path, raw_server) ->
 def test_https_to_a_plain_http_server_fails_and_a_latency_threshold_cannot_pass_without_latency(
         tmp_path: Path) -> None:
     config = parse_config({
-        "name": "tls", "requests": 50, "workers": 1,
+        "name": "tls", "requests": 50, "workers": 1, "failure_backoff": "off",
         "servers": [{"name": "site", "kind": "http", "listen": "127.0.0.1:0", "workers": 1}],
         "thresholds": ["p99 < 1s"],
         "targets": [{"name": "wrong", "url": "https://{site}/", "concurrency": 1}]})

@@ -23,7 +23,7 @@ from loadtest.engine.protocols.tcp_paced import PacedTcp
 from loadtest.execution.servers import ServerGroup
 from loadtest.core.stats import decode_histogram
 from loadtest.core.recorder import TargetRecorder
-from loadtest.engine.workload import Budget, Level
+from loadtest.engine.budget import Budget, Level
 
 from .test_tcp import echo_with, read_exact, tcp_run, tcp_target
 

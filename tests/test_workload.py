@@ -20,7 +20,9 @@ from gevent.pool import Pool
 from loadtest.engine import workload
 from loadtest.core.schedule import ArrivalSchedule
 from loadtest.core.recorder import TargetRecorder
-from loadtest.engine.workload import LEVEL_POLL_S, Budget, Level, Unsent, arrivals, virtual_user
+from loadtest.engine.arrivals import Unsent, arrivals
+from loadtest.engine.budget import LEVEL_POLL_S, Budget, Level
+from loadtest.engine.virtual_users import virtual_user
 
 REAL_SLEEP = gevent.sleep  # the fake session yields with this, whatever the `sleeps` fixture puts in gevent.sleep
 JOIN_S = 5.0  # a loop that does not end by itself within this is a failure, not a slow machine

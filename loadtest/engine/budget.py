@@ -1,12 +1,14 @@
 """A worker's shared state of its load: the requests it may still start, and a staged target's level.
 
-The load loops (`loadtest.engine.workload`), the kinds' worker halves and the protocol drivers all
-read them; they live here, below all three.
+The load loops (`loadtest.engine.virtual_users`, `.arrivals`, `.workload`), the kinds' worker halves and
+the protocol drivers all read them; they live here, below all three.
 """
 
 from __future__ import annotations
 
 from typing import Callable
+
+LEVEL_POLL_S = 0.1  # stages move the level this often; a loop waiting on a level looks this often
 
 
 class Budget:

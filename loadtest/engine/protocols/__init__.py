@@ -35,7 +35,7 @@ class Session(Protocol):
 
     `back_off` is set by an exchange that failed at once without the server's pace holding the user back (a
     refused connect, a flow pass that failed): a closed-model user then waits a growing, bounded back-off
-    before its next request, and clears it (workload.virtual_user). A class attribute, False, on every session.
+    before its next request, and clears it (virtual_users.virtual_user). A class attribute, False, on every session.
     """
 
     back_off: bool

@@ -232,15 +232,10 @@ class HttpSession(ReplyReader):
         try:
             kind = self._read_reply(conn.channel, conn.response, conn.parser, ep.request, ep.head)
             if kind is not None and kind in _STALE and self._received == 0 and conn.reused:
-                # The server closed an idle keep-alive connection: reconnect once, as browsers do.
-                self._drop(ep.origin)
-                timer.stop()  # the connect keeps its own timeout
-                new = self._connect(ep)
-                if new is None:
+                resent = self._resend(ep, deadline)
+                if resent is None:
                     return
-                conn = new
-                timer.start(deadline)
-                kind = self._read_reply(conn.channel, conn.response, conn.parser, ep.request, ep.head)
+                conn, kind = resent
                 sent += len(ep.request)
             conn.reused = True
         except GreenletExit:
@@ -273,6 +268,18 @@ class HttpSession(ReplyReader):
         else:
             self._drop(ep.origin)
             rec.failure(kind, self._message, latency, received, sent)
+
+    def _resend(self, ep: Endpoint, deadline: int) -> tuple[_Connection, str | None] | None:
+        """The server closed an idle keep-alive connection: reconnect once, as browsers do, and send the
+        request again by `deadline`; (the new connection, the reply's failure kind or None), or None if the
+        connect failed (recorded)."""
+        self._drop(ep.origin)
+        self._timer.stop()  # the connect keeps its own timeout
+        conn = self._connect(ep)
+        if conn is None:
+            return None
+        self._timer.start(deadline)
+        return conn, self._read_reply(conn.channel, conn.response, conn.parser, ep.request, ep.head)
 
     def _connect(self, ep: Endpoint) -> _Connection | None:
         rec = self.recorder

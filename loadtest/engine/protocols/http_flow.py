@@ -183,16 +183,10 @@ class FlowClient(ReplyReader):
             callbacks = conn.callbacks(keep) if keep else conn.counting
             kind = self._read_reply(conn.channel, callbacks, callbacks.parser, request, head)
             if kind is not None and kind in _STALE and self._received == 0 and conn.reused:
-                # The server closed an idle keep-alive connection: reconnect once, as browsers do.
-                self._drop(origin)
-                timer.stop()
-                new = self._connect(address, out)
-                if new is None:
+                resent = self._resend(address, out, request, head, keep, deadline)
+                if resent is None:
                     return out
-                conn = new
-                callbacks = conn.callbacks(keep)
-                timer.start(deadline)
-                kind = self._read_reply(conn.channel, callbacks, callbacks.parser, request, head)
+                conn, callbacks, kind = resent
                 sent += len(request)
             conn.reused = True
         except GreenletExit:
@@ -204,10 +198,7 @@ class FlowClient(ReplyReader):
         out.received = self._received
         out.sent = sent
         if kind is not None:
-            self._drop(origin)
-            out.kind, out.message = kind, self._message
-            out.status = out.content = 0
-            return out
+            return self._failed(out, origin, kind)
         out.kind = None
         out.status = callbacks.parser.get_status_code()
         out.content = callbacks.body
@@ -225,6 +216,27 @@ class FlowClient(ReplyReader):
             callbacks.complete = callbacks.headers_done = False
             if head:
                 conn.fresh(callbacks)
+        return out
+
+    def _resend(self, address: Address, out: Reply, request: bytes, head: bool, keep: bool,
+                deadline: int) -> tuple[_Connection, Any, str | None] | None:
+        """The server closed an idle keep-alive connection: reconnect once, as browsers do, and send the
+        request again by `deadline`; (the new connection, its callbacks, the reply's failure kind or None),
+        or None if the connect failed (`out` says how)."""
+        self._drop(address.origin)
+        self._timer.stop()
+        conn = self._connect(address, out)
+        if conn is None:
+            return None
+        callbacks = conn.callbacks(keep)
+        self._timer.start(deadline)
+        return conn, callbacks, self._read_reply(conn.channel, callbacks, callbacks.parser, request, head)
+
+    def _failed(self, out: Reply, origin: Origin, kind: str) -> Reply:
+        """The request failed (`kind`): drop its connection and say so in `out`."""
+        self._drop(origin)
+        out.kind, out.message = kind, self._message
+        out.status = out.content = 0
         return out
 
     def _connect(self, address: Address, out: Reply) -> _Connection | None:

@@ -181,11 +181,8 @@ class TcpSession:
             scheduled_ns = self._wait_turn()
             if self.stop is not None and self.stop.stopping:  # the load stopped while this one waited
                 return
-        rec = self.recorder
-        size = self.size
-        view = self.view
-        recv_into = channel.recv_into
-        timer = self.timer
+        rec, size, view = self.recorder, self.size, self.view
+        recv_into, timer = channel.recv_into, self.timer
         # The round trip is inlined: this is the hot path, and every call and tuple counts.
         kind = detail = ""
         sent = received = 0
@@ -212,20 +209,12 @@ class TcpSession:
                     raise error
                 sent = size
         except GreenletExit:
-            timer.stop()
-            if writer is not None:
-                writer.kill()
-            self._drop()
-            rec.failure("cancelled", "the run stopped while this message was in flight", None, received, sent)
+            self._cancelled(writer, received, sent)
             raise
         except RequestTimeout:
             kind = "read_timeout"
-        except RESET_ERRORS as e:
-            kind = "reset"
-            detail = e.strerror or str(e)
-        except OSError as e:
-            kind = "error"
-            detail = e.strerror or str(e)
+        except OSError as e:  # a reset (RESET_ERRORS) or another error
+            kind, detail = "reset" if isinstance(e, RESET_ERRORS) else "error", e.strerror or str(e)
         timer.stop()
         if writer is not None and not writer.dead:
             writer.kill()  # before the channel it writes to closes
@@ -240,8 +229,20 @@ class TcpSession:
                 return
             else:
                 kind = "mismatch"
-        rec.failure(kind, failure_message(self.target, kind, detail, bytes(self.buffer[:received])), latency,
-                    received, sent)
+        self._failed(kind, detail, latency, received, sent)
+
+    def _cancelled(self, writer: Any, received: int, sent: int) -> None:
+        """The run stopped while a message was in flight: drop the connection and record it as cancelled."""
+        self.timer.stop()
+        if writer is not None:
+            writer.kill()
+        self._drop()
+        self.recorder.failure("cancelled", "the run stopped while this message was in flight", None, received, sent)
+
+    def _failed(self, kind: str, detail: str, latency: int, received: int, sent: int) -> None:
+        """A message failed (`kind`): record it and drop the connection (a pause first if it never had a reply)."""
+        self.recorder.failure(kind, failure_message(self.target, kind, detail, bytes(self.buffer[:received])),
+                              latency, received, sent)
         if not self.answered:  # failed before any reply: pause as after a failed connect
             self.retry_at_ns = perf_counter_ns() + self.pause_ns
         self._drop()

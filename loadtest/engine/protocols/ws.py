@@ -7,7 +7,7 @@ connections talk WebSocket:
 - the connector that opens a connection also upgrades it (TLS first for
   wss://): the request is made, and the response parsed, by wsproto's
   `H11Handshake` (h11 underneath), within the target's timeout. The CONNECT
-  histogram times the TCP connect and the upgrade together.
+  histogram times the TCP connect and the upgrade together (`ws_upgrade`).
 - each message goes out as one masked frame: its header is wsproto's (taken
   once from `FrameProtocol.send_data`), its masking key fresh for every frame
   (from `os.urandom`, drawn `KEY_BATCH` keys at a time), its payload masked
@@ -44,51 +44,32 @@ connect_timeout.
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gevent import Timeout
-from gevent.hub import get_hub
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, RejectConnection, Request,
-                            TextMessage)
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.frame_protocol import FrameProtocol, XorMaskerSimple
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from loadtest.model.kinds.ws import WsTarget, ws_parts
 from loadtest.engine.protocols import Deadlines
-from loadtest.engine.protocols.channel import READ, WRITE, connect_socket
+from loadtest.engine.protocols.channel import WRITE, connect_socket
 from loadtest.engine.protocols.http_fast import connect_failure
 from loadtest.engine.protocols.tcp import RECONNECT_PAUSE_S, RESET_ERRORS, SAMPLE_BYTES
 from loadtest.engine.protocols.tcp_paced import PacedConnection, PacedTcp
+from loadtest.engine.protocols.ws_upgrade import _WOULD_BLOCK, UpgradeFailed, UpgradeTimeout, _tls_handshake, upgrade
 
 if TYPE_CHECKING:
     from loadtest.core.recorder import TargetRecorder
     from loadtest.engine.budget import Budget
     
 READ_SIZE = 64 * 1024  # what one read takes while a parser has the connection
-MAX_HEAD_BYTES = 16 * 1024  # of the upgrade response
 KEY_BATCH = 1024  # masking keys drawn from os.urandom at once
 INT_MASK_BYTES = 64 * 1024  # payloads up to this size are masked as one integer XOR, longer ones by wsproto's
 NORMAL_CLOSE = 1000
-_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class UpgradeTimeout(Exception):
-    """The upgrade did not finish within the target's timeout."""
-
-
-class UpgradeFailed(Exception):
-    """The upgrade did not succeed: `kind` and `message` are the connect failure's."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 class WsConnection(PacedConnection):
@@ -169,39 +150,11 @@ class WsDriver(PacedTcp):
             with Timeout(max(left, 0.001), UpgradeTimeout):
                 if self.tls_context is not None:
                     sock = _tls_handshake(raw, self.tls_context, self.hostname)
-                leftover = self._upgrade(sock)
+                leftover = upgrade(sock, self.host, self.path, self.headers)
         except BaseException:
             sock.close()
             raise
         return sock, leftover
-
-    def _upgrade(self, sock: Any) -> bytes:
-        """Send the upgrade request and read the response's head; return the bytes that came after it."""
-        handshake = H11Handshake(ConnectionType.CLIENT)
-        _send_waiting(sock, handshake.send(Request(host=self.host, target=self.path, extra_headers=self.headers)))
-        head = b""
-        while True:
-            data = _recv_waiting(sock, 4096)
-            if not data:
-                raise UpgradeFailed("closed", "the server closed the connection during the upgrade")
-            head += data
-            end = head.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(head) > MAX_HEAD_BYTES:
-                raise UpgradeFailed("protocol", f"the upgrade response's head passed {MAX_HEAD_BYTES} bytes")
-        head, leftover = head[:end + 4], head[end + 4:]
-        try:
-            handshake.receive_data(head)
-            for event in handshake.events():
-                if isinstance(event, AcceptConnection):
-                    return leftover
-                if isinstance(event, RejectConnection):
-                    raise UpgradeFailed(f"rejected_{event.status_code}",
-                                        f"the server answered the upgrade with HTTP {event.status_code}")
-        except (RemoteProtocolError, LocalProtocolError) as e:
-            raise UpgradeFailed("protocol", f"the upgrade response is not a valid acceptance: {e}") from None
-        raise UpgradeFailed("protocol", "the upgrade response is not a valid acceptance")
 
     def _connect_failure(self, e: Exception) -> tuple[str, str]:
         if isinstance(e, UpgradeFailed):
@@ -476,54 +429,3 @@ class WsDriver(PacedTcp):
         conn.at = 0
         conn.replied = False
         super()._close(conn)
-
-
-def _tls_handshake(raw: Any, context: ssl.SSLContext, hostname: str) -> Any:
-    """A non-blocking TLS socket over a connected raw socket, its handshake waited for on the hub."""
-    sock = socket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-    sock.setblocking(False)
-    try:
-        tls = context.wrap_socket(sock, server_hostname=hostname or None, do_handshake_on_connect=False)
-    except BaseException:
-        sock.close()
-        raise
-    while True:
-        try:
-            tls.do_handshake()
-            return tls
-        except ssl.SSLWantReadError:
-            _wait(tls, READ)
-        except ssl.SSLWantWriteError:
-            _wait(tls, WRITE)
-        except BaseException:
-            tls.close()
-            raise
-
-
-def _wait(sock: Any, events: int) -> None:
-    hub = get_hub()
-    watcher = hub.loop.io(sock.fileno(), events)
-    try:
-        hub.wait(watcher)
-    finally:
-        watcher.close()
-
-
-def _send_waiting(sock: Any, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view):]
-        except _WOULD_BLOCK:
-            _wait(sock, WRITE)
-
-
-def _recv_waiting(sock: Any, size: int) -> bytes:
-    while True:
-        try:
-            data: bytes = sock.recv(size)
-            return data
-        except ssl.SSLWantWriteError:
-            _wait(sock, WRITE)
-        except _WOULD_BLOCK:
-            _wait(sock, READ)

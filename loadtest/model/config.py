@@ -52,6 +52,7 @@ from loadtest.model.fields import (  # noqa: F401 - the names the rest of the pr
     type_name,
 )
 from loadtest.model.config_model import ConfigModel
+from loadtest.model.server_config import DEFAULT_LISTEN, SERVER_KINDS, ServerModel, ServerSpec  # noqa: F401 - read from here too
 # HttpTarget and TcpTarget are imported from here by the protocols and the tests.
 from loadtest.model.kinds import MODELS, HttpTarget, Target, TcpTarget, kind_of, model_for, needs  # noqa: F401
 from loadtest.core.schedule import stages_duration
@@ -65,8 +66,6 @@ DEFAULT_OUT = "reports"
 FIRST_BACKOFF_S = 0.01
 DEFAULT_FAILURE_BACKOFF_S = 1.0
 MAX_FAILURE_BACKOFF_S = 60.0
-DEFAULT_LISTEN = "127.0.0.1:0"
-SERVER_KINDS = ("http", "echo")
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 # Values in a YAML document with every alias expanded where it is used. A real config holds a few
 # hundred; 536 bytes of nested aliases ("billion laughs") expand to billions and would take hours to check.
@@ -74,22 +73,6 @@ MAX_YAML_NODES = 1_000_000
 MAX_TEXT_DEPTH = 50  # nesting of mappings and lists a config may have
 RESERVED_NAMES = ("Aggregated",)  # the total row of every report
 _DOCUMENT = "<document>"  # stands for the file's path in what the YAML loader raises; load_config puts it in
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """An embedded server the run starts before the load and stops after."""
-
-    name: str
-    kind: str  # "http" | "echo"
-    host: str
-    port: int  # 0: a free port, chosen when the server starts
-    workers: int
-    upper: bool = False
-    max_connections: int = 0  # 0: the server's own default
-    idle_timeout: float = 0.0  # 0: the server's own default
-    max_buffered: int = 0  # bytes one process holds for its clients in all; 0: the server's own default
-    ws: bool = False  # an echo server that speaks WebSocket (servers/ws_echo.py)
 
 
 @dataclass(frozen=True)
@@ -109,52 +92,6 @@ class RunConfig:
     cluster: str | None = None  # a Dask scheduler (tcp://HOST:PORT) or local:N: run on its nodes (loadtest.execution.cluster)
     failure_backoff: float = DEFAULT_FAILURE_BACKOFF_S  # the longest wait after failures in a row; 0: none
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
-
-
-class ServerModel(ConfigModel):
-    """An embedded server as written in the config's `servers:` list."""
-
-    name: Name = None  # type: ignore[assignment] # None (left out): named after its kind
-    """The server's name, written {name} in targets' URLs and addresses; left out, its kind."""
-    kind: choice(SERVER_KINDS)  # type: ignore[valid-type]
-    """http (the sites server) or echo (the TCP echo server)."""
-    listen: Annotated[tuple[str, int], BeforeValidator(ip_address), WithJsonSchema(
-        {"type": "string", "description": "HOST:PORT to listen on; port 0: a free one", "default": DEFAULT_LISTEN}),
-                      Field(validate_default=True)] = DEFAULT_LISTEN  # type: ignore[assignment]
-    """HOST:PORT to listen on; port 0 picks a free port."""
-    workers: Annotated[int, BeforeValidator(lambda v: process_count(positive_int(v))),
-                       WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WORKERS})] = 1
-    """Server processes sharing the port (SO_REUSEPORT)."""
-    upper: Flag = False
-    """An echo server only: reply upper-cased instead of unchanged."""
-    ws: Flag = False
-    """An echo server only: speak WebSocket (an upgrade, then every message echoed in frames)."""
-    # 0 (left out): the server's own default
-    max_connections: Annotated[int, BeforeValidator(positive_int),
-                               WithJsonSchema({"type": "integer", "minimum": 1})] = 0
-    """Connections per process; past it, new ones are accepted and closed at once. Left out: 10,000 (http) or
-    50,000 (echo), lowered to what the open-file limit allows."""
-    idle_timeout: Duration = 0.0
-    """Close a connection silent this long. Left out: 60s (http) or 5m (echo)."""
-    max_buffered: Annotated[int, BeforeValidator(fields.max_buffered), WithJsonSchema(
-        {"type": "integer", "minimum": 1, "description": "MiB one server process buffers for its clients in all"})] = 0
-    """MiB one server process holds for its clients in all (left out: 256). Past it, http answers 503 and closes;
-    echo closes the connections longest without reading."""
-
-    @model_validator(mode="after")
-    def _fits_its_kind(self) -> ServerModel:
-        if self.kind != "echo" and self.upper:
-            raise FieldError("only an echo server can upper-case", at=("upper",))
-        if self.kind != "echo" and self.ws:
-            raise FieldError("only an echo server speaks WebSocket (kind: echo, ws: true)", at=("ws",))
-        return self
-
-    @property
-    def spec(self) -> ServerSpec:
-        return ServerSpec(name=self.name if self.name is not None else self.kind, kind=self.kind, host=self.listen[0],
-                          port=self.listen[1], workers=self.workers, upper=self.upper,
-                          max_connections=self.max_connections, idle_timeout=self.idle_timeout,
-                          max_buffered=self.max_buffered, ws=self.ws)
 
 
 class ThresholdModel(ConfigModel):

@@ -133,6 +133,17 @@ def source_addresses(value: Any) -> tuple[str, ...]:
 _SOURCE_TEXT = {"type": "string", "description": "an IPv4 address or a range such as 127.0.0.1-127.0.0.4"}
 
 
+def held_connections(stages: tuple[Stage, ...], given: int | None) -> int:
+    """The connections a target holds, as written: where its stages start (0 allowed, but some stage must reach
+    one), or without stages at least 1 (1 when left out)."""
+    if stages:  # connections is where the ramp starts, and may be 0
+        connections = check_at("connections", non_negative_int, 0 if given is None else given)
+        if peak_level(stages, connections) < 0.5:
+            raise FieldError("never reach a connection; give a stage a target of 1 or more", at=("stages",))
+        return int(connections)
+    return int(check_at("connections", positive_int, 1 if given is None else given))
+
+
 class TcpTargetModel(ConfigModel):
     """A TCP target as written in the config: `tcp: HOST:PORT`, with `connections` or `stages`."""
 
@@ -186,12 +197,7 @@ class TcpTargetModel(ConfigModel):
     def target(self) -> TcpTarget:
         """The validated target."""
         given = self.model_fields_set
-        if self.stages:  # connections is where the ramp starts, and may be 0
-            connections = check_at("connections", non_negative_int, self.connections if "connections" in given else 0)
-            if peak_level(self.stages, connections) < 0.5:
-                raise FieldError("never reach a connection; give a stage a target of 1 or more", at=("stages",))
-        else:
-            connections = check_at("connections", positive_int, self.connections if "connections" in given else 1)
+        connections = held_connections(self.stages, self.connections if "connections" in given else None)
         return TcpTarget(
             name=self.name if self.name is not None else self.tcp,
             address=self.tcp,

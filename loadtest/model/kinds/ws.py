@@ -28,16 +28,12 @@ from loadtest.model.fields import (
     Name,
     PositiveNumber,
     Stages,
-    check_at,
     check_refs,
     choice,
     ip,
-    non_negative_int,
-    positive_int,
 )
-from loadtest.core.schedule import peak_level
 from loadtest.model.kinds.http import header_pairs
-from loadtest.model.kinds.tcp import (_FILLER, _SOURCE_TEXT, DEFAULT_TCP_SIZE, MAX_TCP_SIZE, TCP_EXPECTS, Tcp,
+from loadtest.model.kinds.tcp import (_FILLER, held_connections, _SOURCE_TEXT, DEFAULT_TCP_SIZE, MAX_TCP_SIZE, TCP_EXPECTS, Tcp,
                                       TcpTarget, message_bytes, message_size, source_addresses)
 
 DEFAULT_PORTS = {"ws": 80, "wss": 443}
@@ -187,12 +183,7 @@ class WsTargetModel(ConfigModel):
     def target(self) -> WsTarget:
         """The validated target."""
         given = self.model_fields_set
-        if self.stages:  # connections is where the ramp starts, and may be 0
-            connections = check_at("connections", non_negative_int, self.connections if "connections" in given else 0)
-            if peak_level(self.stages, connections) < 0.5:
-                raise FieldError("never reach a connection; give a stage a target of 1 or more", at=("stages",))
-        else:
-            connections = check_at("connections", positive_int, self.connections if "connections" in given else 1)
+        connections = held_connections(self.stages, self.connections if "connections" in given else None)
         text = "message" in given
         return WsTarget(
             name=self.name if self.name is not None else self.ws,

@@ -76,17 +76,22 @@ class EchoConnection:
             self.expire()
             return
         if sent < len(data):  # the client reads slower than it sends: stop reading until this is out
-            left = len(data) - sent
-            if server.buffered + left > server.max_buffered and not server.make_room(left):
-                self.expire()
-                return
-            server.buffered += left
-            server.stalled[self] = None
-            self.unsent = memoryview(data)[sent:]
-            self.reader.stop()
-            if self.writer is None:
-                self.writer = server.loop.io(self.sock.fileno(), _WRITE)
-            self.writer.start(self.on_writable)
+            self._hold(data, sent)
+
+    def _hold(self, data: bytes, sent: int) -> None:
+        """Keep what a send left of `data`, within the server's cap, and read nothing until it is out."""
+        server = self.server
+        left = len(data) - sent
+        if server.buffered + left > server.max_buffered and not server.make_room(left):
+            self.expire()
+            return
+        server.buffered += left
+        server.stalled[self] = None
+        self.unsent = memoryview(data)[sent:]
+        self.reader.stop()
+        if self.writer is None:
+            self.writer = server.loop.io(self.sock.fileno(), _WRITE)
+        self.writer.start(self.on_writable)
 
     def on_writable(self) -> None:
         unsent = self.unsent

@@ -186,7 +186,6 @@ class WsEchoConnection(EchoConnection):
         return b"".join(out)
 
     def _write(self, data: bytes) -> None:
-        server = self.server
         try:
             sent = self.sock.send(data)
         except BlockingIOError:
@@ -196,17 +195,7 @@ class WsEchoConnection(EchoConnection):
             self.expire()
             return
         if sent < len(data):  # the client reads slower than it sends: stop reading until this is out
-            left = len(data) - sent
-            if server.buffered + left > server.max_buffered and not server.make_room(left):
-                self.expire()
-                return
-            server.buffered += left
-            server.stalled[self] = None
-            self.unsent = memoryview(data)[sent:]
-            self.reader.stop()
-            if self.writer is None:
-                self.writer = server.loop.io(self.sock.fileno(), 2)
-            self.writer.start(self.on_writable)
+            self._hold(data, sent)
 
     def on_writable(self) -> None:
         super().on_writable()

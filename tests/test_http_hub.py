@@ -15,6 +15,7 @@ from typing import Callable
 import pytest
 from gevent.pool import Pool
 
+from tests.driven import stop_like_a_worker
 from loadtest.core.schedule import ArrivalSchedule
 from loadtest.core.recorder import TargetRecorder
 from loadtest.core.stats import decode_histogram
@@ -61,16 +62,9 @@ class Driven:
 
     def stop(self, grace: float = 1.0) -> int:
         """Stop as the worker does; return how many requests were cancelled."""
-        self.budget.stopping = True
-        end = time.monotonic() + grace
-        while self.deadlines.in_flight() and time.monotonic() < end:
-            self.driver.join(timeout=0.02)
-        before = self.recorder.failures["cancelled"]
-        self.pool.kill(block=True, timeout=2)
-        assert self.hub.callback_errors == 0
-        assert self.recorder.open_connections == 0  # every connection closed on the way out
+        cancelled = stop_like_a_worker(self.hub, self.pool, self.budget, self.deadlines, self.recorder, grace)
         assert not self.deadlines.timers  # and every record let go
-        return self.recorder.failures["cancelled"] - before
+        return cancelled
 
 
 def url(server: RawServer, path: str = "/") -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from gevent.pool import Pool
 
+from tests.driven import stop_like_a_worker
 from loadtest.model.config import ServerSpec
 from loadtest.engine.protocols import Deadlines
 from loadtest.engine.protocols.tcp_paced import PacedTcp
@@ -47,15 +48,7 @@ class Driven:
 
     def stop(self, grace: float = 1.0) -> int:
         """Stop as the worker does; return how many messages were cancelled."""
-        self.budget.stopping = True
-        end = time.monotonic() + grace
-        while self.deadlines.in_flight() and time.monotonic() < end:
-            self.pool.join(timeout=0.02)
-        before = self.recorder.failures["cancelled"]
-        self.pool.kill(block=True, timeout=2)
-        assert self.paced.callback_errors == 0
-        assert self.recorder.open_connections == 0  # every connection closed on the way out
-        return self.recorder.failures["cancelled"] - before
+        return stop_like_a_worker(self.paced, self.pool, self.budget, self.deadlines, self.recorder, grace)
 
 
 @pytest.fixture(scope="module")

@@ -91,3 +91,13 @@ class ConfigModel(BaseModel):
 
 # A cluster's scheduler address (--cluster, cluster:): checked here, with the config's other fields, so that
 # the config need not import the cluster module, which imports the config.
+
+
+class TargetModel(ConfigModel):
+    """A target kind's config model: its `target` property builds the validated target (once, cached), and it is
+    built while validating, so that a mistake across fields is raised as a validation error."""
+
+    @model_validator(mode="after")
+    def _checked_across_fields(self) -> TargetModel:
+        self.target  # noqa: B018 - built now
+        return self

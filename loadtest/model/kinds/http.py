@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema
 
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
@@ -36,7 +36,7 @@ from loadtest.model.fields import (
     check_refs,
     type_name,
 )
-from loadtest.model.config_model import ConfigModel
+from loadtest.model.config_model import TargetModel
 from loadtest.core.schedule import Stage, peak_level
 from loadtest.model.kinds.base import ExtraRow, Load, TargetKind
 
@@ -200,7 +200,7 @@ _URL_SCHEMA = {"type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://", "descri
                "{name} stands for the host:port of the server of that name"}
 
 
-class HttpTargetModel(ConfigModel):
+class HttpTargetModel(TargetModel):
     """An HTTP target as written in the config: `url` (or `urls`) and `concurrency`, `rate` or `stages`."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): its first URL
@@ -251,11 +251,6 @@ class HttpTargetModel(ConfigModel):
     """Closed model: a user's pause between requests, one duration or [shortest, longest] drawn uniformly."""
 
     needs: ClassVar[str] = "url (or urls) for an HTTP target"  # what a target lacking every kind's key needs
-
-    @model_validator(mode="after")
-    def _checked_across_fields(self) -> HttpTargetModel:
-        self.target  # noqa: B018 - built now, so that a mistake across fields is raised while validating
-        return self
 
     @cached_property
     def target(self) -> HttpTarget:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema
 
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
@@ -27,7 +27,7 @@ from loadtest.model.fields import (
     non_negative_int,
     positive_int,
 )
-from loadtest.model.config_model import ConfigModel
+from loadtest.model.config_model import TargetModel
 from loadtest.core.schedule import Stage, peak_level, sustained_level_until
 from loadtest.model.kinds.base import ExtraRow, HeldConnections, Load, TargetKind
 
@@ -144,7 +144,7 @@ def held_connections(stages: tuple[Stage, ...], given: int | None) -> int:
     return int(check_at("connections", positive_int, 1 if given is None else given))
 
 
-class TcpTargetModel(ConfigModel):
+class TcpTargetModel(TargetModel):
     """A TCP target as written in the config: `tcp: HOST:PORT`, with `connections` or `stages`."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): its address
@@ -187,11 +187,6 @@ class TcpTargetModel(ConfigModel):
     def check_written(cls, data: dict[str, Any]) -> None:
         if "message" in data and "size" in data:
             raise FieldError("give message or size, not both")
-
-    @model_validator(mode="after")
-    def _checked_across_fields(self) -> TcpTargetModel:
-        self.target  # noqa: B018 - built now, so that a mistake across fields is raised while validating
-        return self
 
     @cached_property
     def target(self) -> TcpTarget:

@@ -16,9 +16,9 @@ from functools import cached_property
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, ValidationInfo, WithJsonSchema
 
-from loadtest.model.config_model import ConfigModel
+from loadtest.model.config_model import TargetModel
 from loadtest.model.fields import (
     DEFAULT_TIMEOUT_S,
     SERVER_REF,
@@ -116,7 +116,7 @@ def ws_parts(url: str) -> tuple[bool, str, str, str]:
     return parts.scheme == "wss", ws_address(url), parts.netloc, path
 
 
-class WsTargetModel(ConfigModel):
+class WsTargetModel(TargetModel):
     """A WebSocket target as written in the config: `ws: ws://HOST:PORT/path`, with `connections` or `stages`."""
 
     name: Name = None  # type: ignore[assignment] # None (left out): its URL
@@ -173,11 +173,6 @@ class WsTargetModel(ConfigModel):
         if data.get("expect") == "upper" and "message" not in data:
             raise FieldError("upper needs a text message (message:); a binary one (size:) has no upper case",
                              at=("expect",))
-
-    @model_validator(mode="after")
-    def _checked_across_fields(self) -> WsTargetModel:
-        self.target  # noqa: B018 - built now, so that a mistake across fields is raised while validating
-        return self
 
     @cached_property
     def target(self) -> WsTarget:

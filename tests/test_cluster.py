@@ -97,6 +97,8 @@ def test_two_nodes_count_exactly_what_the_server_served_and_the_reports_name_the
     # Seconds line up across nodes: every history second merged both nodes' snapshots (none counted twice).
     history = [r for r in read_csv(tmp_path / "r" / "history.csv") if r["Name"] == "home"]
     assert int(history[-1]["Total Request Count"]) == 3001
+    stamps = [int(r["Timestamp"]) for r in history]  # one row a second, each with its own second
+    assert stamps == sorted(set(stamps))
     # report.html shows each node's requests and CPU seconds (its workers' own accounting).
     page = (tmp_path / "r" / "report.html").read_text()
     nodes_table = re.sub(r"<[^>]+>", " ", page[page.index("<h2>Nodes</h2>"):page.index("<h2>Workers</h2>")])

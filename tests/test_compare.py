@@ -253,3 +253,33 @@ def test_a_damaged_figure_in_b_is_bad_input_naming_the_file_and_field(timed: dic
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stdout + done.stderr
     assert str(damaged / "summary.json") in done.stderr and field in done.stderr and says in done.stderr, \
         done.stderr
+
+
+def test_a_cluster_runs_workers_count_for_cpu_per_request_as_local_ones_do(runs: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """On a cluster node a worker's role is node-N/worker-K (resources.csv, summary.json): its CPU counts as a
+    local worker-K's does, so compare gives the cluster run a CPU/request instead of "—"."""
+    from loadtest.outputs.compare import per_second
+    from loadtest.outputs.run_folder import load_run
+
+    config = parse_config({
+        "name": "compare",
+        "servers": [{"name": "site", "kind": "http", "listen": "127.0.0.1:0", "workers": 1}],
+        "targets": [{"name": "page", "url": "http://{site}/", "rate": 300}],
+        "duration": "3s", "workers": 1,
+    })
+    local = tmp_path / "local"
+    assert run(config, out_dir=local).exit_status == 0
+    rows = list(csv.DictReader(io.StringIO((local / "resources.csv").read_text())))
+    assert any(row["role"] == "worker-0" for row in rows)
+    for folder, role in ((local, "worker-0"), (shutil.copytree(local, tmp_path / "cluster"), "node-1/worker-0")):
+        for row in rows:
+            if row["role"].startswith("worker"):
+                row["role"] = role
+        with open(folder / "resources.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    figures = [per_second(load_run(tmp_path / name)).get("Aggregated", {}).get("cpu_total")
+               for name in ("local", "cluster")]
+    assert figures[0] is not None and figures[0] == figures[1]

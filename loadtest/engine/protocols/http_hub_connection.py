@@ -23,7 +23,7 @@ class HubConnection:
     __slots__ = ("index", "driver", "sock", "reader", "writer", "parser", "state", "seq", "deadline_ns", "started_ns",
                  "sending_ns", "connect_ns", "scheduled", "request", "head", "sent", "received", "body", "complete",
                  "headers_done", "keep_alive", "heading", "reused", "retried", "request_deadline_ns", "wait",
-                 "backoff_timer")
+                 "backoff_timer", "queued_seq")
 
     def __init__(self, index: int, driver: Any) -> None:
         self.index = index  # closed model: its place, working while below the (staged) level
@@ -53,6 +53,7 @@ class HubConnection:
         self.request_deadline_ns = 0
         self.wait = 0.0  # closed model: the back-off after this user's last failed connect, 0 after a success
         self.backoff_timer: Any = None
+        self.queued_seq = -1  # the request queued to be written at the end of this turn of the loop
 
     # httptools' callbacks: llhttp calls only these three
 

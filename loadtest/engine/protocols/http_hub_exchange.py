@@ -53,6 +53,8 @@ class HubExchange:
     closed: bool
     callback_errors: int
     loop: Any
+    _queued: list[HubConnection]  # closed model: requests to write at the end of this turn of the loop
+    _write_queued_cb: Any
 
     def _ended(self, conn: HubConnection, failed: bool, back_off: bool = False) -> None:
         raise NotImplementedError  # HttpHub's
@@ -275,8 +277,9 @@ class HubExchange:
         if self.open or conn.sock is None or conn.index >= self.open_below or budget.stopping or left == 0:
             self._ended(conn, failed=False)
             return
-        # Closed model, the connection kept: the user's next request at once, from this callback (`_ended`,
-        # `_turn`, `_begin` and `_send` inlined, and the clock read once: this is the hot path).
+        # Closed model, the connection kept: the user's next request, written with the others of this turn
+        # of the loop once its reads are done (`_write_queued`; `_ended`, `_turn`, `_begin` and `_send`
+        # inlined: this is the hot path).
         if left > 0:
             budget.left = left - 1
         ep = self._single or next(self._urls)
@@ -284,14 +287,34 @@ class HubExchange:
         conn.head = ep.head
         conn.state = _WAITING
         conn.seq += 1
-        conn.started_ns = conn.sending_ns = now
         conn.deadline_ns = conn.request_deadline_ns = now + self.timeout_ns
         conn.received = conn.body = conn.sent = 0
         conn.complete = conn.headers_done = conn.retried = False
         conn.heading = b""
         if not conn.reader.active:  # stopped by bytes (or a close) that came while it was idle
             conn.reader.start(self._readable, conn)
-        self._write(conn)
+        queued = self._queued
+        if not queued:
+            self.loop.run_callback(self._write_queued_cb)
+        conn.queued_seq = conn.seq
+        queued.append(conn)
+
+    def _write_queued(self) -> None:
+        """Write the requests queued in this turn of the loop, after its reads, each timed from its own write.
+
+        The server is woken by the first of them and finds the rest waiting; writing each as its response
+        was read woke it once a request. Measured with benchmarks/http_profile.py against nginx: 6.2-6.4 µs of
+        worker CPU a request, 6.8 written one by one (wrk, too, writes on its next turn of the loop)."""
+        queued = self._queued
+        self._queued = []
+        timeout_ns = self.timeout_ns
+        for conn in queued:
+            # Not ended, failed or retried since it was queued (each changes its state or seq)
+            if conn.state == _WAITING and conn.seq == conn.queued_seq:
+                now = perf_counter_ns()
+                conn.started_ns = conn.sending_ns = now
+                conn.deadline_ns = conn.request_deadline_ns = now + timeout_ns
+                self._write(conn)
 
     def _fail(self, conn: HubConnection, kind: str, message: str) -> None:
         """End the request in flight as a failure of `kind` (after the one reconnect of a stale connection)."""

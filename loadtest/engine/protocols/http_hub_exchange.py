@@ -311,10 +311,13 @@ class HubExchange:
         for conn in queued:
             # Not ended, failed or retried since it was queued (each changes its state or seq)
             if conn.state == _WAITING and conn.seq == conn.queued_seq:
-                now = perf_counter_ns()
-                conn.started_ns = conn.sending_ns = now
-                conn.deadline_ns = conn.request_deadline_ns = now + timeout_ns
-                self._write(conn)
+                try:
+                    now = perf_counter_ns()
+                    conn.started_ns = conn.sending_ns = now
+                    conn.deadline_ns = conn.request_deadline_ns = now + timeout_ns
+                    self._write(conn)
+                except Exception as e:  # noqa: BLE001 - see _on_connectable
+                    self._internal_error(conn, e)
 
     def _fail(self, conn: HubConnection, kind: str, message: str) -> None:
         """End the request in flight as a failure of `kind` (after the one reconnect of a stale connection)."""

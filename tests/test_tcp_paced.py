@@ -271,8 +271,10 @@ def test_a_message_stuck_until_its_timeout_does_not_keep_the_finished_ones_queue
     run.stop(grace=0.0)
     snap = run.recorder.snapshot()
     assert snap.requests - dict(snap.failures).get("cancelled", 0) > 1000  # the others went on meanwhile
-    # bounded by what is in flight, not by the ~2,000 messages that ended behind the stuck one
-    assert fifo <= 2 * in_flight + 64 + 1, (fifo, in_flight)
+    # Bounded by what is in flight, not by the ~2,000 messages that ended behind the stuck one. It is
+    # compacted when an entry added makes it longer than twice what was in flight then, plus 64; fewer may
+    # be in flight when it is read (seen: 74 entries, 2 in flight), but never more than one a connection.
+    assert fifo <= 2 * 20 + 64 + 1, (fifo, in_flight)
 
 
 def test_a_failed_connect_takes_from_the_budget_and_is_retried_after_the_pause() -> None:

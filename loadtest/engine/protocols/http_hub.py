@@ -119,7 +119,6 @@ class HttpHub(HubExchange):
         self._next_turn = self._turn
         self._queued: list[HubConnection] = []
         self._write_queued_cb = self._write_queued
-        self._pending: list[HubConnection] = []
 
     def __call__(self) -> HttpSession:
         return HttpSession(self.target, self.endpoints, self.recorder, self._urls, None, self.deadlines)

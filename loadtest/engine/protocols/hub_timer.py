@@ -108,7 +108,7 @@ class HubTimer:
         if self._fd >= 0:
             if self._set_ns and when_ns - POLL_WINDOW_NS < perf_counter_ns() >= self._set_ns:
                 return  # it has fired and is still readable: the loop polls it until the time is near
-            self._set(when_ns - ARM_EARLY_NS)
+            self._set(max(when_ns - ARM_EARLY_NS, 1))
             return
         if self._timer is not None:
             self._timer.close()
@@ -117,13 +117,12 @@ class HubTimer:
         self._timer.start(self._fired_libev, update=True)  # from the real now, not the loop's cached time
 
     def _set(self, at_ns: int) -> None:
-        """Set the timerfd to expire at `at_ns` (a past time: at once), or disarm it (0); either clears its
-        expiry, so it is no longer readable until then (no read of the expiry count needed)."""
-        at = max(at_ns, 1) if at_ns else 0
+        """Set the timerfd to expire at `at_ns` (> 0; a past time: at once), or disarm it (0); either clears
+        its expiry, so it is no longer readable until then (no read of the expiry count needed)."""
         spec = self._spec.it_value
-        spec.tv_sec, spec.tv_nsec = divmod(at, 1_000_000_000)
+        spec.tv_sec, spec.tv_nsec = divmod(at_ns, 1_000_000_000)
         _LIBC.timerfd_settime(self._fd, TFD_TIMER_ABSTIME, self._spec_ref, None)
-        self._set_ns = at
+        self._set_ns = at_ns
 
     def disarm(self) -> None:
         self.armed_ns = _FAR_NS
@@ -141,7 +140,7 @@ class HubTimer:
         armed = self.armed_ns
         if now < armed - CALL_EARLY_NS:
             if armed - now > POLL_WINDOW_NS:
-                self._set(armed - ARM_EARLY_NS)  # armed for later while it was readable
+                self._set(max(armed - ARM_EARLY_NS, 1))  # armed for later while it was readable
             return  # still readable: the loop comes back at once, after whatever else is ready
         self.armed_ns = _FAR_NS
         self._callback()

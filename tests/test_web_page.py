@@ -37,6 +37,13 @@ def figure(page: Any, target: str, metric: str) -> float:
     return float(text.replace(",", "")) if text.strip() else float("nan")
 
 
+def shown(target: str, metric: str) -> str:
+    """A JavaScript expression: the figure the page shows for `target`'s `metric`, NaN while its row is not
+    there yet (a predicate that throws ends `wait_for_function` at once instead of waiting)."""
+    return (f"(e => e ? Number(e.textContent.replace(/,/g, '')) : NaN)"
+            f"(document.querySelector('tr[data-target=\"{target}\"] [data-metric=\"{metric}\"]'))")
+
+
 def test_the_page_shows_the_run_follows_a_level_set_on_it_and_stops_it(tmp_path: Path, browser: Any) -> None:
     web = WebRun(tmp_path, duration="30s", rate=20)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -51,13 +58,11 @@ def test_the_page_shows_the_run_follows_a_level_set_on_it_and_stops_it(tmp_path:
         assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
 
         # The numbers move: the requests so far grow from one second to the next.
-        page.wait_for_function("() => Number(document.querySelector("
-                               "'tr[data-target=\"open\"] [data-metric=\"requests\"]').textContent.replace(/,/g, '')) > 0",
-                               timeout=15000)
+        # (The rows appear with the page's first frame: until then a figure reads as NaN, not an error, which
+        # would end the wait at once.)
+        page.wait_for_function(f"() => {shown('open', 'requests')} > 0", timeout=15000)
         first = figure(page, "open", "requests")
-        page.wait_for_function(f"() => Number(document.querySelector("
-                               f"'tr[data-target=\"open\"] [data-metric=\"requests\"]').textContent.replace(/,/g, '')) > {first}",
-                               timeout=5000)
+        page.wait_for_function(f"() => {shown('open', 'requests')} > {first}", timeout=5000)
         for metric in METRICS:
             assert figure(page, "closed", metric) >= 0, metric
         assert figure(page, "open", "rate") == 20 and figure(page, "closed", "users") == 2
@@ -68,18 +73,15 @@ def test_the_page_shows_the_run_follows_a_level_set_on_it_and_stops_it(tmp_path:
         # A level set on the page: the target's rate follows within seconds.
         page.fill('form[data-target="open"] input', "150")
         page.click('form[data-target="open"] button')
-        page.wait_for_function("() => document.querySelector('tr[data-target=\"open\"] [data-metric=\"rate\"]')"
-                               ".textContent === '150'", timeout=8000)
-        page.wait_for_function("() => Number(document.querySelector("
-                               "'tr[data-target=\"open\"] [data-metric=\"rps\"]').textContent.replace(/,/g, '')) > 120",
-                               timeout=6000)
+        page.wait_for_function(f"() => {shown('open', 'rate')} === 150", timeout=8000)
+        page.wait_for_function(f"() => {shown('open', 'rps')} > 120", timeout=6000)
         assert page.locator("#changes tbody tr").count() == 1
         assert page.locator("#chart-level path[data-series^='open']").count() == 1
 
         # A bad level typed on the page is refused with the API's sentence.
         page.fill('form[data-target="closed"] input', "2.5")
         page.click('form[data-target="closed"] button')
-        page.wait_for_function("() => document.getElementById('message').textContent.includes('whole number')",
+        page.wait_for_function("() => (document.getElementById('message')?.textContent ?? '').includes('whole number')",
                                timeout=3000)
 
         # Stop from the page: the run ends as its duration would, and the page links to its files.

@@ -315,7 +315,7 @@ def config_schema() -> dict[str, Any]:
 
 
 def _check_text(data: Any, where: str, depth: int = 0) -> None:
-    """Every string anywhere in the document must be encodable text (YAML lets "\ud800" through)."""
+    """Every string anywhere in the document must be encodable text (YAML lets "\\ud800" through)."""
     if depth > MAX_TEXT_DEPTH:
         raise ConfigError(f"{where}: is nested too deeply")
     if isinstance(data, str):

@@ -277,9 +277,8 @@ class HubExchange:
         if self.open or conn.sock is None or conn.index >= self.open_below or budget.stopping or left == 0:
             self._ended(conn, failed=False)
             return
-        # Closed model, the connection kept: the user's next request, written with the others of this turn
-        # of the loop once its reads are done (`_write_queued`; `_ended`, `_turn`, `_begin` and `_send`
-        # inlined: this is the hot path).
+        # Closed model, the connection kept: the user's next request, written after this turn's reads
+        # (`_write_queued`; `_ended`, `_turn`, `_begin` and `_send` inlined: this is the hot path).
         if left > 0:
             budget.left = left - 1
         ep = self._single or next(self._urls)
@@ -293,11 +292,10 @@ class HubExchange:
         conn.heading = b""
         if not conn.reader.active:  # stopped by bytes (or a close) that came while it was idle
             conn.reader.start(self._readable, conn)
-        queued = self._queued
-        if not queued:
+        if not self._queued:
             self.loop.run_callback(self._write_queued_cb)
         conn.queued_seq = conn.seq
-        queued.append(conn)
+        self._queued.append(conn)
 
     def _write_queued(self) -> None:
         """Write the requests queued in this turn of the loop, after its reads, each timed from its own write.

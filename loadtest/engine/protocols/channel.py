@@ -63,6 +63,22 @@ def give_way() -> None:
         timer.close()
 
 
+def drop_watched_socket(conn: Any) -> bool:
+    """Close a hub-driven connection's read and write watchers and its socket (a record with `reader`,
+    `writer` and `sock`, as `HubConnection` and `PacedConnection` are); True if it had a socket."""
+    if conn.reader is not None:
+        conn.reader.close()
+        conn.reader = None
+    if conn.writer is not None:
+        conn.writer.close()
+        conn.writer = None
+    sock, conn.sock = conn.sock, None
+    if sock is None:
+        return False
+    sock.close()
+    return True
+
+
 def connect_socket(family: int, sockaddr: tuple, timeout: float,  # type: ignore[type-arg]
                    source: tuple[str, int] | None = None) -> Any:
     """A connected non-blocking TCP socket with TCP_NODELAY (optionally bound to a source address), the

@@ -23,7 +23,7 @@ from loadtest.core.histograms import HIGHEST_NS, LOWEST_NS
 from loadtest.core.outcome import status_ok
 from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.budget import Budget
-from loadtest.engine.protocols.channel import READ, WRITE, ConnectTimeout
+from loadtest.engine.protocols.channel import READ, WRITE, ConnectTimeout, drop_watched_socket
 from loadtest.engine.protocols.http_fast import (_LENGTH_OR_CHUNKED, _STALE, MAX_HEAD_BYTES, RECV_SIZE, Endpoint,
                                                  connect_failure, read_failure)
 from loadtest.engine.protocols.http_hub_connection import _CONNECTING, _IDLE, _WAITING, HubConnection
@@ -369,17 +369,8 @@ class HubExchange:
     # -- closing ---------------------------------------------------------------------------------
 
     def _drop_socket(self, conn: HubConnection, connected: bool) -> None:
-        if conn.reader is not None:
-            conn.reader.close()
-            conn.reader = None
-        if conn.writer is not None:
-            conn.writer.close()
-            conn.writer = None
-        sock, conn.sock = conn.sock, None
-        if sock is not None:
-            sock.close()
-            if connected:
-                self.recorder.disconnected()
+        if drop_watched_socket(conn) and connected:
+            self.recorder.disconnected()
 
     def _close(self, conn: HubConnection) -> None:
         """Close the connection's socket (a connected one: `disconnected` counted)."""

@@ -63,7 +63,7 @@ from gevent.hub import get_hub
 from loadtest.model.config import TcpTarget
 from loadtest.core.recorder import TargetRecorder
 from loadtest.engine.protocols import Deadlines, RequestTimer
-from loadtest.engine.protocols.channel import READ, connect_socket
+from loadtest.engine.protocols.channel import READ, connect_socket, drop_watched_socket
 from loadtest.engine.protocols.http_fast import connect_failure
 from loadtest.engine.protocols.tcp import (RECONNECT_PAUSE_S, ConnectPacer, TcpSession, split_address,
                                            tcp_session_factory, wait_to_connect)
@@ -302,15 +302,7 @@ class PacedTcp(PacedExchange):
         conn.serial = 0
         conn.late_slot_ns = 0
         conn.deadline_ns = 0
-        if conn.reader is not None:
-            conn.reader.close()
-            conn.reader = None
-        if conn.writer is not None:
-            conn.writer.close()
-            conn.writer = None
-        sock, conn.sock = conn.sock, None
-        if sock is not None:
-            sock.close()
+        if drop_watched_socket(conn):
             self.recorder.disconnected()
 
     # -- the hot path: hub callbacks -------------------------------------------------------------

@@ -10,7 +10,10 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from types import SimpleNamespace
 from typing import Callable
+
+import httptools
 
 import pytest
 from gevent.pool import Pool
@@ -20,7 +23,7 @@ from loadtest.core.schedule import ArrivalSchedule
 from loadtest.core.recorder import TargetRecorder
 from loadtest.core.stats import decode_histogram
 from loadtest.engine.budget import Budget, Level
-from loadtest.engine.protocols import Deadlines
+from loadtest.engine.protocols import Deadlines, http_hub_exchange
 from loadtest.engine.protocols.http_fast import HttpSession, build_endpoints
 from loadtest.engine.protocols.http_hub import HttpHub, hub_eligible
 from loadtest.model.config import parse_config
@@ -162,6 +165,67 @@ def test_each_outcome_is_the_greenlet_sessions(raw_server, handler: Callable[[so
     got = _outcomes_of_hub(url(server), 3, **fields)
     assert got == expected
     assert got[0] == 3
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def _scripted(responses: list[bytes]) -> Callable[[socket.socket], None]:
+    """Answer a connection's n-th request with responses[n % len(responses)], each in one send."""
+    def handle(conn: socket.socket) -> None:
+        n = 0
+        while read_request(conn):
+            conn.sendall(responses[n % len(responses)])
+            n += 1
+    return handle
+
+
+@pytest.mark.parametrize("responses", [
+    # the same bytes again, then a failure of the same length, then a different body of the same length
+    [_OK, _OK, _OK, _OK.replace(b"200 OK", b"500 NO"), _OK, _OK.replace(b"hello", b"world"), _OK],
+    # a response with the start of another behind it: the parser is fed bytes past its end, so the
+    # next response, byte for byte one parsed before, must still be parsed (here: a protocol failure)
+    [_OK, _OK, _OK + _OK[:-3], _OK, _OK],
+    # a response that closes: the next is parsed on a new connection's parser
+    [_OK, _OK, _OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), _OK],
+    # chunked, whose parse the driver does not keep
+    [_OK, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", _OK],
+], ids=["status-and-body", "bytes-past-the-end", "connection-close", "chunked"])
+def test_responses_seen_before_count_as_parsed_ones(raw_server, responses: list[bytes]) -> None:
+    server: RawServer = raw_server(_scripted(responses))
+    expected = _outcomes_of_session(url(server), 40)
+    got = _outcomes_of_hub(url(server), 40)
+    assert got == expected
+    assert got[0] == 40
+
+
+def test_a_response_seen_before_is_not_parsed_again(raw_server, monkeypatch) -> None:
+    fed = [0]
+
+    class CountingParser:
+        """llhttp's parser, counting what it is fed."""
+
+        def __init__(self, callbacks: object) -> None:
+            self.parser = httptools.HttpResponseParser(callbacks)
+
+        def feed_data(self, data: bytes) -> None:
+            fed[0] += 1
+            self.parser.feed_data(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.parser, name)
+
+    monkeypatch.setattr(http_hub_exchange, "httptools",
+                        SimpleNamespace(HttpResponseParser=CountingParser, HttpParserError=httptools.HttpParserError))
+    server: RawServer = raw_server(_scripted([_OK] * 9 + [_OK.replace(b"200 OK", b"503 NO")]))
+    run = Driven(url(server), users=1, requests=1000)
+    run.run(20)
+    run.stop()
+    snap = run.recorder.snapshot()
+    assert snap.requests == 1000 and dict(snap.failures) == {"status": 100}
+    assert snap.content_bytes == 5000 and decode_histogram(snap.latency).get_total_count() == 1000
+    # the first response, each 503 and the 200 after it are parsed; the other 200s are recognised
+    assert fed[0] <= 1 + 2 * 100, fed[0]
 
 
 def test_refused_connects_are_failed_requests() -> None:

@@ -23,7 +23,7 @@ class HubConnection:
     __slots__ = ("index", "driver", "sock", "reader", "writer", "parser", "state", "seq", "deadline_ns", "started_ns",
                  "sending_ns", "connect_ns", "scheduled", "request", "head", "sent", "received", "body", "complete",
                  "headers_done", "keep_alive", "heading", "reused", "retried", "request_deadline_ns", "wait",
-                 "backoff_timer", "queued_seq")
+                 "backoff_timer", "queued_seq", "status", "clean")
 
     def __init__(self, index: int, driver: Any) -> None:
         self.index = index  # closed model: its place, working while below the (staged) level
@@ -54,13 +54,17 @@ class HubConnection:
         self.wait = 0.0  # closed model: the back-off after this user's last failed connect, 0 after a success
         self.backoff_timer: Any = None
         self.queued_seq = -1  # the request queued to be written at the end of this turn of the loop
+        self.status = 0  # the response's status code, once its head is parsed
+        self.clean = True  # its parser stands at a message's start: no bytes past the last response were fed to it
 
     # httptools' callbacks: llhttp calls only these three
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
         # llhttp forgets this once the message is complete, so ask while the headers are fresh
-        self.keep_alive = self.parser.should_keep_alive()
+        parser = self.parser
+        self.keep_alive = parser.should_keep_alive()
+        self.status = parser.get_status_code()
 
     def on_body(self, chunk: bytes) -> None:
         self.body += len(chunk)

@@ -29,6 +29,7 @@ from loadtest.engine.protocols.http_fast import (_LENGTH_OR_CHUNKED, _STALE, MAX
 from loadtest.engine.protocols.http_hub_connection import _CONNECTING, _IDLE, _WAITING, HubConnection
 from loadtest.model.kinds.http import HttpTarget
 
+REPEAT_PROBE_MAX = 1023  # at most this many responses parsed whole between two looks at one (`_parsed_whole`)
 _DRIVER_ERROR = "http driver"  # starts the message of a failure the driver's own bug caused
 
 
@@ -55,6 +56,11 @@ class HubExchange:
     loop: Any
     _queued: list[HubConnection]  # closed model: requests to write at the end of this turn of the loop
     _write_queued_cb: Any
+    _repeat: bytes  # the last response parsed whole in one read (`_parsed_whole`), and what llhttp made of it
+    _repeat_parse: tuple[int, int, bool]  # (status, body bytes, keep-alive)
+    _repeat_hits: int  # responses that matched it
+    _probe_every: int  # responses parsed whole between two looks at one (`_parsed_whole`)
+    _probe_in: int  # responses parsed whole before the next look
 
     def _ended(self, conn: HubConnection, failed: bool, back_off: bool = False) -> None:
         raise NotImplementedError  # HttpHub's
@@ -125,6 +131,7 @@ class HubExchange:
         # Started for the connection's life, not per request: each restart costs an epoll_ctl.
         reader.start(self._readable, conn)
         conn.parser = httptools.HttpResponseParser(conn)
+        conn.clean = True
         conn.reused = False
         if conn.retried:  # the one reconnect of a request whose idle connection the server had closed
             conn.seq += 1
@@ -214,6 +221,15 @@ class HubExchange:
                 else:
                     self._fail(conn, "closed", "the server closed the connection before the response ended")
                 return
+            if data == self._repeat and conn.received == 0 and conn.clean and not conn.head:
+                # Byte for byte the last response parsed whole in one read, and this one's parser stands at a
+                # message's start as that one's did: llhttp would parse it the same, so its result is reused.
+                conn.received = len(data)
+                conn.status, conn.body, conn.keep_alive = self._repeat_parse
+                conn.headers_done = conn.complete = True
+                self._repeat_hits += 1
+                self._complete(conn)
+                return
             conn.received += len(data)
             in_head = not conn.headers_done
             if in_head:
@@ -229,6 +245,11 @@ class HubExchange:
                     conn.heading.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES) < 0:
                 self._fail(conn, "protocol", f"the status line and headers run past {MAX_HEAD_BYTES // 1024} KiB")
             elif conn.complete or (conn.head and conn.headers_done):
+                self._probe_in -= 1
+                if self._probe_in < 0 and conn.complete and not conn.head:
+                    self._parsed_whole(conn, data)
+                else:
+                    conn.clean = False  # not looked at: it may have been fed bytes past its response
                 self._complete(conn)
             elif perf_counter_ns() >= conn.deadline_ns:
                 # a response still arriving notices its own deadline, without waiting for the worker's scan
@@ -236,13 +257,33 @@ class HubExchange:
         except Exception as e:  # noqa: BLE001 - see _on_connectable
             self._internal_error(conn, e)
 
+    def _parsed_whole(self, conn: HubConnection, data: bytes) -> None:
+        """A response llhttp parsed to its end: did the parser stop at its last byte (nothing past it was fed)?
+        If so, and it came in one read, its bytes and parse are kept for `_on_readable` to recognise.
+
+        A server whose every response differs (an id, a clock finer than the second) would make this a cost
+        on every request for nothing: each kept response that no later one matched doubles how many parsed
+        responses go by before the next is looked at (up to `REPEAT_PROBE_MAX`); one that was matched brings
+        it back to every one."""
+        head_end = conn.heading.find(b"\r\n\r\n")
+        conn.clean = clean = head_end >= 0 and conn.received == head_end + 4 + conn.body
+        if clean and conn.received == len(data) and data != self._repeat:
+            if self._repeat_hits:
+                self._probe_every = 0
+            else:
+                self._probe_every = min(2 * self._probe_every + 1, REPEAT_PROBE_MAX)
+            self._repeat = data
+            self._repeat_parse = (conn.status, conn.body, conn.keep_alive)
+            self._repeat_hits = 0
+        self._probe_in = self._probe_every
+
     def _complete(self, conn: HubConnection) -> None:
         """A whole response: a success, or a `status` failure; then the next request (closed model)."""
         now = perf_counter_ns()
         conn.deadline_ns = 0
         conn.state = _IDLE
         rec = self.recorder
-        status = conn.parser.get_status_code()
+        status = conn.status
         latency = now - conn.started_ns
         if conn.scheduled:  # open model: also what a closed-loop tool would have measured
             rec.uncorrected.record(now - conn.sending_ns)
@@ -251,7 +292,7 @@ class HubExchange:
         else:
             conn.reused = True
             if conn.head:  # llhttp would wait for a body that HEAD never gets
-                conn.parser = httptools.HttpResponseParser(conn)
+                conn.parser, conn.clean = httptools.HttpResponseParser(conn), True
         if status_ok(status, self.expect):
             # `TargetRecorder.success` inlined: this runs once per request, and the call is a tenth of it
             rec.requests += 1

@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="run under cProfile and print the breakdown")
     parser.add_argument("--parts", action="store_true", help="time each piece of a request on its own")
     parser.add_argument("--top", type=int, default=25, help="profile rows to print (default 25)")
+    parser.add_argument("--unique", action="store_true",
+                        help="nginx answers each request with its own id: no two responses are the same bytes")
     parser.add_argument("--engine", choices=("hub", "greenlets"), default="hub",
                         help="hub: the hub-callback driver (default); greenlets: a greenlet per user")
     args = parser.parse_args()
@@ -171,7 +173,7 @@ def main() -> None:
     if not 1 <= args.concurrency <= 10_000:
         parser.error("--concurrency must be between 1 and 10000")
     with tempfile.TemporaryDirectory(prefix="http-profile-") as tmp:
-        target = Target(Path(tmp), prefer_nginx=not args.embedded)
+        target = Target(Path(tmp), prefer_nginx=not args.embedded, unique=args.unique)
         try:
             run(target.url, 2_000, args.concurrency, args.engine)  # warm up: connections, caches
             prof = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not wall: the machine is shared

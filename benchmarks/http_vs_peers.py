@@ -56,7 +56,7 @@ http {{
   scgi_temp_path {dir}/scgi;
   server {{
     listen 127.0.0.1:{port};
-    location / {{ return 200 "hello world\\n"; }}
+    location / {{ return 200 "{body}"; }}
   }}
 }}
 """
@@ -111,14 +111,17 @@ def measured(cmd: list[str], timeout: float, **kw: object) -> tuple[subprocess.C
 class Target:
     """nginx when installed, else the embedded HTTP server; one process either way."""
 
-    def __init__(self, workdir: Path, prefer_nginx: bool = True) -> None:
+    def __init__(self, workdir: Path, prefer_nginx: bool = True, unique: bool = False) -> None:
+        """`unique`: nginx answers each request with its own 32-digit request id, so that no two responses
+        are the same bytes (the hub engine's full parse every time); otherwise "hello world"."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen[bytes] | None = None
         self.group = None
         if NGINX and prefer_nginx:
             conf = workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=workdir, port=self.port))
+            body = "$request_id\\n" if unique else "hello world\\n"
+            conf.write_text(NGINX_CONF.format(dir=workdir, port=self.port, body=body))
             self.proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(workdir)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.name = "nginx (1 worker process)"

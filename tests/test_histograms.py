@@ -16,6 +16,7 @@ from loadtest.core.histograms import (
     SPARSE_HEADER,
     HistogramMerger,
     add_histogram,
+    any_percentiles_ns,
     bucket_range,
     counts_at_or_below,
     counts_index,
@@ -93,6 +94,20 @@ def test_the_merger_adds_both_wire_forms_exactly_and_the_sum_is_what_workers_rec
         reference.get_total_count(), reference.get_min_value(), reference.get_max_value())
     assert percentiles_ns(merged) == [reference.get_max_value() if p == 100 else reference.get_value_at_percentile(p)
                                       for p in PERCENTILES]
+
+
+def test_percentiles_of_any_layout_are_hdrhistograms_own() -> None:
+    rng = random.Random(7)
+    values = [int(rng.lognormvariate(13, 2)) for _ in range(20_000)]
+    points = [0.1, 1.0, 50.0, 90.0, 99.0, 99.9, 99.99, 99.999, 100.0]
+    ours = recorded_reference(values)
+    other = HdrHistogram(1000, 60 * 10**9, 2)  # a histograms file written with other bounds and precision
+    for v in values:
+        other.record_value(min(max(v, 1000), 60 * 10**9))
+    for hist in (ours, other):
+        want = [hist.get_max_value() if p == 100 else hist.get_value_at_percentile(p) for p in points]
+        assert any_percentiles_ns(hist, points) == want
+    assert any_percentiles_ns(new_histogram(), [50.0, 100.0]) == [0, 0]
 
 
 def test_a_shipped_histogram_outside_the_buckets_is_refused_and_merging_stays_exact() -> None:

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Sequence
 
 from loadtest.core import exits
+from loadtest.core.histograms import any_percentiles_ns
 from loadtest.core.stats import FAILURE_KINDS, TargetTotals, mean_ns, min_ns
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -146,7 +147,7 @@ def measure(t: Threshold, totals: TargetTotals, elapsed: float) -> float | None:
     pm = _PERCENTILE.match(t.figure)
     if pm:
         p = float(pm.group(1))
-        return (hist.get_max_value() if p >= 100 else hist.get_value_at_percentile(p)) / 1e6
+        return any_percentiles_ns(hist, [p])[0] / 1e6
     if t.figure in ("avg", "mean"):
         return mean_ns(hist) / 1e6
     if t.figure == "min":

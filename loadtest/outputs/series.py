@@ -12,6 +12,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from loadtest.core.histograms import any_percentiles_ns
 from loadtest.core.run_files import HISTOGRAMS_NAME, OTHER_HISTOGRAM_TYPES, SUMMARY_PERCENTILE_KEYS, precise_cell
 from loadtest.outputs.run_folder import RunFolder, as_float
 from loadtest.outputs.run_folder_checks import check_histogram
@@ -108,9 +109,8 @@ def _walk(name: str, encoded: str) -> Spectrum | None:
     last_x = min(math.log10(count), SPECTRUM_DECADES)
     points = [(0.0, hist.get_min_value() / 1e6)]
     steps = int(last_x * SPECTRUM_STEPS_PER_DECADE)
-    for k in range(1, steps + 1):
-        p = x_to_percentile(k / SPECTRUM_STEPS_PER_DECADE)
-        points.append((p, hist.get_value_at_percentile(p) / 1e6))
+    ps = [x_to_percentile(k / SPECTRUM_STEPS_PER_DECADE) for k in range(1, steps + 1)]
+    points += [(p, v / 1e6) for p, v in zip(ps, any_percentiles_ns(hist, ps))]
     points.append((x_to_percentile(last_x), hist.get_max_value() / 1e6))
     return Spectrum(name, tuple(points), exact=True)
 

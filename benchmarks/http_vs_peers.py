@@ -3,12 +3,14 @@
     .venv/bin/pip install -e '.[bench]'        # Locust; wrk and nginx from apt
     .venv/bin/python benchmarks/http_vs_peers.py [--duration 10] [--concurrency 50]
     .venv/bin/python benchmarks/http_vs_peers.py --memory   # worker RSS: 30 s run vs 5 min run
-    .venv/bin/python benchmarks/http_vs_peers.py --rounds 3 --duration 5 --skip-locust [--before DIR]
+    .venv/bin/python benchmarks/http_vs_peers.py --rounds 3 --duration 5 --skip-locust [--before DIR] [--unique]
 
 --rounds N runs the tools N times, interleaved (wrk, loadtest, ... then again), and prints each tool's
 median and spread of req/s and of CPU µs per request: on a shared machine the CPU per request moves far
 less than req/s. --before DIR runs a second loadtest, the package found in DIR (a checkout's root, put
 first on PYTHONPATH), in the same rounds: a before/after pair measured on the same machine state.
+--unique has nginx answer each request with its own request id, so that no two responses are the
+same bytes: the hub engine then parses every response (it reuses the parse of a repeated one).
 
 The target is nginx on loopback (one worker process, a 12-byte response) when
 nginx is installed, the embedded HTTP server otherwise. Each tool runs as one
@@ -201,7 +203,7 @@ def run_locust(url: str, concurrency: int, duration: float, workdir: Path) -> Re
 def compare(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="http-vs-peers-") as tmp:
         workdir = Path(tmp)
-        target = Target(workdir, prefer_nginx=not args.embedded)
+        target = Target(workdir, prefer_nginx=not args.embedded, unique=args.unique)
         try:
             print(f"target: {target.name} at {target.url}; concurrency {args.concurrency}, {args.duration:g} s each, "
                   f"{os.cpu_count()} cores")
@@ -230,7 +232,7 @@ def rounds(args: argparse.Namespace) -> None:
     runs: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="http-vs-peers-") as tmp:
         workdir = Path(tmp)
-        target = Target(workdir, prefer_nginx=not args.embedded)
+        target = Target(workdir, prefer_nginx=not args.embedded, unique=args.unique)
         try:
             print(f"target: {target.name} at {target.url}; concurrency {args.concurrency}, {args.duration:g} s each, "
                   f"{args.rounds} interleaved rounds, {os.cpu_count()} cores", flush=True)
@@ -269,7 +271,7 @@ def memory(args: argparse.Namespace) -> None:
     """Worker peak RSS of a short and a long run: histograms keep it flat."""
     with tempfile.TemporaryDirectory(prefix="http-memory-") as tmp:
         workdir = Path(tmp)
-        target = Target(workdir, prefer_nginx=not args.embedded)
+        target = Target(workdir, prefer_nginx=not args.embedded, unique=args.unique)
         try:
             rss = {}
             for seconds in (30, 300):
@@ -287,6 +289,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="connections / virtual users (default 50)")
     parser.add_argument("--embedded", action="store_true", help="use the embedded server even if nginx is installed")
     parser.add_argument("--skip-locust", action="store_true")
+    parser.add_argument("--unique", action="store_true",
+                        help="nginx answers each request with its own id: no two responses are the same bytes")
     parser.add_argument("--memory", action="store_true", help="compare worker RSS of a 30 s and a 5 min run")
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds of wrk and loadtest, then medians")
     parser.add_argument("--before", default=None, metavar="DIR",

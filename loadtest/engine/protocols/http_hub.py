@@ -13,8 +13,8 @@ target as small `HubConnection` records and drives them from the gevent hub:
   server answering the same page again: nginx's only changes with its Date,
   once a second) is not fed to llhttp again when its connection's parser
   stands at a message's start: its status, body length and keep-alive are
-  the kept ones (`HubExchange._parsed_whole`); half of the interpreter's work
-  on a small response is its parse;
+  the kept ones (`HubExchange._parsed_whole`): about a third of the
+  interpreter's work on a small response was its parse;
 - connects are non-blocking, finished by a write watcher's callback;
 - request and connect timeouts are the worker's `Deadlines` scan's, as for a
   greenlet's session: each record is one of its timers (a response still

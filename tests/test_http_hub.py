@@ -199,8 +199,10 @@ def test_responses_seen_before_count_as_parsed_ones(raw_server, responses: list[
     assert got[0] == 40
 
 
-def test_a_response_seen_before_is_not_parsed_again(raw_server, monkeypatch) -> None:
-    fed = [0]
+@pytest.fixture
+def fed(monkeypatch) -> list[int]:
+    """How many reads the hub engine feeds to llhttp, counted from here."""
+    count = [0]
 
     class CountingParser:
         """llhttp's parser, counting what it is fed."""
@@ -209,7 +211,7 @@ def test_a_response_seen_before_is_not_parsed_again(raw_server, monkeypatch) -> 
             self.parser = httptools.HttpResponseParser(callbacks)
 
         def feed_data(self, data: bytes) -> None:
-            fed[0] += 1
+            count[0] += 1
             self.parser.feed_data(data)
 
         def __getattr__(self, name: str) -> object:
@@ -217,6 +219,10 @@ def test_a_response_seen_before_is_not_parsed_again(raw_server, monkeypatch) -> 
 
     monkeypatch.setattr(http_hub_exchange, "httptools",
                         SimpleNamespace(HttpResponseParser=CountingParser, HttpParserError=httptools.HttpParserError))
+    return count
+
+
+def test_a_response_seen_before_is_not_parsed_again(raw_server, fed: list[int]) -> None:
     server: RawServer = raw_server(_scripted([_OK] * 9 + [_OK.replace(b"200 OK", b"503 NO")]))
     run = Driven(url(server), users=1, requests=1000)
     run.run(20)
@@ -226,6 +232,66 @@ def test_a_response_seen_before_is_not_parsed_again(raw_server, monkeypatch) -> 
     assert snap.content_bytes == 5000 and decode_histogram(snap.latency).get_total_count() == 1000
     # the first response, each 503 and the 200 after it are parsed; the other 200s are recognised
     assert fed[0] <= 1 + 2 * 100, fed[0]
+
+
+def test_responses_that_never_repeat_stop_being_compared_until_one_repeats(raw_server, fed: list[int]) -> None:
+    def unique_then_same(conn: socket.socket) -> None:
+        n = 0
+        while read_request(conn):
+            body = b"%08d" % n if n < 3000 else b"same....."[:8]
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n" + body)
+            n += 1
+
+    class Watched(HttpHub):
+        """The driver, its `_looking` switches written down."""
+
+        switches: list[tuple[int, bool]] = []
+
+        @property
+        def _looking(self) -> bool:
+            return self.__dict__["looking"]
+
+        @_looking.setter
+        def _looking(self, value: bool) -> None:
+            if value != self.__dict__.get("looking"):
+                self.switches.append((fed[0], value))
+            self.__dict__["looking"] = value
+
+    server: RawServer = raw_server(unique_then_same)
+    run = Driven(url(server), users=1, requests=6000)
+    run.hub.__class__ = Watched  # before the driver first runs
+    run.hub._looking = True
+    run.run(60)
+    run.stop()
+    snap = run.recorder.snapshot()
+    assert snap.requests == 6000 and not snap.failures and snap.content_bytes == 6000 * 8
+    # after some 2,000 different ones, no longer compared; then, a response looked at (one in 1,024 by then)
+    # being one kept, recognised again (the first look keeps it, the next finds it)
+    (_, first), (off_at, off), (on_at, on) = Watched.switches
+    assert first and not off and on and 1000 < off_at < 3000 and 3000 < on_at <= 3000 + 2 * 1024 + 2
+    assert fed[0] <= on_at + 1, fed[0]  # and none parsed after that
+
+
+def test_each_of_several_urls_responses_is_recognised(raw_server, fed: list[int]) -> None:
+    pages = {path: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(path) * 10) + path * 10
+             for path in (b"/a", b"/bb", b"/ccc")}
+
+    def by_path(conn: socket.socket) -> None:
+        while head := read_request(conn):
+            conn.sendall(pages[head.split(b" ")[1]])
+
+    server: RawServer = raw_server(by_path)
+    urls = [url(server, p) for p in ("/a", "/bb", "/ccc")]
+    target = parse_config({"duration": "1s", "targets": [{"urls": urls, "concurrency": 1}]}).targets[0]
+    recorder, budget, deadlines, pool = TargetRecorder(0), Budget(900), Deadlines(), Pool()
+    hub = HttpHub(target, build_endpoints(target, urls), recorder, budget, deadlines)
+    pool.spawn(deadlines.scan)
+    pool.spawn(hub.drive, pool, 1, None).join(20)
+    stop_like_a_worker(hub, pool, budget, deadlines, recorder, 1.0)
+    snap = recorder.snapshot()
+    assert snap.requests == 900 and not snap.failures
+    assert snap.content_bytes == 300 * (20 + 30 + 40)  # every URL visited in turn, each body counted
+    assert fed[0] <= 30, fed[0]  # each page kept once its parse is looked at, then recognised
 
 
 def test_refused_connects_are_failed_requests() -> None:

@@ -9,9 +9,9 @@ target as small `HubConnection` records and drives them from the gevent hub:
   llhttp parser (httptools; the record is the parser's callback object) and,
   once the response is whole, records it and, in the closed model, writes the
   user's next request at once, all in the same callback;
-- a response that is byte for byte the last one parsed whole in one read (a
-  server answering the same page again: nginx's only changes with its Date,
-  once a second) is not fed to llhttp again when its connection's parser
+- a response that is byte for byte the last one of its length parsed whole in
+  one read (a server answering the same page again: nginx's only changes with
+  its Date, once a second) is not fed to llhttp again when its connection's parser
   stands at a message's start: its status, body length and keep-alive are
   the kept ones (`HubExchange._parsed_whole`): about a third of the
   interpreter's work on a small response was its parse;
@@ -125,8 +125,8 @@ class HttpHub(HubExchange):
         self._next_turn = self._turn
         self._queued: list[HubConnection] = []
         self._write_queued_cb = self._write_queued
-        self._repeat = b""  # a read that found nothing is handled before: nothing matches until a response is kept
-        self._repeat_parse = (0, 0, False)
+        self._repeats: dict[int, tuple[bytes, int, int, bool]] = {}
+        self._looking = True
         self._repeat_hits = self._probe_every = self._probe_in = 0
 
     def __call__(self) -> HttpSession:

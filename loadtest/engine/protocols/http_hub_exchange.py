@@ -29,6 +29,7 @@ from loadtest.engine.protocols.http_hub_connection import _CONNECTING, _IDLE, _W
 from loadtest.model.kinds.http import HttpTarget
 
 REPEAT_PROBE_MAX = 1023  # at most this many responses parsed whole between two looks at one (`_parsed_whole`)
+REPEATS_KEPT = 64  # responses kept to be recognised, one per length
 _DRIVER_ERROR = "http driver"  # starts the message of a failure the driver's own bug caused
 
 
@@ -55,9 +56,11 @@ class HubExchange:
     loop: Any
     _queued: list[HubConnection]  # closed model: requests to write at the end of this turn of the loop
     _write_queued_cb: Any
-    _repeat: bytes  # the last response parsed whole in one read (`_parsed_whole`), and what llhttp made of it
-    _repeat_parse: tuple[int, int, bool]  # (status, body bytes, keep-alive)
-    _repeat_hits: int  # responses that matched it
+    # Responses parsed whole in one read (`_parsed_whole`), the last of each length: (its bytes, and what llhttp
+    # made of it: status, body bytes, keep-alive)
+    _repeats: dict[int, tuple[bytes, int, int, bool]]
+    _repeat_hits: int  # responses recognised since one was last kept
+    _looking: bool  # reads are compared with the kept responses (not after many kept ones went unmatched)
     _probe_every: int  # responses parsed whole between two looks at one (`_parsed_whole`)
     _probe_in: int  # responses parsed whole before the next look
 
@@ -220,15 +223,17 @@ class HubExchange:
                 else:
                     self._fail(conn, "closed", "the server closed the connection before the response ended")
                 return
-            if data == self._repeat and conn.received == 0 and conn.clean and not conn.head:
-                # Byte for byte the last response parsed whole in one read, and this one's parser stands at a
-                # message's start as that one's did: llhttp would parse it the same, so its result is reused.
-                conn.received = len(data)
-                conn.status, conn.body, conn.keep_alive = self._repeat_parse
-                conn.headers_done = conn.complete = True
-                self._repeat_hits += 1
-                self._complete(conn)
-                return
+            if self._looking:
+                kept = self._repeats.get(len(data))
+                if kept is not None and kept[0] == data and conn.received == 0 and conn.clean and not conn.head:
+                    # Byte for byte a response parsed whole in one read, and this one's parser stands at a
+                    # message's start as that one's did: llhttp would parse it the same, so its result is reused.
+                    conn.received = len(data)
+                    _, conn.status, conn.body, conn.keep_alive = kept
+                    conn.headers_done = conn.complete = True
+                    self._repeat_hits += 1
+                    self._complete(conn)
+                    return
             conn.received += len(data)
             in_head = not conn.headers_done
             if in_head:
@@ -258,22 +263,32 @@ class HubExchange:
 
     def _parsed_whole(self, conn: HubConnection, data: bytes) -> None:
         """A response llhttp parsed to its end: did the parser stop at its last byte (nothing past it was fed)?
-        If so, and it came in one read, its bytes and parse are kept for `_on_readable` to recognise.
+        If so, and it came in one read, its bytes and parse are kept for `_on_readable` to recognise, the
+        last of each length (a target's several URLs each have their own, unless two pages have one length),
+        at most `REPEATS_KEPT` of them.
 
         A server whose every response differs (an id, a clock finer than the second) would make this a cost
         on every request for nothing: each kept response that no later one matched doubles how many parsed
-        responses go by before the next is looked at (up to `REPEAT_PROBE_MAX`); one that was matched brings
-        it back to every one."""
+        responses go by before the next is looked at, and at `REPEAT_PROBE_MAX` reads stop being compared
+        (`_looking`); a looked-at response that matches a kept one brings both back to every one."""
         head_end = conn.heading.find(b"\r\n\r\n")
         conn.clean = clean = head_end >= 0 and conn.received == head_end + 4 + conn.body
-        if clean and conn.received == len(data) and data != self._repeat:
-            if self._repeat_hits:
+        size = len(data)
+        kept = self._repeats.get(size)
+        if clean and conn.received == size:
+            if kept is not None and kept[0] == data:  # a repeat, not looked for (or its parser was not clean)
+                self._looking = True
                 self._probe_every = 0
             else:
-                self._probe_every = min(2 * self._probe_every + 1, REPEAT_PROBE_MAX)
-            self._repeat = data
-            self._repeat_parse = (conn.status, conn.body, conn.keep_alive)
-            self._repeat_hits = 0
+                if self._repeat_hits:
+                    self._probe_every = 0
+                else:
+                    self._probe_every = min(2 * self._probe_every + 1, REPEAT_PROBE_MAX)
+                    self._looking = self._probe_every < REPEAT_PROBE_MAX
+                if kept is None and len(self._repeats) >= REPEATS_KEPT:
+                    self._repeats.clear()
+                self._repeats[size] = (data, conn.status, conn.body, conn.keep_alive)
+                self._repeat_hits = 0
         self._probe_in = self._probe_every
 
     def _complete(self, conn: HubConnection) -> None:
@@ -292,8 +307,7 @@ class HubExchange:
             conn.reused = True
             if conn.head:  # llhttp would wait for a body that HEAD never gets
                 conn.parser, conn.clean = httptools.HttpResponseParser(conn), True
-        expect = self.expect
-        if (status in expect) if expect else 200 <= status < 400:  # `status_ok` inlined
+        if (status in self.expect) if self.expect else 200 <= status < 400:  # `status_ok` inlined
             # `TargetRecorder.success` inlined: this runs once per request, and the call is a tenth of it
             rec.requests += 1
             rec.bytes_in += conn.received

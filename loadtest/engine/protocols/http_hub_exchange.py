@@ -274,8 +274,8 @@ class HubExchange:
         head_end = conn.heading.find(b"\r\n\r\n")
         conn.clean = clean = head_end >= 0 and conn.received == head_end + 4 + conn.body
         size = len(data)
-        kept = self._repeats.get(size)
         if clean and conn.received == size:
+            kept = self._repeats.get(size)
             if kept is not None and kept[0] == data:  # a repeat, not looked for (or its parser was not clean)
                 self._looking = True
                 self._probe_every = 0

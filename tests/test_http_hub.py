@@ -272,6 +272,16 @@ def test_responses_that_never_repeat_stop_being_compared_until_one_repeats(raw_s
     assert fed[0] <= on_at + 1, fed[0]  # and none parsed after that
 
 
+def test_a_big_response_is_parsed_every_time(raw_server, fed: list[int]) -> None:
+    server: RawServer = raw_server(keep_alive(b"x" * (http_hub_exchange.REPEAT_MAX_BYTES + 1)))
+    run = Driven(url(server), users=1, requests=200)
+    run.run(20)
+    run.stop()
+    snap = run.recorder.snapshot()
+    assert snap.requests == 200 and not snap.failures
+    assert not run.hub._repeats and fed[0] >= 200  # never kept (a read may hold part of a response)
+
+
 def test_each_of_several_urls_responses_is_recognised(raw_server, fed: list[int]) -> None:
     pages = {path: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(path) * 10) + path * 10
              for path in (b"/a", b"/bb", b"/ccc")}

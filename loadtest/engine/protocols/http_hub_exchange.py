@@ -29,7 +29,8 @@ from loadtest.engine.protocols.http_hub_connection import _CONNECTING, _IDLE, _W
 from loadtest.model.kinds.http import HttpTarget
 
 REPEAT_PROBE_MAX = 1023  # at most this many responses parsed whole between two looks at one (`_parsed_whole`)
-REPEATS_KEPT = 64  # responses kept to be recognised, one per length
+REPEATS_KEPT = 64  # responses kept to be recognised, one per length ...
+REPEAT_MAX_BYTES = 4096  # ... each at most this long: 256 KiB a target and worker at most
 _DRIVER_ERROR = "http driver"  # starts the message of a failure the driver's own bug caused
 
 
@@ -265,7 +266,8 @@ class HubExchange:
         """A response llhttp parsed to its end: did the parser stop at its last byte (nothing past it was fed)?
         If so, and it came in one read, its bytes and parse are kept for `_on_readable` to recognise, the
         last of each length (a target's several URLs each have their own, unless two pages have one length),
-        at most `REPEATS_KEPT` of them.
+        at most `REPEATS_KEPT` of them, none longer than `REPEAT_MAX_BYTES` (a bigger response's parse is a
+        small part of its cost).
 
         A server whose every response differs (an id, a clock finer than the second) would make this a cost
         on every request for nothing: each kept response that no later one matched doubles how many parsed
@@ -274,7 +276,7 @@ class HubExchange:
         head_end = conn.heading.find(b"\r\n\r\n")
         conn.clean = clean = head_end >= 0 and conn.received == head_end + 4 + conn.body
         size = len(data)
-        if clean and conn.received == size:
+        if clean and conn.received == size <= REPEAT_MAX_BYTES:
             kept = self._repeats.get(size)
             if kept is not None and kept[0] == data:  # a repeat, not looked for (or its parser was not clean)
                 self._looking = True
